@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the system packages GridEdge needs to build, run and test, when they are missing.
+# Safe to run any number of times: it asks apt only for what dpkg does not already have.
+set -euo pipefail
+
+packages=(
+  # build: ffmpeg-next links Debian's FFmpeg; bindgen needs libclang
+  pkg-config clang libclang-dev
+  libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
+  libavfilter-dev libavdevice-dev
+  # system tests: the real external broker
+  mosquitto mosquitto-clients
+  # system tests: the real RTSP test camera (GStreamer's RTSP server, driven from /usr/bin/python3)
+  python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
+  gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  # tools used by tests and benchmarks
+  ffmpeg openssl curl ca-certificates iproute2 procps
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "bootstrap: all ${#packages[@]} system packages present"
+else
+  echo "bootstrap: installing ${#missing[@]} missing package(s): ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  echo "bootstrap: installed ${missing[*]}"
+fi
+
+# The Debian mosquitto package starts a system broker on :1883; the tests start their own on free
+# ports and never need it, so leave the system service as the admin set it.
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "bootstrap: cargo not found; install Rust stable (https://rustup.rs) and run again" >&2
+  exit 1
+fi

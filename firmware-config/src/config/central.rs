@@ -1,0 +1,186 @@
+//! Configuration of central, the hub in the street command centre.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Document, Http, TlsFiles, Validator};
+
+/// Central's config file (`central.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralConfig {
+    pub central: CentralIdentity,
+    pub broker: Broker,
+    pub storage: CentralStorage,
+    /// Default: listen on `0.0.0.0:8090`.
+    #[serde(default = "default_http")]
+    pub http: Http,
+    #[serde(default)]
+    pub health: HealthPolicy,
+}
+
+fn default_http() -> Http {
+    Http {
+        listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralIdentity {
+    /// Unique id of this central, e.g. `street-command`; also its MQTT client id.
+    pub id: String,
+    /// Human name, shown in the operator console.
+    pub name: String,
+}
+
+/// The MQTT broker: exactly one of `[broker.embedded]` or `[broker.external]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broker {
+    #[serde(default)]
+    pub embedded: Option<EmbeddedBroker>,
+    #[serde(default)]
+    pub external: Option<ExternalBroker>,
+}
+
+/// Which broker central uses, once validated.
+#[derive(Debug, Clone, Copy)]
+pub enum BrokerChoice<'a> {
+    Embedded(&'a EmbeddedBroker),
+    External(&'a ExternalBroker),
+}
+
+impl Broker {
+    /// The broker to use. Validation guarantees exactly one is set; embedded wins otherwise.
+    pub fn choice(&self) -> Option<BrokerChoice<'_>> {
+        match (&self.embedded, &self.external) {
+            (Some(e), _) => Some(BrokerChoice::Embedded(e)),
+            (None, Some(x)) => Some(BrokerChoice::External(x)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The broker central runs inside its own process (rumqttd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedBroker {
+    /// Plain MQTT listener. Keep it on loopback in production. Default `127.0.0.1:1883`.
+    #[serde(default = "default_plain_listen")]
+    pub listen: SocketAddr,
+    /// TLS listener for gateways, requiring client certificates; absent means none.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    /// Server certificate, key and the CA that signs gateway certificates; required with
+    /// `tls_listen`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// Most client connections at once. Default 10000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_plain_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+
+/// An external broker (Mosquitto, EMQX) that central connects to as a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalBroker {
+    /// `mqtts://host:port` or `mqtt://host:port`.
+    pub url: String,
+    /// TLS files; required for `mqtts://`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CentralStorage {
+    /// Folder of central's store; created if missing. Relative to the config file.
+    pub dir: PathBuf,
+}
+
+/// When central considers a device gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthPolicy {
+    /// A gateway silent for this long is shown as offline even without its last will. Default 90 s.
+    #[serde(default = "default_gateway_silence", with = "humantime_serde")]
+    pub gateway_silence: Duration,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            gateway_silence: default_gateway_silence(),
+        }
+    }
+}
+
+fn default_gateway_silence() -> Duration {
+    Duration::from_secs(90)
+}
+
+impl Document for CentralConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        self.storage.dir = super::resolve(base, &self.storage.dir);
+        let tls = [
+            self.broker.embedded.as_mut().and_then(|e| e.tls.as_mut()),
+            self.broker.external.as_mut().and_then(|e| e.tls.as_mut()),
+        ];
+        for t in tls.into_iter().flatten() {
+            t.resolve_paths(base);
+        }
+    }
+
+    fn validate(&self, v: &mut Validator) {
+        v.id("central.id", &self.central.id);
+        v.non_empty("central.name", &self.central.name);
+        match (&self.broker.embedded, &self.broker.external) {
+            (Some(_), Some(_)) => v.error("broker", "give either [broker.embedded] or [broker.external], not both"),
+            (None, None) => v.error("broker", "give [broker.embedded] or [broker.external]"),
+            _ => {}
+        }
+        if let Some(e) = &self.broker.embedded {
+            match (&e.tls_listen, &e.tls) {
+                (Some(_), None) => v.error("broker.embedded.tls", "required with tls_listen"),
+                (None, Some(_)) => v.error("broker.embedded.tls_listen", "required with tls"),
+                _ => {}
+            }
+            if e.tls_listen == Some(e.listen) {
+                v.error("broker.embedded.tls_listen", "must differ from listen");
+            }
+            if let Some(t) = &e.tls {
+                t.validate("broker.embedded.tls", v);
+            }
+            if e.max_connections == 0 {
+                v.error("broker.embedded.max_connections", "must be greater than zero");
+            }
+        }
+        if let Some(x) = &self.broker.external {
+            if let Some(url) = v.broker_url("broker.external.url", &x.url) {
+                match (url.scheme(), &x.tls) {
+                    ("mqtts", None) => v.error("broker.external.tls", "required for an mqtts:// broker"),
+                    ("mqtt", Some(_)) => v.error("broker.external.tls", "given, but the broker URL is mqtt:// (plain); use mqtts://"),
+                    _ => {}
+                }
+            }
+            if let Some(t) = &x.tls {
+                t.validate("broker.external.tls", v);
+            }
+        }
+        if self.storage.dir.exists() && !self.storage.dir.is_dir() {
+            v.error("storage.dir", format!("{} exists and is not a folder", self.storage.dir.display()));
+        }
+        v.duration_within("health.gateway_silence", self.health.gateway_silence, Duration::from_secs(5), Duration::from_secs(86_400));
+    }
+}

@@ -1,0 +1,595 @@
+//! Configuration of a gateway and of the devices of its community service centre.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Document, Http, SecretRef, TlsFiles, Validator};
+use crate::config::units::ByteSize;
+
+/// A gateway's config file (`gateway.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub site: Site,
+    pub gateway: GatewayIdentity,
+    pub uplink: Uplink,
+    pub storage: Storage,
+    /// Default: listen on `0.0.0.0:8080`.
+    #[serde(default = "default_http")]
+    pub http: Http,
+    #[serde(default)]
+    pub cameras: Vec<Camera>,
+    #[serde(default)]
+    pub terminals: Vec<Terminal>,
+}
+
+fn default_http() -> Http {
+    Http {
+        listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+    }
+}
+
+/// The community service centre (or grid station) this gateway serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Unique id of the site, e.g. `hongxing-community`.
+    pub id: String,
+    /// Human name, shown to operators.
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayIdentity {
+    /// Unique id of this gateway; must match the common name of its TLS client certificate.
+    pub id: String,
+}
+
+/// The connection to central's MQTT broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    /// `mqtts://host:port` (TLS with a client certificate, production) or `mqtt://host:port`
+    /// (plain, for a broker on the same host only).
+    pub broker: String,
+    /// TLS files; required for `mqtts://`.
+    #[serde(default)]
+    pub tls: Option<TlsFiles>,
+    /// MQTT keep-alive. Default 30 s; 5 s to 18 h.
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    pub keep_alive: Duration,
+    /// How often the gateway reports its own health to central. Default 30 s.
+    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// First wait before reconnecting; doubles (with jitter) up to `reconnect_max`. Default 1 s.
+    #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    /// Longest wait between reconnect attempts. Default 60 s.
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Where the gateway keeps its outbox and caches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// Folder of the gateway's store; created if missing. Relative to the config file.
+    pub dir: PathBuf,
+    /// Most disk the store may use. Default 1 GiB; at least 16 MiB.
+    #[serde(default = "default_disk_budget")]
+    pub disk_budget: ByteSize,
+    /// Memory for the store's page cache. Default 16 MiB; at least 1 MiB.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: ByteSize,
+}
+
+fn default_disk_budget() -> ByteSize {
+    ByteSize::gib(1)
+}
+fn default_cache_size() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+/// An IP camera of the centre.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Camera {
+    /// Unique id within the gateway, e.g. `hall-entrance`.
+    pub id: String,
+    /// Human name, shown on the video wall.
+    pub name: String,
+    /// `rtsp://host[:port]/path`, without credentials (see `credentials`).
+    pub url: String,
+    /// RTSP login; the password comes from the environment or a file, never from this file.
+    #[serde(default)]
+    pub credentials: Option<CameraCredentials>,
+    /// `tcp` (RTP interleaved in the RTSP connection, default) or `udp`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// No frame for this long means the stream is stalled and is reconnected. Default 10 s.
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: Duration,
+    /// A disabled camera is kept in the config but not connected. Default true.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub snapshot: Snapshot,
+    #[serde(default)]
+    pub sensing: Sensing,
+}
+
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraCredentials {
+    pub username: String,
+    pub password: SecretRef,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+/// The latest picture kept per camera.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Snapshot {
+    /// How often a fresh snapshot is decoded (from the next keyframe). Default 10 s.
+    #[serde(default = "default_snapshot_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Width of the JPEG in pixels; the height keeps the aspect ratio. Default 640; 16 to 7680.
+    #[serde(default = "default_snapshot_width")]
+    pub width: u32,
+    /// JPEG quality, 1 to 100. Default 80.
+    #[serde(default = "default_snapshot_quality")]
+    pub quality: u8,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            interval: default_snapshot_interval(),
+            width: default_snapshot_width(),
+            quality: default_snapshot_quality(),
+        }
+    }
+}
+
+fn default_snapshot_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_snapshot_width() -> u32 {
+    640
+}
+fn default_snapshot_quality() -> u8 {
+    80
+}
+
+/// Sensing rules run on decoded keyframes (or a low, bounded frame rate).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sensing {
+    /// Alert when the lens is covered or the picture is black. Default true.
+    #[serde(default = "yes")]
+    pub covered: bool,
+    /// Alert when the stream runs but the picture does not change. Default true.
+    #[serde(default = "yes")]
+    pub frozen: bool,
+    /// Alert when the scene changes as if the camera was moved. Default true.
+    #[serde(default = "yes")]
+    pub moved: bool,
+    /// A condition must hold this long before it is raised, and clear this long before it is
+    /// cleared. Default 30 s.
+    #[serde(default = "default_hold_down", with = "humantime_serde")]
+    pub hold_down: Duration,
+    /// Most frames per second decoded for sensing; keyframes only when no motion zone is set.
+    /// Default 2; 0.1 to 10.
+    #[serde(default = "default_max_decode_fps")]
+    pub max_decode_fps: f64,
+    /// Zones watched for motion.
+    #[serde(default)]
+    pub motion_zones: Vec<MotionZone>,
+}
+
+impl Default for Sensing {
+    fn default() -> Self {
+        Self {
+            covered: true,
+            frozen: true,
+            moved: true,
+            hold_down: default_hold_down(),
+            max_decode_fps: default_max_decode_fps(),
+            motion_zones: Vec::new(),
+        }
+    }
+}
+
+fn default_hold_down() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_decode_fps() -> f64 {
+    2.0
+}
+
+/// A polygon of the picture watched for motion, optionally only at certain times.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MotionZone {
+    /// Unique name within the camera, e.g. `archive-door`.
+    pub name: String,
+    /// Corners as `[x, y]` fractions of the width and height (0.0 to 1.0); at least 3.
+    pub polygon: Vec<[f64; 2]>,
+    /// Fraction of the zone that must change to count as motion, 0.0 to 1.0. Default 0.02.
+    #[serde(default = "default_motion_threshold")]
+    pub threshold: f64,
+    /// When the zone is watched; always when absent.
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+}
+
+fn default_motion_threshold() -> f64 {
+    0.02
+}
+
+/// A daily time window in the gateway's local time; `from` after `to` spans midnight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Start, `HH:MM`.
+    pub from: String,
+    /// End, `HH:MM`.
+    pub to: String,
+    /// Days it applies: `mon` … `sun`. Default every day.
+    #[serde(default = "every_day")]
+    pub days: Vec<String>,
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+fn every_day() -> Vec<String> {
+    DAYS.iter().map(|d| (*d).to_owned()).collect()
+}
+
+/// Parses `HH:MM` into minutes after midnight (`24:00` allowed as the end of a day).
+pub fn parse_hhmm(s: &str) -> Option<u16> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+}
+
+/// A kiosk, video terminal or screen of the centre.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Terminal {
+    /// Unique id within the gateway, e.g. `kiosk-hall-1`.
+    pub id: String,
+    /// Human name, shown to operators.
+    pub name: String,
+    pub kind: TerminalKind,
+    /// Where the terminal is reached (for meeting dispatch), e.g. `http://192.0.2.21:8080/`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// How the gateway learns the terminal's health.
+    pub health: HealthSource,
+    /// The terminal's token for the gateway API (heartbeats, kiosk data); required for
+    /// `heartbeat` health.
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TerminalKind {
+    /// Self-service kiosk in the service hall.
+    Kiosk,
+    /// Video-conference terminal (remote reception, inspection, dispatch).
+    VideoTerminal,
+    /// Information screen.
+    Screen,
+}
+
+/// How a terminal's health is learned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HealthSource {
+    /// The terminal pushes heartbeats to the gateway.
+    Heartbeat {
+        /// Expected time between heartbeats. Default 10 s.
+        #[serde(default = "default_heartbeat_interval", with = "humantime_serde")]
+        interval: Duration,
+        /// Heartbeats missed in a row before the terminal is offline. Default 3.
+        #[serde(default = "default_misses")]
+        misses_before_offline: u32,
+    },
+    /// The gateway sends an HTTP GET and expects a status.
+    HttpProbe {
+        /// `http://` or `https://` URL to GET.
+        url: String,
+        /// Status that means healthy. Default 200.
+        #[serde(default = "default_expect_status")]
+        expect_status: u16,
+        /// Time between probes. Default 30 s.
+        #[serde(default = "default_probe_interval", with = "humantime_serde")]
+        interval: Duration,
+        /// Time a probe may take. Default 5 s; less than `interval`.
+        #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+        timeout: Duration,
+        /// Failed probes in a row before the terminal is offline. Default 3.
+        #[serde(default = "default_misses")]
+        misses_before_offline: u32,
+    },
+    /// The gateway opens a TCP connection.
+    TcpProbe {
+        /// `host:port` to connect to.
+        address: String,
+        /// Time between probes. Default 30 s.
+        #[serde(default = "default_probe_interval", with = "humantime_serde")]
+        interval: Duration,
+        /// Time a probe may take. Default 5 s; less than `interval`.
+        #[serde(default = "default_probe_timeout", with = "humantime_serde")]
+        timeout: Duration,
+        /// Failed probes in a row before the terminal is offline. Default 3.
+        #[serde(default = "default_misses")]
+        misses_before_offline: u32,
+    },
+}
+
+fn default_heartbeat_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_misses() -> u32 {
+    3
+}
+fn default_expect_status() -> u16 {
+    200
+}
+fn default_probe_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_probe_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Document for GatewayConfig {
+    fn resolve_paths(&mut self, base: &Path) {
+        self.storage.dir = super::resolve(base, &self.storage.dir);
+        if let Some(tls) = &mut self.uplink.tls {
+            tls.resolve_paths(base);
+        }
+        for cam in &mut self.cameras {
+            if let Some(c) = &mut cam.credentials {
+                c.password.resolve_paths(base);
+            }
+        }
+        for t in &mut self.terminals {
+            if let Some(tok) = &mut t.token {
+                tok.resolve_paths(base);
+            }
+        }
+    }
+
+    fn validate(&self, v: &mut Validator) {
+        v.id("site.id", &self.site.id);
+        v.non_empty("site.name", &self.site.name);
+        v.id("gateway.id", &self.gateway.id);
+        self.uplink.validate(v);
+        self.storage.validate(v);
+        v.unique_ids("cameras", self.cameras.iter().map(|c| c.id.as_str()));
+        for (i, cam) in self.cameras.iter().enumerate() {
+            cam.validate(&format!("cameras[{i}]"), v);
+        }
+        v.unique_ids("terminals", self.terminals.iter().map(|t| t.id.as_str()));
+        for (i, t) in self.terminals.iter().enumerate() {
+            t.validate(&format!("terminals[{i}]"), v);
+        }
+    }
+}
+
+impl Uplink {
+    fn validate(&self, v: &mut Validator) {
+        if let Some(url) = v.broker_url("uplink.broker", &self.broker) {
+            match (url.scheme(), &self.tls) {
+                ("mqtts", None) => v.error("uplink.tls", "required for an mqtts:// broker"),
+                ("mqtt", Some(_)) => v.error("uplink.tls", "given, but the broker URL is mqtt:// (plain); use mqtts://"),
+                _ => {}
+            }
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate("uplink.tls", v);
+        }
+        v.duration_within("uplink.keep_alive", self.keep_alive, Duration::from_secs(5), Duration::from_secs(65_535));
+        v.duration_within("uplink.health_interval", self.health_interval, Duration::from_secs(1), Duration::from_secs(3600));
+        v.positive("uplink.reconnect_min", self.reconnect_min);
+        if self.reconnect_min > self.reconnect_max {
+            v.error("uplink.reconnect_max", "must not be less than uplink.reconnect_min");
+        }
+    }
+}
+
+impl Storage {
+    fn validate(&self, v: &mut Validator) {
+        if self.disk_budget < ByteSize::mib(16) {
+            v.error("storage.disk_budget", format!("{} is too small; at least 16 MiB", self.disk_budget));
+        }
+        if self.cache_size < ByteSize::mib(1) {
+            v.error("storage.cache_size", format!("{} is too small; at least 1 MiB", self.cache_size));
+        }
+        if self.dir.exists() && !self.dir.is_dir() {
+            v.error("storage.dir", format!("{} exists and is not a folder", self.dir.display()));
+        }
+    }
+}
+
+impl Camera {
+    fn validate(&self, p: &str, v: &mut Validator) {
+        v.id(&format!("{p}.id"), &self.id);
+        v.non_empty(&format!("{p}.name"), &self.name);
+        let url_path = format!("{p}.url");
+        match url::Url::parse(&self.url) {
+            Err(e) => v.error(&url_path, format!("{:?} is not a URL: {e}", self.url)),
+            Ok(u) if u.scheme() == "rtsps" => v.error(&url_path, "rtsps:// is not supported yet; use rtsp:// on the centre's LAN"),
+            Ok(u) if u.scheme() != "rtsp" => v.error(&url_path, format!("scheme must be rtsp, not {}", u.scheme())),
+            Ok(u) if u.host_str().is_none_or(str::is_empty) => v.error(&url_path, "needs a host"),
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => v.error(
+                &url_path,
+                format!("must not hold credentials; use {p}.credentials with a password from env or file"),
+            ),
+            Ok(_) => {}
+        }
+        if let Some(c) = &self.credentials {
+            v.non_empty(&format!("{p}.credentials.username"), &c.username);
+            c.password.validate(&format!("{p}.credentials.password"), v);
+        }
+        v.duration_within(&format!("{p}.stall_timeout"), self.stall_timeout, Duration::from_secs(1), Duration::from_secs(600));
+        let s = &self.snapshot;
+        v.positive(&format!("{p}.snapshot.interval"), s.interval);
+        if !(16..=7680).contains(&s.width) {
+            v.error(&format!("{p}.snapshot.width"), format!("{} is out of range; use 16 to 7680", s.width));
+        }
+        if !(1..=100).contains(&s.quality) {
+            v.error(&format!("{p}.snapshot.quality"), format!("{} is out of range; use 1 to 100", s.quality));
+        }
+        self.sensing.validate(&format!("{p}.sensing"), v);
+    }
+}
+
+impl Sensing {
+    fn validate(&self, p: &str, v: &mut Validator) {
+        v.positive(&format!("{p}.hold_down"), self.hold_down);
+        if !(0.1..=10.0).contains(&self.max_decode_fps) {
+            v.error(&format!("{p}.max_decode_fps"), format!("{} is out of range; use 0.1 to 10", self.max_decode_fps));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, z) in self.motion_zones.iter().enumerate() {
+            let zp = format!("{p}.motion_zones[{i}]");
+            v.non_empty(&format!("{zp}.name"), &z.name);
+            if !names.insert(z.name.as_str()) {
+                v.error(&format!("{zp}.name"), format!("duplicate zone name {:?}", z.name));
+            }
+            if z.polygon.len() < 3 {
+                v.error(&format!("{zp}.polygon"), format!("has {} corner(s); a zone needs at least 3", z.polygon.len()));
+            }
+            for (j, [x, y]) in z.polygon.iter().enumerate() {
+                if !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y) {
+                    v.error(&format!("{zp}.polygon[{j}]"), format!("[{x}, {y}] is outside the picture; use fractions 0.0 to 1.0"));
+                }
+            }
+            if !(z.threshold > 0.0 && z.threshold <= 1.0) {
+                v.error(&format!("{zp}.threshold"), format!("{} is out of range; use more than 0.0 up to 1.0", z.threshold));
+            }
+            if let Some(s) = &z.schedule {
+                for (field, value) in [("from", &s.from), ("to", &s.to)] {
+                    if parse_hhmm(value).is_none() {
+                        v.error(&format!("{zp}.schedule.{field}"), format!("{value:?} is not a time; write HH:MM"));
+                    }
+                }
+                if s.from == s.to {
+                    v.error(&format!("{zp}.schedule.to"), "equals `from`: the window would be empty");
+                }
+                if s.days.is_empty() {
+                    v.error(&format!("{zp}.schedule.days"), "must name at least one day");
+                }
+                for (j, d) in s.days.iter().enumerate() {
+                    if !DAYS.contains(&d.as_str()) {
+                        v.error(&format!("{zp}.schedule.days[{j}]"), format!("{d:?} is not a day; use mon, tue, wed, thu, fri, sat or sun"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Terminal {
+    fn validate(&self, p: &str, v: &mut Validator) {
+        v.id(&format!("{p}.id"), &self.id);
+        v.non_empty(&format!("{p}.name"), &self.name);
+        if let Some(addr) = &self.address {
+            http_url(&format!("{p}.address"), addr, v);
+        }
+        if let Some(tok) = &self.token {
+            tok.validate(&format!("{p}.token"), v);
+        }
+        let hp = format!("{p}.health");
+        match &self.health {
+            HealthSource::Heartbeat { interval, misses_before_offline } => {
+                v.duration_within(&format!("{hp}.interval"), *interval, Duration::from_secs(1), Duration::from_secs(3600));
+                misses(&hp, *misses_before_offline, v);
+                if self.token.is_none() {
+                    v.error(&format!("{p}.token"), "required: heartbeats are authenticated with the terminal's token");
+                }
+            }
+            HealthSource::HttpProbe { url, expect_status, interval, timeout, misses_before_offline } => {
+                http_url(&format!("{hp}.url"), url, v);
+                if !(100..=599).contains(expect_status) {
+                    v.error(&format!("{hp}.expect_status"), format!("{expect_status} is not an HTTP status"));
+                }
+                probe_timing(&hp, *interval, *timeout, v);
+                misses(&hp, *misses_before_offline, v);
+            }
+            HealthSource::TcpProbe { address, interval, timeout, misses_before_offline } => {
+                let ok = address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+                if !ok {
+                    v.error(&format!("{hp}.address"), format!("{address:?} is not host:port"));
+                }
+                probe_timing(&hp, *interval, *timeout, v);
+                misses(&hp, *misses_before_offline, v);
+            }
+        }
+    }
+}
+
+fn http_url(path: &str, s: &str, v: &mut Validator) {
+    match url::Url::parse(s) {
+        Err(e) => v.error(path, format!("{s:?} is not a URL: {e}")),
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+            v.error(path, format!("scheme must be http or https, not {}", u.scheme()))
+        }
+        Ok(_) => {}
+    }
+}
+
+fn probe_timing(hp: &str, interval: Duration, timeout: Duration, v: &mut Validator) {
+    v.duration_within(&format!("{hp}.interval"), interval, Duration::from_secs(1), Duration::from_secs(3600));
+    v.positive(&format!("{hp}.timeout"), timeout);
+    if timeout >= interval {
+        v.error(&format!("{hp}.timeout"), "must be less than the probe interval");
+    }
+}
+
+fn misses(hp: &str, n: u32, v: &mut Validator) {
+    if !(1..=100).contains(&n) {
+        v.error(&format!("{hp}.misses_before_offline"), format!("{n} is out of range; use 1 to 100"));
+    }
+}

@@ -1,0 +1,13 @@
+//! The contract every GridEdge part shares.
+//!
+//! - [`config`]: the TOML configuration of central, of a gateway and of its devices, validated with
+//!   errors that name the bad field by its path (`cameras[2].url: …`).
+//! - [`topics`]: the MQTT topic tree between gateways and central.
+//! - [`wire`]: the messages on those topics, in a versioned envelope.
+//! - [`ids`]: the identifiers that appear in topics, URLs and sequence keys.
+
+pub mod config;
+pub mod examples;
+pub mod ids;
+pub mod topics;
+pub mod wire;

@@ -1,0 +1,312 @@
+//! The messages on the GridEdge topics, in a versioned JSON envelope.
+//!
+//! ```json
+//! {"v":1,"kind":"health","gateway":"gw-1","seq":42,"time":"2026-11-25T08:00:00Z","payload":{…}}
+//! ```
+//!
+//! `seq` is the sender's own increasing counter for the kind (for `events`, the first event's
+//! sequence number). [`decode`] checks the version and the kind before it reads the payload, so a
+//! message from a newer or foreign sender is a typed [`WireError`], never a panic.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::GatewayId;
+
+/// The envelope version this build writes and reads.
+pub const WIRE_VERSION: u16 = 1;
+
+/// Largest message accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
+
+/// A message with its envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u16,
+    /// The gateway the message is from (uplink) or for (downlink).
+    pub gateway: GatewayId,
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    #[serde(flatten)]
+    pub message: Message,
+}
+
+/// Every kind of message, with its payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+pub enum Message {
+    Status(Status),
+    Health(GatewayHealth),
+    Events(EventBatch),
+    Ack(Ack),
+    Command(Command),
+    Reply(CommandReply),
+}
+
+impl Message {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Status(_) => "status",
+            Message::Health(_) => "health",
+            Message::Events(_) => "events",
+            Message::Ack(_) => "ack",
+            Message::Command(_) => "command",
+            Message::Reply(_) => "reply",
+        }
+    }
+}
+
+/// Every kind this build understands.
+pub const KINDS: [&str; 6] = ["status", "health", "events", "ack", "command", "reply"];
+
+/// Birth and last-will message of a gateway, retained on its status topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub state: LinkState,
+    /// Software version of the gateway.
+    pub version: String,
+    pub site: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    Online,
+    Offline,
+}
+
+/// A gateway's periodic report on itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayHealth {
+    pub version: String,
+    pub site: String,
+    pub uptime_secs: u64,
+    pub cameras_configured: u32,
+    pub terminals_configured: u32,
+}
+
+/// Priority class of an event: decides what is evicted first when the disk budget is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventClass {
+    /// Evicted first.
+    Telemetry,
+    Health,
+    Submission,
+    /// Evicted last.
+    Alert,
+}
+
+/// One event from a gateway's outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub class: EventClass,
+    /// What happened, e.g. `camera.offline`, `kiosk.report`.
+    pub kind: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub payload: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+}
+
+/// What central has stored of a gateway's events: every seq up to `watermark`, and the inclusive
+/// ranges above it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub watermark: u64,
+    #[serde(default)]
+    pub ranges: Vec<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unique id; the reply names it.
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub args: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandReply {
+    pub id: String,
+    pub ok: bool,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+/// Why bytes are not a message this build can read.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message is {0} bytes; at most {MAX_MESSAGE_BYTES} are accepted")]
+    TooLarge(usize),
+    #[error("not a GridEdge envelope: {0}")]
+    NotAnEnvelope(#[source] serde_json::Error),
+    #[error("unsupported envelope version {0}; this build reads version {WIRE_VERSION}")]
+    UnsupportedVersion(u16),
+    #[error("unknown message kind {0:?}")]
+    UnknownKind(String),
+    #[error("bad {kind} message: {source}")]
+    BadPayload {
+        kind: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] serde_json::Error),
+}
+
+impl Envelope {
+    pub fn new(gateway: GatewayId, seq: u64, message: Message) -> Self {
+        Self {
+            v: WIRE_VERSION,
+            gateway,
+            seq,
+            time: OffsetDateTime::now_utc(),
+            message,
+        }
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        serde_json::to_vec(self).map_err(WireError::Encode)
+    }
+}
+
+/// The fields read before the payload is trusted.
+#[derive(Deserialize)]
+struct Header {
+    v: u16,
+    kind: String,
+}
+
+/// Reads an envelope: size, then version, then kind, then the whole message.
+pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    let header: Header = serde_json::from_slice(bytes).map_err(WireError::NotAnEnvelope)?;
+    if header.v != WIRE_VERSION {
+        return Err(WireError::UnsupportedVersion(header.v));
+    }
+    if !KINDS.contains(&header.kind.as_str()) {
+        return Err(WireError::UnknownKind(header.kind));
+    }
+    serde_json::from_slice(bytes).map_err(|source| WireError::BadPayload {
+        kind: header.kind,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn gw() -> GatewayId {
+        GatewayId::new("gw-1").unwrap()
+    }
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Status(Status {
+                state: LinkState::Online,
+                version: "0.1.0".into(),
+                site: "hongxing".into(),
+            }),
+            Message::Health(GatewayHealth {
+                version: "0.1.0".into(),
+                site: "hongxing".into(),
+                uptime_secs: 12,
+                cameras_configured: 2,
+                terminals_configured: 3,
+            }),
+            Message::Events(EventBatch {
+                events: vec![Event {
+                    seq: 7,
+                    class: EventClass::Alert,
+                    kind: "camera.covered".into(),
+                    time: OffsetDateTime::UNIX_EPOCH,
+                    payload: json!({"camera": "hall", "note": "镜头遮挡"}),
+                }],
+            }),
+            Message::Ack(Ack {
+                watermark: 6,
+                ranges: vec![(9, 12)],
+            }),
+            Message::Command(Command {
+                id: "c1".into(),
+                name: "snapshot".into(),
+                args: json!({"camera": "hall"}),
+            }),
+            Message::Reply(CommandReply {
+                id: "c1".into(),
+                ok: false,
+                message: "no such camera".into(),
+                data: serde_json::Value::Null,
+            }),
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for (i, m) in samples().into_iter().enumerate() {
+            let env = Envelope {
+                v: WIRE_VERSION,
+                gateway: gw(),
+                seq: i as u64,
+                time: OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap(),
+                message: m,
+            };
+            let bytes = env.encode().unwrap();
+            let back = decode(&bytes).unwrap();
+            assert_eq!(back, env);
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(v["kind"], env.message.kind());
+            assert!(KINDS.contains(&env.message.kind()));
+        }
+    }
+
+    fn raw(v: u16, kind: &str, payload: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"v": v, "kind": kind, "gateway": "gw-1", "seq": 1,
+            "time": "2026-11-25T08:00:00Z", "payload": payload}))
+        .unwrap()
+    }
+
+    #[test]
+    fn rejects_unknown_version() {
+        let err = decode(&raw(2, "health", json!({}))).unwrap_err();
+        assert!(matches!(err, WireError::UnsupportedVersion(2)), "{err}");
+    }
+
+    #[test]
+    fn rejects_unknown_kind() {
+        let err = decode(&raw(1, "teleport", json!({}))).unwrap_err();
+        assert!(matches!(err, WireError::UnknownKind(ref k) if k == "teleport"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_payload_and_bad_gateway_id() {
+        let err = decode(&raw(1, "ack", json!({"watermark": "x"}))).unwrap_err();
+        assert!(matches!(err, WireError::BadPayload { ref kind, .. } if kind == "ack"), "{err}");
+        let mut v: serde_json::Value = serde_json::from_slice(&raw(1, "ack", json!({"watermark": 1}))).unwrap();
+        v["gateway"] = json!("gw/#");
+        let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(matches!(err, WireError::BadPayload { .. }), "{err}");
+    }
+
+    #[test]
+    fn rejects_garbage_without_panicking() {
+        for bytes in [&b""[..], b"\xff\xfe", b"null", b"[]", b"{\"v\":-1}", b"{\"v\":1}"] {
+            assert!(decode(bytes).is_err());
+        }
+        assert!(matches!(decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]), Err(WireError::TooLarge(_))));
+    }
+}
