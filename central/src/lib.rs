@@ -1,1 +1,136 @@
+//! GridEdge central: the hub in the street command centre.
+//!
+//! It runs (or connects to) the MQTT broker that every gateway talks to, keeps the registry of
+//! gateways and their health, and serves operators over HTTP. [`start`] runs it in-process (as
+//! the tests do); `main.rs` wraps it as a binary.
 
+pub mod api;
+pub mod broker;
+pub mod link;
+pub mod metrics;
+pub mod registry;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use firmware_config::config::central::BrokerChoice;
+use firmware_config::config::CentralConfig;
+use firmware_config::runtime::{self, mqtt::MqttSetupError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::Metrics;
+pub use registry::GatewayRegistry;
+
+/// Software version, shown in `/healthz` and `/metrics`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why central could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum CentralError {
+    #[error("config has no broker")]
+    NoBroker,
+    #[error("storage folder {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("embedded broker: {0}")]
+    Broker(#[from] broker::BrokerError),
+    #[error("HTTP: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("MQTT client: {0}")]
+    Mqtt(#[from] MqttSetupError),
+    #[error("a central task failed: {0}")]
+    Task(String),
+}
+
+/// What every part of a running central shares.
+pub struct Shared {
+    pub config: CentralConfig,
+    pub metrics: Metrics,
+    pub registry: Mutex<GatewayRegistry>,
+    pub started: Instant,
+}
+
+impl Shared {
+    /// The registry; a panic elsewhere while it was held leaves it usable, not poisoned.
+    pub fn registry(&self) -> std::sync::MutexGuard<'_, GatewayRegistry> {
+        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A central running in this process.
+pub struct RunningCentral {
+    pub http_addr: SocketAddr,
+    /// Where the embedded broker's plain listener accepts connections, when it runs one.
+    pub broker_addr: Option<SocketAddr>,
+    pub shared: Arc<Shared>,
+    token: CancellationToken,
+    tasks: JoinSet<Result<(), CentralError>>,
+}
+
+/// Starts central: its broker (when embedded), its MQTT session, and its HTTP API.
+pub async fn start(config: CentralConfig, token: CancellationToken) -> Result<RunningCentral, CentralError> {
+    std::fs::create_dir_all(&config.storage.dir).map_err(|source| CentralError::Storage {
+        path: config.storage.dir.display().to_string(),
+        source,
+    })?;
+    let (broker_addr, link) = match config.broker.choice().ok_or(CentralError::NoBroker)? {
+        BrokerChoice::Embedded(e) => {
+            let handle = broker::start(e, &config.central.id).await?;
+            let url = format!("mqtt://{}", handle.local_addr);
+            (Some(handle.local_addr), link::GatewayLink::new(&url, None, &config.central.id)?)
+        }
+        BrokerChoice::External(x) => (None, link::GatewayLink::new(&x.url, x.tls.as_ref(), &config.central.id)?),
+    };
+    let listener = runtime::bind_http(config.http.listen).await.map_err(CentralError::Http)?;
+    let http_addr = listener.local_addr().map_err(CentralError::Http)?;
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(&config),
+        registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),
+        config,
+        started: Instant::now(),
+    });
+    let mut tasks = JoinSet::new();
+    let router = api::router(shared.clone());
+    let t = token.clone();
+    tasks.spawn(async move { runtime::serve_http(listener, router, t).await.map_err(CentralError::Http) });
+    let (s, t) = (shared.clone(), token.clone());
+    tasks.spawn(async move {
+        link.run(s, t).await;
+        Ok(())
+    });
+    tracing::info!(central = %shared.config.central.id, %http_addr, ?broker_addr, "central started");
+    Ok(RunningCentral {
+        http_addr,
+        broker_addr,
+        shared,
+        token,
+        tasks,
+    })
+}
+
+impl RunningCentral {
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Waits until every part has stopped; when one fails, the others are stopped too.
+    pub async fn wait(mut self) -> Result<(), CentralError> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(e) = joined.map_err(|e| CentralError::Task(e.to_string())).and_then(|r| r) {
+                tracing::error!(error = %e, "central part failed; stopping");
+                self.token.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        tracing::info!("central stopped");
+        result
+    }
+}

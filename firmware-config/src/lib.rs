@@ -11,3 +11,5 @@ pub mod examples;
 pub mod ids;
 pub mod topics;
 pub mod wire;
+#[cfg(feature = "runtime")]
+pub mod runtime;

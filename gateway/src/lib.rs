@@ -1,1 +1,122 @@
+//! The GridEdge gateway: the edge service of one community service centre.
+//!
+//! It watches the centre's cameras and terminals, keeps every event on local disk until central
+//! has stored it, and serves the centre's kiosks and security room on the LAN, also when the WAN
+//! is down. [`start`] runs it in-process (as the tests do); `main.rs` wraps it as a binary.
 
+pub mod api;
+pub mod metrics;
+pub mod uplink;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use firmware_config::config::GatewayConfig;
+use firmware_config::ids::GatewayId;
+use firmware_config::runtime::{self, mqtt::MqttSetupError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::Metrics;
+
+/// Software version reported to central and in `/metrics`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the gateway could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("gateway.id {0:?} is not a valid id")]
+    Identity(String),
+    #[error("storage folder {path}: {source}")]
+    Storage {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP: {0}")]
+    Http(#[source] std::io::Error),
+    #[error("uplink: {0}")]
+    Uplink(#[from] MqttSetupError),
+    #[error("a gateway task failed: {0}")]
+    Task(String),
+}
+
+/// What every part of a running gateway shares.
+pub struct Shared {
+    pub config: GatewayConfig,
+    pub gateway_id: GatewayId,
+    pub metrics: Metrics,
+    pub started: Instant,
+}
+
+/// A gateway running in this process.
+pub struct RunningGateway {
+    /// Where its HTTP API listens (the real port when the config asked for port 0).
+    pub http_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    token: CancellationToken,
+    tasks: JoinSet<Result<(), GatewayError>>,
+}
+
+/// Starts a gateway: checks its storage, binds its HTTP port and connects its uplink. Returns
+/// once it serves HTTP; the uplink connects in the background (the edge works offline).
+pub async fn start(config: GatewayConfig, token: CancellationToken) -> Result<RunningGateway, GatewayError> {
+    let gateway_id = GatewayId::new(config.gateway.id.clone()).map_err(|_| GatewayError::Identity(config.gateway.id.clone()))?;
+    std::fs::create_dir_all(&config.storage.dir).map_err(|source| GatewayError::Storage {
+        path: config.storage.dir.display().to_string(),
+        source,
+    })?;
+    let metrics = Metrics::new(&config);
+    let listener = runtime::bind_http(config.http.listen).await.map_err(GatewayError::Http)?;
+    let http_addr = listener.local_addr().map_err(GatewayError::Http)?;
+    let uplink = uplink::Uplink::new(&config, gateway_id.clone())?;
+    let shared = Arc::new(Shared {
+        config,
+        gateway_id,
+        metrics,
+        started: Instant::now(),
+    });
+
+    let mut tasks = JoinSet::new();
+    let router = api::router(shared.clone());
+    let t = token.clone();
+    tasks.spawn(async move { runtime::serve_http(listener, router, t).await.map_err(GatewayError::Http) });
+    let (s, t) = (shared.clone(), token.clone());
+    tasks.spawn(async move {
+        uplink.run(s, t).await;
+        Ok(())
+    });
+    tracing::info!(gateway = %shared.gateway_id, site = %shared.config.site.id, %http_addr, "gateway started");
+    Ok(RunningGateway {
+        http_addr,
+        shared,
+        token,
+        tasks,
+    })
+}
+
+impl RunningGateway {
+    /// Asks every part to stop.
+    pub fn shutdown(&self) {
+        self.token.cancel();
+    }
+
+    /// Waits until every part has stopped; the first error wins. When one part fails the others
+    /// are stopped too, so a gateway never runs half.
+    pub async fn wait(mut self) -> Result<(), GatewayError> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = joined.map_err(|e| GatewayError::Task(e.to_string())).and_then(|r| r);
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "gateway part failed; stopping");
+                self.token.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        tracing::info!(gateway = %self.shared.gateway_id, "gateway stopped");
+        result
+    }
+}

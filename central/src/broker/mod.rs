@@ -1,0 +1,95 @@
+//! The embedded MQTT broker (rumqttd), so that one command runs everything.
+//!
+//! rumqttd runs on threads of its own and has no shutdown call: the broker lives as long as the
+//! process. Its ports are checked before it starts, so that a busy port is a clear error here
+//! instead of a log line from a broker thread.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use firmware_config::config::central::EmbeddedBroker;
+use firmware_config::wire::MAX_MESSAGE_BYTES;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the broker thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The running embedded broker.
+#[derive(Debug, Clone)]
+pub struct BrokerHandle {
+    /// The plain listener, as bound (port 0 in the config becomes a real port).
+    pub local_addr: SocketAddr,
+    /// The TLS listener for gateways, when configured.
+    pub tls_addr: Option<SocketAddr>,
+}
+
+/// Starts the broker. Its ports are bound by its own threads a moment later; clients retry.
+pub async fn start(cfg: &EmbeddedBroker, central_id: &str) -> Result<BrokerHandle, BrokerError> {
+    let local_addr = reserve(cfg.listen)?;
+    let tls_addr = cfg.tls_listen.map(reserve).transpose()?;
+    let mut v4 = HashMap::new();
+    v4.insert("plain".to_owned(), server("plain", local_addr, None));
+    if let (Some(addr), Some(files)) = (tls_addr, &cfg.tls) {
+        let tls = rumqttd::TlsConfig::Rustls {
+            capath: Some(files.ca_file.display().to_string()),
+            certpath: files.cert_file.display().to_string(),
+            keypath: files.key_file.display().to_string(),
+        };
+        v4.insert("tls".to_owned(), server("tls", addr, Some(tls)));
+    }
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: cfg.max_connections,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(v4),
+        ..Default::default()
+    };
+    let name = format!("broker-{central_id}");
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    tracing::info!(%local_addr, ?tls_addr, "embedded broker listening");
+    Ok(BrokerHandle { local_addr, tls_addr })
+}
+
+fn server(name: &str, listen: SocketAddr, tls: Option<rumqttd::TlsConfig>) -> rumqttd::ServerSettings {
+    rumqttd::ServerSettings {
+        name: name.to_owned(),
+        listen,
+        tls,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 10_000,
+            max_payload_size: MAX_MESSAGE_BYTES + 4096,
+            max_inflight_count: 100,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    }
+}
+
+/// Checks that `addr` can be bound and turns port 0 into a concrete free port.
+fn reserve(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
+    l.local_addr().map_err(|source| BrokerError::Bind { addr, source })
+}

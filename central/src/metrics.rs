@@ -1,0 +1,79 @@
+//! Central's metrics, named `gridedge_central_<part>_<what>`, exposed on `GET /metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use firmware_config::config::CentralConfig;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PresenceLabel {
+    pub presence: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    central: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// 1 while central's own MQTT session is up.
+    pub link_connected: Gauge,
+    /// Messages received from gateways, by kind.
+    pub messages_received: Family<KindLabel, Counter>,
+    /// Messages refused, by reason (bad topic, bad envelope, gateway mismatch).
+    pub messages_rejected: Family<ReasonLabel, Counter>,
+    /// Gateways by presence, refreshed on every scrape.
+    pub gateways: Family<PresenceLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new(config: &CentralConfig) -> Self {
+        let mut registry = Registry::with_prefix("gridedge_central");
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: crate::VERSION.to_owned(),
+                central: config.central.id.clone(),
+            })
+            .set(1);
+        registry.register("build_info", "Central version and identity", build);
+        let link_connected = Gauge::default();
+        registry.register("link_connected", "1 while central's MQTT session is up", link_connected.clone());
+        let messages_received = Family::default();
+        registry.register("messages_received", "Messages received from gateways, by kind", messages_received.clone());
+        let messages_rejected = Family::default();
+        registry.register("messages_rejected", "Messages refused, by reason", messages_rejected.clone());
+        let gateways = Family::default();
+        registry.register("gateways", "Gateways known, by presence", gateways.clone());
+        Self {
+            registry,
+            link_connected,
+            messages_received,
+            messages_rejected,
+            gateways,
+        }
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.messages_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}

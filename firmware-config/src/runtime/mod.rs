@@ -1,0 +1,114 @@
+//! Plumbing that central and the gateway share (feature `runtime`): how they log, stop, serve
+//! HTTP and open their MQTT connection. Kept here so both services behave the same way.
+
+pub mod mqtt;
+
+use std::net::SocketAddr;
+
+use tokio_util::sync::CancellationToken;
+
+/// Logs to stderr with `tracing`; `RUST_LOG` overrides the default level (`info`), and
+/// `GRIDEDGE_LOG_FORMAT=json` switches to one JSON object per line for log collectors.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // try_init: a test process may have installed a subscriber already.
+    let _ = if std::env::var("GRIDEDGE_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+            _ = term => tracing::info!("SIGTERM received, shutting down"),
+        }
+        token.cancel();
+    });
+}
+
+/// Binds the HTTP listener; a busy or forbidden address is an error that names the address.
+pub async fn bind_http(addr: SocketAddr) -> Result<tokio::net::TcpListener, std::io::Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+/// Serves `router` on `listener` until `token` is cancelled, then lets open requests finish.
+pub async fn serve_http(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    token: CancellationToken,
+) -> Result<(), std::io::Error> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+}
+
+/// Renders a metrics registry in the Prometheus (OpenMetrics) text format.
+pub fn metrics_response(registry: &prometheus_client::registry::Registry) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, registry) {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
+    }
+}
+
+/// The body of a service's `main`: loads and validates its config (printing every problem, as
+/// `fwcfg check` does, and exiting 2), installs signal handling, and runs `run` until it ends.
+pub async fn run_main<C, F, Fut, E>(role: &str, config_path: &std::path::Path, run: F) -> std::process::ExitCode
+where
+    C: crate::config::Document,
+    F: FnOnce(C, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    use std::process::ExitCode;
+    init_tracing();
+    let config: C = match crate::config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            let name = config_path.display();
+            for issue in e.issues() {
+                eprintln!("{name}: {issue}");
+            }
+            eprintln!("{role}: refusing to start with an invalid config");
+            return ExitCode::from(2);
+        }
+    };
+    let token = CancellationToken::new();
+    cancel_on_signal(token.clone());
+    match run(config, token).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "{role} failed");
+            ExitCode::FAILURE
+        }
+    }
+}
