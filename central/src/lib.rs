@@ -58,7 +58,9 @@ pub struct Shared {
 impl Shared {
     /// The registry; a panic elsewhere while it was held leaves it usable, not poisoned.
     pub fn registry(&self) -> std::sync::MutexGuard<'_, GatewayRegistry> {
-        self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.registry
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -73,7 +75,10 @@ pub struct RunningCentral {
 }
 
 /// Starts central: its broker (when embedded), its MQTT session, and its HTTP API.
-pub async fn start(config: CentralConfig, token: CancellationToken) -> Result<RunningCentral, CentralError> {
+pub async fn start(
+    config: CentralConfig,
+    token: CancellationToken,
+) -> Result<RunningCentral, CentralError> {
     std::fs::create_dir_all(&config.storage.dir).map_err(|source| CentralError::Storage {
         path: config.storage.dir.display().to_string(),
         source,
@@ -82,11 +87,19 @@ pub async fn start(config: CentralConfig, token: CancellationToken) -> Result<Ru
         BrokerChoice::Embedded(e) => {
             let handle = broker::start(e, &config.central.id).await?;
             let url = format!("mqtt://{}", handle.local_addr);
-            (Some(handle.local_addr), link::GatewayLink::new(&url, None, &config.central.id)?)
+            (
+                Some(handle.local_addr),
+                link::GatewayLink::new(&url, None, &config.central.id)?,
+            )
         }
-        BrokerChoice::External(x) => (None, link::GatewayLink::new(&x.url, x.tls.as_ref(), &config.central.id)?),
+        BrokerChoice::External(x) => (
+            None,
+            link::GatewayLink::new(&x.url, x.tls.as_ref(), &config.central.id)?,
+        ),
     };
-    let listener = runtime::bind_http(config.http.listen).await.map_err(CentralError::Http)?;
+    let listener = runtime::bind_http(config.http.listen)
+        .await
+        .map_err(CentralError::Http)?;
     let http_addr = listener.local_addr().map_err(CentralError::Http)?;
     let shared = Arc::new(Shared {
         metrics: Metrics::new(&config),
@@ -97,7 +110,11 @@ pub async fn start(config: CentralConfig, token: CancellationToken) -> Result<Ru
     let mut tasks = JoinSet::new();
     let router = api::router(shared.clone());
     let t = token.clone();
-    tasks.spawn(async move { runtime::serve_http(listener, router, t).await.map_err(CentralError::Http) });
+    tasks.spawn(async move {
+        runtime::serve_http(listener, router, t)
+            .await
+            .map_err(CentralError::Http)
+    });
     let (s, t) = (shared.clone(), token.clone());
     tasks.spawn(async move {
         link.run(s, t).await;
@@ -122,7 +139,10 @@ impl RunningCentral {
     pub async fn wait(mut self) -> Result<(), CentralError> {
         let mut result = Ok(());
         while let Some(joined) = self.tasks.join_next().await {
-            if let Err(e) = joined.map_err(|e| CentralError::Task(e.to_string())).and_then(|r| r) {
+            if let Err(e) = joined
+                .map_err(|e| CentralError::Task(e.to_string()))
+                .and_then(|r| r)
+            {
                 tracing::error!(error = %e, "central part failed; stopping");
                 self.token.cancel();
                 if result.is_ok() {

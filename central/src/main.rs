@@ -7,7 +7,11 @@ use clap::Parser;
 use firmware_config::config::CentralConfig;
 
 #[derive(Parser)]
-#[command(name = "central", version, about = "GridEdge central hub of the street command centre")]
+#[command(
+    name = "central",
+    version,
+    about = "GridEdge central hub of the street command centre"
+)]
 struct Args {
     /// Central's config file (see `fwcfg example central`).
     #[arg(long, short, default_value = "/etc/gridedge/central.toml")]
@@ -17,8 +21,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    firmware_config::runtime::run_main("central", &args.config, |cfg: CentralConfig, token| async move {
-        central::start(cfg, token).await?.wait().await
-    })
+    firmware_config::runtime::run_main(
+        "central",
+        &args.config,
+        |cfg: CentralConfig, token| async move { central::start(cfg, token).await?.wait().await },
+    )
     .await
 }

@@ -53,11 +53,23 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "Central version and identity", build);
         let link_connected = Gauge::default();
-        registry.register("link_connected", "1 while central's MQTT session is up", link_connected.clone());
+        registry.register(
+            "link_connected",
+            "1 while central's MQTT session is up",
+            link_connected.clone(),
+        );
         let messages_received = Family::default();
-        registry.register("messages_received", "Messages received from gateways, by kind", messages_received.clone());
+        registry.register(
+            "messages_received",
+            "Messages received from gateways, by kind",
+            messages_received.clone(),
+        );
         let messages_rejected = Family::default();
-        registry.register("messages_rejected", "Messages refused, by reason", messages_rejected.clone());
+        registry.register(
+            "messages_rejected",
+            "Messages refused, by reason",
+            messages_rejected.clone(),
+        );
         let gateways = Family::default();
         registry.register("gateways", "Gateways known, by presence", gateways.clone());
         Self {

@@ -99,7 +99,10 @@ mod tests {
         assert_eq!(check_id("a+"), Err(IdError::BadChar('+')));
         assert_eq!(check_id("a#"), Err(IdError::BadChar('#')));
         assert_eq!(check_id("网格"), Err(IdError::BadStart));
-        assert!(matches!(check_id(&"a".repeat(65)), Err(IdError::TooLong(65))));
+        assert!(matches!(
+            check_id(&"a".repeat(65)),
+            Err(IdError::TooLong(65))
+        ));
     }
 
     #[test]

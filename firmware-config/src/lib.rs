@@ -9,7 +9,7 @@
 pub mod config;
 pub mod examples;
 pub mod ids;
-pub mod topics;
-pub mod wire;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+pub mod topics;
+pub mod wire;

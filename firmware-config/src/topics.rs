@@ -65,8 +65,13 @@ impl Channel {
 /// A parsed GridEdge topic.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Topic {
-    Gateway { gateway: GatewayId, channel: Channel },
-    Master { dataset: String },
+    Gateway {
+        gateway: GatewayId,
+        channel: Channel,
+    },
+    Master {
+        dataset: String,
+    },
 }
 
 /// Why a topic string is not a GridEdge topic.
@@ -110,7 +115,8 @@ impl Topic {
         match parts.as_slice() {
             ["gw", gw, ch] => {
                 let gateway = GatewayId::new(*gw).map_err(bad_id)?;
-                let channel = Channel::parse(ch).ok_or_else(|| TopicError::UnknownShape(topic.to_owned()))?;
+                let channel =
+                    Channel::parse(ch).ok_or_else(|| TopicError::UnknownShape(topic.to_owned()))?;
                 Ok(Topic::Gateway { gateway, channel })
             }
             ["master", dataset] => {
@@ -127,7 +133,9 @@ impl Topic {
 impl fmt::Display for Topic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Topic::Gateway { gateway, channel } => write!(f, "{PREFIX}/gw/{gateway}/{}", channel.as_str()),
+            Topic::Gateway { gateway, channel } => {
+                write!(f, "{PREFIX}/gw/{gateway}/{}", channel.as_str())
+            }
             Topic::Master { dataset } => write!(f, "{PREFIX}/master/{dataset}"),
         }
     }
@@ -166,11 +174,26 @@ mod tests {
 
     #[test]
     fn rejects_foreign_and_malformed_topics() {
-        assert!(matches!(Topic::parse("other/gw/a/status"), Err(TopicError::ForeignPrefix(_))));
-        assert!(matches!(Topic::parse("gridedge/v1/gw/a/nope"), Err(TopicError::UnknownShape(_))));
-        assert!(matches!(Topic::parse("gridedge/v1/gw/a/status/x"), Err(TopicError::UnknownShape(_))));
-        assert!(matches!(Topic::parse("gridedge/v1/gw/+/status"), Err(TopicError::BadId { .. })));
-        assert!(matches!(Topic::parse("gridedge/v1/gw//status"), Err(TopicError::BadId { .. })));
+        assert!(matches!(
+            Topic::parse("other/gw/a/status"),
+            Err(TopicError::ForeignPrefix(_))
+        ));
+        assert!(matches!(
+            Topic::parse("gridedge/v1/gw/a/nope"),
+            Err(TopicError::UnknownShape(_))
+        ));
+        assert!(matches!(
+            Topic::parse("gridedge/v1/gw/a/status/x"),
+            Err(TopicError::UnknownShape(_))
+        ));
+        assert!(matches!(
+            Topic::parse("gridedge/v1/gw/+/status"),
+            Err(TopicError::BadId { .. })
+        ));
+        assert!(matches!(
+            Topic::parse("gridedge/v1/gw//status"),
+            Err(TopicError::BadId { .. })
+        ));
     }
 
     #[test]

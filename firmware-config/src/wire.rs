@@ -289,14 +289,21 @@ mod tests {
     #[test]
     fn rejects_unknown_kind() {
         let err = decode(&raw(1, "teleport", json!({}))).unwrap_err();
-        assert!(matches!(err, WireError::UnknownKind(ref k) if k == "teleport"), "{err}");
+        assert!(
+            matches!(err, WireError::UnknownKind(ref k) if k == "teleport"),
+            "{err}"
+        );
     }
 
     #[test]
     fn rejects_bad_payload_and_bad_gateway_id() {
         let err = decode(&raw(1, "ack", json!({"watermark": "x"}))).unwrap_err();
-        assert!(matches!(err, WireError::BadPayload { ref kind, .. } if kind == "ack"), "{err}");
-        let mut v: serde_json::Value = serde_json::from_slice(&raw(1, "ack", json!({"watermark": 1}))).unwrap();
+        assert!(
+            matches!(err, WireError::BadPayload { ref kind, .. } if kind == "ack"),
+            "{err}"
+        );
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&raw(1, "ack", json!({"watermark": 1}))).unwrap();
         v["gateway"] = json!("gw/#");
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(matches!(err, WireError::BadPayload { .. }), "{err}");
@@ -304,9 +311,19 @@ mod tests {
 
     #[test]
     fn rejects_garbage_without_panicking() {
-        for bytes in [&b""[..], b"\xff\xfe", b"null", b"[]", b"{\"v\":-1}", b"{\"v\":1}"] {
+        for bytes in [
+            &b""[..],
+            b"\xff\xfe",
+            b"null",
+            b"[]",
+            b"{\"v\":-1}",
+            b"{\"v\":1}",
+        ] {
             assert!(decode(bytes).is_err());
         }
-        assert!(matches!(decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]), Err(WireError::TooLarge(_))));
+        assert!(matches!(
+            decode(&vec![b' '; MAX_MESSAGE_BYTES + 1]),
+            Err(WireError::TooLarge(_))
+        ));
     }
 }

@@ -71,9 +71,15 @@ url = "rtsp://10.0.0.3/stream"
 fn unknown_field_is_named_by_its_path() {
     let text = format!("{MINIMAL_GATEWAY}\n[[cameras]]\nid = \"a\"\nname = \"A\"\nurl = \"rtsp://h/\"\nurll = \"x\"\n");
     let err = config::parse::<GatewayConfig>(&text, Path::new("/")).unwrap_err();
-    let ConfigError::Syntax(issue) = &err else { panic!("{err}") };
+    let ConfigError::Syntax(issue) = &err else {
+        panic!("{err}")
+    };
     assert_eq!(issue.path, "cameras[0].urll");
-    assert!(issue.message.contains("unknown field `urll`"), "{}", issue.message);
+    assert!(
+        issue.message.contains("unknown field `urll`"),
+        "{}",
+        issue.message
+    );
     assert!(issue.message.contains("line"), "{}", issue.message);
 }
 
@@ -93,8 +99,14 @@ fn inline_credentials_and_rtsps_are_refused() {
     );
     let issues = issues_of(&text);
     assert_eq!(issues.len(), 2, "{issues:?}");
-    assert!(issues[0].starts_with("cameras[0].url: must not hold credentials"), "{issues:?}");
-    assert!(issues[1].starts_with("cameras[1].url: rtsps:// is not supported"), "{issues:?}");
+    assert!(
+        issues[0].starts_with("cameras[0].url: must not hold credentials"),
+        "{issues:?}"
+    );
+    assert!(
+        issues[1].starts_with("cameras[1].url: rtsps:// is not supported"),
+        "{issues:?}"
+    );
 }
 
 #[test]
@@ -106,17 +118,42 @@ fn missing_files_and_impossible_intervals_are_reported() {
     ) + "\n[[terminals]]\nid = \"t\"\nname = \"T\"\nkind = \"video_terminal\"\n\
          health = { mode = \"http_probe\", url = \"http://h/\", interval = \"5s\", timeout = \"5s\" }\n";
     let issues = issues_of(&text);
-    assert!(issues.iter().any(|i| i.starts_with("uplink.tls.ca_file: /cfg/nope/ca.pem: ")), "{issues:?}");
-    assert!(issues.iter().any(|i| i.starts_with("uplink.tls.key_file: ")), "{issues:?}");
-    assert!(issues.contains(&"uplink.reconnect_max: must not be less than uplink.reconnect_min".to_owned()), "{issues:?}");
-    assert!(issues.contains(&"terminals[0].health.timeout: must be less than the probe interval".to_owned()), "{issues:?}");
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.starts_with("uplink.tls.ca_file: /cfg/nope/ca.pem: ")),
+        "{issues:?}"
+    );
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.starts_with("uplink.tls.key_file: ")),
+        "{issues:?}"
+    );
+    assert!(
+        issues.contains(
+            &"uplink.reconnect_max: must not be less than uplink.reconnect_min".to_owned()
+        ),
+        "{issues:?}"
+    );
+    assert!(
+        issues.contains(
+            &"terminals[0].health.timeout: must be less than the probe interval".to_owned()
+        ),
+        "{issues:?}"
+    );
 }
 
 #[test]
 fn heartbeat_terminal_needs_a_token_and_tls_needs_mqtts() {
     let text = MINIMAL_GATEWAY.to_owned()
         + "\n[[terminals]]\nid = \"k\"\nname = \"K\"\nkind = \"kiosk\"\nhealth = { mode = \"heartbeat\" }\n";
-    assert_eq!(issues_of(&text), vec!["terminals[0].token: required: heartbeats are authenticated with the terminal's token"]);
+    assert_eq!(
+        issues_of(&text),
+        vec![
+            "terminals[0].token: required: heartbeats are authenticated with the terminal's token"
+        ]
+    );
     let bad_mode = MINIMAL_GATEWAY.to_owned()
         + "\n[[terminals]]\nid = \"k\"\nname = \"K\"\nkind = \"kiosk\"\nhealth = { mode = \"carrier_pigeon\" }\n";
     let issues = issues_of(&bad_mode);
@@ -134,11 +171,20 @@ fn secret_refs_need_exactly_one_source_and_are_read_lazily() {
          credentials = {{ username = \"u\", password = {{ env = \"X\", file = \"pw\" }} }}\n"
     );
     let err = config::parse::<GatewayConfig>(&text, dir.path()).unwrap_err();
-    assert_eq!(err.issues(), vec!["cameras[1].credentials.password: give either `env` or `file`, not both"]);
+    assert_eq!(
+        err.issues(),
+        vec!["cameras[1].credentials.password: give either `env` or `file`, not both"]
+    );
     let ok_text = text.replace("env = \"X\", ", "");
     let cfg: GatewayConfig = config::parse(&ok_text, dir.path()).unwrap();
     assert_eq!(cfg.cameras[0].transport, Transport::Udp);
-    let pw = cfg.cameras[0].credentials.as_ref().unwrap().password.read().unwrap();
+    let pw = cfg.cameras[0]
+        .credentials
+        .as_ref()
+        .unwrap()
+        .password
+        .read()
+        .unwrap();
     assert_eq!(pw, "s3cret");
 }
 
@@ -161,13 +207,22 @@ fn example_terminals_cover_every_health_mode() {
 fn central_needs_exactly_one_broker() {
     let none = "[central]\nid = \"c\"\nname = \"C\"\n[broker]\n[storage]\ndir = \"d\"\n";
     let err = config::parse::<CentralConfig>(none, Path::new("/")).unwrap_err();
-    assert_eq!(err.issues(), vec!["broker: give [broker.embedded] or [broker.external]"]);
+    assert_eq!(
+        err.issues(),
+        vec!["broker: give [broker.embedded] or [broker.external]"]
+    );
     let both = "[central]\nid = \"c\"\nname = \"C\"\n[broker.embedded]\n[broker.external]\nurl = \"mqtt://h\"\n[storage]\ndir = \"d\"\n";
     let err = config::parse::<CentralConfig>(both, Path::new("/")).unwrap_err();
-    assert_eq!(err.issues(), vec!["broker: give either [broker.embedded] or [broker.external], not both"]);
+    assert_eq!(
+        err.issues(),
+        vec!["broker: give either [broker.embedded] or [broker.external], not both"]
+    );
     let tls_half = "[central]\nid = \"c\"\nname = \"C\"\n[broker.embedded]\ntls_listen = \"0.0.0.0:8883\"\n[storage]\ndir = \"d\"\n";
     let err = config::parse::<CentralConfig>(tls_half, Path::new("/")).unwrap_err();
-    assert_eq!(err.issues(), vec!["broker.embedded.tls: required with tls_listen"]);
+    assert_eq!(
+        err.issues(),
+        vec!["broker.embedded.tls: required with tls_listen"]
+    );
 }
 
 #[test]

@@ -11,7 +11,12 @@ fn fwcfg(args: &[&str], stdin: &str) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
@@ -35,9 +40,16 @@ fn example_gateway_piped_into_check_passes() {
 fn check_prints_every_problem_and_fails() {
     let (_, example, _) = fwcfg(&["example", "gateway"], "");
     let bad = example
-        .replace("rtsp://192.0.2.10:554/Streaming/Channels/101", "http://192.0.2.10/")
+        .replace(
+            "rtsp://192.0.2.10:554/Streaming/Channels/101",
+            "http://192.0.2.10/",
+        )
         .replace("id = \"security-room\"", "id = \"hall-entrance\"")
-        .replacen("interval = \"10s\"           # a fresh", "interval = \"0s\"           # a fresh", 1);
+        .replacen(
+            "interval = \"10s\"           # a fresh",
+            "interval = \"0s\"           # a fresh",
+            1,
+        );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
     std::fs::write(&file, bad).unwrap();
@@ -45,9 +57,25 @@ fn check_prints_every_problem_and_fails() {
     assert!(!ok);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 4, "{err}");
-    assert!(lines.iter().any(|l| l.ends_with("cameras[1].id: duplicate id \"hall-entrance\" (also cameras[0].id)")), "{err}");
-    assert!(lines.iter().any(|l| l.ends_with("cameras[0].url: scheme must be rtsp, not http")), "{err}");
-    assert!(lines.iter().any(|l| l.ends_with("cameras[0].snapshot.interval: must be greater than zero")), "{err}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                .ends_with("cameras[1].id: duplicate id \"hall-entrance\" (also cameras[0].id)")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("cameras[0].url: scheme must be rtsp, not http")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.ends_with("cameras[0].snapshot.interval: must be greater than zero")),
+        "{err}"
+    );
     assert!(lines[3].ends_with("3 problem(s)"), "{err}");
 }
 

@@ -61,14 +61,20 @@ pub struct RunningGateway {
 
 /// Starts a gateway: checks its storage, binds its HTTP port and connects its uplink. Returns
 /// once it serves HTTP; the uplink connects in the background (the edge works offline).
-pub async fn start(config: GatewayConfig, token: CancellationToken) -> Result<RunningGateway, GatewayError> {
-    let gateway_id = GatewayId::new(config.gateway.id.clone()).map_err(|_| GatewayError::Identity(config.gateway.id.clone()))?;
+pub async fn start(
+    config: GatewayConfig,
+    token: CancellationToken,
+) -> Result<RunningGateway, GatewayError> {
+    let gateway_id = GatewayId::new(config.gateway.id.clone())
+        .map_err(|_| GatewayError::Identity(config.gateway.id.clone()))?;
     std::fs::create_dir_all(&config.storage.dir).map_err(|source| GatewayError::Storage {
         path: config.storage.dir.display().to_string(),
         source,
     })?;
     let metrics = Metrics::new(&config);
-    let listener = runtime::bind_http(config.http.listen).await.map_err(GatewayError::Http)?;
+    let listener = runtime::bind_http(config.http.listen)
+        .await
+        .map_err(GatewayError::Http)?;
     let http_addr = listener.local_addr().map_err(GatewayError::Http)?;
     let uplink = uplink::Uplink::new(&config, gateway_id.clone())?;
     let shared = Arc::new(Shared {
@@ -81,7 +87,11 @@ pub async fn start(config: GatewayConfig, token: CancellationToken) -> Result<Ru
     let mut tasks = JoinSet::new();
     let router = api::router(shared.clone());
     let t = token.clone();
-    tasks.spawn(async move { runtime::serve_http(listener, router, t).await.map_err(GatewayError::Http) });
+    tasks.spawn(async move {
+        runtime::serve_http(listener, router, t)
+            .await
+            .map_err(GatewayError::Http)
+    });
     let (s, t) = (shared.clone(), token.clone());
     tasks.spawn(async move {
         uplink.run(s, t).await;
@@ -107,7 +117,9 @@ impl RunningGateway {
     pub async fn wait(mut self) -> Result<(), GatewayError> {
         let mut result = Ok(());
         while let Some(joined) = self.tasks.join_next().await {
-            let outcome = joined.map_err(|e| GatewayError::Task(e.to_string())).and_then(|r| r);
+            let outcome = joined
+                .map_err(|e| GatewayError::Task(e.to_string()))
+                .and_then(|r| r);
             if let Err(e) = outcome {
                 tracing::error!(error = %e, "gateway part failed; stopping");
                 self.token.cancel();

@@ -52,13 +52,29 @@ impl Metrics {
         registry.register("terminals_configured", "Terminals in the config", terminals);
 
         let uplink_connected = Gauge::default();
-        registry.register("uplink_connected", "1 while the MQTT session to central is up", uplink_connected.clone());
+        registry.register(
+            "uplink_connected",
+            "1 while the MQTT session to central is up",
+            uplink_connected.clone(),
+        );
         let uplink_reconnects = Counter::default();
-        registry.register("uplink_reconnects", "MQTT sessions established after the first", uplink_reconnects.clone());
+        registry.register(
+            "uplink_reconnects",
+            "MQTT sessions established after the first",
+            uplink_reconnects.clone(),
+        );
         let uplink_errors = Counter::default();
-        registry.register("uplink_errors", "Failed MQTT connection attempts and dropped sessions", uplink_errors.clone());
+        registry.register(
+            "uplink_errors",
+            "Failed MQTT connection attempts and dropped sessions",
+            uplink_errors.clone(),
+        );
         let uplink_published = Family::default();
-        registry.register("uplink_published", "Messages handed to the MQTT client, by kind", uplink_published.clone());
+        registry.register(
+            "uplink_published",
+            "Messages handed to the MQTT client, by kind",
+            uplink_published.clone(),
+        );
         Self {
             registry,
             uplink_connected,

@@ -68,10 +68,17 @@ pub async fn start(cfg: &EmbeddedBroker, central_id: &str) -> Result<BrokerHandl
         })
         .map_err(BrokerError::Thread)?;
     tracing::info!(%local_addr, ?tls_addr, "embedded broker listening");
-    Ok(BrokerHandle { local_addr, tls_addr })
+    Ok(BrokerHandle {
+        local_addr,
+        tls_addr,
+    })
 }
 
-fn server(name: &str, listen: SocketAddr, tls: Option<rumqttd::TlsConfig>) -> rumqttd::ServerSettings {
+fn server(
+    name: &str,
+    listen: SocketAddr,
+    tls: Option<rumqttd::TlsConfig>,
+) -> rumqttd::ServerSettings {
     rumqttd::ServerSettings {
         name: name.to_owned(),
         listen,
@@ -90,6 +97,8 @@ fn server(name: &str, listen: SocketAddr, tls: Option<rumqttd::TlsConfig>) -> ru
 
 /// Checks that `addr` can be bound and turns port 0 into a concrete free port.
 fn reserve(addr: SocketAddr) -> Result<SocketAddr, BrokerError> {
-    let l = std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
-    l.local_addr().map_err(|source| BrokerError::Bind { addr, source })
+    let l =
+        std::net::TcpListener::bind(addr).map_err(|source| BrokerError::Bind { addr, source })?;
+    l.local_addr()
+        .map_err(|source| BrokerError::Bind { addr, source })
 }

@@ -23,7 +23,11 @@ pub struct GatewayLink {
 }
 
 impl GatewayLink {
-    pub fn new(url: &str, tls: Option<&TlsFiles>, central_id: &str) -> Result<Self, MqttSetupError> {
+    pub fn new(
+        url: &str,
+        tls: Option<&TlsFiles>,
+        central_id: &str,
+    ) -> Result<Self, MqttSetupError> {
         let mut opts = client_options(url, tls, central_id, Duration::from_secs(30))?;
         opts.set_clean_session(false);
         let (client, eventloop) = AsyncClient::new(opts, 256);
@@ -44,7 +48,10 @@ impl GatewayLink {
                     wait = Duration::from_millis(100);
                     tracing::info!("central connected to the broker");
                     for ch in [Channel::Status, Channel::Health] {
-                        if let Err(e) = self.client.try_subscribe(all_gateways(ch), QoS::AtLeastOnce) {
+                        if let Err(e) = self
+                            .client
+                            .try_subscribe(all_gateways(ch), QoS::AtLeastOnce)
+                        {
                             tracing::error!(error = %e, "cannot subscribe");
                         }
                     }

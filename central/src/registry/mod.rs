@@ -53,7 +53,14 @@ impl GatewayRegistry {
     }
 
     /// A birth (`online`) or last-will/goodbye (`offline`) message.
-    pub fn observe_status(&mut self, id: &GatewayId, link: LinkState, site: &str, version: &str, now: Instant) {
+    pub fn observe_status(
+        &mut self,
+        id: &GatewayId,
+        link: LinkState,
+        site: &str,
+        version: &str,
+        now: Instant,
+    ) {
         let e = self.entry(id, now);
         e.link = link;
         e.site = site.to_owned();
@@ -88,7 +95,9 @@ impl GatewayRegistry {
     fn presence(&self, e: &Entry, now: Instant) -> Presence {
         match e.link {
             LinkState::Offline => Presence::Offline,
-            LinkState::Online if now.saturating_duration_since(e.last_heard) > self.silence => Presence::Silent,
+            LinkState::Online if now.saturating_duration_since(e.last_heard) > self.silence => {
+                Presence::Silent
+            }
             LinkState::Online => Presence::Online,
         }
     }
@@ -109,11 +118,13 @@ impl GatewayRegistry {
 
     /// Count of gateways per presence: (online, silent, offline).
     pub fn counts(&self, now: Instant) -> (usize, usize, usize) {
-        self.gateways.values().fold((0, 0, 0), |(on, si, off), e| match self.presence(e, now) {
-            Presence::Online => (on + 1, si, off),
-            Presence::Silent => (on, si + 1, off),
-            Presence::Offline => (on, si, off + 1),
-        })
+        self.gateways
+            .values()
+            .fold((0, 0, 0), |(on, si, off), e| match self.presence(e, now) {
+                Presence::Online => (on + 1, si, off),
+                Presence::Silent => (on, si + 1, off),
+                Presence::Offline => (on, si, off + 1),
+            })
     }
 }
 
@@ -130,10 +141,25 @@ mod tests {
         let t0 = Instant::now();
         let mut r = GatewayRegistry::new(Duration::from_secs(90));
         r.observe_status(&gw("a"), LinkState::Online, "s", "0.1", t0);
-        assert_eq!(r.presence_of(&gw("a"), t0 + Duration::from_secs(90)), Some(Presence::Online));
-        assert_eq!(r.presence_of(&gw("a"), t0 + Duration::from_secs(91)), Some(Presence::Silent));
-        r.observe_status(&gw("a"), LinkState::Offline, "s", "0.1", t0 + Duration::from_secs(100));
-        assert_eq!(r.presence_of(&gw("a"), t0 + Duration::from_secs(100)), Some(Presence::Offline));
+        assert_eq!(
+            r.presence_of(&gw("a"), t0 + Duration::from_secs(90)),
+            Some(Presence::Online)
+        );
+        assert_eq!(
+            r.presence_of(&gw("a"), t0 + Duration::from_secs(91)),
+            Some(Presence::Silent)
+        );
+        r.observe_status(
+            &gw("a"),
+            LinkState::Offline,
+            "s",
+            "0.1",
+            t0 + Duration::from_secs(100),
+        );
+        assert_eq!(
+            r.presence_of(&gw("a"), t0 + Duration::from_secs(100)),
+            Some(Presence::Offline)
+        );
         assert_eq!(r.counts(t0 + Duration::from_secs(100)), (0, 0, 1));
     }
 

@@ -52,7 +52,11 @@ fn main() -> ExitCode {
 
 fn check(file: &Path, role: Option<Role>) -> ExitCode {
     let stdin = file == Path::new("-");
-    let name = if stdin { "<stdin>".to_owned() } else { file.display().to_string() };
+    let name = if stdin {
+        "<stdin>".to_owned()
+    } else {
+        file.display().to_string()
+    };
     let text = if stdin {
         let mut s = String::new();
         match std::io::stdin().read_to_string(&mut s) {
@@ -68,10 +72,16 @@ fn check(file: &Path, role: Option<Role>) -> ExitCode {
     let base = if stdin {
         PathBuf::from(".")
     } else {
-        file.parent().filter(|p| !p.as_os_str().is_empty()).map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+        file.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
     };
     let Some(role) = role.or_else(|| guess_role(&text)) else {
-        return fail(&name, &["cannot tell the role: no [gateway] or [central] table; pass --role".to_owned()]);
+        return fail(
+            &name,
+            &["cannot tell the role: no [gateway] or [central] table; pass --role".to_owned()],
+        );
     };
     let summary: Result<String, ConfigError> = match role {
         Role::Gateway => config::parse::<GatewayConfig>(&text, &base).map(|c| {
@@ -84,7 +94,11 @@ fn check(file: &Path, role: Option<Role>) -> ExitCode {
             )
         }),
         Role::Central => config::parse::<CentralConfig>(&text, &base).map(|c| {
-            let broker = if c.broker.embedded.is_some() { "embedded" } else { "external" };
+            let broker = if c.broker.embedded.is_some() {
+                "embedded"
+            } else {
+                "external"
+            };
             format!("central {} with the {broker} broker", c.central.id)
         }),
     };

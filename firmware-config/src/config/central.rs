@@ -146,7 +146,10 @@ impl Document for CentralConfig {
         v.id("central.id", &self.central.id);
         v.non_empty("central.name", &self.central.name);
         match (&self.broker.embedded, &self.broker.external) {
-            (Some(_), Some(_)) => v.error("broker", "give either [broker.embedded] or [broker.external], not both"),
+            (Some(_), Some(_)) => v.error(
+                "broker",
+                "give either [broker.embedded] or [broker.external], not both",
+            ),
             (None, None) => v.error("broker", "give [broker.embedded] or [broker.external]"),
             _ => {}
         }
@@ -163,14 +166,22 @@ impl Document for CentralConfig {
                 t.validate("broker.embedded.tls", v);
             }
             if e.max_connections == 0 {
-                v.error("broker.embedded.max_connections", "must be greater than zero");
+                v.error(
+                    "broker.embedded.max_connections",
+                    "must be greater than zero",
+                );
             }
         }
         if let Some(x) = &self.broker.external {
             if let Some(url) = v.broker_url("broker.external.url", &x.url) {
                 match (url.scheme(), &x.tls) {
-                    ("mqtts", None) => v.error("broker.external.tls", "required for an mqtts:// broker"),
-                    ("mqtt", Some(_)) => v.error("broker.external.tls", "given, but the broker URL is mqtt:// (plain); use mqtts://"),
+                    ("mqtts", None) => {
+                        v.error("broker.external.tls", "required for an mqtts:// broker")
+                    }
+                    ("mqtt", Some(_)) => v.error(
+                        "broker.external.tls",
+                        "given, but the broker URL is mqtt:// (plain); use mqtts://",
+                    ),
                     _ => {}
                 }
             }
@@ -179,8 +190,16 @@ impl Document for CentralConfig {
             }
         }
         if self.storage.dir.exists() && !self.storage.dir.is_dir() {
-            v.error("storage.dir", format!("{} exists and is not a folder", self.storage.dir.display()));
+            v.error(
+                "storage.dir",
+                format!("{} exists and is not a folder", self.storage.dir.display()),
+            );
         }
-        v.duration_within("health.gateway_silence", self.health.gateway_silence, Duration::from_secs(5), Duration::from_secs(86_400));
+        v.duration_within(
+            "health.gateway_silence",
+            self.health.gateway_silence,
+            Duration::from_secs(5),
+            Duration::from_secs(86_400),
+        );
     }
 }

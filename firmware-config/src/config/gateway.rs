@@ -420,18 +420,34 @@ impl Uplink {
         if let Some(url) = v.broker_url("uplink.broker", &self.broker) {
             match (url.scheme(), &self.tls) {
                 ("mqtts", None) => v.error("uplink.tls", "required for an mqtts:// broker"),
-                ("mqtt", Some(_)) => v.error("uplink.tls", "given, but the broker URL is mqtt:// (plain); use mqtts://"),
+                ("mqtt", Some(_)) => v.error(
+                    "uplink.tls",
+                    "given, but the broker URL is mqtt:// (plain); use mqtts://",
+                ),
                 _ => {}
             }
         }
         if let Some(tls) = &self.tls {
             tls.validate("uplink.tls", v);
         }
-        v.duration_within("uplink.keep_alive", self.keep_alive, Duration::from_secs(5), Duration::from_secs(65_535));
-        v.duration_within("uplink.health_interval", self.health_interval, Duration::from_secs(1), Duration::from_secs(3600));
+        v.duration_within(
+            "uplink.keep_alive",
+            self.keep_alive,
+            Duration::from_secs(5),
+            Duration::from_secs(65_535),
+        );
+        v.duration_within(
+            "uplink.health_interval",
+            self.health_interval,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
         v.positive("uplink.reconnect_min", self.reconnect_min);
         if self.reconnect_min > self.reconnect_max {
-            v.error("uplink.reconnect_max", "must not be less than uplink.reconnect_min");
+            v.error(
+                "uplink.reconnect_max",
+                "must not be less than uplink.reconnect_min",
+            );
         }
     }
 }
@@ -439,13 +455,22 @@ impl Uplink {
 impl Storage {
     fn validate(&self, v: &mut Validator) {
         if self.disk_budget < ByteSize::mib(16) {
-            v.error("storage.disk_budget", format!("{} is too small; at least 16 MiB", self.disk_budget));
+            v.error(
+                "storage.disk_budget",
+                format!("{} is too small; at least 16 MiB", self.disk_budget),
+            );
         }
         if self.cache_size < ByteSize::mib(1) {
-            v.error("storage.cache_size", format!("{} is too small; at least 1 MiB", self.cache_size));
+            v.error(
+                "storage.cache_size",
+                format!("{} is too small; at least 1 MiB", self.cache_size),
+            );
         }
         if self.dir.exists() && !self.dir.is_dir() {
-            v.error("storage.dir", format!("{} exists and is not a folder", self.dir.display()));
+            v.error(
+                "storage.dir",
+                format!("{} exists and is not a folder", self.dir.display()),
+            );
         }
     }
 }
@@ -470,14 +495,25 @@ impl Camera {
             v.non_empty(&format!("{p}.credentials.username"), &c.username);
             c.password.validate(&format!("{p}.credentials.password"), v);
         }
-        v.duration_within(&format!("{p}.stall_timeout"), self.stall_timeout, Duration::from_secs(1), Duration::from_secs(600));
+        v.duration_within(
+            &format!("{p}.stall_timeout"),
+            self.stall_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        );
         let s = &self.snapshot;
         v.positive(&format!("{p}.snapshot.interval"), s.interval);
         if !(16..=7680).contains(&s.width) {
-            v.error(&format!("{p}.snapshot.width"), format!("{} is out of range; use 16 to 7680", s.width));
+            v.error(
+                &format!("{p}.snapshot.width"),
+                format!("{} is out of range; use 16 to 7680", s.width),
+            );
         }
         if !(1..=100).contains(&s.quality) {
-            v.error(&format!("{p}.snapshot.quality"), format!("{} is out of range; use 1 to 100", s.quality));
+            v.error(
+                &format!("{p}.snapshot.quality"),
+                format!("{} is out of range; use 1 to 100", s.quality),
+            );
         }
         self.sensing.validate(&format!("{p}.sensing"), v);
     }
@@ -487,41 +523,68 @@ impl Sensing {
     fn validate(&self, p: &str, v: &mut Validator) {
         v.positive(&format!("{p}.hold_down"), self.hold_down);
         if !(0.1..=10.0).contains(&self.max_decode_fps) {
-            v.error(&format!("{p}.max_decode_fps"), format!("{} is out of range; use 0.1 to 10", self.max_decode_fps));
+            v.error(
+                &format!("{p}.max_decode_fps"),
+                format!("{} is out of range; use 0.1 to 10", self.max_decode_fps),
+            );
         }
         let mut names = std::collections::HashSet::new();
         for (i, z) in self.motion_zones.iter().enumerate() {
             let zp = format!("{p}.motion_zones[{i}]");
             v.non_empty(&format!("{zp}.name"), &z.name);
             if !names.insert(z.name.as_str()) {
-                v.error(&format!("{zp}.name"), format!("duplicate zone name {:?}", z.name));
+                v.error(
+                    &format!("{zp}.name"),
+                    format!("duplicate zone name {:?}", z.name),
+                );
             }
             if z.polygon.len() < 3 {
-                v.error(&format!("{zp}.polygon"), format!("has {} corner(s); a zone needs at least 3", z.polygon.len()));
+                v.error(
+                    &format!("{zp}.polygon"),
+                    format!("has {} corner(s); a zone needs at least 3", z.polygon.len()),
+                );
             }
             for (j, [x, y]) in z.polygon.iter().enumerate() {
                 if !(0.0..=1.0).contains(x) || !(0.0..=1.0).contains(y) {
-                    v.error(&format!("{zp}.polygon[{j}]"), format!("[{x}, {y}] is outside the picture; use fractions 0.0 to 1.0"));
+                    v.error(
+                        &format!("{zp}.polygon[{j}]"),
+                        format!("[{x}, {y}] is outside the picture; use fractions 0.0 to 1.0"),
+                    );
                 }
             }
             if !(z.threshold > 0.0 && z.threshold <= 1.0) {
-                v.error(&format!("{zp}.threshold"), format!("{} is out of range; use more than 0.0 up to 1.0", z.threshold));
+                v.error(
+                    &format!("{zp}.threshold"),
+                    format!(
+                        "{} is out of range; use more than 0.0 up to 1.0",
+                        z.threshold
+                    ),
+                );
             }
             if let Some(s) = &z.schedule {
                 for (field, value) in [("from", &s.from), ("to", &s.to)] {
                     if parse_hhmm(value).is_none() {
-                        v.error(&format!("{zp}.schedule.{field}"), format!("{value:?} is not a time; write HH:MM"));
+                        v.error(
+                            &format!("{zp}.schedule.{field}"),
+                            format!("{value:?} is not a time; write HH:MM"),
+                        );
                     }
                 }
                 if s.from == s.to {
-                    v.error(&format!("{zp}.schedule.to"), "equals `from`: the window would be empty");
+                    v.error(
+                        &format!("{zp}.schedule.to"),
+                        "equals `from`: the window would be empty",
+                    );
                 }
                 if s.days.is_empty() {
                     v.error(&format!("{zp}.schedule.days"), "must name at least one day");
                 }
                 for (j, d) in s.days.iter().enumerate() {
                     if !DAYS.contains(&d.as_str()) {
-                        v.error(&format!("{zp}.schedule.days[{j}]"), format!("{d:?} is not a day; use mon, tue, wed, thu, fri, sat or sun"));
+                        v.error(
+                            &format!("{zp}.schedule.days[{j}]"),
+                            format!("{d:?} is not a day; use mon, tue, wed, thu, fri, sat or sun"),
+                        );
                     }
                 }
             }
@@ -541,27 +604,55 @@ impl Terminal {
         }
         let hp = format!("{p}.health");
         match &self.health {
-            HealthSource::Heartbeat { interval, misses_before_offline } => {
-                v.duration_within(&format!("{hp}.interval"), *interval, Duration::from_secs(1), Duration::from_secs(3600));
+            HealthSource::Heartbeat {
+                interval,
+                misses_before_offline,
+            } => {
+                v.duration_within(
+                    &format!("{hp}.interval"),
+                    *interval,
+                    Duration::from_secs(1),
+                    Duration::from_secs(3600),
+                );
                 misses(&hp, *misses_before_offline, v);
                 if self.token.is_none() {
-                    v.error(&format!("{p}.token"), "required: heartbeats are authenticated with the terminal's token");
+                    v.error(
+                        &format!("{p}.token"),
+                        "required: heartbeats are authenticated with the terminal's token",
+                    );
                 }
             }
-            HealthSource::HttpProbe { url, expect_status, interval, timeout, misses_before_offline } => {
+            HealthSource::HttpProbe {
+                url,
+                expect_status,
+                interval,
+                timeout,
+                misses_before_offline,
+            } => {
                 http_url(&format!("{hp}.url"), url, v);
                 if !(100..=599).contains(expect_status) {
-                    v.error(&format!("{hp}.expect_status"), format!("{expect_status} is not an HTTP status"));
+                    v.error(
+                        &format!("{hp}.expect_status"),
+                        format!("{expect_status} is not an HTTP status"),
+                    );
                 }
                 probe_timing(&hp, *interval, *timeout, v);
                 misses(&hp, *misses_before_offline, v);
             }
-            HealthSource::TcpProbe { address, interval, timeout, misses_before_offline } => {
-                let ok = address
-                    .rsplit_once(':')
-                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            HealthSource::TcpProbe {
+                address,
+                interval,
+                timeout,
+                misses_before_offline,
+            } => {
+                let ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
                 if !ok {
-                    v.error(&format!("{hp}.address"), format!("{address:?} is not host:port"));
+                    v.error(
+                        &format!("{hp}.address"),
+                        format!("{address:?} is not host:port"),
+                    );
                 }
                 probe_timing(&hp, *interval, *timeout, v);
                 misses(&hp, *misses_before_offline, v);
@@ -573,23 +664,35 @@ impl Terminal {
 fn http_url(path: &str, s: &str, v: &mut Validator) {
     match url::Url::parse(s) {
         Err(e) => v.error(path, format!("{s:?} is not a URL: {e}")),
-        Ok(u) if !matches!(u.scheme(), "http" | "https") => {
-            v.error(path, format!("scheme must be http or https, not {}", u.scheme()))
-        }
+        Ok(u) if !matches!(u.scheme(), "http" | "https") => v.error(
+            path,
+            format!("scheme must be http or https, not {}", u.scheme()),
+        ),
         Ok(_) => {}
     }
 }
 
 fn probe_timing(hp: &str, interval: Duration, timeout: Duration, v: &mut Validator) {
-    v.duration_within(&format!("{hp}.interval"), interval, Duration::from_secs(1), Duration::from_secs(3600));
+    v.duration_within(
+        &format!("{hp}.interval"),
+        interval,
+        Duration::from_secs(1),
+        Duration::from_secs(3600),
+    );
     v.positive(&format!("{hp}.timeout"), timeout);
     if timeout >= interval {
-        v.error(&format!("{hp}.timeout"), "must be less than the probe interval");
+        v.error(
+            &format!("{hp}.timeout"),
+            "must be less than the probe interval",
+        );
     }
 }
 
 fn misses(hp: &str, n: u32, v: &mut Validator) {
     if !(1..=100).contains(&n) {
-        v.error(&format!("{hp}.misses_before_offline"), format!("{n} is out of range; use 1 to 100"));
+        v.error(
+            &format!("{hp}.misses_before_offline"),
+            format!("{n} is out of range; use 1 to 100"),
+        );
     }
 }

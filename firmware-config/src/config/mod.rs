@@ -221,7 +221,10 @@ impl Validator {
                 None
             }
             Ok(u) if !matches!(u.scheme(), "mqtt" | "mqtts") => {
-                self.error(path, format!("scheme must be mqtt or mqtts, not {}", u.scheme()));
+                self.error(
+                    path,
+                    format!("scheme must be mqtt or mqtts, not {}", u.scheme()),
+                );
                 None
             }
             Ok(u) if u.host_str().is_none_or(str::is_empty) => {
@@ -229,7 +232,10 @@ impl Validator {
                 None
             }
             Ok(u) if !u.username().is_empty() || u.password().is_some() => {
-                self.error(path, "must not hold credentials; the client certificate identifies the gateway");
+                self.error(
+                    path,
+                    "must not hold credentials; the client certificate identifies the gateway",
+                );
                 None
             }
             Ok(u) => Some(u),

@@ -47,7 +47,9 @@ impl SecretRef {
     /// without a restart and one device's missing secret does not stop the others.
     pub fn read(&self) -> Result<String, SecretError> {
         let value = match (&self.env, &self.file) {
-            (Some(name), _) => std::env::var(name).map_err(|_| SecretError::EnvMissing(name.clone()))?,
+            (Some(name), _) => {
+                std::env::var(name).map_err(|_| SecretError::EnvMissing(name.clone()))?
+            }
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|source| SecretError::File {
                     path: path.clone(),
@@ -78,7 +80,10 @@ impl SecretRef {
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
                     && !name.starts_with(|c: char| c.is_ascii_digit());
                 if !ok {
-                    v.error(&format!("{path}.env"), format!("{name:?} is not a valid environment variable name"));
+                    v.error(
+                        &format!("{path}.env"),
+                        format!("{name:?} is not a valid environment variable name"),
+                    );
                 }
             }
             (None, Some(file)) => v.file_exists(&format!("{path}.file"), file),

@@ -12,7 +12,9 @@ use tokio_util::sync::CancellationToken;
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     // try_init: a test process may have installed a subscriber already.
     let _ = if std::env::var("GRIDEDGE_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().try_init()
@@ -66,23 +68,36 @@ pub async fn serve_http(
 }
 
 /// Renders a metrics registry in the Prometheus (OpenMetrics) text format.
-pub fn metrics_response(registry: &prometheus_client::registry::Registry) -> axum::response::Response {
+pub fn metrics_response(
+    registry: &prometheus_client::registry::Registry,
+) -> axum::response::Response {
     use axum::http::{header, StatusCode};
     use axum::response::IntoResponse;
     let mut body = String::new();
     match prometheus_client::encoding::text::encode(&mut body, registry) {
         Ok(()) => (
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
             body,
         )
             .into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}"),
+        )
+            .into_response(),
     }
 }
 
 /// The body of a service's `main`: loads and validates its config (printing every problem, as
 /// `fwcfg check` does, and exiting 2), installs signal handling, and runs `run` until it ends.
-pub async fn run_main<C, F, Fut, E>(role: &str, config_path: &std::path::Path, run: F) -> std::process::ExitCode
+pub async fn run_main<C, F, Fut, E>(
+    role: &str,
+    config_path: &std::path::Path,
+    run: F,
+) -> std::process::ExitCode
 where
     C: crate::config::Document,
     F: FnOnce(C, CancellationToken) -> Fut,

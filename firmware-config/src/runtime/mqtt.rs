@@ -34,18 +34,24 @@ pub fn client_options(
         reason: reason.to_owned(),
     };
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
-    let host = parsed.host_str().filter(|h| !h.is_empty()).ok_or_else(|| bad("no host"))?;
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| bad("no host"))?;
     // IPv6 literals come back in brackets; the socket layer wants them bare.
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let mut opts = MqttOptions::new(client_id, host, broker_port(&parsed));
     opts.set_keep_alive(keep_alive);
-    opts.set_max_packet_size(crate::wire::MAX_MESSAGE_BYTES + 4096, crate::wire::MAX_MESSAGE_BYTES + 4096);
+    opts.set_max_packet_size(
+        crate::wire::MAX_MESSAGE_BYTES + 4096,
+        crate::wire::MAX_MESSAGE_BYTES + 4096,
+    );
     match (parsed.scheme(), tls) {
         ("mqtt", None) => {}
         ("mqtts", Some(files)) => {
-            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
-                client_tls(files)?,
-            ))));
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::new(client_tls(files)?),
+            )));
         }
         ("mqtts", None) => return Err(bad("mqtts:// needs TLS files")),
         ("mqtt", Some(_)) => return Err(bad("TLS files given for a plain mqtt:// broker")),

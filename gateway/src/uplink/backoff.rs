@@ -21,7 +21,7 @@ impl Backoff {
 
     /// The next wait: `min * 2^attempt`, capped at `max`, scaled by `jitter` in `[0.5, 1.0]`
     /// ("equal jitter": never less than half the step, so waits still grow).
-    pub fn next_with(&mut self, jitter: f64) -> Duration {
+    pub fn wait_with(&mut self, jitter: f64) -> Duration {
         let step = self
             .min
             .saturating_mul(1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX))
@@ -31,8 +31,8 @@ impl Backoff {
     }
 
     /// The next wait with random jitter.
-    pub fn next(&mut self) -> Duration {
-        self.next_with(rand::random::<f64>() * 0.5 + 0.5)
+    pub fn next_wait(&mut self) -> Duration {
+        self.wait_with(rand::random::<f64>() * 0.5 + 0.5)
     }
 
     /// Called once a connection has succeeded.
@@ -48,28 +48,31 @@ mod tests {
     #[test]
     fn doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
-        let waits: Vec<u64> = (0..6).map(|_| b.next_with(1.0).as_secs()).collect();
+        let waits: Vec<u64> = (0..6).map(|_| b.wait_with(1.0).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
         b.reset();
-        assert_eq!(b.next_with(1.0), Duration::from_secs(1));
+        assert_eq!(b.wait_with(1.0), Duration::from_secs(1));
     }
 
     #[test]
     fn jitter_stays_within_half_to_full_step() {
         let mut b = Backoff::new(Duration::from_secs(4), Duration::from_secs(60));
         for _ in 0..100 {
-            let d = b.next();
-            assert!(d >= Duration::from_secs(2) && d <= Duration::from_secs(60), "{d:?}");
+            let d = b.next_wait();
+            assert!(
+                d >= Duration::from_secs(2) && d <= Duration::from_secs(60),
+                "{d:?}"
+            );
         }
         let mut b = Backoff::new(Duration::from_secs(4), Duration::from_secs(60));
-        assert_eq!(b.next_with(0.0), Duration::from_secs(2));
+        assert_eq!(b.wait_with(0.0), Duration::from_secs(2));
     }
 
     #[test]
     fn survives_absurd_attempt_counts() {
         let mut b = Backoff::new(Duration::from_millis(1), Duration::from_secs(60));
         for _ in 0..1000 {
-            assert!(b.next() <= Duration::from_secs(60));
+            assert!(b.next_wait() <= Duration::from_secs(60));
         }
     }
 }

@@ -87,7 +87,7 @@ impl Uplink {
                             tracing::warn!(gateway = %self.gateway, error = %e, "uplink lost");
                         }
                         m.uplink_connected.set(0);
-                        let wait = self.backoff.next();
+                        let wait = self.backoff.next_wait();
                         tracing::info!(gateway = %self.gateway, error = %e, wait_ms = wait.as_millis() as u64, "uplink reconnecting after backoff");
                         tokio::select! {
                             _ = token.cancelled() => break,
@@ -141,14 +141,26 @@ impl Uplink {
         }
     }
 
-    fn publish(&self, shared: &Shared, channel: Channel, kind: &str, payload: Vec<u8>, retain: bool) {
+    fn publish(
+        &self,
+        shared: &Shared,
+        channel: Channel,
+        kind: &str,
+        payload: Vec<u8>,
+        retain: bool,
+    ) {
         let topic = Topic::gateway(&self.gateway, channel).path();
         // try_publish: never block the session loop on a full request queue; health is periodic.
-        match self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
             Ok(()) => shared
                 .metrics
                 .uplink_published
-                .get_or_create(&KindLabel { kind: kind.to_owned() })
+                .get_or_create(&KindLabel {
+                    kind: kind.to_owned(),
+                })
                 .inc(),
             Err(e) => {
                 tracing::warn!(kind, error = %e, "cannot queue message for central");
@@ -158,7 +170,12 @@ impl Uplink {
     }
 }
 
-fn status_message(gateway: &GatewayId, config: &GatewayConfig, state: LinkState, seq: u64) -> Vec<u8> {
+fn status_message(
+    gateway: &GatewayId,
+    config: &GatewayConfig,
+    state: LinkState,
+    seq: u64,
+) -> Vec<u8> {
     let msg = Message::Status(Status {
         state,
         version: crate::VERSION.to_owned(),
@@ -166,5 +183,7 @@ fn status_message(gateway: &GatewayId, config: &GatewayConfig, state: LinkState,
     });
     // Encoding a struct of strings cannot fail; an empty payload would only clear the retained
     // status, which central treats as unknown.
-    Envelope::new(gateway.clone(), seq, msg).encode().unwrap_or_default()
+    Envelope::new(gateway.clone(), seq, msg)
+        .encode()
+        .unwrap_or_default()
 }
