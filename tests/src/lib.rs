@@ -1,1 +1,125 @@
+//! Real fixtures for GridEdge's system tests: a Mosquitto broker, an RTSP test camera served by
+//! GStreamer, a test PKI, and central and gateways started in-process or as child processes.
+//!
+//! Every fixture takes free ports on 127.0.0.1, keeps its files and logs in a temporary folder,
+//! and tears itself down on drop. When a test panics, the folder is kept and its path printed,
+//! so the logs of a failed run can be read.
 
+pub mod camera;
+pub mod mosquitto;
+pub mod pki;
+pub mod process;
+pub mod services;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use camera::{CameraOptions, Codec, Pattern, TestCamera};
+pub use mosquitto::Mosquitto;
+pub use pki::TestPki;
+
+pub type Result<T> = anyhow::Result<T>;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("nothing listens on {addr} after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` with `what` in the message.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A temporary folder for one fixture that survives a failing test.
+#[derive(Debug)]
+pub struct FixtureDir {
+    dir: Option<tempfile::TempDir>,
+    what: String,
+}
+
+impl FixtureDir {
+    pub fn new(what: &str) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("gridedge-{what}-"))
+            .tempdir()?;
+        Ok(Self {
+            dir: Some(dir),
+            what: what.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(Path::new("/nonexistent"))
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path().join(p)
+    }
+}
+
+impl Drop for FixtureDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(d) = self.dir.take() {
+                let kept = d.keep();
+                eprintln!(
+                    "test failed: {} files and logs kept in {}",
+                    self.what,
+                    kept.display()
+                );
+            }
+        }
+    }
+}
+
+/// The workspace's root folder.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Installs a test log subscriber once (`RUST_LOG` to see more).
+pub fn init_test_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

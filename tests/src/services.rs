@@ -1,0 +1,234 @@
+//! Central and gateways for system tests: in-process (fast, inspectable) or as child processes
+//! of the real binaries (signals, exit codes, kill -9).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use firmware_config::config::{self, CentralConfig, GatewayConfig, TlsFiles};
+use tokio_util::sync::CancellationToken;
+
+use crate::process::ChildProcess;
+use crate::{free_port, FixtureDir, Result};
+
+/// TOML of a central with the embedded broker on `broker_port` and HTTP on `http_port`.
+pub fn central_toml(dir: &Path, broker_port: u16, http_port: u16) -> String {
+    format!(
+        "[central]\nid = \"central-test\"\nname = \"Test central\"\n\
+         [broker.embedded]\nlisten = \"127.0.0.1:{broker_port}\"\n\
+         [storage]\ndir = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+        dir.join("central-data").display()
+    )
+}
+
+/// TOML of a central using an external broker.
+pub fn central_external_toml(
+    dir: &Path,
+    url: &str,
+    tls: Option<&TlsFiles>,
+    http_port: u16,
+) -> String {
+    format!(
+        "[central]\nid = \"central-test\"\nname = \"Test central\"\n\
+         [broker.external]\nurl = \"{url}\"\n{}\
+         [storage]\ndir = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+        tls_table("broker.external.tls", tls),
+        dir.join("central-data").display()
+    )
+}
+
+/// TOML of a gateway with no devices, reporting health every `health_secs`.
+pub fn gateway_toml(
+    dir: &Path,
+    id: &str,
+    broker_url: &str,
+    tls: Option<&TlsFiles>,
+    http_port: u16,
+) -> String {
+    format!(
+        "[site]\nid = \"site-{id}\"\nname = \"Test site {id}\"\n\
+         [gateway]\nid = \"{id}\"\n\
+         [uplink]\nbroker = \"{broker_url}\"\nhealth_interval = \"1s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
+         {}\
+         [storage]\ndir = \"{}\"\n\
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+        tls_table("uplink.tls", tls),
+        dir.join(format!("{id}-data")).display()
+    )
+}
+
+fn tls_table(name: &str, tls: Option<&TlsFiles>) -> String {
+    match tls {
+        None => String::new(),
+        Some(t) => format!(
+            "[{name}]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            t.ca_file.display(),
+            t.cert_file.display(),
+            t.key_file.display()
+        ),
+    }
+}
+
+/// A central running in the test's process.
+pub struct TestCentral {
+    pub http_addr: SocketAddr,
+    pub broker_url: Option<String>,
+    running: Option<central::RunningCentral>,
+    token: CancellationToken,
+    _dir: FixtureDir,
+}
+
+impl TestCentral {
+    /// Central with its embedded broker on a free port.
+    pub async fn embedded() -> Result<Self> {
+        let dir = FixtureDir::new("central")?;
+        let text = central_toml(dir.path(), free_port(), 0);
+        Self::from_toml(dir, &text).await
+    }
+
+    /// Central on an external broker.
+    pub async fn external(url: &str, tls: Option<&TlsFiles>) -> Result<Self> {
+        let dir = FixtureDir::new("central")?;
+        let text = central_external_toml(dir.path(), url, tls, 0);
+        Self::from_toml(dir, &text).await
+    }
+
+    async fn from_toml(dir: FixtureDir, text: &str) -> Result<Self> {
+        let cfg: CentralConfig = config::parse(text, dir.path())?;
+        let token = CancellationToken::new();
+        let running = central::start(cfg, token.clone()).await?;
+        Ok(Self {
+            http_addr: running.http_addr,
+            broker_url: running.broker_addr.map(|a| format!("mqtt://{a}")),
+            running: Some(running),
+            token,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    /// The registry's view of every gateway, from `GET /api/v1/gateways`.
+    pub async fn gateways(&self) -> Result<Vec<serde_json::Value>> {
+        Ok(reqwest::get(self.url("/api/v1/gateways"))
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// The presence central shows for `id` (`online`, `silent`, `offline`), if it knows it.
+    pub async fn presence_of(&self, id: &str) -> Option<String> {
+        let all = self.gateways().await.ok()?;
+        all.iter()
+            .find(|g| g["id"] == id)
+            .and_then(|g| g["presence"].as_str().map(str::to_owned))
+    }
+
+    pub async fn stop(mut self) -> Result<()> {
+        self.token.cancel();
+        match self.running.take() {
+            Some(r) => Ok(tokio::time::timeout(Duration::from_secs(5), r.wait()).await??),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestCentral {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// A gateway running in the test's process.
+pub struct TestGateway {
+    pub http_addr: SocketAddr,
+    running: Option<gateway::RunningGateway>,
+    token: CancellationToken,
+    _dir: FixtureDir,
+}
+
+impl TestGateway {
+    pub async fn start(id: &str, broker_url: &str, tls: Option<&TlsFiles>) -> Result<Self> {
+        let dir = FixtureDir::new("gateway")?;
+        let text = gateway_toml(dir.path(), id, broker_url, tls, 0);
+        let cfg: GatewayConfig = config::parse(&text, dir.path())?;
+        let token = CancellationToken::new();
+        let running = gateway::start(cfg, token.clone()).await?;
+        Ok(Self {
+            http_addr: running.http_addr,
+            running: Some(running),
+            token,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http_addr)
+    }
+
+    pub async fn stop(mut self) -> Result<()> {
+        self.token.cancel();
+        match self.running.take() {
+            Some(r) => Ok(tokio::time::timeout(Duration::from_secs(5), r.wait()).await??),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// Path of a workspace binary (`gateway`, `central`, `fwcfg`) next to the test executable.
+/// `cargo test --workspace` and `cargo nextest run --workspace` build them.
+pub fn binary(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("unexpected test executable path {}", exe.display()))?;
+    let path = profile_dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} not built; run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A service binary running as a child process with its config in a fixture folder.
+pub struct ServiceProcess {
+    pub process: ChildProcess,
+    pub config: PathBuf,
+    _dir: FixtureDir,
+}
+
+impl ServiceProcess {
+    /// Writes `config_text` and starts `role` (`gateway` or `central`) on it.
+    pub fn spawn(role: &str, config_text: &str) -> Result<Self> {
+        let dir = FixtureDir::new(role)?;
+        let config = dir.join(format!("{role}.toml"));
+        std::fs::write(&config, config_text)?;
+        let mut cmd = Command::new(binary(role)?);
+        cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
+        let process = ChildProcess::spawn(role, cmd, &dir.join(format!("{role}.log")))?;
+        Ok(Self {
+            process,
+            config,
+            _dir: dir,
+        })
+    }
+
+    /// The folder holding this service's config and log.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
