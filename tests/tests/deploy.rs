@@ -12,8 +12,16 @@ fn read(rel: &str) -> String {
 
 #[test]
 fn deploy_configs_are_exactly_what_fwcfg_example_prints() {
-    assert_eq!(read("deploy/gateway.toml"), examples::GATEWAY, "run: fwcfg example gateway > deploy/gateway.toml");
-    assert_eq!(read("deploy/central.toml"), examples::CENTRAL, "run: fwcfg example central > deploy/central.toml");
+    assert_eq!(
+        read("deploy/gateway.toml"),
+        examples::GATEWAY,
+        "run: fwcfg example gateway > deploy/gateway.toml"
+    );
+    assert_eq!(
+        read("deploy/central.toml"),
+        examples::CENTRAL,
+        "run: fwcfg example central > deploy/central.toml"
+    );
     let _: GatewayConfig = config::load(&workspace_root().join("deploy/gateway.toml")).unwrap();
     let _: CentralConfig = config::load(&workspace_root().join("deploy/central.toml")).unwrap();
 }
@@ -26,7 +34,10 @@ fn unit_value<'a>(unit: &'a str, key: &str) -> Vec<&'a str> {
 
 #[test]
 fn systemd_units_run_the_binaries_on_their_configs_with_hardening() {
-    for (role, storage) in [("gateway", "/var/lib/gridedge/gateway"), ("central", "/var/lib/gridedge/central")] {
+    for (role, storage) in [
+        ("gateway", "/var/lib/gridedge/gateway"),
+        ("central", "/var/lib/gridedge/central"),
+    ] {
         let unit = read(&format!("deploy/systemd/gridedge-{role}.service"));
         assert_eq!(
             unit_value(&unit, "ExecStart"),
@@ -34,15 +45,30 @@ fn systemd_units_run_the_binaries_on_their_configs_with_hardening() {
         );
         assert_eq!(
             unit_value(&unit, "ExecStartPre"),
-            [format!("/usr/local/bin/fwcfg check --role {role} /etc/gridedge/{role}.toml").as_str()]
+            [
+                format!("/usr/local/bin/fwcfg check --role {role} /etc/gridedge/{role}.toml")
+                    .as_str()
+            ]
         );
         // The state folder systemd creates is the one the example config names.
         let state = unit_value(&unit, "StateDirectory");
         assert_eq!(state.len(), 1);
         assert_eq!(Path::new("/var/lib").join(state[0]), Path::new(storage));
-        let example = if role == "gateway" { examples::GATEWAY } else { examples::CENTRAL };
-        assert!(example.contains(&format!("dir = \"{storage}\"")), "{role} example storage");
-        for hardening in ["NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "RestartPreventExitStatus=2"] {
+        let example = if role == "gateway" {
+            examples::GATEWAY
+        } else {
+            examples::CENTRAL
+        };
+        assert!(
+            example.contains(&format!("dir = \"{storage}\"")),
+            "{role} example storage"
+        );
+        for hardening in [
+            "NoNewPrivileges=yes",
+            "ProtectSystem=strict",
+            "PrivateTmp=yes",
+            "RestartPreventExitStatus=2",
+        ] {
             assert!(unit.contains(hardening), "{role} unit lacks {hardening}");
         }
         assert_eq!(unit_value(&unit, "User"), ["gridedge"]);
@@ -57,7 +83,11 @@ fn bootstrap_is_safe_to_run_again() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("system packages present"), "{stdout}");
 }
 
@@ -65,7 +95,16 @@ fn bootstrap_is_safe_to_run_again() {
 fn ci_runs_the_readme_test_command() {
     let readme = read("README.md");
     let ci = read(".ci/run");
-    assert!(readme.contains("bash deploy/test.sh"), "README must give the test command");
-    assert!(ci.lines().any(|l| l.trim() == "bash deploy/test.sh"), ".ci/run must run it");
-    assert!(readme.contains("bash deploy/demo.sh"), "README must give the demo command");
+    assert!(
+        readme.contains("bash deploy/test.sh"),
+        "README must give the test command"
+    );
+    assert!(
+        ci.lines().any(|l| l.trim() == "bash deploy/test.sh"),
+        ".ci/run must run it"
+    );
+    assert!(
+        readme.contains("bash deploy/demo.sh"),
+        "README must give the demo command"
+    );
 }
