@@ -13,4 +13,12 @@ echo "test: building"
 # The system tests start the real binaries, so build them before any test runs.
 cargo build --workspace --bins --locked
 echo "test: running the suite"
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one "test result" line per binary).
+grep -E '^test result:' "$log" | awk '{p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}'
+exit "$status"
