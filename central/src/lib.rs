@@ -16,8 +16,7 @@ use std::time::Instant;
 
 use firmware_config::config::central::BrokerChoice;
 use firmware_config::config::CentralConfig;
-use firmware_config::runtime::{self, mqtt::MqttSetupError};
-use tokio::task::JoinSet;
+use firmware_config::runtime::{self, mqtt::MqttSetupError, Parts};
 use tokio_util::sync::CancellationToken;
 
 pub use metrics::Metrics;
@@ -70,8 +69,7 @@ pub struct RunningCentral {
     /// Where the embedded broker's plain listener accepts connections, when it runs one.
     pub broker_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
-    token: CancellationToken,
-    tasks: JoinSet<Result<(), CentralError>>,
+    parts: Parts<CentralError>,
 }
 
 /// Starts central: its broker (when embedded), its MQTT session, and its HTTP API.
@@ -107,16 +105,16 @@ pub async fn start(
         config,
         started: Instant::now(),
     });
-    let mut tasks = JoinSet::new();
+    let mut parts = Parts::new("central", token);
     let router = api::router(shared.clone());
-    let t = token.clone();
-    tasks.spawn(async move {
+    let t = parts.token().clone();
+    parts.spawn(async move {
         runtime::serve_http(listener, router, t)
             .await
             .map_err(CentralError::Http)
     });
-    let (s, t) = (shared.clone(), token.clone());
-    tasks.spawn(async move {
+    let (s, t) = (shared.clone(), parts.token().clone());
+    parts.spawn(async move {
         link.run(s, t).await;
         Ok(())
     });
@@ -125,32 +123,18 @@ pub async fn start(
         http_addr,
         broker_addr,
         shared,
-        token,
-        tasks,
+        parts,
     })
 }
 
 impl RunningCentral {
+    /// Asks every part to stop.
     pub fn shutdown(&self) {
-        self.token.cancel();
+        self.parts.token().cancel();
     }
 
     /// Waits until every part has stopped; when one fails, the others are stopped too.
-    pub async fn wait(mut self) -> Result<(), CentralError> {
-        let mut result = Ok(());
-        while let Some(joined) = self.tasks.join_next().await {
-            if let Err(e) = joined
-                .map_err(|e| CentralError::Task(e.to_string()))
-                .and_then(|r| r)
-            {
-                tracing::error!(error = %e, "central part failed; stopping");
-                self.token.cancel();
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-        tracing::info!("central stopped");
-        result
+    pub async fn wait(self) -> Result<(), CentralError> {
+        self.parts.wait(CentralError::Task).await
     }
 }

@@ -14,8 +14,7 @@ use std::time::Instant;
 
 use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
-use firmware_config::runtime::{self, mqtt::MqttSetupError};
-use tokio::task::JoinSet;
+use firmware_config::runtime::{self, mqtt::MqttSetupError, Parts};
 use tokio_util::sync::CancellationToken;
 
 pub use metrics::Metrics;
@@ -55,8 +54,7 @@ pub struct RunningGateway {
     /// Where its HTTP API listens (the real port when the config asked for port 0).
     pub http_addr: SocketAddr,
     pub shared: Arc<Shared>,
-    token: CancellationToken,
-    tasks: JoinSet<Result<(), GatewayError>>,
+    parts: Parts<GatewayError>,
 }
 
 /// Starts a gateway: checks its storage, binds its HTTP port and connects its uplink. Returns
@@ -84,16 +82,16 @@ pub async fn start(
         started: Instant::now(),
     });
 
-    let mut tasks = JoinSet::new();
+    let mut parts = Parts::new("gateway", token);
     let router = api::router(shared.clone());
-    let t = token.clone();
-    tasks.spawn(async move {
+    let t = parts.token().clone();
+    parts.spawn(async move {
         runtime::serve_http(listener, router, t)
             .await
             .map_err(GatewayError::Http)
     });
-    let (s, t) = (shared.clone(), token.clone());
-    tasks.spawn(async move {
+    let (s, t) = (shared.clone(), parts.token().clone());
+    parts.spawn(async move {
         uplink.run(s, t).await;
         Ok(())
     });
@@ -101,34 +99,18 @@ pub async fn start(
     Ok(RunningGateway {
         http_addr,
         shared,
-        token,
-        tasks,
+        parts,
     })
 }
 
 impl RunningGateway {
     /// Asks every part to stop.
     pub fn shutdown(&self) {
-        self.token.cancel();
+        self.parts.token().cancel();
     }
 
-    /// Waits until every part has stopped; the first error wins. When one part fails the others
-    /// are stopped too, so a gateway never runs half.
-    pub async fn wait(mut self) -> Result<(), GatewayError> {
-        let mut result = Ok(());
-        while let Some(joined) = self.tasks.join_next().await {
-            let outcome = joined
-                .map_err(|e| GatewayError::Task(e.to_string()))
-                .and_then(|r| r);
-            if let Err(e) = outcome {
-                tracing::error!(error = %e, "gateway part failed; stopping");
-                self.token.cancel();
-                if result.is_ok() {
-                    result = Err(e);
-                }
-            }
-        }
-        tracing::info!(gateway = %self.shared.gateway_id, "gateway stopped");
-        result
+    /// Waits until every part has stopped; when one fails, the others are stopped too.
+    pub async fn wait(self) -> Result<(), GatewayError> {
+        self.parts.wait(GatewayError::Task).await
     }
 }

@@ -127,3 +127,51 @@ where
         }
     }
 }
+
+/// The parts of a running service: each runs as a task under one cancellation token. When one
+/// part fails, the others are stopped too, so a service never runs half.
+pub struct Parts<E> {
+    role: &'static str,
+    token: CancellationToken,
+    tasks: tokio::task::JoinSet<Result<(), E>>,
+}
+
+impl<E: std::fmt::Display + Send + 'static> Parts<E> {
+    pub fn new(role: &'static str, token: CancellationToken) -> Self {
+        Self {
+            role,
+            token,
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+
+    /// Runs `part` until it ends; it must watch `token()` and return once it is cancelled.
+    pub fn spawn(
+        &mut self,
+        part: impl std::future::Future<Output = Result<(), E>> + Send + 'static,
+    ) {
+        self.tasks.spawn(part);
+    }
+
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Waits until every part has ended; the first error wins. A part that panicked becomes
+    /// an error through `panicked`.
+    pub async fn wait(mut self, panicked: impl Fn(String) -> E) -> Result<(), E> {
+        let mut result = Ok(());
+        while let Some(joined) = self.tasks.join_next().await {
+            let outcome = joined.map_err(|e| panicked(e.to_string())).and_then(|r| r);
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "{} part failed; stopping", self.role);
+                self.token.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        tracing::info!("{} stopped", self.role);
+        result
+    }
+}
