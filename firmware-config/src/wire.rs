@@ -20,21 +20,20 @@ pub const WIRE_VERSION: u16 = 1;
 pub const MAX_MESSAGE_BYTES: usize = 1 << 20;
 
 /// A message with its envelope.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     pub v: u16,
     /// The gateway the message is from (uplink) or for (downlink).
     pub gateway: GatewayId,
     pub seq: u64,
-    #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
-    #[serde(flatten)]
     pub message: Message,
 }
 
-/// Every kind of message, with its payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+/// Every kind of message, with its payload. (Encoded by hand rather than as a serde-tagged enum:
+/// serde buffers tagged content, which cannot carry the events' raw JSON payloads.)
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Message {
     Status(Status),
     Health(GatewayHealth),
@@ -98,8 +97,9 @@ pub enum EventClass {
     Alert,
 }
 
-/// One event from a gateway's outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One event from a gateway's outbox. The payload is kept as raw JSON text: the gateway stores
+/// and forwards it without parsing it again, and central stores it as it came.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     pub seq: u64,
     pub class: EventClass,
@@ -107,7 +107,41 @@ pub struct Event {
     pub kind: String,
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
-    pub payload: serde_json::Value,
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.seq == other.seq
+            && self.class == other.class
+            && self.kind == other.kind
+            && self.time == other.time
+            && self.payload.get() == other.payload.get()
+    }
+}
+
+impl EventClass {
+    /// Every class, in the order the uplink sends them (most urgent first).
+    pub const BY_URGENCY: [EventClass; 4] = [
+        EventClass::Alert,
+        EventClass::Submission,
+        EventClass::Health,
+        EventClass::Telemetry,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventClass::Telemetry => "telemetry",
+            EventClass::Health => "health",
+            EventClass::Submission => "submission",
+            EventClass::Alert => "alert",
+        }
+    }
+
+    /// True for the classes the outbox may drop when its disk budget is full.
+    pub fn evictable(self) -> bool {
+        matches!(self, EventClass::Telemetry | EventClass::Health)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,13 +149,18 @@ pub struct EventBatch {
     pub events: Vec<Event>,
 }
 
-/// What central has stored of a gateway's events: every seq up to `watermark`, and the inclusive
-/// ranges above it.
+/// What central has stored of a gateway's events. `ranges` (inclusive) name the sequence
+/// numbers of the acknowledged batch that are stored now (new or duplicate); the gateway deletes
+/// exactly those, so eviction gaps and per-class order never stall it. `watermark` is the
+/// highest sequence number central has stored for the gateway, for display.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ack {
     pub watermark: u64,
     #[serde(default)]
     pub ranges: Vec<(u64, u64)>,
+    /// The envelope `seq` of the batch this acknowledges.
+    #[serde(default)]
+    pub batch: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,7 +215,25 @@ impl Envelope {
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        serde_json::to_vec(self).map_err(WireError::Encode)
+        #[derive(Serialize)]
+        struct Out<'a> {
+            v: u16,
+            kind: &'static str,
+            gateway: &'a GatewayId,
+            seq: u64,
+            #[serde(with = "time::serde::rfc3339")]
+            time: OffsetDateTime,
+            payload: &'a Message,
+        }
+        serde_json::to_vec(&Out {
+            v: self.v,
+            kind: self.message.kind(),
+            gateway: &self.gateway,
+            seq: self.seq,
+            time: self.time,
+            payload: &self.message,
+        })
+        .map_err(WireError::Encode)
     }
 }
 
@@ -185,6 +242,23 @@ impl Envelope {
 struct Header {
     v: u16,
     kind: String,
+}
+
+/// The whole envelope, with the payload still as raw JSON.
+#[derive(Deserialize)]
+struct In<'a> {
+    gateway: GatewayId,
+    seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    time: OffsetDateTime,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
+}
+
+fn payload<T: serde::de::DeserializeOwned>(
+    raw: &serde_json::value::RawValue,
+) -> Result<T, serde_json::Error> {
+    serde_json::from_str(raw.get())
 }
 
 /// Reads an envelope: size, then version, then kind, then the whole message.
@@ -199,9 +273,26 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
     if !KINDS.contains(&header.kind.as_str()) {
         return Err(WireError::UnknownKind(header.kind));
     }
-    serde_json::from_slice(bytes).map_err(|source| WireError::BadPayload {
-        kind: header.kind,
+    let bad = |source| WireError::BadPayload {
+        kind: header.kind.clone(),
         source,
+    };
+    let env: In<'_> = serde_json::from_slice(bytes).map_err(bad)?;
+    let message = match header.kind.as_str() {
+        "status" => Message::Status(payload(env.payload).map_err(bad)?),
+        "health" => Message::Health(payload(env.payload).map_err(bad)?),
+        "events" => Message::Events(payload(env.payload).map_err(bad)?),
+        "ack" => Message::Ack(payload(env.payload).map_err(bad)?),
+        "command" => Message::Command(payload(env.payload).map_err(bad)?),
+        "reply" => Message::Reply(payload(env.payload).map_err(bad)?),
+        other => return Err(WireError::UnknownKind(other.to_owned())),
+    };
+    Ok(Envelope {
+        v: header.v,
+        gateway: env.gateway,
+        seq: env.seq,
+        time: env.time,
+        message,
     })
 }
 
@@ -234,12 +325,16 @@ mod tests {
                     class: EventClass::Alert,
                     kind: "camera.covered".into(),
                     time: OffsetDateTime::UNIX_EPOCH,
-                    payload: json!({"camera": "hall", "note": "镜头遮挡"}),
+                    payload: serde_json::value::RawValue::from_string(
+                        json!({"camera": "hall", "note": "镜头遮挡"}).to_string(),
+                    )
+                    .unwrap(),
                 }],
             }),
             Message::Ack(Ack {
                 watermark: 6,
                 ranges: vec![(9, 12)],
+                batch: Some(3),
             }),
             Message::Command(Command {
                 id: "c1".into(),

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod metrics;
+pub mod outbox;
 pub mod uplink;
 
 use std::net::SocketAddr;

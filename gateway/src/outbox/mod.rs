@@ -1,0 +1,252 @@
+//! The `Outbox`: every event the gateway accepted, on local disk (sled) until central says it
+//! has stored it.
+//!
+//! - **Group commit.** Appends go to one writer thread, which takes every append waiting, writes
+//!   them, flushes once, and only then tells each caller its sequence numbers. A caller that got
+//!   its numbers has its events on disk.
+//! - **Sequence numbers** increase per gateway and survive restarts (the next one is stored with
+//!   every flush).
+//! - **Priority classes and the disk budget.** Each class has its own tree. When the budget is
+//!   full, the oldest telemetry is evicted, then the oldest health; alerts and submissions are
+//!   never evicted: when only they are left, the append is refused with [`OutboxError::Full`].
+//! - **Checksums.** Every record carries a CRC32. A store that cannot be opened, or holds a
+//!   record that fails its checksum, is moved aside (quarantined); the records that pass are
+//!   copied into a fresh store, and an alert tells central.
+//! - **Acknowledgement.** Records leave only when central's ack names them ([`Outbox::acknowledge`]).
+//!
+//! sled is kept behind this interface so that it can be replaced without touching callers.
+
+mod record;
+mod store;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use firmware_config::wire::{Event, EventClass};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub use record::RecordError;
+use store::Store;
+
+/// Most events one request may carry.
+pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
+/// Longest event kind, in bytes.
+pub const MAX_KIND_BYTES: usize = 128;
+/// Largest event payload, in bytes of JSON.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// An event handed to the gateway, before it has a sequence number.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub class: EventClass,
+    pub kind: String,
+    pub payload: Box<RawValue>,
+    /// When it happened (Unix milliseconds); the time of append when absent.
+    pub time_ms: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("outbox is full: {needed} more bytes do not fit the {budget}-byte disk budget, and only alerts and submissions are left")]
+    Full { needed: u64, budget: u64 },
+    #[error("outbox is closed")]
+    Closed,
+    #[error("outbox store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("cannot move the damaged store aside: {0}")]
+    Quarantine(#[source] std::io::Error),
+}
+
+/// Counters, shared with metrics and the health report.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub appended: [AtomicU64; 4],
+    pub acked: AtomicU64,
+    pub evicted: [AtomicU64; 4],
+    pub pending: [AtomicU64; 4],
+    pub pending_bytes: AtomicU64,
+    pub refused: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub flushes: AtomicU64,
+}
+
+/// Index of a class in per-class arrays.
+pub fn class_index(class: EventClass) -> usize {
+    match class {
+        EventClass::Telemetry => 0,
+        EventClass::Health => 1,
+        EventClass::Submission => 2,
+        EventClass::Alert => 3,
+    }
+}
+
+/// The classes in `class_index` order.
+pub const CLASSES: [EventClass; 4] = [
+    EventClass::Telemetry,
+    EventClass::Health,
+    EventClass::Submission,
+    EventClass::Alert,
+];
+
+/// A summary for central and `/metrics`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct OutboxSummary {
+    pub pending: u64,
+    pub pending_bytes: u64,
+    pub evicted: std::collections::BTreeMap<String, u64>,
+    pub refused: u64,
+    pub corrupt: u64,
+}
+
+/// What happened while opening the store.
+#[derive(Debug, Clone, Default)]
+pub struct OpenReport {
+    /// Set when the store was moved aside: where to, why, and how many records were saved.
+    pub quarantined: Option<Quarantine>,
+    pub next_seq: u64,
+    pub pending: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Quarantine {
+    pub moved_to: PathBuf,
+    pub reason: String,
+    pub salvaged: u64,
+}
+
+enum Request {
+    Append {
+        events: Vec<NewEvent>,
+        reply: oneshot::Sender<Result<Vec<u64>, OutboxError>>,
+    },
+    Ack(Vec<(u64, u64)>),
+    Flush(oneshot::Sender<Result<(), OutboxError>>),
+}
+
+/// Handle to the outbox; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Arc<Store>,
+    tx: mpsc::Sender<Request>,
+    /// Woken when events are appended, for the uplink.
+    pub appended: Arc<Notify>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox under `dir`, quarantining a damaged store.
+    pub fn open(
+        dir: &Path,
+        budget: u64,
+        cache_bytes: u64,
+    ) -> Result<(Self, OpenReport), OutboxError> {
+        let (store, report) = store::open_or_quarantine(dir, cache_bytes)?;
+        let store = Arc::new(store);
+        let appended = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel(4096);
+        let w = writer::Writer::new(store.clone(), budget, report.next_seq, appended.clone());
+        let handle = std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(OutboxError::Quarantine)?;
+        let writer = Arc::new(std::sync::Mutex::new(Some(handle)));
+        Ok((
+            Self {
+                store,
+                tx,
+                appended,
+                writer,
+            },
+            report,
+        ))
+    }
+
+    /// Appends events; returns their sequence numbers once they are on disk. All or none: a
+    /// refused request stores nothing.
+    pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, OutboxError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Append { events, reply })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Deletes the events central has stored (inclusive ranges). Unknown numbers are ignored.
+    pub fn acknowledge(&self, ranges: Vec<(u64, u64)>) {
+        if !ranges.is_empty() {
+            // A full queue only delays deletion; the ack will be repeated for resent events.
+            let _ = self.tx.try_send(Request::Ack(ranges));
+        }
+    }
+
+    /// Waits until everything before this call is on disk.
+    pub async fn flush(&self) -> Result<(), OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Flush(reply))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Up to `limit` pending events of `class` with sequence numbers above `after`, in order.
+    pub fn pending(&self, class: EventClass, after: u64, limit: usize) -> Vec<Event> {
+        self.store.pending(class, after, limit)
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.store.stats
+    }
+
+    pub fn summary(&self) -> OutboxSummary {
+        let s = &self.store.stats;
+        OutboxSummary {
+            pending: s.pending.iter().map(|p| p.load(Ordering::Relaxed)).sum(),
+            pending_bytes: s.pending_bytes.load(Ordering::Relaxed),
+            evicted: CLASSES
+                .iter()
+                .map(|c| {
+                    (
+                        c.as_str().to_owned(),
+                        s.evicted[class_index(*c)].load(Ordering::Relaxed),
+                    )
+                })
+                .collect(),
+            refused: s.refused.load(Ordering::Relaxed),
+            corrupt: s.corrupt.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Flushes and, when this is the last handle, waits for the writer to finish and the store
+    /// to close (so that it can be opened again in this process).
+    pub async fn close(self) -> Result<(), OutboxError> {
+        let flushed = self.flush().await;
+        let Outbox {
+            store, tx, writer, ..
+        } = self;
+        drop(tx);
+        drop(store);
+        if let Ok(mut slot) = writer.lock() {
+            if let Some(handle) = slot.take() {
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+        }
+        flushed
+    }
+
+    /// Bytes sled uses on disk (its log can hold more than the records' own bytes).
+    pub fn size_on_disk(&self) -> u64 {
+        self.store.db.size_on_disk().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

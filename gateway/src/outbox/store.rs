@@ -1,0 +1,228 @@
+//! The sled side of the outbox: one tree per class keyed by big-endian sequence number, and a
+//! `meta` tree with the next sequence number and the eviction counters.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use firmware_config::wire::{Event, EventClass};
+
+use super::record::{self, RecordError};
+use super::{class_index, OpenReport, OutboxError, Quarantine, Stats, CLASSES};
+
+pub(super) const NEXT_SEQ: &[u8] = b"next_seq";
+
+/// Bytes a record costs against the budget: its value, its key, and a fixed share for sled's
+/// own bookkeeping.
+pub(super) fn cost(value_len: usize) -> u64 {
+    value_len as u64 + 8 + 32
+}
+
+pub(super) struct Store {
+    pub db: sled::Db,
+    pub trees: [sled::Tree; 4],
+    pub meta: sled::Tree,
+    pub stats: Stats,
+}
+
+#[derive(Debug)]
+enum OpenFailure {
+    Sled(sled::Error),
+    Corrupt {
+        seq: u64,
+        class: EventClass,
+        error: RecordError,
+    },
+}
+
+impl std::fmt::Display for OpenFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenFailure::Sled(e) => write!(f, "cannot open: {e}"),
+            OpenFailure::Corrupt { seq, class, error } => {
+                write!(f, "{} record {seq}: {error}", class.as_str())
+            }
+        }
+    }
+}
+
+fn config(path: &Path, cache_bytes: u64) -> sled::Config {
+    sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        // The writer flushes after every group commit; no background flusher needed.
+        .flush_every_ms(None)
+        .mode(sled::Mode::HighThroughput)
+}
+
+fn open_trees(db: sled::Db) -> Result<Store, sled::Error> {
+    let trees = [
+        db.open_tree("class/telemetry")?,
+        db.open_tree("class/health")?,
+        db.open_tree("class/submission")?,
+        db.open_tree("class/alert")?,
+    ];
+    let meta = db.open_tree("meta")?;
+    Ok(Store {
+        db,
+        trees,
+        meta,
+        stats: Stats::default(),
+    })
+}
+
+pub(super) fn key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+fn seq_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[8 - n..].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+fn read_u64(tree: &sled::Tree, k: &[u8]) -> Result<u64, sled::Error> {
+    Ok(tree.get(k)?.map(|v| seq_of(&v)).unwrap_or(0))
+}
+
+/// Opens the store under `dir/outbox`; if it is damaged, moves it aside, salvages what passes
+/// its checksum into a fresh store, and says so in the report.
+pub(super) fn open_or_quarantine(
+    dir: &Path,
+    cache_bytes: u64,
+) -> Result<(Store, OpenReport), OutboxError> {
+    std::fs::create_dir_all(dir).map_err(OutboxError::Quarantine)?;
+    let path = dir.join("outbox");
+    let failure = match config(&path, cache_bytes).open() {
+        Ok(db) => match open_trees(db) {
+            Ok(store) => match scan(&store) {
+                Ok(next) => {
+                    let report = OpenReport {
+                        quarantined: None,
+                        next_seq: next,
+                        pending: store
+                            .stats
+                            .pending
+                            .iter()
+                            .map(|p| p.load(Ordering::Relaxed))
+                            .sum(),
+                    };
+                    return Ok((store, report));
+                }
+                Err(f) => f,
+            },
+            Err(e) => OpenFailure::Sled(e),
+        },
+        Err(e) => OpenFailure::Sled(e),
+    };
+    let reason = failure.to_string();
+    tracing::error!(path = %path.display(), %reason, "outbox store is damaged; moving it aside");
+    let moved_to = quarantine_path(dir);
+    std::fs::rename(&path, &moved_to).map_err(OutboxError::Quarantine)?;
+    let store = open_trees(config(&path, cache_bytes).open()?)?;
+    let (salvaged, max_seq) = salvage(&moved_to, &store);
+    let floor = max_seq + 1;
+    store.meta.insert(NEXT_SEQ, &key(floor))?;
+    store.db.flush()?;
+    let next = scan(&store).map_err(|f| match f {
+        OpenFailure::Sled(e) => OutboxError::Store(e),
+        OpenFailure::Corrupt { .. } => OutboxError::Store(sled::Error::Unsupported(f.to_string())),
+    })?;
+    let report = OpenReport {
+        quarantined: Some(Quarantine {
+            moved_to,
+            reason,
+            salvaged,
+        }),
+        next_seq: next,
+        pending: salvaged,
+    };
+    Ok((store, report))
+}
+
+fn quarantine_path(dir: &Path) -> PathBuf {
+    let stamp = time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut p = dir.join(format!("outbox.quarantined-{stamp}"));
+    let mut n = 1;
+    while p.exists() {
+        p = dir.join(format!("outbox.quarantined-{stamp}-{n}"));
+        n += 1;
+    }
+    p
+}
+
+/// Copies every record of the damaged store at `from` that passes its checksum into `into`.
+/// Returns how many, and the highest sequence number seen (also of bad records, so that no
+/// number is reused).
+fn salvage(from: &Path, into: &Store) -> (u64, u64) {
+    let Ok(old) = config(from, 4 << 20).open() else {
+        return (0, 0);
+    };
+    let Ok(old) = open_trees(old) else {
+        return (0, 0);
+    };
+    let mut max_seq = read_u64(&old.meta, NEXT_SEQ).unwrap_or(1).saturating_sub(1);
+    let mut saved = 0;
+    for (i, tree) in old.trees.iter().enumerate() {
+        for (k, v) in tree.iter().flatten() {
+            max_seq = max_seq.max(seq_of(&k));
+            if record::verify(&v).is_ok() && into.trees[i].insert(k, v).is_ok() {
+                saved += 1;
+            }
+        }
+    }
+    (saved, max_seq)
+}
+
+/// Verifies every record, counts what is pending, and returns the next sequence number.
+fn scan(store: &Store) -> Result<u64, OpenFailure> {
+    let mut next = read_u64(&store.meta, NEXT_SEQ)
+        .map_err(OpenFailure::Sled)?
+        .max(1);
+    let mut bytes = 0;
+    for class in CLASSES {
+        let i = class_index(class);
+        let mut count = 0;
+        for item in store.trees[i].iter() {
+            let (k, v) = item.map_err(OpenFailure::Sled)?;
+            let seq = seq_of(&k);
+            record::verify(&v).map_err(|error| OpenFailure::Corrupt { seq, class, error })?;
+            count += 1;
+            bytes += cost(v.len());
+            next = next.max(seq + 1);
+        }
+        store.stats.pending[i].store(count, Ordering::Relaxed);
+        let n = read_u64(&store.meta, evicted_key(class).as_bytes()).map_err(OpenFailure::Sled)?;
+        store.stats.evicted[i].store(n, Ordering::Relaxed);
+    }
+    store.stats.pending_bytes.store(bytes, Ordering::Relaxed);
+    Ok(next)
+}
+
+impl Store {
+    /// Pending events of `class` after `after`, in order; a record that fails its checksum now
+    /// is counted, logged and skipped.
+    pub fn pending(&self, class: EventClass, after: u64, limit: usize) -> Vec<Event> {
+        let tree = &self.trees[class_index(class)];
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in tree.range(key(after.saturating_add(1))..) {
+            if out.len() >= limit {
+                break;
+            }
+            let Ok((k, v)) = item else { break };
+            let seq = seq_of(&k);
+            match record::decode(seq, class, &v) {
+                Ok(e) => out.push(e),
+                Err(e) => {
+                    self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(seq, class = class.as_str(), error = %e, "outbox record damaged; skipped");
+                }
+            }
+        }
+        out
+    }
+}
+
+pub(super) fn evicted_key(class: EventClass) -> String {
+    format!("evicted/{}", class.as_str())
+}

@@ -1,0 +1,238 @@
+use std::path::Path;
+
+use firmware_config::wire::EventClass;
+use serde_json::value::RawValue;
+
+use super::*;
+
+fn ev(class: EventClass, n: usize) -> NewEvent {
+    NewEvent {
+        class,
+        kind: format!("test.{}", class.as_str()),
+        payload: RawValue::from_string(format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(100)))
+            .unwrap(),
+        time_ms: None,
+    }
+}
+
+async fn open(dir: &Path, budget: u64) -> (Outbox, OpenReport) {
+    Outbox::open(dir, budget, 1 << 20).unwrap()
+}
+
+#[tokio::test]
+async fn sequence_numbers_increase_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ob, _) = open(dir.path(), 1 << 30).await;
+    let a = ob
+        .append(vec![ev(EventClass::Alert, 1), ev(EventClass::Telemetry, 2)])
+        .await
+        .unwrap();
+    assert_eq!(a, vec![1, 2]);
+    ob.acknowledge(vec![(1, 2)]);
+    ob.close().await.unwrap();
+    let (ob, report) = open(dir.path(), 1 << 30).await;
+    assert_eq!(report.pending, 0);
+    // Numbers are never reused, even after everything was acknowledged.
+    assert_eq!(
+        ob.append(vec![ev(EventClass::Health, 3)]).await.unwrap(),
+        vec![3]
+    );
+    ob.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn pending_is_per_class_in_order_and_ack_deletes_exactly_the_named_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ob, _) = open(dir.path(), 1 << 30).await;
+    let classes = [
+        EventClass::Telemetry,
+        EventClass::Alert,
+        EventClass::Telemetry,
+        EventClass::Alert,
+        EventClass::Submission,
+    ];
+    let seqs = ob
+        .append(classes.iter().enumerate().map(|(i, c)| ev(*c, i)).collect())
+        .await
+        .unwrap();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    let alerts: Vec<u64> = ob
+        .pending(EventClass::Alert, 0, 10)
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(alerts, vec![2, 4]);
+    let after: Vec<u64> = ob
+        .pending(EventClass::Telemetry, 1, 10)
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(after, vec![3]);
+    ob.acknowledge(vec![(2, 3), (100, 200)]);
+    ob.flush().await.unwrap();
+    assert_eq!(
+        ob.pending(EventClass::Alert, 0, 10)
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert_eq!(
+        ob.pending(EventClass::Telemetry, 0, 10)
+            .iter()
+            .map(|e| e.seq)
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    assert_eq!(ob.summary().pending, 3);
+    assert_eq!(ob.stats().acked.load(Ordering::Relaxed), 2);
+    let e = &ob.pending(EventClass::Submission, 0, 1)[0];
+    assert_eq!(e.kind, "test.submission");
+    assert!(e.payload.get().starts_with("{\"n\":4,"));
+    ob.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_budget_evicts_telemetry_first_then_health_and_never_alerts() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each test event costs about 180 bytes: room for about 50.
+    let (ob, _) = open(dir.path(), 9_000).await;
+    ob.append((0..20).map(|i| ev(EventClass::Telemetry, i)).collect())
+        .await
+        .unwrap();
+    ob.append((0..10).map(|i| ev(EventClass::Health, i)).collect())
+        .await
+        .unwrap();
+    ob.append((0..15).map(|i| ev(EventClass::Alert, i)).collect())
+        .await
+        .unwrap();
+    assert_eq!(ob.summary().evicted["telemetry"], 0);
+    // 15 more alerts: telemetry goes first, oldest first.
+    ob.append((0..15).map(|i| ev(EventClass::Alert, i)).collect())
+        .await
+        .unwrap();
+    let s = ob.summary();
+    assert!(s.evicted["telemetry"] > 0, "{s:?}");
+    assert_eq!(s.evicted["health"], 0, "{s:?}");
+    let oldest_left = ob
+        .pending(EventClass::Telemetry, 0, 1)
+        .first()
+        .map(|e| e.seq);
+    assert!(oldest_left.is_none_or(|seq| seq > 1));
+    // Keep adding alerts until telemetry and health are gone, then the append is refused.
+    let mut refused = None;
+    for _ in 0..10 {
+        if let Err(e) = ob
+            .append((0..10).map(|i| ev(EventClass::Alert, i)).collect())
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let err = refused.expect("an append must be refused once only alerts are left");
+    assert!(matches!(err, OutboxError::Full { .. }), "{err}");
+    assert!(err
+        .to_string()
+        .contains("only alerts and submissions are left"));
+    let s = ob.summary();
+    assert_eq!(s.evicted["alert"], 0);
+    assert_eq!(ob.pending(EventClass::Telemetry, 0, 100).len(), 0);
+    assert_eq!(ob.pending(EventClass::Health, 0, 100).len(), 0);
+    assert!(s.refused >= 10);
+    let alerts_before = ob.pending(EventClass::Alert, 0, 1000).len();
+    // A refused request stores nothing.
+    assert!(ob
+        .append((0..10).map(|i| ev(EventClass::Alert, i)).collect())
+        .await
+        .is_err());
+    assert_eq!(ob.pending(EventClass::Alert, 0, 1000).len(), alerts_before);
+    // Eviction counters survive a restart.
+    ob.close().await.unwrap();
+    let (ob, _) = open(dir.path(), 9_000).await;
+    assert_eq!(ob.summary().evicted, s.evicted);
+    ob.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_record_failing_its_checksum_quarantines_the_store_and_salvages_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ob, _) = open(dir.path(), 1 << 30).await;
+    ob.append((0..5).map(|i| ev(EventClass::Submission, i)).collect())
+        .await
+        .unwrap();
+    ob.close().await.unwrap();
+    {
+        let db = sled::open(dir.path().join("outbox")).unwrap();
+        let t = db.open_tree("class/submission").unwrap();
+        let mut v = t.get(store::key(3)).unwrap().unwrap().to_vec();
+        let last = v.len() - 2;
+        v[last] ^= 0x55;
+        t.insert(store::key(3), v).unwrap();
+        db.flush().unwrap();
+    }
+    let (ob, report) = open(dir.path(), 1 << 30).await;
+    let q = report.quarantined.expect("quarantined");
+    assert!(q.reason.contains("submission record 3"), "{}", q.reason);
+    assert_eq!(q.salvaged, 4);
+    assert!(q.moved_to.exists());
+    let seqs: Vec<u64> = ob
+        .pending(EventClass::Submission, 0, 10)
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 4, 5]);
+    assert_eq!(
+        ob.append(vec![ev(EventClass::Alert, 0)]).await.unwrap(),
+        vec![6]
+    );
+    ob.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_opened_is_moved_aside_and_a_fresh_one_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ob, _) = open(dir.path(), 1 << 30).await;
+    ob.append(vec![ev(EventClass::Alert, 0)]).await.unwrap();
+    ob.close().await.unwrap();
+    let conf = dir.path().join("outbox/conf");
+    std::fs::write(&conf, b"\xff\xfe garbage, not sled's config").unwrap();
+    let (ob, report) = open(dir.path(), 1 << 30).await;
+    let q = report.quarantined.expect("quarantined");
+    assert!(q.moved_to.join("conf").exists());
+    assert!(ob.append(vec![ev(EventClass::Alert, 1)]).await.is_ok());
+    ob.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn many_concurrent_appends_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ob, _) = open(dir.path(), 1 << 30).await;
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let ob = ob.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..20 {
+                seqs.extend(
+                    ob.append(vec![ev(EventClass::Telemetry, t * 100 + i)])
+                        .await
+                        .unwrap(),
+                );
+            }
+            seqs
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=1280).collect::<Vec<u64>>());
+    let flushes = ob.stats().flushes.load(Ordering::Relaxed);
+    assert!(
+        flushes < 1280,
+        "every append flushed alone ({flushes} flushes)"
+    );
+    ob.close().await.unwrap();
+}
