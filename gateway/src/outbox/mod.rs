@@ -234,10 +234,9 @@ impl Outbox {
         } = self;
         drop(tx);
         drop(store);
-        if let Ok(mut slot) = writer.lock() {
-            if let Some(handle) = slot.take() {
-                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-            }
+        let handle = writer.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
         flushed
     }
