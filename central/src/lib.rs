@@ -9,6 +9,7 @@ pub mod broker;
 pub mod link;
 pub mod metrics;
 pub mod registry;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -42,6 +43,8 @@ pub enum CentralError {
     Http(#[source] std::io::Error),
     #[error("MQTT client: {0}")]
     Mqtt(#[from] MqttSetupError),
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
     #[error("a central task failed: {0}")]
     Task(String),
 }
@@ -51,6 +54,7 @@ pub struct Shared {
     pub config: CentralConfig,
     pub metrics: Metrics,
     pub registry: Mutex<GatewayRegistry>,
+    pub store: Arc<store::EventStore>,
     pub started: Instant,
 }
 
@@ -81,6 +85,7 @@ pub async fn start(
         path: config.storage.dir.display().to_string(),
         source,
     })?;
+    let store = Arc::new(store::EventStore::open(&config.storage.dir, 64 << 20)?);
     let (broker_addr, link) = match config.broker.choice().ok_or(CentralError::NoBroker)? {
         BrokerChoice::Embedded(e) => {
             let handle = broker::start(e, &config.central.id).await?;
@@ -103,6 +108,7 @@ pub async fn start(
         metrics: Metrics::new(&config),
         registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),
         config,
+        store,
         started: Instant::now(),
     });
     let mut parts = Parts::new("central", token);

@@ -39,6 +39,14 @@ pub struct Metrics {
     pub messages_rejected: Family<ReasonLabel, Counter>,
     /// Gateways by presence, refreshed on every scrape.
     pub gateways: Family<PresenceLabel, Gauge>,
+    /// Events stored for the first time.
+    pub events_stored: Counter,
+    /// Events received again and dropped as duplicates of stored ones.
+    pub events_duplicate: Counter,
+    /// Event batches stored.
+    pub batches: Counter,
+    /// Acks published to gateways.
+    pub acks_sent: Counter,
 }
 
 impl Metrics {
@@ -72,12 +80,32 @@ impl Metrics {
         );
         let gateways = Family::default();
         registry.register("gateways", "Gateways known, by presence", gateways.clone());
+        let events_stored = Counter::default();
+        registry.register(
+            "events_stored",
+            "Events stored for the first time",
+            events_stored.clone(),
+        );
+        let events_duplicate = Counter::default();
+        registry.register(
+            "events_duplicate",
+            "Events received again and dropped as duplicates",
+            events_duplicate.clone(),
+        );
+        let batches = Counter::default();
+        registry.register("event_batches", "Event batches stored", batches.clone());
+        let acks_sent = Counter::default();
+        registry.register("acks_sent", "Acks published to gateways", acks_sent.clone());
         Self {
             registry,
             link_connected,
             messages_received,
             messages_rejected,
             gateways,
+            events_stored,
+            events_duplicate,
+            batches,
+            acks_sent,
         }
     }
 

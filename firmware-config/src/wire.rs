@@ -83,6 +83,22 @@ pub struct GatewayHealth {
     pub uptime_secs: u64,
     pub cameras_configured: u32,
     pub terminals_configured: u32,
+    /// The state of the gateway's outbox, including what it had to evict.
+    #[serde(default)]
+    pub outbox: Option<OutboxReport>,
+}
+
+/// What a gateway's outbox holds and what it dropped, as reported to central.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxReport {
+    pub pending: u64,
+    pub pending_bytes: u64,
+    /// Events evicted to keep the disk budget, by class name, since the store was created.
+    pub evicted: std::collections::BTreeMap<String, u64>,
+    /// Events refused because only alerts and submissions were left.
+    pub refused: u64,
+    /// Stored records that failed their checksum.
+    pub corrupt: u64,
 }
 
 /// Priority class of an event: decides what is evicted first when the disk budget is full.
@@ -318,6 +334,7 @@ mod tests {
                 uptime_secs: 12,
                 cameras_configured: 2,
                 terminals_configured: 3,
+                outbox: Some(OutboxReport::default()),
             }),
             Message::Events(EventBatch {
                 events: vec![Event {

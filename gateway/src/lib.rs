@@ -38,6 +38,8 @@ pub enum GatewayError {
     Http(#[source] std::io::Error),
     #[error("uplink: {0}")]
     Uplink(#[from] MqttSetupError),
+    #[error("outbox: {0}")]
+    Outbox(#[from] outbox::OutboxError),
     #[error("a gateway task failed: {0}")]
     Task(String),
 }
@@ -47,6 +49,8 @@ pub struct Shared {
     pub config: GatewayConfig,
     pub gateway_id: GatewayId,
     pub metrics: Metrics,
+    pub outbox: outbox::Outbox,
+    pub tokens: api::auth::DeviceTokens,
     pub started: Instant,
 }
 
@@ -70,7 +74,35 @@ pub async fn start(
         path: config.storage.dir.display().to_string(),
         source,
     })?;
-    let metrics = Metrics::new(&config);
+    let mut metrics = Metrics::new(&config);
+    let (outbox, report) = outbox::Outbox::open(
+        &config.storage.dir,
+        config.storage.disk_budget.bytes(),
+        config.storage.cache_size.bytes(),
+    )?;
+    metrics.register_outbox(outbox.clone());
+    tracing::info!(
+        next_seq = report.next_seq,
+        pending = report.pending,
+        "outbox open"
+    );
+    if let Some(q) = &report.quarantined {
+        // Central learns of it once the uplink is up: the alert waits in the fresh outbox.
+        let payload = serde_json::json!({
+            "moved_to": q.moved_to.display().to_string(),
+            "reason": q.reason,
+            "salvaged": q.salvaged,
+        });
+        let alert = outbox::NewEvent {
+            class: firmware_config::wire::EventClass::Alert,
+            kind: "gateway.outbox_quarantined".to_owned(),
+            payload: serde_json::value::to_raw_value(&payload)
+                .map_err(|e| GatewayError::Task(e.to_string()))?,
+            time_ms: None,
+        };
+        outbox.append(vec![alert]).await?;
+    }
+    let tokens = api::auth::DeviceTokens::from_config(&config);
     let listener = runtime::bind_http(config.http.listen)
         .await
         .map_err(GatewayError::Http)?;
@@ -80,6 +112,8 @@ pub async fn start(
         config,
         gateway_id,
         metrics,
+        outbox,
+        tokens,
         started: Instant::now(),
     });
 
@@ -112,6 +146,11 @@ impl RunningGateway {
 
     /// Waits until every part has stopped; when one fails, the others are stopped too.
     pub async fn wait(self) -> Result<(), GatewayError> {
-        self.parts.wait(GatewayError::Task).await
+        let result = self.parts.wait(GatewayError::Task).await;
+        // Every part has stopped: nothing appends any more.
+        if let Err(e) = self.shared.outbox.flush().await {
+            tracing::error!(error = %e, "cannot flush the outbox at shutdown");
+        }
+        result
     }
 }

@@ -7,6 +7,14 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use firmware_config::config::GatewayConfig;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use std::sync::atomic::Ordering;
+
+use crate::outbox::{class_index, Outbox, CLASSES};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
@@ -30,9 +38,23 @@ pub struct Metrics {
     pub uplink_errors: Counter,
     /// Messages handed to the MQTT client, by kind.
     pub uplink_published: Family<KindLabel, Counter>,
+    /// Events sent in batches (resends included).
+    pub uplink_events_sent: Counter,
+    /// Events central acknowledged as stored.
+    pub uplink_events_acked: Counter,
+    /// Times everything pending was resent because an ack was overdue.
+    pub uplink_rewinds: Counter,
+    /// Downlink messages refused (bad topic, bad envelope, another gateway's).
+    pub uplink_rejected: Counter,
 }
 
 impl Metrics {
+    /// Exposes the outbox's counters, read at every scrape.
+    pub fn register_outbox(&mut self, outbox: Outbox) {
+        self.registry
+            .register_collector(Box::new(OutboxCollector(outbox)));
+    }
+
     pub fn new(config: &GatewayConfig) -> Self {
         let mut registry = Registry::with_prefix("gridedge_gateway");
         let build: Family<BuildLabels, Gauge> = Family::default();
@@ -75,12 +97,140 @@ impl Metrics {
             "Messages handed to the MQTT client, by kind",
             uplink_published.clone(),
         );
+        let uplink_events_sent = Counter::default();
+        registry.register(
+            "uplink_events_sent",
+            "Events sent in batches, resends included",
+            uplink_events_sent.clone(),
+        );
+        let uplink_events_acked = Counter::default();
+        registry.register(
+            "uplink_events_acked",
+            "Events central acknowledged as stored",
+            uplink_events_acked.clone(),
+        );
+        let uplink_rewinds = Counter::default();
+        registry.register(
+            "uplink_rewinds",
+            "Resends of everything pending after an overdue ack",
+            uplink_rewinds.clone(),
+        );
+        let uplink_rejected = Counter::default();
+        registry.register(
+            "uplink_rejected",
+            "Downlink messages refused",
+            uplink_rejected.clone(),
+        );
         Self {
             registry,
             uplink_connected,
             uplink_reconnects,
             uplink_errors,
             uplink_published,
+            uplink_events_sent,
+            uplink_events_acked,
+            uplink_rewinds,
+            uplink_rejected,
         }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+struct OutboxCollector(Outbox);
+
+impl std::fmt::Debug for OutboxCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OutboxCollector")
+    }
+}
+
+impl Collector for OutboxCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.stats();
+        let per_class = |encoder: &mut DescriptorEncoder,
+                         name: &str,
+                         help: &str,
+                         ty: MetricType,
+                         values: &[std::sync::atomic::AtomicU64; 4]| {
+            let mut family = encoder.encode_descriptor(name, help, None, ty)?;
+            for class in CLASSES {
+                let v = values[class_index(class)].load(Ordering::Relaxed);
+                let label = ClassLabel {
+                    class: class.as_str(),
+                };
+                let m = family.encode_family(&label)?;
+                match ty {
+                    MetricType::Counter => ConstCounter::new(v).encode(m)?,
+                    _ => ConstGauge::new(v as i64).encode(m)?,
+                }
+            }
+            Ok::<(), std::fmt::Error>(())
+        };
+        per_class(
+            &mut encoder,
+            "outbox_appended",
+            "Events durably appended, by class",
+            MetricType::Counter,
+            &s.appended,
+        )?;
+        per_class(
+            &mut encoder,
+            "outbox_evicted",
+            "Events evicted to keep the disk budget, by class",
+            MetricType::Counter,
+            &s.evicted,
+        )?;
+        per_class(
+            &mut encoder,
+            "outbox_pending",
+            "Events waiting for central's acknowledgement, by class",
+            MetricType::Gauge,
+            &s.pending,
+        )?;
+        let counters = [
+            (
+                "outbox_acked",
+                "Events deleted after central acknowledged them",
+                &s.acked,
+            ),
+            (
+                "outbox_refused",
+                "Events refused because the disk budget held only alerts and submissions",
+                &s.refused,
+            ),
+            (
+                "outbox_corrupt",
+                "Stored records that failed their checksum",
+                &s.corrupt,
+            ),
+            (
+                "outbox_flushes",
+                "Group commits flushed to disk",
+                &s.flushes,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(v.load(Ordering::Relaxed)).encode(m)?;
+        }
+        let m = encoder.encode_descriptor(
+            "outbox_pending_bytes",
+            "Bytes of pending events counted against the disk budget",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(s.pending_bytes.load(Ordering::Relaxed) as i64).encode(m)?;
+        let m = encoder.encode_descriptor(
+            "outbox_disk_bytes",
+            "Bytes the store uses on disk",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.size_on_disk() as i64).encode(m)?;
+        Ok(())
     }
 }

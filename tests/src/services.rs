@@ -40,7 +40,14 @@ pub fn central_external_toml(
     )
 }
 
-/// TOML of a gateway with no devices, reporting health every `health_secs`.
+/// The bearer token of the test event source of gateway `id`.
+pub fn source_token(id: &str) -> String {
+    format!("token-of-source-{id}")
+}
+
+/// TOML of a gateway with no devices and one event source (`tests`, token [`source_token`]),
+/// reporting health every second. `[storage]` comes last so that callers can append lines
+/// such as `disk_budget = "16 MiB"` to it.
 pub fn gateway_toml(
     dir: &Path,
     id: &str,
@@ -48,14 +55,19 @@ pub fn gateway_toml(
     tls: Option<&TlsFiles>,
     http_port: u16,
 ) -> String {
+    let token_file = dir.join(format!("{id}.token"));
+    // Written now so that the config's file reference exists when it is checked.
+    let _ = std::fs::write(&token_file, source_token(id));
     format!(
         "[site]\nid = \"site-{id}\"\nname = \"Test site {id}\"\n\
          [gateway]\nid = \"{id}\"\n\
          [uplink]\nbroker = \"{broker_url}\"\nhealth_interval = \"1s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
          {}\
-         [storage]\ndir = \"{}\"\n\
-         [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
+         [[sources]]\nid = \"tests\"\nname = \"The system tests\"\ntoken = {{ file = \"{}\" }}\n\
+         [storage]\ndir = \"{}\"\n",
         tls_table("uplink.tls", tls),
+        token_file.display(),
         dir.join(format!("{id}-data")).display()
     )
 }
@@ -147,6 +159,7 @@ impl Drop for TestCentral {
 
 /// A gateway running in the test's process.
 pub struct TestGateway {
+    pub id: String,
     pub http_addr: SocketAddr,
     running: Option<gateway::RunningGateway>,
     token: CancellationToken,
@@ -155,12 +168,23 @@ pub struct TestGateway {
 
 impl TestGateway {
     pub async fn start(id: &str, broker_url: &str, tls: Option<&TlsFiles>) -> Result<Self> {
+        Self::start_with(id, broker_url, tls, "").await
+    }
+
+    /// Like [`Self::start`], with `storage_extra` lines added to `[storage]`.
+    pub async fn start_with(
+        id: &str,
+        broker_url: &str,
+        tls: Option<&TlsFiles>,
+        storage_extra: &str,
+    ) -> Result<Self> {
         let dir = FixtureDir::new("gateway")?;
-        let text = gateway_toml(dir.path(), id, broker_url, tls, 0);
+        let text = gateway_toml(dir.path(), id, broker_url, tls, 0) + storage_extra;
         let cfg: GatewayConfig = config::parse(&text, dir.path())?;
         let token = CancellationToken::new();
         let running = gateway::start(cfg, token.clone()).await?;
         Ok(Self {
+            id: id.to_owned(),
             http_addr: running.http_addr,
             running: Some(running),
             token,
@@ -172,11 +196,63 @@ impl TestGateway {
         format!("http://{}{path}", self.http_addr)
     }
 
+    /// Posts events with the test source's token; returns their sequence numbers.
+    pub async fn post_events(&self, events: &serde_json::Value) -> Result<Vec<u64>> {
+        post_events(self.http_addr, &self.id, events).await
+    }
+
     pub async fn stop(mut self) -> Result<()> {
         self.token.cancel();
         match self.running.take() {
             Some(r) => Ok(tokio::time::timeout(Duration::from_secs(5), r.wait()).await??),
             None => Ok(()),
+        }
+    }
+}
+
+/// `POST /api/v1/events` to the gateway at `addr` with the token of gateway `id`'s test source.
+pub async fn post_events(
+    addr: SocketAddr,
+    id: &str,
+    events: &serde_json::Value,
+) -> Result<Vec<u64>> {
+    let client = reqwest::Client::new();
+    let resp = client
+        .post(format!("http://{addr}/api/v1/events"))
+        .bearer_auth(source_token(id))
+        .json(events)
+        .send()
+        .await?;
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await?;
+    anyhow::ensure!(status.is_success(), "POST /api/v1/events: {status}: {body}");
+    body["seqs"]
+        .as_array()
+        .ok_or_else(|| anyhow::anyhow!("no seqs in {body}"))?
+        .iter()
+        .map(|v| v.as_u64().ok_or_else(|| anyhow::anyhow!("bad seq {v}")))
+        .collect()
+}
+
+/// Every event central stored for `gateway`, read back page by page from `GET /api/v1/events`.
+pub async fn central_events(
+    central_http: SocketAddr,
+    gateway: &str,
+) -> Result<Vec<serde_json::Value>> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let url = format!(
+            "http://{central_http}/api/v1/events?gateway={gateway}&after={after}&limit=10000"
+        );
+        let page: serde_json::Value = reqwest::get(url).await?.error_for_status()?.json().await?;
+        let events = page["events"].as_array().cloned().unwrap_or_default();
+        match page["next_after"].as_u64() {
+            Some(n) if !events.is_empty() => {
+                after = n;
+                all.extend(events);
+            }
+            _ => return Ok(all),
         }
     }
 }

@@ -3,10 +3,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::response::Response;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use firmware_config::ids::GatewayId;
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::metrics::PresenceLabel;
@@ -18,6 +21,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/gateways", get(gateways))
+        .route("/api/v1/events", get(events))
         .with_state(shared)
 }
 
@@ -47,4 +51,60 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn gateways(State(shared): State<Arc<Shared>>) -> Json<Vec<GatewayView>> {
     Json(shared.registry().views(Instant::now()))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    gateway: String,
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    1000
+}
+
+const MAX_LIMIT: usize = 10_000;
+
+/// `GET /api/v1/events?gateway=ID&after=SEQ&limit=N`: stored events in sequence order.
+async fn events(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, Json(json!({ "error": m }))).into_response();
+    let Query(q) = match q {
+        Ok(q) => q,
+        Err(e) => return bad(format!("query: {e}; use ?gateway=ID&after=SEQ&limit=N")),
+    };
+    let gateway = match GatewayId::new(q.gateway.clone()) {
+        Ok(g) => g,
+        Err(e) => return bad(format!("gateway: {:?} {e}", q.gateway)),
+    };
+    if q.limit == 0 || q.limit > MAX_LIMIT {
+        return bad(format!(
+            "limit: {} is out of range; use 1 to {MAX_LIMIT}",
+            q.limit
+        ));
+    }
+    let store = shared.store.clone();
+    let found =
+        tokio::task::spawn_blocking(move || store.events_after(&gateway, q.after, q.limit)).await;
+    match found {
+        Ok(Ok(events)) => {
+            let next = events.last().map(|e| e.seq);
+            Json(json!({ "events": events, "next_after": next })).into_response()
+        }
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "error": e.to_string() })),
+        )
+            .into_response(),
+    }
 }

@@ -1,16 +1,20 @@
 //! The `GatewayLink`: central's own MQTT session, on which it hears every gateway.
 //!
-//! It subscribes to every gateway's status and health, checks each message's topic and envelope
-//! (a gateway may speak only for itself), and feeds the registry. It reconnects with a bounded
-//! backoff; central's session is persistent so nothing queued for it is lost while it is away.
+//! It subscribes to every gateway's status, health and events, checks each message's topic and
+//! envelope (a gateway may speak only for itself), feeds the registry, stores event batches
+//! durably and only then acknowledges them to their gateway. Events come through a shared
+//! subscription (`$share/gridedge-central/…`), so several central replicas on one broker share
+//! the load. The broker's PUBACK to central is sent only after the batch is stored (manual acks),
+//! so a central that dies mid-batch gets it again from the broker.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use firmware_config::config::TlsFiles;
+use firmware_config::ids::GatewayId;
 use firmware_config::runtime::mqtt::{client_options, MqttSetupError};
 use firmware_config::topics::{all_gateways, Channel, Topic};
-use firmware_config::wire::{self, Message};
+use firmware_config::wire::{self, Ack, Envelope, Message};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +34,7 @@ impl GatewayLink {
     ) -> Result<Self, MqttSetupError> {
         let mut opts = client_options(url, tls, central_id, Duration::from_secs(30))?;
         opts.set_clean_session(false);
+        opts.set_manual_acks(true);
         let (client, eventloop) = AsyncClient::new(opts, 256);
         Ok(Self { client, eventloop })
     }
@@ -47,16 +52,36 @@ impl GatewayLink {
                     m.link_connected.set(1);
                     wait = Duration::from_millis(100);
                     tracing::info!("central connected to the broker");
-                    for ch in [Channel::Status, Channel::Health] {
-                        if let Err(e) = self
-                            .client
-                            .try_subscribe(all_gateways(ch), QoS::AtLeastOnce)
-                        {
+                    let filters = [
+                        all_gateways(Channel::Status),
+                        all_gateways(Channel::Health),
+                        format!("{SHARE}/{}", all_gateways(Channel::Events)),
+                    ];
+                    for f in filters {
+                        if let Err(e) = self.client.try_subscribe(f, QoS::AtLeastOnce) {
                             tracing::error!(error = %e, "cannot subscribe");
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => handle(&shared, &p),
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some((topic, payload)) = handle(&shared, &p).await {
+                        match self
+                            .client
+                            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                        {
+                            Ok(()) => {
+                                m.acks_sent.inc();
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot queue an ack; the gateway will resend")
+                            }
+                        };
+                    }
+                    // PUBACK to the broker only now: the batch is stored (or was refused).
+                    if let Err(e) = self.client.try_ack(&p) {
+                        tracing::warn!(error = %e, "cannot ack to the broker");
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => {
                     if m.link_connected.get() == 1 {
@@ -76,29 +101,33 @@ impl GatewayLink {
     }
 }
 
-/// Checks one message and applies it to the registry.
-fn handle(shared: &Shared, p: &Publish) {
+/// The consumer group of central replicas for event batches.
+pub const SHARE: &str = "$share/gridedge-central";
+
+/// Checks one message and applies it; for an event batch, returns the ack to publish (topic,
+/// payload) once the batch is stored.
+async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> {
     let m = &shared.metrics;
     let Ok(Topic::Gateway { gateway, channel }) = Topic::parse(&p.topic) else {
         m.reject("bad_topic");
-        return;
+        return None;
     };
     if p.payload.is_empty() {
         // A cleared retained message: nothing to learn.
-        return;
+        return None;
     }
     let env = match wire::decode(&p.payload) {
         Ok(env) => env,
         Err(e) => {
             tracing::warn!(%gateway, channel = channel.as_str(), error = %e, "rejected message");
             m.reject("bad_envelope");
-            return;
+            return None;
         }
     };
     if env.gateway != gateway {
         tracing::warn!(topic = %p.topic, claimed = %env.gateway, "gateway spoke for another gateway");
         m.reject("gateway_mismatch");
-        return;
+        return None;
     }
     m.messages_received
         .get_or_create(&KindLabel {
@@ -106,16 +135,66 @@ fn handle(shared: &Shared, p: &Publish) {
         })
         .inc();
     let now = Instant::now();
-    let mut registry = shared.registry();
     match (channel, env.message) {
         (Channel::Status, Message::Status(s)) => {
             tracing::info!(%gateway, state = ?s.state, site = %s.site, "gateway status");
-            registry.observe_status(&gateway, s.state, &s.site, &s.version, now);
+            shared
+                .registry()
+                .observe_status(&gateway, s.state, &s.site, &s.version, now);
+            None
         }
-        (Channel::Health, Message::Health(h)) => registry.observe_health(&gateway, h, now),
+        (Channel::Health, Message::Health(h)) => {
+            shared.registry().observe_health(&gateway, h, now);
+            None
+        }
+        (Channel::Events, Message::Events(batch)) => {
+            store_and_ack(shared, gateway, env.seq, batch.events).await
+        }
         (ch, msg) => {
             tracing::warn!(%gateway, channel = ch.as_str(), kind = msg.kind(), "message of the wrong kind for its topic");
             m.reject("kind_mismatch");
+            None
+        }
+    }
+}
+
+async fn store_and_ack(
+    shared: &Arc<Shared>,
+    gateway: GatewayId,
+    batch: u64,
+    events: Vec<wire::Event>,
+) -> Option<(String, Vec<u8>)> {
+    let m = &shared.metrics;
+    let store = shared.store.clone();
+    let gw = gateway.clone();
+    let stored = tokio::task::spawn_blocking(move || store.store_batch(&gw, &events)).await;
+    let stored = match stored {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            // Not acknowledged: the gateway resends after its ack timeout.
+            tracing::error!(%gateway, error = %e, "cannot store a batch");
+            m.reject("store_failed");
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(%gateway, error = %e, "store task failed");
+            return None;
+        }
+    };
+    m.events_stored.inc_by(stored.new);
+    m.events_duplicate.inc_by(stored.duplicates);
+    m.batches.inc();
+    let ack = Message::Ack(Ack {
+        watermark: stored.high,
+        ranges: stored.ranges,
+        batch: Some(batch),
+    });
+    let topic = Topic::gateway(&gateway, Channel::Ack).path();
+    match Envelope::new(gateway, batch, ack).encode() {
+        Ok(payload) => Some((topic, payload)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an ack");
+            None
         }
     }
 }

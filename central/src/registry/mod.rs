@@ -176,6 +176,7 @@ mod tests {
             uptime_secs: 60,
             cameras_configured: 1,
             terminals_configured: 0,
+            outbox: None,
         };
         r.observe_health(&gw("a"), h, later);
         assert_eq!(r.presence_of(&gw("a"), later), Some(Presence::Online));

@@ -24,6 +24,21 @@ pub struct GatewayConfig {
     pub cameras: Vec<Camera>,
     #[serde(default)]
     pub terminals: Vec<Terminal>,
+    /// Other systems of the centre that hand events to the gateway (door access, smoke sensors).
+    #[serde(default)]
+    pub sources: Vec<EventSource>,
+}
+
+/// A system allowed to `POST /api/v1/events` with its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventSource {
+    /// Unique id among sources, e.g. `door-access`.
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Its bearer token.
+    pub token: SecretRef,
 }
 
 fn default_http() -> Http {
@@ -396,6 +411,9 @@ impl Document for GatewayConfig {
                 tok.resolve_paths(base);
             }
         }
+        for s in &mut self.sources {
+            s.token.resolve_paths(base);
+        }
     }
 
     fn validate(&self, v: &mut Validator) {
@@ -411,6 +429,12 @@ impl Document for GatewayConfig {
         v.unique_ids("terminals", self.terminals.iter().map(|t| t.id.as_str()));
         for (i, t) in self.terminals.iter().enumerate() {
             t.validate(&format!("terminals[{i}]"), v);
+        }
+        v.unique_ids("sources", self.sources.iter().map(|s| s.id.as_str()));
+        for (i, s) in self.sources.iter().enumerate() {
+            v.id(&format!("sources[{i}].id"), &s.id);
+            v.non_empty(&format!("sources[{i}].name"), &s.name);
+            s.token.validate(&format!("sources[{i}].token"), v);
         }
     }
 }

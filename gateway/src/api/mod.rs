@@ -1,19 +1,54 @@
-//! The gateway's HTTP API on the centre's LAN. For now: liveness and metrics.
+//! The gateway's HTTP API on the centre's LAN. Errors map to statuses in one place
+//! ([`ApiError`]) and always carry a message saying what was wrong.
+
+pub mod auth;
+pub mod events;
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use axum::response::Response;
-use axum::routing::get;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::Shared;
 
+/// An API error: a status and a message for the caller.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/events",
+            post(events::post_events).layer(DefaultBodyLimit::max(events::MAX_BODY_BYTES)),
+        )
         .with_state(shared)
 }
 
@@ -28,6 +63,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "version": crate::VERSION,
         "uptime_secs": shared.started.elapsed().as_secs(),
         "uplink": if connected { "connected" } else { "disconnected" },
+        "outbox": shared.outbox.summary(),
     }))
 }
 

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use firmware_config::wire::{Event, EventClass};
-use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -92,15 +91,8 @@ pub const CLASSES: [EventClass; 4] = [
     EventClass::Alert,
 ];
 
-/// A summary for central and `/metrics`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct OutboxSummary {
-    pub pending: u64,
-    pub pending_bytes: u64,
-    pub evicted: std::collections::BTreeMap<String, u64>,
-    pub refused: u64,
-    pub corrupt: u64,
-}
+/// The summary reported to central and on `/healthz`.
+pub use firmware_config::wire::OutboxReport as OutboxSummary;
 
 /// What happened while opening the store.
 #[derive(Debug, Clone, Default)]

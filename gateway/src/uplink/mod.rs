@@ -1,11 +1,17 @@
 //! The `Uplink`: the gateway's MQTT session to central.
 //!
-//! It announces the gateway with a retained `online` birth message and leaves a retained
-//! `offline` last will, reports the gateway's health periodically, and reconnects with
-//! exponential backoff and jitter (rumqttc itself would reconnect at once, in a tight loop).
-//! The outbox will send its batches through here.
+//! - Announces the gateway with a retained `online` birth message and leaves a retained
+//!   `offline` last will; reports health (with the outbox's state) periodically.
+//! - Sends the outbox to central in batches, most urgent class first and in order within a
+//!   class, with a bounded window of batches awaiting central's acknowledgement. Records are
+//!   deleted only when central's ack names them — never on the broker's PUBACK.
+//! - After a reconnect, or when an ack is overdue, it rewinds and resends everything still
+//!   pending (central deduplicates on `(gateway, seq)`).
+//! - Reconnects with exponential backoff and jitter (rumqttc alone would retry at once).
+//! - Subscribes to its command topic; commands are answered as they are implemented.
 
 mod backoff;
+mod batches;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,28 +20,39 @@ use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
 use firmware_config::runtime::mqtt::{client_options, MqttSetupError};
 use firmware_config::topics::{Channel, Topic};
-use firmware_config::wire::{Envelope, GatewayHealth, LinkState, Message, Status};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, QoS};
+use firmware_config::wire::{
+    self, CommandReply, Envelope, GatewayHealth, LinkState, Message, Status,
+};
+use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
+pub use batches::{BatchPlan, Window};
 
 use crate::metrics::KindLabel;
 use crate::Shared;
+
+/// How long a batch may wait for central's ack before everything pending is resent.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub struct Uplink {
     client: AsyncClient,
     eventloop: EventLoop,
     gateway: GatewayId,
     backoff: Backoff,
+    /// Envelope sequence numbers: start from the clock so that they do not repeat across
+    /// restarts (an ack names the batch it answers by this number).
     seq: u64,
+    window: Window,
+    connected: bool,
 }
 
 impl Uplink {
     pub fn new(config: &GatewayConfig, gateway: GatewayId) -> Result<Self, MqttSetupError> {
         let u = &config.uplink;
         let mut opts = client_options(&u.broker, u.tls.as_ref(), gateway.as_str(), u.keep_alive)?;
-        // A persistent session: the broker keeps our subscriptions and queued commands while away.
+        // A persistent session: the broker keeps our subscriptions and the acks and commands
+        // queued for us while we are away.
         opts.set_clean_session(false);
         let will = status_message(&gateway, config, LinkState::Offline, 0);
         opts.set_last_will(LastWill::new(
@@ -44,13 +61,16 @@ impl Uplink {
             QoS::AtLeastOnce,
             true,
         ));
-        let (client, eventloop) = AsyncClient::new(opts, 64);
+        let (client, eventloop) = AsyncClient::new(opts, 128);
+        let seq = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as u64;
         Ok(Self {
             client,
             eventloop,
             gateway,
             backoff: Backoff::new(u.reconnect_min, u.reconnect_max),
-            seq: 0,
+            seq,
+            window: Window::new(BatchPlan::default()),
+            connected: false,
         })
     }
 
@@ -59,12 +79,26 @@ impl Uplink {
         let m = &shared.metrics;
         let mut health = tokio::time::interval(shared.config.uplink.health_interval);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sessions = 0u64;
+        let appended = shared.outbox.appended.clone();
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
+                _ = appended.notified(), if self.connected && self.window.has_room() => self.send_pending(&shared),
+                _ = tick.tick() => {
+                    if self.connected {
+                        if self.window.overdue(ACK_TIMEOUT) {
+                            tracing::warn!(gateway = %self.gateway, "central's ack is overdue; resending what is pending");
+                            m.uplink_rewinds.inc();
+                            self.window.rewind();
+                        }
+                        self.send_pending(&shared);
+                    }
+                }
                 _ = health.tick() => {
-                    if m.uplink_connected.get() == 1 {
+                    if self.connected {
                         self.publish_health(&shared);
                     }
                 }
@@ -74,18 +108,33 @@ impl Uplink {
                         if sessions > 1 {
                             m.uplink_reconnects.inc();
                         }
+                        self.connected = true;
                         m.uplink_connected.set(1);
                         self.backoff.reset();
                         tracing::info!(gateway = %self.gateway, session_present = ack.session_present, "uplink connected");
+                        for ch in [Channel::Ack, Channel::Cmd] {
+                            let topic = Topic::gateway(&self.gateway, ch).path();
+                            if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
+                                tracing::error!(error = %e, "cannot subscribe");
+                            }
+                        }
                         self.publish_status(&shared, LinkState::Online);
                         self.publish_health(&shared);
+                        // Whatever was in flight before may be lost: send it all again.
+                        self.window.rewind();
+                        self.send_pending(&shared);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        self.handle_downlink(&shared, &p);
+                        self.send_pending(&shared);
                     }
                     Ok(_) => {}
                     Err(e) => {
                         m.uplink_errors.inc();
-                        if m.uplink_connected.get() == 1 {
+                        if self.connected {
                             tracing::warn!(gateway = %self.gateway, error = %e, "uplink lost");
                         }
+                        self.connected = false;
                         m.uplink_connected.set(0);
                         let wait = self.backoff.next_wait();
                         tracing::info!(gateway = %self.gateway, error = %e, wait_ms = wait.as_millis() as u64, "uplink reconnecting after backoff");
@@ -100,10 +149,110 @@ impl Uplink {
         self.goodbye(&shared).await;
     }
 
+    /// Fills the window with batches of pending events.
+    fn send_pending(&mut self, shared: &Shared) {
+        while self.window.has_room() {
+            let events = self.window.next_batch(&shared.outbox);
+            if events.is_empty() {
+                return;
+            }
+            self.seq += 1;
+            let batch_id = self.seq;
+            let n = events.len() as u64;
+            let env = Envelope::new(
+                self.gateway.clone(),
+                batch_id,
+                Message::Events(wire::EventBatch { events }),
+            );
+            let payload = match env.encode() {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode batch");
+                    return;
+                }
+            };
+            let Message::Events(batch) = env.message else {
+                return;
+            };
+            let topic = Topic::gateway(&self.gateway, Channel::Events).path();
+            match self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            {
+                Ok(()) => {
+                    self.window.sent(batch_id, &batch.events);
+                    shared.metrics.uplink_events_sent.inc_by(n);
+                    count(shared, "events");
+                }
+                // The request queue is full: try again on the next tick.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn handle_downlink(&mut self, shared: &Shared, p: &Publish) {
+        let m = &shared.metrics;
+        let channel = match Topic::parse(&p.topic) {
+            Ok(Topic::Gateway { gateway, channel }) if gateway == self.gateway => channel,
+            _ => {
+                m.uplink_rejected.inc();
+                return;
+            }
+        };
+        let env = match wire::decode(&p.payload) {
+            Ok(env) if env.gateway == self.gateway => env,
+            Ok(env) => {
+                tracing::warn!(claimed = %env.gateway, "downlink message for another gateway");
+                m.uplink_rejected.inc();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "bad downlink message");
+                m.uplink_rejected.inc();
+                return;
+            }
+        };
+        match (channel, env.message) {
+            (Channel::Ack, Message::Ack(ack)) => {
+                let events: u64 = ack
+                    .ranges
+                    .iter()
+                    .map(|(a, b)| b.saturating_sub(*a) + 1)
+                    .sum();
+                m.uplink_events_acked.inc_by(events);
+                if let Some(batch) = ack.batch {
+                    self.window.acked(batch);
+                }
+                shared.outbox.acknowledge(ack.ranges);
+            }
+            (Channel::Cmd, Message::Command(cmd)) => {
+                tracing::info!(command = %cmd.name, id = %cmd.id, "command from central");
+                let reply = Message::Reply(CommandReply {
+                    id: cmd.id,
+                    ok: false,
+                    message: format!("unknown command {:?}", cmd.name),
+                    data: serde_json::Value::Null,
+                });
+                self.seq += 1;
+                if let Ok(payload) = Envelope::new(self.gateway.clone(), self.seq, reply).encode() {
+                    self.publish(shared, Channel::Reply, "reply", payload, false);
+                }
+            }
+            (ch, msg) => {
+                tracing::warn!(
+                    channel = ch.as_str(),
+                    kind = msg.kind(),
+                    "unexpected downlink message"
+                );
+                m.uplink_rejected.inc();
+            }
+        }
+    }
+
     /// Publishes a retained `offline` (a clean disconnect does not fire the last will) and
     /// disconnects, within a bounded time.
     async fn goodbye(&mut self, shared: &Shared) {
-        if shared.metrics.uplink_connected.get() != 1 {
+        if !self.connected {
             return;
         }
         self.publish_status(shared, LinkState::Offline);
@@ -116,6 +265,7 @@ impl Uplink {
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        self.connected = false;
         shared.metrics.uplink_connected.set(0);
         tracing::info!(gateway = %self.gateway, "uplink closed");
     }
@@ -134,6 +284,7 @@ impl Uplink {
             uptime_secs: shared.started.elapsed().as_secs(),
             cameras_configured: shared.config.cameras.len() as u32,
             terminals_configured: shared.config.terminals.len() as u32,
+            outbox: Some(shared.outbox.summary()),
         });
         match Envelope::new(self.gateway.clone(), self.seq, msg).encode() {
             Ok(payload) => self.publish(shared, Channel::Health, "health", payload, false),
@@ -155,19 +306,20 @@ impl Uplink {
             .client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
         {
-            Ok(()) => shared
-                .metrics
-                .uplink_published
-                .get_or_create(&KindLabel {
-                    kind: kind.to_owned(),
-                })
-                .inc(),
-            Err(e) => {
-                tracing::warn!(kind, error = %e, "cannot queue message for central");
-                0
-            }
-        };
+            Ok(()) => count(shared, kind),
+            Err(e) => tracing::warn!(kind, error = %e, "cannot queue message for central"),
+        }
     }
+}
+
+fn count(shared: &Shared, kind: &str) {
+    shared
+        .metrics
+        .uplink_published
+        .get_or_create(&KindLabel {
+            kind: kind.to_owned(),
+        })
+        .inc();
 }
 
 fn status_message(
