@@ -146,9 +146,13 @@ impl RunningGateway {
 
     /// Waits until every part has stopped; when one fails, the others are stopped too.
     pub async fn wait(self) -> Result<(), GatewayError> {
-        let result = self.parts.wait(GatewayError::Task).await;
-        // Every part has stopped: nothing appends any more.
-        if let Err(e) = self.shared.outbox.flush().await {
+        let RunningGateway { shared, parts, .. } = self;
+        let result = parts.wait(GatewayError::Task).await;
+        // Every part has stopped: nothing appends any more. Close the store so that the same
+        // folder can be opened again at once (by a restart in this process).
+        let outbox = shared.outbox.clone();
+        drop(shared);
+        if let Err(e) = outbox.close().await {
             tracing::error!(error = %e, "cannot flush the outbox at shutdown");
         }
         result

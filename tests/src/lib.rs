@@ -5,10 +5,12 @@
 //! and tears itself down on drop. When a test panics, the folder is kept and its path printed,
 //! so the logs of a failed run can be read.
 
+pub mod backbone;
 pub mod camera;
 pub mod mosquitto;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod services;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -21,12 +23,30 @@ pub use pki::TestPki;
 
 pub type Result<T> = anyhow::Result<T>;
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, taken below the kernel's ephemeral range
+/// (32768 and up by default) so that a fixture restarted on it does not find it taken by some
+/// client's outgoing connection.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on 127.0.0.1: {e}"))
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Spread test processes apart: each starts at an offset from its pid.
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 600) as u16 * 20,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..12_000 {
+        let mut port = NEXT.fetch_add(1, Ordering::SeqCst);
+        if port >= 32_000 {
+            NEXT.store(20_000, Ordering::SeqCst);
+            port = 20_000;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 between 20000 and 32000")
 }
 
 /// Waits until something accepts TCP connections on `addr`.

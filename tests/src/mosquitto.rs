@@ -1,6 +1,8 @@
 //! A real Mosquitto broker (Debian's package) with a plain and a TLS listener on free ports.
-//! The TLS listener requires a client certificate signed by the fixture's CA and takes the
-//! certificate's common name as the MQTT username, as a production broker for gateways would.
+//! The TLS listener requires a client certificate signed by the fixture's CA, takes the
+//! certificate's common name as the MQTT username, and applies the ACL GridEdge ships
+//! (`deploy/mosquitto/gridedge.acl`): each gateway only on its own topics, central (CN
+//! `central`) everywhere.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -64,7 +66,11 @@ impl Mosquitto {
              certfile {cert}\n\
              keyfile {key}\n\
              require_certificate true\n\
-             use_identity_as_username true\n",
+             use_identity_as_username true\n\
+             acl_file {acl}\n",
+            acl = crate::workspace_root()
+                .join("deploy/mosquitto/gridedge.acl")
+                .display(),
             data = self.dir.path().display(),
             port = self.port,
             tls_port = self.tls_port,

@@ -163,6 +163,7 @@ pub struct TestGateway {
     pub http_addr: SocketAddr,
     running: Option<gateway::RunningGateway>,
     token: CancellationToken,
+    config_text: String,
     _dir: FixtureDir,
 }
 
@@ -188,8 +189,30 @@ impl TestGateway {
             http_addr: running.http_addr,
             running: Some(running),
             token,
+            config_text: text,
             _dir: dir,
         })
+    }
+
+    /// The gateway's storage folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.join(format!("{}-data", self.id))
+    }
+
+    /// Stops the gateway cleanly, runs `between` (e.g. to damage its store), and starts it again
+    /// on the same config and storage (its HTTP port changes).
+    pub async fn restart_with(&mut self, between: impl FnOnce(&Path)) -> Result<()> {
+        self.token.cancel();
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(Duration::from_secs(5), r.wait()).await??;
+        }
+        between(&self.data_dir());
+        let cfg: GatewayConfig = config::parse(&self.config_text, self._dir.path())?;
+        self.token = CancellationToken::new();
+        let running = gateway::start(cfg, self.token.clone()).await?;
+        self.http_addr = running.http_addr;
+        self.running = Some(running);
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -284,6 +307,7 @@ pub fn binary(name: &str) -> Result<PathBuf> {
 pub struct ServiceProcess {
     pub process: ChildProcess,
     pub config: PathBuf,
+    role: String,
     _dir: FixtureDir,
 }
 
@@ -293,14 +317,31 @@ impl ServiceProcess {
         let dir = FixtureDir::new(role)?;
         let config = dir.join(format!("{role}.toml"));
         std::fs::write(&config, config_text)?;
-        let mut cmd = Command::new(binary(role)?);
-        cmd.arg("--config").arg(&config).env("RUST_LOG", "info");
-        let process = ChildProcess::spawn(role, cmd, &dir.join(format!("{role}.log")))?;
+        let process = Self::launch(role, &config, dir.path())?;
         Ok(Self {
             process,
             config,
+            role: role.to_owned(),
             _dir: dir,
         })
+    }
+
+    fn launch(role: &str, config: &Path, dir: &Path) -> Result<ChildProcess> {
+        let mut cmd = Command::new(binary(role)?);
+        cmd.arg("--config").arg(config).env("RUST_LOG", "info");
+        ChildProcess::spawn(role, cmd, &dir.join(format!("{role}.log")))
+    }
+
+    /// Kills the service at once (SIGKILL), as a crash or power cut would.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the service again on the same config (after [`Self::kill`]); its log continues.
+    pub fn start_again(&mut self) -> Result<()> {
+        anyhow::ensure!(!self.process.is_running(), "{} is still running", self.role);
+        self.process = Self::launch(&self.role, &self.config, self._dir.path())?;
+        Ok(())
     }
 
     /// The folder holding this service's config and log.

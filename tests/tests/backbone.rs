@@ -142,7 +142,7 @@ async fn events_reach_central_once_through_the_embedded_broker() {
 async fn events_reach_central_once_through_mosquitto_over_tls() {
     init_test_logging();
     let m = Mosquitto::start().unwrap();
-    let central = TestCentral::external(&m.tls_url(), Some(&m.pki.client("central-test").unwrap()))
+    let central = TestCentral::external(&m.tls_url(), Some(&m.pki.client("central").unwrap()))
         .await
         .unwrap();
     let gw = TestGateway::start(

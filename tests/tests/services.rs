@@ -78,7 +78,7 @@ async fn gateway_reports_online_to_central_through_the_embedded_broker() {
 async fn gateway_and_central_meet_on_mosquitto_over_tls_with_client_certificates() {
     init_test_logging();
     let m = Mosquitto::start().unwrap();
-    let central_tls = m.pki.client("central-test").unwrap();
+    let central_tls = m.pki.client("central").unwrap();
     let gw_tls = m.pki.client("gw-tls").unwrap();
     let central = TestCentral::external(&m.tls_url(), Some(&central_tls))
         .await

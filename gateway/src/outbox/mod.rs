@@ -16,6 +16,7 @@
 //!
 //! sled is kept behind this interface so that it can be replaced without touching callers.
 
+mod floor;
 mod record;
 mod store;
 mod writer;
@@ -58,6 +59,8 @@ pub enum OutboxError {
     Store(#[from] sled::Error),
     #[error("cannot move the damaged store aside: {0}")]
     Quarantine(#[source] std::io::Error),
+    #[error("outbox store {0} is in use by another process")]
+    Locked(String),
 }
 
 /// Counters, shared with metrics and the health report.
@@ -136,11 +139,20 @@ impl Outbox {
         budget: u64,
         cache_bytes: u64,
     ) -> Result<(Self, OpenReport), OutboxError> {
-        let (store, report) = store::open_or_quarantine(dir, cache_bytes)?;
+        let (store, mut report) = store::open_or_quarantine(dir, cache_bytes)?;
+        let floor = floor::SeqFloor::open(dir);
+        // The store may have been lost or started fresh: never reuse a number handed out.
+        report.next_seq = report.next_seq.max(floor.floor()).max(1);
         let store = Arc::new(store);
         let appended = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(4096);
-        let w = writer::Writer::new(store.clone(), budget, report.next_seq, appended.clone());
+        let w = writer::Writer::new(
+            store.clone(),
+            budget,
+            report.next_seq,
+            floor,
+            appended.clone(),
+        );
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || w.run(rx))
@@ -226,6 +238,10 @@ impl Outbox {
         } = self;
         drop(tx);
         drop(store);
+        // Only the last handle may wait for the writer: others still hold senders it serves.
+        if Arc::strong_count(&writer) > 1 {
+            return flushed;
+        }
         let handle = writer.lock().ok().and_then(|mut slot| slot.take());
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;

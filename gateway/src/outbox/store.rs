@@ -115,6 +115,12 @@ pub(super) fn open_or_quarantine(
         },
         Err(e) => OpenFailure::Sled(e),
     };
+    if let OpenFailure::Sled(sled::Error::Io(e)) = &failure {
+        // Another process holds the store: it is not damaged, and must not be moved aside.
+        if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") {
+            return Err(OutboxError::Locked(path.display().to_string()));
+        }
+    }
     let reason = failure.to_string();
     tracing::error!(path = %path.display(), %reason, "outbox store is damaged; moving it aside");
     let moved_to = quarantine_path(dir);

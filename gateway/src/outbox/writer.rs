@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::floor::SeqFloor;
 use super::store::{cost, evicted_key, key, Store, NEXT_SEQ};
 use super::{class_index, record, NewEvent, OutboxError, Request, CLASSES};
 use firmware_config::wire::EventClass;
@@ -16,17 +17,25 @@ pub(super) struct Writer {
     store: Arc<Store>,
     budget: u64,
     next_seq: u64,
+    floor: SeqFloor,
     appended: Arc<Notify>,
 }
 
 type Reply = oneshot::Sender<Result<Vec<u64>, OutboxError>>;
 
 impl Writer {
-    pub fn new(store: Arc<Store>, budget: u64, next_seq: u64, appended: Arc<Notify>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        budget: u64,
+        next_seq: u64,
+        floor: SeqFloor,
+        appended: Arc<Notify>,
+    ) -> Self {
         Self {
             store,
             budget,
             next_seq,
+            floor,
             appended,
         }
     }
@@ -128,6 +137,9 @@ impl Writer {
                 .refused
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
             return Err(e);
+        }
+        if let Err(e) = self.floor.reserve(self.next_seq + encoded.len() as u64) {
+            return Err(OutboxError::Quarantine(e));
         }
         let s = &self.store.stats;
         let mut seqs = Vec::with_capacity(encoded.len());
