@@ -286,18 +286,18 @@ impl Drop for TestGateway {
     }
 }
 
-/// Path of a workspace binary (`gateway`, `central`, `fwcfg`) next to the test executable.
-/// `cargo test --workspace` and `cargo nextest run --workspace` build them.
+/// Path of a workspace binary (`gateway`, `central`, `fwcfg`) of the same build profile as the
+/// running executable (a test in `target/*/deps/` or a tool in `target/*/`).
 pub fn binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
+    let dir = exe
         .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| anyhow::anyhow!("unexpected test executable path {}", exe.display()))?;
+        .ok_or_else(|| anyhow::anyhow!("unexpected executable path {}", exe.display()))?;
+    let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
     let path = profile_dir.join(name);
     anyhow::ensure!(
         path.exists(),
-        "{} not built; run `cargo build --workspace --bins` first",
+        "{} not built; run `cargo build --workspace --bins` (with --release for benchmarks) first",
         path.display()
     );
     Ok(path)
