@@ -231,3 +231,15 @@ fn load_reports_unreadable_file() {
     assert!(matches!(err, ConfigError::Read { .. }));
     assert!(err.to_string().contains("/nonexistent/gateway.toml"));
 }
+
+#[test]
+fn the_embedded_plain_listener_stays_on_loopback() {
+    let text = "[central]\nid = \"c\"\nname = \"C\"\n[broker.embedded]\nlisten = \"0.0.0.0:1883\"\n[storage]\ndir = \"d\"\n";
+    let err = config::parse::<CentralConfig>(text, Path::new("/")).unwrap_err();
+    assert!(
+        err.issues()[0]
+            .starts_with("broker.embedded.listen: 0.0.0.0:1883 is not a loopback address"),
+        "{:?}",
+        err.issues()
+    );
+}

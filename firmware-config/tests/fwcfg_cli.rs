@@ -85,3 +85,34 @@ fn check_refuses_a_document_of_unknown_role() {
     assert!(!ok);
     assert!(err.contains("cannot tell the role"), "{err}");
 }
+
+#[test]
+fn certs_make_a_ca_a_server_and_clients_and_refuse_to_overwrite() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = fwcfg(&["certs", "ca", d], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("ca.pem"));
+    let (ok, _, err) = fwcfg(
+        &[
+            "certs",
+            "server",
+            d,
+            "broker",
+            "--host",
+            "localhost",
+            "--host",
+            "127.0.0.1",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = fwcfg(&["certs", "client", d, "gw-hongxing-01"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("gw-hongxing-01.key"));
+    let (ok, _, err) = fwcfg(&["certs", "client", d, "gw-hongxing-01"], "");
+    assert!(!ok);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    let (ok, _, err) = fwcfg(&["certs", "client", d, "Bad/Id"], "");
+    assert!(!ok && err.contains("not a valid name"), "{err}");
+}

@@ -101,6 +101,25 @@ impl TestCentral {
         Self::from_toml(dir, &text).await
     }
 
+    /// Central with its embedded broker, plus a TLS listener for gateways that requires client
+    /// certificates from `pki`. Returns it and the `mqtts://` URL gateways use.
+    pub async fn embedded_tls(pki: &crate::TestPki) -> Result<(Self, String)> {
+        let dir = FixtureDir::new("central")?;
+        let tls_port = free_port();
+        let server = pki.server("embedded-broker")?;
+        let text = central_toml(dir.path(), free_port(), 0).replace(
+            "[storage]",
+            &format!(
+                "tls_listen = \"127.0.0.1:{tls_port}\"\n{}[storage]",
+                tls_table("broker.embedded.tls", Some(&server))
+            ),
+        );
+        Ok((
+            Self::from_toml(dir, &text).await?,
+            format!("mqtts://localhost:{tls_port}"),
+        ))
+    }
+
     /// Central on an external broker.
     pub async fn external(url: &str, tls: Option<&TlsFiles>) -> Result<Self> {
         let dir = FixtureDir::new("central")?;
@@ -293,7 +312,11 @@ pub fn binary(name: &str) -> Result<PathBuf> {
     let dir = exe
         .parent()
         .ok_or_else(|| anyhow::anyhow!("unexpected executable path {}", exe.display()))?;
-    let profile_dir = if dir.ends_with("deps") { dir.parent().unwrap_or(dir) } else { dir };
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
     let path = profile_dir.join(name);
     anyhow::ensure!(
         path.exists(),

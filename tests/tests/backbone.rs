@@ -218,3 +218,38 @@ async fn bad_requests_get_a_clear_4xx_and_store_nothing() {
     // Nothing was stored: the first good event gets sequence number 1.
     assert_eq!(gw.post_events(&good).await.unwrap(), vec![1]);
 }
+
+#[tokio::test]
+async fn the_embedded_broker_takes_gateways_over_tls_and_refuses_a_foreign_certificate() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = gridedge_tests::TestPki::new(dir.path()).unwrap();
+    let (central, tls_url) = TestCentral::embedded_tls(&pki).await.unwrap();
+    let gw = TestGateway::start(
+        "gw-bb-tls",
+        &tls_url,
+        Some(&pki.client("gw-bb-tls").unwrap()),
+    )
+    .await
+    .unwrap();
+    let accepted = post_all(&gw, 2, 100).await;
+    assert_central_has_exactly(&central, "gw-bb-tls", &accepted).await;
+
+    let rogue_dir = tempfile::tempdir().unwrap();
+    let rogue = gridedge_tests::TestPki::new(rogue_dir.path()).unwrap();
+    let mut files = rogue.client("gw-rogue").unwrap();
+    files.ca_file = pki.ca_file.clone();
+    let bad = TestGateway::start("gw-rogue", &tls_url, Some(&files))
+        .await
+        .unwrap();
+    bad.post_events(&batch(0, 3)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let h: Value = reqwest::get(bad.url("/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["uplink"], "disconnected", "{h}");
+    assert!(central.presence_of("gw-rogue").await.is_none());
+}

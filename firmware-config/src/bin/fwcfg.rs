@@ -19,6 +19,9 @@ struct Cli {
 enum Command {
     /// Print a complete, commented example config.
     Example { role: Role },
+    /// Make TLS certificates: a CA, the broker's server certificate, client certificates.
+    #[command(subcommand)]
+    Certs(Certs),
     /// Check a config file (or `-` for standard input); prints every problem found.
     Check {
         file: PathBuf,
@@ -26,6 +29,26 @@ enum Command {
         #[arg(long)]
         role: Option<Role>,
     },
+}
+
+#[derive(Subcommand)]
+enum Certs {
+    /// Create a new CA (ca.pem, ca.key) in DIR.
+    Ca {
+        dir: PathBuf,
+        #[arg(long, default_value = "GridEdge street CA")]
+        name: String,
+    },
+    /// Issue the broker's server certificate (NAME.pem, NAME.key) from the CA in DIR.
+    Server {
+        dir: PathBuf,
+        name: String,
+        /// Host names or IP addresses the broker is reached at (repeat).
+        #[arg(long = "host", required = true)]
+        hosts: Vec<String>,
+    },
+    /// Issue a client certificate whose common name is ID: a gateway's id, or `central`.
+    Client { dir: PathBuf, id: String },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -47,6 +70,32 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Check { file, role } => check(&file, role),
+        Command::Certs(c) => certs(c),
+    }
+}
+
+fn certs(c: Certs) -> ExitCode {
+    use firmware_config::certs::Authority;
+    let done = match c {
+        Certs::Ca { dir, name } => Authority::create(&dir, &name).map(|ca| vec![ca.ca_file()]),
+        Certs::Server { dir, name, hosts } => Authority::load(&dir)
+            .and_then(|ca| ca.server(&name, &hosts))
+            .map(|f| vec![f.cert_file, f.key_file]),
+        Certs::Client { dir, id } => Authority::load(&dir)
+            .and_then(|ca| ca.client(&id))
+            .map(|f| vec![f.cert_file, f.key_file]),
+    };
+    match done {
+        Ok(files) => {
+            for f in files {
+                println!("wrote {}", f.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fwcfg certs: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

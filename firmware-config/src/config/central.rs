@@ -159,6 +159,12 @@ impl Document for CentralConfig {
                 (None, Some(_)) => v.error("broker.embedded.tls_listen", "required with tls"),
                 _ => {}
             }
+            if !e.listen.ip().is_loopback() {
+                v.error(
+                    "broker.embedded.listen",
+                    format!("{} is not a loopback address; the plain listener is for this host only — gateways use tls_listen", e.listen),
+                );
+            }
             if e.tls_listen == Some(e.listen) {
                 v.error("broker.embedded.tls_listen", "must differ from listen");
             }

@@ -54,7 +54,11 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     while !done() {
         anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -66,7 +70,9 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
 // ---------------------------------------------------------------- GridEdge
 
 async fn central_stored(http: SocketAddr) -> u64 {
-    let Ok(r) = reqwest::get(format!("http://{http}/metrics")).await else { return 0 };
+    let Ok(r) = reqwest::get(format!("http://{http}/metrics")).await else {
+        return 0;
+    };
     let text = r.text().await.unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("gridedge_central_events_stored_total "))
@@ -92,7 +98,9 @@ async fn post(gw: SocketAddr, start: u64, n: u64) -> anyhow::Result<()> {
                     if j > i {
                         body.push(',');
                     }
-                    body.push_str("{\"class\":\"telemetry\",\"kind\":\"kiosk.status\",\"payload\":");
+                    body.push_str(
+                        "{\"class\":\"telemetry\",\"kind\":\"kiosk.status\",\"payload\":",
+                    );
                     body.push_str(&payload(j));
                     body.push('}');
                 }
@@ -123,8 +131,13 @@ async fn gridedge(events: u64, backlog: u64, dir: &Path) -> anyhow::Result<Figur
     let _central = ServiceProcess::spawn("central", &central_toml(dir, broker, central_http))?;
     wait_for_port(central_addr, Duration::from_secs(20))?;
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], broker))).await?;
-    let toml = gateway_toml(dir, "gw-bench", &format!("mqtt://{}", proxy.addr), None, gw_http)
-        + "disk_budget = \"2 GiB\"\n";
+    let toml = gateway_toml(
+        dir,
+        "gw-bench",
+        &format!("mqtt://{}", proxy.addr),
+        None,
+        gw_http,
+    ) + "disk_budget = \"2 GiB\"\n";
     let gw = ServiceProcess::spawn("gateway", &toml)?;
     wait_for_port(gw_addr, Duration::from_secs(20))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -137,7 +150,10 @@ async fn gridedge(events: u64, backlog: u64, dir: &Path) -> anyhow::Result<Figur
         if central_stored(central_addr).await >= events {
             break;
         }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "central did not get every event");
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "central did not get every event"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered = t0.elapsed();
@@ -152,7 +168,10 @@ async fn gridedge(events: u64, backlog: u64, dir: &Path) -> anyhow::Result<Figur
         if central_stored(central_addr).await >= events + backlog {
             break;
         }
-        anyhow::ensure!(t1.elapsed() < Duration::from_secs(900), "the backlog did not drain");
+        anyhow::ensure!(
+            t1.elapsed() < Duration::from_secs(900),
+            "the backlog did not drain"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let drained = t1.elapsed();
@@ -202,7 +221,9 @@ async fn publish(port: u16, start: u64, n: u64, tag: &str) -> anyhow::Result<()>
                 Ok(())
             });
             for i in first..first + per_client {
-                client.publish("events/gw-bench", QoS::AtLeastOnce, false, payload(i)).await?;
+                client
+                    .publish("events/gw-bench", QoS::AtLeastOnce, false, payload(i))
+                    .await?;
             }
             poller.await??;
             let _ = client.disconnect().await;
@@ -217,7 +238,11 @@ async fn publish(port: u16, start: u64, n: u64, tag: &str) -> anyhow::Result<()>
 
 /// A subscriber on the central broker that appends what it receives to a file and fsyncs at
 /// least every 1000 messages or 100 ms, counting what it has made durable.
-async fn durable_subscriber(port: u16, file: &Path, received: Arc<AtomicU64>) -> anyhow::Result<()> {
+async fn durable_subscriber(
+    port: u16,
+    file: &Path,
+    received: Arc<AtomicU64>,
+) -> anyhow::Result<()> {
     let mut opts = MqttOptions::new("central-subscriber", "127.0.0.1", port);
     opts.set_clean_session(false);
     opts.set_inflight(1000);
@@ -237,7 +262,9 @@ async fn durable_subscriber(port: u16, file: &Path, received: Arc<AtomicU64>) ->
             if let Ok(Err(_)) = got {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            if unsynced > 0 && (unsynced >= 1000 || last_sync.elapsed() > Duration::from_millis(100)) {
+            if unsynced > 0
+                && (unsynced >= 1000 || last_sync.elapsed() > Duration::from_millis(100))
+            {
                 let _ = out.flush();
                 let _ = out.get_ref().sync_data();
                 received.fetch_add(unsynced, Ordering::Relaxed);
@@ -262,7 +289,10 @@ async fn mosquitto_bridge(events: u64, backlog: u64, dir: &Path) -> anyhow::Resu
     )?;
     std::fs::create_dir_all(dir.join("central-db"))?;
     std::fs::create_dir_all(dir.join("edge-db"))?;
-    wait_for_port(SocketAddr::from(([127, 0, 0, 1], central_port)), Duration::from_secs(10))?;
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], central_port)),
+        Duration::from_secs(10),
+    )?;
     let proxy = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], central_port))).await?;
     let edge = mosquitto(
         dir,
@@ -276,7 +306,10 @@ async fn mosquitto_bridge(events: u64, backlog: u64, dir: &Path) -> anyhow::Resu
             proxy.addr
         ),
     )?;
-    wait_for_port(SocketAddr::from(([127, 0, 0, 1], edge_port)), Duration::from_secs(10))?;
+    wait_for_port(
+        SocketAddr::from(([127, 0, 0, 1], edge_port)),
+        Duration::from_secs(10),
+    )?;
     let received = Arc::new(AtomicU64::new(0));
     durable_subscriber(central_port, &dir.join("received.log"), received.clone()).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -285,9 +318,11 @@ async fn mosquitto_bridge(events: u64, backlog: u64, dir: &Path) -> anyhow::Resu
     let t0 = Instant::now();
     publish(edge_port, 0, events, "live").await?;
     let accepted = t0.elapsed();
-    wait_until("the subscriber to get every event", Duration::from_secs(600), || {
-        received.load(Ordering::Relaxed) >= events
-    })
+    wait_until(
+        "the subscriber to get every event",
+        Duration::from_secs(600),
+        || received.load(Ordering::Relaxed) >= events,
+    )
     .await?;
     let delivered = t0.elapsed();
 
@@ -312,7 +347,10 @@ async fn mosquitto_bridge(events: u64, backlog: u64, dir: &Path) -> anyhow::Resu
 }
 
 fn arg_value(args: &[String], name: &str) -> Option<u64> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::main]
@@ -327,16 +365,41 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&g_dir)?;
     std::fs::create_dir_all(&m_dir)?;
     let started = Instant::now();
-    let g = gridedge(events, backlog, &g_dir).await.context("GridEdge run")?;
-    let m = mosquitto_bridge(events, backlog, &m_dir).await.context("Mosquitto bridge run")?;
+    let g = gridedge(events, backlog, &g_dir)
+        .await
+        .context("GridEdge run")?;
+    let m = mosquitto_bridge(events, backlog, &m_dir)
+        .await
+        .context("Mosquitto bridge run")?;
     println!();
     println!("backbone benchmark: {events} live events, then a backlog of {backlog} built while the line was cut");
-    println!("events of about 200 bytes; 4 concurrent senders; one machine ({} s)", started.elapsed().as_secs());
-    println!("{:<40} {:>14} {:>18} {:>8}", "figure", "GridEdge", "Mosquitto bridge", "ratio");
+    println!(
+        "events of about 200 bytes; 4 concurrent senders; one machine ({} s)",
+        started.elapsed().as_secs()
+    );
+    println!(
+        "{:<40} {:>14} {:>18} {:>8}",
+        "figure", "GridEdge", "Mosquitto bridge", "ratio"
+    );
     let rows = [
-        ("accepted durably at the edge (events/s)", g.accepted_per_s, m.accepted_per_s, true),
-        ("delivered end to end (events/s)", g.delivered_per_s, m.delivered_per_s, true),
-        ("backlog drain after an outage (events/s)", g.drain_per_s, m.drain_per_s, true),
+        (
+            "accepted durably at the edge (events/s)",
+            g.accepted_per_s,
+            m.accepted_per_s,
+            true,
+        ),
+        (
+            "delivered end to end (events/s)",
+            g.delivered_per_s,
+            m.delivered_per_s,
+            true,
+        ),
+        (
+            "backlog drain after an outage (events/s)",
+            g.drain_per_s,
+            m.drain_per_s,
+            true,
+        ),
         ("edge peak RSS (MiB)", g.peak_rss_mib, m.peak_rss_mib, false),
     ];
     for (name, gv, mv, higher_better) in rows {
