@@ -45,6 +45,8 @@ pub enum CentralError {
     Mqtt(#[from] MqttSetupError),
     #[error("{0}")]
     Store(#[from] store::StoreError),
+    #[error("identity: {0}")]
+    Identity(#[from] firmware_config::runtime::signing::SigningError),
     #[error("a central task failed: {0}")]
     Task(String),
 }
@@ -55,6 +57,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub registry: Mutex<GatewayRegistry>,
     pub store: Arc<store::EventStore>,
+    /// Checks gateways' signatures when `[identity] gateway_ca_file` is set.
+    pub verifier: Option<firmware_config::runtime::signing::Verifier>,
     pub started: Instant,
 }
 
@@ -86,6 +90,12 @@ pub async fn start(
         source,
     })?;
     let store = Arc::new(store::EventStore::open(&config.storage.dir, 64 << 20)?);
+    let verifier = match &config.identity.gateway_ca_file {
+        Some(ca) => Some(firmware_config::runtime::signing::Verifier::from_ca_file(
+            ca,
+        )?),
+        None => None,
+    };
     let (broker_addr, link) = match config.broker.choice().ok_or(CentralError::NoBroker)? {
         BrokerChoice::Embedded(e) => {
             let handle = broker::start(e, &config.central.id).await?;
@@ -109,6 +119,7 @@ pub async fn start(
         registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),
         config,
         store,
+        verifier,
         started: Instant::now(),
     });
     let mut parts = Parts::new("central", token);

@@ -28,6 +28,17 @@ pub struct Envelope {
     pub seq: u64,
     pub time: OffsetDateTime,
     pub message: Message,
+    /// The sender's signature over the payload, when it signed (see `runtime::signing`).
+    pub sig: Option<Signature>,
+    /// The payload's JSON exactly as received (what a signature covers); empty when built here.
+    pub raw_payload: Vec<u8>,
+}
+
+/// A signature: the signer's certificate (DER, base64) and the signature value (base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    pub cert: String,
+    pub value: String,
 }
 
 /// Every kind of message, with its payload. (Encoded by hand rather than as a serde-tagged enum:
@@ -227,10 +238,21 @@ impl Envelope {
             seq,
             time: OffsetDateTime::now_utc(),
             message,
+            sig: None,
+            raw_payload: Vec::new(),
         }
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        self.encode_signed(|_| None)
+    }
+
+    /// Encodes the envelope; `sign` sees the payload's JSON bytes and may return a signature
+    /// over them.
+    pub fn encode_signed(
+        &self,
+        sign: impl FnOnce(&[u8]) -> Option<Signature>,
+    ) -> Result<Vec<u8>, WireError> {
         #[derive(Serialize)]
         struct Out<'a> {
             v: u16,
@@ -239,15 +261,22 @@ impl Envelope {
             seq: u64,
             #[serde(with = "time::serde::rfc3339")]
             time: OffsetDateTime,
-            payload: &'a Message,
+            payload: &'a serde_json::value::RawValue,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            sig: Option<Signature>,
         }
+        let payload = serde_json::to_string(&self.message).map_err(WireError::Encode)?;
+        let sig = sign(payload.as_bytes()).or_else(|| self.sig.clone());
+        let payload =
+            serde_json::value::RawValue::from_string(payload).map_err(WireError::Encode)?;
         serde_json::to_vec(&Out {
             v: self.v,
             kind: self.message.kind(),
             gateway: &self.gateway,
             seq: self.seq,
             time: self.time,
-            payload: &self.message,
+            payload: &payload,
+            sig,
         })
         .map_err(WireError::Encode)
     }
@@ -269,6 +298,8 @@ struct In<'a> {
     time: OffsetDateTime,
     #[serde(borrow)]
     payload: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    sig: Option<Signature>,
 }
 
 fn payload<T: serde::de::DeserializeOwned>(
@@ -309,6 +340,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
         seq: env.seq,
         time: env.time,
         message,
+        sig: env.sig,
+        raw_payload: env.payload.get().as_bytes().to_vec(),
     })
 }
 
@@ -376,10 +409,17 @@ mod tests {
                 seq: i as u64,
                 time: OffsetDateTime::from_unix_timestamp(1_790_000_000).unwrap(),
                 message: m,
+                sig: None,
+                raw_payload: Vec::new(),
             };
             let bytes = env.encode().unwrap();
             let back = decode(&bytes).unwrap();
-            assert_eq!(back, env);
+            assert_eq!(back.message, env.message);
+            assert_eq!(
+                (back.v, &back.gateway, back.seq, back.time, &back.sig),
+                (env.v, &env.gateway, env.seq, env.time, &env.sig)
+            );
+            assert_eq!(back.raw_payload, serde_json::to_vec(&env.message).unwrap());
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             assert_eq!(v["kind"], env.message.kind());
             assert!(KINDS.contains(&env.message.kind()));

@@ -40,6 +40,8 @@ pub enum GatewayError {
     Uplink(#[from] MqttSetupError),
     #[error("outbox: {0}")]
     Outbox(#[from] outbox::OutboxError),
+    #[error("uplink identity: {0}")]
+    Signing(#[from] firmware_config::runtime::signing::SigningError),
     #[error("a gateway task failed: {0}")]
     Task(String),
 }

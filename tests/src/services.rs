@@ -102,7 +102,8 @@ impl TestCentral {
     }
 
     /// Central with its embedded broker, plus a TLS listener for gateways that requires client
-    /// certificates from `pki`. Returns it and the `mqtts://` URL gateways use.
+    /// certificates from `pki`, and requiring messages signed by those certificates. Returns it
+    /// and the `mqtts://` URL gateways use.
     pub async fn embedded_tls(pki: &crate::TestPki) -> Result<(Self, String)> {
         let dir = FixtureDir::new("central")?;
         let tls_port = free_port();
@@ -110,8 +111,9 @@ impl TestCentral {
         let text = central_toml(dir.path(), free_port(), 0).replace(
             "[storage]",
             &format!(
-                "tls_listen = \"127.0.0.1:{tls_port}\"\n{}[storage]",
-                tls_table("broker.embedded.tls", Some(&server))
+                "tls_listen = \"127.0.0.1:{tls_port}\"\n{}[identity]\ngateway_ca_file = \"{}\"\n[storage]",
+                tls_table("broker.embedded.tls", Some(&server)),
+                pki.ca_file.display()
             ),
         );
         Ok((

@@ -253,3 +253,91 @@ async fn the_embedded_broker_takes_gateways_over_tls_and_refuses_a_foreign_certi
     assert_eq!(h["uplink"], "disconnected", "{h}");
     assert!(central.presence_of("gw-rogue").await.is_none());
 }
+
+#[tokio::test]
+async fn on_the_embedded_broker_a_gateway_cannot_speak_for_another() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = gridedge_tests::TestPki::new(dir.path()).unwrap();
+    let (central, tls_url) = TestCentral::embedded_tls(&pki).await.unwrap();
+    // A genuine gateway's signed messages are accepted.
+    let gw = TestGateway::start("gw-real", &tls_url, Some(&pki.client("gw-real").unwrap()))
+        .await
+        .unwrap();
+    let accepted = post_all(&gw, 1, 10).await;
+    assert_central_has_exactly(&central, "gw-real", &accepted).await;
+
+    // gw-evil holds a valid certificate, but rumqttd cannot bind topics to it: it publishes on
+    // gw-real's topic, claiming to be gw-real, signing with its own key.
+    let evil = pki.client("gw-evil").unwrap();
+    let signer = firmware_config::runtime::signing::Signer::from_files(&evil).unwrap();
+    let forged = |seq: u64| {
+        let env = firmware_config::wire::Envelope::new(
+            firmware_config::ids::GatewayId::new("gw-real").unwrap(),
+            seq,
+            firmware_config::wire::Message::Events(firmware_config::wire::EventBatch {
+                events: vec![firmware_config::wire::Event {
+                    seq: 9_000_000 + seq,
+                    class: firmware_config::wire::EventClass::Alert,
+                    kind: "forged".into(),
+                    time: time::OffsetDateTime::now_utc(),
+                    payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                }],
+            }),
+        );
+        let gw_real = env.gateway.clone();
+        env.encode_signed(|p| Some(signer.sign(&gw_real, seq, p)))
+            .unwrap()
+    };
+    let opts = firmware_config::runtime::mqtt::client_options(
+        &tls_url,
+        Some(&evil),
+        "gw-evil",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let (client, mut ev) = rumqttc::AsyncClient::new(opts, 16);
+    client
+        .publish(
+            "gridedge/v1/gw/gw-real/events",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            forged(1),
+        )
+        .await
+        .unwrap();
+    // And unsigned, for good measure.
+    let mut unsigned = serde_json::from_slice::<Value>(&forged(2)).unwrap();
+    unsigned.as_object_mut().unwrap().remove("sig");
+    client
+        .publish(
+            "gridedge/v1/gw/gw-real/events",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&unsigned).unwrap(),
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+    eventually(
+        "central to refuse both forgeries",
+        Duration::from_secs(20),
+        || async {
+            let text = reqwest::get(central.url("/metrics"))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            text.contains("gridedge_central_messages_rejected_total{reason=\"bad_signature\"} 2")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let events = central_events(central.http_addr, "gw-real").await.unwrap();
+    assert!(
+        events.iter().all(|e| e["kind"] != "forged"),
+        "a forged event was stored"
+    );
+}

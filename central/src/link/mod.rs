@@ -129,6 +129,13 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
         m.reject("gateway_mismatch");
         return None;
     }
+    if let Some(v) = &shared.verifier {
+        if let Err(e) = v.verify(&gateway, env.seq, &env.raw_payload, env.sig.as_ref()) {
+            tracing::warn!(%gateway, channel = channel.as_str(), error = %e, "refused a message without a valid signature");
+            m.reject("bad_signature");
+            return None;
+        }
+    }
     m.messages_received
         .get_or_create(&KindLabel {
             kind: env.message.kind().to_owned(),

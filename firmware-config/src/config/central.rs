@@ -20,6 +20,21 @@ pub struct CentralConfig {
     pub http: Http,
     #[serde(default)]
     pub health: HealthPolicy,
+    #[serde(default)]
+    pub identity: Identity,
+}
+
+/// How central knows who a message is from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// CA that issues gateway certificates. When set, central accepts only messages signed with
+    /// the key of a certificate from this CA whose common name is the sending gateway's id —
+    /// identity that holds on any broker, including the embedded one. Unset: no signatures
+    /// are required (development on loopback, or a broker whose ACL binds topics to
+    /// certificates).
+    #[serde(default)]
+    pub gateway_ca_file: Option<PathBuf>,
 }
 
 fn default_http() -> Http {
@@ -139,6 +154,9 @@ impl Document for CentralConfig {
         ];
         for t in tls.into_iter().flatten() {
             t.resolve_paths(base);
+        }
+        if let Some(ca) = &mut self.identity.gateway_ca_file {
+            *ca = super::resolve(base, ca);
         }
     }
 

@@ -2,6 +2,7 @@
 //! HTTP and open their MQTT connection. Kept here so both services behave the same way.
 
 pub mod mqtt;
+pub mod signing;
 
 use std::net::SocketAddr;
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
-use firmware_config::runtime::mqtt::{client_options, MqttSetupError};
+use firmware_config::runtime::mqtt::client_options;
 use firmware_config::topics::{Channel, Topic};
 use firmware_config::wire::{
     self, CommandReply, Envelope, GatewayHealth, LinkState, Message, Status,
@@ -45,16 +45,24 @@ pub struct Uplink {
     seq: u64,
     window: Window,
     connected: bool,
+    /// Signs every message with the key of the gateway's certificate (when it has one).
+    signer: Option<firmware_config::runtime::signing::Signer>,
 }
 
 impl Uplink {
-    pub fn new(config: &GatewayConfig, gateway: GatewayId) -> Result<Self, MqttSetupError> {
+    pub fn new(config: &GatewayConfig, gateway: GatewayId) -> Result<Self, crate::GatewayError> {
         let u = &config.uplink;
         let mut opts = client_options(&u.broker, u.tls.as_ref(), gateway.as_str(), u.keep_alive)?;
         // A persistent session: the broker keeps our subscriptions and the acks and commands
         // queued for us while we are away.
         opts.set_clean_session(false);
-        let will = status_message(&gateway, config, LinkState::Offline, 0);
+        let signer = match &u.tls {
+            Some(files) => Some(firmware_config::runtime::signing::Signer::from_files(
+                files,
+            )?),
+            None => None,
+        };
+        let will = status_message(&gateway, config, LinkState::Offline, 0, signer.as_ref());
         opts.set_last_will(LastWill::new(
             Topic::gateway(&gateway, Channel::Status).path(),
             will,
@@ -71,6 +79,7 @@ impl Uplink {
             seq,
             window: Window::new(BatchPlan::default()),
             connected: false,
+            signer,
         })
     }
 
@@ -164,7 +173,7 @@ impl Uplink {
                 batch_id,
                 Message::Events(wire::EventBatch { events }),
             );
-            let payload = match env.encode() {
+            let payload = match self.encode(&env) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode batch");
@@ -234,7 +243,9 @@ impl Uplink {
                     data: serde_json::Value::Null,
                 });
                 self.seq += 1;
-                if let Ok(payload) = Envelope::new(self.gateway.clone(), self.seq, reply).encode() {
+                if let Ok(payload) =
+                    self.encode(&Envelope::new(self.gateway.clone(), self.seq, reply))
+                {
                     self.publish(shared, Channel::Reply, "reply", payload, false);
                 }
             }
@@ -272,7 +283,13 @@ impl Uplink {
 
     fn publish_status(&mut self, shared: &Shared, state: LinkState) {
         self.seq += 1;
-        let payload = status_message(&self.gateway, &shared.config, state, self.seq);
+        let payload = status_message(
+            &self.gateway,
+            &shared.config,
+            state,
+            self.seq,
+            self.signer.as_ref(),
+        );
         self.publish(shared, Channel::Status, "status", payload, true);
     }
 
@@ -286,10 +303,15 @@ impl Uplink {
             terminals_configured: shared.config.terminals.len() as u32,
             outbox: Some(shared.outbox.summary()),
         });
-        match Envelope::new(self.gateway.clone(), self.seq, msg).encode() {
+        match self.encode(&Envelope::new(self.gateway.clone(), self.seq, msg)) {
             Ok(payload) => self.publish(shared, Channel::Health, "health", payload, false),
             Err(e) => tracing::error!(error = %e, "cannot encode health"),
         }
+    }
+
+    /// Encodes a message, signed when the gateway has a certificate.
+    fn encode(&self, env: &Envelope) -> Result<Vec<u8>, wire::WireError> {
+        sign_and_encode(env, self.signer.as_ref())
     }
 
     fn publish(
@@ -322,11 +344,19 @@ fn count(shared: &Shared, kind: &str) {
         .inc();
 }
 
+fn sign_and_encode(
+    env: &Envelope,
+    signer: Option<&firmware_config::runtime::signing::Signer>,
+) -> Result<Vec<u8>, wire::WireError> {
+    env.encode_signed(|payload| signer.map(|s| s.sign(&env.gateway, env.seq, payload)))
+}
+
 fn status_message(
     gateway: &GatewayId,
     config: &GatewayConfig,
     state: LinkState,
     seq: u64,
+    signer: Option<&firmware_config::runtime::signing::Signer>,
 ) -> Vec<u8> {
     let msg = Message::Status(Status {
         state,
@@ -335,7 +365,5 @@ fn status_message(
     });
     // Encoding a struct of strings cannot fail; an empty payload would only clear the retained
     // status, which central treats as unknown.
-    Envelope::new(gateway.clone(), seq, msg)
-        .encode()
-        .unwrap_or_default()
+    sign_and_encode(&Envelope::new(gateway.clone(), seq, msg), signer).unwrap_or_default()
 }
