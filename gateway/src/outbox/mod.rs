@@ -16,6 +16,7 @@
 //!
 //! sled is kept behind this interface so that it can be replaced without touching callers.
 
+mod chunk;
 mod floor;
 mod record;
 mod store;

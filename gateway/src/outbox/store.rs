@@ -1,11 +1,13 @@
-//! The sled side of the outbox: one tree per class keyed by big-endian sequence number, and a
-//! `meta` tree with the next sequence number and the eviction counters.
+//! The sled side of the outbox: one tree per class holding chunks of records, keyed by the
+//! chunk's first sequence number (big-endian), and a `meta` tree with the next sequence number
+//! and the eviction counters.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use firmware_config::wire::{Event, EventClass};
 
+use super::chunk;
 use super::record::{self, RecordError};
 use super::{class_index, OpenReport, OutboxError, Quarantine, Stats, CLASSES};
 
@@ -68,6 +70,10 @@ fn open_trees(db: sled::Db) -> Result<Store, sled::Error> {
         meta,
         stats: Stats::default(),
     })
+}
+
+pub(super) fn first_seq(k: &[u8]) -> u64 {
+    seq_of(k)
 }
 
 pub(super) fn key(seq: u64) -> [u8; 8] {
@@ -172,8 +178,21 @@ fn salvage(from: &Path, into: &Store) -> (u64, u64) {
     for (i, tree) in old.trees.iter().enumerate() {
         for (k, v) in tree.iter().flatten() {
             max_seq = max_seq.max(seq_of(&k));
-            if record::verify(&v).is_ok() && into.trees[i].insert(k, v).is_ok() {
-                saved += 1;
+            let Ok(records) = chunk::decode(&v) else {
+                continue;
+            };
+            let good: Vec<(u64, &[u8])> = records
+                .into_iter()
+                .inspect(|(seq, _)| max_seq = max_seq.max(*seq))
+                .filter(|(_, rec)| record::verify(rec).is_ok())
+                .collect();
+            if let Some((first, _)) = good.first() {
+                if into.trees[i]
+                    .insert(key(*first), chunk::encode(good.iter().copied()))
+                    .is_ok()
+                {
+                    saved += good.len() as u64;
+                }
             }
         }
     }
@@ -191,11 +210,18 @@ fn scan(store: &Store) -> Result<u64, OpenFailure> {
         let mut count = 0;
         for item in store.trees[i].iter() {
             let (k, v) = item.map_err(OpenFailure::Sled)?;
-            let seq = seq_of(&k);
-            record::verify(&v).map_err(|error| OpenFailure::Corrupt { seq, class, error })?;
-            count += 1;
-            bytes += cost(v.len());
-            next = next.max(seq + 1);
+            let first = seq_of(&k);
+            let records = chunk::decode(&v).map_err(|error| OpenFailure::Corrupt {
+                seq: first,
+                class,
+                error,
+            })?;
+            for (seq, rec) in records {
+                record::verify(rec).map_err(|error| OpenFailure::Corrupt { seq, class, error })?;
+                count += 1;
+                bytes += cost(rec.len());
+                next = next.max(seq + 1);
+            }
         }
         store.stats.pending[i].store(count, Ordering::Relaxed);
         let n = read_u64(&store.meta, evicted_key(class).as_bytes()).map_err(OpenFailure::Sled)?;
@@ -210,18 +236,36 @@ impl Store {
     /// is counted, logged and skipped.
     pub fn pending(&self, class: EventClass, after: u64, limit: usize) -> Vec<Event> {
         let tree = &self.trees[class_index(class)];
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for item in tree.range(key(after.saturating_add(1))..) {
+        let mut out = Vec::with_capacity(limit.min(4096));
+        // The chunk holding `after + 1` may start below it.
+        let from = after.saturating_add(1);
+        let start = match tree.range(..=key(from)).next_back() {
+            Some(Ok((k, _))) => seq_of(&k),
+            _ => from,
+        };
+        for item in tree.range(key(start)..) {
             if out.len() >= limit {
                 break;
             }
             let Ok((k, v)) = item else { break };
-            let seq = seq_of(&k);
-            match record::decode(seq, class, &v) {
-                Ok(e) => out.push(e),
+            let records = match chunk::decode(&v) {
+                Ok(r) => r,
                 Err(e) => {
                     self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(seq, class = class.as_str(), error = %e, "outbox record damaged; skipped");
+                    tracing::error!(chunk = seq_of(&k), class = class.as_str(), error = %e, "outbox chunk damaged; skipped");
+                    continue;
+                }
+            };
+            for (seq, rec) in records.into_iter().filter(|(seq, _)| *seq > after) {
+                if out.len() >= limit {
+                    break;
+                }
+                match record::decode(seq, class, rec) {
+                    Ok(e) => out.push(e),
+                    Err(e) => {
+                        self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(seq, class = class.as_str(), error = %e, "outbox record damaged; skipped");
+                    }
                 }
             }
         }

@@ -85,6 +85,7 @@ async fn pending_is_per_class_in_order_and_ack_deletes_exactly_the_named_ranges(
     );
     assert_eq!(ob.summary().pending, 3);
     assert_eq!(ob.stats().acked.load(Ordering::Relaxed), 2);
+    // Acks that split a chunk keep the rest of it, across a reopen too.
     let e = &ob.pending(EventClass::Submission, 0, 1)[0];
     assert_eq!(e.kind, "test.submission");
     assert!(e.payload.get().starts_with("{\"n\":4,"));
@@ -162,12 +163,21 @@ async fn a_record_failing_its_checksum_quarantines_the_store_and_salvages_the_re
         .unwrap();
     ob.close().await.unwrap();
     {
+        // Flip a byte inside record 3, within its chunk.
         let db = sled::open(dir.path().join("outbox")).unwrap();
         let t = db.open_tree("class/submission").unwrap();
-        let mut v = t.get(store::key(3)).unwrap().unwrap().to_vec();
-        let last = v.len() - 2;
-        v[last] ^= 0x55;
-        t.insert(store::key(3), v).unwrap();
+        let (k, v) = t.iter().next().unwrap().unwrap();
+        let records = chunk::decode(&v).unwrap();
+        let mut owned: Vec<(u64, Vec<u8>)> =
+            records.iter().map(|(s, r)| (*s, r.to_vec())).collect();
+        let rec = &mut owned.iter_mut().find(|(s, _)| *s == 3).unwrap().1;
+        let last = rec.len() - 2;
+        rec[last] ^= 0x55;
+        t.insert(
+            k,
+            chunk::encode(owned.iter().map(|(s, r)| (*s, r.as_slice()))),
+        )
+        .unwrap();
         db.flush().unwrap();
     }
     let (ob, report) = open(dir.path(), 1 << 30).await;

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::chunk;
 use super::floor::SeqFloor;
-use super::store::{cost, evicted_key, key, Store, NEXT_SEQ};
+use super::store::{cost, evicted_key, first_seq, key, Store, NEXT_SEQ};
 use super::{class_index, record, NewEvent, OutboxError, Request, CLASSES};
 use firmware_config::wire::EventClass;
 
@@ -22,6 +23,9 @@ pub(super) struct Writer {
 }
 
 type Reply = oneshot::Sender<Result<Vec<u64>, OutboxError>>;
+
+/// Records staged by a group commit, per class, in sequence order.
+type Staged = [Vec<(u64, Vec<u8>)>; 4];
 
 impl Writer {
     pub fn new(
@@ -66,35 +70,37 @@ impl Writer {
         let mut replies: Vec<(Reply, Result<Vec<u64>, OutboxError>)> = Vec::new();
         let mut flush_waiters = Vec::new();
         let mut appends = Vec::new();
+        let mut acked = Vec::new();
         for r in group {
             match r {
-                Request::Ack(ranges) => self.delete(&ranges),
+                Request::Ack(ranges) => acked.extend(ranges),
                 Request::Append { events, reply } => appends.push((events, reply)),
                 Request::Flush(reply) => flush_waiters.push(reply),
             }
         }
-        let mut batches: [sled::Batch; 4] = Default::default();
+        if !acked.is_empty() {
+            if let Err(e) = self.delete(acked) {
+                tracing::error!(error = %e, "cannot delete acknowledged events; they will be sent again");
+            }
+        }
+        let mut staged: Staged = Default::default();
         let mut wrote = false;
         for (events, reply) in appends {
-            let outcome = self.stage(&events, &mut batches);
+            let outcome = self.stage(&events, &mut staged);
             wrote |= outcome.is_ok();
             replies.push((reply, outcome));
         }
-        let result = self.write(batches, wrote);
+        let result = self.write(staged, wrote);
+        let failed = |e: &sled::Error| OutboxError::Store(sled::Error::Unsupported(e.to_string()));
         for (reply, outcome) in replies {
             let outcome = match (&result, outcome) {
-                (Err(e), Ok(_)) => Err(OutboxError::Store(sled::Error::Unsupported(e.to_string()))),
+                (Err(e), Ok(_)) => Err(failed(e)),
                 (_, o) => o,
             };
             let _ = reply.send(outcome);
         }
         for w in flush_waiters {
-            let _ = w.send(
-                result
-                    .as_ref()
-                    .map(|_| ())
-                    .map_err(|e| OutboxError::Store(sled::Error::Unsupported(e.to_string()))),
-            );
+            let _ = w.send(result.as_ref().map(|_| ()).map_err(failed));
         }
         if wrote {
             self.appended.notify_waiters();
@@ -102,9 +108,13 @@ impl Writer {
         }
     }
 
-    fn write(&self, batches: [sled::Batch; 4], wrote: bool) -> Result<(), sled::Error> {
-        for (i, b) in batches.into_iter().enumerate() {
-            self.store.trees[i].apply_batch(b)?;
+    /// Writes one chunk per class, the next sequence number, and flushes.
+    fn write(&self, staged: Staged, wrote: bool) -> Result<(), sled::Error> {
+        for (i, records) in staged.iter().enumerate() {
+            if let Some((first, _)) = records.first() {
+                let value = chunk::encode(records.iter().map(|(s, r)| (*s, r.as_slice())));
+                self.store.trees[i].insert(key(*first), value)?;
+            }
         }
         if wrote {
             self.store.meta.insert(NEXT_SEQ, &key(self.next_seq))?;
@@ -115,11 +125,7 @@ impl Writer {
     }
 
     /// Makes room for and stages one request's events; nothing is staged if they cannot fit.
-    fn stage(
-        &mut self,
-        events: &[NewEvent],
-        batches: &mut [sled::Batch; 4],
-    ) -> Result<Vec<u64>, OutboxError> {
+    fn stage(&mut self, events: &[NewEvent], staged: &mut Staged) -> Result<Vec<u64>, OutboxError> {
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let encoded: Vec<(EventClass, Vec<u8>)> = events
             .iter()
@@ -151,13 +157,13 @@ impl Writer {
                 .fetch_add(cost(value.len()), Ordering::Relaxed);
             s.pending[i].fetch_add(1, Ordering::Relaxed);
             s.appended[i].fetch_add(1, Ordering::Relaxed);
-            batches[i].insert(&key(seq), value);
+            staged[i].push((seq, value));
             seqs.push(seq);
         }
         Ok(seqs)
     }
 
-    /// Evicts the oldest evictable records until `needed` more bytes fit the budget.
+    /// Evicts the oldest evictable chunks until `needed` more bytes fit the budget.
     fn make_room(&self, needed: u64) -> Result<(), OutboxError> {
         let s = &self.store.stats;
         let full =
@@ -172,14 +178,14 @@ impl Writer {
             let i = class_index(class);
             let mut evicted = 0u64;
             while full(s) {
-                match self.store.trees[i].pop_min() {
-                    Ok(Some((_, v))) => {
-                        s.pending_bytes.fetch_sub(cost(v.len()), Ordering::Relaxed);
-                        s.pending[i].fetch_sub(1, Ordering::Relaxed);
-                        evicted += 1;
-                    }
-                    Ok(None) => break,
-                    Err(e) => return Err(OutboxError::Store(e)),
+                let Some((_, v)) = self.store.trees[i].pop_min()? else {
+                    break;
+                };
+                for (_, rec) in chunk::decode(&v).unwrap_or_default() {
+                    s.pending_bytes
+                        .fetch_sub(cost(rec.len()), Ordering::Relaxed);
+                    s.pending[i].fetch_sub(1, Ordering::Relaxed);
+                    evicted += 1;
                 }
             }
             if evicted > 0 {
@@ -207,23 +213,50 @@ impl Writer {
         }
     }
 
-    /// Deletes acknowledged records.
-    fn delete(&self, ranges: &[(u64, u64)]) {
+    /// Deletes acknowledged records: each chunk touched is rewritten once, without them.
+    fn delete(&self, mut ranges: Vec<(u64, u64)>) -> Result<(), sled::Error> {
+        ranges.retain(|(a, b)| a <= b);
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        ranges.sort_unstable();
+        let acked = |seq: u64| {
+            let i = ranges.partition_point(|(a, _)| *a <= seq);
+            i > 0 && ranges[i - 1].1 >= seq
+        };
+        let (lo, hi) = (ranges[0].0, ranges.iter().map(|r| r.1).max().unwrap_or(0));
         let s = &self.store.stats;
-        for &(from, to) in ranges {
-            if from > to {
-                continue;
-            }
-            for (i, tree) in self.store.trees.iter().enumerate() {
-                let keys: Vec<_> = tree.range(key(from)..=key(to)).keys().flatten().collect();
-                for k in keys {
-                    if let Ok(Some(v)) = tree.remove(&k) {
-                        s.pending_bytes.fetch_sub(cost(v.len()), Ordering::Relaxed);
-                        s.pending[i].fetch_sub(1, Ordering::Relaxed);
-                        s.acked.fetch_add(1, Ordering::Relaxed);
-                    }
+        for (i, tree) in self.store.trees.iter().enumerate() {
+            // One atomic batch per tree: a crash never loses the records a chunk keeps.
+            let mut batch = sled::Batch::default();
+            let start = match tree.range(..=key(lo)).next_back() {
+                Some(Ok((k, _))) => first_seq(&k),
+                _ => lo,
+            };
+            let chunks: Vec<(sled::IVec, sled::IVec)> =
+                tree.range(key(start)..=key(hi)).collect::<Result<_, _>>()?;
+            for (k, v) in chunks {
+                let Ok(records) = chunk::decode(&v) else {
+                    continue;
+                };
+                let (gone, kept): (Vec<_>, Vec<_>) =
+                    records.into_iter().partition(|(seq, _)| acked(*seq));
+                if gone.is_empty() {
+                    continue;
+                }
+                for (_, rec) in &gone {
+                    s.pending_bytes
+                        .fetch_sub(cost(rec.len()), Ordering::Relaxed);
+                    s.pending[i].fetch_sub(1, Ordering::Relaxed);
+                }
+                s.acked.fetch_add(gone.len() as u64, Ordering::Relaxed);
+                batch.remove(k);
+                if let Some((first, _)) = kept.first() {
+                    batch.insert(&key(*first), chunk::encode(kept.iter().copied()));
                 }
             }
+            tree.apply_batch(batch)?;
         }
+        Ok(())
     }
 }
