@@ -18,11 +18,6 @@ struct Args {
     config: PathBuf,
 }
 
-// mimalloc: the outbox and the MQTT path allocate many small buffers from several threads;
-// glibc's arenas fragment under that and cost both CPU and resident memory.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
