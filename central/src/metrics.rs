@@ -24,6 +24,17 @@ pub struct PresenceLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayLabel {
+    pub gateway: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GatewayClassLabel {
+    pub gateway: String,
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     central: String,
@@ -47,6 +58,12 @@ pub struct Metrics {
     pub batches: Counter,
     /// Acks published to gateways.
     pub acks_sent: Counter,
+    /// Each gateway's outbox, as it last reported: events waiting for central.
+    pub gateway_outbox_pending: Family<GatewayLabel, Gauge>,
+    /// Each gateway's outbox, as it last reported: events evicted to keep its disk budget.
+    pub gateway_outbox_evicted: Family<GatewayClassLabel, Gauge>,
+    /// Each gateway's outbox, as it last reported: events refused because it was full.
+    pub gateway_outbox_refused: Family<GatewayLabel, Gauge>,
 }
 
 impl Metrics {
@@ -96,6 +113,24 @@ impl Metrics {
         registry.register("event_batches", "Event batches stored", batches.clone());
         let acks_sent = Counter::default();
         registry.register("acks_sent", "Acks published to gateways", acks_sent.clone());
+        let gateway_outbox_pending = Family::default();
+        registry.register(
+            "gateway_outbox_pending",
+            "Events waiting in each gateway's outbox, as last reported",
+            gateway_outbox_pending.clone(),
+        );
+        let gateway_outbox_evicted = Family::default();
+        registry.register(
+            "gateway_outbox_evicted",
+            "Events each gateway evicted to keep its disk budget, by class, as last reported",
+            gateway_outbox_evicted.clone(),
+        );
+        let gateway_outbox_refused = Family::default();
+        registry.register(
+            "gateway_outbox_refused",
+            "Events each gateway refused because its outbox was full, as last reported",
+            gateway_outbox_refused.clone(),
+        );
         Self {
             registry,
             link_connected,
@@ -106,6 +141,9 @@ impl Metrics {
             events_duplicate,
             batches,
             acks_sent,
+            gateway_outbox_pending,
+            gateway_outbox_evicted,
+            gateway_outbox_refused,
         }
     }
 

@@ -12,7 +12,7 @@ use firmware_config::ids::GatewayId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::metrics::PresenceLabel;
+use crate::metrics::{GatewayClassLabel, GatewayLabel, PresenceLabel};
 use crate::registry::GatewayView;
 use crate::Shared;
 
@@ -36,7 +36,30 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let (online, silent, offline) = shared.registry().counts(Instant::now());
+    let now = Instant::now();
+    let (online, silent, offline) = shared.registry().counts(now);
+    let m = &shared.metrics;
+    for view in shared.registry().views(now) {
+        let Some(outbox) = view.health.and_then(|h| h.outbox) else {
+            continue;
+        };
+        let gw = GatewayLabel {
+            gateway: view.id.clone(),
+        };
+        m.gateway_outbox_pending
+            .get_or_create(&gw)
+            .set(outbox.pending as i64);
+        m.gateway_outbox_refused
+            .get_or_create(&gw)
+            .set(outbox.refused as i64);
+        for (class, n) in outbox.evicted {
+            let label = GatewayClassLabel {
+                gateway: view.id.clone(),
+                class,
+            };
+            m.gateway_outbox_evicted.get_or_create(&label).set(n as i64);
+        }
+    }
     for (presence, n) in [("online", online), ("silent", silent), ("offline", offline)] {
         shared
             .metrics

@@ -137,7 +137,8 @@ async fn gridedge(events: u64, backlog: u64, dir: &Path) -> anyhow::Result<Figur
         &format!("mqtt://{}", proxy.addr),
         None,
         gw_http,
-    ) + "disk_budget = \"2 GiB\"\n";
+    ) + "disk_budget = \"2 GiB\"\n"
+        + &std::env::var("BENCH_GATEWAY_STORAGE").unwrap_or_default();
     let gw = ServiceProcess::spawn("gateway", &toml)?;
     wait_for_port(gw_addr, Duration::from_secs(20))?;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -368,6 +369,13 @@ async fn main() -> anyhow::Result<()> {
     let g = gridedge(events, backlog, &g_dir)
         .await
         .context("GridEdge run")?;
+    if args.iter().any(|a| a == "--gridedge-only") {
+        println!(
+            "GridEdge only: accepted {:.0}/s, delivered {:.0}/s, drained {:.0}/s, peak RSS {:.0} MiB",
+            g.accepted_per_s, g.delivered_per_s, g.drain_per_s, g.peak_rss_mib
+        );
+        return Ok(());
+    }
     let m = mosquitto_bridge(events, backlog, &m_dir)
         .await
         .context("Mosquitto bridge run")?;
