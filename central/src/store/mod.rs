@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use sled::Transactional;
+
 use firmware_config::ids::GatewayId;
 use firmware_config::wire::Event;
 
@@ -27,8 +29,12 @@ pub enum StoreError {
 
 pub struct EventStore {
     db: sled::Db,
-    events: sled::Tree,
-    high: sled::Tree,
+    /// `gateway/first_seq` → a chunk: the new events of one batch (see `encode_chunk`).
+    chunks: sled::Tree,
+    /// `gateway` → the sequence numbers stored so far, as merged inclusive ranges.
+    seen: sled::Tree,
+    /// Cache of `seen`; only the ingest path (one task) changes it.
+    seen_cache: std::sync::Mutex<std::collections::HashMap<GatewayId, Vec<(u64, u64)>>>,
 }
 
 fn key(gateway: &GatewayId, seq: u64) -> Vec<u8> {
@@ -55,6 +61,64 @@ pub fn ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
     out
 }
 
+/// Merges two sorted lists of inclusive ranges.
+fn merge(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = a.iter().chain(b.iter()).copied().collect();
+    all.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (lo, hi) in all {
+        match out.last_mut() {
+            Some((_, h)) if lo <= h.saturating_add(1) => *h = (*h).max(hi),
+            _ => out.push((lo, hi)),
+        }
+    }
+    out
+}
+
+fn contains(set: &[(u64, u64)], seq: u64) -> bool {
+    let i = set.partition_point(|(lo, _)| *lo <= seq);
+    i > 0 && set[i - 1].1 >= seq
+}
+
+fn encode_ranges(set: &[(u64, u64)]) -> Vec<u8> {
+    set.iter()
+        .flat_map(|(a, b)| a.to_be_bytes().into_iter().chain(b.to_be_bytes()))
+        .collect()
+}
+
+fn decode_ranges(bytes: &[u8]) -> Vec<(u64, u64)> {
+    bytes
+        .chunks_exact(16)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            let mut b = [0u8; 8];
+            a.copy_from_slice(&c[..8]);
+            b.copy_from_slice(&c[8..]);
+            (u64::from_be_bytes(a), u64::from_be_bytes(b))
+        })
+        .collect()
+}
+
+/// A chunk: `[min seq][max seq]` (8 bytes each, big-endian), then the events as a JSON array,
+/// so that reads can skip a chunk without parsing it.
+fn encode_chunk(events: &[&Event]) -> Result<Vec<u8>, serde_json::Error> {
+    let min = events.iter().map(|e| e.seq).min().unwrap_or(0);
+    let max = events.iter().map(|e| e.seq).max().unwrap_or(0);
+    let mut out = Vec::with_capacity(16 + events.len() * 256);
+    out.extend_from_slice(&min.to_be_bytes());
+    out.extend_from_slice(&max.to_be_bytes());
+    serde_json::to_writer(&mut out, events)?;
+    Ok(out)
+}
+
+fn chunk_max(bytes: &[u8]) -> u64 {
+    bytes
+        .get(8..16)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(u64::MAX)
+}
+
 impl EventStore {
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
@@ -62,69 +126,102 @@ impl EventStore {
             .cache_capacity(cache_bytes)
             .flush_every_ms(None)
             .open()?;
-        let events = db.open_tree("events")?;
-        let high = db.open_tree("high")?;
-        Ok(Self { db, events, high })
+        let chunks = db.open_tree("chunks")?;
+        let seen = db.open_tree("seen")?;
+        Ok(Self {
+            db,
+            chunks,
+            seen,
+            seen_cache: Default::default(),
+        })
     }
 
-    /// Stores the events that are new, flushes, and says what to acknowledge.
+    fn seen_of(&self, gateway: &GatewayId) -> Result<Vec<(u64, u64)>, StoreError> {
+        if let Some(set) = self
+            .seen_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(gateway).cloned())
+        {
+            return Ok(set);
+        }
+        Ok(self
+            .seen
+            .get(gateway.as_str().as_bytes())?
+            .map(|v| decode_ranges(&v))
+            .unwrap_or_default())
+    }
+
+    /// Stores the events that are new as one chunk, records them as seen, flushes, and says
+    /// what to acknowledge.
     pub fn store_batch(&self, gateway: &GatewayId, events: &[Event]) -> Result<Stored, StoreError> {
-        let mut batch = sled::Batch::default();
-        let (mut new, mut duplicates) = (0, 0);
-        let mut max = 0;
-        let mut seen = std::collections::HashSet::new();
+        let seen = self.seen_of(gateway)?;
+        let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
+        let mut batch_seqs = std::collections::HashSet::with_capacity(events.len());
         for e in events {
-            max = max.max(e.seq);
-            let k = key(gateway, e.seq);
-            if !seen.insert(e.seq) || self.events.contains_key(&k)? {
-                duplicates += 1;
-                continue;
+            if batch_seqs.insert(e.seq) && !contains(&seen, e.seq) {
+                fresh.push(e);
             }
-            batch.insert(k, serde_json::to_vec(e)?);
-            new += 1;
         }
-        self.events.apply_batch(batch)?;
-        let prev = self.high(gateway)?;
-        let high = prev.max(max);
-        if high > prev {
-            self.high
-                .insert(gateway.as_str().as_bytes(), &high.to_be_bytes())?;
+        let new = fresh.len() as u64;
+        let duplicates = events.len() as u64 - new;
+        let mut set = seen;
+        if let Some(first) = fresh.iter().map(|e| e.seq).min() {
+            let chunk = encode_chunk(&fresh)?;
+            set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
+            // One atomic write: the chunk and the seen set together.
+            (&self.chunks, &self.seen)
+                .transaction(|(chunks, seen)| {
+                    chunks.insert(key(gateway, first), chunk.clone())?;
+                    seen.insert(gateway.as_str().as_bytes(), encode_ranges(&set))?;
+                    Ok(())
+                })
+                .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                    sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+                    sled::transaction::TransactionError::Abort(()) => {
+                        StoreError::Sled(sled::Error::Unsupported("aborted".into()))
+                    }
+                })?;
+            self.db.flush()?;
+            if let Ok(mut cache) = self.seen_cache.lock() {
+                cache.insert(gateway.clone(), set.clone());
+            }
         }
-        self.db.flush()?;
         Ok(Stored {
             new,
             duplicates,
             ranges: ranges(events.iter().map(|e| e.seq)),
-            high,
+            high: set.last().map(|r| r.1).unwrap_or(0),
         })
     }
 
     pub fn high(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
-        Ok(self
-            .high
-            .get(gateway.as_str().as_bytes())?
-            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        Ok(self.seen_of(gateway)?.last().map(|r| r.1).unwrap_or(0))
     }
 
-    /// Up to `limit` stored events of `gateway` after `after`, in sequence order.
+    /// Up to `limit` stored events of `gateway` after `after`, in sequence order. Reads every
+    /// chunk of the gateway that may hold one (skipping the others by their header): meant for
+    /// audits and checks, not for bulk export.
     pub fn events_after(
         &self,
         gateway: &GatewayId,
         after: u64,
         limit: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        let start = key(gateway, after.saturating_add(1));
-        let end = key(gateway, u64::MAX);
-        self.events
-            .range(start..=end)
-            .take(limit)
-            .map(|item| {
-                let (_, v) = item?;
-                Ok(serde_json::from_slice(&v)?)
-            })
-            .collect()
+        let mut prefix = gateway.as_str().as_bytes().to_vec();
+        prefix.push(b'/');
+        let mut found: Vec<Event> = Vec::new();
+        for item in self.chunks.scan_prefix(&prefix) {
+            let (_, v) = item?;
+            if chunk_max(&v) <= after {
+                continue;
+            }
+            let events: Vec<Event> = serde_json::from_slice(v.get(16..).unwrap_or_default())?;
+            found.extend(events.into_iter().filter(|e| e.seq > after));
+        }
+        found.sort_unstable_by_key(|e| e.seq);
+        found.truncate(limit);
+        Ok(found)
     }
 }
 
@@ -141,6 +238,40 @@ mod tests {
             time: time::OffsetDateTime::UNIX_EPOCH,
             payload: serde_json::value::RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
         }
+    }
+
+    #[test]
+    fn merges_range_sets() {
+        assert_eq!(
+            merge(&[(1, 3), (7, 9)], &[(4, 5), (10, 10), (20, 21)]),
+            vec![(1, 5), (7, 10), (20, 21)]
+        );
+        assert!(contains(&[(1, 5), (7, 10)], 8) && !contains(&[(1, 5), (7, 10)], 6));
+        assert_eq!(
+            decode_ranges(&encode_ranges(&[(1, 2), (5, 9)])),
+            vec![(1, 2), (5, 9)]
+        );
+    }
+
+    #[test]
+    fn deduplication_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = GatewayId::new("a").unwrap();
+        {
+            let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+            s.store_batch(&a, &[ev(1), ev(2), ev(5)]).unwrap();
+        }
+        let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+        let r = s.store_batch(&a, &[ev(2), ev(3), ev(5)]).unwrap();
+        assert_eq!((r.new, r.duplicates, r.high), (1, 2, 5));
+        let seqs: Vec<u64> = s
+            .events_after(&a, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 5]);
+        assert_eq!(s.events_after(&a, 2, 100).unwrap().len(), 2);
     }
 
     #[test]
