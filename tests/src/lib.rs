@@ -143,3 +143,12 @@ pub fn init_test_logging() {
         .with_test_writer()
         .try_init();
 }
+
+/// `GET url` and its body as text; panics (failing the test) when the request fails.
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    let url = url.as_str().to_owned();
+    match reqwest::get(&url).await {
+        Ok(r) => r.text().await.unwrap_or_else(|e| panic!("GET {url}: {e}")),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}

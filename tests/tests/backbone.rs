@@ -104,12 +104,7 @@ async fn events_reach_central_once_through_the_embedded_broker() {
     assert_central_has_exactly(&central, "gw-bb-embedded", &accepted).await;
     outbox_drains(&gw).await;
 
-    let gm = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let gm = gridedge_tests::get_text(gw.url("/metrics")).await;
     assert!(
         gm.contains("gridedge_gateway_outbox_appended_total{class=\"alert\"} 1250"),
         "{gm}"
@@ -122,12 +117,7 @@ async fn events_reach_central_once_through_the_embedded_broker() {
         gm.contains("gridedge_gateway_outbox_pending{class=\"telemetry\"} 0"),
         "{gm}"
     );
-    let cm = reqwest::get(central.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cm = gridedge_tests::get_text(central.url("/metrics")).await;
     assert!(
         cm.contains("gridedge_central_events_stored_total 5000"),
         "{cm}"
@@ -136,6 +126,15 @@ async fn events_reach_central_once_through_the_embedded_broker() {
         cm.contains("gridedge_central_events_duplicate_total"),
         "{cm}"
     );
+    // What the gateway reports of its outbox shows at central too.
+    eventually("the gateway's drained outbox reported to central", Duration::from_secs(15), || async {
+        let cm = reqwest::get(central.url("/metrics")).await.ok()?.text().await.ok()?;
+        (cm.contains("gridedge_central_gateway_outbox_pending{gateway=\"gw-bb-embedded\"} 0")
+            && cm.contains("gridedge_central_gateway_outbox_evicted{gateway=\"gw-bb-embedded\",class=\"telemetry\"} 0"))
+        .then_some(())
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]

@@ -36,12 +36,7 @@ async fn healthy(addr: SocketAddr) {
 }
 
 async fn metrics(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    gridedge_tests::get_text(format!("http://{addr}/metrics")).await
 }
 
 fn metric(text: &str, name: &str) -> u64 {

@@ -43,12 +43,7 @@ async fn gateway_reports_online_to_central_through_the_embedded_broker() {
     .await
     .unwrap();
 
-    let metrics = reqwest::get(central.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gridedge_tests::get_text(central.url("/metrics")).await;
     assert!(
         metrics.contains("gridedge_central_gateways{presence=\"online\"} 1"),
         "{metrics}"
@@ -57,12 +52,7 @@ async fn gateway_reports_online_to_central_through_the_embedded_broker() {
         metrics.contains("gridedge_central_messages_received_total{kind=\"health\"}"),
         "{metrics}"
     );
-    let gw_metrics = reqwest::get(gw.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let gw_metrics = gridedge_tests::get_text(gw.url("/metrics")).await;
     assert!(
         gw_metrics.contains("gridedge_gateway_uplink_connected 1"),
         "{gw_metrics}"
