@@ -155,7 +155,7 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
             None
         }
         (Channel::Events, Message::Events(batch)) => {
-            store_and_ack(shared, gateway, env.seq, batch.events).await
+            store_and_ack(shared, gateway, env.seq, batch.events, env.raw_payload).await
         }
         (ch, msg) => {
             tracing::warn!(%gateway, channel = ch.as_str(), kind = msg.kind(), "message of the wrong kind for its topic");
@@ -170,11 +170,13 @@ async fn store_and_ack(
     gateway: GatewayId,
     batch: u64,
     events: Vec<wire::Event>,
+    raw: Vec<u8>,
 ) -> Option<(String, Vec<u8>)> {
     let m = &shared.metrics;
     let store = shared.store.clone();
     let gw = gateway.clone();
-    let stored = tokio::task::spawn_blocking(move || store.store_batch(&gw, &events)).await;
+    let stored =
+        tokio::task::spawn_blocking(move || store.store_batch_raw(&gw, &events, Some(&raw))).await;
     let stored = match stored {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

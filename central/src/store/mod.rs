@@ -99,15 +99,23 @@ fn decode_ranges(bytes: &[u8]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// A chunk: `[min seq][max seq]` (8 bytes each, big-endian), then the events as a JSON array,
-/// so that reads can skip a chunk without parsing it.
-fn encode_chunk(events: &[&Event]) -> Result<Vec<u8>, serde_json::Error> {
+/// A chunk: `[min seq][max seq]` (8 bytes each, big-endian), then the events as an `events`
+/// payload (`{"events":[…]}`), so that reads can skip a chunk without parsing it. When every
+/// event of a batch is new, `raw` (the batch payload as received) is stored as it came.
+fn encode_chunk(events: &[&Event], raw: Option<&[u8]>) -> Result<Vec<u8>, serde_json::Error> {
+    #[derive(serde::Serialize)]
+    struct Batch<'a> {
+        events: &'a [&'a Event],
+    }
     let min = events.iter().map(|e| e.seq).min().unwrap_or(0);
     let max = events.iter().map(|e| e.seq).max().unwrap_or(0);
-    let mut out = Vec::with_capacity(16 + events.len() * 256);
+    let mut out = Vec::with_capacity(16 + raw.map_or(events.len() * 256, <[u8]>::len));
     out.extend_from_slice(&min.to_be_bytes());
     out.extend_from_slice(&max.to_be_bytes());
-    serde_json::to_writer(&mut out, events)?;
+    match raw {
+        Some(raw) => out.extend_from_slice(raw),
+        None => serde_json::to_writer(&mut out, &Batch { events })?,
+    }
     Ok(out)
 }
 
@@ -155,6 +163,17 @@ impl EventStore {
     /// Stores the events that are new as one chunk, records them as seen, flushes, and says
     /// what to acknowledge.
     pub fn store_batch(&self, gateway: &GatewayId, events: &[Event]) -> Result<Stored, StoreError> {
+        self.store_batch_raw(gateway, events, None)
+    }
+
+    /// Like [`Self::store_batch`]; `raw` is the batch payload exactly as received
+    /// (`{"events":[…]}` holding `events`), stored without re-encoding when all are new.
+    pub fn store_batch_raw(
+        &self,
+        gateway: &GatewayId,
+        events: &[Event],
+        raw: Option<&[u8]>,
+    ) -> Result<Stored, StoreError> {
         let seen = self.seen_of(gateway)?;
         let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
         let mut batch_seqs = std::collections::HashSet::with_capacity(events.len());
@@ -167,7 +186,8 @@ impl EventStore {
         let duplicates = events.len() as u64 - new;
         let mut set = seen;
         if let Some(first) = fresh.iter().map(|e| e.seq).min() {
-            let chunk = encode_chunk(&fresh)?;
+            let raw = raw.filter(|_| fresh.len() == events.len());
+            let chunk = encode_chunk(&fresh, raw)?;
             set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
             // One atomic write: the chunk and the seen set together.
             (&self.chunks, &self.seen)
@@ -216,8 +236,9 @@ impl EventStore {
             if chunk_max(&v) <= after {
                 continue;
             }
-            let events: Vec<Event> = serde_json::from_slice(v.get(16..).unwrap_or_default())?;
-            found.extend(events.into_iter().filter(|e| e.seq > after));
+            let batch: firmware_config::wire::EventBatch =
+                serde_json::from_slice(v.get(16..).unwrap_or_default())?;
+            found.extend(batch.events.into_iter().filter(|e| e.seq > after));
         }
         found.sort_unstable_by_key(|e| e.seq);
         found.truncate(limit);
@@ -289,7 +310,13 @@ mod tests {
         let s = EventStore::open(dir.path(), 1 << 20).unwrap();
         let a = GatewayId::new("a").unwrap();
         let b = GatewayId::new("a-b").unwrap();
-        let r = s.store_batch(&a, &[ev(3), ev(1), ev(2)]).unwrap();
+        let raw = serde_json::to_vec(&firmware_config::wire::EventBatch {
+            events: vec![ev(3), ev(1), ev(2)],
+        })
+        .unwrap();
+        let r = s
+            .store_batch_raw(&a, &[ev(3), ev(1), ev(2)], Some(&raw))
+            .unwrap();
         assert_eq!(
             (r.new, r.duplicates, r.ranges.clone(), r.high),
             (3, 0, vec![(1, 3)], 3)
