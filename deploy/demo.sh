@@ -55,7 +55,12 @@ listen = "127.0.0.1:$GATEWAY_PORT"
 id = "hall-entrance"
 name = "Service hall entrance (simulated)"
 url = "rtsp://127.0.0.1:$CAMERA_PORT/cam"
+[[sources]]
+id = "demo"
+name = "Demo event source"
+token = { file = "demo.token" }
 TOML
+echo "demo-token" > "$run/demo.token"
 
 "$bin/fwcfg" check "$run/central.toml"
 "$bin/fwcfg" check "$run/gateway.toml"
@@ -87,12 +92,19 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 
+# Hand the gateway an event, as a door controller would; it travels to central.
+curl -fsS -X POST "http://127.0.0.1:$GATEWAY_PORT/api/v1/events" -H "Authorization: Bearer demo-token" \
+  -H "Content-Type: application/json" \
+  -d '[{"class":"alert","kind":"door.forced","payload":{"door":"archive room","note":"demo"}}]' >/dev/null || true
+sleep 1
+
 cat <<TXT
 
 GridEdge demo is running.
   central   http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways   (gateways and their health)
             http://127.0.0.1:$CENTRAL_PORT/metrics           (Prometheus metrics)
             mqtt://127.0.0.1:$BROKER_PORT                    (embedded broker)
+            http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01   (events stored)
   gateway   http://127.0.0.1:$GATEWAY_PORT/healthz
             http://127.0.0.1:$GATEWAY_PORT/metrics
   camera    rtsp://127.0.0.1:$CAMERA_PORT/cam              (simulated, H.264 moving pattern)
@@ -101,6 +113,13 @@ Gateways seen by central now:
 TXT
 curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways" || echo "(central not answering yet; see $run/central.log)"
 echo
+echo "Events central stored from the gateway (one posted by the demo):"
+curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01" || true
+echo
+cat <<TXT
+Post more: curl -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/events -H 'Authorization: Bearer demo-token' \\
+             -H 'Content-Type: application/json' -d '[{"class":"telemetry","kind":"x","payload":{}}]'
+TXT
 echo "Press Ctrl-C to stop."
 if [ -n "${DEMO_SECONDS:-}" ]; then
   sleep "$DEMO_SECONDS"
