@@ -140,3 +140,29 @@ pub async fn assert_central_has(
     }
     Ok(())
 }
+
+/// An encoded `events` message from `gateway` holding one alert with sequence number
+/// `event_seq`, signed by `signer` when given: material for spoofing tests.
+pub fn forged_batch(
+    gateway: &str,
+    envelope_seq: u64,
+    event_seq: u64,
+    signer: Option<&firmware_config::runtime::signing::Signer>,
+) -> Result<Vec<u8>> {
+    use firmware_config::wire::{Envelope, Event, EventBatch, EventClass, Message};
+    let gateway = firmware_config::ids::GatewayId::new(gateway)?;
+    let env = Envelope::new(
+        gateway.clone(),
+        envelope_seq,
+        Message::Events(EventBatch {
+            events: vec![Event {
+                seq: event_seq,
+                class: EventClass::Alert,
+                kind: "forged".into(),
+                time: time::OffsetDateTime::now_utc(),
+                payload: serde_json::value::RawValue::from_string("{}".into())?,
+            }],
+        }),
+    );
+    Ok(env.encode_signed(|p| signer.map(|s| s.sign(&gateway, envelope_seq, p)))?)
+}

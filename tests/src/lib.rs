@@ -152,3 +152,13 @@ pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
         Err(e) => panic!("GET {url}: {e}"),
     }
 }
+
+/// `GET url` as JSON, or `None` when anything fails (for polling with [`eventually`]).
+pub async fn try_json(url: impl reqwest::IntoUrl) -> Option<serde_json::Value> {
+    reqwest::get(url).await.ok()?.json().await.ok()
+}
+
+/// `GET url` as text, or `None` when anything fails (for polling with [`eventually`]).
+pub async fn try_text(url: impl reqwest::IntoUrl) -> Option<String> {
+    reqwest::get(url).await.ok()?.text().await.ok()
+}

@@ -72,12 +72,7 @@ async fn outbox_drains(gw: &TestGateway) {
         "the gateway's outbox to drain",
         Duration::from_secs(30),
         || async {
-            let h: Value = reqwest::get(gw.url("/healthz"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let h = gridedge_tests::try_json(gw.url("/healthz")).await?;
             (h["outbox"]["pending"] == 0).then_some(())
         },
     )
@@ -128,7 +123,7 @@ async fn events_reach_central_once_through_the_embedded_broker() {
     );
     // What the gateway reports of its outbox shows at central too.
     eventually("the gateway's drained outbox reported to central", Duration::from_secs(15), || async {
-        let cm = reqwest::get(central.url("/metrics")).await.ok()?.text().await.ok()?;
+        let cm = gridedge_tests::try_text(central.url("/metrics")).await?;
         (cm.contains("gridedge_central_gateway_outbox_pending{gateway=\"gw-bb-embedded\"} 0")
             && cm.contains("gridedge_central_gateway_outbox_evicted{gateway=\"gw-bb-embedded\",class=\"telemetry\"} 0"))
         .then_some(())
@@ -271,21 +266,7 @@ async fn on_the_embedded_broker_a_gateway_cannot_speak_for_another() {
     let evil = pki.client("gw-evil").unwrap();
     let signer = firmware_config::runtime::signing::Signer::from_files(&evil).unwrap();
     let forged = |seq: u64| {
-        let env = firmware_config::wire::Envelope::new(
-            firmware_config::ids::GatewayId::new("gw-real").unwrap(),
-            seq,
-            firmware_config::wire::Message::Events(firmware_config::wire::EventBatch {
-                events: vec![firmware_config::wire::Event {
-                    seq: 9_000_000 + seq,
-                    class: firmware_config::wire::EventClass::Alert,
-                    kind: "forged".into(),
-                    time: time::OffsetDateTime::now_utc(),
-                    payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-                }],
-            }),
-        );
-        let gw_real = env.gateway.clone();
-        env.encode_signed(|p| Some(signer.sign(&gw_real, seq, p)))
+        gridedge_tests::backbone::forged_batch("gw-real", seq, 9_000_000 + seq, Some(&signer))
             .unwrap()
     };
     let opts = firmware_config::runtime::mqtt::client_options(
@@ -322,12 +303,7 @@ async fn on_the_embedded_broker_a_gateway_cannot_speak_for_another() {
         "central to refuse both forgeries",
         Duration::from_secs(20),
         || async {
-            let text = reqwest::get(central.url("/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = gridedge_tests::try_text(central.url("/metrics")).await?;
             text.contains("gridedge_central_messages_rejected_total{reason=\"bad_signature\"} 2")
                 .then_some(())
         },

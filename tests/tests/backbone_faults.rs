@@ -206,12 +206,7 @@ async fn a_cut_line_queues_events_and_the_backlog_drains_in_order_per_class() {
         "the gateway to see the cut",
         Duration::from_secs(20),
         || async {
-            let h: Value = reqwest::get(gw.url("/healthz"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let h = gridedge_tests::try_json(gw.url("/healthz")).await?;
             (h["uplink"] == "disconnected").then_some(())
         },
     )
@@ -456,12 +451,7 @@ async fn a_gateway_speaking_for_another_is_refused_and_counted() {
         .await
         .unwrap();
     eventually("central on the broker", Duration::from_secs(20), || async {
-        let h: Value = reqwest::get(central.url("/healthz"))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let h = gridedge_tests::try_json(central.url("/healthz")).await?;
         (h["broker_link"] == "connected").then_some(())
     })
     .await
@@ -475,23 +465,8 @@ async fn a_gateway_speaking_for_another_is_refused_and_counted() {
     .unwrap();
     let (client, mut ev) = AsyncClient::new(opts, 16);
     let claim = |topic_gw: &str, envelope_gw: &str| {
-        let e = firmware_config::wire::Envelope::new(
-            firmware_config::ids::GatewayId::new(envelope_gw).unwrap(),
-            1,
-            firmware_config::wire::Message::Events(firmware_config::wire::EventBatch {
-                events: vec![firmware_config::wire::Event {
-                    seq: 1,
-                    class: firmware_config::wire::EventClass::Alert,
-                    kind: "forged".into(),
-                    time: time::OffsetDateTime::now_utc(),
-                    payload: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-                }],
-            }),
-        );
-        (
-            format!("gridedge/v1/gw/{topic_gw}/events"),
-            e.encode().unwrap(),
-        )
+        let e = gridedge_tests::backbone::forged_batch(envelope_gw, 1, 1, None).unwrap();
+        (format!("gridedge/v1/gw/{topic_gw}/events"), e)
     };
     // On another gateway's topic: the broker's ACL drops it. On its own topic but claiming to
     // be another: central refuses it.
@@ -503,12 +478,7 @@ async fn a_gateway_speaking_for_another_is_refused_and_counted() {
         "central to count the forged batch",
         Duration::from_secs(20),
         || async {
-            let text = reqwest::get(central.url("/metrics"))
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let text = gridedge_tests::try_text(central.url("/metrics")).await?;
             (metric(
                 &text,
                 "gridedge_central_messages_rejected_total{reason=\"gateway_mismatch\"}",

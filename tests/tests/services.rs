@@ -114,12 +114,7 @@ async fn a_gateway_reconnects_after_the_broker_crashes_and_reports_again() {
     m.start_again().unwrap();
 
     eventually("gateway to reconnect", SOON, || async {
-        let metrics = reqwest::get(gw.url("/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let metrics = gridedge_tests::try_text(gw.url("/metrics")).await?;
         (metrics.contains("gridedge_gateway_uplink_connected 1")
             && metrics.contains("gridedge_gateway_uplink_reconnects_total 1"))
         .then_some(())
@@ -189,12 +184,9 @@ async fn binaries_start_from_the_example_configs_and_stop_within_5s_on_sigterm()
     }
     let gateways = get_ok(&format!("http://127.0.0.1:{central_http}/api/v1/gateways")).await;
     eventually("the example gateway online at central", SOON, || async {
-        let body = reqwest::get(format!("http://127.0.0.1:{central_http}/api/v1/gateways"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let body =
+            gridedge_tests::try_text(format!("http://127.0.0.1:{central_http}/api/v1/gateways"))
+                .await?;
         body.contains("\"presence\":\"online\"").then_some(())
     })
     .await
