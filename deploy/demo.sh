@@ -105,13 +105,18 @@ GridEdge demo is running.
             http://127.0.0.1:$CENTRAL_PORT/metrics           (Prometheus metrics)
             mqtt://127.0.0.1:$BROKER_PORT                    (embedded broker)
             http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01   (events stored)
-  gateway   http://127.0.0.1:$GATEWAY_PORT/healthz
+  gateway   http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras   (camera health)
+            http://127.0.0.1:$GATEWAY_PORT/healthz
             http://127.0.0.1:$GATEWAY_PORT/metrics
   camera    rtsp://127.0.0.1:$CAMERA_PORT/cam              (simulated, H.264 moving pattern)
   logs      $run/*.log
 Gateways seen by central now:
 TXT
 curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways" || echo "(central not answering yet; see $run/central.log)"
+sleep 2
+echo
+echo "Camera health at the gateway:"
+curl -fsS "http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras" || true
 echo
 echo "Events central stored from the gateway (one posted by the demo):"
 curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01" || true

@@ -5,6 +5,7 @@
 //! is down. [`start`] runs it in-process (as the tests do); `main.rs` wraps it as a binary.
 
 pub mod api;
+pub mod camera;
 pub mod metrics;
 pub mod outbox;
 pub mod uplink;
@@ -52,6 +53,7 @@ pub struct Shared {
     pub gateway_id: GatewayId,
     pub metrics: Metrics,
     pub outbox: outbox::Outbox,
+    pub cameras: camera::Cameras,
     pub tokens: api::auth::DeviceTokens,
     pub started: Instant,
 }
@@ -105,6 +107,8 @@ pub async fn start(
         outbox.append(vec![alert]).await?;
     }
     let tokens = api::auth::DeviceTokens::from_config(&config);
+    let cameras = camera::Cameras::new(&config, outbox.clone());
+    metrics.register_cameras(cameras.clone());
     let listener = runtime::bind_http(config.http.listen)
         .await
         .map_err(GatewayError::Http)?;
@@ -115,6 +119,7 @@ pub async fn start(
         gateway_id,
         metrics,
         outbox,
+        cameras,
         tokens,
         started: Instant::now(),
     });
@@ -132,6 +137,14 @@ pub async fn start(
         uplink.run(s, t).await;
         Ok(())
     });
+    for cam in shared.config.cameras.iter().filter(|c| c.enabled) {
+        let session = camera::CameraSession::new(cam.clone(), shared.cameras.clone());
+        let t = parts.token().clone();
+        parts.spawn(async move {
+            session.run(t).await;
+            Ok(())
+        });
+    }
     tracing::info!(gateway = %shared.gateway_id, site = %shared.config.site.id, %http_addr, "gateway started");
     Ok(RunningGateway {
         http_addr,

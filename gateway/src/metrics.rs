@@ -55,6 +55,12 @@ impl Metrics {
             .register_collector(Box::new(OutboxCollector(outbox)));
     }
 
+    /// Exposes every camera's health, read at every scrape.
+    pub fn register_cameras(&mut self, cameras: crate::camera::Cameras) {
+        self.registry
+            .register_collector(Box::new(CameraCollector(cameras)));
+    }
+
     pub fn new(config: &GatewayConfig) -> Self {
         let mut registry = Registry::with_prefix("gridedge_gateway");
         let build: Family<BuildLabels, Gauge> = Family::default();
@@ -231,6 +237,106 @@ impl Collector for OutboxCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.0.size_on_disk() as i64).encode(m)?;
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CameraLabel {
+    camera: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CameraStateLabel {
+    camera: String,
+    state: &'static str,
+}
+
+struct CameraCollector(crate::camera::Cameras);
+
+/// A metric read off a camera's health: name, help, and how to read it.
+type CameraMetric<T> = (
+    &'static str,
+    &'static str,
+    fn(&crate::camera::CameraHealth) -> T,
+);
+
+impl std::fmt::Debug for CameraCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CameraCollector")
+    }
+}
+
+impl Collector for CameraCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::camera::CameraState;
+        let cams = self.0.snapshot();
+        let mut state = encoder.encode_descriptor(
+            "camera_state",
+            "1 for the state each camera is in",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &cams {
+            for s in CameraState::ALL {
+                let label = CameraStateLabel {
+                    camera: c.id.clone(),
+                    state: s.as_str(),
+                };
+                ConstGauge::new(i64::from(c.state == s)).encode(state.encode_family(&label)?)?;
+            }
+        }
+        let counters: [CameraMetric<u64>; 3] = [
+            ("camera_frames", "Frames received", |c| c.frames),
+            ("camera_frames_lost", "Frames lost in transport", |c| {
+                c.frames_lost
+            }),
+            (
+                "camera_reconnects",
+                "Sessions re-established after the first",
+                |c| c.reconnects,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for c in &cams {
+                ConstCounter::new(get(c)).encode(fam.encode_family(&CameraLabel {
+                    camera: c.id.clone(),
+                })?)?;
+            }
+        }
+        let gauges: [CameraMetric<Option<f64>>; 4] = [
+            (
+                "camera_fps",
+                "Frames per second over the last seconds",
+                |c| c.fps,
+            ),
+            (
+                "camera_bitrate_kbps",
+                "Video bitrate over the last seconds",
+                |c| c.bitrate_kbps,
+            ),
+            (
+                "camera_keyframe_interval_seconds",
+                "Time between the last two keyframes",
+                |c| c.keyframe_interval_secs,
+            ),
+            (
+                "camera_last_frame_age_seconds",
+                "Time since the last frame",
+                |c| c.last_frame_age_ms.map(|ms| ms as f64 / 1000.0),
+            ),
+        ];
+        for (name, help, get) in gauges {
+            let mut fam = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for c in &cams {
+                if let Some(v) = get(c) {
+                    ConstGauge::new(v).encode(fam.encode_family(&CameraLabel {
+                        camera: c.id.clone(),
+                    })?)?;
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -45,6 +45,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/api/v1/cameras", get(cameras))
         .route(
             "/api/v1/events",
             post(events::post_events).layer(DefaultBodyLimit::max(events::MAX_BODY_BYTES)),
@@ -69,4 +70,9 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     firmware_config::runtime::metrics_response(&shared.metrics.registry)
+}
+
+/// `GET /api/v1/cameras`: the health of every camera.
+async fn cameras(State(shared): State<Arc<Shared>>) -> Json<Vec<crate::camera::CameraHealth>> {
+    Json(shared.cameras.snapshot())
 }

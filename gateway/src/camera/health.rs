@@ -1,0 +1,194 @@
+//! What the gateway knows about each camera at every moment.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CameraState {
+    /// Opening an RTSP session.
+    Connecting,
+    /// Frames arrive.
+    Streaming,
+    /// The session was up but no frame came for the stall timeout; reconnecting.
+    Stalled,
+    /// Cannot connect, or the stream ended.
+    Offline,
+    /// The camera refused the credentials (retried slowly).
+    Unauthorized,
+    /// The camera offers no H.264/H.265 video.
+    Unsupported,
+    /// Disabled in the config.
+    Disabled,
+}
+
+impl CameraState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CameraState::Connecting => "connecting",
+            CameraState::Streaming => "streaming",
+            CameraState::Stalled => "stalled",
+            CameraState::Offline => "offline",
+            CameraState::Unauthorized => "unauthorized",
+            CameraState::Unsupported => "unsupported",
+            CameraState::Disabled => "disabled",
+        }
+    }
+
+    /// States worth telling central about (connecting is a passing step).
+    pub fn reportable(self) -> bool {
+        !matches!(self, CameraState::Connecting)
+    }
+
+    /// States that raise an alert rather than a health event.
+    pub fn alarming(self) -> bool {
+        matches!(
+            self,
+            CameraState::Offline | CameraState::Unauthorized | CameraState::Stalled
+        )
+    }
+
+    pub const ALL: [CameraState; 7] = [
+        CameraState::Connecting,
+        CameraState::Streaming,
+        CameraState::Stalled,
+        CameraState::Offline,
+        CameraState::Unauthorized,
+        CameraState::Unsupported,
+        CameraState::Disabled,
+    ];
+}
+
+/// Health of one camera, as `/api/v1/cameras` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct CameraHealth {
+    pub id: String,
+    pub name: String,
+    pub state: CameraState,
+    pub codec: Option<String>,
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fps: Option<f64>,
+    pub bitrate_kbps: Option<f64>,
+    pub keyframe_interval_secs: Option<f64>,
+    pub frames: u64,
+    pub frames_lost: u64,
+    /// Sessions tried (successful or not).
+    pub attempts: u64,
+    pub reconnects: u64,
+    pub last_frame_age_ms: Option<u64>,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub last_frame_at: Option<Instant>,
+    #[serde(skip)]
+    rate: RateWindow,
+}
+
+/// Frame and byte counts over a short window, for frame rate and bitrate.
+#[derive(Debug, Clone, Default)]
+struct RateWindow {
+    started: Option<Instant>,
+    frames: u64,
+    bytes: u64,
+    last_keyframe_ts: Option<f64>,
+}
+
+const WINDOW: Duration = Duration::from_secs(2);
+
+impl CameraHealth {
+    pub fn new(id: &str, name: &str, enabled: bool) -> Self {
+        Self {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            state: if enabled {
+                CameraState::Connecting
+            } else {
+                CameraState::Disabled
+            },
+            codec: None,
+            width: None,
+            height: None,
+            fps: None,
+            bitrate_kbps: None,
+            keyframe_interval_secs: None,
+            frames: 0,
+            frames_lost: 0,
+            attempts: 0,
+            reconnects: 0,
+            last_frame_age_ms: None,
+            last_error: None,
+            last_frame_at: None,
+            rate: RateWindow::default(),
+        }
+    }
+
+    /// Counts a frame: `bytes` long, `ts_secs` its stream time, `key` a keyframe, `lost`
+    /// packets lost before it.
+    pub fn frame(&mut self, now: Instant, bytes: usize, ts_secs: f64, key: bool, lost: u64) {
+        self.frames += 1;
+        self.frames_lost += lost;
+        self.last_frame_at = Some(now);
+        if key {
+            if let Some(prev) = self.rate.last_keyframe_ts {
+                let gap = ts_secs - prev;
+                if gap > 0.0 {
+                    self.keyframe_interval_secs = Some(gap);
+                }
+            }
+            self.rate.last_keyframe_ts = Some(ts_secs);
+        }
+        let started = *self.rate.started.get_or_insert(now);
+        self.rate.frames += 1;
+        self.rate.bytes += bytes as u64;
+        let elapsed = now.duration_since(started);
+        if elapsed >= WINDOW {
+            let secs = elapsed.as_secs_f64();
+            self.fps = Some(self.rate.frames as f64 / secs);
+            self.bitrate_kbps = Some(self.rate.bytes as f64 * 8.0 / 1000.0 / secs);
+            self.rate.started = Some(now);
+            self.rate.frames = 0;
+            self.rate.bytes = 0;
+        }
+    }
+
+    /// A new session starts: rates start over.
+    pub fn reset_rates(&mut self) {
+        self.rate = RateWindow::default();
+    }
+
+    /// The health with its ages computed for `now`.
+    pub fn at(&self, now: Instant) -> Self {
+        let mut h = self.clone();
+        h.last_frame_age_ms = self
+            .last_frame_at
+            .map(|t| now.saturating_duration_since(t).as_millis() as u64);
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_rate_bitrate_and_keyframe_interval() {
+        let t0 = Instant::now();
+        let mut h = CameraHealth::new("c", "C", true);
+        for i in 0..=50u32 {
+            let now = t0 + Duration::from_millis(u64::from(i) * 40);
+            h.frame(now, 5000, f64::from(i) * 0.04, i % 25 == 0, 0);
+        }
+        let fps = h.fps.unwrap();
+        assert!((fps - 25.0).abs() < 1.0, "{fps}");
+        let kbps = h.bitrate_kbps.unwrap();
+        assert!((kbps - 1000.0).abs() < 50.0, "{kbps}");
+        assert!((h.keyframe_interval_secs.unwrap() - 1.0).abs() < 1e-9);
+        assert_eq!(h.frames, 51);
+        assert_eq!(
+            h.at(t0 + Duration::from_secs(3)).last_frame_age_ms,
+            Some(1000)
+        );
+        assert!(CameraState::Offline.alarming() && !CameraState::Connecting.reportable());
+    }
+}

@@ -1,0 +1,193 @@
+//! Camera ingest against the real RTSP test camera: health, faults, credentials.
+
+use std::time::Duration;
+
+use gridedge_tests::services::{central_events, TestCentral, TestGateway};
+use gridedge_tests::{eventually, init_test_logging, try_json, CameraOptions, Codec, TestCamera};
+use serde_json::Value;
+
+fn camera_toml(id: &str, url: &str, extra: &str) -> String {
+    format!("\n[[cameras]]\nid = \"{id}\"\nname = \"Camera {id}\"\nurl = \"{url}\"\nstall_timeout = \"2s\"\n{extra}")
+}
+
+async fn camera(gw: &TestGateway, id: &str) -> Option<Value> {
+    let all = try_json(gw.url("/api/v1/cameras")).await?;
+    all.as_array()?.iter().find(|c| c["id"] == id).cloned()
+}
+
+async fn wait_state(gw: &TestGateway, id: &str, state: &str, within: Duration) -> Value {
+    eventually(&format!("camera {id} {state}"), within, || async {
+        let c = camera(gw, id).await?;
+        (c["state"] == state).then_some(c)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_camera_streams_with_its_codec_size_and_frame_rate() {
+    init_test_logging();
+    for (codec, name, w, h) in [
+        (Codec::H264, "h264", 640, 360),
+        (Codec::H265, "h265", 320, 240),
+    ] {
+        let cam = TestCamera::start(CameraOptions {
+            codec,
+            width: w,
+            height: h,
+            ..Default::default()
+        })
+        .unwrap();
+        let gw = TestGateway::start_with(
+            "gw-cam",
+            "mqtt://127.0.0.1:1",
+            None,
+            &camera_toml("hall", cam.url().as_str(), ""),
+        )
+        .await
+        .unwrap();
+        wait_state(&gw, "hall", "streaming", Duration::from_secs(20)).await;
+        // Rates need a couple of seconds of frames.
+        let c = eventually("a frame rate", Duration::from_secs(15), || async {
+            let c = camera(&gw, "hall").await?;
+            c["fps"].as_f64().is_some().then_some(c)
+        })
+        .await
+        .unwrap();
+        assert_eq!(c["codec"], name, "{c}");
+        assert_eq!(
+            (c["width"].as_u64(), c["height"].as_u64()),
+            (Some(u64::from(w)), Some(u64::from(h))),
+            "{c}"
+        );
+        let fps = c["fps"].as_f64().unwrap();
+        assert!((20.0..=30.0).contains(&fps), "{name}: {fps} fps: {c}");
+        assert!(c["bitrate_kbps"].as_f64().unwrap() > 10.0, "{c}");
+        assert!(c["last_frame_age_ms"].as_u64().unwrap() < 1000, "{c}");
+        let metrics = gridedge_tests::get_text(gw.url("/metrics")).await;
+        assert!(
+            metrics
+                .contains("gridedge_gateway_camera_state{camera=\"hall\",state=\"streaming\"} 1"),
+            "{metrics}"
+        );
+        gw.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_camera_goes_offline_comes_back_and_central_hears_both() {
+    init_test_logging();
+    let central = TestCentral::embedded().await.unwrap();
+    let mut cam = TestCamera::start(CameraOptions {
+        width: 320,
+        height: 180,
+        ..Default::default()
+    })
+    .unwrap();
+    let extra = camera_toml("door", cam.url().as_str(), "");
+    let gw = TestGateway::start_with(
+        "gw-camf",
+        central.broker_url.as_deref().unwrap(),
+        None,
+        &extra,
+    )
+    .await
+    .unwrap();
+    wait_state(&gw, "door", "streaming", Duration::from_secs(20)).await;
+    cam.stop();
+    let t0 = std::time::Instant::now();
+    // Stall time (2 s) plus one backoff step (1 s), with room for a loaded machine.
+    wait_state(&gw, "door", "offline", Duration::from_secs(8)).await;
+    eprintln!("offline after {:?}", t0.elapsed());
+    cam.restart().unwrap();
+    let c = wait_state(&gw, "door", "streaming", Duration::from_secs(30)).await;
+    assert_eq!(c["reconnects"], 1, "{c}");
+    let kinds = eventually(
+        "both changes at central",
+        Duration::from_secs(30),
+        || async {
+            let events = central_events(central.http_addr, "gw-camf").await.ok()?;
+            let kinds: Vec<(String, String)> = events
+                .iter()
+                .filter(|e| e["payload"]["camera"] == "door")
+                .map(|e| {
+                    (
+                        e["kind"].as_str().unwrap_or("").to_owned(),
+                        e["class"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect();
+            (kinds.len() >= 3).then_some(kinds)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        kinds[0],
+        ("camera.streaming".to_owned(), "health".to_owned()),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds[1],
+        ("camera.offline".to_owned(), "alert".to_owned()),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds[2],
+        ("camera.streaming".to_owned(), "health".to_owned()),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_unauthorized_reported_once_and_not_hammered() {
+    init_test_logging();
+    let central = TestCentral::embedded().await.unwrap();
+    let cam = TestCamera::start(CameraOptions {
+        width: 320,
+        height: 180,
+        auth: Some(("viewer".into(), "s3cret".into())),
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "wrong\n").unwrap();
+    let extra = camera_toml(
+        "vault",
+        cam.url().as_str(),
+        &format!(
+            "credentials = {{ username = \"viewer\", password = {{ file = \"{}\" }} }}\n",
+            pw.display()
+        ),
+    );
+    let gw = TestGateway::start_with(
+        "gw-camu",
+        central.broker_url.as_deref().unwrap(),
+        None,
+        &extra,
+    )
+    .await
+    .unwrap();
+    let c = wait_state(&gw, "vault", "unauthorized", Duration::from_secs(20)).await;
+    assert!(
+        c["last_error"].as_str().unwrap().contains("credentials"),
+        "{c}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = camera(&gw, "vault").await.unwrap();
+    assert_eq!(c["state"], "unauthorized", "{c}");
+    let events = eventually("the alert at central", Duration::from_secs(20), || async {
+        let events = central_events(central.http_addr, "gw-camu").await.ok()?;
+        (!events.is_empty()).then_some(events)
+    })
+    .await
+    .unwrap();
+    let unauthorized = events
+        .iter()
+        .filter(|e| e["kind"] == "camera.unauthorized")
+        .count();
+    assert_eq!(unauthorized, 1, "{events:?}");
+    // Retried slowly: one attempt in these seconds, not one a second.
+    assert_eq!(c["attempts"], 1, "the camera was hammered: {c}");
+}
