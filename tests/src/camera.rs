@@ -173,9 +173,38 @@ impl TestCamera {
     /// Stops the camera at once (SIGKILL), as a power cut would.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on our own child; a frozen process must be let go before it dies.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Freezes the camera (SIGSTOP): its connections stay open but nothing more is sent, as a
+    /// hung camera would behave.
+    pub fn freeze(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Lets a frozen camera run on (SIGCONT).
+    pub fn thaw(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, sig: i32) -> Result<()> {
+        let pid = self
+            .child
+            .as_ref()
+            .map(Child::id)
+            .ok_or_else(|| anyhow::anyhow!("camera not running"))?;
+        // SAFETY: kill(2) on the child we spawned and still own.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
+        anyhow::ensure!(
+            rc == 0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
     }
 
     /// Starts the camera again on the same port.

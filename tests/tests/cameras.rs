@@ -191,3 +191,29 @@ async fn a_wrong_password_is_unauthorized_reported_once_and_not_hammered() {
     // Retried slowly: one attempt in these seconds, not one a second.
     assert_eq!(c["attempts"], 1, "the camera was hammered: {c}");
 }
+
+#[tokio::test]
+async fn a_hung_camera_is_detected_as_stalled_and_recovered_by_reconnecting() {
+    init_test_logging();
+    let cam = TestCamera::start(CameraOptions {
+        width: 320,
+        height: 180,
+        ..Default::default()
+    })
+    .unwrap();
+    let extra = camera_toml("hung", cam.url().as_str(), "");
+    let gw = TestGateway::start_with("gw-camh", "mqtt://127.0.0.1:1", None, &extra)
+        .await
+        .unwrap();
+    wait_state(&gw, "hung", "streaming", Duration::from_secs(20)).await;
+    // The connection stays open, but no frame comes: only the read timeout can tell.
+    cam.freeze().unwrap();
+    let c = wait_state(&gw, "hung", "stalled", Duration::from_secs(6)).await;
+    assert!(
+        c["last_error"].as_str().unwrap().contains("no frame"),
+        "{c}"
+    );
+    cam.thaw().unwrap();
+    let c = wait_state(&gw, "hung", "streaming", Duration::from_secs(30)).await;
+    assert!(c["reconnects"].as_u64().unwrap() >= 1, "{c}");
+}
