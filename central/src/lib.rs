@@ -123,13 +123,7 @@ pub async fn start(
         started: Instant::now(),
     });
     let mut parts = Parts::new("central", token);
-    let router = api::router(shared.clone());
-    let t = parts.token().clone();
-    parts.spawn(async move {
-        runtime::serve_http(listener, router, t)
-            .await
-            .map_err(CentralError::Http)
-    });
+    parts.spawn_http(listener, api::router(shared.clone()), CentralError::Http);
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
         link.run(s, t).await;

@@ -125,13 +125,7 @@ pub async fn start(
     });
 
     let mut parts = Parts::new("gateway", token);
-    let router = api::router(shared.clone());
-    let t = parts.token().clone();
-    parts.spawn(async move {
-        runtime::serve_http(listener, router, t)
-            .await
-            .map_err(GatewayError::Http)
-    });
+    parts.spawn_http(listener, api::router(shared.clone()), GatewayError::Http);
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
         uplink.run(s, t).await;

@@ -31,6 +31,23 @@ impl TestPki {
             .server(name, &["localhost".to_owned(), "127.0.0.1".to_owned()])?)
     }
 
+    /// A client certificate with common name `id` issued by another, unrelated CA (made in a
+    /// `foreign` subfolder), that trusts this PKI's CA: a stranger who can reach our broker.
+    pub fn foreign_client(&self, id: &str) -> Result<TlsFiles> {
+        let dir = self
+            .ca_file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("foreign");
+        let foreign = match Authority::load(&dir) {
+            Ok(ca) => ca,
+            Err(_) => Authority::create(&dir, "Foreign CA")?,
+        };
+        let mut files = foreign.client(id)?;
+        files.ca_file = self.ca_file.clone();
+        Ok(files)
+    }
+
     /// A client certificate with common name `id`.
     pub fn client(&self, id: &str) -> Result<TlsFiles> {
         Ok(self.ca.client(id)?)

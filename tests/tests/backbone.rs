@@ -229,10 +229,7 @@ async fn the_embedded_broker_takes_gateways_over_tls_and_refuses_a_foreign_certi
     let accepted = post_all(&gw, 2, 100).await;
     assert_central_has_exactly(&central, "gw-bb-tls", &accepted).await;
 
-    let rogue_dir = tempfile::tempdir().unwrap();
-    let rogue = gridedge_tests::TestPki::new(rogue_dir.path()).unwrap();
-    let mut files = rogue.client("gw-rogue").unwrap();
-    files.ca_file = pki.ca_file.clone();
+    let files = pki.foreign_client("gw-rogue").unwrap();
     let bad = TestGateway::start("gw-rogue", &tls_url, Some(&files))
         .await
         .unwrap();

@@ -406,10 +406,7 @@ async fn a_gateway_with_a_certificate_from_another_ca_is_refused() {
     let central = TestCentral::external(&m.tls_url(), Some(&m.pki.client("central").unwrap()))
         .await
         .unwrap();
-    let rogue_dir = tempfile::tempdir().unwrap();
-    let rogue = gridedge_tests::TestPki::new(rogue_dir.path()).unwrap();
-    let mut files = rogue.client("gw-rogue").unwrap();
-    files.ca_file = m.pki.ca_file.clone();
+    let files = m.pki.foreign_client("gw-rogue").unwrap();
     let gw = TestGateway::start("gw-rogue", &m.tls_url(), Some(&files))
         .await
         .unwrap();

@@ -152,10 +152,8 @@ async fn the_shipped_acl_keeps_a_gateway_off_another_gateways_topics() {
 #[tokio::test]
 async fn tls_listener_refuses_a_certificate_from_another_ca() {
     let m = Mosquitto::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let rogue = gridedge_tests::TestPki::new(dir.path()).unwrap();
-    let mut files = rogue.client("gw-rogue").unwrap();
-    files.ca_file = m.pki.ca_file.clone(); // trusts the broker, but is not trusted by it
+    // Trusts the broker, but is not trusted by it.
+    let files = m.pki.foreign_client("gw-rogue").unwrap();
     let (_c, mut ev) = connect(&m.tls_url(), Some(&files), "gw-rogue").await;
     assert!(
         connected(&mut ev).await.is_err(),

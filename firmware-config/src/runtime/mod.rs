@@ -154,6 +154,17 @@ impl<E: std::fmt::Display + Send + 'static> Parts<E> {
         self.tasks.spawn(part);
     }
 
+    /// Serves `router` on `listener` as one part, until the token is cancelled.
+    pub fn spawn_http(
+        &mut self,
+        listener: tokio::net::TcpListener,
+        router: axum::Router,
+        err: fn(std::io::Error) -> E,
+    ) {
+        let t = self.token.clone();
+        self.spawn(async move { serve_http(listener, router, t).await.map_err(err) });
+    }
+
     pub fn token(&self) -> &CancellationToken {
         &self.token
     }
