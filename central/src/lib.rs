@@ -59,6 +59,8 @@ pub struct Shared {
     pub store: Arc<store::EventStore>,
     /// Checks gateways' signatures when `[identity] gateway_ca_file` is set.
     pub verifier: Option<firmware_config::runtime::signing::Verifier>,
+    /// Commands to gateways, sent on central's MQTT session.
+    pub commands: link::commands::Commands,
     pub started: Instant,
 }
 
@@ -120,6 +122,7 @@ pub async fn start(
         config,
         store,
         verifier,
+        commands: link.commands(),
         started: Instant::now(),
     });
     let mut parts = Parts::new("central", token);

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod camera;
+pub mod commands;
 pub mod metrics;
 pub mod outbox;
 pub mod uplink;
@@ -54,6 +55,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub outbox: outbox::Outbox,
     pub cameras: camera::Cameras,
+    /// Snapshots and sensing per enabled camera.
+    pub analyses: std::collections::BTreeMap<String, Arc<camera::Analysis>>,
     pub tokens: api::auth::DeviceTokens,
     pub started: Instant,
 }
@@ -109,6 +112,38 @@ pub async fn start(
     let tokens = api::auth::DeviceTokens::from_config(&config);
     let cameras = camera::Cameras::new(&config, outbox.clone());
     metrics.register_cameras(cameras.clone());
+    let offset = firmware_config::config::gateway::parse_utc_offset(&config.site.utc_offset)
+        .unwrap_or(time::UtcOffset::UTC);
+    let enabled: Vec<_> = config
+        .cameras
+        .iter()
+        .filter(|c| c.enabled)
+        .cloned()
+        .collect();
+    let analyses: std::collections::BTreeMap<_, _> = enabled
+        .iter()
+        .map(|c| {
+            (
+                c.id.clone(),
+                camera::Analysis::new(c, cameras.clone(), offset),
+            )
+        })
+        .collect();
+    let decoders = if enabled.is_empty() {
+        None
+    } else {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4)
+            .min(enabled.len());
+        match camera::Decoders::start(threads) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!(error = %e, "no snapshots or sensing: the decoders did not start");
+                None
+            }
+        }
+    };
     let listener = runtime::bind_http(config.http.listen)
         .await
         .map_err(GatewayError::Http)?;
@@ -120,6 +155,7 @@ pub async fn start(
         metrics,
         outbox,
         cameras,
+        analyses,
         tokens,
         started: Instant::now(),
     });
@@ -131,8 +167,12 @@ pub async fn start(
         uplink.run(s, t).await;
         Ok(())
     });
-    for cam in shared.config.cameras.iter().filter(|c| c.enabled) {
-        let session = camera::CameraSession::new(cam.clone(), shared.cameras.clone());
+    for cam in enabled {
+        let Some(analysis) = shared.analyses.get(&cam.id).cloned() else {
+            continue;
+        };
+        let session =
+            camera::CameraSession::new(cam, shared.cameras.clone(), analysis, decoders.clone());
         let t = parts.token().clone();
         parts.spawn(async move {
             session.run(t).await;

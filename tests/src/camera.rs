@@ -1,7 +1,7 @@
 //! A real RTSP test camera: GStreamer's RTSP server (Debian's packages), driven by
 //! `tests/fixtures/rtsp_camera.py` under `/usr/bin/python3`.
 //!
-//! Live test patterns (moving, static, black) in H.264 or H.265 for functional tests; a replay
+//! Live test patterns (moving, static, scene, turned, object, black) in H.264 or H.265 for functional tests; a replay
 //! mode that loops a pre-encoded file with steadily increasing timestamps, for benchmarks where
 //! the fixture must cost little CPU; optional digest authentication; stop and restart on the same
 //! port to simulate a camera fault.
@@ -31,10 +31,19 @@ impl Codec {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Pattern {
+    /// A ball sweeping over the whole picture.
     Moving,
+    /// Bars that never change: a frozen picture.
     Static,
+    /// Bars with a live noise patch: a quiet scene seen by a live sensor.
+    Scene,
+    /// The scene upside down: the camera was turned.
+    Turned,
+    /// The scene with a ball moving in a box a quarter of the picture wide, its top-left
+    /// corner at these fractions of the width and height.
+    Object(f64, f64),
     Black,
 }
 
@@ -43,6 +52,9 @@ impl Pattern {
         match self {
             Pattern::Moving => "moving",
             Pattern::Static => "static",
+            Pattern::Scene => "scene",
+            Pattern::Turned => "turned",
+            Pattern::Object(..) => "object",
             Pattern::Black => "black",
         }
     }
@@ -120,6 +132,9 @@ impl TestCamera {
                 &o.height.to_string(),
             ])
             .args(["--fps", &o.fps.to_string()]);
+        if let Pattern::Object(x, y) = o.pattern {
+            cmd.args(["--object-at", &format!("{x},{y}")]);
+        }
         if let Some(k) = o.keyint {
             cmd.args(["--keyint", &k.to_string()]);
         }

@@ -162,3 +162,26 @@ pub async fn try_json(url: impl reqwest::IntoUrl) -> Option<serde_json::Value> {
 pub async fn try_text(url: impl reqwest::IntoUrl) -> Option<String> {
     reqwest::get(url).await.ok()?.text().await.ok()
 }
+
+/// Width and height of a baseline or progressive JPEG, read from its frame header; `None` when
+/// the bytes are not a complete JPEG (no start or end marker, or no frame header).
+pub fn jpeg_size(jpeg: &[u8]) -> Option<(u32, u32)> {
+    if !jpeg.starts_with(&[0xFF, 0xD8]) || !jpeg.ends_with(&[0xFF, 0xD9]) {
+        return None;
+    }
+    let mut i = 2;
+    while i + 4 <= jpeg.len() {
+        if jpeg[i] != 0xFF {
+            return None;
+        }
+        let marker = jpeg[i + 1];
+        let len = usize::from(u16::from_be_bytes([jpeg[i + 2], jpeg[i + 3]]));
+        if matches!(marker, 0xC0..=0xC3) {
+            let h = u16::from_be_bytes([*jpeg.get(i + 5)?, *jpeg.get(i + 6)?]);
+            let w = u16::from_be_bytes([*jpeg.get(i + 7)?, *jpeg.get(i + 8)?]);
+            return Some((u32::from(w), u32::from(h)));
+        }
+        i += 2 + len;
+    }
+    None
+}

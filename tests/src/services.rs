@@ -45,6 +45,11 @@ pub fn source_token(id: &str) -> String {
     format!("token-of-source-{id}")
 }
 
+/// The token of gateway `id`'s security-room video terminal, which may see camera pictures.
+pub fn viewer_token(id: &str) -> String {
+    format!("token-of-viewer-{id}")
+}
+
 /// TOML of a gateway with no devices and one event source (`tests`, token [`source_token`]),
 /// reporting health every second. `[storage]` comes last so that callers can append lines
 /// such as `disk_budget = "16 MiB"` to it.
@@ -58,6 +63,8 @@ pub fn gateway_toml(
     let token_file = dir.join(format!("{id}.token"));
     // Written now so that the config's file reference exists when it is checked.
     let _ = std::fs::write(&token_file, source_token(id));
+    let viewer_file = dir.join(format!("{id}-viewer.token"));
+    let _ = std::fs::write(&viewer_file, viewer_token(id));
     format!(
         "[site]\nid = \"site-{id}\"\nname = \"Test site {id}\"\n\
          [gateway]\nid = \"{id}\"\n\
@@ -65,9 +72,12 @@ pub fn gateway_toml(
          {}\
          [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
          [[sources]]\nid = \"tests\"\nname = \"The system tests\"\ntoken = {{ file = \"{}\" }}\n\
+         [[terminals]]\nid = \"security-room\"\nname = \"Security room video terminal\"\nkind = \"video_terminal\"\n\
+         health = {{ mode = \"heartbeat\", interval = \"10s\", misses_before_offline = 3 }}\ntoken = {{ file = \"{}\" }}\n\
          [storage]\ndir = \"{}\"\n",
         tls_table("uplink.tls", tls),
         token_file.display(),
+        viewer_file.display(),
         dir.join(format!("{id}-data")).display()
     )
 }
@@ -241,6 +251,23 @@ impl TestGateway {
     }
 
     /// Posts events with the test source's token; returns their sequence numbers.
+    /// `GET path` with the security-room terminal's token: (status, content type, body).
+    pub async fn get_as_viewer(&self, path: &str) -> Result<(u16, String, Vec<u8>)> {
+        let r = reqwest::Client::new()
+            .get(self.url(path))
+            .bearer_auth(viewer_token(&self.id))
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let kind = r
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        Ok((status, kind, r.bytes().await?.to_vec()))
+    }
+
     pub async fn post_events(&self, events: &serde_json::Value) -> Result<Vec<u64>> {
         post_events(self.http_addr, &self.id, events).await
     }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -22,6 +22,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/events", get(events))
+        .route(
+            "/api/v1/gateways/{gateway}/cameras/{camera}/snapshot.jpg",
+            get(camera_snapshot),
+        )
         .with_state(shared)
 }
 
@@ -130,4 +134,66 @@ async fn events(
         )
             .into_response(),
     }
+}
+
+/// How long an operator waits for a gateway's picture.
+const SNAPSHOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /api/v1/gateways/{gateway}/cameras/{camera}/snapshot.jpg`: asks the gateway for the
+/// camera's latest picture (a `camera.snapshot` command) and returns it.
+async fn camera_snapshot(
+    State(shared): State<Arc<Shared>>,
+    Path((gateway, camera)): Path<(String, String)>,
+) -> Response {
+    use crate::link::commands::CommandError;
+    use base64::Engine;
+    let error =
+        |status: StatusCode, m: String| (status, Json(json!({ "error": m }))).into_response();
+    let gateway = match GatewayId::new(gateway.clone()) {
+        Ok(g) => g,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("gateway: {gateway:?} {e}")),
+    };
+    let reply = shared
+        .commands
+        .send(
+            &gateway,
+            "camera.snapshot",
+            json!({ "camera": camera }),
+            SNAPSHOT_TIMEOUT,
+        )
+        .await;
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e @ CommandError::Timeout { .. }) => {
+            return error(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+        }
+        Err(e @ CommandError::Refused { .. }) => {
+            return error(StatusCode::NOT_FOUND, e.to_string())
+        }
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let jpeg = reply
+        .data
+        .get("jpeg")
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+    let Some(jpeg) = jpeg else {
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "the gateway's reply has no picture".into(),
+        );
+    };
+    let taken = reply.data.get("id").and_then(Value::as_u64).unwrap_or(0);
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "image/jpeg".to_owned()),
+            (axum::http::header::CACHE_CONTROL, "no-store".to_owned()),
+            (
+                axum::http::HeaderName::from_static("x-snapshot-time-ms"),
+                taken.to_string(),
+            ),
+        ],
+        jpeg,
+    )
+        .into_response()
 }

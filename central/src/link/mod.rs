@@ -18,6 +18,8 @@ use firmware_config::wire::{self, Ack, Envelope, Message};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
+pub mod commands;
+
 use crate::metrics::KindLabel;
 use crate::Shared;
 
@@ -39,6 +41,11 @@ impl GatewayLink {
         Ok(Self { client, eventloop })
     }
 
+    /// A handle that sends commands on this link.
+    pub fn commands(&self) -> commands::Commands {
+        commands::Commands::new(self.client.clone())
+    }
+
     pub async fn run(mut self, shared: Arc<Shared>, token: CancellationToken) {
         let m = &shared.metrics;
         let mut wait = Duration::from_millis(100);
@@ -56,6 +63,7 @@ impl GatewayLink {
                         all_gateways(Channel::Status),
                         all_gateways(Channel::Health),
                         format!("{SHARE}/{}", all_gateways(Channel::Events)),
+                        all_gateways(Channel::Reply),
                     ];
                     for f in filters {
                         if let Err(e) = self.client.try_subscribe(f, QoS::AtLeastOnce) {
@@ -156,6 +164,10 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
         }
         (Channel::Events, Message::Events(batch)) => {
             store_and_ack(shared, gateway, env.seq, batch.events, env.raw_payload).await
+        }
+        (Channel::Reply, Message::Reply(reply)) => {
+            shared.commands.complete(&gateway, reply);
+            None
         }
         (ch, msg) => {
             tracing::warn!(%gateway, channel = ch.as_str(), kind = msg.kind(), "message of the wrong kind for its topic");

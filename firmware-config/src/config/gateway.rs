@@ -55,6 +55,27 @@ pub struct Site {
     pub id: String,
     /// Human name, shown to operators.
     pub name: String,
+    /// The site's offset from UTC, `+HH:MM`, for schedules and local times. Default `+08:00`.
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset: String,
+}
+
+fn default_utc_offset() -> String {
+    "+08:00".to_owned()
+}
+
+/// Parses `+HH:MM` / `-HH:MM` (up to ±14:00).
+pub fn parse_utc_offset(s: &str) -> Option<time::UtcOffset> {
+    let sign = match s.as_bytes().first()? {
+        b'+' => 1i8,
+        b'-' => -1i8,
+        _ => return None,
+    };
+    let minutes = parse_hhmm(&s[1..])?;
+    if minutes > 14 * 60 {
+        return None;
+    }
+    time::UtcOffset::from_hms(sign * (minutes / 60) as i8, sign * (minutes % 60) as i8, 0).ok()
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +440,15 @@ impl Document for GatewayConfig {
     fn validate(&self, v: &mut Validator) {
         v.id("site.id", &self.site.id);
         v.non_empty("site.name", &self.site.name);
+        if parse_utc_offset(&self.site.utc_offset).is_none() {
+            v.error(
+                "site.utc_offset",
+                format!(
+                    "{:?} is not an offset; write +HH:MM, e.g. +08:00",
+                    self.site.utc_offset
+                ),
+            );
+        }
         v.id("gateway.id", &self.gateway.id);
         self.uplink.validate(v);
         self.storage.validate(v);

@@ -2,6 +2,7 @@
 //! ([`ApiError`]) and always carry a message saying what was wrong.
 
 pub mod auth;
+pub mod cameras;
 pub mod events;
 
 use std::sync::Arc;
@@ -45,7 +46,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/cameras", get(cameras))
+        .route("/api/v1/cameras", get(cameras::list))
+        .route("/api/v1/cameras/{id}", get(cameras::one))
+        .route("/api/v1/cameras/{id}/snapshot.jpg", get(cameras::latest))
+        .route(
+            "/api/v1/cameras/{id}/snapshots/{file}",
+            get(cameras::evidence),
+        )
         .route(
             "/api/v1/events",
             post(events::post_events).layer(DefaultBodyLimit::max(events::MAX_BODY_BYTES)),
@@ -70,9 +77,4 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     firmware_config::runtime::metrics_response(&shared.metrics.registry)
-}
-
-/// `GET /api/v1/cameras`: the health of every camera.
-async fn cameras(State(shared): State<Arc<Shared>>) -> Json<Vec<crate::camera::CameraHealth>> {
-    Json(shared.cameras.snapshot())
 }

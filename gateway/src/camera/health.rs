@@ -79,6 +79,21 @@ pub struct CameraHealth {
     pub reconnects: u64,
     pub last_frame_age_ms: Option<u64>,
     pub last_error: Option<String>,
+    /// Keyframes decoded for snapshots and sensing.
+    pub decoded: u64,
+    /// Keyframes skipped because every decoder was busy.
+    pub keyframes_skipped: u64,
+    pub decode_errors: u64,
+    pub last_decode_error: Option<String>,
+    /// Size of the last decoded picture.
+    pub picture_width: Option<u32>,
+    pub picture_height: Option<u32>,
+    /// When the latest snapshot was taken, ms since the Unix epoch.
+    pub snapshot_at_ms: Option<u64>,
+    /// Sensing conditions raised now, e.g. `covered` or `motion:archive-door`.
+    pub sensing: Vec<String>,
+    /// The figures of the last sensing observation.
+    pub measures: Option<super::sensing::Measures>,
     #[serde(skip)]
     pub last_frame_at: Option<Instant>,
     #[serde(skip)]
@@ -118,6 +133,15 @@ impl CameraHealth {
             reconnects: 0,
             last_frame_age_ms: None,
             last_error: None,
+            decoded: 0,
+            keyframes_skipped: 0,
+            decode_errors: 0,
+            last_decode_error: None,
+            picture_width: None,
+            picture_height: None,
+            snapshot_at_ms: None,
+            sensing: Vec::new(),
+            measures: None,
             last_frame_at: None,
             rate: RateWindow::default(),
         }

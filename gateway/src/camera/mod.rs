@@ -4,20 +4,29 @@
 //!
 //! A camera that does not answer, answers garbage or restarts only affects its own task.
 
+mod analysis;
+mod annexb;
+mod decode;
 mod health;
+pub mod sensing;
 mod session;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use firmware_config::config::gateway::Camera;
 use firmware_config::config::GatewayConfig;
 use firmware_config::wire::EventClass;
+use time::UtcOffset;
 
+pub use analysis::{Analysis, Decoders, Snapshot};
+pub use decode::DecodeError;
 pub use health::{CameraHealth, CameraState};
 pub use session::CameraSession;
 
 use crate::outbox::{NewEvent, Outbox};
+use sensing::Finding;
 
 /// The health of every camera; cheap to clone.
 #[derive(Clone)]
@@ -26,6 +35,8 @@ pub struct Cameras {
     /// The state last told to central, per camera.
     last_reported: Arc<std::sync::Mutex<BTreeMap<String, CameraState>>>,
     outbox: Outbox,
+    /// Where events recorded from decoder threads are appended.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl Cameras {
@@ -39,6 +50,7 @@ impl Cameras {
             health: Arc::new(RwLock::new(health)),
             last_reported: Default::default(),
             outbox,
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -100,24 +112,100 @@ impl Cameras {
             "previous": previous.map(CameraState::as_str),
             "error": error,
         });
-        let Ok(payload) = serde_json::value::to_raw_value(&payload) else {
+        let class = if state.alarming() {
+            EventClass::Alert
+        } else {
+            EventClass::Health
+        };
+        self.record(class, format!("camera.{}", state.as_str()), &payload, None);
+    }
+
+    /// Records a sensing condition raised or cleared on `camera`'s picture received at
+    /// `received`; `evidence` is the snapshot taken of that picture.
+    pub(crate) fn sensed(
+        &self,
+        camera: &Camera,
+        finding: &Finding,
+        received: SystemTime,
+        offset: UtcOffset,
+        evidence: Option<u64>,
+    ) {
+        let label = match &finding.zone {
+            Some(zone) => format!("{}:{zone}", finding.rule.as_str()),
+            None => finding.rule.as_str().to_owned(),
+        };
+        self.update(&camera.id, |h| {
+            h.sensing.retain(|s| *s != label);
+            if finding.raised {
+                h.sensing.push(label.clone());
+            }
+        });
+        let at = time::OffsetDateTime::from(received).to_offset(offset);
+        tracing::info!(camera = %camera.id, condition = %label, raised = finding.raised, measure = finding.measure, "sensing");
+        let payload = serde_json::json!({
+            "camera": camera.id,
+            "name": camera.name,
+            "rule": finding.rule.as_str(),
+            "zone": finding.zone,
+            "state": if finding.raised { "raised" } else { "cleared" },
+            "at": at.format(&time::format_description::well_known::Rfc3339).ok(),
+            "measure": finding.measure,
+            "snapshot": evidence.map(|id| format!("{}/{id}", camera.id)),
+            "snapshot_path": evidence.map(|id| format!("/api/v1/cameras/{}/snapshots/{id}.jpg", camera.id)),
+        });
+        let (class, kind) = if finding.raised {
+            (
+                EventClass::Alert,
+                format!("camera.{}", finding.rule.as_str()),
+            )
+        } else {
+            (
+                EventClass::Health,
+                format!("camera.{}.cleared", finding.rule.as_str()),
+            )
+        };
+        self.record(class, kind, &payload, Some(unix_ms(received) as i64));
+    }
+
+    fn record(
+        &self,
+        class: EventClass,
+        kind: String,
+        payload: &serde_json::Value,
+        time_ms: Option<i64>,
+    ) {
+        let Ok(payload) = serde_json::value::to_raw_value(payload) else {
             return;
         };
         let event = NewEvent {
-            class: if state.alarming() {
-                EventClass::Alert
-            } else {
-                EventClass::Health
-            },
-            kind: format!("camera.{}", state.as_str()),
+            class,
+            kind,
             payload,
-            time_ms: None,
+            time_ms,
         };
         let outbox = self.outbox.clone();
-        tokio::spawn(async move {
+        let append = async move {
             if let Err(e) = outbox.append(vec![event]).await {
-                tracing::error!(error = %e, "cannot record a camera state change");
+                tracing::error!(error = %e, "cannot record a camera event");
             }
-        });
+        };
+        // Decoder threads are outside the runtime; they block on the append instead.
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(append);
+            }
+            Err(_) => match &self.runtime {
+                Some(handle) => {
+                    handle.spawn(append);
+                }
+                None => tracing::error!("no runtime to record a camera event"),
+            },
+        }
     }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -10,9 +10,12 @@ use retina::client::{
     Credentials, PlayOptions, Session, SessionGroup, SessionOptions, SetupOptions,
     TcpTransportOptions, Transport, UdpTransportOptions,
 };
-use retina::codec::{CodecItem, ParametersRef};
+use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 use tokio_util::sync::CancellationToken;
 
+use super::analysis::{Analysis, Decoders};
+use super::annexb::Keyframes;
+use super::decode::VideoCodec;
 use super::{CameraState, Cameras};
 use crate::uplink::Backoff;
 
@@ -32,14 +35,24 @@ pub struct CameraSession {
     camera: Camera,
     cameras: Cameras,
     group: Arc<SessionGroup>,
+    analysis: Arc<Analysis>,
+    /// Absent when FFmpeg could not start: the camera is then watched without pictures.
+    decoders: Option<Decoders>,
 }
 
 impl CameraSession {
-    pub fn new(camera: Camera, cameras: Cameras) -> Self {
+    pub fn new(
+        camera: Camera,
+        cameras: Cameras,
+        analysis: Arc<Analysis>,
+        decoders: Option<Decoders>,
+    ) -> Self {
         Self {
             camera,
             cameras,
             group: Arc::new(SessionGroup::default()),
+            analysis,
+            decoders,
         }
     }
 
@@ -124,13 +137,21 @@ impl CameraSession {
             );
         };
         let codec = session.streams()[i].encoding_name().to_owned();
+        let video_codec = VideoCodec::from_encoding(&codec);
         let transport = match cam.transport {
             CamTransport::Tcp => Transport::Tcp(TcpTransportOptions::default()),
             CamTransport::Udp => Transport::Udp(UdpTransportOptions::default()),
         };
         match tokio::time::timeout(
             REQUEST_TIMEOUT,
-            session.setup(i, SetupOptions::default().transport(transport)),
+            session.setup(
+                i,
+                SetupOptions::default()
+                    .transport(transport)
+                    // Annex B with parameter sets before each keyframe: every keyframe
+                    // decodes on its own.
+                    .frame_format(FrameFormat::SIMPLE),
+            ),
         )
         .await
         {
@@ -154,6 +175,7 @@ impl CameraSession {
             h.reset_rates();
         });
         let mut streaming = false;
+        let mut keyframes = Keyframes::default();
         loop {
             // retina has no read timeout of its own.
             let item = match tokio::time::timeout(cam.stall_timeout, demuxed.next()).await {
@@ -192,16 +214,31 @@ impl CameraSession {
                 });
                 self.cameras
                     .set_state(&cam.id, CameraState::Streaming, None);
+                self.analysis.session_started();
             }
             let now = Instant::now();
-            let (len, ts, key, lost) = (
+            // H.265 CRA keyframes are not flagged by retina; H.264 keyframes are (and carry
+            // the parameter sets to remember).
+            let flagged = frame.is_random_access_point();
+            let key = match video_codec {
+                Some(vc) if flagged || vc == VideoCodec::H265 => {
+                    keyframes.inspect(vc, frame.data()) || flagged
+                }
+                _ => flagged,
+            };
+            let (len, ts, lost) = (
                 frame.data().len(),
                 frame.timestamp().elapsed_secs(),
-                frame.is_random_access_point(),
                 u64::from(frame.loss()),
             );
             self.cameras
                 .update(&cam.id, |h| h.frame(now, len, ts, key, lost));
+            if let (Some(decoders), Some(vc)) = (&self.decoders, video_codec) {
+                if let Some(want) = self.analysis.on_frame(now, key, len) {
+                    let data = keyframes.self_contained(vc, frame.into_data());
+                    decoders.submit(&self.analysis, vc, data, want);
+                }
+            }
         }
     }
 }

@@ -20,9 +20,7 @@ use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
 use firmware_config::runtime::mqtt::client_options;
 use firmware_config::topics::{Channel, Topic};
-use firmware_config::wire::{
-    self, CommandReply, Envelope, GatewayHealth, LinkState, Message, Status,
-};
+use firmware_config::wire::{self, Envelope, GatewayHealth, LinkState, Message, Status};
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -236,12 +234,7 @@ impl Uplink {
             }
             (Channel::Cmd, Message::Command(cmd)) => {
                 tracing::info!(command = %cmd.name, id = %cmd.id, "command from central");
-                let reply = Message::Reply(CommandReply {
-                    id: cmd.id,
-                    ok: false,
-                    message: format!("unknown command {:?}", cmd.name),
-                    data: serde_json::Value::Null,
-                });
+                let reply = Message::Reply(crate::commands::handle(shared, &cmd));
                 self.seq += 1;
                 if let Ok(payload) =
                     self.encode(&Envelope::new(self.gateway.clone(), self.seq, reply))
