@@ -136,7 +136,7 @@ pub async fn start(
             .map_or(1, |n| n.get())
             .min(4)
             .min(enabled.len());
-        match camera::Decoders::start(threads) {
+        match camera::Decoders::start(threads, enabled.len()) {
             Ok(d) => Some(d),
             Err(e) => {
                 tracing::error!(error = %e, "no snapshots or sensing: the decoders did not start");

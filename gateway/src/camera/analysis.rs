@@ -240,11 +240,14 @@ pub struct Decoders {
 }
 
 impl Decoders {
-    /// Starts `threads` decoder threads. They end when every handle is dropped.
-    pub fn start(threads: usize) -> Result<Self, super::decode::DecodeError> {
+    /// Starts `threads` decoder threads for `cameras` cameras. They end when every handle is
+    /// dropped.
+    pub fn start(threads: usize, cameras: usize) -> Result<Self, super::decode::DecodeError> {
         Pictures::init()?;
         let threads = threads.max(1);
-        let (tx, rx) = sync_channel::<Job>(threads * 2);
+        // A camera has at most one keyframe waiting, so keyframes that arrive together (cameras
+        // in step) wait their turn instead of being dropped.
+        let (tx, rx) = sync_channel::<Job>(cameras.max(1));
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
             let rx = rx.clone();

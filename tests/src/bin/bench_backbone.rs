@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use gridedge_tests::process::ChildProcess;
+use gridedge_tests::process::{peak_rss_mib, ChildProcess};
 use gridedge_tests::proxy::FaultProxy;
 use gridedge_tests::services::{central_toml, gateway_toml, source_token, ServiceProcess};
 use gridedge_tests::{free_port, wait_for_port};
@@ -42,16 +42,6 @@ fn payload(i: u64) -> String {
         "{{\"n\":{i},\"site\":\"hongxing-community\",\"device\":\"kiosk-hall-1\",\"state\":\"online\",\"temp_c\":41.5,\"disk_free_mb\":20480,\"note\":\"{}\"}}",
         "x".repeat(60)
     )
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 async fn wait_until(
