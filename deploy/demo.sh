@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README command 1: installs what is missing, builds, and runs the main job on embedded defaults:
-# central with its embedded MQTT broker, one gateway, and a simulated RTSP camera, all on this
-# machine. Prints where to look; runs until Ctrl-C (or for DEMO_SECONDS seconds, if set).
+# central with its embedded MQTT broker, one gateway, and two simulated RTSP cameras (one with
+# a moving object in a motion zone, one covered), all on this machine. Prints where to look; runs until Ctrl-C (or for DEMO_SECONDS seconds, if set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -18,9 +18,10 @@ BROKER_PORT=${BROKER_PORT:-18830}
 CENTRAL_PORT=${CENTRAL_PORT:-8090}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 CAMERA_PORT=${CAMERA_PORT:-8554}
-for p in "$BROKER_PORT" "$CENTRAL_PORT" "$GATEWAY_PORT" "$CAMERA_PORT"; do
+CAMERA2_PORT=${CAMERA2_PORT:-8555}
+for p in "$BROKER_PORT" "$CENTRAL_PORT" "$GATEWAY_PORT" "$CAMERA_PORT" "$CAMERA2_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "demo: port $p is in use; set BROKER_PORT, CENTRAL_PORT, GATEWAY_PORT or CAMERA_PORT" >&2
+    echo "demo: port $p is in use; set BROKER_PORT, CENTRAL_PORT, GATEWAY_PORT, CAMERA_PORT or CAMERA2_PORT" >&2
     exit 1
   fi
 done
@@ -55,12 +56,32 @@ listen = "127.0.0.1:$GATEWAY_PORT"
 id = "hall-entrance"
 name = "Service hall entrance (simulated)"
 url = "rtsp://127.0.0.1:$CAMERA_PORT/cam"
+[cameras.snapshot]
+interval = "5s"
+[cameras.sensing]
+hold_down = "10s"
+[[cameras.sensing.motion_zones]]
+name = "counter"
+polygon = [[0.08, 0.08], [0.37, 0.08], [0.37, 0.37], [0.08, 0.37]]
+[[cameras]]
+id = "archive-room"
+name = "Archive room (simulated, lens covered)"
+url = "rtsp://127.0.0.1:$CAMERA2_PORT/cam"
+[cameras.sensing]
+hold_down = "5s"
+[[terminals]]
+id = "security-room"
+name = "Security room video terminal"
+kind = "video_terminal"
+health = { mode = "heartbeat", interval = "10s", misses_before_offline = 3 }
+token = { file = "viewer.token" }
 [[sources]]
 id = "demo"
 name = "Demo event source"
 token = { file = "demo.token" }
 TOML
 echo "demo-token" > "$run/demo.token"
+echo "viewer-token" > "$run/viewer.token"
 
 "$bin/fwcfg" check "$run/central.toml"
 "$bin/fwcfg" check "$run/gateway.toml"
@@ -76,8 +97,11 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-/usr/bin/python3 tests/fixtures/rtsp_camera.py --port "$CAMERA_PORT" --pattern moving \
+/usr/bin/python3 tests/fixtures/rtsp_camera.py --port "$CAMERA_PORT" --pattern object \
   > "$run/camera.out" 2> "$run/camera.log" &
+pids+=($!)
+/usr/bin/python3 tests/fixtures/rtsp_camera.py --port "$CAMERA2_PORT" --pattern black \
+  --width 320 --height 180 > "$run/camera2.out" 2> "$run/camera2.log" &
 pids+=($!)
 "$bin/central" --config "$run/central.toml" > "$run/central.log" 2>&1 &
 pids+=($!)
@@ -98,6 +122,49 @@ curl -fsS -X POST "http://127.0.0.1:$GATEWAY_PORT/api/v1/events" -H "Authorizati
   -d '[{"class":"alert","kind":"door.forced","payload":{"door":"archive room","note":"demo"}}]' >/dev/null || true
 sleep 1
 
+# One line per camera: state, stream, and what sensing sees.
+camera_health() {
+  curl -fsS "http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras" 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for c in json.load(sys.stdin):
+    fps = "%.1f fps" % c["fps"] if c.get("fps") else "- fps"
+    kbps = "%.0f kbit/s" % c["bitrate_kbps"] if c.get("bitrate_kbps") else "- kbit/s"
+    size = "%sx%s" % (c.get("width"), c.get("height"))
+    print("  %-14s %-10s %-5s %-8s %-9s %-12s keyframes decoded %-4s sensing %s"
+          % (c["id"], c["state"], c.get("codec") or "-", size, fps, kbps,
+             c.get("decoded", 0), ",".join(c.get("sensing") or []) or "-"))
+' || echo "  (gateway not answering; see $run/gateway.log)"
+}
+
+# "JPEG WxH, N bytes" for a file, read from its frame header.
+jpeg_info() {
+  /usr/bin/python3 - "$1" <<'PY'
+import struct, sys
+d = open(sys.argv[1], "rb").read()
+i = 2
+while d[:2] == b"\xff\xd8" and i + 9 <= len(d):
+    m, n = d[i + 1], struct.unpack(">H", d[i + 2:i + 4])[0]
+    if 0xC0 <= m <= 0xC3:
+        h, w = struct.unpack(">HH", d[i + 5:i + 9])
+        print("JPEG %dx%d, %d bytes" % (w, h, len(d)))
+        sys.exit(0)
+    i += 2 + n
+print("not a JPEG (%d bytes)" % len(d))
+PY
+}
+
+echo "demo: waiting for the cameras' first snapshots and sensing (about 15 s)"
+for _ in $(seq 1 60); do
+  if curl -fsS -o "$run/hall-entrance.jpg" -H "Authorization: Bearer viewer-token" \
+      "http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras/hall-entrance/snapshot.jpg" 2>/dev/null \
+    && camera_health | grep -q covered; then
+    break
+  fi
+  sleep 0.5
+done
+curl -fsS -o "$run/central-snapshot.jpg" \
+  "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways/gw-hongxing-01/cameras/hall-entrance/snapshot.jpg" || true
+
 cat <<TXT
 
 GridEdge demo is running.
@@ -105,29 +172,47 @@ GridEdge demo is running.
             http://127.0.0.1:$CENTRAL_PORT/metrics           (Prometheus metrics)
             mqtt://127.0.0.1:$BROKER_PORT                    (embedded broker)
             http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01   (events stored)
+            http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways/gw-hongxing-01/cameras/hall-entrance/snapshot.jpg
+                                                              (a camera's picture, asked of the gateway)
   gateway   http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras   (camera health)
+            http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras/hall-entrance/snapshot.jpg
+                                                  (with -H 'Authorization: Bearer viewer-token')
             http://127.0.0.1:$GATEWAY_PORT/healthz
             http://127.0.0.1:$GATEWAY_PORT/metrics
-  camera    rtsp://127.0.0.1:$CAMERA_PORT/cam              (simulated, H.264 moving pattern)
+  cameras   rtsp://127.0.0.1:$CAMERA_PORT/cam   (simulated, H.264: bars with a moving ball in zone "counter")
+            rtsp://127.0.0.1:$CAMERA2_PORT/cam   (simulated, H.264: black, a covered lens)
   logs      $run/*.log
 Gateways seen by central now:
 TXT
 curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways" || echo "(central not answering yet; see $run/central.log)"
-sleep 2
+echo
 echo
 echo "Camera health at the gateway:"
-curl -fsS "http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras" || true
+camera_health
 echo
-echo "Events central stored from the gateway (one posted by the demo):"
-curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01" || true
+echo "Snapshot from the gateway:  $run/hall-entrance.jpg  ($(jpeg_info "$run/hall-entrance.jpg" 2>/dev/null || echo none))"
+echo "Snapshot through central:   $run/central-snapshot.jpg  ($(jpeg_info "$run/central-snapshot.jpg" 2>/dev/null || echo none))"
+echo
+echo "Events central stored from the gateway (camera changes, sensing alerts, one posted by the demo):"
+curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01" | /usr/bin/python3 -c '
+import json, sys
+for e in json.load(sys.stdin)["events"]:
+    p = e["payload"]
+    what = p.get("camera") or p.get("door") or ""
+    extra = " zone=%s" % p["zone"] if p.get("zone") else ""
+    snap = " snapshot=%s" % p["snapshot_path"] if p.get("snapshot_path") else ""
+    print("  #%-3d %-6s %-22s %s%s%s" % (e["seq"], e["class"], e["kind"], what, extra, snap))
+' || true
 echo
 cat <<TXT
 Post more: curl -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/events -H 'Authorization: Bearer demo-token' \\
              -H 'Content-Type: application/json' -d '[{"class":"telemetry","kind":"x","payload":{}}]'
 TXT
-echo "Press Ctrl-C to stop."
-if [ -n "${DEMO_SECONDS:-}" ]; then
-  sleep "$DEMO_SECONDS"
-else
-  wait
-fi
+echo "Press Ctrl-C to stop. Camera health every 10 s:"
+end=$(( $(date +%s) + ${DEMO_SECONDS:-315360000} ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  sleep $(( end - $(date +%s) < 10 ? end - $(date +%s) : 10 ))
+  [ "$(date +%s)" -lt "$end" ] || break
+  echo "$(date +%T)"
+  camera_health
+done

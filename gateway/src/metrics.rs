@@ -252,6 +252,12 @@ struct CameraStateLabel {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SensingLabel {
+    camera: String,
+    condition: String,
+}
+
 struct CameraCollector(crate::camera::Cameras);
 
 /// A metric read off a camera's health: name, help, and how to read it.
@@ -286,8 +292,23 @@ impl Collector for CameraCollector {
                 ConstGauge::new(i64::from(c.state == s)).encode(state.encode_family(&label)?)?;
             }
         }
-        let counters: [CameraMetric<u64>; 3] = [
+        let counters: [CameraMetric<u64>; 6] = [
             ("camera_frames", "Frames received", |c| c.frames),
+            (
+                "camera_keyframes_decoded",
+                "Keyframes decoded for snapshots and sensing",
+                |c| c.decoded,
+            ),
+            (
+                "camera_keyframes_skipped",
+                "Due keyframes skipped because every decoder was busy",
+                |c| c.keyframes_skipped,
+            ),
+            (
+                "camera_decode_errors",
+                "Keyframes that did not decode",
+                |c| c.decode_errors,
+            ),
             ("camera_frames_lost", "Frames lost in transport", |c| {
                 c.frames_lost
             }),
@@ -305,6 +326,22 @@ impl Collector for CameraCollector {
                 })?)?;
             }
         }
+        let mut sensing = encoder.encode_descriptor(
+            "camera_sensing_raised",
+            "1 while a sensing condition (covered, frozen, motion:<zone>) is raised",
+            None,
+            MetricType::Gauge,
+        )?;
+        for c in &cams {
+            for condition in &c.sensing {
+                let label = SensingLabel {
+                    camera: c.id.clone(),
+                    condition: condition.clone(),
+                };
+                ConstGauge::new(1i64).encode(sensing.encode_family(&label)?)?;
+            }
+        }
+        drop(sensing);
         let gauges: [CameraMetric<Option<f64>>; 4] = [
             (
                 "camera_fps",

@@ -370,3 +370,42 @@ async fn a_quiet_live_scene_raises_nothing_over_a_long_run_and_a_turned_camera_i
     assert_eq!(events[0]["kind"], "camera.moved", "{events:?}");
     assert_eq!(events_after.len(), 1, "{events_after:?}");
 }
+
+#[tokio::test]
+async fn a_camera_back_at_another_size_gets_pictures_of_the_new_size() {
+    init_test_logging();
+    let mut cam = TestCamera::start(small(Pattern::Moving)).unwrap();
+    let extra = camera_toml(
+        "cam",
+        cam.url().as_str(),
+        "[cameras.snapshot]\ninterval = \"1s\"\nwidth = 640\n",
+    );
+    let gw = TestGateway::start_with("gw-resize", "mqtt://127.0.0.1:1", None, &extra)
+        .await
+        .unwrap();
+    for (w, h) in [(320, 180), (640, 360)] {
+        if w == 640 {
+            cam.options.width = 640;
+            cam.options.height = 360;
+            cam.restart().unwrap();
+        }
+        // Never wider than the picture.
+        let size = eventually(
+            &format!("a {w}x{h} snapshot"),
+            Duration::from_secs(40),
+            || async {
+                let (status, _, body) = gw
+                    .get_as_viewer("/api/v1/cameras/cam/snapshot.jpg")
+                    .await
+                    .ok()?;
+                let size = jpeg_size(&body).filter(|_| status == 200)?;
+                (size == (w, h)).then_some(size)
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(size, (w, h));
+        let c = camera(&gw, "cam").await.unwrap();
+        assert_eq!(c["picture_width"], w, "{c}");
+    }
+}

@@ -241,11 +241,12 @@ pub struct Sensing {
     /// Alert when the scene changes as if the camera was moved. Default true.
     #[serde(default = "yes")]
     pub moved: bool,
-    /// A condition must hold this long before it is raised, and clear this long before it is
-    /// cleared. Default 30 s.
+    /// A tamper condition must hold this long before it is raised, and be gone this long
+    /// before it is cleared; motion is raised at once and cleared after this long without.
+    /// Default 30 s.
     #[serde(default = "default_hold_down", with = "humantime_serde")]
     pub hold_down: Duration,
-    /// Most frames per second decoded for sensing; keyframes only when no motion zone is set.
+    /// Most keyframes per second decoded for sensing (only keyframes are ever decoded).
     /// Default 2; 0.1 to 10.
     #[serde(default = "default_max_decode_fps")]
     pub max_decode_fps: f64,

@@ -330,6 +330,29 @@ mod tests {
     }
 
     #[test]
+    fn a_new_picture_size_rebuilds_the_scalers_and_encoder() {
+        const SMALL: &[u8] = include_bytes!("testdata/key264-176x144.h264");
+        Pictures::init().unwrap();
+        let mut p = Pictures::default();
+        for (data, size, jpeg) in [
+            (H264, (320, 240), (160, 120)),
+            (SMALL, (176, 144), (160, 130)),
+        ] {
+            let pic = p.decode(VideoCodec::H264, data).unwrap();
+            assert_eq!((pic.width(), pic.height()), size);
+            let (bytes, w, h) = p.jpeg(&pic, 160, 60).unwrap();
+            assert_eq!((w, h), jpeg);
+            assert!(!bytes.is_empty());
+            assert_eq!(
+                p.thumb(&pic).unwrap().height,
+                Thumb::height_for(size.0, size.1)
+            );
+        }
+        // Decoder, then for each size: thumb scaler, JPEG scaler, JPEG encoder.
+        assert_eq!(p.rebuilds, 1 + 2 * 3);
+    }
+
+    #[test]
     fn garbage_is_an_error_and_the_next_keyframe_decodes() {
         Pictures::init().unwrap();
         let mut p = Pictures::default();
@@ -339,6 +362,31 @@ mod tests {
         assert!(p
             .decode(VideoCodec::H265, &[0xde, 0xad, 0xbe, 0xef])
             .is_err());
+        assert!(p.decode(VideoCodec::H264, H264).is_ok());
+        // Damaged keyframes (bytes flipped after the parameter sets) never panic; the decoder
+        // keeps working afterwards.
+        let mut seed = 0x2545_f491_u32;
+        let mut failed = 0;
+        for _ in 0..200 {
+            for (codec, good) in [(VideoCodec::H264, H264), (VideoCodec::H265, H265)] {
+                let mut bad = good.to_vec();
+                for _ in 0..8 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    let i = 64 + seed as usize % (bad.len() - 64);
+                    bad[i] ^= (seed >> 24) as u8 | 1;
+                }
+                match p.decode(codec, &bad) {
+                    Ok(pic) => {
+                        p.thumb(&pic).unwrap();
+                    }
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        eprintln!("{failed} of 400 damaged keyframes refused");
+        assert!(p.decode(VideoCodec::H265, H265).is_ok());
         assert!(p.decode(VideoCodec::H264, H264).is_ok());
     }
 }

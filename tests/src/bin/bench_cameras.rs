@@ -112,7 +112,13 @@ async fn cameras_json(http: u16) -> Option<Vec<serde_json::Value>> {
     reqwest::get(url).await.ok()?.json().await.ok()
 }
 
-async fn gateway(n: usize, port: u16, full: bool, warm: Duration, window: Duration) -> anyhow::Result<Run> {
+async fn gateway(
+    n: usize,
+    port: u16,
+    full: bool,
+    warm: Duration,
+    window: Duration,
+) -> anyhow::Result<Run> {
     let dir = FixtureDir::new("bench-cameras")?;
     let http = free_port();
     let text = gateway_toml(dir.path(), "bench-cams", "mqtt://127.0.0.1:1", None, http)
@@ -140,7 +146,10 @@ async fn gateway(n: usize, port: u16, full: bool, warm: Duration, window: Durati
     let cams = cameras_json(http).await.unwrap_or_default();
     let after: u64 = cams.iter().filter_map(|c| c["frames"].as_u64()).sum();
     let decoded: u64 = cams.iter().filter_map(|c| c["decoded"].as_u64()).sum();
-    let skipped: u64 = cams.iter().filter_map(|c| c["keyframes_skipped"].as_u64()).sum();
+    let skipped: u64 = cams
+        .iter()
+        .filter_map(|c| c["keyframes_skipped"].as_u64())
+        .sum();
     let snapshots = cams.iter().filter(|c| c["snapshot_at_ms"].is_u64()).count();
     let fps = (after - before) as f64 / (warm + window).as_secs_f64() / n as f64;
     eprintln!(
@@ -178,7 +187,11 @@ async fn ffmpeg(
             .args(before_input)
             .args(["-rtsp_transport", "tcp", "-i", &url(port, i)])
             .args(after_input);
-        procs.push(ChildProcess::spawn("ffmpeg", cmd, &dir.join(format!("ffmpeg-{i}.log")))?);
+        procs.push(ChildProcess::spawn(
+            "ffmpeg",
+            cmd,
+            &dir.join(format!("ffmpeg-{i}.log")),
+        )?);
     }
     let pids: Vec<u32> = procs.iter().filter_map(ChildProcess::pid).collect();
     // ffmpeg has no health endpoint: its session is up well within a few seconds.
@@ -188,7 +201,11 @@ async fn ffmpeg(
     for p in &mut procs {
         alive += usize::from(p.is_running());
     }
-    anyhow::ensure!(alive == n, "only {alive} of {n} ffmpeg processes ran to the end (logs in {})", dir.display());
+    anyhow::ensure!(
+        alive == n,
+        "only {alive} of {n} ffmpeg processes ran to the end (logs in {})",
+        dir.display()
+    );
     for p in &mut procs {
         p.kill();
     }
@@ -209,7 +226,11 @@ async fn main() -> anyhow::Result<()> {
     let counts: Vec<usize> = match arg(&args, "--cameras") {
         Some(list) => list
             .split(',')
-            .map(|n| n.trim().parse().context("--cameras takes numbers, e.g. 16,32"))
+            .map(|n| {
+                n.trim()
+                    .parse()
+                    .context("--cameras takes numbers, e.g. 16,32")
+            })
             .collect::<anyhow::Result<_>>()?,
         None if quick => vec![8],
         None => vec![16, 32],
@@ -233,25 +254,68 @@ async fn main() -> anyhow::Result<()> {
     for &n in &counts {
         eprintln!("N = {n} cameras");
         let ingest = gateway(n, port, false, warm, window).await?;
-        let copy = ffmpeg(n, port, &[], &["-c", "copy", "-f", "null", "-"], warm, window, dir.path()).await?;
-        let full = gateway(n, port, true, warm, window).await?;
-        let frigate = ffmpeg(
+        let copy = ffmpeg(
             n,
             port,
             &[],
-            &["-vf", "fps=5,scale=1280:720", "-pix_fmt", "yuv420p", "-f", "rawvideo", "-y", "/dev/null"],
+            &["-c", "copy", "-f", "null", "-"],
             warm,
             window,
             dir.path(),
         )
         .await?;
-        let nokey = ffmpeg(n, port, &["-skip_frame", "nokey"], &["-f", "null", "-"], warm, window, dir.path()).await?;
+        let full = gateway(n, port, true, warm, window).await?;
+        let frigate = ffmpeg(
+            n,
+            port,
+            &[],
+            &[
+                "-vf",
+                "fps=5,scale=1280:720",
+                "-pix_fmt",
+                "yuv420p",
+                "-f",
+                "rawvideo",
+                "-y",
+                "/dev/null",
+            ],
+            warm,
+            window,
+            dir.path(),
+        )
+        .await?;
+        let nokey = ffmpeg(
+            n,
+            port,
+            &["-skip_frame", "nokey"],
+            &["-f", "null", "-"],
+            warm,
+            window,
+            dir.path(),
+        )
+        .await?;
         for (what, ours, peer, peer_name) in [
             ("ingest", &ingest, &copy, "ffmpeg -c copy"),
-            ("ingest+snapshots+sensing", &full, &frigate, "Frigate-style ffmpeg fps=5 decode"),
-            ("ingest+snapshots+sensing", &full, &nokey, "ffmpeg -skip_frame nokey"),
+            (
+                "ingest+snapshots+sensing",
+                &full,
+                &frigate,
+                "Frigate-style ffmpeg fps=5 decode",
+            ),
+            (
+                "ingest+snapshots+sensing",
+                &full,
+                &nokey,
+                "ffmpeg -skip_frame nokey",
+            ),
         ] {
-            let starved = |r: &Run| if r.load > 0.9 { " (CPU-starved: a floor)" } else { "" };
+            let starved = |r: &Run| {
+                if r.load > 0.9 {
+                    " (CPU-starved: a floor)"
+                } else {
+                    ""
+                }
+            };
             lines.push(format!(
                 "N={n} {what} CPU s per camera-minute: gridedge {:.3}{} | {peer_name} {:.3}{} | ratio {:.3}",
                 ours.cpu,
