@@ -217,3 +217,103 @@ async fn a_hung_camera_is_detected_as_stalled_and_recovered_by_reconnecting() {
     let c = wait_state(&gw, "hung", "streaming", Duration::from_secs(30)).await;
     assert!(c["reconnects"].as_u64().unwrap() >= 1, "{c}");
 }
+
+#[tokio::test]
+async fn a_camera_over_udp_streams_like_one_over_tcp() {
+    init_test_logging();
+    let cam = TestCamera::start(CameraOptions {
+        width: 320,
+        height: 180,
+        ..Default::default()
+    })
+    .unwrap();
+    let extra = camera_toml("yard", cam.url().as_str(), "transport = \"udp\"\n");
+    let gw = TestGateway::start_with("gw-udp", "mqtt://127.0.0.1:1", None, &extra)
+        .await
+        .unwrap();
+    wait_state(&gw, "yard", "streaming", Duration::from_secs(20)).await;
+    let c = eventually("a frame rate over UDP", Duration::from_secs(15), || async {
+        let c = camera(&gw, "yard").await?;
+        c["fps"].as_f64().is_some_and(|f| f > 20.0).then_some(c)
+    })
+    .await
+    .unwrap();
+    assert_eq!(c["width"], 320, "{c}");
+}
+
+/// A TCP server on a free port that answers every connection with `reply` (repeated) or, when
+/// empty, with silence.
+async fn fake_camera(reply: &'static [u8]) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut sock, _)) = listener.accept().await {
+            if reply.is_empty() {
+                held.push(sock);
+                continue;
+            }
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                for _ in 0..1000 {
+                    if sock.write_all(reply).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn cameras_answering_garbage_or_nothing_do_not_disturb_the_others() {
+    init_test_logging();
+    let cam = TestCamera::start(CameraOptions {
+        width: 320,
+        height: 180,
+        ..Default::default()
+    })
+    .unwrap();
+    let garbage =
+        fake_camera(b"\x00\xffHTTP/1.1 200 OK\r\n\r\n\x24\x00\xff\xff not rtsp at all ").await;
+    let silent = fake_camera(b"").await;
+    let extra = [
+        camera_toml(
+            "good",
+            cam.url().as_str(),
+            "[cameras.snapshot]\ninterval = \"1s\"\n",
+        ),
+        camera_toml("garbage", &format!("rtsp://127.0.0.1:{garbage}/cam"), ""),
+        camera_toml("silent", &format!("rtsp://127.0.0.1:{silent}/cam"), ""),
+    ]
+    .concat();
+    let gw = TestGateway::start_with("gw-bad", "mqtt://127.0.0.1:1", None, &extra)
+        .await
+        .unwrap();
+    wait_state(&gw, "good", "streaming", Duration::from_secs(20)).await;
+    let g = wait_state(&gw, "garbage", "offline", Duration::from_secs(20)).await;
+    assert!(
+        g["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{g}"
+    );
+    // DESCRIBE waits 10 s for an answer.
+    let s = wait_state(&gw, "silent", "offline", Duration::from_secs(25)).await;
+    assert!(
+        s["last_error"].as_str().unwrap().contains("timed out"),
+        "{s}"
+    );
+    // Meanwhile the good camera kept streaming and its pictures kept coming.
+    let before = camera(&gw, "good").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = camera(&gw, "good").await.unwrap();
+    assert_eq!(after["state"], "streaming", "{after}");
+    assert_eq!(after["reconnects"], 0, "{after}");
+    assert!(
+        after["frames"].as_u64() > before["frames"].as_u64(),
+        "{after}"
+    );
+    assert!(after["decoded"].as_u64().unwrap() >= 2, "{after}");
+    let health = try_json(gw.url("/healthz")).await.unwrap();
+    assert_eq!(health["status"], "ok");
+}
