@@ -326,22 +326,23 @@ impl Collector for CameraCollector {
                 })?)?;
             }
         }
-        let mut sensing = encoder.encode_descriptor(
-            "camera_sensing_raised",
-            "1 while a sensing condition (covered, frozen, motion:<zone>) is raised",
-            None,
-            MetricType::Gauge,
-        )?;
-        for c in &cams {
-            for condition in &c.sensing {
-                let label = SensingLabel {
-                    camera: c.id.clone(),
-                    condition: condition.clone(),
-                };
-                ConstGauge::new(1i64).encode(sensing.encode_family(&label)?)?;
+        {
+            let mut sensing = encoder.encode_descriptor(
+                "camera_sensing_raised",
+                "1 while a sensing condition (covered, frozen, motion:<zone>) is raised",
+                None,
+                MetricType::Gauge,
+            )?;
+            for c in &cams {
+                for condition in &c.sensing {
+                    let label = SensingLabel {
+                        camera: c.id.clone(),
+                        condition: condition.clone(),
+                    };
+                    ConstGauge::new(1i64).encode(sensing.encode_family(&label)?)?;
+                }
             }
         }
-        drop(sensing);
         let gauges: [CameraMetric<Option<f64>>; 4] = [
             (
                 "camera_fps",
