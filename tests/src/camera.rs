@@ -90,6 +90,27 @@ impl Default for CameraOptions {
     }
 }
 
+impl CameraOptions {
+    /// A 320×180 H.264 camera showing `pattern`: cheap to encode, enough for every test that
+    /// does not care about the size.
+    pub fn small(pattern: Pattern) -> Self {
+        Self {
+            pattern,
+            width: 320,
+            height: 180,
+            ..Self::default()
+        }
+    }
+}
+
+/// A `[[cameras]]` table for a gateway config: camera `id` at `url`, a 2 s stall timeout, and
+/// `extra` lines (its own keys first, then sub-tables).
+pub fn camera_toml(id: &str, url: &str, extra: &str) -> String {
+    format!(
+        "\n[[cameras]]\nid = \"{id}\"\nname = \"Camera {id}\"\nurl = \"{url}\"\nstall_timeout = \"2s\"\n{extra}"
+    )
+}
+
 pub struct TestCamera {
     pub port: u16,
     pub options: CameraOptions,

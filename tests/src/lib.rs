@@ -17,7 +17,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use camera::{CameraOptions, Codec, Pattern, TestCamera};
+pub use camera::{camera_toml, CameraOptions, Codec, Pattern, TestCamera};
 pub use mosquitto::Mosquitto;
 pub use pki::TestPki;
 

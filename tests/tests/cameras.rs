@@ -3,12 +3,10 @@
 use std::time::Duration;
 
 use gridedge_tests::services::{central_events, TestCentral, TestGateway};
-use gridedge_tests::{eventually, init_test_logging, try_json, CameraOptions, Codec, TestCamera};
+use gridedge_tests::{
+    camera_toml, eventually, init_test_logging, try_json, CameraOptions, Codec, Pattern, TestCamera,
+};
 use serde_json::Value;
-
-fn camera_toml(id: &str, url: &str, extra: &str) -> String {
-    format!("\n[[cameras]]\nid = \"{id}\"\nname = \"Camera {id}\"\nurl = \"{url}\"\nstall_timeout = \"2s\"\n{extra}")
-}
 
 async fn camera(gw: &TestGateway, id: &str) -> Option<Value> {
     let all = try_json(gw.url("/api/v1/cameras")).await?;
@@ -22,6 +20,17 @@ async fn wait_state(gw: &TestGateway, id: &str, state: &str, within: Duration) -
     })
     .await
     .unwrap()
+}
+
+/// A small moving camera and a gateway (without uplink) streaming from it as `cam_id`.
+async fn streaming_camera(gw_id: &str, cam_id: &str, extra: &str) -> (TestCamera, TestGateway) {
+    let cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
+    let toml = camera_toml(cam_id, cam.url().as_str(), extra);
+    let gw = TestGateway::start_with(gw_id, "mqtt://127.0.0.1:1", None, &toml)
+        .await
+        .unwrap();
+    wait_state(&gw, cam_id, "streaming", Duration::from_secs(20)).await;
+    (cam, gw)
 }
 
 #[tokio::test]
@@ -78,12 +87,7 @@ async fn a_camera_streams_with_its_codec_size_and_frame_rate() {
 async fn a_stopped_camera_goes_offline_comes_back_and_central_hears_both() {
     init_test_logging();
     let central = TestCentral::embedded().await.unwrap();
-    let mut cam = TestCamera::start(CameraOptions {
-        width: 320,
-        height: 180,
-        ..Default::default()
-    })
-    .unwrap();
+    let mut cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
     let extra = camera_toml("door", cam.url().as_str(), "");
     let gw = TestGateway::start_with(
         "gw-camf",
@@ -144,10 +148,8 @@ async fn a_wrong_password_is_unauthorized_reported_once_and_not_hammered() {
     init_test_logging();
     let central = TestCentral::embedded().await.unwrap();
     let cam = TestCamera::start(CameraOptions {
-        width: 320,
-        height: 180,
         auth: Some(("viewer".into(), "s3cret".into())),
-        ..Default::default()
+        ..CameraOptions::small(Pattern::Moving)
     })
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -195,17 +197,7 @@ async fn a_wrong_password_is_unauthorized_reported_once_and_not_hammered() {
 #[tokio::test]
 async fn a_hung_camera_is_detected_as_stalled_and_recovered_by_reconnecting() {
     init_test_logging();
-    let cam = TestCamera::start(CameraOptions {
-        width: 320,
-        height: 180,
-        ..Default::default()
-    })
-    .unwrap();
-    let extra = camera_toml("hung", cam.url().as_str(), "");
-    let gw = TestGateway::start_with("gw-camh", "mqtt://127.0.0.1:1", None, &extra)
-        .await
-        .unwrap();
-    wait_state(&gw, "hung", "streaming", Duration::from_secs(20)).await;
+    let (cam, gw) = streaming_camera("gw-camh", "hung", "").await;
     // The connection stays open, but no frame comes: only the read timeout can tell.
     cam.freeze().unwrap();
     let c = wait_state(&gw, "hung", "stalled", Duration::from_secs(6)).await;
@@ -221,17 +213,7 @@ async fn a_hung_camera_is_detected_as_stalled_and_recovered_by_reconnecting() {
 #[tokio::test]
 async fn a_camera_over_udp_streams_like_one_over_tcp() {
     init_test_logging();
-    let cam = TestCamera::start(CameraOptions {
-        width: 320,
-        height: 180,
-        ..Default::default()
-    })
-    .unwrap();
-    let extra = camera_toml("yard", cam.url().as_str(), "transport = \"udp\"\n");
-    let gw = TestGateway::start_with("gw-udp", "mqtt://127.0.0.1:1", None, &extra)
-        .await
-        .unwrap();
-    wait_state(&gw, "yard", "streaming", Duration::from_secs(20)).await;
+    let (_cam, gw) = streaming_camera("gw-udp", "yard", "transport = \"udp\"\n").await;
     let c = eventually("a frame rate over UDP", Duration::from_secs(15), || async {
         let c = camera(&gw, "yard").await?;
         c["fps"].as_f64().is_some_and(|f| f > 20.0).then_some(c)
@@ -269,12 +251,7 @@ async fn fake_camera(reply: &'static [u8]) -> u16 {
 #[tokio::test]
 async fn cameras_answering_garbage_or_nothing_do_not_disturb_the_others() {
     init_test_logging();
-    let cam = TestCamera::start(CameraOptions {
-        width: 320,
-        height: 180,
-        ..Default::default()
-    })
-    .unwrap();
+    let cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
     let garbage =
         fake_camera(b"\x00\xffHTTP/1.1 200 OK\r\n\r\n\x24\x00\xff\xff not rtsp at all ").await;
     let silent = fake_camera(b"").await;

@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use gridedge_tests::services::{central_events, TestCentral, TestGateway};
 use gridedge_tests::{
-    eventually, init_test_logging, jpeg_size, try_json, CameraOptions, Codec, Pattern, TestCamera,
+    camera_toml, eventually, init_test_logging, jpeg_size, try_json, CameraOptions, Codec, Pattern,
+    TestCamera,
 };
 use serde_json::Value;
 
@@ -15,12 +16,6 @@ const SENSING_KINDS: [&str; 4] = [
     "camera.moved",
     "camera.motion",
 ];
-
-fn camera_toml(id: &str, url: &str, extra: &str) -> String {
-    format!(
-        "\n[[cameras]]\nid = \"{id}\"\nname = \"Camera {id}\"\nurl = \"{url}\"\nstall_timeout = \"3s\"\n{extra}"
-    )
-}
 
 /// Sensing with a short hold-down, so that the tests take seconds, not minutes.
 fn sensing(extra: &str) -> String {
@@ -35,15 +30,6 @@ fn zone(name: &str, x0: f64, y0: f64, x1: f64, y1: f64, schedule: &str) -> Strin
 
 async fn camera(gw: &TestGateway, id: &str) -> Option<Value> {
     try_json(gw.url(&format!("/api/v1/cameras/{id}"))).await
-}
-
-fn small(pattern: Pattern) -> CameraOptions {
-    CameraOptions {
-        pattern,
-        width: 320,
-        height: 180,
-        ..Default::default()
-    }
 }
 
 /// Sensing events of `camera` stored at central.
@@ -144,18 +130,15 @@ async fn snapshots_are_jpegs_of_the_configured_size_for_viewers_only() {
 async fn central_gets_a_snapshot_through_a_command() {
     init_test_logging();
     let central = TestCentral::embedded().await.unwrap();
-    let cam = TestCamera::start(small(Pattern::Moving)).unwrap();
-    let extra = camera_toml("gate", cam.url().as_str(), &sensing(""));
-    let gw = TestGateway::start_with(
+    let (_cam, gw) = sensed(
+        &central,
         "gw-cmd",
-        central.broker_url.as_deref().unwrap(),
-        None,
-        &extra,
+        CameraOptions::small(Pattern::Moving),
+        "",
     )
-    .await
-    .unwrap();
+    .await;
     let url = format!(
-        "http://{}/api/v1/gateways/gw-cmd/cameras/gate/snapshot.jpg",
+        "http://{}/api/v1/gateways/gw-cmd/cameras/cam/snapshot.jpg",
         central.http_addr
     );
     let body = eventually(
@@ -219,7 +202,13 @@ async fn wait_condition(gw: &TestGateway, condition: &str, within: Duration) -> 
 async fn a_black_picture_raises_covered_with_its_snapshot() {
     init_test_logging();
     let central = TestCentral::embedded().await.unwrap();
-    let (_cam, gw) = sensed(&central, "gw-black", small(Pattern::Black), "").await;
+    let (_cam, gw) = sensed(
+        &central,
+        "gw-black",
+        CameraOptions::small(Pattern::Black),
+        "",
+    )
+    .await;
     let c = wait_condition(&gw, "covered", Duration::from_secs(40)).await;
     assert_eq!(
         c["sensing"],
@@ -254,7 +243,7 @@ async fn a_picture_that_stands_still_in_a_running_stream_is_frozen() {
             gw_id,
             CameraOptions {
                 codec,
-                ..small(Pattern::Static)
+                ..CameraOptions::small(Pattern::Static)
             },
             "",
         )
@@ -303,7 +292,7 @@ async fn motion_is_raised_in_its_zone_during_its_schedule_only() {
     let (_cam, gw) = sensed(
         &central,
         "gw-motion",
-        small(Pattern::Object(0.1, 0.1)),
+        CameraOptions::small(Pattern::Object(0.1, 0.1)),
         &zones,
     )
     .await;
@@ -341,7 +330,13 @@ async fn a_quiet_live_scene_raises_nothing_over_a_long_run_and_a_turned_camera_i
         zone("door", 0.3, 0.2, 0.7, 0.5, ""),
     ]
     .concat();
-    let (mut cam, gw) = sensed(&central, "gw-quiet", small(Pattern::Scene), &zones).await;
+    let (mut cam, gw) = sensed(
+        &central,
+        "gw-quiet",
+        CameraOptions::small(Pattern::Scene),
+        &zones,
+    )
+    .await;
     let t0 = Instant::now();
     // 20 hold-downs of a quiet scene.
     let run = Duration::from_secs(60);
@@ -374,7 +369,7 @@ async fn a_quiet_live_scene_raises_nothing_over_a_long_run_and_a_turned_camera_i
 #[tokio::test]
 async fn a_camera_back_at_another_size_gets_pictures_of_the_new_size() {
     init_test_logging();
-    let mut cam = TestCamera::start(small(Pattern::Moving)).unwrap();
+    let mut cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
     let extra = camera_toml(
         "cam",
         cam.url().as_str(),
