@@ -14,6 +14,8 @@ packages=(
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  # browser tests: Debian's Chromium, driven by playwright-core (never a downloaded browser)
+  chromium fonts-wqy-microhei
   # tools used by tests and benchmarks
   ffmpeg openssl curl ca-certificates iproute2 procps
 )
@@ -33,6 +35,17 @@ else
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   echo "bootstrap: installed ${missing[*]}"
+fi
+
+# Node.js drives the browser tests; use the machine's own when it has one.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  echo "bootstrap: installing Node.js and npm"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+fi
+browser_dir="$(dirname "$0")/../tests/browser"
+if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
+  echo "bootstrap: installing playwright-core for the browser tests (no browser download)"
+  (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
 # The Debian mosquitto package starts a system broker on :1883; the tests start their own on free

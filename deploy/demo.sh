@@ -177,6 +177,7 @@ GridEdge demo is running.
   gateway   http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras   (camera health)
             http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras/hall-entrance/snapshot.jpg
                                                   (with -H 'Authorization: Bearer viewer-token')
+            http://127.0.0.1:$GATEWAY_PORT/viewer?token=viewer-token   (camera wall, live video)
             http://127.0.0.1:$GATEWAY_PORT/healthz
             http://127.0.0.1:$GATEWAY_PORT/metrics
   cameras   rtsp://127.0.0.1:$CAMERA_PORT/cam   (simulated, H.264: bars with a moving ball in zone "counter")
@@ -192,6 +193,22 @@ camera_health
 echo
 echo "Snapshot from the gateway:  $run/hall-entrance.jpg  ($(jpeg_info "$run/hall-entrance.jpg" 2>/dev/null || echo none))"
 echo "Snapshot through central:   $run/central-snapshot.jpg  ($(jpeg_info "$run/central-snapshot.jpg" 2>/dev/null || echo none))"
+echo
+echo "The security room's camera wall, played in headless Chromium (fMP4 over WebSocket, no re-encoding):"
+if SCREENSHOT="$run/camera-wall.png" node tests/browser/watch.mjs \
+    "http://127.0.0.1:$GATEWAY_PORT/viewer?token=viewer-token" 1 20000 1000 2>/dev/null \
+    | /usr/bin/python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+for a, b in zip(r["first"], r["second"]):
+    print("  %-14s %dx%d, playing: t=%.1f s -> %.1f s" % (b["camera"], b["width"], b["height"], a["time"], b["time"]))
+for n in r["notes"]:
+    print("  note:", n)
+'; then
+  echo "  screenshot: $run/camera-wall.png"
+else
+  echo "  (the wall did not play; open the page below in a browser)"
+fi
 echo
 echo "Events central stored from the gateway (camera changes, sensing alerts, one posted by the demo):"
 curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01" | /usr/bin/python3 -c '

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod metrics;
 pub mod outbox;
 pub mod uplink;
+pub mod video;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub cameras: camera::Cameras,
     /// Snapshots and sensing per enabled camera.
     pub analyses: std::collections::BTreeMap<String, Arc<camera::Analysis>>,
+    /// Live video per enabled camera.
+    pub lives: std::collections::BTreeMap<String, video::Live>,
     pub tokens: api::auth::DeviceTokens,
     pub started: Instant,
 }
@@ -155,6 +158,10 @@ pub async fn start(
         metrics,
         outbox,
         cameras,
+        lives: enabled
+            .iter()
+            .map(|c| (c.id.clone(), video::Live::new()))
+            .collect(),
         analyses,
         tokens,
         started: Instant::now(),
@@ -171,8 +178,16 @@ pub async fn start(
         let Some(analysis) = shared.analyses.get(&cam.id).cloned() else {
             continue;
         };
-        let session =
-            camera::CameraSession::new(cam, shared.cameras.clone(), analysis, decoders.clone());
+        let Some(live) = shared.lives.get(&cam.id).cloned() else {
+            continue;
+        };
+        let session = camera::CameraSession::new(
+            cam,
+            shared.cameras.clone(),
+            analysis,
+            decoders.clone(),
+            live,
+        );
         let t = parts.token().clone();
         parts.spawn(async move {
             session.run(t).await;

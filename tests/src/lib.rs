@@ -6,6 +6,7 @@
 //! so the logs of a failed run can be read.
 
 pub mod backbone;
+pub mod browser;
 pub mod camera;
 pub mod mosquitto;
 pub mod pki;

@@ -52,10 +52,16 @@ impl DeviceTokens {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| unauthorized("Authorization must be Bearer <device token>"))?;
+        self.device(token)
+    }
+
+    /// The device a bare token belongs to (browsers cannot set headers on a WebSocket, so
+    /// viewer pages pass it as `?token=`).
+    pub fn device(&self, token: &str) -> Result<&str, ApiError> {
         self.by_token
             .get(token.trim())
             .map(String::as_str)
-            .ok_or_else(|| unauthorized("unknown device token"))
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unknown device token"))
     }
 
     pub fn len(&self) -> usize {

@@ -17,7 +17,14 @@ use crate::Shared;
 
 /// `GET /api/v1/cameras`: the health of every camera.
 pub async fn list(State(shared): State<Arc<Shared>>) -> Json<Vec<CameraHealth>> {
-    Json(shared.cameras.snapshot())
+    Json(with_viewers(&shared, shared.cameras.snapshot()))
+}
+
+fn with_viewers(shared: &Shared, mut cams: Vec<CameraHealth>) -> Vec<CameraHealth> {
+    for c in &mut cams {
+        c.viewers = shared.lives.get(&c.id).map_or(0, |l| l.viewers());
+    }
+    cams
 }
 
 /// `GET /api/v1/cameras/{id}`: the health of one camera.
@@ -25,9 +32,7 @@ pub async fn one(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
 ) -> Result<Json<CameraHealth>, ApiError> {
-    shared
-        .cameras
-        .snapshot()
+    with_viewers(&shared, shared.cameras.snapshot())
         .into_iter()
         .find(|c| c.id == id)
         .map(Json)
@@ -40,7 +45,7 @@ pub async fn latest(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    viewer(&shared, &headers)?;
+    viewer(&shared, &headers, None)?;
     let analysis = shared.analyses.get(&id).ok_or_else(|| unknown(&id))?;
     match analysis.latest() {
         Some(shot) => Ok(jpeg(shot)),
@@ -57,7 +62,7 @@ pub async fn evidence(
     Path((id, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    viewer(&shared, &headers)?;
+    viewer(&shared, &headers, None)?;
     let analysis = shared.analyses.get(&id).ok_or_else(|| unknown(&id))?;
     let reference: u64 = file
         .strip_suffix(".jpg")
@@ -79,9 +84,19 @@ fn unknown(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no enabled camera {id:?}"))
 }
 
-/// Only video terminals and screens may see camera pictures.
-fn viewer(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    let device = shared.tokens.authenticate(headers)?;
+/// Only video terminals and screens may see camera pictures; their token comes in the
+/// `Authorization` header or, for pages, as `?token=`.
+pub(super) fn viewer(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(), ApiError> {
+    let device = match query_token {
+        Some(t) if !headers.contains_key(axum::http::header::AUTHORIZATION) => {
+            shared.tokens.device(t)?
+        }
+        _ => shared.tokens.authenticate(headers)?,
+    };
     let allowed = shared.config.terminals.iter().any(|t| {
         t.id == device && matches!(t.kind, TerminalKind::VideoTerminal | TerminalKind::Screen)
     });

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cameras;
 pub mod events;
+pub mod live;
 
 use std::sync::Arc;
 
@@ -49,6 +50,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/cameras", get(cameras::list))
         .route("/api/v1/cameras/{id}", get(cameras::one))
         .route("/api/v1/cameras/{id}/snapshot.jpg", get(cameras::latest))
+        .route("/api/v1/cameras/{id}/live", get(live::live_ws))
+        .route("/viewer", get(live::viewer_page))
         .route(
             "/api/v1/cameras/{id}/snapshots/{file}",
             get(cameras::evidence),

@@ -9,7 +9,7 @@
 use super::decode::VideoCodec;
 
 /// NAL units of an Annex B buffer, without their start codes.
-fn nals(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn nals(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut starts = Vec::new();
     let mut i = 0;
     while i + 3 <= data.len() {

@@ -94,6 +94,8 @@ pub struct CameraHealth {
     pub sensing: Vec<String>,
     /// The figures of the last sensing observation.
     pub measures: Option<super::sensing::Measures>,
+    /// Live viewers now (filled in by the API from the camera's live stream).
+    pub viewers: usize,
     #[serde(skip)]
     pub last_frame_at: Option<Instant>,
     #[serde(skip)]
@@ -142,6 +144,7 @@ impl CameraHealth {
             snapshot_at_ms: None,
             sensing: Vec::new(),
             measures: None,
+            viewers: 0,
             last_frame_at: None,
             rate: RateWindow::default(),
         }

@@ -5,7 +5,7 @@
 //! A camera that does not answer, answers garbage or restarts only affects its own task.
 
 mod analysis;
-mod annexb;
+pub(crate) mod annexb;
 mod decode;
 mod health;
 pub mod sensing;

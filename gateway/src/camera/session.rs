@@ -38,6 +38,7 @@ pub struct CameraSession {
     analysis: Arc<Analysis>,
     /// Absent when FFmpeg could not start: the camera is then watched without pictures.
     decoders: Option<Decoders>,
+    live: crate::video::Live,
 }
 
 impl CameraSession {
@@ -46,6 +47,7 @@ impl CameraSession {
         cameras: Cameras,
         analysis: Arc<Analysis>,
         decoders: Option<Decoders>,
+        live: crate::video::Live,
     ) -> Self {
         Self {
             camera,
@@ -53,6 +55,7 @@ impl CameraSession {
             group: Arc::new(SessionGroup::default()),
             analysis,
             decoders,
+            live,
         }
     }
 
@@ -67,6 +70,7 @@ impl CameraSession {
                 _ = token.cancelled() => Ended::Cancelled,
                 e = self.stream(&mut backoff, &mut sessions) => e,
             };
+            self.live.stop();
             let (state, error) = match ended {
                 Ended::Cancelled => break,
                 Ended::Failed(state, error) => (state, error),
@@ -195,6 +199,8 @@ impl CameraSession {
             };
             if !streaming || frame.has_new_parameters() {
                 if let Some(ParametersRef::Video(v)) = demuxed.streams()[i].parameters() {
+                    self.live
+                        .set_parameters(v, video_codec == Some(VideoCodec::H265));
                     let (w, h) = v.pixel_dimensions();
                     self.cameras.update(&cam.id, |hl| {
                         hl.width = Some(w);
@@ -233,6 +239,8 @@ impl CameraSession {
             );
             self.cameras
                 .update(&cam.id, |h| h.frame(now, len, ts, key, lost));
+            self.live
+                .frame(frame.timestamp().elapsed(), key, frame.data());
             if let (Some(decoders), Some(vc)) = (&self.decoders, video_codec) {
                 if let Some(want) = self.analysis.on_frame(now, key, len) {
                     let data = keyframes.self_contained(vc, frame.into_data());

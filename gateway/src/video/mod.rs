@@ -1,0 +1,7 @@
+//! Live video: each camera's frames packaged once as fragmented MP4 ([`fmp4`]) and shared by
+//! every viewer ([`live`]), without re-encoding.
+
+pub mod fmp4;
+pub mod live;
+
+pub use live::{Joined, Live, Piece, Track};

@@ -1,0 +1,58 @@
+//! Pages in a real browser: Debian's headless Chromium driven by playwright-core
+//! (`tests/browser/watch.mjs`, installed by `deploy/bootstrap.sh`).
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{workspace_root, Result};
+
+/// One `<video data-camera>` of a page.
+#[derive(Debug, Clone, Deserialize)]
+pub struct VideoState {
+    pub camera: String,
+    /// `currentTime`, seconds.
+    pub time: f64,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The page's videos, looked at twice, and the notes it shows.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Watched {
+    pub first: Vec<VideoState>,
+    pub second: Vec<VideoState>,
+    pub notes: Vec<String>,
+    /// Whether every video played past the minimum time before the timeout.
+    #[serde(skip)]
+    pub played: bool,
+}
+
+/// Opens `url` in headless Chromium, waits until every video has played past `min_time`
+/// seconds (at most `timeout`), then reads them twice, `gap` apart.
+pub fn watch(url: &str, min_time: f64, timeout: Duration, gap: Duration) -> Result<Watched> {
+    let dir = workspace_root().join("tests/browser");
+    anyhow::ensure!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run deploy/bootstrap.sh"
+    );
+    let out = Command::new("node")
+        .current_dir(&dir)
+        .arg("watch.mjs")
+        .arg(url)
+        .arg(min_time.to_string())
+        .arg(timeout.as_millis().to_string())
+        .arg(gap.as_millis().to_string())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let mut watched: Watched = serde_json::from_str(line).map_err(|e| {
+        anyhow::anyhow!(
+            "watch.mjs printed no report ({e}); stdout: {stdout}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    watched.played = out.status.success();
+    Ok(watched)
+}

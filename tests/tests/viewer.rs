@@ -1,0 +1,228 @@
+//! The security room's camera wall in a real browser (headless Chromium): live video over
+//! fragmented MP4 and Media Source Extensions, straight from the RTSP camera.
+
+use std::time::Duration;
+
+use gridedge_tests::browser::watch;
+use gridedge_tests::services::{viewer_token, TestGateway};
+use gridedge_tests::{
+    camera_toml, init_test_logging, try_json, CameraOptions, Codec, Pattern, TestCamera,
+};
+
+async fn streaming(gw: &TestGateway, id: &str) {
+    gridedge_tests::eventually("streaming", Duration::from_secs(20), || async {
+        let c = try_json(gw.url(&format!("/api/v1/cameras/{id}"))).await?;
+        (c["state"] == "streaming").then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_camera_wall_plays_the_camera_live_in_chromium() {
+    init_test_logging();
+    let cam = TestCamera::start(CameraOptions {
+        width: 640,
+        height: 360,
+        ..CameraOptions::small(Pattern::Moving)
+    })
+    .unwrap();
+    let gw = TestGateway::start_with(
+        "gw-wall",
+        "mqtt://127.0.0.1:1",
+        None,
+        &camera_toml("hall", cam.url().as_str(), ""),
+    )
+    .await
+    .unwrap();
+    streaming(&gw, "hall").await;
+    let url = gw.url(&format!("/viewer?token={}", viewer_token("gw-wall")));
+    let w = tokio::task::spawn_blocking(move || {
+        watch(
+            &url,
+            1.0,
+            Duration::from_secs(30),
+            Duration::from_millis(1500),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(w.played, "the video never played: {w:?}");
+    let (a, b) = (&w.first[0], &w.second[0]);
+    assert_eq!(a.camera, "hall");
+    assert_eq!((b.width, b.height), (640, 360), "{w:?}");
+    assert!(
+        b.time > a.time + 0.5,
+        "the video's time does not advance: {w:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_h265_camera_is_explained_not_played_where_chromium_cannot_decode_it() {
+    init_test_logging();
+    let cam = TestCamera::start(CameraOptions {
+        codec: Codec::H265,
+        ..CameraOptions::small(Pattern::Moving)
+    })
+    .unwrap();
+    let gw = TestGateway::start_with(
+        "gw-wall5",
+        "mqtt://127.0.0.1:1",
+        None,
+        &camera_toml("yard", cam.url().as_str(), ""),
+    )
+    .await
+    .unwrap();
+    streaming(&gw, "yard").await;
+    let url = gw.url(&format!("/viewer?token={}", viewer_token("gw-wall5")));
+    let w = tokio::task::spawn_blocking(move || {
+        watch(
+            &url,
+            1.0,
+            Duration::from_secs(6),
+            Duration::from_millis(100),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        w.notes
+            .iter()
+            .any(|n| n.contains("H.265") && n.contains("cannot play")),
+        "{w:?}"
+    );
+}
+
+#[tokio::test]
+async fn live_video_needs_a_video_terminal_token() {
+    init_test_logging();
+    let cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
+    let gw = TestGateway::start_with(
+        "gw-wallt",
+        "mqtt://127.0.0.1:1",
+        None,
+        &camera_toml("hall", cam.url().as_str(), ""),
+    )
+    .await
+    .unwrap();
+    let ws = |token: &str| {
+        format!(
+            "ws://{}/api/v1/cameras/hall/live?token={token}",
+            gw.http_addr
+        )
+    };
+    // A plain GET with the WebSocket headers: refused before any upgrade.
+    for (token, status) in [
+        ("nope".to_owned(), 401),
+        (gridedge_tests::services::source_token("gw-wallt"), 403),
+    ] {
+        let r = reqwest::Client::new()
+            .get(ws(&token).replace("ws://", "http://"))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "token {token}");
+    }
+}
+
+/// A WebSocket viewer of `camera`: (the track JSON, bytes received) after `frames` fragments,
+/// leaving once `hold` completes.
+async fn view(
+    addr: std::net::SocketAddr,
+    gw_id: &str,
+    camera: &str,
+    frames: usize,
+    hold: impl std::future::Future,
+) -> (serde_json::Value, usize) {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!(
+        "ws://{addr}/api/v1/cameras/{camera}/live?token={}",
+        viewer_token(gw_id)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut track = serde_json::Value::Null;
+    let (mut binary, mut bytes) = (0, 0);
+    while binary < frames + 1 {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => track = serde_json::from_str(&t).unwrap(),
+            Some(Ok(Message::Binary(b))) => {
+                binary += 1;
+                bytes += b.len();
+            }
+            Some(Ok(_)) => {}
+            other => panic!("viewer stream ended: {other:?}"),
+        }
+    }
+    // Still connected (and receiving) until told to leave.
+    hold.await;
+    drop(ws);
+    (track, bytes)
+}
+
+#[tokio::test]
+async fn ten_viewers_of_one_camera_share_one_upstream() {
+    init_test_logging();
+    let cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
+    let gw = TestGateway::start_with(
+        "gw-ten",
+        "mqtt://127.0.0.1:1",
+        None,
+        &camera_toml("hall", cam.url().as_str(), ""),
+    )
+    .await
+    .unwrap();
+    streaming(&gw, "hall").await;
+    // Ten viewers, each held open while the others join.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let rx = futures::future::FutureExt::shared(async { rx.await.ok() });
+    let mut viewers = Vec::new();
+    for _ in 0..10 {
+        let (gw_addr, id) = (gw.http_addr, gw.id.clone());
+        let hold = rx.clone();
+        viewers.push(tokio::spawn(async move {
+            view(gw_addr, &id, "hall", 50, hold).await
+        }));
+    }
+    let c = gridedge_tests::eventually("ten viewers", Duration::from_secs(20), || async {
+        let c = try_json(gw.url("/api/v1/cameras/hall")).await?;
+        (c["viewers"] == 10).then_some(c)
+    })
+    .await
+    .unwrap();
+    // One RTSP session for all of them.
+    assert_eq!(
+        (c["attempts"].as_u64(), c["reconnects"].as_u64()),
+        (Some(1), Some(0)),
+        "{c}"
+    );
+    tx.send(()).unwrap();
+    for v in viewers {
+        let (track, bytes) = v.await.unwrap();
+        assert_eq!(
+            (track["width"].as_u64(), track["height"].as_u64()),
+            (Some(320), Some(180)),
+            "{track}"
+        );
+        assert!(
+            track["mime"]
+                .as_str()
+                .unwrap()
+                .starts_with("video/mp4; codecs=\"avc1."),
+            "{track}"
+        );
+        assert!(bytes > 10_000, "{bytes} bytes for 50 frames");
+    }
+    gridedge_tests::eventually("viewers gone", Duration::from_secs(10), || async {
+        let c = try_json(gw.url("/api/v1/cameras/hall")).await?;
+        (c["viewers"] == 0).then_some(())
+    })
+    .await
+    .unwrap();
+}
