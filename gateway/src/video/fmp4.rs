@@ -278,7 +278,7 @@ pub fn annexb_to_sample(h265: bool, data: &[u8]) -> Vec<u8> {
         let skip = if h265 {
             matches!((nal[0] >> 1) & 0x3F, 32..=35)
         } else {
-            matches!(nal[0] & 0x1F, 7 | 8 | 9)
+            matches!(nal[0] & 0x1F, 7..=9)
         };
         if !skip {
             out.extend_from_slice(&(nal.len() as u32).to_be_bytes());
