@@ -22,6 +22,50 @@ pub struct CentralConfig {
     pub health: HealthPolicy,
     #[serde(default)]
     pub identity: Identity,
+    #[serde(default)]
+    pub relay: Relay,
+}
+
+/// Video sharing: gateways push a shared camera's video to central, which fans it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// Where gateways reach central's HTTP API to push video (`http://` or `https://`).
+    /// Default: `http://` and the `[http] listen` address (127.0.0.1 when it listens on all).
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Longest share an operator may grant. Default 4 h.
+    #[serde(default = "default_max_share", with = "humantime_serde")]
+    pub max_share: std::time::Duration,
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            max_share: default_max_share(),
+        }
+    }
+}
+
+fn default_max_share() -> std::time::Duration {
+    std::time::Duration::from_secs(4 * 3600)
+}
+
+impl CentralConfig {
+    /// The base URL gateways push video to.
+    pub fn relay_url(&self) -> String {
+        match &self.relay.public_url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => {
+                let mut addr = self.http.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}")
+            }
+        }
+    }
 }
 
 /// How central knows who a message is from.
@@ -163,6 +207,17 @@ impl Document for CentralConfig {
     fn validate(&self, v: &mut Validator) {
         v.id("central.id", &self.central.id);
         v.non_empty("central.name", &self.central.name);
+        if let Some(u) = &self.relay.public_url {
+            match url::Url::parse(u) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+                Ok(p) => v.error(
+                    "relay.public_url",
+                    format!("scheme must be http or https, not {}", p.scheme()),
+                ),
+                Err(e) => v.error("relay.public_url", format!("{u:?} is not a URL: {e}")),
+            }
+        }
+        v.positive("relay.max_share", self.relay.max_share);
         match (&self.broker.embedded, &self.broker.external) {
             (Some(_), Some(_)) => v.error(
                 "broker",

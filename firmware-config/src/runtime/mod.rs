@@ -3,6 +3,7 @@
 
 pub mod mqtt;
 pub mod signing;
+pub mod video_hub;
 
 use std::net::SocketAddr;
 

@@ -7,15 +7,15 @@
 
 use std::sync::Arc;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 
 use super::ApiError;
-use crate::video::{live, Live, Piece, Track};
 use crate::Shared;
+use firmware_config::runtime::video_hub;
 
 #[derive(Debug, Deserialize)]
 pub struct TokenQuery {
@@ -40,56 +40,24 @@ pub async fn live_ws(
     tracing::info!(camera = %id, viewers = live.viewers() + 1, "live viewer joined");
     Ok(ws
         .on_upgrade(move |socket| async move {
-            serve(socket, live).await;
+            video_hub::serve_viewer(socket, live.hub().clone(), std::future::pending()).await;
             tracing::info!(camera = %id, "live viewer left");
         })
         .into_response())
 }
 
-async fn send_track(socket: &mut WebSocket, track: &Track, init: bytes::Bytes) -> bool {
-    let Ok(json) = serde_json::to_string(track) else {
-        return false;
-    };
-    socket.send(Message::Text(json.into())).await.is_ok()
-        && socket.send(Message::Binary(init)).await.is_ok()
-}
-
-async fn serve(mut socket: WebSocket, live: Live) {
-    let joined = live.join();
-    let mut rx = joined.rx;
-    // Until there is a track, wait for one; then start on the last keyframe.
-    let mut skipping = joined.track.is_none();
-    if let Some((track, init)) = joined.track {
-        if !send_track(&mut socket, &track, init).await {
-            return;
-        }
-        for fragment in joined.gop {
-            if socket.send(Message::Binary(fragment)).await.is_err() {
-                return;
-            }
-        }
-    }
-    loop {
-        tokio::select! {
-            piece = live::next_piece(&mut rx, &mut skipping) => {
-                let sent = match piece {
-                    None => break,
-                    Some(Piece::Init(track, init)) => send_track(&mut socket, &track, init).await,
-                    Some(Piece::Fragment { bytes, .. }) => socket.send(Message::Binary(bytes)).await.is_ok(),
-                };
-                if !sent {
-                    break;
-                }
-            }
-            msg = socket.recv() => match msg {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
-                Some(Ok(_)) => {}
-            },
-        }
-    }
-}
-
 /// `GET /viewer?token=…`: the wall of the centre's cameras, live, with their health.
 pub async fn viewer_page() -> Html<&'static str> {
     Html(include_str!("viewer.html"))
+}
+
+/// `GET /player.js`: the Media Source player the pages share.
+pub async fn player_js() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        video_hub::PLAYER_JS,
+    )
 }

@@ -52,6 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/cameras/{id}/snapshot.jpg", get(cameras::latest))
         .route("/api/v1/cameras/{id}/live", get(live::live_ws))
         .route("/viewer", get(live::viewer_page))
+        .route("/player.js", get(live::player_js))
         .route(
             "/api/v1/cameras/{id}/snapshots/{file}",
             get(cameras::evidence),

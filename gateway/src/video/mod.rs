@@ -4,4 +4,4 @@
 pub mod fmp4;
 pub mod live;
 
-pub use live::{Joined, Live, Piece, Track};
+pub use live::{next_piece, Hub, Joined, Live, Piece, Track};
