@@ -9,6 +9,7 @@ pub mod broker;
 pub mod link;
 pub mod metrics;
 pub mod registry;
+pub mod share;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -61,6 +62,10 @@ pub struct Shared {
     pub verifier: Option<firmware_config::runtime::signing::Verifier>,
     /// Commands to gateways, sent on central's MQTT session.
     pub commands: link::commands::Commands,
+    /// Video sharing: grants, relays, audit.
+    pub shares: share::Shares,
+    /// Stops everything central started.
+    pub token: CancellationToken,
     pub started: Instant,
 }
 
@@ -116,6 +121,15 @@ pub async fn start(
         .await
         .map_err(CentralError::Http)?;
     let http_addr = listener.local_addr().map_err(CentralError::Http)?;
+    let shares = share::Shares::open(
+        &config.storage.dir,
+        config.relay_url(http_addr),
+        config.relay.max_share,
+    )
+    .map_err(|source| CentralError::Storage {
+        path: config.storage.dir.display().to_string(),
+        source,
+    })?;
     let shared = Arc::new(Shared {
         metrics: Metrics::new(&config),
         registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),
@@ -123,6 +137,8 @@ pub async fn start(
         store,
         verifier,
         commands: link.commands(),
+        shares,
+        token: token.clone(),
         started: Instant::now(),
     });
     let mut parts = Parts::new("central", token);

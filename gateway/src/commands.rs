@@ -8,10 +8,15 @@ use crate::Shared;
 
 /// Command names this gateway understands.
 pub const SNAPSHOT: &str = "camera.snapshot";
+pub const UPSTREAM_START: &str = "video.upstream.start";
+pub const UPSTREAM_STOP: &str = "video.upstream.stop";
 
 pub fn handle(shared: &Shared, cmd: &Command) -> CommandReply {
     let result = match cmd.name.as_str() {
         SNAPSHOT => snapshot(shared, &cmd.args),
+        UPSTREAM_START => upstream_start(shared, &cmd.args),
+        UPSTREAM_STOP => camera_arg(&cmd.args)
+            .map(|c| json!({ "camera": c, "was_running": shared.upstreams.stop(c) })),
         other => Err(format!("unknown command {other:?}")),
     };
     match result {
@@ -30,12 +35,32 @@ pub fn handle(shared: &Shared, cmd: &Command) -> CommandReply {
     }
 }
 
+fn camera_arg(args: &Value) -> Result<&str, String> {
+    args.get("camera")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "args.camera (a camera id) is required".to_owned())
+}
+
+/// `video.upstream.start {"camera": id, "url": ws-url}`: push the camera's live video there.
+fn upstream_start(shared: &Shared, args: &Value) -> Result<Value, String> {
+    let id = camera_arg(args)?;
+    let url = args
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or("args.url (where to push) is required")?;
+    let live = shared
+        .lives
+        .get(id)
+        .ok_or_else(|| format!("no enabled camera {id:?}"))?;
+    shared
+        .upstreams
+        .start(id, url.to_owned(), live.hub().clone(), &shared.token)?;
+    Ok(json!({ "camera": id }))
+}
+
 /// `camera.snapshot {"camera": id}`: the camera's latest JPEG, base64 in `data.jpeg`.
 fn snapshot(shared: &Shared, args: &Value) -> Result<Value, String> {
-    let id = args
-        .get("camera")
-        .and_then(Value::as_str)
-        .ok_or("args.camera (a camera id) is required")?;
+    let id = camera_arg(args)?;
     let analysis = shared
         .analyses
         .get(id)

@@ -60,6 +60,10 @@ pub struct Shared {
     pub analyses: std::collections::BTreeMap<String, Arc<camera::Analysis>>,
     /// Live video per enabled camera.
     pub lives: std::collections::BTreeMap<String, video::Live>,
+    /// Video pushed to central's relay.
+    pub upstreams: video::upstream::Upstreams,
+    /// Stops everything the gateway started, pushes included.
+    pub token: CancellationToken,
     pub tokens: api::auth::DeviceTokens,
     pub started: Instant,
 }
@@ -163,6 +167,8 @@ pub async fn start(
             .map(|c| (c.id.clone(), video::Live::new()))
             .collect(),
         analyses,
+        upstreams: Default::default(),
+        token: token.clone(),
         tokens,
         started: Instant::now(),
     });

@@ -8,6 +8,7 @@
 pub mod backbone;
 pub mod browser;
 pub mod camera;
+pub mod live;
 pub mod mosquitto;
 pub mod pki;
 pub mod process;

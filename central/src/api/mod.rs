@@ -16,12 +16,21 @@ use crate::metrics::{GatewayClassLabel, GatewayLabel, PresenceLabel};
 use crate::registry::GatewayView;
 use crate::Shared;
 
+pub mod shares;
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/shares", get(shares::list).post(shares::create))
+        .route("/api/v1/shares/{id}", axum::routing::delete(shares::revoke))
+        .route("/api/v1/shares/live", get(shares::live))
+        .route("/api/v1/relay/push/{gateway}/{camera}", get(shares::push))
+        .route("/api/v1/audit", get(shares::audit))
+        .route("/share", get(shares::page))
+        .route("/player.js", get(shares::player_js))
         .route(
             "/api/v1/gateways/{gateway}/cameras/{camera}/snapshot.jpg",
             get(camera_snapshot),

@@ -53,12 +53,12 @@ fn default_max_share() -> std::time::Duration {
 }
 
 impl CentralConfig {
-    /// The base URL gateways push video to.
-    pub fn relay_url(&self) -> String {
+    /// The base URL gateways push video to; `bound` is where the HTTP API really listens.
+    pub fn relay_url(&self, bound: std::net::SocketAddr) -> String {
         match &self.relay.public_url {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => {
-                let mut addr = self.http.listen;
+                let mut addr = bound;
                 if addr.ip().is_unspecified() {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }

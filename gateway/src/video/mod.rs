@@ -3,5 +3,6 @@
 
 pub mod fmp4;
 pub mod live;
+pub mod upstream;
 
 pub use live::{next_piece, Hub, Joined, Live, Piece, Track};

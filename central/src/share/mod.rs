@@ -1,0 +1,398 @@
+//! Video sharing through central: grants, and the relay that fans a shared camera out to its
+//! viewers.
+//!
+//! A camera is pulled from its gateway only while someone watches it: the first viewer starts
+//! a keeper for the camera's [`Relay`], which asks the gateway (a `video.upstream.start`
+//! command with a one-time token) to push the camera's video to central over a connection the
+//! gateway opens. The keeper asks again whenever the push drops while viewers remain (a camera
+//! or gateway that reconnects), and ends the push 10 s after the last viewer left. Viewers of
+//! the camera — under any grant — share one push.
+
+pub mod audit;
+pub mod grant;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use firmware_config::ids::GatewayId;
+use firmware_config::runtime::video_hub::Hub;
+use ring::rand::SecureRandom;
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use grant::{Claims, Grant, Signer, TokenError};
+
+/// How long a relay keeps its push after the last viewer left.
+const LINGER: Duration = Duration::from_secs(10);
+/// How long the keeper waits for a push it asked for before asking again.
+const PUSH_WAIT: Duration = Duration::from_secs(5);
+
+/// One shared camera at central.
+pub struct Relay {
+    pub gateway: String,
+    pub camera: String,
+    pub hub: Hub,
+    /// The token the next push must present.
+    expected: Mutex<Option<String>>,
+    /// The current push: its number, and what ends it (the keeper, when nobody watches).
+    push: Mutex<Option<(u64, CancellationToken)>>,
+    keeper: AtomicBool,
+    /// Pushes accepted since central started.
+    pub pushes: std::sync::atomic::AtomicU64,
+}
+
+impl Relay {
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn pushing(&self) -> bool {
+        Self::lock(&self.push).is_some()
+    }
+
+    /// Accepts a push presenting `token` (once); returns its number and what ends it.
+    pub fn accept_push(&self, token: &str) -> Option<(u64, CancellationToken)> {
+        let mut expected = Self::lock(&self.expected);
+        // Compared in constant time: the token is a secret.
+        let ok = expected.as_deref().is_some_and(|e| {
+            e.len() == token.len()
+                && e.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !ok {
+            return None;
+        }
+        *expected = None;
+        let n = self.pushes.fetch_add(1, Ordering::Relaxed) + 1;
+        let end = CancellationToken::new();
+        if let Some((_, old)) = Self::lock(&self.push).replace((n, end.clone())) {
+            old.cancel();
+        }
+        Some((n, end))
+    }
+
+    /// Push `n` ended; a newer one, if any, stays.
+    pub fn push_ended(&self, n: u64) {
+        let mut push = Self::lock(&self.push);
+        if push.as_ref().is_some_and(|(current, _)| *current == n) {
+            *push = None;
+            drop(push);
+            self.hub.pause();
+        }
+    }
+}
+
+struct GrantState {
+    grant: Grant,
+    revoked: watch::Sender<bool>,
+}
+
+/// A grant as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct GrantView {
+    #[serde(flatten)]
+    pub grant: Grant,
+    pub revoked: bool,
+    pub viewers_watching: usize,
+    pub pushing: bool,
+}
+
+/// Grants, relays and the audit trail.
+pub struct Shares {
+    pub signer: Signer,
+    pub audit: audit::Audit,
+    pub relay_url: String,
+    pub max_share: Duration,
+    grants: Mutex<HashMap<String, GrantState>>,
+    relays: Mutex<HashMap<(String, String), Arc<Relay>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShareError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no share {0:?}")]
+    Unknown(String),
+    #[error("{0}")]
+    Token(#[from] TokenError),
+    #[error("the share was revoked")]
+    Revoked,
+    #[error("{0:?} is not a viewer of this share")]
+    NotAViewer(String),
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Central's key for share tokens: made once, kept in `share.key` (owner-only).
+fn load_key(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let path = dir.join("share.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() >= 32 => Ok(k),
+        _ => {
+            let mut key = vec![0u8; 32];
+            ring::rand::SystemRandom::new()
+                .fill(&mut key)
+                .map_err(|_| std::io::Error::other("no randomness"))?;
+            let tmp = dir.join("share.key.tmp");
+            std::fs::write(&tmp, &key)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            Ok(key)
+        }
+    }
+}
+
+impl Shares {
+    pub fn open(dir: &Path, relay_url: String, max_share: Duration) -> std::io::Result<Self> {
+        Ok(Self {
+            signer: Signer::new(&load_key(dir)?),
+            audit: audit::Audit::open(dir)?,
+            relay_url,
+            max_share,
+            grants: Mutex::default(),
+            relays: Mutex::default(),
+        })
+    }
+
+    fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<String, GrantState>> {
+        self.grants.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Grants `viewers` `camera` of `gateway` for `duration`; returns the grant and a token
+    /// per viewer.
+    pub fn grant(
+        &self,
+        gateway: &str,
+        camera: &str,
+        viewers: Vec<String>,
+        duration: Duration,
+        by: &str,
+    ) -> Result<(Grant, Vec<(String, String)>), ShareError> {
+        GatewayId::new(gateway.to_owned())
+            .map_err(|e| ShareError::Invalid(format!("gateway: {e}")))?;
+        firmware_config::ids::check_id(camera)
+            .map_err(|e| ShareError::Invalid(format!("camera: {e}")))?;
+        if viewers.is_empty() || viewers.iter().any(|v| v.trim().is_empty() || v.len() > 64) {
+            return Err(ShareError::Invalid(
+                "viewers: name 1 to 64 viewers by non-empty names of up to 64 bytes".into(),
+            ));
+        }
+        if duration.is_zero() || duration > self.max_share {
+            return Err(ShareError::Invalid(format!(
+                "duration: {}s is out of range; at most {}s",
+                duration.as_secs(),
+                self.max_share.as_secs()
+            )));
+        }
+        if by.trim().is_empty() {
+            return Err(ShareError::Invalid("by: say who grants the share".into()));
+        }
+        let t = now();
+        let grant = Grant {
+            id: random_hex(8),
+            gateway: gateway.to_owned(),
+            camera: camera.to_owned(),
+            viewers,
+            issued_at: t,
+            expires_at: t + duration.as_secs().max(1) as i64,
+            issued_by: by.to_owned(),
+        };
+        let tokens = grant
+            .viewers
+            .iter()
+            .map(|v| {
+                let claims = Claims {
+                    g: grant.id.clone(),
+                    v: v.clone(),
+                    e: grant.expires_at,
+                };
+                (v.clone(), self.signer.token(&claims))
+            })
+            .collect();
+        self.audit
+            .record("share.granted", json!({ "grant": grant }));
+        self.grants().insert(
+            grant.id.clone(),
+            GrantState {
+                grant: grant.clone(),
+                revoked: watch::channel(false).0,
+            },
+        );
+        Ok((grant, tokens))
+    }
+
+    /// Revokes a grant: its viewers are cut off at once.
+    pub fn revoke(&self, id: &str, by: &str) -> Result<Grant, ShareError> {
+        let grants = self.grants();
+        let state = grants
+            .get(id)
+            .ok_or_else(|| ShareError::Unknown(id.to_owned()))?;
+        state.revoked.send_replace(true);
+        self.audit
+            .record("share.revoked", json!({ "grant": id, "by": by }));
+        Ok(state.grant.clone())
+    }
+
+    /// Checks a viewer's token: the grant, and a signal that fires when it is revoked.
+    pub fn admit(&self, token: &str) -> Result<(Grant, String, watch::Receiver<bool>), ShareError> {
+        let claims = self.signer.verify(token, now())?;
+        let grants = self.grants();
+        let state = grants
+            .get(&claims.g)
+            .ok_or_else(|| ShareError::Unknown(claims.g.clone()))?;
+        if *state.revoked.borrow() {
+            return Err(ShareError::Revoked);
+        }
+        if !state.grant.viewers.contains(&claims.v) {
+            return Err(ShareError::NotAViewer(claims.v));
+        }
+        Ok((state.grant.clone(), claims.v, state.revoked.subscribe()))
+    }
+
+    /// The relay of a camera, made on first use.
+    pub fn relay(&self, gateway: &str, camera: &str) -> Arc<Relay> {
+        let mut relays = self.relays.lock().unwrap_or_else(PoisonError::into_inner);
+        relays
+            .entry((gateway.to_owned(), camera.to_owned()))
+            .or_insert_with(|| {
+                Arc::new(Relay {
+                    gateway: gateway.to_owned(),
+                    camera: camera.to_owned(),
+                    hub: Hub::new(),
+                    expected: Mutex::default(),
+                    push: Mutex::default(),
+                    keeper: AtomicBool::new(false),
+                    pushes: Default::default(),
+                })
+            })
+            .clone()
+    }
+
+    /// An existing relay.
+    pub fn existing_relay(&self, gateway: &str, camera: &str) -> Option<Arc<Relay>> {
+        self.relays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(gateway.to_owned(), camera.to_owned()))
+            .cloned()
+    }
+
+    pub fn list(&self) -> Vec<GrantView> {
+        let grants = self.grants();
+        let mut v: Vec<GrantView> = grants
+            .values()
+            .map(|s| {
+                let relay = self.existing_relay(&s.grant.gateway, &s.grant.camera);
+                GrantView {
+                    grant: s.grant.clone(),
+                    revoked: *s.revoked.borrow(),
+                    viewers_watching: relay.as_ref().map_or(0, |r| r.hub.viewers()),
+                    pushing: relay.as_ref().is_some_and(|r| r.pushing()),
+                }
+            })
+            .collect();
+        v.sort_by_key(|g| std::cmp::Reverse(g.grant.issued_at));
+        v
+    }
+}
+
+/// Keeps `relay` pushed while anyone watches it (see the module documentation). At most one
+/// keeper runs per relay.
+pub fn keep(shared: Arc<crate::Shared>, relay: Arc<Relay>, stop: CancellationToken) {
+    if relay.keeper.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async move {
+        let gateway = match GatewayId::new(relay.gateway.clone()) {
+            Ok(g) => g,
+            Err(_) => return,
+        };
+        let mut idle_since: Option<tokio::time::Instant> = None;
+        let mut wait = Duration::from_millis(500);
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            if relay.hub.viewers() == 0 {
+                let since = *idle_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= LINGER {
+                    break;
+                }
+            } else {
+                idle_since = None;
+                if !relay.pushing() {
+                    let token = random_hex(16);
+                    *Relay::lock(&relay.expected) = Some(token.clone());
+                    let url = format!(
+                        "{}/api/v1/relay/push/{}/{}?token={token}",
+                        shared.shares.relay_url, relay.gateway, relay.camera
+                    );
+                    let asked = shared
+                        .commands
+                        .send(
+                            &gateway,
+                            "video.upstream.start",
+                            json!({ "camera": relay.camera, "url": url }),
+                            PUSH_WAIT,
+                        )
+                        .await;
+                    match asked {
+                        Ok(_) => {
+                            // Wait for the push to arrive.
+                            let deadline = tokio::time::Instant::now() + PUSH_WAIT;
+                            while !relay.pushing() && tokio::time::Instant::now() < deadline {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                            wait = Duration::from_millis(500);
+                        }
+                        Err(e) => {
+                            tracing::warn!(gateway = %relay.gateway, camera = %relay.camera, error = %e, "cannot start the push");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                    continue;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Some((_, p)) = Relay::lock(&relay.push).take() {
+            p.cancel();
+        }
+        let _ = shared
+            .commands
+            .send(
+                &gateway,
+                "video.upstream.stop",
+                json!({ "camera": relay.camera }),
+                Duration::from_secs(2),
+            )
+            .await;
+        relay.hub.pause();
+        relay.keeper.store(false, Ordering::Release);
+        tracing::info!(gateway = %relay.gateway, camera = %relay.camera, "nobody watches: push ended");
+        // A viewer who came while this keeper was ending needs a keeper of its own.
+        if relay.hub.viewers() > 0 && !stop.is_cancelled() {
+            keep(shared, relay, stop);
+        }
+    });
+}

@@ -1,0 +1,109 @@
+//! Pushing a camera's live video to central's relay, on a connection the gateway opens (the
+//! centre sits behind NAT). Central asks with a `video.upstream.start` command naming the
+//! camera and the URL (with a one-time token); the push runs until central closes it, a
+//! `video.upstream.stop` command, or the gateway stops.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use firmware_config::runtime::video_hub::{catch_up, next_piece, to_upstream, Hub, WsMessage};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The pushes running now, per camera.
+#[derive(Default)]
+pub struct Upstreams {
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Upstreams {
+    /// Starts pushing `camera`'s `hub` to `url`, replacing a push of the same camera.
+    pub fn start(
+        &self,
+        camera: &str,
+        url: String,
+        hub: Hub,
+        parent: &CancellationToken,
+    ) -> Result<(), String> {
+        if !(url.starts_with("ws://") || url.starts_with("http://")) {
+            return Err(format!(
+                "cannot push video to {url:?}: this gateway pushes over ws:// or http:// only"
+            ));
+        }
+        let url = url.replacen("http://", "ws://", 1);
+        let token = parent.child_token();
+        if let Some(old) = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(camera.to_owned(), token.clone())
+        {
+            old.cancel();
+        }
+        let camera = camera.to_owned();
+        tokio::spawn(async move {
+            match push(&url, hub, token).await {
+                Ok(()) => tracing::info!(%camera, "video push to central ended"),
+                Err(e) => tracing::warn!(%camera, error = %e, "video push to central failed"),
+            }
+        });
+        Ok(())
+    }
+
+    pub fn stop(&self, camera: &str) -> bool {
+        match self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(camera)
+        {
+            Some(t) => {
+                t.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+async fn push(url: &str, hub: Hub, token: CancellationToken) -> Result<(), String> {
+    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .map_err(|_| "connecting to central timed out".to_owned())?
+        .map_err(|e| format!("cannot connect to central: {e}"))?;
+    tracing::info!("pushing live video to central");
+    let joined = hub.join();
+    let first = catch_up(&joined);
+    let mut rx = joined.rx;
+    let mut skipping = first.is_empty();
+    let to_message = |m: WsMessage| match m {
+        WsMessage::Text(t) => Message::Text(t.into()),
+        WsMessage::Binary(b) => Message::Binary(b),
+    };
+    for piece in &first {
+        for m in to_upstream(piece) {
+            ws.send(to_message(m)).await.map_err(|e| e.to_string())?;
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => break,
+            piece = next_piece(&mut rx, &mut skipping) => {
+                let Some(piece) = piece else { break };
+                for m in to_upstream(&piece) {
+                    ws.send(to_message(m)).await.map_err(|e| format!("central closed the push: {e}"))?;
+                }
+            }
+            msg = ws.next() => match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = ws.close(None).await;
+    Ok(())
+}

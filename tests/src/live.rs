@@ -1,0 +1,88 @@
+//! A live video viewer on a WebSocket (the gateway's camera wall or central's shares), for
+//! tests and benchmarks that count what arrives.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What a viewer has received so far.
+#[derive(Default)]
+pub struct Received {
+    /// Binary messages: init segments and fragments.
+    pub binary: AtomicU64,
+    pub bytes: AtomicU64,
+    /// Track descriptions (JSON), in order.
+    pub texts: Mutex<Vec<serde_json::Value>>,
+    /// When the first binary message after a track arrived (the first decodable picture).
+    pub first_fragment: Mutex<Option<Instant>>,
+    /// Set once the server closed the stream.
+    pub closed: Mutex<Option<Instant>>,
+    pub tracks: AtomicUsize,
+}
+
+impl Received {
+    pub fn binary(&self) -> u64 {
+        self.binary.load(Ordering::Relaxed)
+    }
+    pub fn texts(&self) -> Vec<serde_json::Value> {
+        self.texts.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+    pub fn closed_at(&self) -> Option<Instant> {
+        *self.closed.lock().ok()?
+    }
+}
+
+/// A viewer reading `url` in the background until the server closes it or the handle drops.
+pub struct Viewer {
+    pub received: Arc<Received>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Viewer {
+    /// Connects; fails when the server refuses the WebSocket (its HTTP status is in the error).
+    pub async fn connect(url: &str) -> crate::Result<Self> {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        let received = Arc::new(Received::default());
+        let r = received.clone();
+        let task = tokio::spawn(async move {
+            while let Some(msg) = ws.next().await {
+                match msg {
+                    Ok(Message::Text(t)) => {
+                        if let Ok(v) = serde_json::from_str(&t) {
+                            if let Ok(mut texts) = r.texts.lock() {
+                                texts.push(v);
+                            }
+                        }
+                        r.tracks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Message::Binary(b)) => {
+                        // The first binary after a track is its init segment; the next is
+                        // the first picture.
+                        let n = r.binary.fetch_add(1, Ordering::Relaxed) + 1;
+                        r.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
+                        if n == 2 {
+                            if let Ok(mut f) = r.first_fragment.lock() {
+                                f.get_or_insert_with(Instant::now);
+                            }
+                        }
+                    }
+                    Ok(Message::Close(_)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            if let Ok(mut c) = r.closed.lock() {
+                *c = Some(Instant::now());
+            }
+        });
+        Ok(Self { received, task })
+    }
+}
