@@ -6,6 +6,7 @@
 //! so the logs of a failed run can be read.
 
 pub mod backbone;
+pub mod bench;
 pub mod browser;
 pub mod camera;
 pub mod live;

@@ -21,6 +21,20 @@ pub struct Received {
     /// Set once the server closed the stream.
     pub closed: Mutex<Option<Instant>>,
     pub tracks: AtomicUsize,
+    /// Each fragment's decode time (its `tfdt`, 90 kHz) and when it arrived.
+    pub arrivals: Mutex<Vec<(u64, Instant)>>,
+}
+
+/// The decode time of a fragment (`moof` … `tfdt`), if it is one.
+pub fn tfdt(fragment: &[u8]) -> Option<u64> {
+    let at = fragment.windows(4).take(200).position(|w| w == b"tfdt")? + 4;
+    let version = *fragment.get(at)?;
+    let v = fragment.get(at + 4..)?;
+    if version == 1 {
+        Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?))
+    } else {
+        Some(u64::from(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
+    }
 }
 
 impl Received {
@@ -68,6 +82,9 @@ impl Viewer {
                         // The first binary after a track is its init segment; the next is
                         // the first picture.
                         let n = r.binary.fetch_add(1, Ordering::Relaxed) + 1;
+                        if let (Some(t), Ok(mut a)) = (tfdt(&b), r.arrivals.lock()) {
+                            a.push((t, Instant::now()));
+                        }
                         r.bytes.fetch_add(b.len() as u64, Ordering::Relaxed);
                         if n == 2 {
                             if let Ok(mut f) = r.first_fragment.lock() {

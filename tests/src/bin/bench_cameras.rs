@@ -11,18 +11,15 @@
 //! over a fixed window, read from /proc) and peak RSS per camera (VmHWM), and prints the
 //! ratios. Usage: `bench-cameras [--quick] [--cameras 16,32] [--seconds 40]`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gridedge_tests::bench::{fixture, url, video, FPS, KBITS, KEYINT};
 use gridedge_tests::process::{cpu_seconds, peak_rss_mib, ChildProcess};
 use gridedge_tests::services::{gateway_toml, ServiceProcess};
-use gridedge_tests::{free_port, wait_for_port, workspace_root, FixtureDir};
-
-const FPS: u32 = 25;
-const KEYINT: u32 = 50;
-const KBITS: u32 = 4000;
+use gridedge_tests::{free_port, FixtureDir};
 
 /// One measured setup.
 struct Run {
@@ -35,49 +32,6 @@ struct Run {
     load: f64,
 }
 
-fn cores() -> f64 {
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
-}
-
-/// The pre-encoded camera video, made once and kept in `target/bench-cache`.
-fn video(seconds: u32) -> anyhow::Result<PathBuf> {
-    let dir = workspace_root().join("target/bench-cache");
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join(format!("camera-1080p-{KBITS}k-{seconds}s.h264"));
-    if file.exists() {
-        return Ok(file);
-    }
-    eprintln!("encoding {seconds} s of 1080p H.264 for the replay fixture (once)…");
-    let status = Command::new(gridedge_tests::camera::PYTHON)
-        .arg(workspace_root().join("tests/fixtures/rtsp_camera.py"))
-        .args(["--encode-to"])
-        .arg(&file)
-        .args(["--seconds", &seconds.to_string()])
-        .args(["--width", "1920", "--height", "1080", "--pattern", "scene"])
-        .args(["--fps", &FPS.to_string(), "--keyint", &KEYINT.to_string()])
-        .args(["--bitrate", &KBITS.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "encoding the benchmark video failed");
-    Ok(file)
-}
-
-/// The replay fixture serving `n` cameras at `rtsp://127.0.0.1:PORT/cam{i}`.
-fn fixture(file: &Path, n: usize, dir: &Path) -> anyhow::Result<(ChildProcess, u16)> {
-    let port = free_port();
-    let mut cmd = Command::new(gridedge_tests::camera::PYTHON);
-    cmd.arg(workspace_root().join("tests/fixtures/rtsp_camera.py"))
-        .args(["--port", &port.to_string(), "--replay"])
-        .arg(file)
-        .args(["--fps", &FPS.to_string(), "--mounts", &n.to_string()]);
-    let p = ChildProcess::spawn("camera fixture", cmd, &dir.join("fixture.log"))?;
-    wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
-    Ok((p, port))
-}
-
-fn url(port: u16, i: usize) -> String {
-    format!("rtsp://127.0.0.1:{port}/cam{i}")
-}
-
 /// Measures `pids` over `window` after `warm`: CPU per camera-minute and the load.
 async fn measure(pids: &[u32], n: usize, warm: Duration, window: Duration) -> (f64, f64) {
     tokio::time::sleep(warm).await;
@@ -85,7 +39,10 @@ async fn measure(pids: &[u32], n: usize, warm: Duration, window: Duration) -> (f
     let (c0, t0) = (total(pids), Instant::now());
     tokio::time::sleep(window).await;
     let (used, secs) = (total(pids) - c0, t0.elapsed().as_secs_f64());
-    (used / n as f64 / (secs / 60.0), used / secs / cores())
+    (
+        used / n as f64 / (secs / 60.0),
+        used / secs / gridedge_tests::bench::cores(),
+    )
 }
 
 fn camera_toml(n: usize, port: u16, full: bool) -> String {
@@ -248,7 +205,7 @@ async fn main() -> anyhow::Result<()> {
     let (_fixture, port) = fixture(&file, max, dir.path())?;
     eprintln!(
         "cameras: 1080p H.264, {FPS} fps, ~{KBITS} kbit/s, keyframe every {KEYINT} frames; {} cores; window {window:?}",
-        cores()
+        gridedge_tests::bench::cores()
     );
     let mut lines = Vec::new();
     for &n in &counts {

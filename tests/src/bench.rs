@@ -1,0 +1,57 @@
+//! What the benchmarks share: the pre-encoded camera video and the replay fixture serving it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::ChildProcess;
+use crate::{free_port, wait_for_port, workspace_root};
+
+/// The benchmark camera: 1080p H.264 at 25 fps, about 4 Mbit/s, a keyframe every 2 s.
+pub const FPS: u32 = 25;
+pub const KEYINT: u32 = 50;
+pub const KBITS: u32 = 4000;
+
+pub fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// The pre-encoded camera video, made once and kept in `target/bench-cache`.
+pub fn video(seconds: u32) -> crate::Result<PathBuf> {
+    let dir = workspace_root().join("target/bench-cache");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join(format!("camera-1080p-{KBITS}k-{seconds}s.h264"));
+    if file.exists() {
+        return Ok(file);
+    }
+    eprintln!("encoding {seconds} s of 1080p H.264 for the replay fixture (once)…");
+    let status = Command::new(crate::camera::PYTHON)
+        .arg(workspace_root().join("tests/fixtures/rtsp_camera.py"))
+        .args(["--encode-to"])
+        .arg(&file)
+        .args(["--seconds", &seconds.to_string()])
+        .args(["--width", "1920", "--height", "1080", "--pattern", "scene"])
+        .args(["--fps", &FPS.to_string(), "--keyint", &KEYINT.to_string()])
+        .args(["--bitrate", &KBITS.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "encoding the benchmark video failed");
+    Ok(file)
+}
+
+/// The replay fixture serving `n` cameras at `rtsp://127.0.0.1:PORT/cam{i}`.
+pub fn fixture(file: &Path, n: usize, dir: &Path) -> crate::Result<(ChildProcess, u16)> {
+    let port = free_port();
+    let mut cmd = Command::new(crate::camera::PYTHON);
+    cmd.arg(workspace_root().join("tests/fixtures/rtsp_camera.py"))
+        .args(["--port", &port.to_string(), "--replay"])
+        .arg(file)
+        .args(["--fps", &FPS.to_string(), "--mounts", &n.to_string()]);
+    let p = ChildProcess::spawn("camera fixture", cmd, &dir.join("fixture.log"))?;
+    wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20))?;
+    Ok((p, port))
+}
+
+/// The RTSP URL of camera `i` of the fixture on `port`.
+pub fn url(port: u16, i: usize) -> String {
+    format!("rtsp://127.0.0.1:{port}/cam{i}")
+}
