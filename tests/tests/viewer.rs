@@ -226,3 +226,85 @@ async fn ten_viewers_of_one_camera_share_one_upstream() {
     .await
     .unwrap();
 }
+
+/// The first `frames` fragments of a camera's live stream with its init segment, as one file.
+async fn record(gw: &TestGateway, camera: &str, frames: usize) -> Vec<u8> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let url = format!(
+        "ws://{}/api/v1/cameras/{camera}/live?token={}",
+        gw.http_addr,
+        viewer_token(&gw.id)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut file = Vec::new();
+    let mut n = 0;
+    while n < frames + 1 {
+        match ws.next().await {
+            Some(Ok(Message::Binary(b))) => {
+                file.extend_from_slice(&b);
+                n += 1;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("stream ended: {other:?}"),
+        }
+    }
+    file
+}
+
+#[tokio::test]
+async fn the_live_stream_is_fragmented_mp4_that_ffmpeg_decodes_for_h264_and_h265() {
+    init_test_logging();
+    for (codec, name) in [(Codec::H264, "h264"), (Codec::H265, "hevc")] {
+        let cam = TestCamera::start(CameraOptions {
+            codec,
+            ..CameraOptions::small(Pattern::Moving)
+        })
+        .unwrap();
+        let gw = TestGateway::start_with(
+            "gw-fmp4",
+            "mqtt://127.0.0.1:1",
+            None,
+            &camera_toml("hall", cam.url().as_str(), ""),
+        )
+        .await
+        .unwrap();
+        streaming(&gw, "hall").await;
+        let bytes = record(&gw, "hall", 50).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.mp4");
+        std::fs::write(&path, &bytes).unwrap();
+        let out = std::process::Command::new("ffprobe")
+            .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+            .args([
+                "-show_entries",
+                "stream=codec_name,width,height,nb_read_frames",
+                "-of",
+                "json",
+            ])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.stderr.is_empty(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let s = &v["streams"][0];
+        assert_eq!(s["codec_name"], name, "{v}");
+        assert_eq!(
+            (s["width"].as_u64(), s["height"].as_u64()),
+            (Some(320), Some(180)),
+            "{v}"
+        );
+        let decoded: u64 = s["nb_read_frames"].as_str().unwrap().parse().unwrap();
+        assert_eq!(decoded, 50, "{name}: every fragment decodes: {v}");
+        gw.stop().await.unwrap();
+    }
+}
