@@ -142,7 +142,19 @@ pub async fn start(
         started: Instant::now(),
     });
     let mut parts = Parts::new("central", token);
-    parts.spawn_http(listener, api::router(shared.clone()), CentralError::Http);
+    let tls =
+        match &shared.config.http.tls {
+            Some(t) => Some(runtime::server_tls(t).map_err(|e| {
+                CentralError::Http(std::io::Error::other(format!("[http.tls]: {e}")))
+            })?),
+            None => None,
+        };
+    parts.spawn_http(
+        listener,
+        api::router(shared.clone()),
+        tls,
+        CentralError::Http,
+    );
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
         link.run(s, t).await;

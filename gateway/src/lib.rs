@@ -156,6 +156,17 @@ pub async fn start(
         .map_err(GatewayError::Http)?;
     let http_addr = listener.local_addr().map_err(GatewayError::Http)?;
     let uplink = uplink::Uplink::new(&config, gateway_id.clone())?;
+    // Video pushes to an https:// relay trust central the way the uplink does.
+    let push_tls = match &config.uplink.tls {
+        Some(files) => match runtime::mqtt::client_tls(files) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::warn!(error = %e, "no TLS for video pushes");
+                None
+            }
+        },
+        None => None,
+    };
     let shared = Arc::new(Shared {
         config,
         gateway_id,
@@ -167,14 +178,26 @@ pub async fn start(
             .map(|c| (c.id.clone(), video::Live::new()))
             .collect(),
         analyses,
-        upstreams: Default::default(),
+        upstreams: video::upstream::Upstreams::new(push_tls),
         token: token.clone(),
         tokens,
         started: Instant::now(),
     });
 
     let mut parts = Parts::new("gateway", token);
-    parts.spawn_http(listener, api::router(shared.clone()), GatewayError::Http);
+    let tls =
+        match &shared.config.http.tls {
+            Some(t) => Some(runtime::server_tls(t).map_err(|e| {
+                GatewayError::Http(std::io::Error::other(format!("[http.tls]: {e}")))
+            })?),
+            None => None,
+        };
+    parts.spawn_http(
+        listener,
+        api::router(shared.clone()),
+        tls,
+        GatewayError::Http,
+    );
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
         uplink.run(s, t).await;

@@ -64,7 +64,33 @@ impl Drop for Viewer {
 impl Viewer {
     /// Connects; fails when the server refuses the WebSocket (its HTTP status is in the error).
     pub async fn connect(url: &str) -> crate::Result<Self> {
-        let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+        Self::connect_with(url, None).await
+    }
+
+    /// Connects over `wss://` trusting the CA in `ca_file`.
+    pub async fn connect_tls(url: &str, ca_file: &std::path::Path) -> crate::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in firmware_config::runtime::mqtt::read_certs(ca_file)? {
+            roots.add(c)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Self::connect_with(
+            url,
+            Some(tokio_tungstenite::Connector::Rustls(Arc::new(config))),
+        )
+        .await
+    }
+
+    async fn connect_with(
+        url: &str,
+        connector: Option<tokio_tungstenite::Connector>,
+    ) -> crate::Result<Self> {
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector).await?;
         let received = Arc::new(Received::default());
         let r = received.clone();
         let task = tokio::spawn(async move {

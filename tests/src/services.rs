@@ -115,6 +115,12 @@ impl TestCentral {
     /// certificates from `pki`, and requiring messages signed by those certificates. Returns it
     /// and the `mqtts://` URL gateways use.
     pub async fn embedded_tls(pki: &crate::TestPki) -> Result<(Self, String)> {
+        Self::embedded_tls_with(pki, false).await
+    }
+
+    /// [`Self::embedded_tls`], with central's HTTP API on HTTPS too (`https` true): the server
+    /// certificate of `pki`, for 127.0.0.1 and localhost.
+    pub async fn embedded_tls_with(pki: &crate::TestPki, https: bool) -> Result<(Self, String)> {
         let dir = FixtureDir::new("central")?;
         let tls_port = free_port();
         let server = pki.server("embedded-broker")?;
@@ -126,6 +132,15 @@ impl TestCentral {
                 pki.ca_file.display()
             ),
         );
+        let text = if https {
+            format!(
+                "{text}[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+                server.cert_file.display(),
+                server.key_file.display()
+            )
+        } else {
+            text
+        };
         Ok((
             Self::from_toml(dir, &text).await?,
             format!("mqtts://localhost:{tls_port}"),

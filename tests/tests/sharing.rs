@@ -316,3 +316,70 @@ async fn the_shared_stream_resumes_after_the_camera_and_the_gateway_restart() {
         viewer.received.texts()
     );
 }
+
+#[tokio::test]
+async fn shares_work_over_https_with_the_gateway_pushing_over_wss() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = gridedge_tests::TestPki::new(dir.path()).unwrap();
+    let (central, mqtts) = TestCentral::embedded_tls_with(&pki, true).await.unwrap();
+    let cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
+    let gw = TestGateway::start_with(
+        "gw-tls",
+        &mqtts,
+        Some(&pki.client("gw-tls").unwrap()),
+        &camera_toml("hall", cam.url().as_str(), ""),
+    )
+    .await
+    .unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_file).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", central.http_addr.port());
+    // Plain HTTP is not served any more.
+    assert!(reqwest::get(central.url("/healthz")).await.is_err());
+    eventually(
+        "the gateway online at central",
+        Duration::from_secs(30),
+        || async {
+            let gws: Value = https
+                .get(format!("{base}/api/v1/gateways"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            gws.to_string()
+                .contains("\"presence\":\"online\"")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let granted: Value = https
+        .post(format!("{base}/api/v1/shares"))
+        .json(&json!({"gateway": "gw-tls", "camera": "hall", "viewers": ["ops-zhang"], "minutes": 5, "by": "supervisor-li"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The relay URL the gateway is given is https://, so it pushes over wss://.
+    let live = granted["viewers"][0]["live"].as_str().unwrap();
+    let viewer = Viewer::connect_tls(
+        &format!("wss://localhost:{}{live}", central.http_addr.port()),
+        &pki.ca_file,
+    )
+    .await
+    .unwrap();
+    eventually("video over TLS", Duration::from_secs(30), || async {
+        (viewer.received.binary() > 25).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(gateway_viewers(&gw).await, 1);
+}

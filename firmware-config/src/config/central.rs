@@ -62,7 +62,12 @@ impl CentralConfig {
                 if addr.ip().is_unspecified() {
                     addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
                 }
-                format!("http://{addr}")
+                let scheme = if self.http.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{addr}")
             }
         }
     }
@@ -84,6 +89,7 @@ pub struct Identity {
 fn default_http() -> Http {
     Http {
         listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
+        tls: None,
     }
 }
 
@@ -192,6 +198,7 @@ fn default_gateway_silence() -> Duration {
 impl Document for CentralConfig {
     fn resolve_paths(&mut self, base: &Path) {
         self.storage.dir = super::resolve(base, &self.storage.dir);
+        self.http.resolve_paths(base);
         let tls = [
             self.broker.embedded.as_mut().and_then(|e| e.tls.as_mut()),
             self.broker.external.as_mut().and_then(|e| e.tls.as_mut()),
@@ -207,6 +214,7 @@ impl Document for CentralConfig {
     fn validate(&self, v: &mut Validator) {
         v.id("central.id", &self.central.id);
         v.non_empty("central.name", &self.central.name);
+        self.http.validate(v);
         if let Some(u) = &self.relay.public_url {
             match url::Url::parse(u) {
                 Ok(p) if matches!(p.scheme(), "http" | "https") => {}

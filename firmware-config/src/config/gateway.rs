@@ -44,6 +44,7 @@ pub struct EventSource {
 fn default_http() -> Http {
     Http {
         listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+        tls: None,
     }
 }
 
@@ -419,6 +420,7 @@ fn default_probe_timeout() -> Duration {
 
 impl Document for GatewayConfig {
     fn resolve_paths(&mut self, base: &Path) {
+        self.http.resolve_paths(base);
         self.storage.dir = super::resolve(base, &self.storage.dir);
         if let Some(tls) = &mut self.uplink.tls {
             tls.resolve_paths(base);
@@ -440,6 +442,7 @@ impl Document for GatewayConfig {
 
     fn validate(&self, v: &mut Validator) {
         v.id("site.id", &self.site.id);
+        self.http.validate(v);
         v.non_empty("site.name", &self.site.name);
         if parse_utc_offset(&self.site.utc_offset).is_none() {
             v.error(

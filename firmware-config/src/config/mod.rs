@@ -281,4 +281,33 @@ impl TlsFiles {
 pub struct Http {
     /// Address and port to listen on.
     pub listen: std::net::SocketAddr,
+    /// Serve HTTPS (and WSS) with this certificate; plain HTTP when absent.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+}
+
+/// A server's certificate and key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM file with the server's certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM file with its private key.
+    pub key_file: PathBuf,
+}
+
+impl Http {
+    pub(crate) fn resolve_paths(&mut self, base: &Path) {
+        if let Some(t) = &mut self.tls {
+            t.cert_file = resolve(base, &t.cert_file);
+            t.key_file = resolve(base, &t.key_file);
+        }
+    }
+
+    pub(crate) fn validate(&self, v: &mut Validator) {
+        if let Some(t) = &self.tls {
+            v.file_exists("http.tls.cert_file", &t.cert_file);
+            v.file_exists("http.tls.key_file", &t.key_file);
+        }
+    }
 }

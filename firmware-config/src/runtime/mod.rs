@@ -6,6 +6,7 @@ pub mod signing;
 pub mod video_hub;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -58,15 +59,82 @@ pub async fn bind_http(addr: SocketAddr) -> Result<tokio::net::TcpListener, std:
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Serves `router` on `listener` until `token` is cancelled, then lets open requests finish.
+/// Serves `router` on `listener` until `token` is cancelled, then lets open requests finish;
+/// over TLS when `tls` is given.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     token: CancellationToken,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) -> Result<(), std::io::Error> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { token.cancelled().await })
-        .await
+    match tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+        }
+        Some(config) => {
+            let listener = TlsListener {
+                tcp: listener,
+                acceptor: tokio_rustls::TlsAcceptor::from(config),
+            };
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+        }
+    }
+}
+
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Accepts TLS connections for axum.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (tcp, addr) = match self.tcp.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(TLS_HANDSHAKE, self.acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// The server side of `[http.tls]`.
+pub fn server_tls(
+    tls: &crate::config::ServerTls,
+) -> Result<Arc<rustls::ServerConfig>, mqtt::MqttSetupError> {
+    let chain = mqtt::read_certs(&tls.cert_file)?;
+    let key = mqtt::read_key(&tls.key_file)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// Renders a metrics registry in the Prometheus (OpenMetrics) text format.
@@ -160,10 +228,11 @@ impl<E: std::fmt::Display + Send + 'static> Parts<E> {
         &mut self,
         listener: tokio::net::TcpListener,
         router: axum::Router,
+        tls: Option<Arc<rustls::ServerConfig>>,
         err: fn(std::io::Error) -> E,
     ) {
         let t = self.token.clone();
-        self.spawn(async move { serve_http(listener, router, t).await.map_err(err) });
+        self.spawn(async move { serve_http(listener, router, t, tls).await.map_err(err) });
     }
 
     pub fn token(&self) -> &CancellationToken {

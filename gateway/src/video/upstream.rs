@@ -18,9 +18,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 pub struct Upstreams {
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// For `https://` relays: trusts central's CA (from `[uplink.tls]`) and shows the
+    /// gateway's certificate.
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Upstreams {
+    pub fn new(tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> Self {
+        Self {
+            running: Mutex::default(),
+            tls,
+        }
+    }
+
     /// Starts pushing `camera`'s `hub` to `url`, replacing a push of the same camera.
     pub fn start(
         &self,
@@ -29,12 +39,24 @@ impl Upstreams {
         hub: Hub,
         parent: &CancellationToken,
     ) -> Result<(), String> {
-        if !(url.starts_with("ws://") || url.starts_with("http://")) {
+        let url = if let Some(rest) = url.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            url
+        };
+        let tls = if url.starts_with("ws://") {
+            None
+        } else if url.starts_with("wss://") {
+            Some(self.tls.clone().ok_or(
+                "cannot push over TLS: this gateway has no [uplink.tls] to trust central with",
+            )?)
+        } else {
             return Err(format!(
-                "cannot push video to {url:?}: this gateway pushes over ws:// or http:// only"
+                "cannot push video to {url:?}: not an http(s) or ws(s) URL"
             ));
-        }
-        let url = url.replacen("http://", "ws://", 1);
+        };
         let token = parent.child_token();
         if let Some(old) = self
             .running
@@ -46,7 +68,7 @@ impl Upstreams {
         }
         let camera = camera.to_owned();
         tokio::spawn(async move {
-            match push(&url, hub, token).await {
+            match push(&url, tls, hub, token).await {
                 Ok(()) => tracing::info!(%camera, "video push to central ended"),
                 Err(e) => tracing::warn!(%camera, error = %e, "video push to central failed"),
             }
@@ -70,8 +92,15 @@ impl Upstreams {
     }
 }
 
-async fn push(url: &str, hub: Hub, token: CancellationToken) -> Result<(), String> {
-    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
+async fn push(
+    url: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    hub: Hub,
+    token: CancellationToken,
+) -> Result<(), String> {
+    let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector);
+    let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| "connecting to central timed out".to_owned())?
         .map_err(|e| format!("cannot connect to central: {e}"))?;
