@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # README command 2: installs what is missing, builds, and runs the whole test suite:
 # format and lint checks, unit tests, and the system tests against real Mosquitto, a real
-# GStreamer RTSP camera and the real gateway and central binaries.
+# GStreamer RTSP camera, headless Chromium and the real gateway and central binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/bootstrap.sh
 echo "test: checking format and lints"
+# A one-off build gains nothing from incremental state; it only costs disk.
+export CARGO_INCREMENTAL=0
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test: building"
