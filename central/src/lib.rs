@@ -142,13 +142,7 @@ pub async fn start(
         started: Instant::now(),
     });
     let mut parts = Parts::new("central", token);
-    let tls =
-        match &shared.config.http.tls {
-            Some(t) => Some(runtime::server_tls(t).map_err(|e| {
-                CentralError::Http(std::io::Error::other(format!("[http.tls]: {e}")))
-            })?),
-            None => None,
-        };
+    let tls = runtime::http_tls(&shared.config.http).map_err(CentralError::Http)?;
     parts.spawn_http(
         listener,
         api::router(shared.clone()),

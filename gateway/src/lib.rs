@@ -185,13 +185,7 @@ pub async fn start(
     });
 
     let mut parts = Parts::new("gateway", token);
-    let tls =
-        match &shared.config.http.tls {
-            Some(t) => Some(runtime::server_tls(t).map_err(|e| {
-                GatewayError::Http(std::io::Error::other(format!("[http.tls]: {e}")))
-            })?),
-            None => None,
-        };
+    let tls = runtime::http_tls(&shared.config.http).map_err(GatewayError::Http)?;
     parts.spawn_http(
         listener,
         api::router(shared.clone()),

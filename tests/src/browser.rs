@@ -56,3 +56,21 @@ pub fn watch(url: &str, min_time: f64, timeout: Duration, gap: Duration) -> Resu
     watched.played = out.status.success();
     Ok(watched)
 }
+
+/// [`watch`] from async code, for a page that must play: panics (with what the page showed)
+/// unless every video played past `min_time`.
+pub async fn watch_playing(url: String, min_time: f64, timeout: Duration) -> Watched {
+    let w = tokio::task::spawn_blocking(move || {
+        watch(&url, min_time, timeout, Duration::from_millis(1500))
+    })
+    .await
+    .expect("the browser task")
+    .expect("the browser ran");
+    assert!(w.played, "the video never played: {w:?}");
+    let (a, b) = (&w.first[0], &w.second[0]);
+    assert!(
+        b.time > a.time + 0.5,
+        "the video's time does not advance: {w:?}"
+    );
+    w
+}

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use gridedge_tests::browser::watch;
+use gridedge_tests::browser::watch_playing;
 use gridedge_tests::live::Viewer;
 use gridedge_tests::services::{TestCentral, TestGateway};
 use gridedge_tests::{
@@ -90,20 +90,8 @@ async fn a_shared_camera_plays_at_central_and_ten_viewers_make_one_push() {
     assert_eq!(gateway_viewers(&gw).await, 0);
 
     let t0 = Instant::now();
-    let w = tokio::task::spawn_blocking(move || {
-        watch(
-            &page,
-            1.0,
-            Duration::from_secs(30),
-            Duration::from_millis(1500),
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    assert!(w.played, "the shared video never played: {w:?}");
+    let w = watch_playing(page, 1.0, Duration::from_secs(30)).await;
     assert_eq!((w.second[0].width, w.second[0].height), (320, 180), "{w:?}");
-    assert!(w.second[0].time > w.first[0].time + 0.5, "{w:?}");
     eprintln!("share page played after {:?}", t0.elapsed());
 
     // Ten viewers under the grant: one push from the gateway.

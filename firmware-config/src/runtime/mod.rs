@@ -122,6 +122,16 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// The TLS config of a service's `[http]`, if it serves HTTPS.
+pub fn http_tls(
+    http: &crate::config::Http,
+) -> Result<Option<Arc<rustls::ServerConfig>>, std::io::Error> {
+    http.tls
+        .as_ref()
+        .map(|t| server_tls(t).map_err(|e| std::io::Error::other(format!("[http.tls]: {e}"))))
+        .transpose()
+}
+
 /// The server side of `[http.tls]`.
 pub fn server_tls(
     tls: &crate::config::ServerTls,

@@ -145,7 +145,56 @@ pub fn fragment(
     keyframe: bool,
     sample: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(120 + sample.len());
+    fragment_with(
+        sequence,
+        decode_time,
+        duration,
+        keyframe,
+        sample.len(),
+        |o| o.extend_from_slice(sample),
+    )
+}
+
+/// A frame in Annex B straight into a fragment, its NAL units length-prefixed on the way (one
+/// copy of the frame, not two); parameter sets and access unit delimiters are left out (they
+/// live in the sample entry, or are not needed).
+pub fn fragment_from_annexb(
+    sequence: u32,
+    decode_time: u64,
+    duration: u32,
+    keyframe: bool,
+    h265: bool,
+    data: &[u8],
+) -> Vec<u8> {
+    let nals: Vec<&[u8]> = crate::camera::annexb::nals(data)
+        .filter(|nal| !out_of_band(h265, nal))
+        .collect();
+    let size = nals.iter().map(|n| 4 + n.len()).sum();
+    fragment_with(sequence, decode_time, duration, keyframe, size, |o| {
+        for nal in &nals {
+            o.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+            o.extend_from_slice(nal);
+        }
+    })
+}
+
+fn out_of_band(h265: bool, nal: &[u8]) -> bool {
+    if h265 {
+        matches!((nal[0] >> 1) & 0x3F, 32..=35)
+    } else {
+        matches!(nal[0] & 0x1F, 7..=9)
+    }
+}
+
+fn fragment_with(
+    sequence: u32,
+    decode_time: u64,
+    duration: u32,
+    keyframe: bool,
+    sample_size: usize,
+    write_sample: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(120 + sample_size);
     let mut data_offset_at = 0;
     boxed(&mut out, b"moof", |o| {
         full(o, b"mfhd", 0, 0, |o| u32s(o, sequence));
@@ -159,7 +208,7 @@ pub fn fragment(
                 data_offset_at = o.len();
                 u32s(o, 0);
                 u32s(o, duration);
-                u32s(o, sample.len() as u32);
+                u32s(o, sample_size as u32);
                 // A keyframe depends on nothing; other frames depend on others and are not
                 // sync samples.
                 u32s(o, if keyframe { 0x0200_0000 } else { 0x0101_0000 });
@@ -168,7 +217,7 @@ pub fn fragment(
     });
     let data_offset = (out.len() + 8) as u32;
     out[data_offset_at..data_offset_at + 4].copy_from_slice(&data_offset.to_be_bytes());
-    boxed(&mut out, b"mdat", |o| o.extend_from_slice(sample));
+    boxed(&mut out, b"mdat", write_sample);
     out
 }
 
@@ -271,19 +320,13 @@ pub fn sample_entry(params: &ParameterSets<'_>, width: u16, height: u16) -> Opti
 }
 
 /// Annex B (start codes) to 4-byte length prefixes, leaving out parameter sets and access
-/// unit delimiters (they live in the sample entry, or are not needed).
-pub fn annexb_to_sample(h265: bool, data: &[u8]) -> Vec<u8> {
+/// unit delimiters (what [`fragment_from_annexb`] writes into `mdat`).
+#[cfg(test)]
+fn annexb_to_sample(h265: bool, data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 16);
-    for nal in crate::camera::annexb::nals(data) {
-        let skip = if h265 {
-            matches!((nal[0] >> 1) & 0x3F, 32..=35)
-        } else {
-            matches!(nal[0] & 0x1F, 7..=9)
-        };
-        if !skip {
-            out.extend_from_slice(&(nal.len() as u32).to_be_bytes());
-            out.extend_from_slice(nal);
-        }
+    for nal in crate::camera::annexb::nals(data).filter(|nal| !out_of_band(h265, nal)) {
+        out.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+        out.extend_from_slice(nal);
     }
     out
 }
@@ -360,5 +403,12 @@ mod tests {
         let offset = u32::from_be_bytes(frag[pos..pos + 4].try_into().unwrap()) as usize;
         assert_eq!(offset, moof + 8);
         assert_eq!(&frag[offset..], &sample[..]);
+        let annexb = [
+            0, 0, 0, 1, 0x67, 1, 0, 0, 1, 0x68, 2, 0, 0, 1, 0x65, 9, 9, 9,
+        ];
+        assert_eq!(
+            fragment_from_annexb(7, 90_000, 3600, true, false, &annexb),
+            frag
+        );
     }
 }

@@ -89,13 +89,13 @@ impl Live {
         };
         m.last_ts = Some(ts);
         m.sequence = m.sequence.wrapping_add(1);
-        let sample = fmp4::annexb_to_sample(m.h265, data);
-        let bytes = Bytes::from(fmp4::fragment(
+        let bytes = Bytes::from(fmp4::fragment_from_annexb(
             m.sequence,
             ts.max(0) as u64,
             duration,
             keyframe,
-            &sample,
+            m.h265,
+            data,
         ));
         self.hub.push(Piece::Fragment { keyframe, bytes });
     }

@@ -273,8 +273,8 @@ async fn idle(s: &Setup) -> anyhow::Result<()> {
     .await
 }
 
-async fn first_fragment(url: &str) -> anyhow::Result<f64> {
-    let t0 = Instant::now();
+/// Seconds from `t0` until a viewer of `url` has its first decodable frame.
+async fn first_fragment(t0: Instant, url: &str) -> anyhow::Result<f64> {
     let v = Viewer::connect(url).await?;
     wait_for("a first frame", Duration::from_secs(30), async || {
         v.received
@@ -357,7 +357,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("first frame: {reps} requests each");
     let (mut t_lan, mut t_share, mut t_hls) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
-        t_lan.push(first_fragment(&lan).await?);
+        t_lan.push(first_fragment(Instant::now(), &lan).await?);
         idle(&s).await?;
         let t0 = Instant::now();
         let granted = share(&s, &["bench-viewer"]).await?;
@@ -365,28 +365,7 @@ async fn main() -> anyhow::Result<()> {
             "ws://127.0.0.1:{central_http}{}",
             granted["viewers"][0]["live"].as_str().context("live")?
         );
-        let v = Viewer::connect(&live).await?;
-        wait_for(
-            "a first shared frame",
-            Duration::from_secs(30),
-            async || {
-                v.received
-                    .first_fragment
-                    .lock()
-                    .map(|f| f.is_some())
-                    .unwrap_or(false)
-            },
-        )
-        .await?;
-        let at = v
-            .received
-            .first_fragment
-            .lock()
-            .ok()
-            .and_then(|f| *f)
-            .context("first")?;
-        t_share.push(at.duration_since(t0).as_secs_f64());
-        drop(v);
+        t_share.push(first_fragment(t0, &live).await?);
         t_hls.push(hls_first_frame(&camera, &hls_root, nginx_port, dir.path()).await?);
     }
 
