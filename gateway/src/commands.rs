@@ -55,6 +55,7 @@ fn upstream_start(shared: &Shared, args: &Value) -> Result<Value, String> {
     shared
         .upstreams
         .start(id, url.to_owned(), live.hub().clone(), &shared.token)?;
+    live.prepare();
     Ok(json!({ "camera": id }))
 }
 

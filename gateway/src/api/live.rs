@@ -40,6 +40,7 @@ pub async fn live_ws(
     tracing::info!(camera = %id, viewers = live.viewers() + 1, "live viewer joined");
     Ok(ws
         .on_upgrade(move |socket| async move {
+            live.prepare();
             video_hub::serve_viewer(socket, live.hub().clone(), std::future::pending()).await;
             tracing::info!(camera = %id, "live viewer left");
         })

@@ -239,14 +239,16 @@ impl CameraSession {
             );
             self.cameras
                 .update(&cam.id, |h| h.frame(now, len, ts, key, lost));
-            self.live
-                .frame(frame.timestamp().elapsed(), key, frame.data());
+            let pts = frame.timestamp().elapsed();
+            let data = frame.into_data();
             if let (Some(decoders), Some(vc)) = (&self.decoders, video_codec) {
                 if let Some(want) = self.analysis.on_frame(now, key, len) {
-                    let data = keyframes.self_contained(vc, frame.into_data());
-                    decoders.submit(&self.analysis, vc, data, want);
+                    // A copy only for the keyframes that are decoded (one every few seconds).
+                    let keyframe = keyframes.self_contained(vc, data.clone());
+                    decoders.submit(&self.analysis, vc, keyframe, want);
                 }
             }
+            self.live.frame(pts, key, data);
         }
     }
 }

@@ -1,5 +1,9 @@
 //! The live video of one camera: frames packaged once as fragments ([`fmp4`]) and handed to a
 //! [`Hub`] that every viewer of the camera shares.
+//!
+//! Packaging costs as much as receiving the camera, so it runs only while someone watches.
+//! Meanwhile the frames since the last keyframe are kept as they came (moved, not copied), so
+//! that a first viewer still starts at once: joining packages that GOP first.
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -8,6 +12,9 @@ pub use firmware_config::runtime::video_hub::{next_piece, Hub, Joined, Piece, Tr
 
 use super::fmp4;
 
+/// How long packaging goes on after a viewer asked for it, even before it is counted.
+const JOIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Default)]
 struct Muxer {
     sequence: u32,
@@ -15,7 +22,15 @@ struct Muxer {
     default_duration: u32,
     generation: u64,
     h265: bool,
+    /// Frames since the last keyframe, as received: (timestamp, keyframe, Annex B).
+    raw_gop: Vec<(i64, bool, Vec<u8>)>,
+    /// Packaging into the hub, and until when at least (a viewer is joining).
+    packaging: bool,
+    grace_until: Option<std::time::Instant>,
 }
+
+/// At most this many frames are kept from the last keyframe.
+const MAX_RAW_GOP: usize = 300;
 
 /// The live stream of one camera; cheap to clone.
 #[derive(Clone, Default)]
@@ -42,6 +57,7 @@ impl Live {
     }
 
     pub fn join(&self) -> Joined {
+        self.prepare();
         self.hub.join()
     }
 
@@ -75,14 +91,35 @@ impl Live {
             .unwrap_or(fmp4::TIMESCALE / 25);
         m.last_ts = None;
         m.h265 = h265;
+        m.raw_gop.clear();
         let init = Bytes::from(fmp4::init_segment(&entry, width, height));
         // Pushed under the muxer's lock, so that no fragment of the old track follows it.
         self.hub.push(Piece::Init(track, init));
     }
 
     /// A frame: `ts` in 90 kHz units, `data` in Annex B.
-    pub fn frame(&self, ts: i64, keyframe: bool, data: &[u8]) {
+    pub fn frame(&self, ts: i64, keyframe: bool, data: Vec<u8>) {
         let mut m = self.lock();
+        if keyframe {
+            m.raw_gop.clear();
+        }
+        let watched =
+            self.hub.viewers() > 0 || m.grace_until.is_some_and(|t| std::time::Instant::now() < t);
+        if !watched && m.packaging {
+            m.packaging = false;
+            self.hub.pause();
+        } else if watched && !m.packaging {
+            self.start_packaging(&mut m);
+        }
+        if m.packaging {
+            self.package(&mut m, ts, keyframe, &data);
+        }
+        if (keyframe || !m.raw_gop.is_empty()) && m.raw_gop.len() < MAX_RAW_GOP {
+            m.raw_gop.push((ts, keyframe, data));
+        }
+    }
+
+    fn package(&self, m: &mut Muxer, ts: i64, keyframe: bool, data: &[u8]) {
         let duration = match m.last_ts {
             Some(prev) if ts > prev => (ts - prev).min(i64::from(u32::MAX)) as u32,
             _ => m.default_duration,
@@ -100,9 +137,31 @@ impl Live {
         self.hub.push(Piece::Fragment { keyframe, bytes });
     }
 
+    /// A viewer (or a push to central) is about to join the hub: start packaging, beginning
+    /// with the frames kept since the last keyframe.
+    pub fn prepare(&self) {
+        let mut m = self.lock();
+        m.grace_until = Some(std::time::Instant::now() + JOIN_GRACE);
+        if !m.packaging {
+            self.start_packaging(&mut m);
+        }
+    }
+
+    fn start_packaging(&self, m: &mut Muxer) {
+        m.packaging = true;
+        m.last_ts = None;
+        let gop = std::mem::take(&mut m.raw_gop);
+        for (ts, keyframe, data) in &gop {
+            self.package(m, *ts, *keyframe, data);
+        }
+        m.raw_gop = gop;
+    }
+
     /// The session ended: what was kept is stale.
     pub fn stop(&self) {
-        self.lock().last_ts = None;
+        let mut m = self.lock();
+        m.last_ts = None;
+        m.raw_gop.clear();
         self.hub.pause();
     }
 }
