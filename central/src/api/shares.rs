@@ -155,17 +155,9 @@ pub async fn live(
                 _ = tokio::time::sleep(Duration::from_secs(until)) => {}
             }
         };
-        let hub = relay.hub.clone();
-        // Join before the keeper looks, so that it sees a viewer.
-        let serving = video_hub::serve_viewer(socket, hub, stop);
-        tokio::pin!(serving);
-        tokio::select! {
-            _ = &mut serving => {}
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {
-                share::keep(shared.clone(), relay.clone(), shared.token.clone());
-                serving.await;
-            }
-        }
+        // The keeper waits out its linger for this viewer to join, so the order does not matter.
+        share::keep(shared.clone(), relay.clone(), shared.token.clone());
+        video_hub::serve_viewer(socket, relay.hub.clone(), stop).await;
         audit("share.viewer_left");
     })
 }
