@@ -44,7 +44,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertError + '_ {
     }
 }
 
-fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(), CertError> {
+pub(crate) fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(), CertError> {
     use std::io::Write;
     #[cfg(unix)]
     use std::os::unix::fs::OpenOptionsExt;

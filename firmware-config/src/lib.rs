@@ -6,6 +6,7 @@
 //! - [`wire`]: the messages on those topics, in a versioned envelope.
 //! - [`ids`]: the identifiers that appear in topics, URLs and sequence keys.
 
+pub mod bundle;
 pub mod certs;
 pub mod config;
 pub mod examples;

@@ -97,6 +97,41 @@ pub struct GatewayHealth {
     /// The state of the gateway's outbox, including what it had to evict.
     #[serde(default)]
     pub outbox: Option<OutboxReport>,
+    /// Every terminal by state: a compact summary, so that central sees all of them even when
+    /// a state change was evicted from the outbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminals: Option<TerminalsSummary>,
+    /// The configuration bundles in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<ConfigVersions>,
+}
+
+/// Terminal ids by health state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalsSummary {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub online: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offline: Vec<String>,
+    /// Not heard from since the gateway started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
+    /// Flapping terminals (also listed under their current state).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flapping: Vec<String>,
+}
+
+/// Versions of the signed bundles a gateway has applied (0: none, the config file rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVersions {
+    pub gateway: u64,
+    /// Whether central has confirmed the gateway's bundle (until then it may roll back).
+    #[serde(default)]
+    pub confirmed: bool,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub terminals: std::collections::BTreeMap<String, u64>,
 }
 
 /// What a gateway's outbox holds and what it dropped, as reported to central.
@@ -368,6 +403,8 @@ mod tests {
                 cameras_configured: 2,
                 terminals_configured: 3,
                 outbox: Some(OutboxReport::default()),
+                terminals: None,
+                config: None,
             }),
             Message::Events(EventBatch {
                 events: vec![Event {

@@ -116,3 +116,117 @@ fn certs_make_a_ca_a_server_and_clients_and_refuse_to_overwrite() {
     let (ok, _, err) = fwcfg(&["certs", "client", d, "Bad/Id"], "");
     assert!(!ok && err.contains("not a valid name"), "{err}");
 }
+
+#[test]
+fn bundles_are_signed_verified_and_tampering_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |f: &str| dir.path().join(f).display().to_string();
+    let (ok, out, err) = fwcfg(&["certs", "bundle-key", &d("keys")], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("bundle-signing.pub"), "{out}");
+    let (ok, _, err) = fwcfg(&["certs", "bundle-key", &d("keys")], "");
+    assert!(!ok && err.contains("refusing to overwrite"), "{err}");
+
+    let (_, example, _) = fwcfg(&["example", "gateway"], "");
+    std::fs::write(d("gateway.toml"), &example).unwrap();
+    let key = d("keys/bundle-signing.key");
+    let public = d("keys/bundle-signing.pub");
+    let (ok, _, err) = fwcfg(
+        &[
+            "sign",
+            "--key",
+            &key,
+            "--gateway",
+            "gw-hongxing-01",
+            "--version",
+            "2",
+            "--note",
+            "add a camera",
+            "--out",
+            &d("b.json"),
+            &d("gateway.toml"),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = fwcfg(&["verify", "--key", &public, &d("b.json")], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("gateway gw-hongxing-01 version 2") && out.contains("(add a camera)"),
+        "{out}"
+    );
+
+    // One changed byte in the body breaks the signature.
+    let text = std::fs::read_to_string(d("b.json")).unwrap();
+    std::fs::write(
+        d("t.json"),
+        text.replace("\\\"version\\\":2", "\\\"version\\\":3"),
+    )
+    .unwrap();
+    assert_ne!(std::fs::read_to_string(d("t.json")).unwrap(), text);
+    let (ok, _, err) = fwcfg(&["verify", "--key", &public, &d("t.json")], "");
+    assert!(!ok && err.contains("signature does not verify"), "{err}");
+
+    // Another gateway's id in the content, and bad terminal settings, are refused before signing.
+    let (ok, _, err) = fwcfg(
+        &[
+            "sign",
+            "--key",
+            &key,
+            "--gateway",
+            "gw-other",
+            "--version",
+            "1",
+            &d("gateway.toml"),
+        ],
+        "",
+    );
+    assert!(!ok && err.contains("gateway.id"), "{err}");
+    std::fs::write(d("kiosk.toml"), "volume = 140\nlocale = \"fr\"\n").unwrap();
+    let (ok, _, err) = fwcfg(
+        &[
+            "sign",
+            "--key",
+            &key,
+            "--gateway",
+            "gw-hongxing-01",
+            "--terminal",
+            "kiosk-hall-1",
+            "--version",
+            "1",
+            &d("kiosk.toml"),
+        ],
+        "",
+    );
+    assert!(
+        !ok && err.contains("volume: ") && err.contains("locale: "),
+        "{err}"
+    );
+    std::fs::write(
+        d("kiosk.toml"),
+        "volume = 30\nrequired_peripherals = [\"printer\"]\n",
+    )
+    .unwrap();
+    let (ok, out, err) = fwcfg(
+        &[
+            "sign",
+            "--key",
+            &key,
+            "--gateway",
+            "gw-hongxing-01",
+            "--terminal",
+            "kiosk-hall-1",
+            "--version",
+            "1",
+            &d("kiosk.toml"),
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    std::fs::write(d("k.json"), out).unwrap();
+    let (ok, out, _) = fwcfg(&["verify", "--key", &public, &d("k.json")], "");
+    assert!(
+        ok && out.contains("terminal kiosk-hall-1 of gateway gw-hongxing-01"),
+        "{out}"
+    );
+}

@@ -177,6 +177,8 @@ mod tests {
             cameras_configured: 1,
             terminals_configured: 0,
             outbox: None,
+            terminals: None,
+            config: None,
         };
         r.observe_health(&gw("a"), h, later);
         assert_eq!(r.presence_of(&gw("a"), later), Some(Presence::Online));

@@ -22,6 +22,36 @@ enum Command {
     /// Make TLS certificates: a CA, the broker's server certificate, client certificates.
     #[command(subcommand)]
     Certs(Certs),
+    /// Sign a configuration bundle: a whole gateway.toml, or a terminal's settings (TOML).
+    /// The content is checked against the schema first; the bundle (JSON) goes to stdout.
+    Sign {
+        /// Central's private bundle-signing key (`fwcfg certs bundle-key`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The gateway the bundle is for.
+        #[arg(long)]
+        gateway: String,
+        /// A terminal of that gateway; the file is then the terminal's settings.
+        #[arg(long)]
+        terminal: Option<String>,
+        /// The bundle's version; must be higher than the one the target has applied.
+        #[arg(long)]
+        version: u64,
+        /// Why the change is made (kept in the audit trail).
+        #[arg(long, default_value = "")]
+        note: String,
+        /// Write the bundle here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        file: PathBuf,
+    },
+    /// Verify a bundle's signature with the trusted public key and check its content.
+    Verify {
+        /// The bundle-signing public key (`bundle-signing.pub`).
+        #[arg(long)]
+        key: PathBuf,
+        bundle: PathBuf,
+    },
     /// Check a config file (or `-` for standard input); prints every problem found.
     Check {
         file: PathBuf,
@@ -49,6 +79,9 @@ enum Certs {
     },
     /// Issue a client certificate whose common name is ID: a gateway's id, or `central`.
     Client { dir: PathBuf, id: String },
+    /// Make central's Ed25519 bundle-signing key pair (bundle-signing.key, bundle-signing.pub)
+    /// in DIR; gateways trust the .pub file (`[bundles] public_key_file`).
+    BundleKey { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -71,6 +104,24 @@ fn main() -> ExitCode {
         }
         Command::Check { file, role } => check(&file, role),
         Command::Certs(c) => certs(c),
+        Command::Sign {
+            key,
+            gateway,
+            terminal,
+            version,
+            note,
+            out,
+            file,
+        } => sign(
+            &key,
+            gateway,
+            terminal,
+            version,
+            note,
+            out.as_deref(),
+            &file,
+        ),
+        Command::Verify { key, bundle } => verify(&key, &bundle),
     }
 }
 
@@ -84,6 +135,9 @@ fn certs(c: Certs) -> ExitCode {
         Certs::Client { dir, id } => Authority::load(&dir)
             .and_then(|ca| ca.client(&id))
             .map(|f| vec![f.cert_file, f.key_file]),
+        Certs::BundleKey { dir } => {
+            firmware_config::bundle::create_key_files(&dir).map(|(k, p)| vec![k, p])
+        }
     };
     match done {
         Ok(files) => {
@@ -175,4 +229,94 @@ fn fail(name: &str, issues: &[String]) -> ExitCode {
     }
     eprintln!("{name}: {} problem(s)", issues.len());
     ExitCode::FAILURE
+}
+
+fn sign(
+    key: &Path,
+    gateway: String,
+    terminal: Option<String>,
+    version: u64,
+    note: String,
+    out: Option<&Path>,
+    file: &Path,
+) -> ExitCode {
+    use firmware_config::bundle::{BundleBody, Content, SigningKey, Target};
+    let name = file.display().to_string();
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(&name, &[format!("cannot read: {e}")]),
+    };
+    let content = match &terminal {
+        None => Content::Gateway { toml: text },
+        Some(_) => match config::TerminalSettings::parse(&text) {
+            Ok(settings) => Content::Terminal { settings },
+            Err(e) => return fail(&name, &e.issues()),
+        },
+    };
+    let body = BundleBody {
+        target: Target { gateway, terminal },
+        version,
+        issued: time::OffsetDateTime::now_utc(),
+        note,
+        content,
+    };
+    let base = file.parent().unwrap_or(Path::new("."));
+    if let Err(issues) = body.check(base, false) {
+        return fail(&name, &issues);
+    }
+    let signed = match SigningKey::load(key).and_then(|k| k.sign(&body)) {
+        Ok(s) => s,
+        Err(e) => return fail(&key.display().to_string(), &[e.to_string()]),
+    };
+    let json = signed.to_json() + "\n";
+    match out {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, json) {
+                return fail(&path.display().to_string(), &[format!("cannot write: {e}")]);
+            }
+            eprintln!(
+                "signed {} version {} with key {} into {}",
+                body.target,
+                body.version,
+                signed.key,
+                path.display()
+            );
+        }
+        None => print!("{json}"),
+    }
+    ExitCode::SUCCESS
+}
+
+fn verify(key: &Path, bundle: &Path) -> ExitCode {
+    use firmware_config::bundle::{SignedBundle, VerifyingKey};
+    let name = bundle.display().to_string();
+    let trusted = match VerifyingKey::load(key) {
+        Ok(k) => k,
+        Err(e) => return fail(&key.display().to_string(), &[e.to_string()]),
+    };
+    let bytes = match std::fs::read(bundle) {
+        Ok(b) => b,
+        Err(e) => return fail(&name, &[format!("cannot read: {e}")]),
+    };
+    let body = match SignedBundle::parse(&bytes).and_then(|b| trusted.verify(&b)) {
+        Ok(body) => body,
+        Err(e) => return fail(&name, &[e.to_string()]),
+    };
+    if let Err(issues) = body.check(bundle.parent().unwrap_or(Path::new(".")), false) {
+        return fail(&name, &issues);
+    }
+    println!(
+        "{name}: ok: {} version {} issued {}{}",
+        body.target,
+        body.version,
+        body.issued
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        if body.note.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", body.note)
+        }
+    );
+    ExitCode::SUCCESS
 }

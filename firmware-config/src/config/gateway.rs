@@ -27,6 +27,75 @@ pub struct GatewayConfig {
     /// Other systems of the centre that hand events to the gateway (door access, smoke sensors).
     #[serde(default)]
     pub sources: Vec<EventSource>,
+    /// When a terminal is degraded, and how flapping is told apart from real changes.
+    #[serde(default)]
+    pub terminal_health: TerminalPolicy,
+    /// Signed configuration bundles from central; without this table every bundle is refused.
+    #[serde(default)]
+    pub bundles: Option<BundleTrust>,
+    /// The folder the config was read from; relative paths in bundles resolve against it.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Thresholds and flapping detection for every terminal of the gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalPolicy {
+    /// A terminal reporting less free disk is degraded. Default 500 MB.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk: ByteSize,
+    /// A terminal reporting a higher temperature (°C) is degraded. Default 75.
+    #[serde(default = "default_max_temperature")]
+    pub max_temperature_c: f64,
+    /// A terminal that changes state `flap_changes` times within `flap_window` is flapping:
+    /// one alert, and its changes are held back until it is steady for a whole window.
+    /// Default 10 min.
+    #[serde(default = "default_flap_window", with = "humantime_serde")]
+    pub flap_window: Duration,
+    /// Default 4.
+    #[serde(default = "default_flap_changes")]
+    pub flap_changes: u32,
+}
+
+impl Default for TerminalPolicy {
+    fn default() -> Self {
+        Self {
+            min_free_disk: default_min_free_disk(),
+            max_temperature_c: default_max_temperature(),
+            flap_window: default_flap_window(),
+            flap_changes: default_flap_changes(),
+        }
+    }
+}
+
+fn default_min_free_disk() -> ByteSize {
+    ByteSize(500 * 1000 * 1000)
+}
+fn default_max_temperature() -> f64 {
+    75.0
+}
+fn default_flap_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_flap_changes() -> u32 {
+    4
+}
+
+/// Who may sign configuration bundles for this gateway and its terminals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleTrust {
+    /// Central's Ed25519 bundle-signing public key (PEM), as `fwcfg certs bundle-key` writes it.
+    pub public_key_file: PathBuf,
+    /// After applying a bundle, central must acknowledge the gateway's report of it within this
+    /// time, or the gateway goes back to the last good configuration. Default 5 min.
+    #[serde(default = "default_confirm_within", with = "humantime_serde")]
+    pub confirm_within: Duration,
+}
+
+fn default_confirm_within() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// A system allowed to `POST /api/v1/events` with its token.
@@ -368,6 +437,9 @@ pub enum HealthSource {
         /// Heartbeats missed in a row before the terminal is offline. Default 3.
         #[serde(default = "default_misses")]
         misses_before_offline: u32,
+        /// Successes in a row before an offline terminal is online again. Default 2.
+        #[serde(default = "default_successes")]
+        successes_before_online: u32,
     },
     /// The gateway sends an HTTP GET and expects a status.
     HttpProbe {
@@ -385,6 +457,9 @@ pub enum HealthSource {
         /// Failed probes in a row before the terminal is offline. Default 3.
         #[serde(default = "default_misses")]
         misses_before_offline: u32,
+        /// Successes in a row before an offline terminal is online again. Default 2.
+        #[serde(default = "default_successes")]
+        successes_before_online: u32,
     },
     /// The gateway opens a TCP connection.
     TcpProbe {
@@ -399,6 +474,9 @@ pub enum HealthSource {
         /// Failed probes in a row before the terminal is offline. Default 3.
         #[serde(default = "default_misses")]
         misses_before_offline: u32,
+        /// Successes in a row before an offline terminal is online again. Default 2.
+        #[serde(default = "default_successes")]
+        successes_before_online: u32,
     },
 }
 
@@ -407,6 +485,9 @@ fn default_heartbeat_interval() -> Duration {
 }
 fn default_misses() -> u32 {
     3
+}
+fn default_successes() -> u32 {
+    2
 }
 fn default_expect_status() -> u16 {
     200
@@ -420,6 +501,10 @@ fn default_probe_timeout() -> Duration {
 
 impl Document for GatewayConfig {
     fn resolve_paths(&mut self, base: &Path) {
+        self.base_dir = base.to_owned();
+        if let Some(b) = &mut self.bundles {
+            b.public_key_file = super::resolve(base, &b.public_key_file);
+        }
         self.http.resolve_paths(base);
         self.storage.dir = super::resolve(base, &self.storage.dir);
         if let Some(tls) = &mut self.uplink.tls {
@@ -461,6 +546,16 @@ impl Document for GatewayConfig {
             cam.validate(&format!("cameras[{i}]"), v);
         }
         v.unique_ids("terminals", self.terminals.iter().map(|t| t.id.as_str()));
+        self.terminal_health.validate(v);
+        if let Some(b) = &self.bundles {
+            v.file_exists("bundles.public_key_file", &b.public_key_file);
+            v.duration_within(
+                "bundles.confirm_within",
+                b.confirm_within,
+                Duration::from_secs(10),
+                Duration::from_secs(24 * 3600),
+            );
+        }
         for (i, t) in self.terminals.iter().enumerate() {
             t.validate(&format!("terminals[{i}]"), v);
         }
@@ -665,6 +760,7 @@ impl Terminal {
             HealthSource::Heartbeat {
                 interval,
                 misses_before_offline,
+                successes_before_online,
             } => {
                 v.duration_within(
                     &format!("{hp}.interval"),
@@ -673,6 +769,7 @@ impl Terminal {
                     Duration::from_secs(3600),
                 );
                 misses(&hp, *misses_before_offline, v);
+                successes(&hp, *successes_before_online, v);
                 if self.token.is_none() {
                     v.error(
                         &format!("{p}.token"),
@@ -686,6 +783,7 @@ impl Terminal {
                 interval,
                 timeout,
                 misses_before_offline,
+                successes_before_online,
             } => {
                 http_url(&format!("{hp}.url"), url, v);
                 if !(100..=599).contains(expect_status) {
@@ -696,12 +794,14 @@ impl Terminal {
                 }
                 probe_timing(&hp, *interval, *timeout, v);
                 misses(&hp, *misses_before_offline, v);
+                successes(&hp, *successes_before_online, v);
             }
             HealthSource::TcpProbe {
                 address,
                 interval,
                 timeout,
                 misses_before_offline,
+                successes_before_online,
             } => {
                 let ok = address.rsplit_once(':').is_some_and(|(host, port)| {
                     !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
@@ -714,6 +814,7 @@ impl Terminal {
                 }
                 probe_timing(&hp, *interval, *timeout, v);
                 misses(&hp, *misses_before_offline, v);
+                successes(&hp, *successes_before_online, v);
             }
         }
     }
@@ -743,6 +844,38 @@ fn probe_timing(hp: &str, interval: Duration, timeout: Duration, v: &mut Validat
             &format!("{hp}.timeout"),
             "must be less than the probe interval",
         );
+    }
+}
+
+fn successes(hp: &str, n: u32, v: &mut Validator) {
+    if !(1..=100).contains(&n) {
+        v.error(
+            &format!("{hp}.successes_before_online"),
+            format!("{n} is out of range; use 1 to 100"),
+        );
+    }
+}
+
+impl TerminalPolicy {
+    fn validate(&self, v: &mut Validator) {
+        if !(-40.0..=150.0).contains(&self.max_temperature_c) {
+            v.error(
+                "terminal_health.max_temperature_c",
+                format!("{} is out of range; use -40 to 150", self.max_temperature_c),
+            );
+        }
+        v.duration_within(
+            "terminal_health.flap_window",
+            self.flap_window,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        );
+        if !(2..=1000).contains(&self.flap_changes) {
+            v.error(
+                "terminal_health.flap_changes",
+                format!("{} is out of range; use 2 to 1000", self.flap_changes),
+            );
+        }
     }
 }
 

@@ -295,6 +295,8 @@ impl Uplink {
             cameras_configured: shared.config.cameras.len() as u32,
             terminals_configured: shared.config.terminals.len() as u32,
             outbox: Some(shared.outbox.summary()),
+            terminals: None,
+            config: None,
         });
         match self.encode(&Envelope::new(self.gateway.clone(), self.seq, msg)) {
             Ok(payload) => self.publish(shared, Channel::Health, "health", payload, false),
