@@ -5,12 +5,14 @@
 //! the tests do); `main.rs` wraps it as a binary.
 
 pub mod api;
+pub mod bundles;
 pub mod broker;
 pub mod link;
 pub mod metrics;
 pub mod registry;
 pub mod share;
 pub mod store;
+pub mod terminals;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -30,6 +32,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Why central could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum CentralError {
+    #[error("bundles: {0}")]
+    Bundles(String),
     #[error("config has no broker")]
     NoBroker,
     #[error("storage folder {path}: {source}")]
@@ -64,12 +68,22 @@ pub struct Shared {
     pub commands: link::commands::Commands,
     /// Video sharing: grants, relays, audit.
     pub shares: share::Shares,
+    /// Every terminal's last known health.
+    pub terminals: Mutex<terminals::TerminalBoard>,
+    /// Configuration bundles sent to gateways.
+    pub bundles: bundles::Bundles,
     /// Stops everything central started.
     pub token: CancellationToken,
     pub started: Instant,
 }
 
 impl Shared {
+    pub fn terminal_board(&self) -> std::sync::MutexGuard<'_, terminals::TerminalBoard> {
+        self.terminals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// The registry; a panic elsewhere while it was held leaves it usable, not poisoned.
     pub fn registry(&self) -> std::sync::MutexGuard<'_, GatewayRegistry> {
         self.registry
@@ -130,7 +144,14 @@ pub async fn start(
         path: config.storage.dir.display().to_string(),
         source,
     })?;
+    let bundles = bundles::Bundles::open(
+        store.db(),
+        config.identity.bundle_signing_key_file.as_deref(),
+    )
+    .map_err(CentralError::Bundles)?;
     let shared = Arc::new(Shared {
+        terminals: Mutex::default(),
+        bundles,
         metrics: Metrics::new(&config),
         registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),
         config,

@@ -4,14 +4,27 @@ use base64::Engine;
 use firmware_config::wire::{Command, CommandReply};
 use serde_json::{json, Value};
 
+use std::sync::Arc;
+
 use crate::Shared;
 
 /// Command names this gateway understands.
 pub const SNAPSHOT: &str = "camera.snapshot";
 pub const UPSTREAM_START: &str = "video.upstream.start";
 pub const UPSTREAM_STOP: &str = "video.upstream.stop";
+pub const CONFIG_BUNDLE: &str = "config.bundle";
 
-pub fn handle(shared: &Shared, cmd: &Command) -> CommandReply {
+/// Answers a command. Most answer at once; a bundle is applied in its own task (it may wait
+/// for cameras to stop) and its reply goes out through `shared.replies` — `None` here.
+pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
+    if cmd.name == CONFIG_BUNDLE {
+        let (shared, cmd) = (shared.clone(), cmd.clone());
+        tokio::spawn(async move {
+            let result = shared.bundles.receive(&shared, &cmd.args).await;
+            let _ = shared.replies.send(reply(&cmd, result));
+        });
+        return None;
+    }
     let result = match cmd.name.as_str() {
         SNAPSHOT => snapshot(shared, &cmd.args),
         UPSTREAM_START => upstream_start(shared, &cmd.args),
@@ -19,6 +32,10 @@ pub fn handle(shared: &Shared, cmd: &Command) -> CommandReply {
             .map(|c| json!({ "camera": c, "was_running": shared.upstreams.stop(c) })),
         other => Err(format!("unknown command {other:?}")),
     };
+    Some(reply(cmd, result))
+}
+
+fn reply(cmd: &Command, result: Result<Value, String>) -> CommandReply {
     match result {
         Ok(data) => CommandReply {
             id: cmd.id.clone(),
@@ -49,8 +66,7 @@ fn upstream_start(shared: &Shared, args: &Value) -> Result<Value, String> {
         .and_then(Value::as_str)
         .ok_or("args.url (where to push) is required")?;
     let live = shared
-        .lives
-        .get(id)
+        .live(id)
         .ok_or_else(|| format!("no enabled camera {id:?}"))?;
     shared
         .upstreams
@@ -63,8 +79,7 @@ fn upstream_start(shared: &Shared, args: &Value) -> Result<Value, String> {
 fn snapshot(shared: &Shared, args: &Value) -> Result<Value, String> {
     let id = camera_arg(args)?;
     let analysis = shared
-        .analyses
-        .get(id)
+        .analysis(id)
         .ok_or_else(|| format!("no enabled camera {id:?}"))?;
     let shot = analysis
         .latest()

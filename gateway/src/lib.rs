@@ -5,15 +5,20 @@
 //! is down. [`start`] runs it in-process (as the tests do); `main.rs` wraps it as a binary.
 
 pub mod api;
+pub mod bundles;
 pub mod camera;
 pub mod commands;
+pub mod devices;
 pub mod metrics;
 pub mod outbox;
+pub mod supervise;
+pub mod terminals;
 pub mod uplink;
 pub mod video;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use firmware_config::config::GatewayConfig;
@@ -45,27 +50,90 @@ pub enum GatewayError {
     Outbox(#[from] outbox::OutboxError),
     #[error("uplink identity: {0}")]
     Signing(#[from] firmware_config::runtime::signing::SigningError),
+    #[error("bundles: {0}")]
+    Bundles(String),
     #[error("a gateway task failed: {0}")]
     Task(String),
 }
 
-/// What every part of a running gateway shares.
+/// What every part of a running gateway shares. What a bundle may change while the gateway
+/// runs (the config, cameras, device tokens) sits behind locks and is read through methods.
 pub struct Shared {
-    pub config: GatewayConfig,
+    config: RwLock<Arc<GatewayConfig>>,
     pub gateway_id: GatewayId,
     pub metrics: Metrics,
     pub outbox: outbox::Outbox,
     pub cameras: camera::Cameras,
-    /// Snapshots and sensing per enabled camera.
-    pub analyses: std::collections::BTreeMap<String, Arc<camera::Analysis>>,
-    /// Live video per enabled camera.
-    pub lives: std::collections::BTreeMap<String, video::Live>,
+    /// Snapshots and sensing per running camera.
+    analyses: RwLock<BTreeMap<String, Arc<camera::Analysis>>>,
+    /// Live video per running camera.
+    lives: RwLock<BTreeMap<String, video::Live>>,
     /// Video pushed to central's relay.
     pub upstreams: video::upstream::Upstreams,
+    pub terminals: terminals::Terminals,
+    pub devices: devices::Devices,
+    pub bundles: bundles::Bundles,
+    /// Replies to commands that finish after the uplink loop has moved on.
+    pub replies: tokio::sync::mpsc::UnboundedSender<firmware_config::wire::CommandReply>,
     /// Stops everything the gateway started, pushes included.
     pub token: CancellationToken,
-    pub tokens: api::auth::DeviceTokens,
+    tokens: RwLock<Arc<api::auth::DeviceTokens>>,
     pub started: Instant,
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+impl Shared {
+    /// The config in force (the file's, or the last bundle applied).
+    pub fn config(&self) -> Arc<GatewayConfig> {
+        read(&self.config)
+    }
+
+    pub fn tokens(&self) -> Arc<api::auth::DeviceTokens> {
+        read(&self.tokens)
+    }
+
+    pub fn analysis(&self, camera: &str) -> Option<Arc<camera::Analysis>> {
+        self.analyses
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(camera)
+            .cloned()
+    }
+
+    pub fn live(&self, camera: &str) -> Option<video::Live> {
+        self.lives
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(camera)
+            .cloned()
+    }
+
+    pub(crate) fn set_config(&self, config: Arc<GatewayConfig>, tokens: api::auth::DeviceTokens) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+        *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(tokens);
+    }
+
+    pub(crate) fn set_camera(
+        &self,
+        id: &str,
+        running: Option<(Arc<camera::Analysis>, video::Live)>,
+    ) {
+        let mut a = self.analyses.write().unwrap_or_else(PoisonError::into_inner);
+        let mut l = self.lives.write().unwrap_or_else(PoisonError::into_inner);
+        match running {
+            Some((analysis, live)) => {
+                a.insert(id.to_owned(), analysis);
+                l.insert(id.to_owned(), live);
+            }
+            None => {
+                a.remove(id);
+                l.remove(id);
+            }
+        }
+    }
 }
 
 /// A gateway running in this process.
@@ -116,41 +184,19 @@ pub async fn start(
         };
         outbox.append(vec![alert]).await?;
     }
+    // A bundle applied earlier rules over the file for what bundles may change.
+    let (bundles, config) = bundles::Bundles::open(config)?;
     let tokens = api::auth::DeviceTokens::from_config(&config);
     let cameras = camera::Cameras::new(&config, outbox.clone());
     metrics.register_cameras(cameras.clone());
-    let offset = firmware_config::config::gateway::parse_utc_offset(&config.site.utc_offset)
-        .unwrap_or(time::UtcOffset::UTC);
-    let enabled: Vec<_> = config
-        .cameras
-        .iter()
-        .filter(|c| c.enabled)
-        .cloned()
-        .collect();
-    let analyses: std::collections::BTreeMap<_, _> = enabled
-        .iter()
-        .map(|c| {
-            (
-                c.id.clone(),
-                camera::Analysis::new(c, cameras.clone(), offset),
-            )
-        })
-        .collect();
-    let decoders = if enabled.is_empty() {
-        None
-    } else {
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(4)
-            .min(enabled.len());
-        match camera::Decoders::start(threads, enabled.len()) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                tracing::error!(error = %e, "no snapshots or sensing: the decoders did not start");
-                None
-            }
-        }
-    };
+    let (terminals, terminal_events) = terminals::Terminals::new(&config, Instant::now());
+    metrics.register_terminals(terminals.clone());
+    for (id, version, required) in bundles.terminal_requirements() {
+        terminals.set_bundle(&id, version, required);
+    }
+    metrics.config_version.set(bundles.versions().gateway as i64);
+    let (devices, device_requests) = devices::Devices::new();
+    let (replies, reply_rx) = tokio::sync::mpsc::unbounded_channel();
     let listener = runtime::bind_http(config.http.listen)
         .await
         .map_err(GatewayError::Http)?;
@@ -168,24 +214,26 @@ pub async fn start(
         None => None,
     };
     let shared = Arc::new(Shared {
-        config,
+        config: RwLock::new(Arc::new(config)),
         gateway_id,
         metrics,
         outbox,
         cameras,
-        lives: enabled
-            .iter()
-            .map(|c| (c.id.clone(), video::Live::new()))
-            .collect(),
-        analyses,
+        analyses: RwLock::default(),
+        lives: RwLock::default(),
         upstreams: video::upstream::Upstreams::new(push_tls),
+        terminals,
+        devices,
+        bundles,
+        replies,
         token: token.clone(),
-        tokens,
+        tokens: RwLock::new(Arc::new(tokens)),
         started: Instant::now(),
     });
 
+    shared.bundles.resume(&shared.outbox).await;
     let mut parts = Parts::new("gateway", token);
-    let tls = runtime::http_tls(&shared.config.http).map_err(GatewayError::Http)?;
+    let tls = runtime::http_tls(&shared.config().http).map_err(GatewayError::Http)?;
     parts.spawn_http(
         listener,
         api::router(shared.clone()),
@@ -194,30 +242,26 @@ pub async fn start(
     );
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
-        uplink.run(s, t).await;
+        uplink.run(s, reply_rx, t).await;
         Ok(())
     });
-    for cam in enabled {
-        let Some(analysis) = shared.analyses.get(&cam.id).cloned() else {
-            continue;
-        };
-        let Some(live) = shared.lives.get(&cam.id).cloned() else {
-            continue;
-        };
-        let session = camera::CameraSession::new(
-            cam,
-            shared.cameras.clone(),
-            analysis,
-            decoders.clone(),
-            live,
-        );
-        let t = parts.token().clone();
-        parts.spawn(async move {
-            session.run(t).await;
-            Ok(())
-        });
-    }
-    tracing::info!(gateway = %shared.gateway_id, site = %shared.config.site.id, %http_addr, "gateway started");
+    // Cameras and probes start (and later change) under the devices task.
+    let (s, t) = (shared.clone(), parts.token().clone());
+    parts.spawn(async move {
+        devices::run(s, device_requests, t).await;
+        Ok(())
+    });
+    let (o, t) = (shared.outbox.clone(), parts.token().clone());
+    parts.spawn(async move {
+        terminals::write_events(terminal_events, o, t).await;
+        Ok(())
+    });
+    let (tm, t) = (shared.terminals.clone(), parts.token().clone());
+    parts.spawn(async move {
+        terminals::watch(tm, t).await;
+        Ok(())
+    });
+    tracing::info!(gateway = %shared.gateway_id, site = %shared.config().site.id, %http_addr, "gateway started");
     Ok(RunningGateway {
         http_addr,
         shared,

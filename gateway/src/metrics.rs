@@ -46,6 +46,12 @@ pub struct Metrics {
     pub uplink_rewinds: Counter,
     /// Downlink messages refused (bad topic, bad envelope, another gateway's).
     pub uplink_rejected: Counter,
+    cameras_configured: Gauge,
+    terminals_configured: Gauge,
+    /// Version of the gateway bundle in force (0: the config file).
+    pub config_version: Gauge,
+    /// Bundles applied, refused and rolled back.
+    pub bundles: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -61,6 +67,26 @@ impl Metrics {
             .register_collector(Box::new(CameraCollector(cameras)));
     }
 
+    /// Exposes terminal counts per state, read at every scrape (not one series per terminal:
+    /// a gateway may have thousands).
+    pub fn register_terminals(&mut self, terminals: crate::terminals::Terminals) {
+        self.registry
+            .register_collector(Box::new(TerminalCollector(terminals)));
+    }
+
+    pub fn set_configured(&self, config: &GatewayConfig) {
+        self.cameras_configured.set(config.cameras.len() as i64);
+        self.terminals_configured.set(config.terminals.len() as i64);
+    }
+
+    pub fn count_bundle(&self, outcome: &str) {
+        self.bundles
+            .get_or_create(&KindLabel {
+                kind: outcome.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn new(config: &GatewayConfig) -> Self {
         let mut registry = Registry::with_prefix("gridedge_gateway");
         let build: Family<BuildLabels, Gauge> = Family::default();
@@ -74,10 +100,30 @@ impl Metrics {
         registry.register("build_info", "Gateway version and identity", build);
         let cameras: Gauge = Gauge::default();
         cameras.set(config.cameras.len() as i64);
-        registry.register("cameras_configured", "Cameras in the config", cameras);
+        registry.register(
+            "cameras_configured",
+            "Cameras in the config",
+            cameras.clone(),
+        );
         let terminals: Gauge = Gauge::default();
         terminals.set(config.terminals.len() as i64);
-        registry.register("terminals_configured", "Terminals in the config", terminals);
+        registry.register(
+            "terminals_configured",
+            "Terminals in the config",
+            terminals.clone(),
+        );
+        let config_version = Gauge::default();
+        registry.register(
+            "config_version",
+            "Version of the gateway bundle in force (0: the config file)",
+            config_version.clone(),
+        );
+        let bundles = Family::default();
+        registry.register(
+            "bundles",
+            "Configuration bundles by outcome (applied, refused, rolled_back)",
+            bundles.clone(),
+        );
 
         let uplink_connected = Gauge::default();
         registry.register(
@@ -137,6 +183,10 @@ impl Metrics {
             uplink_events_acked,
             uplink_rewinds,
             uplink_rejected,
+            cameras_configured: cameras,
+            terminals_configured: terminals,
+            config_version,
+            bundles,
         }
     }
 }
@@ -374,6 +424,34 @@ impl Collector for CameraCollector {
                     })?)?;
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+struct TerminalCollector(crate::terminals::Terminals);
+
+impl std::fmt::Debug for TerminalCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TerminalCollector")
+    }
+}
+
+impl Collector for TerminalCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "terminals",
+            "Terminals per health state",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (state, n) in self.0.counts() {
+            ConstGauge::new(n as i64).encode(family.encode_family(&StateLabel { state })?)?;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::registry::GatewayView;
 use crate::Shared;
 
 pub mod shares;
+pub mod terminals;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -24,6 +25,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/terminals", get(terminals::list))
+        .route(
+            "/api/v1/bundles",
+            get(terminals::history).post(terminals::create),
+        )
+        .route("/api/v1/bundles/signed", axum::routing::post(terminals::forward))
         .route("/api/v1/shares", get(shares::list).post(shares::create))
         .route("/api/v1/shares/{id}", axum::routing::delete(shares::revoke))
         .route("/api/v1/shares/live", get(shares::live))

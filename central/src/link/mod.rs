@@ -159,10 +159,21 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
             None
         }
         (Channel::Health, Message::Health(h)) => {
+            if let Some(t) = &h.terminals {
+                shared
+                    .terminal_board()
+                    .observe_summary(gateway.as_str(), t, env.time);
+            }
             shared.registry().observe_health(&gateway, h, now);
             None
         }
         (Channel::Events, Message::Events(batch)) => {
+            if batch.events.iter().any(|e| e.kind.starts_with("terminal.")) {
+                let mut board = shared.terminal_board();
+                for e in &batch.events {
+                    board.observe_event(gateway.as_str(), e);
+                }
+            }
             store_and_ack(shared, gateway, env.seq, batch.events, env.raw_payload).await
         }
         (Channel::Reply, Message::Reply(reply)) => {

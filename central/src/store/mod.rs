@@ -128,6 +128,11 @@ fn chunk_max(bytes: &[u8]) -> u64 {
 }
 
 impl EventStore {
+    /// The database, for other trees central keeps beside the events.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(dir.join("events"))

@@ -84,6 +84,10 @@ pub struct Identity {
     /// certificates).
     #[serde(default)]
     pub gateway_ca_file: Option<PathBuf>,
+    /// Central's Ed25519 key for signing configuration bundles (`fwcfg certs bundle-key`).
+    /// Unset: central builds no bundles (hand-signed ones can still be forwarded).
+    #[serde(default)]
+    pub bundle_signing_key_file: Option<PathBuf>,
 }
 
 fn default_http() -> Http {
@@ -209,6 +213,9 @@ impl Document for CentralConfig {
         if let Some(ca) = &mut self.identity.gateway_ca_file {
             *ca = super::resolve(base, ca);
         }
+        if let Some(k) = &mut self.identity.bundle_signing_key_file {
+            *k = super::resolve(base, k);
+        }
     }
 
     fn validate(&self, v: &mut Validator) {
@@ -226,6 +233,9 @@ impl Document for CentralConfig {
             }
         }
         v.positive("relay.max_share", self.relay.max_share);
+        if let Some(k) = &self.identity.bundle_signing_key_file {
+            v.file_exists("identity.bundle_signing_key_file", k);
+        }
         match (&self.broker.embedded, &self.broker.external) {
             (Some(_), Some(_)) => v.error(
                 "broker",

@@ -41,6 +41,30 @@ impl DeviceTokens {
         tokens
     }
 
+    /// Every token `config` names, or the list of those that cannot be read.
+    pub fn try_from_config(config: &GatewayConfig) -> Result<Self, Vec<String>> {
+        let mut tokens = Self::default();
+        let mut problems = Vec::new();
+        let sources = config.sources.iter().map(|s| (s.id.as_str(), &s.token));
+        let terminals = config
+            .terminals
+            .iter()
+            .filter_map(|t| t.token.as_ref().map(|tok| (t.id.as_str(), tok)));
+        for (id, secret) in sources.chain(terminals) {
+            match secret.read() {
+                Ok(token) => {
+                    tokens.by_token.insert(token, id.to_owned());
+                }
+                Err(e) => problems.push(format!("token of {id}: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(tokens)
+        } else {
+            Err(problems)
+        }
+    }
+
     /// The device a request's `Authorization: Bearer …` belongs to.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<&str, ApiError> {
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m.to_owned());

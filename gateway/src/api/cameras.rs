@@ -22,7 +22,7 @@ pub async fn list(State(shared): State<Arc<Shared>>) -> Json<Vec<CameraHealth>> 
 
 fn with_viewers(shared: &Shared, mut cams: Vec<CameraHealth>) -> Vec<CameraHealth> {
     for c in &mut cams {
-        c.viewers = shared.lives.get(&c.id).map_or(0, |l| l.viewers());
+        c.viewers = shared.live(&c.id).map_or(0, |l| l.viewers());
     }
     cams
 }
@@ -46,7 +46,7 @@ pub async fn latest(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     viewer(&shared, &headers, None)?;
-    let analysis = shared.analyses.get(&id).ok_or_else(|| unknown(&id))?;
+    let analysis = shared.analysis(&id).ok_or_else(|| unknown(&id))?;
     match analysis.latest() {
         Some(shot) => Ok(jpeg(shot)),
         None => Err(ApiError::new(
@@ -63,7 +63,7 @@ pub async fn evidence(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     viewer(&shared, &headers, None)?;
-    let analysis = shared.analyses.get(&id).ok_or_else(|| unknown(&id))?;
+    let analysis = shared.analysis(&id).ok_or_else(|| unknown(&id))?;
     let reference: u64 = file
         .strip_suffix(".jpg")
         .and_then(|n| n.parse().ok())
@@ -93,11 +93,11 @@ pub(super) fn viewer(
 ) -> Result<(), ApiError> {
     let device = match query_token {
         Some(t) if !headers.contains_key(axum::http::header::AUTHORIZATION) => {
-            shared.tokens.device(t)?
+            shared.tokens().device(t)?.to_owned()
         }
-        _ => shared.tokens.authenticate(headers)?,
+        _ => shared.tokens().authenticate(headers)?.to_owned(),
     };
-    let allowed = shared.config.terminals.iter().any(|t| {
+    let allowed = shared.config().terminals.iter().any(|t| {
         t.id == device && matches!(t.kind, TerminalKind::VideoTerminal | TerminalKind::Screen)
     });
     if allowed {

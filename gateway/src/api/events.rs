@@ -46,7 +46,8 @@ pub async fn post_events(
 }
 
 async fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u64>, ApiError> {
-    let source = shared.tokens.authenticate(headers)?;
+    let tokens = shared.tokens();
+    let source = tokens.authenticate(headers)?;
     let mut de = serde_json::Deserializer::from_slice(body);
     let events: Vec<InEvent> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         ApiError::bad_request(format!(

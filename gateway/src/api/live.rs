@@ -31,7 +31,7 @@ pub async fn live_ws(
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     super::cameras::viewer(&shared, &headers, q.token.as_deref())?;
-    let live = shared.lives.get(&id).cloned().ok_or_else(|| {
+    let live = shared.live(&id).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             format!("no enabled camera {id:?}"),

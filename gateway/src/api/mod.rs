@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cameras;
 pub mod events;
 pub mod live;
+pub mod terminals;
 
 use std::sync::Arc;
 
@@ -58,6 +59,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(cameras::evidence),
         )
         .route(
+            "/api/v1/terminals/heartbeat",
+            post(terminals::heartbeat)
+                .layer(DefaultBodyLimit::max(terminals::MAX_HEARTBEAT_BYTES)),
+        )
+        .route("/api/v1/terminals", get(terminals::list))
+        .route("/api/v1/terminals/config", get(terminals::config))
+        .route("/api/v1/terminals/{id}", get(terminals::one))
+        .route(
             "/api/v1/events",
             post(events::post_events).layer(DefaultBodyLimit::max(events::MAX_BODY_BYTES)),
         )
@@ -71,7 +80,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
     Json(json!({
         "status": "ok",
         "gateway": shared.gateway_id.as_str(),
-        "site": shared.config.site.id,
+        "site": shared.config().site.id,
         "version": crate::VERSION,
         "uptime_secs": shared.started.elapsed().as_secs(),
         "uplink": if connected { "connected" } else { "disconnected" },

@@ -54,6 +54,31 @@ impl Cameras {
         }
     }
 
+    /// Follows a new config: cameras added start connecting (or disabled), removed ones are
+    /// forgotten, and a camera switched on or off starts afresh.
+    pub fn reconfigure(&self, config: &GatewayConfig) {
+        let mut map = self
+            .health
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|id, _| config.cameras.iter().any(|c| &c.id == id));
+        for c in &config.cameras {
+            let fresh = || CameraHealth::new(&c.id, &c.name, c.enabled);
+            match map.get_mut(&c.id) {
+                Some(h) if (h.state == CameraState::Disabled) == c.enabled => *h = fresh(),
+                Some(h) => h.name.clone_from(&c.name),
+                None => {
+                    map.insert(c.id.clone(), fresh());
+                }
+            }
+        }
+        drop(map);
+        self.last_reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|id, _| config.cameras.iter().any(|c| &c.id == id));
+    }
+
     /// Every camera's health, ages computed now.
     pub fn snapshot(&self) -> Vec<CameraHealth> {
         let now = Instant::now();

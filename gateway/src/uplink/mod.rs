@@ -82,9 +82,15 @@ impl Uplink {
     }
 
     /// Runs the session until `token` is cancelled; then says goodbye (retained `offline`).
-    pub async fn run(mut self, shared: Arc<Shared>, token: CancellationToken) {
+    pub async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        mut replies: tokio::sync::mpsc::UnboundedReceiver<wire::CommandReply>,
+        token: CancellationToken,
+    ) {
         let m = &shared.metrics;
-        let mut health = tokio::time::interval(shared.config.uplink.health_interval);
+        let mut every = shared.config().uplink.health_interval;
+        let mut health = tokio::time::interval(every);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -94,7 +100,19 @@ impl Uplink {
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = appended.notified(), if self.connected && self.window.has_room() => self.send_pending(&shared),
+                Some(reply) = replies.recv() => {
+                    // A late reply while disconnected is lost; central's wait times out and
+                    // the gateway's events still tell what happened.
+                    self.send_reply(&shared, reply);
+                }
                 _ = tick.tick() => {
+                    // A bundle may have changed the health interval.
+                    let now_every = shared.config().uplink.health_interval;
+                    if now_every != every {
+                        every = now_every;
+                        health = tokio::time::interval(every);
+                        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
                     if self.connected {
                         if self.window.overdue(ACK_TIMEOUT) {
                             tracing::warn!(gateway = %self.gateway, "central's ack is overdue; resending what is pending");
@@ -197,7 +215,7 @@ impl Uplink {
         }
     }
 
-    fn handle_downlink(&mut self, shared: &Shared, p: &Publish) {
+    fn handle_downlink(&mut self, shared: &Arc<Shared>, p: &Publish) {
         let m = &shared.metrics;
         let channel = match Topic::parse(&p.topic) {
             Ok(Topic::Gateway { gateway, channel }) if gateway == self.gateway => channel,
@@ -234,12 +252,8 @@ impl Uplink {
             }
             (Channel::Cmd, Message::Command(cmd)) => {
                 tracing::info!(command = %cmd.name, id = %cmd.id, "command from central");
-                let reply = Message::Reply(crate::commands::handle(shared, &cmd));
-                self.seq += 1;
-                if let Ok(payload) =
-                    self.encode(&Envelope::new(self.gateway.clone(), self.seq, reply))
-                {
-                    self.publish(shared, Channel::Reply, "reply", payload, false);
+                if let Some(reply) = crate::commands::handle(shared, &cmd) {
+                    self.send_reply(shared, reply);
                 }
             }
             (ch, msg) => {
@@ -250,6 +264,14 @@ impl Uplink {
                 );
                 m.uplink_rejected.inc();
             }
+        }
+    }
+
+    fn send_reply(&mut self, shared: &Shared, reply: wire::CommandReply) {
+        self.seq += 1;
+        let env = Envelope::new(self.gateway.clone(), self.seq, Message::Reply(reply));
+        if let Ok(payload) = self.encode(&env) {
+            self.publish(shared, Channel::Reply, "reply", payload, false);
         }
     }
 
@@ -278,7 +300,7 @@ impl Uplink {
         self.seq += 1;
         let payload = status_message(
             &self.gateway,
-            &shared.config,
+            &shared.config(),
             state,
             self.seq,
             self.signer.as_ref(),
@@ -288,15 +310,16 @@ impl Uplink {
 
     fn publish_health(&mut self, shared: &Shared) {
         self.seq += 1;
+        let config = shared.config();
         let msg = Message::Health(GatewayHealth {
             version: crate::VERSION.to_owned(),
-            site: shared.config.site.id.clone(),
+            site: config.site.id.clone(),
             uptime_secs: shared.started.elapsed().as_secs(),
-            cameras_configured: shared.config.cameras.len() as u32,
-            terminals_configured: shared.config.terminals.len() as u32,
+            cameras_configured: config.cameras.len() as u32,
+            terminals_configured: config.terminals.len() as u32,
             outbox: Some(shared.outbox.summary()),
-            terminals: None,
-            config: None,
+            terminals: Some(shared.terminals.summary()),
+            config: Some(shared.bundles.versions()),
         });
         match self.encode(&Envelope::new(self.gateway.clone(), self.seq, msg)) {
             Ok(payload) => self.publish(shared, Channel::Health, "health", payload, false),

@@ -1,0 +1,500 @@
+//! Signed configuration bundles from central, for the gateway itself and for its terminals.
+//!
+//! A bundle is checked before anything else — signature, target, version, schema, and for the
+//! gateway that it changes only what can change live — and refused with a reason that goes back
+//! to central (the command's reply and a `config.refused` alert); a refused bundle changes
+//! nothing. An accepted gateway bundle is staged on disk, applied by the devices task (cameras,
+//! terminals, sources, thresholds, the health interval — no restart), and kept as the bundle in
+//! force; the one before it is kept as the last good one.
+//!
+//! "Commit confirmed": the gateway reports the applied bundle in a `config.applied` event. When
+//! central has not acknowledged that event within `confirm_within` — the new configuration cost
+//! the gateway its link — the gateway goes back to the last good configuration by itself.
+//!
+//! Files in `<storage>/bundles/`: `gateway.json` (in force), `gateway.previous.json` (last
+//! good), `gateway.confirmed` (the version central confirmed), `terminal-<id>.json`,
+//! `staged.json` (while applying).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use firmware_config::bundle::{BundleBody, Checked, SignedBundle, VerifyingKey};
+use firmware_config::config::GatewayConfig;
+use firmware_config::wire::{ConfigVersions, EventClass};
+use serde_json::{json, Value};
+
+use crate::outbox::{NewEvent, Outbox};
+use crate::{GatewayError, Shared};
+
+/// A terminal's settings bundle as held for it.
+#[derive(Debug, Clone)]
+pub struct TerminalBundle {
+    pub version: u64,
+    /// The signed bundle, as the terminal fetches it (it may verify it too).
+    pub json: Arc<str>,
+    pub etag: String,
+}
+
+struct Pending {
+    version: u64,
+    /// The `config.applied` event central must acknowledge.
+    seq: u64,
+    deadline: Instant,
+}
+
+struct State {
+    /// The gateway bundle in force (0: none, the file rules).
+    version: u64,
+    confirmed: bool,
+    /// What to go back to, and its version.
+    last_good: Arc<GatewayConfig>,
+    last_good_version: u64,
+    pending: Option<Pending>,
+    terminals: BTreeMap<String, TerminalBundle>,
+}
+
+pub struct Bundles {
+    dir: PathBuf,
+    key: Option<VerifyingKey>,
+    confirm_within: Duration,
+    /// The config file as read at start: the base every bundle's live settings go on.
+    file: Arc<GatewayConfig>,
+    state: Mutex<State>,
+    /// One bundle at a time.
+    busy: tokio::sync::Mutex<()>,
+}
+
+/// The file's config with the settings a bundle may change taken from `from`.
+pub fn with_live_settings(base: &GatewayConfig, from: &GatewayConfig) -> GatewayConfig {
+    let mut c = base.clone();
+    c.cameras.clone_from(&from.cameras);
+    c.terminals.clone_from(&from.terminals);
+    c.sources.clone_from(&from.sources);
+    c.terminal_health = from.terminal_health.clone();
+    c.uplink.health_interval = from.uplink.health_interval;
+    c
+}
+
+fn etag(b: &SignedBundle, version: u64) -> String {
+    let d = fnv1a(b.sig.as_bytes());
+    format!("\"v{version}-{d:016x}\"")
+}
+
+/// FNV-1a: the ETag only has to change when the signature does.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+impl Bundles {
+    /// Opens the bundle folder; returns the config in force: the file's, with the live
+    /// settings of the gateway bundle in force when there is a valid one.
+    pub fn open(file: GatewayConfig) -> Result<(Self, GatewayConfig), GatewayError> {
+        let dir = file.storage.dir.join("bundles");
+        std::fs::create_dir_all(&dir).map_err(|source| GatewayError::Storage {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let key = match &file.bundles {
+            Some(b) => Some(
+                VerifyingKey::load(&b.public_key_file)
+                    .map_err(|e| GatewayError::Bundles(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let confirm_within = file
+            .bundles
+            .as_ref()
+            .map_or(Duration::from_secs(300), |b| b.confirm_within);
+        let file = Arc::new(file);
+        let mut bundles = Self {
+            dir,
+            key,
+            confirm_within,
+            file: file.clone(),
+            state: Mutex::new(State {
+                version: 0,
+                confirmed: true,
+                last_good: file.clone(),
+                last_good_version: 0,
+                pending: None,
+                terminals: BTreeMap::new(),
+            }),
+            busy: tokio::sync::Mutex::new(()),
+        };
+        let effective = bundles.load_held();
+        Ok((bundles, effective))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A stored bundle, verified and checked again (the disk is not trusted either).
+    fn load_file(&self, name: &str) -> Option<(BundleBody, Checked, SignedBundle)> {
+        let path = self.dir.join(name);
+        let bytes = std::fs::read(&path).ok()?;
+        let key = self.key.as_ref()?;
+        let checked = SignedBundle::parse(&bytes).and_then(|b| key.verify(&b).map(|body| (body, b)));
+        match checked {
+            Ok((body, signed)) if body.target.gateway == self.file.gateway.id => {
+                match body.check(&self.file.base_dir, true) {
+                    Ok(c) => Some((body, c, signed)),
+                    Err(issues) => {
+                        tracing::warn!(file = %path.display(), ?issues, "stored bundle no longer valid; ignored");
+                        None
+                    }
+                }
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "stored bundle refused; ignored");
+                None
+            }
+        }
+    }
+
+    fn load_held(&mut self) -> GatewayConfig {
+        let mut effective = (*self.file).clone();
+        let held = self.load_file("gateway.json");
+        let previous = self.load_file("gateway.previous.json");
+        let confirmed_version: Option<u64> = std::fs::read_to_string(self.dir.join("gateway.confirmed"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let mut terminals = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !(name.starts_with("terminal-") && name.ends_with(".json")) {
+                    continue;
+                }
+                if let Some((body, Checked::Terminal(_), signed)) = self.load_file(&name) {
+                    if let Some(t) = body.target.terminal.clone() {
+                        terminals.insert(
+                            t,
+                            TerminalBundle {
+                                version: body.version,
+                                etag: etag(&signed, body.version),
+                                json: signed.to_json().into(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
+        state.terminals = terminals;
+        if let Some((body, Checked::Gateway(cfg), _)) = held {
+            effective = with_live_settings(&self.file, &cfg);
+            state.version = body.version;
+            state.confirmed = confirmed_version == Some(body.version);
+            if let Some((pbody, Checked::Gateway(pcfg), _)) = previous {
+                state.last_good = Arc::new(with_live_settings(&self.file, &pcfg));
+                state.last_good_version = pbody.version;
+            }
+            tracing::info!(version = body.version, confirmed = state.confirmed, "gateway bundle in force");
+        }
+        effective
+    }
+
+    /// After a restart with a bundle central had not confirmed: report it again and start its
+    /// confirmation window anew.
+    pub async fn resume(&self, outbox: &Outbox) {
+        let version = {
+            let s = self.lock();
+            if s.confirmed || s.version == 0 {
+                return;
+            }
+            s.version
+        };
+        let payload = json!({ "target": { "gateway": self.file.gateway.id }, "version": version, "after_restart": true });
+        if let Some(seq) = record(outbox, EventClass::Alert, "config.applied", payload).await {
+            self.lock().pending = Some(Pending {
+                version,
+                seq,
+                deadline: Instant::now() + self.confirm_within,
+            });
+        }
+    }
+
+    /// The versions in force, for the health report.
+    pub fn versions(&self) -> ConfigVersions {
+        let s = self.lock();
+        ConfigVersions {
+            gateway: s.version,
+            confirmed: s.confirmed,
+            terminals: s
+                .terminals
+                .iter()
+                .map(|(id, t)| (id.clone(), t.version))
+                .collect(),
+        }
+    }
+
+    pub fn terminal(&self, id: &str) -> Option<TerminalBundle> {
+        self.lock().terminals.get(id).cloned()
+    }
+
+    /// Terminal bundles held, for the terminal registry at start.
+    pub fn terminal_requirements(&self) -> Vec<(String, u64, Vec<String>)> {
+        self.lock()
+            .terminals
+            .iter()
+            .filter_map(|(id, t)| {
+                let b = SignedBundle::parse(t.json.as_bytes()).ok()?.unverified_body()?;
+                match b.content {
+                    firmware_config::bundle::Content::Terminal { settings } => {
+                        Some((id.clone(), t.version, settings.required_peripherals))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Handles a `config.bundle` command: `{"bundle": <signed bundle>}`.
+    pub async fn receive(&self, shared: &Shared, args: &Value) -> Result<Value, String> {
+        let _one = self.busy.lock().await;
+        let signed: Option<SignedBundle> = args
+            .get("bundle")
+            .and_then(|b| serde_json::from_value(b.clone()).ok());
+        let claimed = signed.as_ref().and_then(SignedBundle::unverified_body);
+        match self.accept(shared, signed).await {
+            Ok(data) => {
+                shared.metrics.count_bundle("applied");
+                Ok(data)
+            }
+            Err(reason) => {
+                shared.metrics.count_bundle("refused");
+                tracing::warn!(%reason, "bundle refused");
+                let payload = json!({
+                    "reason": reason,
+                    "claimed_target": claimed.as_ref().map(|b| &b.target),
+                    "claimed_version": claimed.as_ref().map(|b| b.version),
+                });
+                record(&shared.outbox, EventClass::Alert, "config.refused", payload).await;
+                Err(reason)
+            }
+        }
+    }
+
+    async fn accept(&self, shared: &Shared, signed: Option<SignedBundle>) -> Result<Value, String> {
+        let signed = signed.ok_or("args.bundle is not a bundle ({bundle, key, body, sig})")?;
+        let key = self.key.as_ref().ok_or(
+            "this gateway has no [bundles] public_key_file, so it accepts no bundles",
+        )?;
+        let body = key.verify(&signed).map_err(|e| e.to_string())?;
+        if body.target.gateway != shared.gateway_id.as_str() {
+            return Err(format!(
+                "wrong target: the bundle is for gateway {:?}, this is {:?}",
+                body.target.gateway,
+                shared.gateway_id.as_str()
+            ));
+        }
+        let held = match &body.target.terminal {
+            None => self.lock().version,
+            Some(t) => {
+                if !shared.config().terminals.iter().any(|c| &c.id == t) {
+                    return Err(format!("wrong target: this gateway has no terminal {t:?}"));
+                }
+                self.lock().terminals.get(t).map_or(0, |b| b.version)
+            }
+        };
+        if body.version <= held {
+            return Err(format!(
+                "version {} is not newer than version {held} in force for {}",
+                body.version, body.target
+            ));
+        }
+        let checked = body
+            .check(&self.file.base_dir, true)
+            .map_err(|issues| format!("invalid content: {}", issues.join("; ")))?;
+        match checked {
+            Checked::Gateway(cfg) => self.apply_gateway(shared, body, *cfg, &signed).await,
+            Checked::Terminal(settings) => {
+                let terminal = body.target.terminal.clone().unwrap_or_default();
+                let path = self.dir.join(format!("terminal-{terminal}.json"));
+                write_synced(&path, &signed.to_json())
+                    .map_err(|e| format!("cannot store the bundle: {e}"))?;
+                self.lock().terminals.insert(
+                    terminal.clone(),
+                    TerminalBundle {
+                        version: body.version,
+                        etag: etag(&signed, body.version),
+                        json: signed.to_json().into(),
+                    },
+                );
+                shared
+                    .terminals
+                    .set_bundle(&terminal, body.version, settings.required_peripherals);
+                let payload = json!({ "target": body.target, "version": body.version, "note": body.note });
+                record(&shared.outbox, EventClass::Alert, "config.applied", payload).await;
+                tracing::info!(%terminal, version = body.version, "terminal bundle stored");
+                Ok(json!({ "target": body.target, "version": body.version }))
+            }
+        }
+    }
+
+    async fn apply_gateway(
+        &self,
+        shared: &Shared,
+        body: BundleBody,
+        cfg: GatewayConfig,
+        signed: &SignedBundle,
+    ) -> Result<Value, String> {
+        let current = shared.config();
+        let new = Arc::new(with_live_settings(&self.file, &cfg));
+        let fixed = crate::devices::restart_only_changes(&current, &cfg);
+        if !fixed.is_empty() {
+            return Err(format!(
+                "changes {}, which need a restart; a bundle may change cameras, terminals, sources, terminal_health and uplink.health_interval",
+                fixed.join(", ")
+            ));
+        }
+        let staged = self.dir.join("staged.json");
+        write_synced(&staged, &signed.to_json()).map_err(|e| format!("cannot stage: {e}"))?;
+        if let Err(e) = shared.devices.apply(new).await {
+            // Nothing was switched: the devices still run the config in force.
+            let _ = std::fs::remove_file(&staged);
+            shared.metrics.count_bundle("rolled_back");
+            let version = self.lock().version;
+            let payload = json!({
+                "target": body.target, "version": body.version, "reason": format!("apply failed: {e}"),
+                "back_to": version,
+            });
+            record(&shared.outbox, EventClass::Alert, "config.rolled_back", payload).await;
+            return Err(format!("apply failed, rolled back to version {version}: {e}"));
+        }
+        let (cur, prev) = (self.dir.join("gateway.json"), self.dir.join("gateway.previous.json"));
+        let moved = (|| -> std::io::Result<()> {
+            if cur.exists() {
+                std::fs::rename(&cur, &prev)?;
+            } else if prev.exists() {
+                std::fs::remove_file(&prev)?;
+            }
+            std::fs::rename(&staged, &cur)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = moved {
+            tracing::error!(error = %e, "bundle applied but not stored; it lasts until a restart");
+        }
+        let _ = std::fs::remove_file(self.dir.join("gateway.confirmed"));
+        {
+            let mut s = self.lock();
+            s.last_good = current;
+            s.last_good_version = s.version;
+            s.version = body.version;
+            s.confirmed = false;
+        }
+        shared.metrics.config_version.set(body.version as i64);
+        let payload = json!({ "target": body.target, "version": body.version, "note": body.note });
+        if let Some(seq) = record(&shared.outbox, EventClass::Alert, "config.applied", payload).await {
+            self.lock().pending = Some(Pending {
+                version: body.version,
+                seq,
+                deadline: Instant::now() + self.confirm_within,
+            });
+        }
+        tracing::info!(version = body.version, note = %body.note, "gateway bundle applied; awaiting central's confirmation");
+        Ok(json!({
+            "target": body.target,
+            "version": body.version,
+            "confirm_within_secs": self.confirm_within.as_secs(),
+        }))
+    }
+
+    /// Checks the bundle awaiting confirmation: confirmed once central acknowledged its
+    /// `config.applied` event; when the deadline passed first, returns the last good config to
+    /// go back to.
+    pub fn overdue(&self, outbox: &Outbox, now: Instant) -> Option<Arc<GatewayConfig>> {
+        let mut s = self.lock();
+        let p = s.pending.as_ref()?;
+        let still_pending = outbox
+            .pending(EventClass::Alert, p.seq.saturating_sub(1), 1)
+            .first()
+            .is_some_and(|e| e.seq == p.seq);
+        if !still_pending {
+            let version = p.version;
+            s.pending = None;
+            s.confirmed = true;
+            drop(s);
+            if let Err(e) = write_synced(&self.dir.join("gateway.confirmed"), &version.to_string()) {
+                tracing::warn!(error = %e, "cannot note the confirmation");
+            }
+            tracing::info!(version, "central confirmed the gateway bundle");
+            return None;
+        }
+        (now >= p.deadline).then(|| s.last_good.clone())
+    }
+
+    /// The last good config is back in force (or could not be, `failed`).
+    pub async fn rolled_back(&self, shared: &Shared, failed: Option<String>) {
+        let (from, to) = {
+            let mut s = self.lock();
+            s.pending = None;
+            let from = s.version;
+            if failed.is_none() {
+                s.version = s.last_good_version;
+                s.confirmed = true;
+            }
+            (from, s.last_good_version)
+        };
+        if failed.is_none() {
+            let (cur, prev) = (self.dir.join("gateway.json"), self.dir.join("gateway.previous.json"));
+            let moved = if prev.exists() {
+                std::fs::rename(&prev, &cur)
+            } else {
+                std::fs::remove_file(&cur)
+            };
+            if let Err(e) = moved {
+                tracing::error!(error = %e, "rolled back, but the bundle files could not follow");
+            }
+            let _ = write_synced(&self.dir.join("gateway.confirmed"), &to.to_string());
+            shared.metrics.config_version.set(to as i64);
+        }
+        shared.metrics.count_bundle("rolled_back");
+        let reason = format!(
+            "central did not confirm version {from} within {}",
+            humantime::format_duration(self.confirm_within)
+        );
+        tracing::warn!(%reason, back_to = to, ?failed, "gateway bundle rolled back");
+        let payload = json!({
+            "target": { "gateway": self.file.gateway.id }, "version": from, "back_to": to,
+            "reason": reason, "failed": failed,
+        });
+        record(&shared.outbox, EventClass::Alert, "config.rolled_back", payload).await;
+    }
+}
+
+async fn record(outbox: &Outbox, class: EventClass, kind: &str, payload: Value) -> Option<u64> {
+    let payload = serde_json::value::to_raw_value(&payload).ok()?;
+    let event = NewEvent {
+        class,
+        kind: kind.to_owned(),
+        payload,
+        time_ms: None,
+    };
+    match outbox.append(vec![event]).await {
+        Ok(seqs) => seqs.first().copied(),
+        Err(e) => {
+            tracing::error!(error = %e, kind, "cannot record a bundle event");
+            None
+        }
+    }
+}
