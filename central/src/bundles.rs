@@ -195,8 +195,15 @@ impl BundleRequest {
         };
         match (&self.terminal, &self.toml, &self.settings) {
             (None, Some(toml), None) => Ok((target, Content::Gateway { toml: toml.clone() })),
-            (Some(_), None, Some(s)) => Ok((target, Content::Terminal { settings: s.clone() })),
-            (None, _, _) => Err("a gateway bundle needs `toml` (a whole gateway.toml) and no `settings`".to_owned()),
+            (Some(_), None, Some(s)) => Ok((
+                target,
+                Content::Terminal {
+                    settings: s.clone(),
+                },
+            )),
+            (None, _, _) => Err(
+                "a gateway bundle needs `toml` (a whole gateway.toml) and no `settings`".to_owned(),
+            ),
             (Some(_), _, _) => Err("a terminal bundle needs `settings` and no `toml`".to_owned()),
         }
     }

@@ -5,8 +5,8 @@
 //! the tests do); `main.rs` wraps it as a binary.
 
 pub mod api;
-pub mod bundles;
 pub mod broker;
+pub mod bundles;
 pub mod link;
 pub mod metrics;
 pub mod registry;

@@ -151,7 +151,8 @@ impl Bundles {
         let path = self.dir.join(name);
         let bytes = std::fs::read(&path).ok()?;
         let key = self.key.as_ref()?;
-        let checked = SignedBundle::parse(&bytes).and_then(|b| key.verify(&b).map(|body| (body, b)));
+        let checked =
+            SignedBundle::parse(&bytes).and_then(|b| key.verify(&b).map(|body| (body, b)));
         match checked {
             Ok((body, signed)) if body.target.gateway == self.file.gateway.id => {
                 match body.check(&self.file.base_dir, true) {
@@ -174,9 +175,10 @@ impl Bundles {
         let mut effective = (*self.file).clone();
         let held = self.load_file("gateway.json");
         let previous = self.load_file("gateway.previous.json");
-        let confirmed_version: Option<u64> = std::fs::read_to_string(self.dir.join("gateway.confirmed"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let confirmed_version: Option<u64> =
+            std::fs::read_to_string(self.dir.join("gateway.confirmed"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
         let mut terminals = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
@@ -208,7 +210,11 @@ impl Bundles {
                 state.last_good = Arc::new(with_live_settings(&self.file, &pcfg));
                 state.last_good_version = pbody.version;
             }
-            tracing::info!(version = body.version, confirmed = state.confirmed, "gateway bundle in force");
+            tracing::info!(
+                version = body.version,
+                confirmed = state.confirmed,
+                "gateway bundle in force"
+            );
         }
         effective
     }
@@ -257,7 +263,9 @@ impl Bundles {
             .terminals
             .iter()
             .filter_map(|(id, t)| {
-                let b = SignedBundle::parse(t.json.as_bytes()).ok()?.unverified_body()?;
+                let b = SignedBundle::parse(t.json.as_bytes())
+                    .ok()?
+                    .unverified_body()?;
                 match b.content {
                     firmware_config::bundle::Content::Terminal { settings } => {
                         Some((id.clone(), t.version, settings.required_peripherals))
@@ -296,9 +304,10 @@ impl Bundles {
 
     async fn accept(&self, shared: &Shared, signed: Option<SignedBundle>) -> Result<Value, String> {
         let signed = signed.ok_or("args.bundle is not a bundle ({bundle, key, body, sig})")?;
-        let key = self.key.as_ref().ok_or(
-            "this gateway has no [bundles] public_key_file, so it accepts no bundles",
-        )?;
+        let key = self
+            .key
+            .as_ref()
+            .ok_or("this gateway has no [bundles] public_key_file, so it accepts no bundles")?;
         let body = key.verify(&signed).map_err(|e| e.to_string())?;
         if body.target.gateway != shared.gateway_id.as_str() {
             return Err(format!(
@@ -343,7 +352,8 @@ impl Bundles {
                 shared
                     .terminals
                     .set_bundle(&terminal, body.version, settings.required_peripherals);
-                let payload = json!({ "target": body.target, "version": body.version, "note": body.note });
+                let payload =
+                    json!({ "target": body.target, "version": body.version, "note": body.note });
                 record(&shared.outbox, EventClass::Alert, "config.applied", payload).await;
                 tracing::info!(%terminal, version = body.version, "terminal bundle stored");
                 Ok(json!({ "target": body.target, "version": body.version }))
@@ -378,10 +388,21 @@ impl Bundles {
                 "target": body.target, "version": body.version, "reason": format!("apply failed: {e}"),
                 "back_to": version,
             });
-            record(&shared.outbox, EventClass::Alert, "config.rolled_back", payload).await;
-            return Err(format!("apply failed, rolled back to version {version}: {e}"));
+            record(
+                &shared.outbox,
+                EventClass::Alert,
+                "config.rolled_back",
+                payload,
+            )
+            .await;
+            return Err(format!(
+                "apply failed, rolled back to version {version}: {e}"
+            ));
         }
-        let (cur, prev) = (self.dir.join("gateway.json"), self.dir.join("gateway.previous.json"));
+        let (cur, prev) = (
+            self.dir.join("gateway.json"),
+            self.dir.join("gateway.previous.json"),
+        );
         let moved = (|| -> std::io::Result<()> {
             if cur.exists() {
                 std::fs::rename(&cur, &prev)?;
@@ -404,7 +425,9 @@ impl Bundles {
         }
         shared.metrics.config_version.set(body.version as i64);
         let payload = json!({ "target": body.target, "version": body.version, "note": body.note });
-        if let Some(seq) = record(&shared.outbox, EventClass::Alert, "config.applied", payload).await {
+        if let Some(seq) =
+            record(&shared.outbox, EventClass::Alert, "config.applied", payload).await
+        {
             self.lock().pending = Some(Pending {
                 version: body.version,
                 seq,
@@ -434,7 +457,8 @@ impl Bundles {
             s.pending = None;
             s.confirmed = true;
             drop(s);
-            if let Err(e) = write_synced(&self.dir.join("gateway.confirmed"), &version.to_string()) {
+            if let Err(e) = write_synced(&self.dir.join("gateway.confirmed"), &version.to_string())
+            {
                 tracing::warn!(error = %e, "cannot note the confirmation");
             }
             tracing::info!(version, "central confirmed the gateway bundle");
@@ -456,7 +480,10 @@ impl Bundles {
             (from, s.last_good_version)
         };
         if failed.is_none() {
-            let (cur, prev) = (self.dir.join("gateway.json"), self.dir.join("gateway.previous.json"));
+            let (cur, prev) = (
+                self.dir.join("gateway.json"),
+                self.dir.join("gateway.previous.json"),
+            );
             let moved = if prev.exists() {
                 std::fs::rename(&prev, &cur)
             } else {
@@ -478,7 +505,13 @@ impl Bundles {
             "target": { "gateway": self.file.gateway.id }, "version": from, "back_to": to,
             "reason": reason, "failed": failed,
         });
-        record(&shared.outbox, EventClass::Alert, "config.rolled_back", payload).await;
+        record(
+            &shared.outbox,
+            EventClass::Alert,
+            "config.rolled_back",
+            payload,
+        )
+        .await;
     }
 }
 

@@ -44,8 +44,7 @@ impl Devices {
             .send(Request { config, done })
             .await
             .map_err(|_| "the gateway is stopping".to_owned())?;
-        rx.await
-            .map_err(|_| "the gateway is stopping".to_owned())?
+        rx.await.map_err(|_| "the gateway is stopping".to_owned())?
     }
 }
 
@@ -144,7 +143,11 @@ struct Runner {
 }
 
 impl Runner {
-    async fn apply(&mut self, shared: &Arc<Shared>, config: Arc<GatewayConfig>) -> Result<(), String> {
+    async fn apply(
+        &mut self,
+        shared: &Arc<Shared>,
+        config: Arc<GatewayConfig>,
+    ) -> Result<(), String> {
         let tokens = prepare(&config)?;
         let now = Instant::now();
         shared.set_config(config.clone(), tokens);

@@ -121,7 +121,10 @@ impl Shared {
         id: &str,
         running: Option<(Arc<camera::Analysis>, video::Live)>,
     ) {
-        let mut a = self.analyses.write().unwrap_or_else(PoisonError::into_inner);
+        let mut a = self
+            .analyses
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut l = self.lives.write().unwrap_or_else(PoisonError::into_inner);
         match running {
             Some((analysis, live)) => {
@@ -194,7 +197,9 @@ pub async fn start(
     for (id, version, required) in bundles.terminal_requirements() {
         terminals.set_bundle(&id, version, required);
     }
-    metrics.config_version.set(bundles.versions().gateway as i64);
+    metrics
+        .config_version
+        .set(bundles.versions().gateway as i64);
     let (devices, device_requests) = devices::Devices::new();
     let (replies, reply_rx) = tokio::sync::mpsc::unbounded_channel();
     let listener = runtime::bind_http(config.http.listen)

@@ -110,7 +110,11 @@ mod tests {
         assert_eq!(todo.len(), 2);
         spawn(&mut set, todo);
         // b changes, a stays, c is new.
-        let second = vec![("a".to_owned(), 1), ("b".to_owned(), 2), ("c".to_owned(), 1)];
+        let second = vec![
+            ("a".to_owned(), 1),
+            ("b".to_owned(), 2),
+            ("c".to_owned(), 1),
+        ];
         let mut todo = set.stop_changed(&second).await;
         todo.sort();
         assert_eq!(todo, [("b".to_owned(), 2), ("c".to_owned(), 1)]);

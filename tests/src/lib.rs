@@ -15,6 +15,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod services;
+pub mod terminals;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -73,7 +73,7 @@ pub fn gateway_toml(
          [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
          [[sources]]\nid = \"tests\"\nname = \"The system tests\"\ntoken = {{ file = \"{}\" }}\n\
          [[terminals]]\nid = \"security-room\"\nname = \"Security room video terminal\"\nkind = \"video_terminal\"\n\
-         health = {{ mode = \"heartbeat\", interval = \"10s\", misses_before_offline = 3 }}\ntoken = {{ file = \"{}\" }}\n\
+         health = {{ mode = \"heartbeat\", interval = \"1h\", misses_before_offline = 3 }}\ntoken = {{ file = \"{}\" }}\n\
          [storage]\ndir = \"{}\"\n",
         tls_table("uplink.tls", tls),
         token_file.display(),
@@ -145,6 +145,15 @@ impl TestCentral {
             Self::from_toml(dir, &text).await?,
             format!("mqtts://localhost:{tls_port}"),
         ))
+    }
+
+    /// Central with its embedded broker and `extra` lines in its config (e.g. an
+    /// `[identity]` table).
+    pub async fn embedded_with(extra: &str) -> Result<Self> {
+        let dir = FixtureDir::new("central")?;
+        let text = central_toml(dir.path(), free_port(), 0)
+            .replace("[storage]", &format!("{extra}\n[storage]"));
+        Self::from_toml(dir, &text).await
     }
 
     /// Central on an external broker.
@@ -238,6 +247,16 @@ impl TestGateway {
             config_text: text,
             _dir: dir,
         })
+    }
+
+    /// The config the gateway was started with.
+    pub fn config_text(&self) -> &str {
+        &self.config_text
+    }
+
+    /// The folder its config and token files live in.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
     }
 
     /// The gateway's storage folder.

@@ -30,7 +30,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/v1/bundles",
             get(terminals::history).post(terminals::create),
         )
-        .route("/api/v1/bundles/signed", axum::routing::post(terminals::forward))
+        .route(
+            "/api/v1/bundles/signed",
+            axum::routing::post(terminals::forward),
+        )
         .route("/api/v1/shares", get(shares::list).post(shares::create))
         .route("/api/v1/shares/{id}", axum::routing::delete(shares::revoke))
         .route("/api/v1/shares/live", get(shares::live))

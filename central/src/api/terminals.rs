@@ -52,8 +52,12 @@ pub async fn history(State(shared): State<Arc<Shared>>) -> Json<serde_json::Valu
 }
 
 fn gateway_id(s: &str) -> Result<GatewayId, Box<Response>> {
-    GatewayId::new(s.to_owned())
-        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, format!("gateway: {s:?} {e}"))))
+    GatewayId::new(s.to_owned()).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("gateway: {s:?} {e}"),
+        ))
+    })
 }
 
 fn outcome(result: Result<crate::bundles::Sent, BundleSendError>) -> Response {

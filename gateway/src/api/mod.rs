@@ -60,8 +60,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/api/v1/terminals/heartbeat",
-            post(terminals::heartbeat)
-                .layer(DefaultBodyLimit::max(terminals::MAX_HEARTBEAT_BYTES)),
+            post(terminals::heartbeat).layer(DefaultBodyLimit::max(terminals::MAX_HEARTBEAT_BYTES)),
         )
         .route("/api/v1/terminals", get(terminals::list))
         .route("/api/v1/terminals/config", get(terminals::config))

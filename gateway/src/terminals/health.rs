@@ -3,7 +3,8 @@
 //!
 //! - **Hysteresis**: `misses_before_offline` failures in a row make a terminal offline;
 //!   `successes_before_online` successes in a row bring an offline terminal back. A terminal
-//!   never heard from is `unknown` and goes online at its first success.
+//!   never heard from is `unknown` and goes online at its first success (quietly: the periodic
+//!   summary tells central; only changes after that are events).
 //! - **Degraded**: the terminal answers but a peripheral or a threshold fails.
 //! - **Flapping**: `flap_changes` changes within `flap_window` raise one flapping alert; while
 //!   it flaps, its state changes are kept but not reported; once it has been steady for a whole
@@ -190,6 +191,12 @@ impl TerminalHealth {
             });
             return;
         }
+        // A terminal first heard from and well is news for the periodic summary, not an event
+        // (a restarted gateway would otherwise send one per terminal).
+        if from == TerminalState::Unknown && to == TerminalState::Online {
+            self.reported = to;
+            return;
+        }
         if !self.flapping && to != self.reported {
             out.push(Change::State {
                 from: self.reported,
@@ -266,7 +273,8 @@ mod tests {
         let t0 = Instant::now();
         let s = |n| t0 + Duration::from_secs(n);
         let mut h = TerminalHealth::new(policy(), t0);
-        assert_eq!(states(&h.observe(s(1), ok())), [(Unknown, Online)]);
+        assert!(h.observe(s(1), ok()).is_empty());
+        assert_eq!(h.state(), Online);
         assert!(h.observe(s(2), miss()).is_empty());
         assert!(h.observe(s(3), miss()).is_empty());
         assert_eq!(states(&h.observe(s(4), miss())), [(Online, Offline)]);

@@ -74,7 +74,10 @@ impl Probe {
                     .await
                     .map_err(|e| {
                         if e.is_timeout() {
-                            format!("GET {url}: no answer within {}", humantime::format_duration(*timeout))
+                            format!(
+                                "GET {url}: no answer within {}",
+                                humantime::format_duration(*timeout)
+                            )
                         } else {
                             format!("GET {url}: {}", root_cause(&e))
                         }
@@ -83,20 +86,24 @@ impl Probe {
                 if status == *expect_status {
                     Ok(())
                 } else {
-                    Err(format!("GET {url}: status {status}, expected {expect_status}"))
+                    Err(format!(
+                        "GET {url}: status {status}, expected {expect_status}"
+                    ))
                 }
             }
             Probe::Tcp {
                 address, timeout, ..
-            } => match tokio::time::timeout(*timeout, tokio::net::TcpStream::connect(address)).await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(format!("connect {address}: {e}")),
-                Err(_) => Err(format!(
-                    "connect {address}: no answer within {}",
-                    humantime::format_duration(*timeout)
-                )),
-            },
+            } => {
+                match tokio::time::timeout(*timeout, tokio::net::TcpStream::connect(address)).await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(format!("connect {address}: {e}")),
+                    Err(_) => Err(format!(
+                        "connect {address}: no answer within {}",
+                        humantime::format_duration(*timeout)
+                    )),
+                }
+            }
         }
     }
 }

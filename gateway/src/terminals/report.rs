@@ -144,9 +144,18 @@ mod tests {
         for (body, field) in [
             (&br#"{"app_version":"","uptime_secs":1}"#[..], "app_version"),
             (br#"{"app_version":"a","uptime_secs":-1}"#, "uptime_secs"),
-            (br#"{"app_version":"a","uptime_secs":1,"peripherals":{"fax":{"ok":true}}}"#, "peripherals.fax"),
-            (br#"{"app_version":"a","uptime_secs":1,"temperature_c":900}"#, "temperature_c"),
-            (br#"{"app_version":"a","uptime_secs":1,"colour":1}"#, "colour"),
+            (
+                br#"{"app_version":"a","uptime_secs":1,"peripherals":{"fax":{"ok":true}}}"#,
+                "peripherals.fax",
+            ),
+            (
+                br#"{"app_version":"a","uptime_secs":1,"temperature_c":900}"#,
+                "temperature_c",
+            ),
+            (
+                br#"{"app_version":"a","uptime_secs":1,"colour":1}"#,
+                "colour",
+            ),
             (br#"not json"#, "expected"),
         ] {
             let e = Heartbeat::parse(body).unwrap_err();
