@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 1: installs what is missing, builds, and runs the main job on embedded defaults:
-# central with its embedded MQTT broker, one gateway, and two simulated RTSP cameras (one with
-# a moving object in a motion zone, one covered), all on this machine. Prints where to look; runs until Ctrl-C (or for DEMO_SECONDS seconds, if set).
+# central with its embedded MQTT broker, one gateway, two simulated RTSP cameras (one with
+# a moving object in a motion zone, one covered) and simulated terminals (kiosks heartbeating,
+# one with its printer out; a probed video terminal; a screen that is off), all on this machine. Prints where to look; runs until Ctrl-C (or for DEMO_SECONDS seconds, if set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -19,9 +20,11 @@ CENTRAL_PORT=${CENTRAL_PORT:-8090}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 CAMERA_PORT=${CAMERA_PORT:-8554}
 CAMERA2_PORT=${CAMERA2_PORT:-8555}
-for p in "$BROKER_PORT" "$CENTRAL_PORT" "$GATEWAY_PORT" "$CAMERA_PORT" "$CAMERA2_PORT"; do
+TERMINAL_PORT=${TERMINAL_PORT:-8081}
+SCREEN_PORT=${SCREEN_PORT:-8082}
+for p in "$BROKER_PORT" "$CENTRAL_PORT" "$GATEWAY_PORT" "$CAMERA_PORT" "$CAMERA2_PORT" "$TERMINAL_PORT" "$SCREEN_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "demo: port $p is in use; set BROKER_PORT, CENTRAL_PORT, GATEWAY_PORT, CAMERA_PORT or CAMERA2_PORT" >&2
+    echo "demo: port $p is in use; set BROKER_PORT, CENTRAL_PORT, GATEWAY_PORT, CAMERA_PORT, CAMERA2_PORT, TERMINAL_PORT or SCREEN_PORT" >&2
     exit 1
   fi
 done
@@ -36,6 +39,8 @@ listen = "127.0.0.1:$BROKER_PORT"
 dir = "central-data"
 [http]
 listen = "127.0.0.1:$CENTRAL_PORT"
+[identity]
+bundle_signing_key_file = "keys/bundle-signing.key"
 TOML
 
 cat > "$run/gateway.toml" <<TOML
@@ -73,15 +78,42 @@ hold_down = "5s"
 id = "security-room"
 name = "Security room video terminal"
 kind = "video_terminal"
-health = { mode = "heartbeat", interval = "10s", misses_before_offline = 3 }
+health = { mode = "heartbeat", interval = "5s", misses_before_offline = 3 }
 token = { file = "viewer.token" }
+[[terminals]]
+id = "kiosk-hall-1"
+name = "Service hall kiosk 1 (simulated)"
+kind = "kiosk"
+health = { mode = "heartbeat", interval = "5s", misses_before_offline = 3 }
+token = { file = "kiosk-1.token" }
+[[terminals]]
+id = "kiosk-hall-2"
+name = "Service hall kiosk 2 (simulated, printer out of paper)"
+kind = "kiosk"
+health = { mode = "heartbeat", interval = "5s", misses_before_offline = 3 }
+token = { file = "kiosk-2.token" }
+[[terminals]]
+id = "video-reception"
+name = "Remote reception video terminal (simulated, probed)"
+kind = "video_terminal"
+health = { mode = "http_probe", url = "http://127.0.0.1:$TERMINAL_PORT/status", interval = "5s", timeout = "2s" }
+[[terminals]]
+id = "hall-screen"
+name = "Service hall screen (switched off)"
+kind = "screen"
+health = { mode = "tcp_probe", address = "127.0.0.1:$SCREEN_PORT", interval = "3s", timeout = "1s", misses_before_offline = 2 }
 [[sources]]
 id = "demo"
 name = "Demo event source"
 token = { file = "demo.token" }
+[bundles]
+public_key_file = "keys/bundle-signing.pub"
 TOML
 echo "demo-token" > "$run/demo.token"
 echo "viewer-token" > "$run/viewer.token"
+echo "kiosk-1-token" > "$run/kiosk-1.token"
+echo "kiosk-2-token" > "$run/kiosk-2.token"
+"$bin/fwcfg" certs bundle-key "$run/keys" >/dev/null
 
 "$bin/fwcfg" check "$run/central.toml"
 "$bin/fwcfg" check "$run/gateway.toml"
@@ -107,6 +139,11 @@ pids+=($!)
 pids+=($!)
 sleep 0.5
 "$bin/gateway" --config "$run/gateway.toml" > "$run/gateway.log" 2>&1 &
+pids+=($!)
+/usr/bin/python3 -u tests/fixtures/terminals_sim.py --gateway "http://127.0.0.1:$GATEWAY_PORT" \
+  --kiosk security-room:viewer-token --kiosk kiosk-hall-1:kiosk-1-token \
+  --kiosk kiosk-hall-2:kiosk-2-token:printer-out --status-page "$TERMINAL_PORT" \
+  > "$run/terminals.out" 2> "$run/terminals.log" &
 pids+=($!)
 
 for _ in $(seq 1 100); do
@@ -136,6 +173,18 @@ for c in json.load(sys.stdin):
 ' || echo "  (gateway not answering; see $run/gateway.log)"
 }
 
+# One line per terminal: kind, how it is watched, state and why.
+terminal_health() {
+  curl -fsS "http://127.0.0.1:$GATEWAY_PORT/api/v1/terminals" 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+for t in json.load(sys.stdin):
+    seen = "seen %ss ago" % t["last_seen_secs_ago"] if t.get("last_seen_secs_ago") is not None else "never seen"
+    cfg = " settings v%s" % t["config_version"] if t.get("config_version") else ""
+    print("  %-16s %-15s %-10s %-9s %-14s%s %s" % (t["id"], t["kind"], t["mode"], t["state"], seen, cfg,
+          "; ".join(t.get("reasons") or [])))
+' || echo "  (gateway not answering; see $run/gateway.log)"
+}
+
 # "JPEG WxH, N bytes" for a file, read from its frame header.
 jpeg_info() {
   /usr/bin/python3 - "$1" <<'PY'
@@ -162,6 +211,10 @@ for _ in $(seq 1 60); do
   fi
   sleep 0.5
 done
+# Central signs new settings for kiosk 1 and sends them; the kiosk fetches them by ETag.
+curl -fsS -X POST "http://127.0.0.1:$CENTRAL_PORT/api/v1/bundles" -H "Content-Type: application/json" \
+  -d '{"gateway":"gw-hongxing-01","terminal":"kiosk-hall-1","settings":{"volume":40,"locale":"zh-CN","required_peripherals":["printer","card_reader"]},"note":"demo: quieter kiosk"}' \
+  > "$run/bundle.json" 2>/dev/null || true
 curl -fsS -o "$run/central-snapshot.jpg" \
   "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways/gw-hongxing-01/cameras/hall-entrance/snapshot.jpg" || true
 
@@ -174,7 +227,10 @@ GridEdge demo is running.
             http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01   (events stored)
             http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways/gw-hongxing-01/cameras/hall-entrance/snapshot.jpg
                                                               (a camera's picture, asked of the gateway)
+  central   http://127.0.0.1:$CENTRAL_PORT/api/v1/terminals  (every terminal's health)
+            http://127.0.0.1:$CENTRAL_PORT/api/v1/bundles    (configuration bundles sent)
   gateway   http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras   (camera health)
+            http://127.0.0.1:$GATEWAY_PORT/api/v1/terminals (terminal health)
             http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras/hall-entrance/snapshot.jpg
                                                   (with -H 'Authorization: Bearer viewer-token')
             http://127.0.0.1:$GATEWAY_PORT/viewer?token=viewer-token   (camera wall, live video)
@@ -190,6 +246,19 @@ echo
 echo
 echo "Camera health at the gateway:"
 camera_health
+echo
+echo "Terminal health at the gateway (heartbeats, probes; the screen is off, kiosk 2's printer is out):"
+terminal_health
+echo
+echo "Terminals at central (from events and the gateway's periodic summary):"
+curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/terminals" | /usr/bin/python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+print("  counts:", ", ".join("%s %d" % kv for kv in sorted(v["counts"].items())))
+for t in v["terminals"]:
+    print("  %-16s %-16s %-9s (%s) %s" % (t["gateway"], t["terminal"], t["state"], t["source"], "; ".join(t["reasons"])))
+' || true
+echo "Settings bundle for kiosk-hall-1, signed by central: $(/usr/bin/python3 -c 'import json,sys; b=json.load(open(sys.argv[1])); print("version %s %s" % (b["version"], b["outcome"]))' "$run/bundle.json" 2>/dev/null || echo "not sent")"
 echo
 echo "Snapshot from the gateway:  $run/hall-entrance.jpg  ($(jpeg_info "$run/hall-entrance.jpg" 2>/dev/null || echo none))"
 echo "Snapshot through central:   $run/central-snapshot.jpg  ($(jpeg_info "$run/central-snapshot.jpg" 2>/dev/null || echo none))"
@@ -210,12 +279,12 @@ else
   echo "  (the wall did not play; open the page below in a browser)"
 fi
 echo
-echo "Events central stored from the gateway (camera changes, sensing alerts, one posted by the demo):"
+echo "Events central stored from the gateway (camera and terminal changes, sensing alerts, one posted by the demo):"
 curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01" | /usr/bin/python3 -c '
 import json, sys
 for e in json.load(sys.stdin)["events"]:
     p = e["payload"]
-    what = p.get("camera") or p.get("door") or ""
+    what = p.get("camera") or p.get("terminal") or p.get("door") or (p.get("target") or {}).get("terminal") or ""
     extra = " zone=%s" % p["zone"] if p.get("zone") else ""
     snap = " snapshot=%s" % p["snapshot_path"] if p.get("snapshot_path") else ""
     print("  #%-3d %-6s %-22s %s%s%s" % (e["seq"], e["class"], e["kind"], what, extra, snap))
@@ -225,11 +294,12 @@ cat <<TXT
 Post more: curl -X POST http://127.0.0.1:$GATEWAY_PORT/api/v1/events -H 'Authorization: Bearer demo-token' \\
              -H 'Content-Type: application/json' -d '[{"class":"telemetry","kind":"x","payload":{}}]'
 TXT
-echo "Press Ctrl-C to stop. Camera health every 10 s:"
+echo "Press Ctrl-C to stop. Camera and terminal health every 10 s:"
 end=$(( $(date +%s) + ${DEMO_SECONDS:-315360000} ))
 while [ "$(date +%s)" -lt "$end" ]; do
   sleep $(( end - $(date +%s) < 10 ? end - $(date +%s) : 10 ))
   [ "$(date +%s)" -lt "$end" ] || break
   echo "$(date +%T)"
   camera_health
+  terminal_health
 done

@@ -105,7 +105,7 @@ fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
 impl Bundles {
     /// Opens the bundle folder; returns the config in force: the file's, with the live
     /// settings of the gateway bundle in force when there is a valid one.
-    pub fn open(file: GatewayConfig) -> Result<(Self, GatewayConfig), GatewayError> {
+    pub fn open(file: GatewayConfig) -> Result<(Self, Arc<GatewayConfig>), GatewayError> {
         let dir = file.storage.dir.join("bundles");
         std::fs::create_dir_all(&dir).map_err(|source| GatewayError::Storage {
             path: dir.display().to_string(),
@@ -171,8 +171,10 @@ impl Bundles {
         }
     }
 
-    fn load_held(&mut self) -> GatewayConfig {
-        let mut effective = (*self.file).clone();
+    fn load_held(&mut self) -> Arc<GatewayConfig> {
+        // Without a bundle in force, the file's config is shared, not copied (it may hold
+        // thousands of terminals).
+        let mut effective = self.file.clone();
         let held = self.load_file("gateway.json");
         let previous = self.load_file("gateway.previous.json");
         let confirmed_version: Option<u64> =
@@ -203,7 +205,7 @@ impl Bundles {
         let state = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
         state.terminals = terminals;
         if let Some((body, Checked::Gateway(cfg), _)) = held {
-            effective = with_live_settings(&self.file, &cfg);
+            effective = Arc::new(with_live_settings(&self.file, &cfg));
             state.version = body.version;
             state.confirmed = confirmed_version == Some(body.version);
             if let Some((pbody, Checked::Gateway(pcfg), _)) = previous {

@@ -219,7 +219,7 @@ pub async fn start(
         None => None,
     };
     let shared = Arc::new(Shared {
-        config: RwLock::new(Arc::new(config)),
+        config: RwLock::new(config.clone()),
         gateway_id,
         metrics,
         outbox,

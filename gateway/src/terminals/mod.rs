@@ -27,8 +27,10 @@ pub use report::Heartbeat;
 
 use crate::outbox::{NewEvent, Outbox};
 
-/// How often deadlines and flapping are checked.
-pub const TICK: Duration = Duration::from_millis(250);
+/// How often deadlines and flapping are checked: a quarter of the shortest heartbeat interval,
+/// within these bounds (a miss is then counted at most a quarter interval late).
+pub const TICK_MIN: Duration = Duration::from_millis(250);
+pub const TICK_MAX: Duration = Duration::from_secs(2);
 
 struct Entry {
     terminal: Terminal,
@@ -45,6 +47,8 @@ struct Entry {
 struct Inner {
     entries: HashMap<String, Entry>,
     policy: TerminalPolicy,
+    /// How often to tick, from the shortest heartbeat interval.
+    tick: Duration,
 }
 
 /// Every terminal's health; cheap to clone.
@@ -144,6 +148,7 @@ impl Terminals {
             inner: Arc::new(Mutex::new(Inner {
                 entries: HashMap::new(),
                 policy: config.terminal_health.clone(),
+                tick: TICK_MIN,
             })),
             events: tx,
         };
@@ -160,6 +165,13 @@ impl Terminals {
     pub fn reconfigure(&self, config: &GatewayConfig, now: Instant) {
         let mut inner = self.lock();
         inner.policy = config.terminal_health.clone();
+        let shortest = config
+            .terminals
+            .iter()
+            .filter_map(heartbeat_interval)
+            .min()
+            .unwrap_or(TICK_MAX * 4);
+        inner.tick = (shortest / 4).clamp(TICK_MIN, TICK_MAX);
         let policy = inner.policy.clone();
         inner
             .entries
@@ -208,7 +220,9 @@ impl Terminals {
         now: Instant,
     ) -> Result<HeartbeatReply, HeartbeatError> {
         let mut inner = self.lock();
-        let Inner { entries, policy } = &mut *inner;
+        let Inner {
+            entries, policy, ..
+        } = &mut *inner;
         let e = entries
             .get_mut(id)
             .ok_or_else(|| HeartbeatError::NotATerminal(id.to_owned()))?;
@@ -245,7 +259,11 @@ impl Terminals {
         self.emit(&e.terminal, &e.health, changes);
     }
 
-    /// Counts missed heartbeats and clears flapping; called every [`TICK`].
+    fn tick_period(&self) -> Duration {
+        self.lock().tick
+    }
+
+    /// Counts missed heartbeats and clears flapping; called every [`Terminals::tick_period`].
     pub fn tick(&self, now: Instant) {
         let mut inner = self.lock();
         for e in inner.entries.values_mut() {
@@ -420,14 +438,13 @@ pub async fn write_events(
     }
 }
 
-/// Runs [`Terminals::tick`] until cancelled.
+/// Runs [`Terminals::tick`] until cancelled, as often as the shortest interval needs.
 pub async fn watch(terminals: Terminals, token: CancellationToken) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let period = terminals.tick_period();
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tick.tick() => terminals.tick(Instant::now()),
+            _ = tokio::time::sleep(period) => terminals.tick(Instant::now()),
         }
     }
 }

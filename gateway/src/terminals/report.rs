@@ -48,6 +48,11 @@ impl Heartbeat {
                 body.len()
             ));
         }
+        // The common case parses plainly; only a bad body is parsed again to name its field.
+        if let Ok(hb) = serde_json::from_slice::<Self>(body) {
+            hb.check()?;
+            return Ok(hb);
+        }
         let mut de = serde_json::Deserializer::from_slice(body);
         let hb: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
