@@ -177,6 +177,9 @@ impl Runner {
         for id in before {
             if !self.cameras.ids().any(|r| *r == id) {
                 shared.set_camera(&id, None);
+                // A push to central's relay would go on sending a hub nothing feeds; ending it
+                // makes central ask again, for the restarted camera, while viewers remain.
+                shared.upstreams.stop(&id);
             }
         }
         if !start.is_empty() && self.decoders.is_none() {
