@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod examples;
 pub mod ids;
+pub mod masterdata;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod topics;

@@ -230,3 +230,42 @@ fn bundles_are_signed_verified_and_tampering_is_caught() {
         "{out}"
     );
 }
+
+#[test]
+fn data_check_accepts_the_sample_and_names_every_bad_row() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/sample-data");
+    let (ok, out, err) = fwcfg(&["data", "check", sample], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("10 base grid(s)") && out.contains("hash "),
+        "{out}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "grids.csv",
+        "grid_staff.csv",
+        "boundaries.geojson",
+        "service_items.json",
+    ] {
+        std::fs::copy(format!("{sample}/{f}"), dir.path().join(f)).unwrap();
+    }
+    let grids = std::fs::read_to_string(dir.path().join("grids.csv")).unwrap()
+        + "11019900100001001,重复,base,11019900100001,400\n";
+    std::fs::write(dir.path().join("grids.csv"), grids).unwrap();
+    std::fs::write(
+        dir.path().join("party.csv"),
+        "code,name,kind,parent,grids\nDW12345678,支部,党小组,DW99999999,110199001999\n",
+    )
+    .unwrap();
+    let (ok, _, err) = fwcfg(&["data", "check", &dir.path().display().to_string()], "");
+    assert!(!ok);
+    for want in [
+        "11019900100001001 code: duplicate code",
+        "DW12345678 kind: \"党小组\" is not a kind",
+        "DW12345678 parent: \"DW99999999\" is not a party organisation code",
+        "DW12345678 grids: \"110199001999\" is not a grid code",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+}

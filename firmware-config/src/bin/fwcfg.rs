@@ -52,6 +52,9 @@ enum Command {
         key: PathBuf,
         bundle: PathBuf,
     },
+    /// Master data for kiosks (grid, party organisations, service items, content).
+    #[command(subcommand)]
+    Data(Data),
     /// Check a config file (or `-` for standard input); prints every problem found.
     Check {
         file: PathBuf,
@@ -82,6 +85,14 @@ enum Certs {
     /// Make central's Ed25519 bundle-signing key pair (bundle-signing.key, bundle-signing.pub)
     /// in DIR; gateways trust the .pub file (`[bundles] public_key_file`).
     BundleKey { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum Data {
+    /// Check a data set folder (grids.csv, grid_staff.csv, boundaries.geojson, party.csv,
+    /// service_items.json or .csv, content.csv and its files): prints every problem, by file,
+    /// line and field, or a summary and the data set's hash.
+    Check { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,6 +133,7 @@ fn main() -> ExitCode {
             &file,
         ),
         Command::Verify { key, bundle } => verify(&key, &bundle),
+        Command::Data(Data::Check { dir }) => data_check(&dir),
     }
 }
 
@@ -319,4 +331,29 @@ fn verify(key: &Path, bundle: &Path) -> ExitCode {
         }
     );
     ExitCode::SUCCESS
+}
+
+fn data_check(dir: &Path) -> ExitCode {
+    use firmware_config::masterdata;
+    let name = dir.display().to_string();
+    let dataset = masterdata::load_dir(dir)
+        .and_then(|src| src.read())
+        .and_then(|d| {
+            let problems = masterdata::validate(&d);
+            if problems.is_empty() {
+                Ok(d)
+            } else {
+                Err(problems)
+            }
+        });
+    match dataset {
+        Ok(d) => {
+            println!("{name}: ok: {}; hash {}", d.summary(), d.hash());
+            ExitCode::SUCCESS
+        }
+        Err(problems) => fail(
+            &name,
+            &problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        ),
+    }
 }
