@@ -8,6 +8,7 @@ pub mod api;
 pub mod broker;
 pub mod bundles;
 pub mod link;
+pub mod masterdata;
 pub mod metrics;
 pub mod registry;
 pub mod share;
@@ -34,6 +35,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub enum CentralError {
     #[error("bundles: {0}")]
     Bundles(String),
+    #[error("master data: {0}")]
+    MasterData(String),
     #[error("config has no broker")]
     NoBroker,
     #[error("storage folder {path}: {source}")]
@@ -72,6 +75,8 @@ pub struct Shared {
     pub terminals: Mutex<terminals::TerminalBoard>,
     /// Configuration bundles sent to gateways.
     pub bundles: bundles::Bundles,
+    /// The street's master data, by version.
+    pub masterdata: masterdata::MasterData,
     /// Stops everything central started.
     pub token: CancellationToken,
     pub started: Instant,
@@ -149,8 +154,10 @@ pub async fn start(
         config.identity.bundle_signing_key_file.as_deref(),
     )
     .map_err(CentralError::Bundles)?;
+    let masterdata = masterdata::MasterData::open(store.db()).map_err(CentralError::MasterData)?;
     let shared = Arc::new(Shared {
         terminals: Mutex::default(),
+        masterdata,
         bundles,
         metrics: Metrics::new(&config),
         registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),

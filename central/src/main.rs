@@ -1,9 +1,10 @@
 //! `central --config central.toml`: runs the street's hub until SIGINT/SIGTERM.
+//! `central data push DIR --url http://central:8090`: publishes a master data set to it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use firmware_config::config::CentralConfig;
 
 #[derive(Parser)]
@@ -16,6 +17,33 @@ struct Args {
     /// Central's config file (see `fwcfg example central`).
     #[arg(long, short, default_value = "/etc/gridedge/central.toml")]
     config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Master data for kiosks.
+    #[command(subcommand)]
+    Data(Data),
+}
+
+#[derive(Subcommand)]
+enum Data {
+    /// Checks a data set folder here (as `fwcfg data check` does), then publishes it to a
+    /// running central as a new version; a data set with problems is refused whole.
+    Push {
+        dir: PathBuf,
+        /// Central's HTTP API.
+        #[arg(long, default_value = "http://127.0.0.1:8090")]
+        url: String,
+        /// Who publishes it (kept with the version).
+        #[arg(long, default_value = "cli")]
+        by: String,
+        /// Why (kept with the version).
+        #[arg(long, default_value = "")]
+        note: String,
+    },
 }
 
 // mimalloc: central decodes and stores many small buffers from several threads. (The gateway
@@ -26,10 +54,82 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Data(Data::Push { dir, url, by, note })) = args.command {
+        return push(&dir, &url, &by, &note).await;
+    }
     firmware_config::runtime::run_main(
         "central",
         &args.config,
         |cfg: CentralConfig, token| async move { central::start(cfg, token).await?.wait().await },
     )
     .await
+}
+
+async fn push(dir: &std::path::Path, url: &str, by: &str, note: &str) -> ExitCode {
+    use firmware_config::masterdata;
+    let name = dir.display().to_string();
+    let fail = |lines: Vec<String>| {
+        for l in &lines {
+            eprintln!("{name}: {l}");
+        }
+        eprintln!("{name}: {} problem(s); nothing was published", lines.len());
+        ExitCode::FAILURE
+    };
+    let sources = match masterdata::load_dir(dir) {
+        Ok(s) => s,
+        Err(p) => return fail(p.iter().map(ToString::to_string).collect()),
+    };
+    let checked = sources
+        .read()
+        .map(|d| masterdata::validate(&d))
+        .unwrap_or_else(|p| p);
+    if !checked.is_empty() {
+        return fail(checked.iter().map(ToString::to_string).collect());
+    }
+    let body = central::api::masterdata::ImportRequest::from_sources(&sources, by, note);
+    let client = match reqwest::Client::builder().no_proxy().build() {
+        Ok(c) => c,
+        Err(e) => return fail(vec![e.to_string()]),
+    };
+    let answer = client
+        .post(format!("{}/api/v1/masterdata", url.trim_end_matches('/')))
+        .json(&body)
+        .send()
+        .await;
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => return fail(vec![format!("cannot reach central at {url}: {e}")]),
+    };
+    let status = answer.status();
+    let v: serde_json::Value = answer.json().await.unwrap_or_default();
+    if status.is_success() {
+        let new = if v["new"] == true {
+            "published as version"
+        } else {
+            "unchanged: already version"
+        };
+        println!(
+            "{name}: {new} {} ({}); hash {}",
+            v["version"],
+            v["summary"].as_str().unwrap_or(""),
+            v["hash"].as_str().unwrap_or("")
+        );
+        ExitCode::SUCCESS
+    } else {
+        let mut lines: Vec<String> = v["problems"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter_map(|p| p["text"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if lines.is_empty() {
+            lines.push(format!(
+                "central answered {status}: {}",
+                v["error"].as_str().unwrap_or("")
+            ));
+        }
+        fail(lines)
+    }
 }

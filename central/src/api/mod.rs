@@ -16,6 +16,7 @@ use crate::metrics::{GatewayClassLabel, GatewayLabel, PresenceLabel};
 use crate::registry::GatewayView;
 use crate::Shared;
 
+pub mod masterdata;
 pub mod shares;
 pub mod terminals;
 
@@ -26,6 +27,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/events", get(events))
         .route("/api/v1/terminals", get(terminals::list))
+        .route(
+            "/api/v1/masterdata",
+            get(masterdata::current).post(masterdata::import).layer(
+                axum::extract::DefaultBodyLimit::max(masterdata::MAX_BODY_BYTES),
+            ),
+        )
+        .route("/api/v1/masterdata/versions", get(masterdata::versions))
+        .route("/api/v1/masterdata/versions/{n}", get(masterdata::version))
+        .route("/api/v1/masterdata/content/{sha}", get(masterdata::content))
         .route(
             "/api/v1/bundles",
             get(terminals::history).post(terminals::create),

@@ -1,0 +1,288 @@
+//! The street's master data at central: imported whole, checked, and kept as numbered
+//! versions. A data set with any problem is refused as a whole (nothing partial is published);
+//! importing the same data again makes no new version. Content files are kept once, by hash.
+//!
+//! sled trees: `md_versions` (version, big-endian → [`Version`] as JSON), `md_blobs`
+//! (SHA-256 hex → bytes). Each import is flushed before it is answered.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use firmware_config::masterdata::{self, Dataset, Problem, Sources};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{} problem(s) in the data set", .0.len())]
+    Invalid(Vec<Problem>),
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// What changed from the previous version, per list: codes added, changed, removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// A published version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Version {
+    pub version: u64,
+    pub hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub published: OffsetDateTime,
+    pub by: String,
+    pub note: String,
+    pub summary: String,
+    /// Per list (`grids`, `party`, `items`, `content`).
+    pub changes: BTreeMap<String, Changes>,
+    pub dataset: Dataset,
+}
+
+/// A version without its data, for listings.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub hash: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub published: OffsetDateTime,
+    pub by: String,
+    pub note: String,
+    pub summary: String,
+    pub changes: BTreeMap<String, Changes>,
+}
+
+impl Version {
+    pub fn info(&self) -> VersionInfo {
+        VersionInfo {
+            version: self.version,
+            hash: self.hash.clone(),
+            published: self.published,
+            by: self.by.clone(),
+            note: self.note.clone(),
+            summary: self.summary.clone(),
+            changes: self.changes.clone(),
+        }
+    }
+}
+
+/// The result of an import.
+#[derive(Debug, Clone, Serialize)]
+pub struct Imported {
+    /// False when the data equalled the current version (no new version).
+    pub new: bool,
+    #[serde(flatten)]
+    pub info: VersionInfo,
+}
+
+pub struct MasterData {
+    versions: sled::Tree,
+    blobs: sled::Tree,
+    current: RwLock<Option<Arc<Version>>>,
+    /// One import at a time, so versions are numbered without gaps or races.
+    importing: std::sync::Mutex<()>,
+}
+
+fn diff<T: Serialize>(old: &[T], new: &[T], key: impl Fn(&T) -> &str) -> Changes {
+    let index = |list: &[T]| -> BTreeMap<String, String> {
+        list.iter()
+            .map(|x| {
+                (
+                    key(x).to_owned(),
+                    serde_json::to_string(x).unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let (a, b) = (index(old), index(new));
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let mut c = Changes::default();
+    for k in keys {
+        match (a.get(k), b.get(k)) {
+            (None, Some(_)) => c.added.push(k.clone()),
+            (Some(_), None) => c.removed.push(k.clone()),
+            (Some(x), Some(y)) if x != y => c.changed.push(k.clone()),
+            _ => {}
+        }
+    }
+    c
+}
+
+fn changes(old: Option<&Dataset>, new: &Dataset) -> BTreeMap<String, Changes> {
+    let empty = Dataset::default();
+    let old = old.unwrap_or(&empty);
+    BTreeMap::from([
+        (
+            "grids".to_owned(),
+            diff(&old.grids, &new.grids, |g| &g.code),
+        ),
+        (
+            "party".to_owned(),
+            diff(&old.party, &new.party, |p| &p.code),
+        ),
+        (
+            "items".to_owned(),
+            diff(&old.items, &new.items, |i| &i.code),
+        ),
+        (
+            "content".to_owned(),
+            diff(&old.content, &new.content, |c| &c.id),
+        ),
+    ])
+}
+
+impl MasterData {
+    pub fn open(db: &sled::Db) -> Result<Self, String> {
+        let versions = db.open_tree("md_versions").map_err(|e| e.to_string())?;
+        let blobs = db.open_tree("md_blobs").map_err(|e| e.to_string())?;
+        let current = match versions.last().map_err(|e| e.to_string())? {
+            Some((_, v)) => Some(Arc::new(
+                serde_json::from_slice::<Version>(&v)
+                    .map_err(|e| format!("stored master data version: {e}"))?,
+            )),
+            None => None,
+        };
+        Ok(Self {
+            versions,
+            blobs,
+            current: RwLock::new(current),
+            importing: std::sync::Mutex::new(()),
+        })
+    }
+
+    pub fn current(&self) -> Option<Arc<Version>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn version(&self, n: u64) -> Option<Version> {
+        let v = self.versions.get(n.to_be_bytes()).ok()??;
+        serde_json::from_slice(&v).ok()
+    }
+
+    pub fn versions(&self) -> Vec<VersionInfo> {
+        self.versions
+            .iter()
+            .rev()
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| serde_json::from_slice::<Version>(&v).ok())
+            .map(|v| v.info())
+            .collect()
+    }
+
+    /// A content file's bytes by its SHA-256.
+    pub fn blob(&self, sha256: &str) -> Option<Vec<u8>> {
+        self.blobs.get(sha256.as_bytes()).ok()?.map(|b| b.to_vec())
+    }
+
+    /// Reads, checks and publishes a data set; blocking (sled flushes), so call it off the
+    /// async workers.
+    pub fn import(&self, sources: &Sources, by: &str, note: &str) -> Result<Imported, ImportError> {
+        let dataset = sources.read().map_err(ImportError::Invalid)?;
+        let problems = masterdata::validate(&dataset);
+        if !problems.is_empty() {
+            return Err(ImportError::Invalid(problems));
+        }
+        let _one = self
+            .importing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let hash = dataset.hash();
+        let current = self.current();
+        if let Some(cur) = current.as_ref().filter(|c| c.hash == hash) {
+            return Ok(Imported {
+                new: false,
+                info: cur.info(),
+            });
+        }
+        let store = |e: sled::Error| ImportError::Store(e.to_string());
+        for bytes in sources.blobs.values() {
+            let sha = masterdata::sha256_hex(bytes);
+            if dataset.content.iter().any(|c| c.sha256 == sha) {
+                self.blobs
+                    .insert(sha.as_bytes(), bytes.as_slice())
+                    .map_err(store)?;
+            }
+        }
+        let version = Version {
+            version: current.as_ref().map_or(1, |c| c.version + 1),
+            hash,
+            published: OffsetDateTime::now_utc(),
+            by: by.to_owned(),
+            note: note.to_owned(),
+            summary: dataset.summary(),
+            changes: changes(current.as_ref().map(|c| &c.dataset), &dataset),
+            dataset,
+        };
+        let json = serde_json::to_vec(&version).map_err(|e| ImportError::Store(e.to_string()))?;
+        self.versions
+            .insert(version.version.to_be_bytes(), json)
+            .map_err(store)?;
+        self.versions.flush().map_err(store)?;
+        self.blobs.flush().map_err(store)?;
+        tracing::info!(version = version.version, hash = %version.hash, summary = %version.summary, "master data published");
+        let info = version.info();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(version));
+        Ok(Imported { new: true, info })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Sources {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/sample-data");
+        masterdata::load_dir(&dir).unwrap()
+    }
+
+    #[test]
+    fn versions_only_for_changes_and_nothing_partial() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let md = MasterData::open(&db).unwrap();
+        let first = md.import(&sample(), "test", "first").unwrap();
+        assert!(first.new);
+        assert_eq!(first.info.version, 1);
+        assert_eq!(first.info.changes["items"].added.len(), 32);
+        let again = md.import(&sample(), "test", "same").unwrap();
+        assert!(!again.new);
+        assert_eq!(again.info.version, 1);
+
+        let mut bad = sample();
+        let grids =
+            bad.texts["grids.csv"].clone() + "11019900100001001,重复,base,11019900100001,400\n";
+        bad.texts.insert("grids.csv".into(), grids);
+        assert!(matches!(
+            md.import(&bad, "test", "bad"),
+            Err(ImportError::Invalid(_))
+        ));
+        assert_eq!(md.current().unwrap().version, 1);
+
+        let mut changed = sample();
+        let items = changed.texts["service_items.json"].replacen(
+            "最低生活保障申请",
+            "最低生活保障（低保）申请",
+            1,
+        );
+        changed.texts.insert("service_items.json".into(), items);
+        let second = md.import(&changed, "test", "renamed").unwrap();
+        assert_eq!(second.info.version, 2);
+        assert_eq!(second.info.changes["items"].changed, ["MZ110199-0001"]);
+        assert!(second.info.changes["grids"].changed.is_empty());
+        let sha = &md.current().unwrap().dataset.content[0].sha256;
+        assert!(md.blob(sha).is_some());
+        drop(md);
+        // Reopened, the current version is the last one.
+        let md = MasterData::open(&db).unwrap();
+        assert_eq!(md.current().unwrap().version, 2);
+        assert_eq!(md.versions().len(), 2);
+    }
+}

@@ -1,0 +1,148 @@
+//! Master data at central: the sample street published with the `central data push` CLI and the
+//! API, versions only for changes, and a bad data set refused whole with every problem named.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gridedge_tests::services::{binary, TestCentral};
+use gridedge_tests::{init_test_logging, try_json, workspace_root};
+use serde_json::{json, Value};
+
+fn sample() -> PathBuf {
+    workspace_root().join("deploy/sample-data")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("content")).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+    for e in std::fs::read_dir(from.join("content")).unwrap().flatten() {
+        std::fs::copy(e.path(), to.join("content").join(e.file_name())).unwrap();
+    }
+}
+
+/// `central data push DIR --url …`: (success, stdout, stderr).
+fn push(central: &TestCentral, dir: &Path) -> (bool, String, String) {
+    let out = Command::new(binary("central").unwrap())
+        .args(["data", "push"])
+        .arg(dir)
+        .args(["--url", &central.url(""), "--by", "tests"])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_whole() {
+    init_test_logging();
+    let central = TestCentral::embedded().await.unwrap();
+    let none = reqwest::get(central.url("/api/v1/masterdata"))
+        .await
+        .unwrap();
+    assert_eq!(none.status().as_u16(), 404);
+
+    let (ok, out, err) = tokio::task::block_in_place(|| push(&central, &sample()));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("published as version 1") && out.contains("32 service item(s)"),
+        "{out}"
+    );
+    let (ok, out, _) = tokio::task::block_in_place(|| push(&central, &sample()));
+    assert!(ok && out.contains("unchanged: already version 1"), "{out}");
+
+    // A bad copy: the CLI names every problem and central still serves version 1.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&sample(), dir.path());
+    let grids = std::fs::read_to_string(dir.path().join("grids.csv")).unwrap()
+        + "11019900100001001,重复网格,base,11019900100001,400\n";
+    std::fs::write(dir.path().join("grids.csv"), grids).unwrap();
+    let items = std::fs::read_to_string(dir.path().join("service_items.json"))
+        .unwrap()
+        .replacen("MZ110199-0002", "MZ-BAD", 1);
+    std::fs::write(dir.path().join("service_items.json"), items).unwrap();
+    let (ok, _, err) = tokio::task::block_in_place(|| push(&central, dir.path()));
+    assert!(!ok);
+    assert!(
+        err.contains("11019900100001001 code: duplicate code"),
+        "{err}"
+    );
+    assert!(err.contains("MZ-BAD code:"), "{err}");
+    assert!(err.contains("nothing was published"), "{err}");
+    let current = try_json(central.url("/api/v1/masterdata")).await.unwrap();
+    assert_eq!(current["version"], 1);
+
+    // The API refuses the same with 422 and the problems, checked at central too.
+    let src = firmware_config::masterdata::load_dir(dir.path()).unwrap();
+    let body = central::api::masterdata::ImportRequest::from_sources(&src, "tests", "");
+    let r = reqwest::Client::new()
+        .post(central.url("/api/v1/masterdata"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    let v: Value = r.json().await.unwrap();
+    let texts: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["text"].as_str())
+        .collect();
+    assert!(texts.iter().any(|t| t.contains("duplicate code")), "{v}");
+    let r = reqwest::Client::new()
+        .post(central.url("/api/v1/masterdata"))
+        .header("content-type", "application/json")
+        .body("{\"texts\": 3}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    // A real change: version 2, naming what changed.
+    let dir2 = tempfile::tempdir().unwrap();
+    copy_dir(&sample(), dir2.path());
+    let items = std::fs::read_to_string(dir2.path().join("service_items.json"))
+        .unwrap()
+        .replacen("\"time_limit_days\": 30", "\"time_limit_days\": 20", 1);
+    std::fs::write(dir2.path().join("service_items.json"), items).unwrap();
+    let (ok, out, err) = tokio::task::block_in_place(|| push(&central, dir2.path()));
+    assert!(ok && out.contains("published as version 2"), "{out}{err}");
+    let versions = try_json(central.url("/api/v1/masterdata/versions"))
+        .await
+        .unwrap();
+    let latest = &versions["versions"][0];
+    assert_eq!(latest["version"], 2);
+    assert_eq!(
+        latest["changes"]["items"]["changed"],
+        json!(["MZ110199-0001"])
+    );
+    assert_eq!(latest["by"], "tests");
+
+    // The whole data set of a version, and a content file by its hash.
+    let v1 = try_json(central.url("/api/v1/masterdata/versions/1"))
+        .await
+        .unwrap();
+    let file = &v1["dataset"]["content"][0];
+    let bytes = reqwest::get(central.url(&format!(
+        "/api/v1/masterdata/content/{}",
+        file["sha256"].as_str().unwrap()
+    )))
+    .await
+    .unwrap()
+    .bytes()
+    .await
+    .unwrap();
+    assert_eq!(bytes.len() as u64, file["bytes"].as_u64().unwrap());
+    assert_eq!(
+        firmware_config::masterdata::sha256_hex(&bytes),
+        file["sha256"].as_str().unwrap()
+    );
+    central.stop().await.unwrap();
+}
