@@ -261,6 +261,15 @@ impl SigningKey {
         pem("PUBLIC KEY", &der)
     }
 
+    /// Signs any text under a context of its own (so a signature for one kind of message is
+    /// never valid for another): the base64 signature.
+    pub fn sign_text(&self, context: &[u8], text: &str) -> String {
+        let mut m = Vec::with_capacity(context.len() + text.len());
+        m.extend_from_slice(context);
+        m.extend_from_slice(text.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(self.pair.sign(&m).as_ref())
+    }
+
     pub fn sign(&self, body: &BundleBody) -> Result<SignedBundle, BundleError> {
         let text = serde_json::to_string(body).map_err(|e| BundleError::Body(e.to_string()))?;
         let sig = self.pair.sign(&signed_bytes(&text));
@@ -299,6 +308,31 @@ impl VerifyingKey {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Checks a signature made by [`SigningKey::sign_text`] with the same context.
+    pub fn verify_text(
+        &self,
+        context: &[u8],
+        key: &str,
+        text: &str,
+        sig: &str,
+    ) -> Result<(), BundleError> {
+        if key != self.id {
+            return Err(BundleError::UnknownKey {
+                found: key.to_owned(),
+                trusted: self.id.clone(),
+            });
+        }
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(sig)
+            .map_err(|_| BundleError::BadSignature)?;
+        let mut m = Vec::with_capacity(context.len() + text.len());
+        m.extend_from_slice(context);
+        m.extend_from_slice(text.as_bytes());
+        UnparsedPublicKey::new(&ED25519, &self.raw)
+            .verify(&m, &sig)
+            .map_err(|_| BundleError::BadSignature)
     }
 
     /// Checks the signature, then reads the body. Nothing in the body is trusted before this.

@@ -10,6 +10,7 @@
 pub mod csv;
 pub mod geo;
 mod load;
+pub mod replica;
 mod validate;
 
 use serde::{Deserialize, Serialize};
