@@ -67,6 +67,11 @@ impl Bundles {
         Ok(Self { key, tree })
     }
 
+    /// Central's signing key (it also signs master data updates).
+    pub fn signing_key(&self) -> Option<&SigningKey> {
+        self.key.as_ref()
+    }
+
     /// The highest version central has sent to `target`.
     fn last_version(&self, target: &Target) -> u64 {
         let prefix = format!("{}\0", target_key(target));

@@ -11,6 +11,7 @@ pub mod link;
 pub mod masterdata;
 pub mod metrics;
 pub mod registry;
+pub mod replication;
 pub mod share;
 pub mod store;
 pub mod terminals;
@@ -77,6 +78,8 @@ pub struct Shared {
     pub bundles: bundles::Bundles,
     /// The street's master data, by version.
     pub masterdata: masterdata::MasterData,
+    /// What each gateway's replica was last sent.
+    pub replication: replication::Replication,
     /// Stops everything central started.
     pub token: CancellationToken,
     pub started: Instant,
@@ -158,6 +161,7 @@ pub async fn start(
     let shared = Arc::new(Shared {
         terminals: Mutex::default(),
         masterdata,
+        replication: replication::Replication::default(),
         bundles,
         metrics: Metrics::new(&config),
         registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use firmware_config::masterdata::replica::Update;
 use firmware_config::masterdata::{self, Dataset, Problem, Sources};
+use firmware_config::wire::ReplicaReport;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -174,6 +176,30 @@ impl MasterData {
             .filter_map(|(_, v)| serde_json::from_slice::<Version>(&v).ok())
             .map(|v| v.info())
             .collect()
+    }
+
+    /// What a gateway reporting `report` needs to reach the current version: a delta from
+    /// its version when central still has that version and the gateway's copy of it is
+    /// intact (same hash), else a snapshot; nothing when it is current.
+    pub fn update_for(&self, report: &ReplicaReport) -> Option<Update> {
+        let cur = self.current()?;
+        if report.version >= cur.version && !report.need_snapshot {
+            return None;
+        }
+        let target = cur.dataset.scoped(&report.areas);
+        if !report.need_snapshot && report.version > 0 {
+            if let Some(old) = self.version(report.version) {
+                let old = old.dataset.scoped(&report.areas);
+                if old.hash() == report.hash {
+                    return Some(target.delta_from(&old, report.version, cur.version));
+                }
+            }
+        }
+        Some(Update::Snapshot {
+            version: cur.version,
+            hash: target.hash(),
+            dataset: target,
+        })
     }
 
     /// A content file's bytes by its SHA-256.

@@ -29,16 +29,19 @@ pub enum Channel {
     Ack,
     Cmd,
     Reply,
+    /// Master data updates for the gateway's replica (central → gateway).
+    Data,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 6] = [
+    pub const ALL: [Channel; 7] = [
         Channel::Status,
         Channel::Health,
         Channel::Events,
         Channel::Ack,
         Channel::Cmd,
         Channel::Reply,
+        Channel::Data,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -49,12 +52,13 @@ impl Channel {
             Channel::Ack => "ack",
             Channel::Cmd => "cmd",
             Channel::Reply => "reply",
+            Channel::Data => "data",
         }
     }
 
     /// True for the channels that flow from central to a gateway.
     pub fn is_downlink(self) -> bool {
-        matches!(self, Channel::Ack | Channel::Cmd)
+        matches!(self, Channel::Ack | Channel::Cmd | Channel::Data)
     }
 
     fn parse(s: &str) -> Option<Self> {

@@ -43,6 +43,9 @@ pub struct Signature {
 
 /// Every kind of message, with its payload. (Encoded by hand rather than as a serde-tagged enum:
 /// serde buffers tagged content, which cannot carry the events' raw JSON payloads.)
+// Messages are decoded and handled one at a time, never stored in bulk: boxing the large
+// health report would cost an allocation for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Message {
@@ -52,6 +55,8 @@ pub enum Message {
     Ack(Ack),
     Command(Command),
     Reply(CommandReply),
+    /// A signed master data update for the gateway's replica.
+    Data(crate::masterdata::replica::SignedUpdate),
 }
 
 impl Message {
@@ -63,12 +68,15 @@ impl Message {
             Message::Ack(_) => "ack",
             Message::Command(_) => "command",
             Message::Reply(_) => "reply",
+            Message::Data(_) => "data",
         }
     }
 }
 
 /// Every kind this build understands.
-pub const KINDS: [&str; 6] = ["status", "health", "events", "ack", "command", "reply"];
+pub const KINDS: [&str; 7] = [
+    "status", "health", "events", "ack", "command", "reply", "data",
+];
 
 /// Birth and last-will message of a gateway, retained on its status topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +112,23 @@ pub struct GatewayHealth {
     /// The configuration bundles in force.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<ConfigVersions>,
+    /// The master data replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masterdata: Option<ReplicaReport>,
+}
+
+/// What a gateway's master data replica holds, so that central knows what to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    /// 0: nothing yet.
+    pub version: u64,
+    pub hash: String,
+    /// The grid areas the centre serves (its scope; empty: the whole street).
+    #[serde(default)]
+    pub areas: Vec<String>,
+    /// Set after a gap or damage: only a snapshot will do.
+    #[serde(default)]
+    pub need_snapshot: bool,
 }
 
 /// Terminal ids by health state.
@@ -367,6 +392,7 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
         "ack" => Message::Ack(payload(env.payload).map_err(bad)?),
         "command" => Message::Command(payload(env.payload).map_err(bad)?),
         "reply" => Message::Reply(payload(env.payload).map_err(bad)?),
+        "data" => Message::Data(payload(env.payload).map_err(bad)?),
         other => return Err(WireError::UnknownKind(other.to_owned())),
     };
     Ok(Envelope {
@@ -405,6 +431,7 @@ mod tests {
                 outbox: Some(OutboxReport::default()),
                 terminals: None,
                 config: None,
+                masterdata: None,
             }),
             Message::Events(EventBatch {
                 events: vec![Event {

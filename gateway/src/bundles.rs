@@ -241,6 +241,11 @@ impl Bundles {
         }
     }
 
+    /// Central's key, which also signs master data updates.
+    pub fn key(&self) -> Option<VerifyingKey> {
+        self.key.clone()
+    }
+
     /// The versions in force, for the health report.
     pub fn versions(&self) -> ConfigVersions {
         let s = self.lock();

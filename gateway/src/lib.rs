@@ -11,6 +11,7 @@ pub mod commands;
 pub mod devices;
 pub mod metrics;
 pub mod outbox;
+pub mod replica;
 pub mod supervise;
 pub mod terminals;
 pub mod uplink;
@@ -73,6 +74,10 @@ pub struct Shared {
     pub terminals: terminals::Terminals,
     pub devices: devices::Devices,
     pub bundles: bundles::Bundles,
+    /// The street's master data, for kiosks.
+    pub replica: replica::Replicas,
+    /// Asks the uplink for a health report now (after the replica changed).
+    pub report_now: tokio::sync::Notify,
     /// Replies to commands that finish after the uplink loop has moved on.
     pub replies: tokio::sync::mpsc::UnboundedSender<firmware_config::wire::CommandReply>,
     /// Stops everything the gateway started, pushes included.
@@ -200,6 +205,12 @@ pub async fn start(
     metrics
         .config_version
         .set(bundles.versions().gateway as i64);
+    let replica = replica::Replicas::open(
+        &config.storage.dir,
+        bundles.key(),
+        config.site.areas.clone(),
+    )
+    .map_err(|e| GatewayError::Bundles(e.to_string()))?;
     let (devices, device_requests) = devices::Devices::new();
     let (replies, reply_rx) = tokio::sync::mpsc::unbounded_channel();
     let listener = runtime::bind_http(config.http.listen)
@@ -230,6 +241,8 @@ pub async fn start(
         terminals,
         devices,
         bundles,
+        replica,
+        report_now: tokio::sync::Notify::new(),
         replies,
         token: token.clone(),
         tokens: RwLock::new(Arc::new(tokens)),

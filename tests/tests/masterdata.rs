@@ -146,3 +146,100 @@ async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_who
     );
     central.stop().await.unwrap();
 }
+
+async fn import(central: &TestCentral, dir: &Path) -> Value {
+    let src = firmware_config::masterdata::load_dir(dir).unwrap();
+    let body = central::api::masterdata::ImportRequest::from_sources(&src, "tests", "");
+    let r = reqwest::Client::new()
+        .post(central.url("/api/v1/masterdata"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn replica_at(gw: &gridedge_tests::services::TestGateway, version: u64, hash: &str) -> Value {
+    gridedge_tests::eventually(
+        &format!("the gateway's replica at version {version}"),
+        std::time::Duration::from_secs(20),
+        || async {
+            let v = try_json(gw.url("/api/v1/masterdata")).await?;
+            (v["version"] == version && v["hash"] == hash).then_some(v)
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_when_lost() {
+    init_test_logging();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = firmware_config::bundle::create_key_files(keys.path()).unwrap();
+    let central = TestCentral::embedded_with(&format!(
+        "[identity]\nbundle_signing_key_file = \"{}\"\n",
+        private.display()
+    ))
+    .await
+    .unwrap();
+    let v1 = import(&central, &sample()).await;
+    let trust = format!("\n[bundles]\npublic_key_file = \"{}\"\n", public.display());
+    let mut gw = gridedge_tests::services::TestGateway::start_with(
+        "gw-replica",
+        central.broker_url.as_deref().unwrap(),
+        None,
+        &trust,
+    )
+    .await
+    .unwrap();
+    let r = replica_at(&gw, 1, v1["hash"].as_str().unwrap()).await;
+    assert_eq!(r["last_update"], "snapshot", "{r}");
+    assert!(
+        r["summary"]
+            .as_str()
+            .unwrap()
+            .contains("32 service item(s)"),
+        "{r}"
+    );
+
+    // Once central knows the gateway holds version 1, a new version reaches it as a delta.
+    gridedge_tests::eventually(
+        "central to hear the replica is at version 1",
+        std::time::Duration::from_secs(10),
+        || async {
+            let gws = central.gateways().await.ok()?;
+            let g = gws.iter().find(|g| g["id"] == "gw-replica")?;
+            (g["health"]["masterdata"]["version"] == 1).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&sample(), dir.path());
+    let items = std::fs::read_to_string(dir.path().join("service_items.json"))
+        .unwrap()
+        .replacen("高龄津贴申领", "高龄津贴（80周岁以上）申领", 1);
+    std::fs::write(dir.path().join("service_items.json"), items).unwrap();
+    let v2 = import(&central, dir.path()).await;
+    assert_eq!(v2["version"], 2);
+    let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
+    assert_eq!(r["last_update"], "delta", "{r}");
+
+    // Restarted, it still holds version 2 (no update needed).
+    gw.restart_with(|_| {}).await.unwrap();
+    let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
+    assert_eq!(r["last_update"], Value::Null, "{r}");
+
+    // Its replica lost: a snapshot brings it back.
+    gw.restart_with(|data| {
+        std::fs::remove_dir_all(data.join("replica")).unwrap();
+    })
+    .await
+    .unwrap();
+    let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
+    assert_eq!(r["last_update"], "snapshot", "{r}");
+    gw.stop().await.unwrap();
+    central.stop().await.unwrap();
+}

@@ -87,6 +87,9 @@ pub async fn import(
         tokio::task::spawn_blocking(move || s.masterdata.import(&sources, &by, &req.note)).await;
     match result {
         Ok(Ok(imported)) => {
+            if imported.new {
+                shared.replication.offer_all(&shared);
+            }
             let status = if imported.new {
                 StatusCode::CREATED
             } else {

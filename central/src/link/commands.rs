@@ -99,6 +99,27 @@ impl Commands {
         }
     }
 
+    /// Publishes `message` to `gateway`'s `channel` without waiting for an answer.
+    pub fn publish(
+        &self,
+        gateway: &GatewayId,
+        channel: Channel,
+        message: Message,
+    ) -> Result<(), CommandError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let payload = Envelope::new(gateway.clone(), n, message)
+            .encode()
+            .map_err(|e| CommandError::Send(e.to_string()))?;
+        self.client
+            .try_publish(
+                Topic::gateway(gateway, channel).path(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .map_err(|e| CommandError::Send(e.to_string()))
+    }
+
     /// A reply arrived from `gateway`.
     pub(crate) fn complete(&self, gateway: &GatewayId, reply: CommandReply) {
         let key = (gateway.as_str().to_owned(), reply.id.clone());

@@ -164,6 +164,9 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
                     .terminal_board()
                     .observe_summary(gateway.as_str(), t, env.time);
             }
+            if let Some(report) = &h.masterdata {
+                shared.replication.offer(shared, &gateway, report);
+            }
             shared.registry().observe_health(&gateway, h, now);
             None
         }

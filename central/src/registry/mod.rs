@@ -179,6 +179,7 @@ mod tests {
             outbox: None,
             terminals: None,
             config: None,
+            masterdata: None,
         };
         r.observe_health(&gw("a"), h, later);
         assert_eq!(r.presence_of(&gw("a"), later), Some(Presence::Online));

@@ -128,6 +128,10 @@ pub struct Site {
     /// The site's offset from UTC, `+HH:MM`, for schedules and local times. Default `+08:00`.
     #[serde(default = "default_utc_offset")]
     pub utc_offset: String,
+    /// Grid area codes (片区) the centre serves: the master data replica holds these, their base
+    /// grids and the street. Empty: the whole street.
+    #[serde(default)]
+    pub areas: Vec<String>,
 }
 
 fn default_utc_offset() -> String {
@@ -537,6 +541,14 @@ impl Document for GatewayConfig {
                     self.site.utc_offset
                 ),
             );
+        }
+        for (i, a) in self.site.areas.iter().enumerate() {
+            if a.len() != 14 || !a.bytes().all(|b| b.is_ascii_digit()) {
+                v.error(
+                    &format!("site.areas[{i}]"),
+                    format!("{a:?} is not an area code (14 digits: the street's 12 and 2)"),
+                );
+            }
         }
         v.id("gateway.id", &self.gateway.id);
         self.uplink.validate(v);

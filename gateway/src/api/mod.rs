@@ -63,6 +63,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             post(terminals::heartbeat).layer(DefaultBodyLimit::max(terminals::MAX_HEARTBEAT_BYTES)),
         )
         .route("/api/v1/terminals", get(terminals::list))
+        .route("/api/v1/masterdata", get(masterdata))
         .route("/api/v1/terminals/config", get(terminals::config))
         .route("/api/v1/terminals/{id}", get(terminals::one))
         .route(
@@ -89,4 +90,18 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     firmware_config::runtime::metrics_response(&shared.metrics.registry)
+}
+
+/// `GET /api/v1/masterdata`: the replica's version, hash and contents in brief.
+async fn masterdata(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let r = shared.replica.current();
+    let report = shared.replica.report();
+    Json(json!({
+        "version": r.version,
+        "hash": r.hash,
+        "summary": r.dataset.summary(),
+        "areas": report.areas,
+        "need_snapshot": report.need_snapshot,
+        "last_update": shared.replica.last_update(),
+    }))
 }

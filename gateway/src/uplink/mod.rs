@@ -100,6 +100,11 @@ impl Uplink {
             tokio::select! {
                 _ = token.cancelled() => break,
                 _ = appended.notified(), if self.connected && self.window.has_room() => self.send_pending(&shared),
+                _ = shared.report_now.notified() => {
+                    if self.connected {
+                        self.publish_health(&shared);
+                    }
+                }
                 Some(reply) = replies.recv() => {
                     // A late reply while disconnected is lost; central's wait times out and
                     // the gateway's events still tell what happened.
@@ -137,7 +142,7 @@ impl Uplink {
                         m.uplink_connected.set(1);
                         self.backoff.reset();
                         tracing::info!(gateway = %self.gateway, session_present = ack.session_present, "uplink connected");
-                        for ch in [Channel::Ack, Channel::Cmd] {
+                        for ch in [Channel::Ack, Channel::Cmd, Channel::Data] {
                             let topic = Topic::gateway(&self.gateway, ch).path();
                             if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
                                 tracing::error!(error = %e, "cannot subscribe");
@@ -256,6 +261,29 @@ impl Uplink {
                     self.send_reply(shared, reply);
                 }
             }
+            (Channel::Data, Message::Data(update)) => {
+                // Applying flushes to disk: off the session loop.
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    use crate::replica::Received;
+                    match shared.replica.receive(&update) {
+                        Ok(Received::Applied { version }) => {
+                            tracing::info!(version, "master data replica updated");
+                            shared.report_now.notify_one();
+                        }
+                        Ok(Received::Refused(e)) => {
+                            tracing::warn!(error = %e, "master data update refused; the replica keeps its version");
+                            if e.needs_snapshot() {
+                                shared.report_now.notify_one();
+                            }
+                        }
+                        Ok(Received::Untrusted) => tracing::warn!(
+                            "master data update refused: no [bundles] public_key_file to check it with"
+                        ),
+                        Err(e) => tracing::error!(error = %e, "cannot store the master data update"),
+                    }
+                });
+            }
             (ch, msg) => {
                 tracing::warn!(
                     channel = ch.as_str(),
@@ -320,6 +348,7 @@ impl Uplink {
             outbox: Some(shared.outbox.summary()),
             terminals: Some(shared.terminals.summary()),
             config: Some(shared.bundles.versions()),
+            masterdata: Some(shared.replica.report()),
         });
         match self.encode(&Envelope::new(self.gateway.clone(), self.seq, msg)) {
             Ok(payload) => self.publish(shared, Channel::Health, "health", payload, false),

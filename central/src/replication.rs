@@ -1,0 +1,92 @@
+//! Sending master data to gateways: each gateway's health report says which version its
+//! replica holds (and for which areas); central answers with what it lacks — a delta, or a
+//! snapshot after a gap or damage — signed with its key, on the gateway's `data` topic. A new
+//! version is offered to every gateway at once. Resends to one gateway are spaced, so a
+//! gateway that cannot apply an update is not flooded.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use firmware_config::ids::GatewayId;
+use firmware_config::masterdata::replica::SignedUpdate;
+use firmware_config::topics::Channel;
+use firmware_config::wire::{Message, ReplicaReport};
+
+use crate::Shared;
+
+/// How long before the same version is offered to the same gateway again.
+pub const RESEND_AFTER: Duration = Duration::from_secs(15);
+
+#[derive(Default)]
+pub struct Replication {
+    /// Per gateway: the version last sent, and when.
+    sent: Mutex<HashMap<String, (u64, bool, Instant)>>,
+    warned: std::sync::atomic::AtomicBool,
+}
+
+impl Replication {
+    /// Offers `gateway` what it lacks, given its report.
+    pub fn offer(&self, shared: &Shared, gateway: &GatewayId, report: &ReplicaReport) {
+        let Some(update) = shared.masterdata.update_for(report) else {
+            return;
+        };
+        let snapshot = matches!(
+            update,
+            firmware_config::masterdata::replica::Update::Snapshot { .. }
+        );
+        let version = update.target_version();
+        {
+            let mut sent = self
+                .sent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((v, s, at)) = sent.get(gateway.as_str()) {
+                if *v == version && *s == snapshot && at.elapsed() < RESEND_AFTER {
+                    return;
+                }
+            }
+            sent.insert(
+                gateway.as_str().to_owned(),
+                (version, snapshot, Instant::now()),
+            );
+        }
+        let Some(key) = shared.bundles.signing_key() else {
+            if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!("master data is not sent to gateways: no [identity] bundle_signing_key_file to sign it with");
+            }
+            return;
+        };
+        let signed = match SignedUpdate::sign(key, &update) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot sign a master data update");
+                return;
+            }
+        };
+        let bytes = signed.body.len();
+        match shared
+            .commands
+            .publish(gateway, Channel::Data, Message::Data(signed))
+        {
+            Ok(()) => {
+                tracing::info!(%gateway, from = report.version, to = version, snapshot, bytes, "master data sent")
+            }
+            Err(e) => tracing::warn!(%gateway, error = %e, "cannot send master data"),
+        }
+    }
+
+    /// Offers a new version to every gateway that has reported its replica.
+    pub fn offer_all(&self, shared: &Shared) {
+        let views = shared.registry().views(Instant::now());
+        for v in views {
+            let (Ok(id), Some(report)) = (
+                GatewayId::new(v.id.clone()),
+                v.health.and_then(|h| h.masterdata),
+            ) else {
+                continue;
+            };
+            self.offer(shared, &id, &report);
+        }
+    }
+}

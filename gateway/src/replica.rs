@@ -1,0 +1,151 @@
+//! The gateway's replica of the street's master data, what kiosks answer from when the WAN is
+//! down. Updates come from central on the gateway's `data` topic, signed with central's key
+//! (the bundle key); each is applied whole or not at all and stored before it is used.
+//!
+//! Stored in its own small sled database (`<storage>/replica`) as one value, so a version is
+//! replaced atomically; its hash is checked again when the gateway starts, and a damaged
+//! replica is dropped and a snapshot asked for.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use firmware_config::bundle::VerifyingKey;
+use firmware_config::masterdata::replica::{ApplyError, Replica, SignedUpdate};
+use firmware_config::wire::ReplicaReport;
+
+const KEY: &[u8] = b"replica";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("replica store: {0}")]
+    Store(#[from] sled::Error),
+}
+
+pub struct Replicas {
+    db: sled::Db,
+    key: Option<VerifyingKey>,
+    areas: Vec<String>,
+    current: RwLock<Arc<Replica>>,
+    need_snapshot: Mutex<bool>,
+    /// How the replica last changed (`snapshot` or `delta`), for operators and tests.
+    last_update: Mutex<Option<&'static str>>,
+}
+
+/// What happened to an update.
+#[derive(Debug)]
+pub enum Received {
+    Applied {
+        version: u64,
+    },
+    Refused(ApplyError),
+    /// No key to check it with.
+    Untrusted,
+}
+
+impl Replicas {
+    pub fn open(
+        dir: &Path,
+        key: Option<VerifyingKey>,
+        areas: Vec<String>,
+    ) -> Result<Self, ReplicaError> {
+        let db = sled::Config::new()
+            .path(dir.join("replica"))
+            .cache_capacity(4 << 20)
+            .flush_every_ms(None)
+            .open()?;
+        let mut need_snapshot = false;
+        let replica = match db.get(KEY)? {
+            None => Replica::default(),
+            Some(bytes) => {
+                match serde_json::from_slice::<Replica>(&bytes) {
+                    Ok(r) if r.dataset.hash() == r.hash => r,
+                    _ => {
+                        tracing::error!("the master data replica is damaged; dropped, a snapshot will be asked for");
+                        need_snapshot = true;
+                        Replica::default()
+                    }
+                }
+            }
+        };
+        if replica.version > 0 {
+            tracing::info!(version = replica.version, summary = %replica.dataset.summary(), "master data replica");
+        }
+        Ok(Self {
+            db,
+            key,
+            areas,
+            current: RwLock::new(Arc::new(replica)),
+            need_snapshot: Mutex::new(need_snapshot),
+            last_update: Mutex::new(None),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Replica> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn last_update(&self) -> Option<&'static str> {
+        *self
+            .last_update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn report(&self) -> ReplicaReport {
+        let r = self.current();
+        ReplicaReport {
+            version: r.version,
+            hash: r.hash.clone(),
+            areas: self.areas.clone(),
+            need_snapshot: *self
+                .need_snapshot
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        }
+    }
+
+    /// Checks, applies and stores an update; blocking (it flushes).
+    pub fn receive(&self, update: &SignedUpdate) -> Result<Received, ReplicaError> {
+        let Some(key) = &self.key else {
+            return Ok(Received::Untrusted);
+        };
+        let update = match update.open(key) {
+            Ok(u) => u,
+            Err(e) => return Ok(Received::Refused(e)),
+        };
+        let kind = match update {
+            firmware_config::masterdata::replica::Update::Snapshot { .. } => "snapshot",
+            firmware_config::masterdata::replica::Update::Delta { .. } => "delta",
+        };
+        let current = self.current();
+        let next = match current.apply(&update) {
+            Ok(next) => next,
+            Err(e) => {
+                if e.needs_snapshot() {
+                    *self
+                        .need_snapshot
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = true;
+                }
+                return Ok(Received::Refused(e));
+            }
+        };
+        let bytes = serde_json::to_vec(&next).unwrap_or_default();
+        self.db.insert(KEY, bytes)?;
+        self.db.flush()?;
+        let version = next.version;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        *self
+            .need_snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = false;
+        *self
+            .last_update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(kind);
+        Ok(Received::Applied { version })
+    }
+}
