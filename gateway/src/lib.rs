@@ -9,6 +9,7 @@ pub mod bundles;
 pub mod camera;
 pub mod commands;
 pub mod devices;
+pub mod kiosk;
 pub mod metrics;
 pub mod outbox;
 pub mod replica;

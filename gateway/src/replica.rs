@@ -27,6 +27,8 @@ pub struct Replicas {
     areas: Vec<String>,
     current: RwLock<Arc<Replica>>,
     need_snapshot: Mutex<bool>,
+    /// The kiosk index of the replica in force.
+    catalogue: RwLock<Arc<crate::kiosk::Catalogue>>,
     /// How the replica last changed (`snapshot` or `delta`), for operators and tests.
     last_update: Mutex<Option<&'static str>>,
 }
@@ -74,6 +76,10 @@ impl Replicas {
             db,
             key,
             areas,
+            catalogue: RwLock::new(crate::kiosk::Catalogue::build(
+                replica.version,
+                replica.dataset.clone(),
+            )),
             current: RwLock::new(Arc::new(replica)),
             need_snapshot: Mutex::new(need_snapshot),
             last_update: Mutex::new(None),
@@ -82,6 +88,13 @@ impl Replicas {
 
     pub fn current(&self) -> Arc<Replica> {
         self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn catalogue(&self) -> Arc<crate::kiosk::Catalogue> {
+        self.catalogue
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -137,7 +150,12 @@ impl Replicas {
         self.db.insert(KEY, bytes)?;
         self.db.flush()?;
         let version = next.version;
+        let catalogue = crate::kiosk::Catalogue::build(version, next.dataset.clone());
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        *self
+            .catalogue
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = catalogue;
         *self
             .need_snapshot
             .lock()

@@ -227,6 +227,23 @@ async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_w
     let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
     assert_eq!(r["last_update"], "delta", "{r}");
 
+    // Kiosks ask the replica.
+    let hits = kiosk_get(&gw, "/api/v1/kiosk/items?q=%E4%BD%8E%E4%BF%9D").await; // 低保
+    assert_eq!(hits["hits"][0]["code"], "MZ110199-0001", "{hits}");
+    let at = kiosk_get(&gw, "/api/v1/kiosk/grids/at?lon=120.156&lat=30.2715").await;
+    assert_eq!(at["grid"]["code"], "11019900100002001", "{at}");
+    assert_eq!(at["grid"]["staff"].as_array().unwrap().len(), 3);
+    assert_eq!(at["party"][0]["kind"], "党支部");
+    let r = reqwest::Client::new()
+        .get(gw.url("/api/v1/kiosk/party"))
+        .bearer_auth(gridedge_tests::services::source_token("gw-replica"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403, "an event source is not a terminal");
+    let r = reqwest::get(gw.url("/api/v1/kiosk/party")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
     // Restarted, it still holds version 2 (no update needed).
     gw.restart_with(|_| {}).await.unwrap();
     let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
@@ -240,6 +257,24 @@ async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_w
     .unwrap();
     let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
     assert_eq!(r["last_update"], "snapshot", "{r}");
-    gw.stop().await.unwrap();
+
+    // Central and its broker gone: kiosks are still answered from the replica.
     central.stop().await.unwrap();
+    let item = kiosk_get(&gw, "/api/v1/kiosk/items/WJ110199-0001").await;
+    assert_eq!(item["name"], "生育登记", "{item}");
+    let named = kiosk_get(&gw, "/api/v1/kiosk/grids?q=%E5%92%8C%E5%B9%B3%E5%AE%B6%E5%9B%AD").await; // 和平家园
+    assert_eq!(named["grids"].as_array().unwrap().len(), 1, "{named}");
+    gw.stop().await.unwrap();
+}
+
+/// `GET path` on the gateway with a terminal's token; 200 expected.
+async fn kiosk_get(gw: &gridedge_tests::services::TestGateway, path: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(gw.url(path))
+        .bearer_auth(gridedge_tests::services::viewer_token(&gw.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{path}");
+    r.json().await.unwrap()
 }

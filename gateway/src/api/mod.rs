@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cameras;
 pub mod events;
+pub mod kiosk;
 pub mod live;
 pub mod terminals;
 
@@ -64,6 +65,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/terminals", get(terminals::list))
         .route("/api/v1/masterdata", get(masterdata))
+        .route("/api/v1/kiosk/items", get(kiosk::items))
+        .route("/api/v1/kiosk/items/{code}", get(kiosk::item))
+        .route("/api/v1/kiosk/grids", get(kiosk::grids))
+        .route("/api/v1/kiosk/grids/at", get(kiosk::grid_at))
+        .route("/api/v1/kiosk/grids/{code}", get(kiosk::grid))
+        .route("/api/v1/kiosk/party", get(kiosk::party))
         .route("/api/v1/terminals/config", get(terminals::config))
         .route("/api/v1/terminals/{id}", get(terminals::one))
         .route(
