@@ -7,6 +7,7 @@
 pub mod api;
 pub mod broker;
 pub mod bundles;
+pub mod cases;
 pub mod link;
 pub mod masterdata;
 pub mod metrics;
@@ -78,6 +79,8 @@ pub struct Shared {
     pub bundles: bundles::Bundles,
     /// The street's master data, by version.
     pub masterdata: masterdata::MasterData,
+    /// Cases from residents' submissions.
+    pub cases: cases::Cases,
     /// What each gateway's replica was last sent.
     pub replication: replication::Replication,
     /// Stops everything central started.
@@ -162,6 +165,7 @@ pub async fn start(
         terminals: Mutex::default(),
         masterdata,
         replication: replication::Replication::default(),
+        cases: cases::Cases::open(store.db()).map_err(CentralError::MasterData)?,
         bundles,
         metrics: Metrics::new(&config),
         registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),

@@ -13,6 +13,7 @@ pub const SNAPSHOT: &str = "camera.snapshot";
 pub const UPSTREAM_START: &str = "video.upstream.start";
 pub const UPSTREAM_STOP: &str = "video.upstream.stop";
 pub const CONFIG_BUNDLE: &str = "config.bundle";
+pub const SUBMISSION_STATUS: &str = "submission.status";
 
 /// Answers a command. Most answer at once; a bundle is applied in its own task (it may wait
 /// for cameras to stop) and its reply goes out through `shared.replies` — `None` here.
@@ -24,6 +25,24 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
             let _ = shared.replies.send(reply(&cmd, result));
         });
         return None;
+    }
+    if cmd.name == SUBMISSION_STATUS {
+        let status: Result<crate::submissions::Status, _> =
+            serde_json::from_value(cmd.args.clone());
+        let result = match status {
+            Ok(status) => {
+                let shared = shared.clone();
+                // Stored off the session loop (it flushes); the kiosk sees it a moment later.
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = shared.statuses.put(&status) {
+                        tracing::warn!(error = %e, "cannot store a submission's status");
+                    }
+                });
+                Ok(Value::Null)
+            }
+            Err(e) => Err(format!("args: not a submission status: {e}")),
+        };
+        return Some(reply(cmd, result));
     }
     let result = match cmd.name.as_str() {
         SNAPSHOT => snapshot(shared, &cmd.args),

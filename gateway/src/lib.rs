@@ -13,6 +13,7 @@ pub mod kiosk;
 pub mod metrics;
 pub mod outbox;
 pub mod replica;
+pub mod submissions;
 pub mod supervise;
 pub mod terminals;
 pub mod uplink;
@@ -77,6 +78,8 @@ pub struct Shared {
     pub bundles: bundles::Bundles,
     /// The street's master data, for kiosks.
     pub replica: replica::Replicas,
+    /// Submission statuses, for kiosks.
+    pub statuses: submissions::Statuses,
     /// Asks the uplink for a health report now (after the replica changed).
     pub report_now: tokio::sync::Notify,
     /// Replies to commands that finish after the uplink loop has moved on.
@@ -212,6 +215,8 @@ pub async fn start(
         config.site.areas.clone(),
     )
     .map_err(|e| GatewayError::Bundles(e.to_string()))?;
+    let statuses = submissions::Statuses::open(replica.db())
+        .map_err(|e| GatewayError::Bundles(e.to_string()))?;
     let (devices, device_requests) = devices::Devices::new();
     let (replies, reply_rx) = tokio::sync::mpsc::unbounded_channel();
     let listener = runtime::bind_http(config.http.listen)
@@ -243,6 +248,7 @@ pub async fn start(
         devices,
         bundles,
         replica,
+        statuses,
         report_now: tokio::sync::Notify::new(),
         replies,
         token: token.clone(),

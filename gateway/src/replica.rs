@@ -86,6 +86,11 @@ impl Replicas {
         })
     }
 
+    /// The replica's database, for the other small stores of the kiosk side.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     pub fn current(&self) -> Arc<Replica> {
         self.current
             .read()

@@ -240,7 +240,11 @@ async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_w
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 403, "an event source is not a terminal");
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "an event source is not a terminal"
+    );
     let r = reqwest::get(gw.url("/api/v1/kiosk/party")).await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
@@ -262,7 +266,11 @@ async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_w
     central.stop().await.unwrap();
     let item = kiosk_get(&gw, "/api/v1/kiosk/items/WJ110199-0001").await;
     assert_eq!(item["name"], "生育登记", "{item}");
-    let named = kiosk_get(&gw, "/api/v1/kiosk/grids?q=%E5%92%8C%E5%B9%B3%E5%AE%B6%E5%9B%AD").await; // 和平家园
+    let named = kiosk_get(
+        &gw,
+        "/api/v1/kiosk/grids?q=%E5%92%8C%E5%B9%B3%E5%AE%B6%E5%9B%AD",
+    )
+    .await; // 和平家园
     assert_eq!(named["grids"].as_array().unwrap().len(), 1, "{named}");
     gw.stop().await.unwrap();
 }

@@ -16,6 +16,7 @@ use crate::metrics::{GatewayClassLabel, GatewayLabel, PresenceLabel};
 use crate::registry::GatewayView;
 use crate::Shared;
 
+pub mod cases;
 pub mod masterdata;
 pub mod shares;
 pub mod terminals;
@@ -34,6 +35,12 @@ pub fn router(shared: Arc<Shared>) -> Router {
             ),
         )
         .route("/api/v1/masterdata/versions", get(masterdata::versions))
+        .route("/api/v1/cases", get(cases::list))
+        .route("/api/v1/cases/{receipt}", get(cases::one))
+        .route(
+            "/api/v1/cases/{receipt}/status",
+            axum::routing::post(cases::set_status),
+        )
         .route("/api/v1/masterdata/versions/{n}", get(masterdata::version))
         .route("/api/v1/masterdata/content/{sha}", get(masterdata::content))
         .route(

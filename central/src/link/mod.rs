@@ -201,8 +201,23 @@ async fn store_and_ack(
     let m = &shared.metrics;
     let store = shared.store.clone();
     let gw = gateway.clone();
+    let submissions: Vec<wire::Event> = events
+        .iter()
+        .filter(|e| e.kind == "submission.created")
+        .cloned()
+        .collect();
     let stored =
         tokio::task::spawn_blocking(move || store.store_batch_raw(&gw, &events, Some(&raw))).await;
+    if !submissions.is_empty() && matches!(stored, Ok(Ok(_))) {
+        // Stored first: a case is made only of what central holds (and again: nothing).
+        let (s, gw) = (shared.clone(), gateway.as_str().to_owned());
+        let made =
+            tokio::task::spawn_blocking(move || s.cases.observe(&s, &gw, &submissions)).await;
+        for case in made.unwrap_or_default() {
+            tracing::info!(receipt = %case.receipt, station = ?case.station, "case routed");
+            crate::cases::tell_gateway(shared, &case);
+        }
+    }
     let stored = match stored {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -176,3 +176,76 @@ pub async fn party(
         json!({ "version": c.version, "party": c.data().party }),
     ))
 }
+
+/// `POST /api/v1/kiosk/submissions`: 201 with the receipt once the submission is on disk.
+pub async fn submit(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    use crate::submissions::{receipt, NewSubmission, Status};
+    let tokens = shared.tokens();
+    let device = tokens.authenticate(&headers)?.to_owned();
+    if !shared.config().terminals.iter().any(|t| t.id == device) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{device:?} is not a terminal; submissions come from the centre's terminals"),
+        ));
+    }
+    // Taken even before any master data has arrived: nothing a resident hands in is refused
+    // for want of the catalogue (it is checked against it when there is one).
+    let catalogue = shared.replica.catalogue();
+    let s = NewSubmission::parse(&body, &catalogue).map_err(ApiError::bad_request)?;
+    let mut payload = serde_json::to_value(&s).unwrap_or_default();
+    payload["terminal"] = json!(device);
+    let raw = serde_json::value::to_raw_value(&payload)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let seqs = shared
+        .outbox
+        .append(vec![crate::outbox::NewEvent {
+            class: firmware_config::wire::EventClass::Submission,
+            kind: "submission.created".to_owned(),
+            payload: raw,
+            time_ms: None,
+        }])
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
+    let seq = seqs.first().copied().unwrap_or(0);
+    let status = Status {
+        receipt: receipt(shared.gateway_id.as_str(), seq),
+        status: "submitted".to_owned(),
+        station: s.grid.clone(),
+        note: "waiting to reach the command centre".to_owned(),
+        category: s.category,
+        title: s.title.clone(),
+        updated: time::OffsetDateTime::now_utc(),
+    };
+    let (sh, st) = (shared.clone(), status.clone());
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sh.statuses.put(&st)).await {
+        // The submission itself is safe in the outbox; only the local status is missing.
+        tracing::warn!(error = %e, "cannot note a submission's status");
+    }
+    tracing::info!(receipt = %status.receipt, category = ?s.category, "submission taken");
+    Ok((StatusCode::CREATED, Json(json!(status))))
+}
+
+/// `GET /api/v1/kiosk/submissions/{receipt}`: where a submission is.
+pub async fn submission(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(receipt): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let tokens = shared.tokens();
+    let device = tokens.authenticate(&headers)?;
+    if !shared.config().terminals.iter().any(|t| t.id == device) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{device:?} is not a terminal"),
+        ));
+    }
+    shared
+        .statuses
+        .get(&receipt)
+        .map(|s| Json(json!(s)))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no submission {receipt:?}")))
+}

@@ -71,6 +71,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/kiosk/grids/at", get(kiosk::grid_at))
         .route("/api/v1/kiosk/grids/{code}", get(kiosk::grid))
         .route("/api/v1/kiosk/party", get(kiosk::party))
+        .route(
+            "/api/v1/kiosk/submissions",
+            post(kiosk::submit).layer(DefaultBodyLimit::max(crate::submissions::MAX_BODY_BYTES)),
+        )
+        .route(
+            "/api/v1/kiosk/submissions/{receipt}",
+            get(kiosk::submission),
+        )
         .route("/api/v1/terminals/config", get(terminals::config))
         .route("/api/v1/terminals/{id}", get(terminals::one))
         .route(

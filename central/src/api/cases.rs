@@ -1,0 +1,76 @@
+//! Cases from residents' submissions on central's API.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::Shared;
+
+fn error(status: StatusCode, m: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": m.into() }))).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+}
+
+/// `GET /api/v1/cases[?status=…]`.
+pub async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Response {
+    Json(json!({ "cases": shared.cases.list(q.status.as_deref()) })).into_response()
+}
+
+/// `GET /api/v1/cases/{receipt}`.
+pub async fn one(State(shared): State<Arc<Shared>>, Path(receipt): Path<String>) -> Response {
+    match shared.cases.get(&receipt) {
+        Some(c) => Json(json!(c)).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no case {receipt:?}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusChange {
+    status: String,
+    #[serde(default)]
+    note: String,
+    #[serde(default)]
+    by: String,
+}
+
+/// `POST /api/v1/cases/{receipt}/status {"status","note","by"}`: the change goes back to the
+/// kiosk's gateway.
+pub async fn set_status(
+    State(shared): State<Arc<Shared>>,
+    Path(receipt): Path<String>,
+    req: Result<Json<StatusChange>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(req) = match req {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
+    let by = if req.by.is_empty() {
+        "operator".to_owned()
+    } else {
+        req.by
+    };
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        s.cases.set_status(&receipt, &req.status, &by, &req.note)
+    })
+    .await;
+    match result {
+        Ok(Ok(case)) => {
+            crate::cases::tell_gateway(&shared, &case);
+            Json(json!(case)).into_response()
+        }
+        Ok(Err(e)) if e.starts_with("no case") => error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}

@@ -1,0 +1,175 @@
+//! Cases made from residents' submissions. Each `submission.created` event central stores
+//! becomes a case (once: its receipt `<gateway>-<seq>` is the event's identity), routed to the
+//! grid it concerns — to the grid's station and its grid leader (网格长) when the master data
+//! knows them, else to the street. Every status change goes back to the gateway, where the
+//! kiosk can ask for it by receipt.
+
+use std::sync::Arc;
+
+use firmware_config::ids::GatewayId;
+use firmware_config::topics::Channel;
+use firmware_config::wire::{Command, Event, Message};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::Shared;
+
+/// Statuses an operator may set.
+pub const STATUSES: [&str; 3] = ["in_progress", "resolved", "closed"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub status: String,
+    pub by: String,
+    pub note: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Case {
+    pub receipt: String,
+    pub gateway: String,
+    pub submission: Value,
+    pub status: String,
+    /// The grid it was routed to, and who answers for it there.
+    pub station: Option<String>,
+    pub station_name: Option<String>,
+    pub assignee: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    pub history: Vec<HistoryEntry>,
+}
+
+pub struct Cases {
+    tree: sled::Tree,
+}
+
+impl Cases {
+    pub fn open(db: &sled::Db) -> Result<Self, String> {
+        Ok(Self {
+            tree: db.open_tree("cases").map_err(|e| e.to_string())?,
+        })
+    }
+
+    pub fn get(&self, receipt: &str) -> Option<Case> {
+        serde_json::from_slice(&self.tree.get(receipt.as_bytes()).ok()??).ok()
+    }
+
+    pub fn list(&self, status: Option<&str>) -> Vec<Case> {
+        self.tree
+            .iter()
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| serde_json::from_slice::<Case>(&v).ok())
+            .filter(|c| status.is_none_or(|s| c.status == s))
+            .collect()
+    }
+
+    fn put(&self, c: &Case) -> Result<(), String> {
+        let v = serde_json::to_vec(c).map_err(|e| e.to_string())?;
+        self.tree
+            .insert(c.receipt.as_bytes(), v)
+            .map_err(|e| e.to_string())?;
+        self.tree.flush().map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Makes cases of the submissions among stored events (again: nothing); returns the new
+    /// ones. Blocking.
+    pub fn observe(&self, shared: &Shared, gateway: &str, events: &[Event]) -> Vec<Case> {
+        let mut new = Vec::new();
+        for e in events.iter().filter(|e| e.kind == "submission.created") {
+            let receipt = format!("{gateway}-{:06}", e.seq);
+            if self.get(&receipt).is_some() {
+                continue;
+            }
+            let submission: Value = serde_json::from_str(e.payload.get()).unwrap_or(Value::Null);
+            let station = submission["grid"].as_str().map(str::to_owned);
+            let grid = station.as_deref().and_then(|g| {
+                shared
+                    .masterdata
+                    .current()
+                    .and_then(|v| v.dataset.grids.iter().find(|x| x.code == g).cloned())
+            });
+            let assignee = grid.as_ref().and_then(|g| {
+                g.staff
+                    .iter()
+                    .find(|s| s.role == "网格长")
+                    .or(g.staff.first())
+                    .map(|s| format!("{} ({}, {})", s.name, s.role, s.duty_phone))
+            });
+            let case = Case {
+                receipt: receipt.clone(),
+                gateway: gateway.to_owned(),
+                status: "routed".to_owned(),
+                station_name: grid.as_ref().map(|g| g.name.clone()),
+                station,
+                assignee,
+                created: OffsetDateTime::now_utc(),
+                history: vec![HistoryEntry {
+                    status: "routed".to_owned(),
+                    by: "central".to_owned(),
+                    note: "received and routed to the grid's station".to_owned(),
+                    at: OffsetDateTime::now_utc(),
+                }],
+                submission,
+            };
+            match self.put(&case) {
+                Ok(()) => new.push(case),
+                Err(e) => tracing::error!(%receipt, error = %e, "cannot store a case"),
+            }
+        }
+        new
+    }
+
+    /// An operator's change of status; returns the case.
+    pub fn set_status(
+        &self,
+        receipt: &str,
+        status: &str,
+        by: &str,
+        note: &str,
+    ) -> Result<Case, String> {
+        if !STATUSES.contains(&status) {
+            return Err(format!("status: {status:?}; use {}", STATUSES.join(", ")));
+        }
+        let mut c = self
+            .get(receipt)
+            .ok_or_else(|| format!("no case {receipt:?}"))?;
+        c.status = status.to_owned();
+        c.history.push(HistoryEntry {
+            status: status.to_owned(),
+            by: by.to_owned(),
+            note: note.to_owned(),
+            at: OffsetDateTime::now_utc(),
+        });
+        self.put(&c)?;
+        Ok(c)
+    }
+}
+
+/// Tells the case's gateway its status (queued by the broker while the gateway is away).
+pub fn tell_gateway(shared: &Arc<Shared>, c: &Case) {
+    let Ok(gw) = GatewayId::new(c.gateway.clone()) else {
+        return;
+    };
+    let note = c.history.last().map(|h| h.note.clone()).unwrap_or_default();
+    let args = json!({
+        "receipt": c.receipt,
+        "status": c.status,
+        "station": c.station_name.clone().or(c.station.clone()),
+        "note": note,
+        "category": c.submission["category"],
+        "title": c.submission["title"],
+        "updated": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+    });
+    let command = Message::Command(Command {
+        id: format!("case-{}-{}", c.receipt, c.history.len()),
+        name: "submission.status".to_owned(),
+        args,
+    });
+    if let Err(e) = shared.commands.publish(&gw, Channel::Cmd, command) {
+        tracing::warn!(receipt = %c.receipt, error = %e, "cannot tell the gateway a case's status");
+    }
+}
