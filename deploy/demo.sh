@@ -215,6 +215,16 @@ done
 curl -fsS -X POST "http://127.0.0.1:$CENTRAL_PORT/api/v1/bundles" -H "Content-Type: application/json" \
   -d '{"gateway":"gw-hongxing-01","terminal":"kiosk-hall-1","settings":{"volume":40,"locale":"zh-CN","required_peripherals":["printer","card_reader"]},"note":"demo: quieter kiosk"}' \
   > "$run/bundle.json" 2>/dev/null || true
+# The street's master data (grid, party organisations, service items) to central; the gateway
+# gets its replica, signed, and answers kiosks from it.
+"$bin/central" data push deploy/sample-data --url "http://127.0.0.1:$CENTRAL_PORT" --by demo \
+  > "$run/masterdata.out" 2>&1 || true
+for _ in $(seq 1 40); do
+  if curl -fsS "http://127.0.0.1:$GATEWAY_PORT/api/v1/masterdata" 2>/dev/null | grep -q '"version":1'; then
+    break
+  fi
+  sleep 0.5
+done
 curl -fsS -o "$run/central-snapshot.jpg" \
   "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways/gw-hongxing-01/cameras/hall-entrance/snapshot.jpg" || true
 
@@ -259,6 +269,24 @@ for t in v["terminals"]:
     print("  %-16s %-16s %-9s (%s) %s" % (t["gateway"], t["terminal"], t["state"], t["source"], "; ".join(t["reasons"])))
 ' || true
 echo "Settings bundle for kiosk-hall-1, signed by central: $(/usr/bin/python3 -c 'import json,sys; b=json.load(open(sys.argv[1])); print("version %s %s" % (b["version"], b["outcome"]))' "$run/bundle.json" 2>/dev/null || echo "not sent")"
+echo
+echo "Master data: $(cat "$run/masterdata.out" 2>/dev/null | tail -1)"
+echo "Kiosk queries answered from the gateway's replica:"
+kiosk() { curl -fsS -G -H "Authorization: Bearer kiosk-1-token" "http://127.0.0.1:$GATEWAY_PORT$1" "${@:2}" 2>/dev/null; }
+kiosk /api/v1/kiosk/items --data-urlencode "q=低保" | /usr/bin/python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+for h in v["hits"][:3]:
+    print("  search 低保: %s %s (%s, %s working days)" % (h["code"], h["name"], h["department"], h["time_limit_days"]))
+' || echo "  (no replica yet; see $run/gateway.log)"
+kiosk /api/v1/kiosk/grids/at -d lon=120.156 -d lat=30.2715 | /usr/bin/python3 -c '
+import json, sys
+v = json.load(sys.stdin)
+g = v["grid"]
+lead = [s for s in g["staff"] if s["role"] == "网格长"]
+print("  grid at 120.156,30.2715: %s %s, %s households; 网格长 %s %s; %s" % (
+    g["code"], g["name"], g["households"], lead[0]["name"], lead[0]["duty_phone"], v["party"][0]["name"]))
+' || true
 echo
 echo "Snapshot from the gateway:  $run/hall-entrance.jpg  ($(jpeg_info "$run/hall-entrance.jpg" 2>/dev/null || echo none))"
 echo "Snapshot through central:   $run/central-snapshot.jpg  ($(jpeg_info "$run/central-snapshot.jpg" 2>/dev/null || echo none))"

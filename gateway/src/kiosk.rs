@@ -120,14 +120,26 @@ impl Catalogue {
                 *scores.entry(i as u32).or_default() += 50.0;
             }
         }
-        for t in terms(q) {
-            if let Some(postings) = self.index.get(&t) {
+        let qterms = terms(q);
+        // A query of several characters must match at least one pair of them (or a word):
+        // single characters alone (保 in 低保 and 医保) are too common to count.
+        let single = |t: &String| t.chars().count() == 1 && t.chars().all(is_cjk);
+        let needs_pair = qterms.iter().any(|t| !single(t));
+        let mut paired: std::collections::HashSet<u32> = std::collections::HashSet::new();
+        for t in &qterms {
+            if let Some(postings) = self.index.get(t) {
                 for (i, w) in postings {
                     *scores.entry(*i).or_default() += w;
+                    if !single(t) {
+                        paired.insert(*i);
+                    }
                 }
             }
         }
-        let mut hits: Vec<(u32, f32)> = scores.into_iter().filter(|(_, s)| *s >= 1.0).collect();
+        let mut hits: Vec<(u32, f32)> = scores
+            .into_iter()
+            .filter(|(i, s)| *s >= 1.0 && (!needs_pair || *s >= 50.0 || paired.contains(i)))
+            .collect();
         hits.sort_by(|a, b| {
             b.1.total_cmp(&a.1).then_with(|| {
                 self.data.items[a.0 as usize]
@@ -249,6 +261,21 @@ mod tests {
                     .collect::<Vec<_>>()
             );
         }
+        // Only items about 低保 itself (by name, keyword or a required material), not every
+        // item with 保 in it.
+        let low = c.search("低保", 10);
+        let about = |i: &ServiceItem| {
+            i.name.contains("最低生活保障")
+                || i.keywords
+                    .iter()
+                    .chain(&i.materials)
+                    .any(|k| k.contains("低保"))
+        };
+        assert!(
+            low.iter().all(|h| about(h.item)),
+            "{:?}",
+            low.iter().map(|h| &h.item.name).collect::<Vec<_>>()
+        );
         assert!(c.search("", 5).is_empty());
         assert!(c.search("zzqqxx", 5).is_empty());
     }
