@@ -16,8 +16,8 @@ packages=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
   # browser tests: Debian's Chromium, driven by playwright-core (never a downloaded browser)
   chromium fonts-wqy-microhei
-  # video benchmark: the static file server serving the HLS peer
-  nginx
+  # benchmarks: the static file server (HLS and kiosk peers) and the HTTP load tool
+  nginx wrk
   # tools used by tests and benchmarks
   ffmpeg openssl curl ca-certificates iproute2 procps
 )
