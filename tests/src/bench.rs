@@ -55,3 +55,33 @@ pub fn fixture(file: &Path, n: usize, dir: &Path) -> crate::Result<(ChildProcess
 pub fn url(port: u16, i: usize) -> String {
     format!("rtsp://127.0.0.1:{port}/cam{i}")
 }
+
+/// nginx in the foreground on 127.0.0.1:`port`, one worker, its files in `dir`; `server` is the
+/// body of its server block (root, locations, types).
+pub fn nginx(port: u16, dir: &Path, server: &str) -> crate::Result<ChildProcess> {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {log} warn;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {tmp};\n proxy_temp_path {tmp};\n fastcgi_temp_path {tmp};\n uwsgi_temp_path {tmp};\n scgi_temp_path {tmp};\n\
+             sendfile on;\n server {{ listen 127.0.0.1:{port}; {server} }}\n}}\n",
+            pid = dir.join("nginx.pid").display(),
+            log = dir.join("nginx-error.log").display(),
+            tmp = dir.display(),
+        ),
+    )?;
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
+    let p = ChildProcess::spawn("nginx", cmd, &dir.join("nginx.log"))?;
+    wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
+    Ok(p)
+}
+
+/// The number after `name` on a benchmark's command line.
+pub fn arg_value(args: &[String], name: &str) -> Option<u64> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+}

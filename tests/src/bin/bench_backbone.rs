@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gridedge_tests::bench::arg_value;
 use gridedge_tests::process::{peak_rss_mib, ChildProcess};
 use gridedge_tests::proxy::FaultProxy;
 use gridedge_tests::services::{central_toml, gateway_toml, source_token, ServiceProcess};
@@ -335,13 +336,6 @@ async fn mosquitto_bridge(events: u64, backlog: u64, dir: &Path) -> anyhow::Resu
         drain_per_s: backlog as f64 / drained.as_secs_f64(),
         peak_rss_mib: rss,
     })
-}
-
-fn arg_value(args: &[String], name: &str) -> Option<u64> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::main]

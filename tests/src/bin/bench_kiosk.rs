@@ -9,11 +9,11 @@
 //! Load: `wrk` (Debian's), keep-alive connections, one thread, `--latency`. It prints requests/s
 //! and p50/p99 for each, and the ratios. Build with `cargo build --release --workspace --bins`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gridedge_tests::bench::arg_value;
 use gridedge_tests::process::ChildProcess;
 use gridedge_tests::services::{binary, central_toml};
 use gridedge_tests::{free_port, wait_for_port, workspace_root};
@@ -77,35 +77,6 @@ fn wrk(url: &str, token: Option<&str>, seconds: u64, connections: u64) -> anyhow
         p99_ms: find("99%").and_then(|v| ms(&v)).unwrap_or(f64::NAN),
         errors,
     })
-}
-
-fn nginx(root: &Path, port: u16, dir: &Path) -> anyhow::Result<ChildProcess> {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {log} warn;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {tmp};\n proxy_temp_path {tmp};\n fastcgi_temp_path {tmp};\n uwsgi_temp_path {tmp};\n scgi_temp_path {tmp};\n\
-             sendfile on;\n default_type application/json;\n\
-             server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
-            pid = dir.join("nginx.pid").display(),
-            log = dir.join("nginx-error.log").display(),
-            tmp = dir.display(),
-            root = root.display(),
-        ),
-    )?;
-    let mut cmd = Command::new("nginx");
-    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
-    let p = ChildProcess::spawn("nginx", cmd, &dir.join("nginx.log"))?;
-    wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
-    Ok(p)
-}
-
-fn arg_value(args: &[String], name: &str) -> Option<u64> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
 }
 
 #[tokio::main]
@@ -205,7 +176,11 @@ async fn main() -> anyhow::Result<()> {
     let n_port = free_port();
     let run = d.join("nginx-run");
     std::fs::create_dir_all(&run)?;
-    let _nginx = nginx(&root, n_port, &run)?;
+    let _nginx = gridedge_tests::bench::nginx(
+        n_port,
+        &run,
+        &format!("root {}; default_type application/json;", root.display()),
+    )?;
 
     eprintln!("kiosk: {seconds} s per run, {connections} keep-alive connections, wrk -t1");
     let g_search = wrk(&search, Some("kiosk-token"), seconds, connections)?;

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use gridedge_tests::bench::arg_value;
 use gridedge_tests::process::{cpu_seconds, ChildProcess};
 use gridedge_tests::services::{binary, central_toml};
 use gridedge_tests::terminals::heartbeat_body;
@@ -278,33 +279,6 @@ async fn gridedge(
     Ok((run, fleet, summary_bytes))
 }
 
-fn nginx(port: u16, dir: &Path) -> anyhow::Result<ChildProcess> {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {log} warn;\nevents {{ worker_connections 4096; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {tmp};\n proxy_temp_path {tmp};\n fastcgi_temp_path {tmp};\n uwsgi_temp_path {tmp};\n scgi_temp_path {tmp};\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ default_type application/json; return 200 '{{\"terminal\":\"kiosk\",\"state\":\"online\",\"interval_secs\":10,\"config_version\":null}}'; }} }}\n}}\n",
-            pid = dir.join("nginx.pid").display(),
-            log = dir.join("nginx-error.log").display(),
-            tmp = dir.display(),
-        ),
-    )?;
-    let mut cmd = Command::new("nginx");
-    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
-    let p = ChildProcess::spawn("nginx", cmd, &dir.join("nginx.log"))?;
-    wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
-    Ok(p)
-}
-
-fn arg_value(args: &[String], name: &str) -> Option<u64> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -322,7 +296,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("GridEdge run")?;
     let port = free_port();
-    let server = nginx(port, &n_dir)?;
+    let server = gridedge_tests::bench::nginx(
+        port,
+        &n_dir,
+        "location / { default_type application/json; return 200 '{\"terminal\":\"kiosk\",\"state\":\"online\",\"interval_secs\":10,\"config_version\":null}'; }",
+    )?;
     eprintln!("nginx: the same load");
     let url = format!("http://127.0.0.1:{port}/api/v1/terminals/heartbeat");
     let x = drive(&url, n, warmup, window, server.pid().context("nginx pid")?).await?;

@@ -22,7 +22,7 @@ use gridedge_tests::bench::{fixture, url, video};
 use gridedge_tests::live::Viewer;
 use gridedge_tests::process::{cpu_seconds, ChildProcess};
 use gridedge_tests::services::{central_toml, gateway_toml, viewer_token, ServiceProcess};
-use gridedge_tests::{camera_toml, free_port, wait_for_port, FixtureDir};
+use gridedge_tests::{camera_toml, free_port, FixtureDir};
 use serde_json::{json, Value};
 
 fn median(v: &mut [f64]) -> f64 {
@@ -67,29 +67,6 @@ async fn wait_for(
 
 async fn json_get(url: &str) -> Option<Value> {
     reqwest::get(url).await.ok()?.json().await.ok()
-}
-
-/// nginx serving `root` on `port`, in the foreground, with its own config.
-fn nginx(root: &Path, port: u16, dir: &Path) -> anyhow::Result<ChildProcess> {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off;\nworker_processes 1;\npid {pid};\nerror_log {log} warn;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {tmp};\n proxy_temp_path {tmp};\n fastcgi_temp_path {tmp};\n uwsgi_temp_path {tmp};\n scgi_temp_path {tmp};\n\
-             types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }}\n sendfile on;\n\
-             server {{ listen 127.0.0.1:{port}; root {root}; location / {{ add_header Cache-Control no-cache; }} }}\n}}\n",
-            pid = dir.join("nginx.pid").display(),
-            log = dir.join("nginx-error.log").display(),
-            tmp = dir.display(),
-            root = root.display(),
-        ),
-    )?;
-    let mut cmd = Command::new("nginx");
-    cmd.arg("-c").arg(&conf).arg("-p").arg(dir);
-    let p = ChildProcess::spawn("nginx", cmd, &dir.join("nginx.log"))?;
-    wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
-    Ok(p)
 }
 
 /// `ffmpeg -c copy -f hls` of the camera into `root`.
@@ -351,7 +328,14 @@ async fn main() -> anyhow::Result<()> {
     let hls_root = dir.path().join("hls");
     std::fs::create_dir_all(&hls_root)?;
     let nginx_port = free_port();
-    let ngx = nginx(&hls_root, nginx_port, dir.path())?;
+    let ngx = gridedge_tests::bench::nginx(
+        nginx_port,
+        dir.path(),
+        &format!(
+            "root {}; types {{ application/vnd.apple.mpegurl m3u8; video/mp2t ts; }} location / {{ add_header Cache-Control no-cache; }}",
+            hls_root.display()
+        ),
+    )?;
 
     // 1. Request to first decodable frame.
     eprintln!("first frame: {reps} requests each");
