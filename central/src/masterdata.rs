@@ -30,9 +30,9 @@ pub struct Changes {
     pub removed: Vec<String>,
 }
 
-/// A published version.
+/// What a version is, without its data (for listings).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Version {
+pub struct VersionInfo {
     pub version: u64,
     pub hash: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -42,34 +42,14 @@ pub struct Version {
     pub summary: String,
     /// Per list (`grids`, `party`, `items`, `content`).
     pub changes: BTreeMap<String, Changes>,
+}
+
+/// A published version: what it is, and its data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Version {
+    #[serde(flatten)]
+    pub info: VersionInfo,
     pub dataset: Dataset,
-}
-
-/// A version without its data, for listings.
-#[derive(Debug, Clone, Serialize)]
-pub struct VersionInfo {
-    pub version: u64,
-    pub hash: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub published: OffsetDateTime,
-    pub by: String,
-    pub note: String,
-    pub summary: String,
-    pub changes: BTreeMap<String, Changes>,
-}
-
-impl Version {
-    pub fn info(&self) -> VersionInfo {
-        VersionInfo {
-            version: self.version,
-            hash: self.hash.clone(),
-            published: self.published,
-            by: self.by.clone(),
-            note: self.note.clone(),
-            summary: self.summary.clone(),
-            changes: self.changes.clone(),
-        }
-    }
 }
 
 /// The result of an import.
@@ -174,7 +154,7 @@ impl MasterData {
             .rev()
             .filter_map(Result::ok)
             .filter_map(|(_, v)| serde_json::from_slice::<Version>(&v).ok())
-            .map(|v| v.info())
+            .map(|v| v.info)
             .collect()
     }
 
@@ -183,7 +163,7 @@ impl MasterData {
     /// intact (same hash), else a snapshot; nothing when it is current.
     pub fn update_for(&self, report: &ReplicaReport) -> Option<Update> {
         let cur = self.current()?;
-        if report.version >= cur.version && !report.need_snapshot {
+        if report.version >= cur.info.version && !report.need_snapshot {
             return None;
         }
         let target = cur.dataset.scoped(&report.areas);
@@ -191,12 +171,12 @@ impl MasterData {
             if let Some(old) = self.version(report.version) {
                 let old = old.dataset.scoped(&report.areas);
                 if old.hash() == report.hash {
-                    return Some(target.delta_from(&old, report.version, cur.version));
+                    return Some(target.delta_from(&old, report.version, cur.info.version));
                 }
             }
         }
         Some(Update::Snapshot {
-            version: cur.version,
+            version: cur.info.version,
             hash: target.hash(),
             dataset: target,
         })
@@ -221,10 +201,10 @@ impl MasterData {
             .unwrap_or_else(PoisonError::into_inner);
         let hash = dataset.hash();
         let current = self.current();
-        if let Some(cur) = current.as_ref().filter(|c| c.hash == hash) {
+        if let Some(cur) = current.as_ref().filter(|c| c.info.hash == hash) {
             return Ok(Imported {
                 new: false,
-                info: cur.info(),
+                info: cur.info.clone(),
             });
         }
         let store = |e: sled::Error| ImportError::Store(e.to_string());
@@ -236,24 +216,25 @@ impl MasterData {
                     .map_err(store)?;
             }
         }
-        let version = Version {
-            version: current.as_ref().map_or(1, |c| c.version + 1),
+        let info = VersionInfo {
+            version: current.as_ref().map_or(1, |c| c.info.version + 1),
             hash,
             published: OffsetDateTime::now_utc(),
             by: by.to_owned(),
             note: note.to_owned(),
             summary: dataset.summary(),
             changes: changes(current.as_ref().map(|c| &c.dataset), &dataset),
-            dataset,
         };
+        let version = Version { info, dataset };
         let json = serde_json::to_vec(&version).map_err(|e| ImportError::Store(e.to_string()))?;
         self.versions
-            .insert(version.version.to_be_bytes(), json)
+            .insert(version.info.version.to_be_bytes(), json)
             .map_err(store)?;
         self.versions.flush().map_err(store)?;
         self.blobs.flush().map_err(store)?;
-        tracing::info!(version = version.version, hash = %version.hash, summary = %version.summary, "master data published");
-        let info = version.info();
+        let i = &version.info;
+        tracing::info!(version = i.version, hash = %i.hash, summary = %i.summary, "master data published");
+        let info = version.info.clone();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(version));
         Ok(Imported { new: true, info })
     }
@@ -290,7 +271,7 @@ mod tests {
             md.import(&bad, "test", "bad"),
             Err(ImportError::Invalid(_))
         ));
-        assert_eq!(md.current().unwrap().version, 1);
+        assert_eq!(md.current().unwrap().info.version, 1);
 
         let mut changed = sample();
         let items = changed.texts["service_items.json"].replacen(
@@ -308,7 +289,7 @@ mod tests {
         drop(md);
         // Reopened, the current version is the last one.
         let md = MasterData::open(&db).unwrap();
-        assert_eq!(md.current().unwrap().version, 2);
+        assert_eq!(md.current().unwrap().info.version, 2);
         assert_eq!(md.versions().len(), 2);
     }
 }

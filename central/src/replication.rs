@@ -18,16 +18,40 @@ use crate::Shared;
 /// How long before the same version is offered to the same gateway again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(15);
 
+/// (central's version, the gateway's version, whether it asked for a snapshot).
+type Offer = (u64, u64, bool);
+
 #[derive(Default)]
 pub struct Replication {
-    /// Per gateway: the version last sent, and when.
-    sent: Mutex<HashMap<String, (u64, bool, Instant)>>,
+    /// Per gateway: the last offer (current version, the gateway's version, snapshot asked),
+    /// and when.
+    sent: Mutex<HashMap<String, (Offer, Instant)>>,
     warned: std::sync::atomic::AtomicBool,
 }
 
 impl Replication {
-    /// Offers `gateway` what it lacks, given its report.
+    /// Offers `gateway` what it lacks, given its report. The same offer (same current version
+    /// for the same report) is not made again within [`RESEND_AFTER`], and is not even computed.
     pub fn offer(&self, shared: &Shared, gateway: &GatewayId, report: &ReplicaReport) {
+        let Some(current) = shared.masterdata.current().map(|c| c.info.version) else {
+            return;
+        };
+        if report.version >= current && !report.need_snapshot {
+            return;
+        }
+        let offer = (current, report.version, report.need_snapshot);
+        {
+            let mut sent = self
+                .sent
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((o, at)) = sent.get(gateway.as_str()) {
+                if *o == offer && at.elapsed() < RESEND_AFTER {
+                    return;
+                }
+            }
+            sent.insert(gateway.as_str().to_owned(), (offer, Instant::now()));
+        }
         let Some(update) = shared.masterdata.update_for(report) else {
             return;
         };
@@ -36,21 +60,6 @@ impl Replication {
             firmware_config::masterdata::replica::Update::Snapshot { .. }
         );
         let version = update.target_version();
-        {
-            let mut sent = self
-                .sent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((v, s, at)) = sent.get(gateway.as_str()) {
-                if *v == version && *s == snapshot && at.elapsed() < RESEND_AFTER {
-                    return;
-                }
-            }
-            sent.insert(
-                gateway.as_str().to_owned(),
-                (version, snapshot, Instant::now()),
-            );
-        }
         let Some(key) = shared.bundles.signing_key() else {
             if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!("master data is not sent to gateways: no [identity] bundle_signing_key_file to sign it with");

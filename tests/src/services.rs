@@ -180,6 +180,20 @@ impl TestCentral {
         format!("http://{}{path}", self.http_addr)
     }
 
+    /// Publishes the master data set in `dir` through `POST /api/v1/masterdata`: (status, answer).
+    pub async fn post_masterdata(&self, dir: &Path) -> Result<(u16, serde_json::Value)> {
+        let src = firmware_config::masterdata::load_dir(dir)
+            .map_err(|p| anyhow::anyhow!("{} problem(s) reading {}", p.len(), dir.display()))?;
+        let body = central::api::masterdata::ImportRequest::from_sources(&src, "tests", "");
+        let r = reqwest::Client::new()
+            .post(self.url("/api/v1/masterdata"))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await?))
+    }
+
     /// The registry's view of every gateway, from `GET /api/v1/gateways`.
     pub async fn gateways(&self) -> Result<Vec<serde_json::Value>> {
         Ok(reqwest::get(self.url("/api/v1/gateways"))

@@ -37,16 +37,11 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     let mut broker = Mosquitto::start().unwrap();
     let central = TestCentral::external(&broker.url(), None).await.unwrap();
     // Central knows the street's grids, so it can route.
-    let src = firmware_config::masterdata::load_dir(&workspace_root().join("deploy/sample-data"))
-        .unwrap();
-    let body = central::api::masterdata::ImportRequest::from_sources(&src, "tests", "");
-    let r = reqwest::Client::new()
-        .post(central.url("/api/v1/masterdata"))
-        .json(&body)
-        .send()
+    let (status, _) = central
+        .post_masterdata(&workspace_root().join("deploy/sample-data"))
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
+    assert_eq!(status, 201);
 
     let dir = tempfile::tempdir().unwrap();
     let extra = terminal_toml(

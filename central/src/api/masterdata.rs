@@ -116,7 +116,7 @@ pub async fn import(
 /// `GET /api/v1/masterdata`: the current version (without its data), 404 before any.
 pub async fn current(State(shared): State<Arc<Shared>>) -> Response {
     match shared.masterdata.current() {
-        Some(v) => Json(json!(v.info())).into_response(),
+        Some(v) => Json(json!(v.info)).into_response(),
         None => error(StatusCode::NOT_FOUND, "no master data published yet"),
     }
 }
