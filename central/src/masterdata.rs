@@ -187,6 +187,15 @@ impl MasterData {
         self.blobs.get(sha256.as_bytes()).ok()?.map(|b| b.to_vec())
     }
 
+    /// `len` bytes (or fewer, at the end) of a content file from `offset`, and the file's size.
+    pub fn blob_piece(&self, sha256: &str, offset: u64, len: u64) -> Option<(u64, Vec<u8>)> {
+        let blob = self.blobs.get(sha256.as_bytes()).ok()??;
+        let total = blob.len() as u64;
+        let start = offset.min(total) as usize;
+        let end = offset.saturating_add(len).min(total) as usize;
+        Some((total, blob[start..end].to_vec()))
+    }
+
     /// Reads, checks and publishes a data set; blocking (sled flushes), so call it off the
     /// async workers.
     pub fn import(&self, sources: &Sources, by: &str, note: &str) -> Result<Imported, ImportError> {
@@ -265,7 +274,7 @@ mod tests {
 
         let mut bad = sample();
         let grids =
-            bad.texts["grids.csv"].clone() + "11019900100001001,重复,base,11019900100001,400\n";
+            bad.texts["grids.csv"].clone() + "11019900100001001,重复,base,11019900100001,400,\n";
         bad.texts.insert("grids.csv".into(), grids);
         assert!(matches!(
             md.import(&bad, "test", "bad"),

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub gateway_outbox_evicted: Family<GatewayClassLabel, Gauge>,
     /// Each gateway's outbox, as it last reported: events refused because it was full.
     pub gateway_outbox_refused: Family<GatewayLabel, Gauge>,
+    /// Bytes of content files sent to gateways.
+    pub content_bytes_sent: Counter,
 }
 
 impl Metrics {
@@ -131,7 +133,14 @@ impl Metrics {
             "Events each gateway refused because its outbox was full, as last reported",
             gateway_outbox_refused.clone(),
         );
+        let content_bytes_sent = Counter::default();
+        registry.register(
+            "content_bytes_sent",
+            "Bytes of content files sent to gateways",
+            content_bytes_sent.clone(),
+        );
         Self {
+            content_bytes_sent,
             registry,
             link_connected,
             messages_received,

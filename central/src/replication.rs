@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use firmware_config::ids::GatewayId;
 use firmware_config::masterdata::replica::SignedUpdate;
 use firmware_config::topics::Channel;
-use firmware_config::wire::{Message, ReplicaReport};
+use firmware_config::wire::{ContentChunk, ContentFetch, Message, ReplicaReport, MAX_CHUNK_BYTES};
 
 use crate::Shared;
 
@@ -98,4 +98,42 @@ impl Replication {
             self.offer(shared, &id, &report);
         }
     }
+}
+
+/// Answers a gateway's request for a piece of a content file. Any file central holds may be
+/// asked for by its hash; the piece carries its own hash, the file's size, or why there is none.
+pub fn serve_fetch(shared: &Shared, gateway: &GatewayId, fetch: &ContentFetch) -> ContentChunk {
+    let mut chunk = ContentChunk {
+        sha256: fetch.sha256.clone(),
+        offset: fetch.offset,
+        total: 0,
+        chunk_sha256: String::new(),
+        data: String::new(),
+        error: None,
+    };
+    let len = fetch.len.min(MAX_CHUNK_BYTES);
+    match shared
+        .masterdata
+        .blob_piece(&fetch.sha256, fetch.offset, len)
+    {
+        None => {
+            tracing::warn!(%gateway, sha256 = %fetch.sha256, "a gateway asked for a content file central does not hold");
+            chunk.error = Some("no such content file".into());
+        }
+        Some((total, _)) if fetch.offset > total || len == 0 => {
+            chunk.total = total;
+            chunk.error = Some(format!(
+                "offset {} and length {} do not fit a file of {total} bytes",
+                fetch.offset, fetch.len
+            ));
+        }
+        Some((total, bytes)) => {
+            use base64::Engine as _;
+            chunk.total = total;
+            chunk.chunk_sha256 = firmware_config::masterdata::sha256_hex(&bytes);
+            chunk.data = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            shared.metrics.content_bytes_sent.inc_by(bytes.len() as u64);
+        }
+    }
+    chunk
 }

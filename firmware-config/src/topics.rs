@@ -7,6 +7,8 @@
 //! gridedge/v1/gw/{gateway}/ack      central → gateway  what central has stored (watermark + ranges)
 //! gridedge/v1/gw/{gateway}/cmd      central → gateway  commands (snapshot, share start, config bundle)
 //! gridedge/v1/gw/{gateway}/reply    gateway → central  command results
+//! gridedge/v1/gw/{gateway}/data     central → gateway  master data updates, content pieces
+//! gridedge/v1/gw/{gateway}/fetch    gateway → central  requests for content pieces
 //! gridedge/v1/master/{dataset}      central → gateways retained master data (grid, catalogue)
 //! ```
 //!
@@ -29,12 +31,15 @@ pub enum Channel {
     Ack,
     Cmd,
     Reply,
-    /// Master data updates for the gateway's replica (central → gateway).
+    /// Master data updates and content file pieces for the gateway's replica
+    /// (central → gateway).
     Data,
+    /// Requests for content file pieces (gateway → central).
+    Fetch,
 }
 
 impl Channel {
-    pub const ALL: [Channel; 7] = [
+    pub const ALL: [Channel; 8] = [
         Channel::Status,
         Channel::Health,
         Channel::Events,
@@ -42,6 +47,7 @@ impl Channel {
         Channel::Cmd,
         Channel::Reply,
         Channel::Data,
+        Channel::Fetch,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +59,7 @@ impl Channel {
             Channel::Cmd => "cmd",
             Channel::Reply => "reply",
             Channel::Data => "data",
+            Channel::Fetch => "fetch",
         }
     }
 

@@ -57,6 +57,10 @@ pub enum Message {
     Reply(CommandReply),
     /// A signed master data update for the gateway's replica.
     Data(crate::masterdata::replica::SignedUpdate),
+    /// A gateway asks for a piece of a content file (gateway → central, `fetch` topic).
+    Fetch(ContentFetch),
+    /// A piece of a content file (central → gateway, `data` topic).
+    Chunk(ContentChunk),
 }
 
 impl Message {
@@ -69,14 +73,45 @@ impl Message {
             Message::Command(_) => "command",
             Message::Reply(_) => "reply",
             Message::Data(_) => "data",
+            Message::Fetch(_) => "fetch",
+            Message::Chunk(_) => "chunk",
         }
     }
 }
 
 /// Every kind this build understands.
-pub const KINDS: [&str; 7] = [
-    "status", "health", "events", "ack", "command", "reply", "data",
+pub const KINDS: [&str; 9] = [
+    "status", "health", "events", "ack", "command", "reply", "data", "fetch", "chunk",
 ];
+
+/// The largest piece of a content file one message carries (base64 makes it a third larger,
+/// well inside [`MAX_MESSAGE_BYTES`]).
+pub const MAX_CHUNK_BYTES: u64 = 256 * 1024;
+
+/// A request for `len` bytes of the content file `sha256` from `offset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentFetch {
+    pub sha256: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// A piece of a content file, with the hash of the piece itself so that a damaged piece is
+/// refused on arrival (the whole file is checked against its own hash at the end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentChunk {
+    pub sha256: String,
+    pub offset: u64,
+    /// The whole file's size.
+    pub total: u64,
+    /// SHA-256 of `data`'s bytes, lower-case hex.
+    pub chunk_sha256: String,
+    /// The bytes, base64 (standard alphabet).
+    pub data: String,
+    /// Set when central does not have the file (or the range is outside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
 
 /// Birth and last-will message of a gateway, retained on its status topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -393,6 +428,8 @@ pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
         "command" => Message::Command(payload(env.payload).map_err(bad)?),
         "reply" => Message::Reply(payload(env.payload).map_err(bad)?),
         "data" => Message::Data(payload(env.payload).map_err(bad)?),
+        "fetch" => Message::Fetch(payload(env.payload).map_err(bad)?),
+        "chunk" => Message::Chunk(payload(env.payload).map_err(bad)?),
         other => return Err(WireError::UnknownKind(other.to_owned())),
     };
     Ok(Envelope {

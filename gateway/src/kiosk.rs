@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use firmware_config::masterdata::address::{self, Covered};
 use firmware_config::masterdata::{Dataset, GridUnit, Level, PartyOrg, ServiceItem};
 use serde::Serialize;
 
@@ -64,6 +65,18 @@ pub struct Catalogue {
     data: Dataset,
     /// term → (item index, weight), summed per item at build time.
     index: HashMap<String, Vec<(u32, f32)>>,
+    /// Each grid's addresses, read (aligned with `data.grids`).
+    addresses: Vec<Vec<Covered>>,
+}
+
+/// A grid found by name or address, and what matched.
+#[derive(Debug, Clone, Serialize)]
+pub struct GridFound<'a> {
+    pub score: u32,
+    /// The address entry or name that matched.
+    pub matched: String,
+    #[serde(flatten)]
+    pub grid: &'a GridUnit,
 }
 
 impl Catalogue {
@@ -91,10 +104,22 @@ impl Catalogue {
             .into_iter()
             .map(|(t, m)| (t, m.into_iter().collect()))
             .collect();
+        // Validated at central; an entry that does not read is simply not searchable.
+        let addresses = data
+            .grids
+            .iter()
+            .map(|g| {
+                g.addresses
+                    .iter()
+                    .filter_map(|a| address::parse(a).ok())
+                    .collect()
+            })
+            .collect();
         Arc::new(Self {
             version,
             data,
             index,
+            addresses,
         })
     }
 
@@ -192,15 +217,40 @@ impl Catalogue {
     }
 
     /// Grids whose name (which carries the roads and estates) contains every term of `q`.
-    pub fn grids_named(&self, q: &str) -> Vec<&GridUnit> {
+    /// Grids by address text (`红星路12号3单元`: the grid whose range holds number 12 on that
+    /// side of 红星路; `纺织新村5幢`: the grid of that estate), by name words, or by code; best
+    /// first.
+    pub fn grids_found(&self, q: &str) -> Vec<GridFound<'_>> {
+        let wanted = address::read_query(q);
         let words: Vec<&str> = q.split_whitespace().collect();
-        self.data
-            .grids
-            .iter()
-            .filter(|g| {
-                !words.is_empty() && words.iter().all(|w| g.name.contains(w) || g.code == *w)
-            })
-            .collect()
+        let mut found: Vec<GridFound<'_>> = Vec::new();
+        for (g, covered) in self.data.grids.iter().zip(&self.addresses) {
+            let by_address = covered
+                .iter()
+                .filter_map(|c| c.covers(&wanted).map(|s| (s, c)))
+                .max_by_key(|(s, _)| *s)
+                .map(|(s, c)| (if s == 2 { 100 } else { 80 }, c.to_string()));
+            let by_name = if g.code == q.trim() {
+                Some((100, g.code.clone()))
+            } else if !words.is_empty() && words.iter().all(|w| g.name.contains(w)) {
+                Some((50, g.name.clone()))
+            } else {
+                None
+            };
+            if let Some((score, matched)) = by_address
+                .into_iter()
+                .chain(by_name)
+                .max_by_key(|(s, _)| *s)
+            {
+                found.push(GridFound {
+                    score,
+                    matched,
+                    grid: g,
+                });
+            }
+        }
+        found.sort_by(|a, b| b.score.cmp(&a.score).then(a.grid.code.cmp(&b.grid.code)));
+        found
     }
 
     pub fn grid(&self, code: &str) -> Option<&GridUnit> {
@@ -288,11 +338,34 @@ mod tests {
         assert_eq!(g.code, "11019900100002001");
         assert_eq!(g.staff.len(), 3);
         assert!(c.grid_at([121.0, 31.0]).is_none());
-        let named = c.grids_named("和平家园");
+        let named = c.grids_found("和平家园");
         assert_eq!(named.len(), 1);
-        let party = c.party_of(&named[0].code);
+        let party = c.party_of(&named[0].grid.code);
         assert_eq!(party[0].kind, "党支部");
         assert_eq!(c.items_where(Some("街道民政办"), None).len(), 5);
         assert_eq!(c.items_where(None, Some("生育")).len(), 2);
+    }
+
+    #[test]
+    fn grids_by_address_text() {
+        let c = catalogue();
+        let code = |q: &str| {
+            c.grids_found(q)
+                .first()
+                .map(|f| (f.grid.code.clone(), f.matched.clone()))
+        };
+        // Odd numbers of 红星路 are grid 1 up to 99, then grid 4; even ones grid 1, then grid 2.
+        assert_eq!(
+            code("红星路13号2单元"),
+            Some(("11019900100001001".into(), "红星路1-99号单".into()))
+        );
+        assert_eq!(code("红星路64号").unwrap().0, "11019900100001002");
+        assert_eq!(code("红星路101号").unwrap().0, "11019900100001004");
+        assert_eq!(code("纺织新村5幢201").unwrap().0, "11019900100001003");
+        assert_eq!(code("和平街160号").unwrap().0, "11019900100003002");
+        assert_eq!(code("和平街151号"), None);
+        assert_eq!(code("11019900100002003").unwrap().1, "11019900100002003");
+        // A road's name alone finds the grids named after it.
+        assert!(c.grids_found("光明").len() >= 3);
     }
 }

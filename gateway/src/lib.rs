@@ -8,10 +8,12 @@ pub mod api;
 pub mod bundles;
 pub mod camera;
 pub mod commands;
+pub mod content;
 pub mod devices;
 pub mod kiosk;
 pub mod metrics;
 pub mod outbox;
+pub mod ratelimit;
 pub mod replica;
 pub mod submissions;
 pub mod supervise;
@@ -80,6 +82,11 @@ pub struct Shared {
     pub replica: replica::Replicas,
     /// Submission statuses, for kiosks.
     pub statuses: submissions::Statuses,
+    /// Learning-content files, fetched from central for kiosks.
+    pub content: content::ContentStore,
+    /// Kiosk API requests and submissions, per terminal.
+    pub kiosk_requests: ratelimit::RateLimits,
+    pub kiosk_submissions: ratelimit::RateLimits,
     /// Asks the uplink for a health report now (after the replica changed).
     pub report_now: tokio::sync::Notify,
     /// Replies to commands that finish after the uplink loop has moved on.
@@ -217,6 +224,8 @@ pub async fn start(
     .map_err(|e| GatewayError::Bundles(e.to_string()))?;
     let statuses = submissions::Statuses::open(replica.db())
         .map_err(|e| GatewayError::Bundles(e.to_string()))?;
+    let (content, content_ports, fetch_rx) = content::ContentStore::open(&config.storage.dir)
+        .map_err(|e| GatewayError::Bundles(format!("content store: {e}")))?;
     let (devices, device_requests) = devices::Devices::new();
     let (replies, reply_rx) = tokio::sync::mpsc::unbounded_channel();
     let listener = runtime::bind_http(config.http.listen)
@@ -249,6 +258,9 @@ pub async fn start(
         bundles,
         replica,
         statuses,
+        content,
+        kiosk_requests: ratelimit::RateLimits::default(),
+        kiosk_submissions: ratelimit::RateLimits::default(),
         report_now: tokio::sync::Notify::new(),
         replies,
         token: token.clone(),
@@ -267,7 +279,7 @@ pub async fn start(
     );
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
-        uplink.run(s, reply_rx, t).await;
+        uplink.run(s, reply_rx, fetch_rx, t).await;
         Ok(())
     });
     // Cameras and probes start (and later change) under the devices task.
@@ -279,6 +291,11 @@ pub async fn start(
     let (o, t) = (shared.outbox.clone(), parts.token().clone());
     parts.spawn(async move {
         terminals::write_events(terminal_events, o, t).await;
+        Ok(())
+    });
+    let (s, t) = (shared.clone(), parts.token().clone());
+    parts.spawn(async move {
+        content::run(s, content_ports, t).await;
         Ok(())
     });
     let (tm, t) = (shared.terminals.clone(), parts.token().clone());

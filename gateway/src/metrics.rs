@@ -52,6 +52,14 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// Bundles applied, refused and rolled back.
     pub bundles: Family<KindLabel, Counter>,
+    /// Content files fetched whole and checked.
+    pub content_files_fetched: Counter,
+    /// Bytes of content pieces taken.
+    pub content_bytes_fetched: Counter,
+    /// Content fetches that failed (and will be tried again).
+    pub content_fetch_errors: Counter,
+    /// Kiosk requests refused for going over a terminal's rate.
+    pub kiosk_rate_limited: Counter,
 }
 
 impl Metrics {
@@ -173,7 +181,35 @@ impl Metrics {
             "Downlink messages refused",
             uplink_rejected.clone(),
         );
+        let content_files_fetched = Counter::default();
+        registry.register(
+            "content_files_fetched",
+            "Content files fetched whole and checked",
+            content_files_fetched.clone(),
+        );
+        let content_bytes_fetched = Counter::default();
+        registry.register(
+            "content_bytes_fetched",
+            "Bytes of content pieces taken",
+            content_bytes_fetched.clone(),
+        );
+        let content_fetch_errors = Counter::default();
+        registry.register(
+            "content_fetch_errors",
+            "Content fetches that failed and will be tried again",
+            content_fetch_errors.clone(),
+        );
+        let kiosk_rate_limited = Counter::default();
+        registry.register(
+            "kiosk_rate_limited",
+            "Kiosk requests refused for going over a terminal's rate",
+            kiosk_rate_limited.clone(),
+        );
         Self {
+            content_files_fetched,
+            content_bytes_fetched,
+            content_fetch_errors,
+            kiosk_rate_limited,
             registry,
             uplink_connected,
             uplink_reconnects,

@@ -61,7 +61,7 @@ async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_who
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&sample(), dir.path());
     let grids = std::fs::read_to_string(dir.path().join("grids.csv")).unwrap()
-        + "11019900100001001,重复网格,base,11019900100001,400\n";
+        + "11019900100001001,重复网格,base,11019900100001,400,\n";
     std::fs::write(dir.path().join("grids.csv"), grids).unwrap();
     let items = std::fs::read_to_string(dir.path().join("service_items.json"))
         .unwrap()

@@ -64,6 +64,7 @@ impl GatewayLink {
                         all_gateways(Channel::Health),
                         format!("{SHARE}/{}", all_gateways(Channel::Events)),
                         all_gateways(Channel::Reply),
+                        all_gateways(Channel::Fetch),
                     ];
                     for f in filters {
                         if let Err(e) = self.client.try_subscribe(f, QoS::AtLeastOnce) {
@@ -182,6 +183,18 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
         (Channel::Reply, Message::Reply(reply)) => {
             shared.commands.complete(&gateway, reply);
             None
+        }
+        (Channel::Fetch, Message::Fetch(fetch)) => {
+            // Reads one piece from sled: small and quick, no need to leave the loop.
+            let chunk = crate::replication::serve_fetch(shared, &gateway, &fetch);
+            let topic = Topic::gateway(&gateway, Channel::Data).path();
+            match Envelope::new(gateway, env.seq, Message::Chunk(chunk)).encode() {
+                Ok(payload) => Some((topic, payload)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode a content piece");
+                    None
+                }
+            }
         }
         (ch, msg) => {
             tracing::warn!(%gateway, channel = ch.as_str(), kind = msg.kind(), "message of the wrong kind for its topic");

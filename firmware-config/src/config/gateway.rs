@@ -30,6 +30,9 @@ pub struct GatewayConfig {
     /// When a terminal is degraded, and how flapping is told apart from real changes.
     #[serde(default)]
     pub terminal_health: TerminalPolicy,
+    /// How much each kiosk may ask of the kiosk API.
+    #[serde(default)]
+    pub kiosk: KioskLimits,
     /// Signed configuration bundles from central; without this table every bundle is refused.
     #[serde(default)]
     pub bundles: Option<BundleTrust>,
@@ -80,6 +83,70 @@ fn default_flap_window() -> Duration {
 }
 fn default_flap_changes() -> u32 {
     4
+}
+
+/// Per-terminal limits of the kiosk API: a faulty or hijacked kiosk cannot starve the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KioskLimits {
+    /// Requests per second each terminal may make on average. Default 20; 0.1 to 1,000,000.
+    #[serde(default = "default_kiosk_rate")]
+    pub requests_per_second: f64,
+    /// Requests a terminal may make at once above its rate. Default 40; 1 to 1,000,000.
+    #[serde(default = "default_kiosk_burst")]
+    pub burst: u32,
+    /// Submissions each terminal may make per hour. Default 120; 1 to 100,000.
+    #[serde(default = "default_kiosk_submissions")]
+    pub submissions_per_hour: u32,
+}
+
+impl Default for KioskLimits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: default_kiosk_rate(),
+            burst: default_kiosk_burst(),
+            submissions_per_hour: default_kiosk_submissions(),
+        }
+    }
+}
+
+fn default_kiosk_rate() -> f64 {
+    20.0
+}
+fn default_kiosk_burst() -> u32 {
+    40
+}
+fn default_kiosk_submissions() -> u32 {
+    120
+}
+
+impl KioskLimits {
+    fn validate(&self, v: &mut Validator) {
+        if !(0.1..=1_000_000.0).contains(&self.requests_per_second) {
+            v.error(
+                "kiosk.requests_per_second",
+                format!(
+                    "{} is out of range; use 0.1 to 1000000",
+                    self.requests_per_second
+                ),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.burst) {
+            v.error(
+                "kiosk.burst",
+                format!("{} is out of range; use 1 to 1000000", self.burst),
+            );
+        }
+        if !(1..=100_000).contains(&self.submissions_per_hour) {
+            v.error(
+                "kiosk.submissions_per_hour",
+                format!(
+                    "{} is out of range; use 1 to 100000",
+                    self.submissions_per_hour
+                ),
+            );
+        }
+    }
 }
 
 /// Who may sign configuration bundles for this gateway and its terminals.
@@ -559,6 +626,7 @@ impl Document for GatewayConfig {
         }
         v.unique_ids("terminals", self.terminals.iter().map(|t| t.id.as_str()));
         self.terminal_health.validate(v);
+        self.kiosk.validate(v);
         if let Some(b) = &self.bundles {
             v.file_exists("bundles.public_key_file", &b.public_key_file);
             v.duration_within(

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::address;
 use super::csv::Table;
 use super::geo::Polygon;
 use super::{
@@ -193,6 +194,9 @@ impl Sources {
                 households,
                 boundary: None,
                 staff: Vec::new(),
+                addresses: address::entries(t.get(row, "addresses"))
+                    .map(str::to_owned)
+                    .collect(),
             });
         }
     }

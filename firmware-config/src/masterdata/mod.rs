@@ -7,6 +7,7 @@
 //! as versions; gateways keep a replica. Nothing partial is ever accepted: a data set with one
 //! bad row is refused, with every problem named by file, line and field.
 
+pub mod address;
 pub mod csv;
 pub mod geo;
 mod load;
@@ -71,6 +72,10 @@ pub struct GridUnit {
     pub households: Option<u32>,
     pub boundary: Option<geo::Polygon>,
     pub staff: Vec<Staff>,
+    /// The roads and house numbers or places a base grid covers (`address` syntax), so a
+    /// resident can find their grid by their address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,4 +212,17 @@ pub fn hex(bytes: &[u8]) -> String {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+/// SHA-256 of everything `reader` yields, lower-case hex (files too large to hold whole).
+pub fn sha256_hex_of(mut reader: impl std::io::Read) -> std::io::Result<String> {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hex(ctx.finish().as_ref()));
+        }
+        ctx.update(&buf[..n]);
+    }
 }

@@ -73,6 +73,7 @@ fn text(r: &mut Report<'_>, field: &str, value: &str, max: usize) {
 pub fn validate(d: &Dataset) -> Vec<Problem> {
     let mut out = Vec::new();
     grids(d, &mut out);
+    overlapping_addresses(d, &mut out);
     party(d, &mut out);
     items(d, &mut out);
     content(d, &mut out);
@@ -160,6 +161,11 @@ fn grids(d: &Dataset, out: &mut Vec<Problem>) {
             }
             _ => {}
         }
+        for a in &g.addresses {
+            if let Err(e) = super::address::parse(a) {
+                r.bad("addresses", e);
+            }
+        }
         match &g.boundary {
             None if g.level == Level::Base => r.bad(
                 "boundary",
@@ -189,6 +195,38 @@ fn grids(d: &Dataset, out: &mut Vec<Problem>) {
                         s.duty_phone
                     ),
                 );
+            }
+        }
+    }
+}
+
+/// Two grids must not both cover a house: a resident's address would have two grids.
+fn overlapping_addresses(d: &Dataset, out: &mut Vec<Problem>) {
+    use super::address::{parse, Covered, Side};
+    let mut ranges: Vec<(&str, String, u32, u32, Side, &str)> = Vec::new();
+    for g in &d.grids {
+        for a in &g.addresses {
+            if let Ok(Covered::Numbers {
+                road,
+                from,
+                to,
+                side,
+            }) = parse(a)
+            {
+                ranges.push((g.code.as_str(), road, from, to, side, a.as_str()));
+            }
+        }
+    }
+    for (i, a) in ranges.iter().enumerate() {
+        for b in &ranges[i + 1..] {
+            let same_side = a.4 == b.4 || a.4 == Side::Both || b.4 == Side::Both;
+            if a.0 != b.0 && a.1 == b.1 && same_side && a.2 <= b.3 && b.2 <= a.3 {
+                out.push(Problem {
+                    file: "grids.csv".to_owned(),
+                    line: None,
+                    field: format!("{} addresses", b.0),
+                    message: format!("{} overlaps {} of grid {}", b.5, a.5, a.0),
+                });
             }
         }
     }
@@ -381,9 +419,11 @@ mod tests {
         let mut src = load_dir(&sample()).unwrap();
         let grids = src.texts["grids.csv"].clone()
             // a duplicate, an unknown parent, a code not under its parent, a bad level
-            + "11019900100001001,重复网格,base,11019900100001,400\n"
-            + "11019900100009001,孤儿网格,base,11019900100009,400\n"
-            + "1101990010000200,短码网格,base,11019900100002,400\n";
+            + "11019900100001001,重复网格,base,11019900100001,400,\n"
+            + "11019900100009001,孤儿网格,base,11019900100009,400,\n"
+            + "1101990010000200,短码网格,base,11019900100002,400,\n"
+            // an address range another grid covers, and one not in the agreed form
+            + "11019900100001009,重叠网格,base,11019900100001,400,红星路50-70号双;红星路1-9\n";
         src.texts.insert("grids.csv".into(), grids);
         let party = src.texts["party.csv"].clone()
             + "DW11019900109901,甲支部,党支部,DW11019900109902,\n"
@@ -398,6 +438,8 @@ mod tests {
             "1101990010000200 code: must be its parent's code 11019900100002 and 3 digits",
             "1101990010000200 boundary: a base grid needs its boundary",
             "DW11019900109901 parent: the parents form a cycle",
+            "11019900100001009 addresses: 红星路50-70号双 overlaps 红星路2-60号双 of grid 11019900100001001",
+            "11019900100001009 addresses: \"红星路1-9\": house numbers end with 号",
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
@@ -406,7 +448,7 @@ mod tests {
     #[test]
     fn reading_problems_name_file_line_and_field() {
         let mut src = load_dir(&sample()).unwrap();
-        let grids = src.texts["grids.csv"].clone() + "110199001000999,x,county,110199001000,\n";
+        let grids = src.texts["grids.csv"].clone() + "110199001000999,x,county,110199001000,,\n";
         src.texts.insert("grids.csv".into(), grids);
         let items = src.texts["service_items.json"].replacen(
             "\"time_limit_days\": 30",

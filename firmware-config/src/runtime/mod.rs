@@ -2,6 +2,7 @@
 //! HTTP and open their MQTT connection. Kept here so both services behave the same way.
 
 pub mod mqtt;
+pub mod range;
 pub mod signing;
 pub mod video_hub;
 

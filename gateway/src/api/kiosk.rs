@@ -2,6 +2,7 @@
 //! replica — also when the WAN is down. Every request needs a terminal's token.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -15,22 +16,47 @@ use crate::Shared;
 
 const MAX_QUERY_CHARS: usize = 64;
 
-/// The catalogue, for a terminal; 503 before the first replica arrives.
-fn catalogue(shared: &Shared, headers: &HeaderMap) -> Result<Arc<Catalogue>, ApiError> {
+/// The terminal making the request: 401 without a known token, 403 for a token that is not a
+/// terminal's, 429 (with Retry-After) beyond its rate.
+fn terminal(shared: &Shared, headers: &HeaderMap) -> Result<String, ApiError> {
     let tokens = shared.tokens();
-    let device = tokens.authenticate(headers)?;
-    if !shared.config().terminals.iter().any(|t| t.id == device) {
+    let device = tokens.authenticate(headers)?.to_owned();
+    let config = shared.config();
+    if !config.terminals.iter().any(|t| t.id == device) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("{device:?} is not a terminal; the kiosk API is for the centre's terminals"),
         ));
     }
+    let l = &config.kiosk;
+    shared
+        .kiosk_requests
+        .take(&device, l.requests_per_second, l.burst, Instant::now())
+        .map_err(|wait| {
+            shared.metrics.kiosk_rate_limited.inc();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{device:?} is over its {} requests a second; wait {} ms",
+                    l.requests_per_second,
+                    wait.as_millis()
+                ),
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u64)
+        })?;
+    Ok(device)
+}
+
+/// The catalogue, for a terminal; 503 before the first replica arrives.
+fn catalogue(shared: &Shared, headers: &HeaderMap) -> Result<Arc<Catalogue>, ApiError> {
+    terminal(shared, headers)?;
     let c = shared.replica.catalogue();
     if c.version == 0 {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no master data yet: the gateway has not received it from central",
-        ));
+        )
+        .retry_after(30));
     }
     Ok(c)
 }
@@ -136,7 +162,8 @@ pub struct NameQuery {
     q: String,
 }
 
-/// `GET /api/v1/kiosk/grids?q=…`: grids by name, road or estate.
+/// `GET /api/v1/kiosk/grids?q=…`: grids by address (road and house number, estate), name
+/// or code; best first, each with what matched.
 pub async fn grids(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -150,7 +177,7 @@ pub async fn grids(
         )));
     }
     Ok(Json(
-        json!({ "version": c.version, "grids": c.grids_named(&q.q) }),
+        json!({ "version": c.version, "query": q.q, "grids": c.grids_found(&q.q) }),
     ))
 }
 
@@ -184,14 +211,19 @@ pub async fn submit(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     use crate::submissions::{receipt, NewSubmission, Status};
-    let tokens = shared.tokens();
-    let device = tokens.authenticate(&headers)?.to_owned();
-    if !shared.config().terminals.iter().any(|t| t.id == device) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{device:?} is not a terminal; submissions come from the centre's terminals"),
-        ));
-    }
+    let device = terminal(&shared, &headers)?;
+    let per_hour = shared.config().kiosk.submissions_per_hour;
+    shared
+        .kiosk_submissions
+        .take(&device, f64::from(per_hour) / 3600.0, per_hour, Instant::now())
+        .map_err(|wait| {
+            shared.metrics.kiosk_rate_limited.inc();
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("{device:?} made its {per_hour} submissions of the hour; ask the staff of the service hall"),
+            )
+            .retry_after(wait.as_secs_f64().ceil() as u64)
+        })?;
     // Taken even before any master data has arrived: nothing a resident hands in is refused
     // for want of the catalogue (it is checked against it when there is one).
     let catalogue = shared.replica.catalogue();
@@ -235,17 +267,169 @@ pub async fn submission(
     headers: HeaderMap,
     Path(receipt): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let tokens = shared.tokens();
-    let device = tokens.authenticate(&headers)?;
-    if !shared.config().terminals.iter().any(|t| t.id == device) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{device:?} is not a terminal"),
-        ));
-    }
+    terminal(&shared, &headers)?;
     shared
         .statuses
         .get(&receipt)
         .map(|s| Json(json!(s)))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no submission {receipt:?}")))
+}
+
+/// `GET /api/v1/kiosk/content`: the learning content, and whether each file is here yet.
+pub async fn content_list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let c = catalogue(&shared, &headers)?;
+    let files: Vec<Value> = c
+        .data()
+        .content
+        .iter()
+        .map(|f| {
+            let mut v = json!(f);
+            v["available"] = json!(shared.content.path_of(&f.sha256).is_some());
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "version": c.version, "files": files })))
+}
+
+/// `GET /api/v1/kiosk/content/{id}`: the file, whole or one byte range (`Range: bytes=…`),
+/// with its hash as a strong ETag. 503 while it is still being fetched from central.
+pub async fn content_file(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header;
+    use axum::response::IntoResponse as _;
+    use firmware_config::runtime::range::{content_range, wanted, Wanted};
+    let c = catalogue(&shared, &headers)?;
+    let f = c
+        .data()
+        .content
+        .iter()
+        .find(|f| f.id == id)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no content {id:?}")))?;
+    let path = shared.content.path_of(&f.sha256).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{id:?} is not here yet: the gateway is fetching it from central"),
+        )
+        .retry_after(30)
+    })?;
+    let etag = format!("\"{}\"", f.sha256);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok((StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response());
+    }
+    let len = f.bytes;
+    // A range is honoured only for this very file (If-Range with another ETag: the whole).
+    let if_range_ok = headers
+        .get(header::IF_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim() == etag);
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|_| if_range_ok);
+    let (status, part) = match wanted(range, len) {
+        Wanted::Whole => (StatusCode::OK, 0..len),
+        Wanted::Part(p) => (StatusCode::PARTIAL_CONTENT, p),
+        Wanted::Unsatisfiable => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("{id:?} has {len} bytes"),
+            )
+            .into_response();
+            if let Ok(v) = format!("bytes */{len}").parse() {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    let body = file_body(path, part.clone())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{id:?}: {e}")))?;
+    let disposition = format!("inline; filename*=UTF-8''{}", percent_encode(&f.file_name));
+    let mut r = (
+        status,
+        [
+            (header::CONTENT_TYPE, media_type(&f.file_name).to_owned()),
+            (header::ACCEPT_RANGES, "bytes".to_owned()),
+            (header::ETAG, etag),
+            (header::CONTENT_LENGTH, (part.end - part.start).to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        body,
+    )
+        .into_response();
+    if status == StatusCode::PARTIAL_CONTENT {
+        if let Ok(v) = content_range(&part, len).parse() {
+            r.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
+    Ok(r)
+}
+
+/// Streams `part` of the file in 64 KiB pieces (videos need not fit in memory).
+async fn file_body(
+    path: std::path::PathBuf,
+    part: std::ops::Range<u64>,
+) -> std::io::Result<axum::body::Body> {
+    use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+    let mut file = tokio::fs::File::open(path).await?;
+    file.seek(std::io::SeekFrom::Start(part.start)).await?;
+    let left = part.end - part.start;
+    let stream = futures::stream::unfold((file, left), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; left.min(64 * 1024) as usize];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(bytes::Bytes::from(buf)), (file, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    });
+    Ok(axum::body::Body::from_stream(stream))
+}
+
+fn media_type(file_name: &str) -> &'static str {
+    let ext = file_name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "txt" => "text/plain; charset=utf-8",
+        "pdf" => "application/pdf",
+        "html" | "htm" => "text/html; charset=utf-8",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mp3" => "audio/mpeg",
+        "m4a" => "audio/mp4",
+        "ogg" => "audio/ogg",
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        _ => "application/octet-stream",
+    }
+}
+
+/// RFC 5987 encoding of a file name for Content-Disposition (Chinese names included).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

@@ -24,6 +24,8 @@ use crate::Shared;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Seconds to wait before asking again (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -31,7 +33,13 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -41,7 +49,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({ "error": self.message }))).into_response()
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }
 
@@ -71,6 +84,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/kiosk/grids/at", get(kiosk::grid_at))
         .route("/api/v1/kiosk/grids/{code}", get(kiosk::grid))
         .route("/api/v1/kiosk/party", get(kiosk::party))
+        .route("/api/v1/kiosk/content", get(kiosk::content_list))
+        .route("/api/v1/kiosk/content/{id}", get(kiosk::content_file))
         .route(
             "/api/v1/kiosk/submissions",
             post(kiosk::submit).layer(DefaultBodyLimit::max(crate::submissions::MAX_BODY_BYTES)),

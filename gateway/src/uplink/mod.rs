@@ -86,6 +86,7 @@ impl Uplink {
         mut self,
         shared: Arc<Shared>,
         mut replies: tokio::sync::mpsc::UnboundedReceiver<wire::CommandReply>,
+        mut fetches: tokio::sync::mpsc::UnboundedReceiver<wire::ContentFetch>,
         token: CancellationToken,
     ) {
         let m = &shared.metrics;
@@ -103,6 +104,17 @@ impl Uplink {
                 _ = shared.report_now.notified() => {
                     if self.connected {
                         self.publish_health(&shared);
+                    }
+                }
+                Some(fetch) = fetches.recv() => {
+                    // While disconnected the request is dropped; the fetcher asks again after
+                    // its timeout, from where its file ends.
+                    if self.connected {
+                        self.seq += 1;
+                        let env = Envelope::new(self.gateway.clone(), self.seq, Message::Fetch(fetch));
+                        if let Ok(payload) = self.encode(&env) {
+                            self.publish(&shared, Channel::Fetch, "fetch", payload, false);
+                        }
                     }
                 }
                 Some(reply) = replies.recv() => {
@@ -150,6 +162,7 @@ impl Uplink {
                         }
                         self.publish_status(&shared, LinkState::Online);
                         self.publish_health(&shared);
+                        shared.content.wake.notify_one();
                         // Whatever was in flight before may be lost: send it all again.
                         self.window.rewind();
                         self.send_pending(&shared);
@@ -270,6 +283,7 @@ impl Uplink {
                         Ok(Received::Applied { version }) => {
                             tracing::info!(version, "master data replica updated");
                             shared.report_now.notify_one();
+                            shared.content.wake.notify_one();
                         }
                         Ok(Received::Refused(e)) => {
                             tracing::warn!(error = %e, "master data update refused; the replica keeps its version");
@@ -284,6 +298,7 @@ impl Uplink {
                     }
                 });
             }
+            (Channel::Data, Message::Chunk(chunk)) => shared.content.deliver(chunk),
             (ch, msg) => {
                 tracing::warn!(
                     channel = ch.as_str(),
