@@ -36,6 +36,8 @@ pub enum FetchError {
     HashMismatch { want: String, got: String },
     #[error("content store: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the uplink is down")]
+    NoUplink,
     #[error("stopping")]
     Stopped,
 }
@@ -148,6 +150,7 @@ pub async fn run(shared: Arc<Shared>, mut ports: FetcherPorts, token: Cancellati
             .cloned()
             .collect();
         let mut failed = false;
+        let mut done = true;
         for file in &missing {
             match fetch_file(&shared, &mut ports, file, &token).await {
                 Ok(()) => {
@@ -155,8 +158,14 @@ pub async fn run(shared: Arc<Shared>, mut ports: FetcherPorts, token: Cancellati
                     tracing::info!(id = %file.id, title = %file.title, bytes = file.bytes, "content file fetched");
                 }
                 Err(FetchError::Stopped) => return,
+                // The uplink wakes the fetcher when it is back.
+                Err(FetchError::NoUplink) => {
+                    done = false;
+                    break;
+                }
                 Err(e) => {
                     failed = true;
+                    done = false;
                     shared.metrics.content_fetch_errors.inc();
                     tracing::warn!(id = %file.id, error = %e, "content file not fetched yet; will try again");
                     break;
@@ -164,8 +173,9 @@ pub async fn run(shared: Arc<Shared>, mut ports: FetcherPorts, token: Cancellati
             }
         }
         store.set_progress(None);
-        if !failed && !missing.is_empty() {
+        if done && !missing.is_empty() {
             // Fetched everything: look again (the replica may have changed meanwhile).
+            tokio::task::yield_now().await;
             continue;
         }
         tokio::select! {
@@ -192,6 +202,10 @@ async fn fetch_file(
         }
         Err(_) => 0,
     };
+    if offset == 0 {
+        // An empty file, too, is a file.
+        std::fs::File::create(&part)?;
+    }
     if offset > 0 {
         tracing::info!(id = %file.id, offset, total = file.bytes, "resuming a content file");
     }
@@ -202,6 +216,9 @@ async fn fetch_file(
             offset,
             len: (file.bytes - offset).min(MAX_CHUNK_BYTES),
         };
+        if shared.metrics.uplink_connected.get() != 1 {
+            return Err(FetchError::NoUplink);
+        }
         if ports.fetches.send(ask).is_err() {
             return Err(FetchError::Stopped);
         }

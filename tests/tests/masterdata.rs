@@ -271,3 +271,294 @@ async fn kiosk_get(gw: &gridedge_tests::services::TestGateway, path: &str) -> Va
     assert_eq!(r.status().as_u16(), 200, "{path}");
     r.json().await.unwrap()
 }
+
+/// A counter of the gateway's `/metrics`, by its full name.
+async fn gateway_counter(gw: &gridedge_tests::services::TestGateway, name: &str) -> Option<u64> {
+    let text = reqwest::get(gw.url("/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// The kiosk's content list once all `n` files are at the gateway.
+async fn all_content_here(gw: &gridedge_tests::services::TestGateway, n: usize) -> Option<Value> {
+    let r = kiosk_request(gw, "/api/v1/kiosk/content", &[]).await;
+    let v: Value = r.json().await.ok()?;
+    let files = v["files"].as_array()?;
+    (files.len() == n && files.iter().all(|f| f["available"] == true)).then_some(v)
+}
+
+/// A GET with a terminal's token and extra headers.
+async fn kiosk_request(
+    gw: &gridedge_tests::services::TestGateway,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut r = reqwest::Client::new()
+        .get(gw.url(path))
+        .bearer_auth(gridedge_tests::services::viewer_token(&gw.id));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_files_reach_kiosks_in_checked_pieces_resume_after_a_cut_and_serve_ranges() {
+    init_test_logging();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = firmware_config::bundle::create_key_files(keys.path()).unwrap();
+    let central = TestCentral::embedded_with(&format!(
+        "[identity]\nbundle_signing_key_file = \"{}\"\n",
+        private.display()
+    ))
+    .await
+    .unwrap();
+    // The sample street plus a 700 kB video: three pieces of 256 KiB.
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&sample(), dir.path());
+    let video: Vec<u8> = (0u32..700_000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let sha = firmware_config::masterdata::sha256_hex(&video);
+    std::fs::write(dir.path().join("content/社区安全宣传片.mp4"), &video).unwrap();
+    let mut csv = std::fs::read_to_string(dir.path().join("content.csv")).unwrap();
+    csv.push_str(&format!(
+        "vid-001,video,社区消防安全宣传片,content/社区安全宣传片.mp4,{sha}\n"
+    ));
+    std::fs::write(dir.path().join("content.csv"), csv).unwrap();
+    let v1 = import(&central, dir.path()).await;
+    let trust = format!("\n[bundles]\npublic_key_file = \"{}\"\n", public.display());
+    let mut gw = gridedge_tests::services::TestGateway::start_with(
+        "gw-content",
+        central.broker_url.as_deref().unwrap(),
+        None,
+        &trust,
+    )
+    .await
+    .unwrap();
+    replica_at(&gw, 1, v1["hash"].as_str().unwrap()).await;
+    let list = gridedge_tests::eventually(
+        "every content file at the gateway",
+        std::time::Duration::from_secs(20),
+        || all_content_here(&gw, 4),
+    )
+    .await
+    .unwrap();
+    let entry = list["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == "vid-001")
+        .unwrap();
+    assert_eq!(entry["bytes"], 700_000);
+    assert_eq!(entry["sha256"], sha.as_str());
+    let total = 700_000 + 132 + 97 + 82;
+    assert_eq!(
+        gateway_counter(&gw, "gridedge_gateway_content_bytes_fetched_total").await,
+        Some(total)
+    );
+
+    // Whole, a range, the tail, past the end, and unchanged.
+    let r = kiosk_request(&gw, "/api/v1/kiosk/content/vid-001", &[]).await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "video/mp4");
+    assert_eq!(r.headers()["accept-ranges"], "bytes");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), video.as_slice());
+    let r = kiosk_request(
+        &gw,
+        "/api/v1/kiosk/content/vid-001",
+        &[("range", "bytes=300000-300099")],
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 300000-300099/700000");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &video[300_000..300_100]);
+    let r = kiosk_request(
+        &gw,
+        "/api/v1/kiosk/content/vid-001",
+        &[("range", "bytes=-10")],
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &video[699_990..]);
+    let r = kiosk_request(
+        &gw,
+        "/api/v1/kiosk/content/vid-001",
+        &[("range", "bytes=700000-")],
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 416);
+    assert_eq!(r.headers()["content-range"], "bytes */700000");
+    let etag = format!("\"{sha}\"");
+    let r = kiosk_request(
+        &gw,
+        "/api/v1/kiosk/content/vid-001",
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(r.status().as_u16(), 304);
+    let r = kiosk_request(&gw, "/api/v1/kiosk/content/doc-001", &[]).await;
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert!(r.text().await.unwrap().contains("二十大"));
+    let r = kiosk_request(&gw, "/api/v1/kiosk/content/nope", &[]).await;
+    assert_eq!(r.status().as_u16(), 404);
+
+    // A transfer cut off after 300,000 bytes: the gateway goes on from there, not from 0.
+    gw.restart_with(|data| {
+        let content = data.join("content");
+        std::fs::remove_file(content.join(&sha)).unwrap();
+        std::fs::write(content.join(format!("{sha}.part")), &video[..300_000]).unwrap();
+    })
+    .await
+    .unwrap();
+    gridedge_tests::eventually(
+        "the video again",
+        std::time::Duration::from_secs(20),
+        || all_content_here(&gw, 4),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        gateway_counter(&gw, "gridedge_gateway_content_bytes_fetched_total").await,
+        Some(400_000),
+        "only what was missing is fetched"
+    );
+    let r = kiosk_request(&gw, "/api/v1/kiosk/content/vid-001", &[]).await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), video.as_slice());
+
+    // A damaged partial file: the whole hash does not match, it is dropped and fetched anew.
+    gw.restart_with(|data| {
+        let content = data.join("content");
+        std::fs::remove_file(content.join(&sha)).unwrap();
+        let mut bad = video[..300_000].to_vec();
+        bad[1234] ^= 0xff;
+        std::fs::write(content.join(format!("{sha}.part")), bad).unwrap();
+    })
+    .await
+    .unwrap();
+    gridedge_tests::eventually(
+        "the video fetched anew",
+        std::time::Duration::from_secs(30),
+        || all_content_here(&gw, 4),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        gateway_counter(&gw, "gridedge_gateway_content_fetch_errors_total").await,
+        Some(1)
+    );
+    let r = kiosk_request(&gw, "/api/v1/kiosk/content/vid-001", &[]).await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), video.as_slice());
+
+    // A version without the video: its file is removed from the gateway.
+    let v2 = import(&central, &sample()).await;
+    replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
+    gridedge_tests::eventually(
+        "the old video removed",
+        std::time::Duration::from_secs(10),
+        || async { (!gw.data_dir().join("content").join(&sha).exists()).then_some(()) },
+    )
+    .await
+    .unwrap();
+    gw.stop().await.unwrap();
+    central.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kiosks_find_their_grid_by_address_and_are_held_to_their_rates() {
+    init_test_logging();
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public) = firmware_config::bundle::create_key_files(keys.path()).unwrap();
+    let central = TestCentral::embedded_with(&format!(
+        "[identity]\nbundle_signing_key_file = \"{}\"\n",
+        private.display()
+    ))
+    .await
+    .unwrap();
+    let v1 = import(&central, &sample()).await;
+    let extra = format!(
+        "\n[bundles]\npublic_key_file = \"{}\"\n\n[kiosk]\nrequests_per_second = 0.2\nburst = 4\nsubmissions_per_hour = 1\n",
+        public.display()
+    );
+    let gw = gridedge_tests::services::TestGateway::start_with(
+        "gw-rates",
+        central.broker_url.as_deref().unwrap(),
+        None,
+        &extra,
+    )
+    .await
+    .unwrap();
+    replica_at(&gw, 1, v1["hash"].as_str().unwrap()).await;
+    // 红星路64号: the even side past 60 is grid 2 (东风巷).
+    let found = kiosk_get(
+        &gw,
+        "/api/v1/kiosk/grids?q=%E7%BA%A2%E6%98%9F%E8%B7%AF64%E5%8F%B7",
+    )
+    .await;
+    assert_eq!(found["grids"][0]["code"], "11019900100001002", "{found}");
+    assert_eq!(found["grids"][0]["matched"], "红星路62-120号双", "{found}");
+    assert_eq!(found["grids"][0]["staff"].as_array().unwrap().len(), 3);
+    // One submission an hour: the second is refused, with when to come back.
+    let submit = || async {
+        reqwest::Client::new()
+            .post(gw.url("/api/v1/kiosk/submissions"))
+            .bearer_auth(gridedge_tests::services::viewer_token("gw-rates"))
+            .json(&json!({"category": "report", "grid": "11019900100001002", "title": "路灯不亮",
+                "description": "东风巷12号门口路灯坏了", "contact": {"name": "张三", "phone": "13800000000"}}))
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = submit().await;
+    assert_eq!(first.status().as_u16(), 201, "{:?}", first.text().await);
+    let second = submit().await;
+    assert_eq!(second.status().as_u16(), 429);
+    assert!(
+        second.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            > 60
+    );
+    // Four requests were allowed at once (the grid query and two submissions took three);
+    // the fifth is refused with a Retry-After, and after that wait it is allowed again.
+    let ok = kiosk_request(&gw, "/api/v1/kiosk/party", &[]).await;
+    assert_eq!(ok.status().as_u16(), 200);
+    let refused = kiosk_request(&gw, "/api/v1/kiosk/party", &[]).await;
+    assert_eq!(refused.status().as_u16(), 429);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&wait), "{wait}");
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("0.2 requests a second"),
+        "{body}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(wait * 1000 + 100)).await;
+    assert_eq!(
+        kiosk_request(&gw, "/api/v1/kiosk/party", &[])
+            .await
+            .status()
+            .as_u16(),
+        200
+    );
+    assert_eq!(
+        gateway_counter(&gw, "gridedge_gateway_kiosk_rate_limited_total").await,
+        Some(2)
+    );
+    gw.stop().await.unwrap();
+    central.stop().await.unwrap();
+}
