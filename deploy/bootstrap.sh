@@ -50,6 +50,18 @@ if [ ! -d "$browser_dir/node_modules/playwright-core" ]; then
   (cd "$browser_dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
+# The kiosk API fuzz test runs schemathesis (pinned) from a virtualenv of its own.
+fuzz_dir="$(dirname "$0")/../tests/fuzz"
+if [ ! -x "$fuzz_dir/.venv/bin/st" ]; then
+  echo "bootstrap: installing schemathesis for the kiosk API fuzz test"
+  if ! python3 -m venv "$fuzz_dir/.venv" 2>/dev/null; then
+    rm -rf "$fuzz_dir/.venv"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    /usr/bin/python3 -m venv "$fuzz_dir/.venv"
+  fi
+  "$fuzz_dir/.venv/bin/pip" install -q --disable-pip-version-check schemathesis==4.32.5
+fi
+
 # The Debian mosquitto package starts a system broker on :1883; the tests start their own on free
 # ports and never need it, so leave the system service as the admin set it.
 if ! command -v cargo >/dev/null 2>&1; then

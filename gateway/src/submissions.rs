@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kiosk::Catalogue;
 
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -125,6 +125,25 @@ impl Polygon {
         }
         b
     }
+
+    /// A point inside the polygon (for examples and map pins): the middle of its box when that
+    /// is inside, else the centre of the first fan triangle that is.
+    pub fn inner_point(&self) -> Option<[f64; 2]> {
+        let b = self.bbox();
+        let centre = [(b[0] + b[2]) / 2.0, (b[1] + b[3]) / 2.0];
+        if self.contains(centre) {
+            return Some(centre);
+        }
+        let outer = self.rings.first()?;
+        let v0 = *outer.first()?;
+        outer.windows(2).skip(1).find_map(|w| {
+            let p = [
+                (v0[0] + w[0][0] + w[1][0]) / 3.0,
+                (v0[1] + w[0][1] + w[1][1]) / 3.0,
+            ];
+            self.contains(p).then_some(p)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -162,5 +181,23 @@ mod tests {
         assert!(holed.check().is_ok());
         assert!(!holed.contains([0.5, 0.5]));
         assert!(holed.contains([0.2, 0.2]));
+    }
+
+    #[test]
+    fn an_inner_point_is_inside_even_for_a_hollow_shape() {
+        let square = poly(&[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]);
+        assert_eq!(square.inner_point(), Some([0.5, 0.5]));
+        // An L: the middle of its box is outside it.
+        let l = poly(&[
+            [0.0, 0.0],
+            [2.0, 0.0],
+            [2.0, 0.5],
+            [0.5, 0.5],
+            [0.5, 2.0],
+            [0.0, 2.0],
+            [0.0, 0.0],
+        ]);
+        assert!(!l.contains([1.0, 1.0]));
+        assert!(l.contains(l.inner_point().unwrap()));
     }
 }

@@ -100,9 +100,7 @@ pub async fn items(
                 json!({ "version": c.version, "query": text, "hits": hits }),
             ))
         }
-        (None, None, None) => Err(ApiError::bad_request(
-            "give q (keywords or an item code), department or life_event",
-        )),
+        // Nothing asked: every item, for browsing.
         (None, d, e) => {
             let items = c.items_where(d.as_deref(), e.as_deref());
             Ok(Json(json!({ "version": c.version, "items": items })))
@@ -432,4 +430,55 @@ fn percent_encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `GET /api/v1/kiosk/openapi.json`: this API's OpenAPI document (no token needed), filled
+/// with this centre's data: the grid and item codes a submission may name, and an example of
+/// each path parameter, so a client (or a fuzzer) can reach real answers.
+pub async fn openapi(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
+    static DOC: std::sync::OnceLock<Result<Value, String>> = std::sync::OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        serde_json::from_str(include_str!("../../openapi/kiosk.json")).map_err(|e| e.to_string())
+    });
+    let mut doc = doc
+        .clone()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let c = shared.replica.catalogue();
+    let data = c.data();
+    if c.version > 0 {
+        // A nullable field's enum must name null too (OpenAPI 3.0).
+        let codes = |codes: Vec<&String>, nullable: bool| {
+            let mut v: Vec<Value> = codes.into_iter().map(|c| json!(c)).collect();
+            if nullable {
+                v.push(Value::Null);
+            }
+            Value::Array(v)
+        };
+        for (kind, item_nullable) in [("ReportSubmission", true), ("ApplicationSubmission", false)]
+        {
+            let sub = &mut doc["components"]["schemas"][kind]["properties"];
+            sub["grid"]["enum"] = codes(data.grids.iter().map(|g| &g.code).collect(), true);
+            sub["item_code"]["enum"] =
+                codes(data.items.iter().map(|i| &i.code).collect(), item_nullable);
+        }
+        let paths = &mut doc["paths"];
+        let mut example = |path: &str, at: usize, value: Value| {
+            paths[path]["get"]["parameters"][at]["example"] = value;
+        };
+        if let Some(i) = data.items.first() {
+            example("/api/v1/kiosk/items/{code}", 0, json!(i.code));
+        }
+        if let Some(f) = data.content.first() {
+            example("/api/v1/kiosk/content/{id}", 0, json!(f.id));
+        }
+        let base = data.grids.iter().find(|g| g.boundary.is_some());
+        if let Some(g) = base {
+            example("/api/v1/kiosk/grids/{code}", 0, json!(g.code));
+            if let Some([lon, lat]) = g.boundary.as_ref().and_then(|b| b.inner_point()) {
+                example("/api/v1/kiosk/grids/at", 0, json!(lon));
+                example("/api/v1/kiosk/grids/at", 1, json!(lat));
+            }
+        }
+    }
+    Ok(Json(doc))
 }
