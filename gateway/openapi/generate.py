@@ -67,7 +67,7 @@ spec = {
         q("limit", {"type": "integer", "minimum": 1, "maximum": 50, "default": 10}, "Most hits for q"),
       ],
       "responses": with_common({
-        "200": ok({"oneOf": [ref("SearchResult"), ref("ItemList")]}),
+        "200": ok({"anyOf": [ref("SearchResult"), ref("ItemList")]}),
         "400": err("q too long; limit out of range"),
       })}},
     "/api/v1/kiosk/items/{code}": {"get": {
@@ -75,10 +75,10 @@ spec = {
       "parameters": [p("code", string, "Item code, e.g. MZ110199-0001")],
       "responses": with_common({"200": ok(ref("ServiceItem")), "404": err("No such item")})}},
     "/api/v1/kiosk/grids": {"get": {
-      "summary": "Grids by address (road and house number, estate), name words or code; best first",
+      "summary": "Grids by address (road and house number, estate), name words or code, best first; without q, every grid unit",
       "operationId": "findGrids",
-      "parameters": [q("q", {"type": "string", "maxLength": 64}, "e.g. 红星路12号3单元, 纺织新村, 光明", required=True)],
-      "responses": with_common({"200": ok(ref("GridsFound")), "400": err("No q, or too long")})}},
+      "parameters": [q("q", {"type": "string", "maxLength": 64}, "e.g. 红星路12号3单元, 纺织新村, 光明")],
+      "responses": with_common({"200": ok({"anyOf": [ref("GridsFound"), ref("GridList")]}), "400": err("q too long")})}},
     "/api/v1/kiosk/grids/at": {"get": {
       "summary": "The base grid containing a point, with its staff and party organisations",
       "operationId": "gridAt",
@@ -148,6 +148,7 @@ spec = {
         "staff": arr(ref("Staff")), "addresses": arr(string)}},
       "GridFound": {"allOf": [ref("GridUnit"), {"type": "object", "required": ["score", "matched"], "properties": {"score": {"type": "integer"}, "matched": string}}]},
       "GridsFound": {"type": "object", "required": ["version", "query", "grids"], "properties": {"version": version, "query": string, "grids": arr(ref("GridFound"))}},
+      "GridList": {"type": "object", "required": ["version", "grids"], "properties": {"version": version, "grids": arr(ref("GridUnit"))}},
       "PartyOrg": {"type": "object", "required": ["code", "name", "kind", "grids"], "properties": {"code": string, "name": string, "kind": string, "parent": {"type": "string", "nullable": True}, "grids": arr(string)}},
       "GridAnswer": {"type": "object", "required": ["version", "grid", "party"], "properties": {"version": version, "grid": ref("GridUnit"), "party": arr(ref("PartyOrg"))}},
       "ContentEntry": {"type": "object", "required": ["id", "kind", "title", "file_name", "sha256", "bytes", "available"], "properties": {

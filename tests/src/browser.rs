@@ -74,3 +74,28 @@ pub async fn watch_playing(url: String, min_time: f64, timeout: Duration) -> Wat
     );
     w
 }
+
+/// Uses the kiosk page at `url` as a resident would (`tests/browser/kiosk.mjs`): search, grid by
+/// address, a report, its progress until `wait_for`, learning content. What the page showed.
+pub fn use_kiosk(url: &str, wait_for: &str, timeout: Duration) -> Result<serde_json::Value> {
+    let dir = workspace_root().join("tests/browser");
+    anyhow::ensure!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is not installed: run deploy/bootstrap.sh"
+    );
+    let out = Command::new("node")
+        .current_dir(&dir)
+        .arg("kiosk.mjs")
+        .arg(url)
+        .arg(wait_for)
+        .arg(timeout.as_millis().to_string())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| {
+        anyhow::anyhow!(
+            "kiosk.mjs printed no report ({e}); stdout: {stdout}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

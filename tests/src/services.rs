@@ -163,6 +163,14 @@ impl TestCentral {
         Self::from_toml(dir, &text).await
     }
 
+    /// Central on an external broker (plain), with `extra` TOML before its `[storage]`.
+    pub async fn external_with(url: &str, extra: &str) -> Result<Self> {
+        let dir = FixtureDir::new("central")?;
+        let text = central_external_toml(dir.path(), url, None, 0)
+            .replace("[storage]", &format!("{extra}\n[storage]"));
+        Self::from_toml(dir, &text).await
+    }
+
     async fn from_toml(dir: FixtureDir, text: &str) -> Result<Self> {
         let cfg: CentralConfig = config::parse(text, dir.path())?;
         let token = CancellationToken::new();

@@ -157,11 +157,11 @@ pub async fn grid_at(
 
 #[derive(Deserialize)]
 pub struct NameQuery {
-    q: String,
+    q: Option<String>,
 }
 
 /// `GET /api/v1/kiosk/grids?q=…`: grids by address (road and house number, estate), name
-/// or code; best first, each with what matched.
+/// or code; best first, each with what matched. Without `q`: every grid unit.
 pub async fn grids(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -169,13 +169,18 @@ pub async fn grids(
 ) -> Result<Json<Value>, ApiError> {
     let c = catalogue(&shared, &headers)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("query: {e}; use ?q=…")))?;
-    if q.q.chars().count() > MAX_QUERY_CHARS {
+    let Some(q) = q.q else {
+        return Ok(Json(
+            json!({ "version": c.version, "grids": c.data().grids }),
+        ));
+    };
+    if q.chars().count() > MAX_QUERY_CHARS {
         return Err(ApiError::bad_request(format!(
             "q: at most {MAX_QUERY_CHARS} characters"
         )));
     }
     Ok(Json(
-        json!({ "version": c.version, "query": q.q, "grids": c.grids_found(&q.q) }),
+        json!({ "version": c.version, "query": q, "grids": c.grids_found(&q) }),
     ))
 }
 
@@ -430,6 +435,11 @@ fn percent_encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `GET /kiosk`: the service hall's self-service page (opened as `/kiosk?token=…`).
+pub async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("kiosk.html"))
 }
 
 /// `GET /api/v1/kiosk/openapi.json`: this API's OpenAPI document (no token needed), filled
