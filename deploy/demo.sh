@@ -244,6 +244,9 @@ GridEdge demo is running.
             http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras/hall-entrance/snapshot.jpg
                                                   (with -H 'Authorization: Bearer viewer-token')
             http://127.0.0.1:$GATEWAY_PORT/viewer?token=viewer-token   (camera wall, live video)
+            http://127.0.0.1:$GATEWAY_PORT/kiosk?token=kiosk-1-token   (service hall kiosk page)
+            http://127.0.0.1:$GATEWAY_PORT/api/v1/kiosk/openapi.json   (kiosk API, OpenAPI)
+  central   http://127.0.0.1:$CENTRAL_PORT/api/v1/cases     (residents' reports, routed to grid stations)
             http://127.0.0.1:$GATEWAY_PORT/healthz
             http://127.0.0.1:$GATEWAY_PORT/metrics
   cameras   rtsp://127.0.0.1:$CAMERA_PORT/cam   (simulated, H.264: bars with a moving ball in zone "counter")
@@ -287,6 +290,23 @@ lead = [s for s in g["staff"] if s["role"] == "网格长"]
 print("  grid at 120.156,30.2715: %s %s, %s households; 网格长 %s %s; %s" % (
     g["code"], g["name"], g["households"], lead[0]["name"], lead[0]["duty_phone"], v["party"][0]["name"]))
 ' || true
+echo
+echo "The service hall's kiosk page, used in headless Chromium (search, grid by address, a report, its progress):"
+if SCREENSHOT="$run/kiosk" node tests/browser/kiosk.mjs \
+    "http://127.0.0.1:$GATEWAY_PORT/kiosk?token=kiosk-1-token" routed 20000 2>/dev/null \
+    | /usr/bin/python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print("  search 低保: %s; opened %s: %d materials, steps %s" % (
+    ", ".join(r["hits"][:3]), r["item"]["code"], r["item"]["materials"], "→".join(r["item"]["steps"])))
+print("  address 红星路64号: grid %s; %s" % (r["grid"]["code"], "; ".join(r["grid"]["staff"][:1])))
+print("  report handed in: receipt %s, now: %s" % (r["receipt"], r["statusText"]))
+print("  learning content: %s" % ", ".join(r["content"]))
+'; then
+  echo "  screenshots: $run/kiosk-items.png $run/kiosk-grid.png $run/kiosk-status.png"
+else
+  echo "  (the kiosk page did not finish; open it in a browser: http://127.0.0.1:$GATEWAY_PORT/kiosk?token=kiosk-1-token)"
+fi
 echo
 echo "Snapshot from the gateway:  $run/hall-entrance.jpg  ($(jpeg_info "$run/hall-entrance.jpg" 2>/dev/null || echo none))"
 echo "Snapshot through central:   $run/central-snapshot.jpg  ($(jpeg_info "$run/central-snapshot.jpg" 2>/dev/null || echo none))"

@@ -3,7 +3,8 @@
 //!
 //! - GridEdge: the release gateway answering from its master data replica (the sample street,
 //!   published by a release central): a service search (`q=低保`) and a grid lookup by point,
-//!   each authenticated with a kiosk token.
+//!   each authenticated with a kiosk token and passed through its rate limiter (set high: one
+//!   token stands for a whole service hall here).
 //! - Peer: nginx serving each answer as a static JSON file of the same bytes.
 //!
 //! Load: `wrk` (Debian's), keep-alive connections, one thread, `--latency`. It prints requests/s
@@ -117,6 +118,7 @@ async fn main() -> anyhow::Result<()> {
              [uplink]\nbroker = \"mqtt://127.0.0.1:{b_port}\"\nhealth_interval = \"2s\"\n\
              [http]\nlisten = \"127.0.0.1:{g_port}\"\n[storage]\ndir = \"{}\"\n\
              [bundles]\npublic_key_file = \"{}\"\n\
+             [kiosk]\nrequests_per_second = 1000000.0\nburst = 1000000\n\
              [[terminals]]\nid = \"kiosk-1\"\nname = \"Kiosk\"\nkind = \"kiosk\"\n\
              health = {{ mode = \"heartbeat\", interval = \"1h\" }}\ntoken = {{ file = \"{}\" }}\n",
             d.join("gw-data").display(),
