@@ -4,20 +4,14 @@
 // Usage: node kiosk.mjs URL [waitFor=routed] [timeoutMs=30000]
 // With SCREENSHOT=prefix in the environment, saves prefix-items.png, -grid.png, -status.png.
 // Prints one JSON line with what the page showed; exits 1 when a step failed.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, waitFor = "routed", timeout = "30000"] = process.argv.slice(2);
 if (!url) {
   console.error("usage: node kiosk.mjs URL [waitFor] [timeoutMs]");
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-  ],
-});
+const browser = await launch();
 const shot = async (page, name) => {
   if (process.env.SCREENSHOT) await page.screenshot({ path: `${process.env.SCREENSHOT}-${name}.png`, fullPage: true });
 };

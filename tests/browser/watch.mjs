@@ -4,21 +4,14 @@
 // With SCREENSHOT=file.png in the environment, also saves a picture of the page.
 // Prints one JSON line: {"first":[…],"second":[…],"notes":[…]} with per video
 // {camera, time, width, height}; exits 1 when the page never got there.
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 const [url, minTime = "1", timeout = "30000", gap = "1500"] = process.argv.slice(2);
 if (!url) {
   console.error("usage: node watch.mjs URL [minTime] [timeoutMs] [gapMs]");
   process.exit(2);
 }
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-    "--autoplay-policy=no-user-gesture-required",
-  ],
-});
+const browser = await launch(["--autoplay-policy=no-user-gesture-required"]);
 const videos = () => [...document.querySelectorAll("video[data-camera]")].map((v) => ({
   camera: v.dataset.camera, time: v.currentTime, width: v.videoWidth, height: v.videoHeight,
 }));

@@ -29,9 +29,9 @@ pub struct Watched {
     pub played: bool,
 }
 
-/// Opens `url` in headless Chromium, waits until every video has played past `min_time`
-/// seconds (at most `timeout`), then reads them twice, `gap` apart.
-pub fn watch(url: &str, min_time: f64, timeout: Duration, gap: Duration) -> Result<Watched> {
+/// Runs `tests/browser/<script>` with `args` under Node; (whether it succeeded, the JSON report
+/// it printed last).
+fn node(script: &str, args: &[String]) -> Result<(bool, serde_json::Value)> {
     let dir = workspace_root().join("tests/browser");
     anyhow::ensure!(
         dir.join("node_modules/playwright-core").exists(),
@@ -39,21 +39,34 @@ pub fn watch(url: &str, min_time: f64, timeout: Duration, gap: Duration) -> Resu
     );
     let out = Command::new("node")
         .current_dir(&dir)
-        .arg("watch.mjs")
-        .arg(url)
-        .arg(min_time.to_string())
-        .arg(timeout.as_millis().to_string())
-        .arg(gap.as_millis().to_string())
+        .arg(script)
+        .args(args)
         .output()?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    let mut watched: Watched = serde_json::from_str(line).map_err(|e| {
+    let report = serde_json::from_str(line).map_err(|e| {
         anyhow::anyhow!(
-            "watch.mjs printed no report ({e}); stdout: {stdout}; stderr: {}",
+            "{script} printed no report ({e}); stdout: {stdout}; stderr: {}",
             String::from_utf8_lossy(&out.stderr)
         )
     })?;
-    watched.played = out.status.success();
+    Ok((out.status.success(), report))
+}
+
+/// Opens `url` in headless Chromium, waits until every video has played past `min_time`
+/// seconds (at most `timeout`), then reads them twice, `gap` apart.
+pub fn watch(url: &str, min_time: f64, timeout: Duration, gap: Duration) -> Result<Watched> {
+    let (played, report) = node(
+        "watch.mjs",
+        &[
+            url.to_owned(),
+            min_time.to_string(),
+            timeout.as_millis().to_string(),
+            gap.as_millis().to_string(),
+        ],
+    )?;
+    let mut watched: Watched = serde_json::from_value(report)?;
+    watched.played = played;
     Ok(watched)
 }
 
@@ -78,24 +91,13 @@ pub async fn watch_playing(url: String, min_time: f64, timeout: Duration) -> Wat
 /// Uses the kiosk page at `url` as a resident would (`tests/browser/kiosk.mjs`): search, grid by
 /// address, a report, its progress until `wait_for`, learning content. What the page showed.
 pub fn use_kiosk(url: &str, wait_for: &str, timeout: Duration) -> Result<serde_json::Value> {
-    let dir = workspace_root().join("tests/browser");
-    anyhow::ensure!(
-        dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed: run deploy/bootstrap.sh"
-    );
-    let out = Command::new("node")
-        .current_dir(&dir)
-        .arg("kiosk.mjs")
-        .arg(url)
-        .arg(wait_for)
-        .arg(timeout.as_millis().to_string())
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).map_err(|e| {
-        anyhow::anyhow!(
-            "kiosk.mjs printed no report ({e}); stdout: {stdout}; stderr: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+    let (_, report) = node(
+        "kiosk.mjs",
+        &[
+            url.to_owned(),
+            wait_for.to_owned(),
+            timeout.as_millis().to_string(),
+        ],
+    )?;
+    Ok(report)
 }

@@ -457,3 +457,57 @@ impl ServiceProcess {
         self._dir.path()
     }
 }
+
+/// Central signing master data with a fresh bundle key, and the TOML a gateway adds to trust it.
+pub struct SigningCentral {
+    pub central: TestCentral,
+    /// `[bundles] public_key_file = …`, to append to a gateway's config.
+    pub trust: String,
+    /// The key files; keep it for as long as a gateway may (re)start.
+    pub keys: tempfile::TempDir,
+}
+
+impl SigningCentral {
+    /// With its embedded broker.
+    pub async fn embedded() -> Result<Self> {
+        Self::new(None).await
+    }
+
+    /// On an external broker (`mqtt://…`), which a test can stop.
+    pub async fn external(broker_url: &str) -> Result<Self> {
+        Self::new(Some(broker_url)).await
+    }
+
+    async fn new(broker_url: Option<&str>) -> Result<Self> {
+        let keys = tempfile::tempdir()?;
+        let (private, public) = firmware_config::bundle::create_key_files(keys.path())?;
+        let identity = format!(
+            "[identity]\nbundle_signing_key_file = \"{}\"\n",
+            private.display()
+        );
+        let central = match broker_url {
+            Some(url) => TestCentral::external_with(url, &identity).await?,
+            None => TestCentral::embedded_with(&identity).await?,
+        };
+        Ok(Self {
+            central,
+            trust: format!("\n[bundles]\npublic_key_file = \"{}\"\n", public.display()),
+            keys,
+        })
+    }
+}
+
+impl TestGateway {
+    /// Waits until the gateway's master data replica is at `version`; its `/api/v1/masterdata`.
+    pub async fn replica_at(&self, version: u64) -> Result<serde_json::Value> {
+        crate::eventually(
+            &format!("the gateway's replica at version {version}"),
+            Duration::from_secs(20),
+            || async {
+                let v = crate::try_json(self.url("/api/v1/masterdata")).await?;
+                (v["version"] == version).then_some(v)
+            },
+        )
+        .await
+    }
+}

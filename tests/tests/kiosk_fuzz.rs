@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use gridedge_tests::services::{viewer_token, TestCentral, TestGateway};
+use gridedge_tests::services::{viewer_token, SigningCentral, TestGateway};
 use gridedge_tests::{init_test_logging, try_json, workspace_root};
 
 /// schemathesis's `st`: `GRIDEDGE_SCHEMATHESIS`, or the one bootstrap installs.
@@ -24,14 +24,11 @@ async fn the_kiosk_api_holds_to_its_openapi_document_under_fuzzing() {
         "{} is missing: run deploy/bootstrap.sh, which installs schemathesis",
         st.display()
     );
-    let keys = tempfile::tempdir().unwrap();
-    let (private, public) = firmware_config::bundle::create_key_files(keys.path()).unwrap();
-    let central = TestCentral::embedded_with(&format!(
-        "[identity]\nbundle_signing_key_file = \"{}\"\n",
-        private.display()
-    ))
-    .await
-    .unwrap();
+    let SigningCentral {
+        central,
+        trust,
+        keys: _keys,
+    } = SigningCentral::embedded().await.unwrap();
     let (status, v) = central
         .post_masterdata(&workspace_root().join("deploy/sample-data"))
         .await
@@ -39,8 +36,7 @@ async fn the_kiosk_api_holds_to_its_openapi_document_under_fuzzing() {
     assert_eq!(status, 201, "{v}");
     // Limits high enough that the fuzzer is not held back (the limits have their own test).
     let extra = format!(
-        "\n[bundles]\npublic_key_file = \"{}\"\n\n[kiosk]\nrequests_per_second = 100000\nburst = 100000\nsubmissions_per_hour = 100000\n",
-        public.display()
+        "{trust}\n[kiosk]\nrequests_per_second = 100000\nburst = 100000\nsubmissions_per_hour = 100000\n"
     );
     let gw = TestGateway::start_with(
         "gw-fuzz",
@@ -50,12 +46,7 @@ async fn the_kiosk_api_holds_to_its_openapi_document_under_fuzzing() {
     )
     .await
     .unwrap();
-    gridedge_tests::eventually("the replica", Duration::from_secs(20), || async {
-        let v = try_json(gw.url("/api/v1/masterdata")).await?;
-        (v["version"] == 1).then_some(())
-    })
-    .await
-    .unwrap();
+    gw.replica_at(1).await.unwrap();
 
     let report = tempfile::tempdir().unwrap();
     let spec = gw.url("/api/v1/kiosk/openapi.json");

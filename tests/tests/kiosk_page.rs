@@ -5,48 +5,28 @@
 use std::time::Duration;
 
 use gridedge_tests::browser::use_kiosk;
-use gridedge_tests::services::{viewer_token, TestCentral, TestGateway};
+use gridedge_tests::services::{viewer_token, SigningCentral, TestGateway};
 use gridedge_tests::{init_test_logging, try_json, workspace_root, Mosquitto};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resident_uses_the_kiosk_page_online_and_with_the_wan_down() {
     init_test_logging();
-    let keys = tempfile::tempdir().unwrap();
-    let (private, public) = firmware_config::bundle::create_key_files(keys.path()).unwrap();
     // On Mosquitto, so that the WAN can really go down (the embedded broker cannot be stopped).
     let mut broker = Mosquitto::start().unwrap();
-    let central = TestCentral::external_with(
-        &broker.url(),
-        &format!(
-            "[identity]\nbundle_signing_key_file = \"{}\"\n",
-            private.display()
-        ),
-    )
-    .await
-    .unwrap();
+    let SigningCentral {
+        central,
+        trust,
+        keys: _keys,
+    } = SigningCentral::external(&broker.url()).await.unwrap();
     let (status, v) = central
         .post_masterdata(&workspace_root().join("deploy/sample-data"))
         .await
         .unwrap();
     assert_eq!(status, 201, "{v}");
-    let gw = TestGateway::start_with(
-        "gw-page",
-        &broker.url(),
-        None,
-        &format!("\n[bundles]\npublic_key_file = \"{}\"\n", public.display()),
-    )
-    .await
-    .unwrap();
-    gridedge_tests::eventually(
-        "the replica and its content",
-        Duration::from_secs(20),
-        || async {
-            let v = try_json(gw.url("/api/v1/masterdata")).await?;
-            (v["version"] == 1).then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    let gw = TestGateway::start_with("gw-page", &broker.url(), None, &trust)
+        .await
+        .unwrap();
+    gw.replica_at(1).await.unwrap();
     let url = gw.url(&format!("/kiosk?token={}", viewer_token("gw-page")));
     let u = url.clone();
     let seen =

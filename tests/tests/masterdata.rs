@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use gridedge_tests::services::{binary, TestCentral};
+use gridedge_tests::services::{binary, SigningCentral, TestCentral};
 use gridedge_tests::{init_test_logging, try_json, workspace_root};
 use serde_json::{json, Value};
 
@@ -146,31 +146,20 @@ async fn import(central: &TestCentral, dir: &Path) -> Value {
 }
 
 async fn replica_at(gw: &gridedge_tests::services::TestGateway, version: u64, hash: &str) -> Value {
-    gridedge_tests::eventually(
-        &format!("the gateway's replica at version {version}"),
-        std::time::Duration::from_secs(20),
-        || async {
-            let v = try_json(gw.url("/api/v1/masterdata")).await?;
-            (v["version"] == version && v["hash"] == hash).then_some(v)
-        },
-    )
-    .await
-    .unwrap()
+    let v = gw.replica_at(version).await.unwrap();
+    assert_eq!(v["hash"], hash, "{v}");
+    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_when_lost() {
     init_test_logging();
-    let keys = tempfile::tempdir().unwrap();
-    let (private, public) = firmware_config::bundle::create_key_files(keys.path()).unwrap();
-    let central = TestCentral::embedded_with(&format!(
-        "[identity]\nbundle_signing_key_file = \"{}\"\n",
-        private.display()
-    ))
-    .await
-    .unwrap();
+    let SigningCentral {
+        central,
+        trust,
+        keys: _keys,
+    } = SigningCentral::embedded().await.unwrap();
     let v1 = import(&central, &sample()).await;
-    let trust = format!("\n[bundles]\npublic_key_file = \"{}\"\n", public.display());
     let mut gw = gridedge_tests::services::TestGateway::start_with(
         "gw-replica",
         central.broker_url.as_deref().unwrap(),
@@ -311,14 +300,11 @@ async fn kiosk_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_files_reach_kiosks_in_checked_pieces_resume_after_a_cut_and_serve_ranges() {
     init_test_logging();
-    let keys = tempfile::tempdir().unwrap();
-    let (private, public) = firmware_config::bundle::create_key_files(keys.path()).unwrap();
-    let central = TestCentral::embedded_with(&format!(
-        "[identity]\nbundle_signing_key_file = \"{}\"\n",
-        private.display()
-    ))
-    .await
-    .unwrap();
+    let SigningCentral {
+        central,
+        trust,
+        keys: _keys,
+    } = SigningCentral::embedded().await.unwrap();
     // The sample street plus a 700 kB video: three pieces of 256 KiB.
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&sample(), dir.path());
@@ -333,7 +319,6 @@ async fn content_files_reach_kiosks_in_checked_pieces_resume_after_a_cut_and_ser
     ));
     std::fs::write(dir.path().join("content.csv"), csv).unwrap();
     let v1 = import(&central, dir.path()).await;
-    let trust = format!("\n[bundles]\npublic_key_file = \"{}\"\n", public.display());
     let mut gw = gridedge_tests::services::TestGateway::start_with(
         "gw-content",
         central.broker_url.as_deref().unwrap(),
@@ -473,18 +458,14 @@ async fn content_files_reach_kiosks_in_checked_pieces_resume_after_a_cut_and_ser
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kiosks_find_their_grid_by_address_and_are_held_to_their_rates() {
     init_test_logging();
-    let keys = tempfile::tempdir().unwrap();
-    let (private, public) = firmware_config::bundle::create_key_files(keys.path()).unwrap();
-    let central = TestCentral::embedded_with(&format!(
-        "[identity]\nbundle_signing_key_file = \"{}\"\n",
-        private.display()
-    ))
-    .await
-    .unwrap();
+    let SigningCentral {
+        central,
+        trust,
+        keys: _keys,
+    } = SigningCentral::embedded().await.unwrap();
     let v1 = import(&central, &sample()).await;
     let extra = format!(
-        "\n[bundles]\npublic_key_file = \"{}\"\n\n[kiosk]\nrequests_per_second = 0.2\nburst = 4\nsubmissions_per_hour = 1\n",
-        public.display()
+        "{trust}\n[kiosk]\nrequests_per_second = 0.2\nburst = 4\nsubmissions_per_hour = 1\n"
     );
     let gw = gridedge_tests::services::TestGateway::start_with(
         "gw-rates",
