@@ -282,6 +282,29 @@ async fn all_content_here(gw: &gridedge_tests::services::TestGateway, n: usize) 
     (files.len() == n && files.iter().all(|f| f["available"] == true)).then_some(v)
 }
 
+/// Restarts the gateway with the content file `sha` cut back to `partial` bytes on disk, and
+/// waits until all four content files are there again.
+async fn restart_with_partial(
+    gw: &mut gridedge_tests::services::TestGateway,
+    sha: &str,
+    partial: &[u8],
+) {
+    gw.restart_with(|data| {
+        let content = data.join("content");
+        std::fs::remove_file(content.join(sha)).unwrap();
+        std::fs::write(content.join(format!("{sha}.part")), partial).unwrap();
+    })
+    .await
+    .unwrap();
+    gridedge_tests::eventually(
+        "the video again",
+        std::time::Duration::from_secs(30),
+        || all_content_here(gw, 4),
+    )
+    .await
+    .unwrap();
+}
+
 /// A GET with a terminal's token and extra headers.
 async fn kiosk_request(
     gw: &gridedge_tests::services::TestGateway,
@@ -395,20 +418,7 @@ async fn content_files_reach_kiosks_in_checked_pieces_resume_after_a_cut_and_ser
     assert_eq!(r.status().as_u16(), 404);
 
     // A transfer cut off after 300,000 bytes: the gateway goes on from there, not from 0.
-    gw.restart_with(|data| {
-        let content = data.join("content");
-        std::fs::remove_file(content.join(&sha)).unwrap();
-        std::fs::write(content.join(format!("{sha}.part")), &video[..300_000]).unwrap();
-    })
-    .await
-    .unwrap();
-    gridedge_tests::eventually(
-        "the video again",
-        std::time::Duration::from_secs(20),
-        || all_content_here(&gw, 4),
-    )
-    .await
-    .unwrap();
+    restart_with_partial(&mut gw, &sha, &video[..300_000]).await;
     assert_eq!(
         gateway_counter(&gw, "gridedge_gateway_content_bytes_fetched_total").await,
         Some(400_000),
@@ -418,22 +428,9 @@ async fn content_files_reach_kiosks_in_checked_pieces_resume_after_a_cut_and_ser
     assert_eq!(r.bytes().await.unwrap().as_ref(), video.as_slice());
 
     // A damaged partial file: the whole hash does not match, it is dropped and fetched anew.
-    gw.restart_with(|data| {
-        let content = data.join("content");
-        std::fs::remove_file(content.join(&sha)).unwrap();
-        let mut bad = video[..300_000].to_vec();
-        bad[1234] ^= 0xff;
-        std::fs::write(content.join(format!("{sha}.part")), bad).unwrap();
-    })
-    .await
-    .unwrap();
-    gridedge_tests::eventually(
-        "the video fetched anew",
-        std::time::Duration::from_secs(30),
-        || all_content_here(&gw, 4),
-    )
-    .await
-    .unwrap();
+    let mut bad = video[..300_000].to_vec();
+    bad[1234] ^= 0xff;
+    restart_with_partial(&mut gw, &sha, &bad).await;
     assert_eq!(
         gateway_counter(&gw, "gridedge_gateway_content_fetch_errors_total").await,
         Some(1)
