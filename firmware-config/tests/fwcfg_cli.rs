@@ -251,7 +251,7 @@ fn data_check_accepts_the_sample_and_names_every_bad_row() {
         std::fs::copy(format!("{sample}/{f}"), dir.path().join(f)).unwrap();
     }
     let grids = std::fs::read_to_string(dir.path().join("grids.csv")).unwrap()
-        + "11019900100001001,重复,base,11019900100001,400\n";
+        + "11019900100001001,重复,base,11019900100001,400,\n";
     std::fs::write(dir.path().join("grids.csv"), grids).unwrap();
     std::fs::write(
         dir.path().join("party.csv"),
