@@ -4,6 +4,7 @@
 //! gateways and their health, and serves operators over HTTP. [`start`] runs it in-process (as
 //! the tests do); `main.rs` wraps it as a binary.
 
+pub mod alerts;
 pub mod api;
 pub mod broker;
 pub mod bundles;
@@ -83,6 +84,11 @@ pub struct Shared {
     pub cases: cases::Cases,
     /// What each gateway's replica was last sent.
     pub replication: replication::Replication,
+    /// Sensing alerts.
+    pub alerts: alerts::Alerts,
+    /// Per gateway, for the outbox rules: evictions last reported, and when central last
+    /// stored something of it.
+    pub outbox_seen: Mutex<std::collections::HashMap<String, (u64, Instant)>>,
     /// Stops everything central started.
     pub token: CancellationToken,
     pub started: Instant,
@@ -165,6 +171,17 @@ pub async fn start(
         terminals: Mutex::default(),
         masterdata,
         replication: replication::Replication::default(),
+        alerts: alerts::Alerts::open(
+            store.db(),
+            alerts::Policy {
+                escalate_after: [
+                    config.alerts.escalate_to_station,
+                    config.alerts.escalate_to_command,
+                ],
+            },
+        )
+        .map_err(CentralError::MasterData)?,
+        outbox_seen: Mutex::default(),
         cases: cases::Cases::open(store.db()).map_err(CentralError::MasterData)?,
         bundles,
         metrics: Metrics::new(&config),
@@ -188,6 +205,11 @@ pub async fn start(
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
         link.run(s, t).await;
+        Ok(())
+    });
+    let (s, t) = (shared.clone(), parts.token().clone());
+    parts.spawn(async move {
+        alerts::watch(s, t).await;
         Ok(())
     });
     tracing::info!(central = %shared.config.central.id, %http_addr, ?broker_addr, "central started");

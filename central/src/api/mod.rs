@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use firmware_config::ids::GatewayId;
 use serde::Deserialize;
@@ -16,6 +16,7 @@ use crate::metrics::{GatewayClassLabel, GatewayLabel, PresenceLabel};
 use crate::registry::GatewayView;
 use crate::Shared;
 
+pub mod alerts;
 pub mod cases;
 pub mod masterdata;
 pub mod shares;
@@ -35,6 +36,21 @@ pub fn router(shared: Arc<Shared>) -> Router {
             ),
         )
         .route("/api/v1/masterdata/versions", get(masterdata::versions))
+        .route("/api/v1/alerts", get(alerts::list))
+        .route(
+            "/api/v1/alerts/maintenance",
+            get(alerts::maintenance).post(alerts::add_maintenance),
+        )
+        .route(
+            "/api/v1/alerts/maintenance/{id}",
+            axum::routing::delete(alerts::end_maintenance),
+        )
+        .route(
+            "/api/v1/alerts/roster",
+            get(alerts::roster).put(alerts::set_roster),
+        )
+        .route("/api/v1/alerts/{id}", get(alerts::one))
+        .route("/api/v1/alerts/{id}/{action}", post(alerts::act))
         .route("/api/v1/cases", get(cases::list))
         .route("/api/v1/cases/{receipt}", get(cases::one))
         .route(

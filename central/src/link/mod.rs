@@ -168,6 +168,9 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
             if let Some(report) = &h.masterdata {
                 shared.replication.offer(shared, &gateway, report);
             }
+            if let Some(o) = &h.outbox {
+                outbox_alerts(shared, gateway.as_str(), o, now);
+            }
             shared.registry().observe_health(&gateway, h, now);
             None
         }
@@ -204,6 +207,28 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
     }
 }
 
+/// The outbox rules on a health report: evictions since the last one, a stalled backlog.
+fn outbox_alerts(shared: &Shared, gateway: &str, o: &wire::OutboxReport, now: Instant) {
+    let evicted: u64 = o.evicted.values().sum();
+    let (before, stalled_for) = {
+        let mut seen = shared
+            .outbox_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = seen.entry(gateway.to_owned()).or_insert((evicted, now));
+        let before = e.0;
+        e.0 = evicted;
+        if o.pending == 0 {
+            e.1 = now;
+        }
+        (before, now.saturating_duration_since(e.1))
+    };
+    let observations = crate::alerts::rules::outbox(gateway, o, before, stalled_for);
+    shared
+        .alerts
+        .observe(observations, time::OffsetDateTime::now_utc());
+}
+
 async fn store_and_ack(
     shared: &Arc<Shared>,
     gateway: GatewayId,
@@ -217,6 +242,12 @@ async fn store_and_ack(
     let submissions: Vec<wire::Event> = events
         .iter()
         .filter(|e| e.kind == "submission.created")
+        .cloned()
+        .collect();
+    // What the alert rules may act on (telemetry never is).
+    let alert_candidates: Vec<wire::Event> = events
+        .iter()
+        .filter(|e| e.class != wire::EventClass::Telemetry && e.kind != "submission.created")
         .cloned()
         .collect();
     let stored =
@@ -245,6 +276,22 @@ async fn store_and_ack(
         }
     };
     m.events_stored.inc_by(stored.new);
+    if stored.new > 0 {
+        if let Ok(mut seen) = shared.outbox_seen.lock() {
+            if let Some(e) = seen.get_mut(gateway.as_str()) {
+                e.1 = Instant::now();
+            }
+        }
+    }
+    let fresh: std::collections::HashSet<u64> = stored.fresh.iter().copied().collect();
+    let observations: Vec<_> = alert_candidates
+        .iter()
+        .filter(|e| fresh.contains(&e.seq))
+        .flat_map(|e| crate::alerts::rules::from_event(gateway.as_str(), e))
+        .collect();
+    shared
+        .alerts
+        .observe(observations, time::OffsetDateTime::now_utc());
     m.events_duplicate.inc_by(stored.duplicates);
     m.batches.inc();
     let ack = Message::Ack(Ack {

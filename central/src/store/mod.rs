@@ -17,6 +17,8 @@ pub struct Stored {
     pub ranges: Vec<(u64, u64)>,
     /// Highest sequence number stored for the gateway so far.
     pub high: u64,
+    /// The sequence numbers stored for the first time (what central has not acted on yet).
+    pub fresh: Vec<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +215,7 @@ impl EventStore {
             }
         }
         Ok(Stored {
+            fresh: fresh.iter().map(|e| e.seq).collect(),
             new,
             duplicates,
             ranges: ranges(events.iter().map(|e| e.seq)),

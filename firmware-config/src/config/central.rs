@@ -24,6 +24,43 @@ pub struct CentralConfig {
     pub identity: Identity,
     #[serde(default)]
     pub relay: Relay,
+    #[serde(default)]
+    pub alerts: AlertPolicy,
+}
+
+/// When unacknowledged alerts are escalated, and the street's clock for the duty roster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertPolicy {
+    /// Unacknowledged this long: the grid station's on-duty person is told. Default 5 min.
+    #[serde(default = "default_escalate_to_station", with = "humantime_serde")]
+    pub escalate_to_station: Duration,
+    /// Then this long more: the command centre's on-duty person. Default 10 min.
+    #[serde(default = "default_escalate_to_command", with = "humantime_serde")]
+    pub escalate_to_command: Duration,
+    /// The street's offset from UTC, for the roster's hours. Default `+08:00`.
+    #[serde(default = "default_street_offset")]
+    pub utc_offset: String,
+}
+
+impl Default for AlertPolicy {
+    fn default() -> Self {
+        Self {
+            escalate_to_station: default_escalate_to_station(),
+            escalate_to_command: default_escalate_to_command(),
+            utc_offset: default_street_offset(),
+        }
+    }
+}
+
+fn default_escalate_to_station() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_escalate_to_command() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_street_offset() -> String {
+    "+08:00".to_owned()
 }
 
 /// Video sharing: gateways push a shared camera's video to central, which fans it out.
@@ -233,6 +270,32 @@ impl Document for CentralConfig {
             }
         }
         v.positive("relay.max_share", self.relay.max_share);
+        for (field, d) in [
+            (
+                "alerts.escalate_to_station",
+                self.alerts.escalate_to_station,
+            ),
+            (
+                "alerts.escalate_to_command",
+                self.alerts.escalate_to_command,
+            ),
+        ] {
+            v.duration_within(
+                field,
+                d,
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 24 * 3600),
+            );
+        }
+        if super::gateway::parse_utc_offset(&self.alerts.utc_offset).is_none() {
+            v.error(
+                "alerts.utc_offset",
+                format!(
+                    "{:?} is not an offset such as +08:00",
+                    self.alerts.utc_offset
+                ),
+            );
+        }
         if let Some(k) = &self.identity.bundle_signing_key_file {
             v.file_exists("identity.bundle_signing_key_file", k);
         }

@@ -1,0 +1,179 @@
+//! Sensing alerts at central: rules turn incoming facts into observations ([`rules`]), the
+//! engine keeps each alert's lifecycle ([`engine`]), and this module keeps both in sled and
+//! processes everything in order under one lock, so concurrent batches never duplicate an
+//! alert.
+
+pub mod engine;
+pub mod rules;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+pub use engine::{
+    Alert, AlertError, Change, Duty, Engine, Maintenance, Observation, Policy, Severity,
+};
+
+const ROSTER_KEY: &[u8] = b"roster";
+
+/// What the stored side holds besides the alerts.
+#[derive(Default, Serialize, Deserialize)]
+struct Extras {
+    maintenance: Vec<Maintenance>,
+}
+
+pub struct Alerts {
+    engine: Mutex<Engine>,
+    tree: sled::Tree,
+    meta: sled::Tree,
+    /// Every change, for the console's live feed.
+    pub changes: broadcast::Sender<Change>,
+}
+
+impl Alerts {
+    pub fn open(db: &sled::Db, policy: Policy) -> Result<Self, String> {
+        let tree = db.open_tree("alerts").map_err(|e| e.to_string())?;
+        let meta = db.open_tree("alerts_meta").map_err(|e| e.to_string())?;
+        let alerts: Vec<Alert> = tree
+            .iter()
+            .values()
+            .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
+            .collect();
+        let extras: Extras = meta
+            .get(b"extras")
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        let roster: Vec<Duty> = meta
+            .get(ROSTER_KEY)
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        let (changes, _) = broadcast::channel(1024);
+        Ok(Self {
+            engine: Mutex::new(Engine::restore(policy, alerts, extras.maintenance, roster)),
+            tree,
+            meta,
+            changes,
+        })
+    }
+
+    pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies `f` to the engine, stores what it changed, and tells the live feed.
+    pub fn apply<T>(&self, f: impl FnOnce(&mut Engine) -> (T, Vec<Change>)) -> T {
+        let mut engine = self.engine();
+        let (out, changes) = f(&mut engine);
+        for c in &changes {
+            if let Some(a) = engine.get(c.id()) {
+                self.store(a);
+            }
+        }
+        drop(engine);
+        for c in changes {
+            match &c {
+                Change::Opened { id } | Change::Escalated { id, .. } => {
+                    tracing::warn!(alert = id, change = ?c, "alert")
+                }
+                _ => tracing::debug!(change = ?c, "alert changed"),
+            }
+            let _ = self.changes.send(c);
+        }
+        out
+    }
+
+    /// Observations, in order.
+    pub fn observe(&self, observations: Vec<Observation>, now: OffsetDateTime) {
+        if observations.is_empty() {
+            return;
+        }
+        self.apply(|e| {
+            let changes = observations
+                .into_iter()
+                .flat_map(|o| e.observe(o, now))
+                .collect();
+            ((), changes)
+        });
+    }
+
+    fn store(&self, a: &Alert) {
+        match serde_json::to_vec(a) {
+            Ok(v) => {
+                if let Err(e) = self.tree.insert(a.id.to_be_bytes(), v) {
+                    tracing::error!(alert = a.id, error = %e, "cannot store an alert");
+                }
+            }
+            Err(e) => tracing::error!(alert = a.id, error = %e, "cannot encode an alert"),
+        }
+    }
+
+    /// Stores the maintenance windows and the roster (after they changed).
+    pub fn store_settings(&self) {
+        let engine = self.engine();
+        let extras = Extras {
+            maintenance: engine.maintenance().to_vec(),
+        };
+        let roster = engine.roster().to_vec();
+        drop(engine);
+        let put = |k: &[u8], v: serde_json::Result<Vec<u8>>| match v {
+            Ok(v) => {
+                if let Err(e) = self.meta.insert(k, v) {
+                    tracing::error!(error = %e, "cannot store alert settings");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode alert settings"),
+        };
+        put(b"extras", serde_json::to_vec(&extras));
+        put(ROSTER_KEY, serde_json::to_vec(&roster));
+        let _ = self.meta.flush();
+    }
+}
+
+/// Once a second: gateways' presence (offline or silent raises `gateway.offline`, back clears
+/// it), hold-downs that ran out, escalations, maintenance windows that ended.
+pub async fn watch(
+    shared: std::sync::Arc<crate::Shared>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    use crate::registry::Presence;
+    let offset =
+        firmware_config::config::gateway::parse_utc_offset(&shared.config.alerts.utc_offset)
+            .unwrap_or(time::UtcOffset::UTC);
+    let mut seen: std::collections::HashMap<String, Presence> = std::collections::HashMap::new();
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = OffsetDateTime::now_utc();
+        let views = shared.registry().views(std::time::Instant::now());
+        let mut observations = Vec::new();
+        for v in views {
+            if seen.insert(v.id.clone(), v.presence) == Some(v.presence) {
+                continue;
+            }
+            let why = match v.presence {
+                Presence::Online => "online",
+                Presence::Silent => "silent longer than health.gateway_silence",
+                Presence::Offline => "offline (its last will or goodbye)",
+            };
+            observations.push(rules::gateway_presence(
+                &v.id,
+                v.presence == Presence::Online,
+                why,
+            ));
+        }
+        shared.alerts.observe(observations, now);
+        let local = now.to_offset(offset);
+        let minute = local.hour() as u16 * 60 + local.minute() as u16;
+        shared.alerts.apply(|e| ((), e.tick(now, minute)));
+    }
+}

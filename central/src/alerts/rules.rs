@@ -1,0 +1,436 @@
+//! Which incoming facts are alerts: events from gateways (cameras, terminals, configuration,
+//! the outbox, the centre's own systems), a gateway's presence, and its outbox as reported.
+//! Each becomes an [`Observation`] raising or clearing one rule of one originator.
+
+use std::time::Duration;
+
+use firmware_config::wire::{Event, EventClass, OutboxReport};
+use serde_json::{json, Value};
+
+use super::engine::{Observation, Severity};
+
+/// How long a device condition must last before it is an alert (a camera reconnecting, a
+/// terminal rebooting).
+pub const DEVICE_HOLD_DOWN: Duration = Duration::from_secs(10);
+/// Events waiting at a gateway while nothing of its reached central for this long: an alert.
+pub const BACKLOG_LIMIT: Duration = Duration::from_secs(600);
+
+fn text<'a>(p: &'a Value, k: &str) -> &'a str {
+    p.get(k).and_then(Value::as_str).unwrap_or_default()
+}
+
+struct Make<'a> {
+    gateway: &'a str,
+    payload: &'a Value,
+}
+
+impl Make<'_> {
+    fn device(
+        &self,
+        (kind, id): (&str, &str),
+        rule: &str,
+        raised: bool,
+        severity: Severity,
+        title: String,
+        hold_down: Duration,
+    ) -> Observation {
+        Observation {
+            originator: format!("{}/{kind}/{id}", self.gateway),
+            gateway: self.gateway.to_owned(),
+            rule: rule.to_owned(),
+            raised,
+            severity,
+            title,
+            detail: self.payload.clone(),
+            hold_down,
+        }
+    }
+
+    fn gateway(&self, rule: &str, raised: bool, severity: Severity, title: String) -> Observation {
+        Observation {
+            originator: self.gateway.to_owned(),
+            gateway: self.gateway.to_owned(),
+            rule: rule.to_owned(),
+            raised,
+            severity,
+            title,
+            detail: self.payload.clone(),
+            hold_down: Duration::ZERO,
+        }
+    }
+}
+
+/// The observations one stored event makes (none for most telemetry).
+pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
+    let payload: Value = serde_json::from_str(e.payload.get()).unwrap_or(Value::Null);
+    let m = Make {
+        gateway,
+        payload: &payload,
+    };
+    let kind = e.kind.as_str();
+    let camera = text(&payload, "camera");
+    let terminal = text(&payload, "terminal");
+    let name = |id: &str| {
+        let n = text(&payload, "name");
+        if n.is_empty() {
+            id.to_owned()
+        } else {
+            format!("{n}（{id}）")
+        }
+    };
+    use Severity::*;
+    match kind {
+        // Camera health: offline, stalled and unsupported are one condition; unauthorized its own.
+        "camera.offline" | "camera.stalled" | "camera.unsupported" if !camera.is_empty() => vec![m
+            .device(
+                ("camera", camera),
+                "camera.offline",
+                true,
+                Major,
+                format!("摄像头离线 {}", name(camera)),
+                DEVICE_HOLD_DOWN,
+            )],
+        "camera.unauthorized" if !camera.is_empty() => vec![m.device(
+            ("camera", camera),
+            "camera.unauthorized",
+            true,
+            Major,
+            format!("摄像头鉴权失败 {}", name(camera)),
+            Duration::ZERO,
+        )],
+        "camera.streaming" | "camera.disabled" if !camera.is_empty() => vec![
+            m.device(
+                ("camera", camera),
+                "camera.offline",
+                false,
+                Major,
+                String::new(),
+                DEVICE_HOLD_DOWN,
+            ),
+            m.device(
+                ("camera", camera),
+                "camera.unauthorized",
+                false,
+                Major,
+                String::new(),
+                Duration::ZERO,
+            ),
+        ],
+        // Sensing: tamper (covered, moved), a frozen picture, motion in a zone.
+        _ if kind.starts_with("camera.") && !camera.is_empty() => {
+            let (rule, raised) = match kind.strip_suffix(".cleared") {
+                Some(r) => (r, false),
+                None => (kind, true),
+            };
+            let (severity, label) = match rule {
+                "camera.covered" => (Critical, "摄像头遮挡"),
+                "camera.moved" => (Critical, "摄像头移位"),
+                "camera.frozen" => (Major, "画面冻结"),
+                "camera.motion" => (Minor, "区域入侵"),
+                _ => return Vec::new(),
+            };
+            let zone = text(&payload, "zone");
+            let (rule, title) = if zone.is_empty() {
+                (rule.to_owned(), format!("{label} {}", name(camera)))
+            } else {
+                (
+                    format!("{rule}:{zone}"),
+                    format!("{label} {} · {zone}", name(camera)),
+                )
+            };
+            vec![m.device(
+                ("camera", camera),
+                &rule,
+                raised,
+                severity,
+                title,
+                Duration::ZERO,
+            )]
+        }
+        "terminal.offline" if !terminal.is_empty() => vec![
+            m.device(
+                ("terminal", terminal),
+                "terminal.offline",
+                true,
+                Major,
+                format!("终端离线 {}", name(terminal)),
+                DEVICE_HOLD_DOWN,
+            ),
+            m.device(
+                ("terminal", terminal),
+                "terminal.degraded",
+                false,
+                Minor,
+                String::new(),
+                Duration::ZERO,
+            ),
+        ],
+        "terminal.degraded" if !terminal.is_empty() => vec![
+            m.device(
+                ("terminal", terminal),
+                "terminal.offline",
+                false,
+                Major,
+                String::new(),
+                DEVICE_HOLD_DOWN,
+            ),
+            m.device(
+                ("terminal", terminal),
+                "terminal.degraded",
+                true,
+                Minor,
+                format!("终端故障 {}", name(terminal)),
+                DEVICE_HOLD_DOWN,
+            ),
+        ],
+        "terminal.online" if !terminal.is_empty() => vec![
+            m.device(
+                ("terminal", terminal),
+                "terminal.offline",
+                false,
+                Major,
+                String::new(),
+                DEVICE_HOLD_DOWN,
+            ),
+            m.device(
+                ("terminal", terminal),
+                "terminal.degraded",
+                false,
+                Minor,
+                String::new(),
+                DEVICE_HOLD_DOWN,
+            ),
+        ],
+        "terminal.flapping" | "terminal.flapping.cleared" if !terminal.is_empty() => vec![m
+            .device(
+                ("terminal", terminal),
+                "terminal.flapping",
+                kind == "terminal.flapping",
+                Minor,
+                format!("终端状态频繁变化 {}", name(terminal)),
+                Duration::ZERO,
+            )],
+        "config.refused" | "config.rolled_back" => {
+            let target = payload.get("target");
+            let title = if kind == "config.refused" {
+                "配置被拒绝"
+            } else {
+                "配置已回滚"
+            };
+            match target
+                .and_then(|t| t.get("terminal"))
+                .and_then(Value::as_str)
+            {
+                Some(t) => vec![m.device(
+                    ("terminal", t),
+                    kind,
+                    true,
+                    Major,
+                    format!("{title} {t}"),
+                    Duration::ZERO,
+                )],
+                None => vec![m.gateway(kind, true, Major, format!("{title} 网关 {gateway}"))],
+            }
+        }
+        "gateway.outbox_quarantined" => {
+            vec![m.gateway(
+                kind,
+                true,
+                Critical,
+                format!("网关存储损坏已隔离 {gateway}"),
+            )]
+        }
+        // Any other alert-class event (door forced, smoke) is an alert of its source.
+        _ if e.class == EventClass::Alert => {
+            let source = ["source", "door", "device"]
+                .iter()
+                .map(|k| text(&payload, k))
+                .find(|s| !s.is_empty())
+                .unwrap_or("centre");
+            vec![m.device(
+                ("source", source),
+                kind,
+                true,
+                Major,
+                format!("{kind} {source}"),
+                Duration::ZERO,
+            )]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A gateway went offline (its last will, or silence) or came back.
+pub fn gateway_presence(gateway: &str, online: bool, why: &str) -> Observation {
+    let payload = json!({ "why": why });
+    Make {
+        gateway,
+        payload: &payload,
+    }
+    .gateway(
+        "gateway.offline",
+        !online,
+        Severity::Critical,
+        format!("网关离线 {gateway}"),
+    )
+}
+
+/// A gateway's outbox as its health report shows it: evictions since the last report, and
+/// events waiting while nothing from it has been stored for `stalled_for`.
+pub fn outbox(
+    gateway: &str,
+    o: &OutboxReport,
+    evicted_before: u64,
+    stalled_for: Duration,
+) -> Vec<Observation> {
+    let evicted: u64 = o.evicted.values().sum();
+    let payload =
+        json!({ "evicted": evicted, "pending": o.pending, "stalled_secs": stalled_for.as_secs() });
+    let m = Make {
+        gateway,
+        payload: &payload,
+    };
+    let mut out = Vec::new();
+    if evicted > evicted_before {
+        out.push(m.gateway(
+            "gateway.evictions",
+            true,
+            Severity::Major,
+            format!(
+                "网关存储已满，丢弃 {} 条事件 {gateway}",
+                evicted - evicted_before
+            ),
+        ));
+    }
+    out.push(m.gateway(
+        "gateway.backlog",
+        o.pending > 0 && stalled_for > BACKLOG_LIMIT,
+        Severity::Minor,
+        format!(
+            "网关积压事件超过 {} 分钟未上送 {gateway}",
+            BACKLOG_LIMIT.as_secs() / 60
+        ),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(class: EventClass, kind: &str, payload: Value) -> Event {
+        Event {
+            seq: 1,
+            class,
+            kind: kind.into(),
+            time: time::OffsetDateTime::UNIX_EPOCH,
+            payload: serde_json::value::to_raw_value(&payload).unwrap(),
+        }
+    }
+
+    #[test]
+    fn events_become_the_rules_of_their_devices() {
+        let o = from_event(
+            "gw-1",
+            &event(
+                EventClass::Alert,
+                "camera.stalled",
+                json!({"camera": "hall", "name": "大厅"}),
+            ),
+        );
+        assert_eq!(o.len(), 1);
+        assert_eq!(o[0].key(), "gw-1/camera/hall#camera.offline");
+        assert!(o[0].raised && o[0].title.contains("大厅（hall）"));
+        let back = from_event(
+            "gw-1",
+            &event(
+                EventClass::Health,
+                "camera.streaming",
+                json!({"camera": "hall"}),
+            ),
+        );
+        assert!(back.iter().all(|o| !o.raised) && back.len() == 2);
+        let motion = from_event(
+            "gw-1",
+            &event(
+                EventClass::Alert,
+                "camera.motion",
+                json!({"camera": "hall", "zone": "counter"}),
+            ),
+        );
+        assert_eq!(motion[0].key(), "gw-1/camera/hall#camera.motion:counter");
+        let cleared = from_event(
+            "gw-1",
+            &event(
+                EventClass::Health,
+                "camera.motion.cleared",
+                json!({"camera": "hall", "zone": "counter"}),
+            ),
+        );
+        assert_eq!(
+            (cleared[0].key(), cleared[0].raised),
+            (motion[0].key(), false)
+        );
+        let covered = from_event(
+            "gw-1",
+            &event(
+                EventClass::Alert,
+                "camera.covered",
+                json!({"camera": "hall"}),
+            ),
+        );
+        assert_eq!(covered[0].severity, Severity::Critical);
+        let t = from_event(
+            "gw-1",
+            &event(
+                EventClass::Alert,
+                "terminal.offline",
+                json!({"terminal": "kiosk-1"}),
+            ),
+        );
+        assert_eq!(t[0].key(), "gw-1/terminal/kiosk-1#terminal.offline");
+        let door = from_event(
+            "gw-1",
+            &event(
+                EventClass::Alert,
+                "door.forced",
+                json!({"door": "archive room"}),
+            ),
+        );
+        assert_eq!(door[0].key(), "gw-1/source/archive room#door.forced");
+        let refused = from_event(
+            "gw-1",
+            &event(
+                EventClass::Alert,
+                "config.refused",
+                json!({"target": {"gateway": "gw-1"}}),
+            ),
+        );
+        assert_eq!(refused[0].key(), "gw-1#config.refused");
+        assert!(from_event("gw-1", &event(EventClass::Telemetry, "x", json!({}))).is_empty());
+        assert!(from_event(
+            "gw-1",
+            &event(EventClass::Health, "camera.streaming", json!({}))
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn the_outbox_raises_evictions_and_an_old_backlog() {
+        let mut o = OutboxReport {
+            pending: 10,
+            pending_bytes: 1000,
+            evicted: Default::default(),
+            refused: 0,
+            corrupt: 0,
+        };
+        o.evicted.insert("telemetry".into(), 5);
+        let obs = outbox("gw-1", &o, 2, Duration::from_secs(601));
+        assert_eq!(obs.len(), 2);
+        assert!(obs[0].title.contains("3 条"));
+        assert!(obs[1].raised);
+        let obs = outbox("gw-1", &o, 5, Duration::from_secs(5));
+        assert_eq!(obs.len(), 1);
+        assert!(!obs[0].raised);
+    }
+}

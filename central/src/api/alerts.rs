@@ -1,0 +1,238 @@
+//! Sensing alerts on central's API: the queue, one alert with its audit trail, what operators
+//! do to them (acknowledge, assign, note, resolve), maintenance windows and the duty roster.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::alerts::{AlertError, Duty};
+use crate::Shared;
+
+/// A refusal: its status and what was wrong.
+pub struct Problem(StatusCode, String);
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn error(status: StatusCode, m: impl Into<String>) -> Response {
+    Problem(status, m.into()).into_response()
+}
+
+impl From<AlertError> for Problem {
+    fn from(e: AlertError) -> Self {
+        let status = match e {
+            AlertError::NoSuchAlert(_) => StatusCode::NOT_FOUND,
+            AlertError::Resolved(_) => StatusCode::CONFLICT,
+            AlertError::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        Problem(status, e.to_string())
+    }
+}
+
+fn alert_error(e: AlertError) -> Response {
+    Problem::from(e).into_response()
+}
+
+fn body<T>(req: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+    req.map(|Json(b)| b)
+        .map_err(|e| Problem(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// Who did it: required, as every action is audited.
+fn who(by: &str) -> Result<String, Problem> {
+    let by = by.trim();
+    if by.is_empty() || by.chars().count() > 64 {
+        return Err(Problem(
+            StatusCode::BAD_REQUEST,
+            "by: who does it, 1 to 64 characters".into(),
+        ));
+    }
+    Ok(by.to_owned())
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /api/v1/alerts[?all=true]`: open alerts (or every one), newest first, with counts.
+pub async fn list(
+    State(shared): State<Arc<Shared>>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return error(StatusCode::BAD_REQUEST, "all: true or false");
+    };
+    let engine = shared.alerts.engine();
+    let alerts = engine.list(q.all);
+    let open: Vec<_> = engine.list(false);
+    let counts = json!({
+        "open": open.len(),
+        "unacknowledged": open.iter().filter(|a| !a.acknowledged).count(),
+        "critical": open.iter().filter(|a| a.severity == crate::alerts::Severity::Critical).count(),
+        "silenced": open.iter().filter(|a| a.silenced_by.is_some() || a.inhibited_by.is_some()).count(),
+        "held_down": engine.held_down,
+    });
+    Json(json!({ "counts": counts, "alerts": alerts })).into_response()
+}
+
+/// `GET /api/v1/alerts/{id}`.
+pub async fn one(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
+    match shared.alerts.engine().get(id) {
+        Some(a) => Json(json!(a)).into_response(),
+        None => alert_error(AlertError::NoSuchAlert(id)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    by: String,
+    /// `assign`: to whom.
+    #[serde(default)]
+    to: String,
+    /// `note`, `resolve`: the text.
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /api/v1/alerts/{id}/{ack|assign|note|resolve}` with `{"by", "to"?, "note"?}`.
+pub async fn act(
+    State(shared): State<Arc<Shared>>,
+    Path((id, action)): Path<(u64, String)>,
+    req: Result<Json<Action>, JsonRejection>,
+) -> Response {
+    let a = match body(req) {
+        Ok(a) => a,
+        Err(r) => return r.into_response(),
+    };
+    let by = match who(&a.by) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let now = OffsetDateTime::now_utc();
+    let result = shared.alerts.apply(|e| {
+        let r = match action.as_str() {
+            "ack" => e.acknowledge(id, &by, now),
+            "assign" => e.assign(id, &a.to, &by, now),
+            "note" => e.note(id, &a.note, &by, now),
+            "resolve" => e.resolve(id, &by, &a.note, now),
+            other => Err(AlertError::Invalid(format!(
+                "{other:?} is not an action; use ack, assign, note or resolve"
+            ))),
+        };
+        match r {
+            Ok(c) => (Ok(()), vec![c]),
+            Err(e) => (Err(e), Vec::new()),
+        }
+    });
+    match result {
+        Ok(()) => one(State(shared), Path(id)).await,
+        Err(e) => alert_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewWindow {
+    scope: String,
+    #[serde(with = "time::serde::rfc3339")]
+    from: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    until: OffsetDateTime,
+    #[serde(default)]
+    reason: String,
+    by: String,
+}
+
+/// `GET /api/v1/alerts/maintenance`.
+pub async fn maintenance(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!({ "maintenance": shared.alerts.engine().maintenance() })).into_response()
+}
+
+/// `POST /api/v1/alerts/maintenance {"scope","from","until","reason","by"}`: silences the
+/// alerts of a gateway (and its devices) or of one device for that time.
+pub async fn add_maintenance(
+    State(shared): State<Arc<Shared>>,
+    req: Result<Json<NewWindow>, JsonRejection>,
+) -> Response {
+    let w = match body(req) {
+        Ok(w) => w,
+        Err(r) => return r.into_response(),
+    };
+    let by = match who(&w.by) {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    let added = shared
+        .alerts
+        .engine()
+        .add_maintenance(&w.scope, w.from, w.until, &w.reason, &by);
+    match added {
+        Ok(m) => {
+            shared.alerts.store_settings();
+            tracing::info!(scope = %m.scope, id = m.id, by = %by, "maintenance window");
+            (StatusCode::CREATED, Json(json!(m))).into_response()
+        }
+        Err(e) => alert_error(e),
+    }
+}
+
+/// `DELETE /api/v1/alerts/maintenance/{id}`: ends a window now.
+pub async fn end_maintenance(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
+    if shared.alerts.engine().end_maintenance(id) {
+        shared.alerts.store_settings();
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::NOT_FOUND, format!("no maintenance window {id}"))
+    }
+}
+
+/// `GET /api/v1/alerts/roster`.
+pub async fn roster(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!({ "roster": shared.alerts.engine().roster() })).into_response()
+}
+
+/// `PUT /api/v1/alerts/roster [{"scope": gateway | "command", "name", "phone", "from_minute",
+/// "until_minute"}]`: replaces the duty roster.
+pub async fn set_roster(
+    State(shared): State<Arc<Shared>>,
+    req: Result<Json<Vec<Duty>>, JsonRejection>,
+) -> Response {
+    let roster = match body(req) {
+        Ok(r) => r,
+        Err(r) => return r.into_response(),
+    };
+    for (i, d) in roster.iter().enumerate() {
+        if d.scope.trim().is_empty() || d.name.trim().is_empty() || d.phone.trim().is_empty() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("[{i}]: scope, name and phone are required"),
+            );
+        }
+        if d.from_minute >= 1440 || d.until_minute >= 1440 {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("[{i}]: from_minute and until_minute are 0 to 1439"),
+            );
+        }
+    }
+    shared.alerts.engine().set_roster(roster);
+    shared.alerts.store_settings();
+    roster_response(&shared)
+}
+
+fn roster_response(shared: &Shared) -> Response {
+    Json(json!({ "roster": shared.alerts.engine().roster() })).into_response()
+}
