@@ -51,6 +51,28 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     .await
     .unwrap();
 
+    // A console's live feed, open before anything happens.
+    let feed = reqwest::get(central.url("/api/v1/alerts/stream"))
+        .await
+        .unwrap();
+    assert_eq!(feed.headers()["content-type"], "text/event-stream");
+    let (tx, mut pushed) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    let mut feed = feed;
+    tokio::spawn(async move {
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = feed.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                    if let Ok(v) = serde_json::from_str(data) {
+                        let _ = tx.send(v);
+                    }
+                }
+            }
+        }
+    });
+
     let key = "gw-alerts/camera/door#camera.offline";
     cam.stop();
     let t0 = std::time::Instant::now();
@@ -71,6 +93,18 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
         (json!(false), json!(false))
     );
     let id = a["id"].as_u64().unwrap();
+    // The feed pushed its opening.
+    let opened = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let v = pushed.recv().await.unwrap();
+            if v["change"]["change"] == "opened" && v["alert"]["key"] == key {
+                return v;
+            }
+        }
+    })
+    .await
+    .expect("the live feed pushes the new alert");
+    assert_eq!(opened["alert"]["id"], id);
     let all = try_json(central.url("/api/v1/alerts")).await.unwrap();
     assert_eq!(
         all["alerts"]

@@ -236,3 +236,36 @@ pub async fn set_roster(
 fn roster_response(shared: &Shared) -> Response {
     Json(json!({ "roster": shared.alerts.engine().roster() })).into_response()
 }
+
+/// `GET /api/v1/alerts/stream`: server-sent events, one per alert change (`event: alert`,
+/// `data`: the change and the alert as it is now), so a console updates without reloading.
+/// A client that falls behind is told (`event: lagged`) and should reload the list. The stream
+/// ends when central stops.
+pub async fn stream(State(shared): State<Arc<Shared>>) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = shared.alerts.changes.subscribe();
+    let events = futures::stream::unfold((rx, shared), |(mut rx, shared)| async move {
+        // Central stopping ends the stream, so that its HTTP server can shut down.
+        let next = tokio::select! {
+            _ = shared.token.cancelled() => return None,
+            n = rx.recv() => n,
+        };
+        let event = match next {
+            Ok(change) => {
+                let alert = shared.alerts.engine().get(change.id()).cloned();
+                Event::default()
+                    .event("alert")
+                    .json_data(json!({ "change": change, "alert": alert }))
+                    .unwrap_or_else(|_| Event::default().event("alert"))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(n.to_string())
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, shared)))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
+        .into_response()
+}

@@ -37,6 +37,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/masterdata/versions", get(masterdata::versions))
         .route("/api/v1/alerts", get(alerts::list))
+        .route("/api/v1/alerts/stream", get(alerts::stream))
         .route(
             "/api/v1/alerts/maintenance",
             get(alerts::maintenance).post(alerts::add_maintenance),
