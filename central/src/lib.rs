@@ -86,6 +86,8 @@ pub struct Shared {
     pub replication: replication::Replication,
     /// Sensing alerts.
     pub alerts: alerts::Alerts,
+    /// Cameras, and the recent changes of every device.
+    pub devices: Mutex<registry::devices::DeviceBoard>,
     /// Per gateway, for the outbox rules: evictions last reported, and when central last
     /// stored something of it.
     pub outbox_seen: Mutex<std::collections::HashMap<String, (u64, Instant)>>,
@@ -182,6 +184,7 @@ pub async fn start(
         )
         .map_err(CentralError::MasterData)?,
         outbox_seen: Mutex::default(),
+        devices: Mutex::default(),
         cases: cases::Cases::open(store.db()).map_err(CentralError::MasterData)?,
         bundles,
         metrics: Metrics::new(&config),

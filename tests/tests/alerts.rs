@@ -196,6 +196,38 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     .await
     .unwrap();
     assert_eq!(g["severity"], "critical");
+
+    // The health view: the gateway offline, its camera unknown (not offline), last known
+    // streaming; the camera's history has its changes.
+    let health = try_json(central.url("/api/v1/health")).await.unwrap();
+    let centre = health["centres"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["gateway"] == "gw-alerts")
+        .unwrap()
+        .clone();
+    assert_eq!(centre["presence"], "offline", "{centre}");
+    assert_eq!(centre["cameras"][0]["id"], "door");
+    assert_eq!(centre["cameras"][0]["state"], "unknown", "{centre}");
+    assert_eq!(centre["cameras"][0]["last_known"], "streaming", "{centre}");
+    assert_eq!(health["street"]["cameras"]["unknown"], 1, "{health}");
+    assert!(
+        health["street"]["cameras"].get("offline").is_none(),
+        "{health}"
+    );
+    let history = try_json(central.url("/api/v1/health/gw-alerts/camera/door/history"))
+        .await
+        .unwrap();
+    let states: Vec<&str> = history["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.first(), Some(&"streaming"), "{history}");
+    assert!(states.contains(&"offline"), "{history}");
+    assert_eq!(states.last(), Some(&"streaming"), "{history}");
     central.stop().await.unwrap();
 }
 

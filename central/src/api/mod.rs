@@ -18,6 +18,7 @@ use crate::Shared;
 
 pub mod alerts;
 pub mod cases;
+pub mod health;
 pub mod masterdata;
 pub mod shares;
 pub mod terminals;
@@ -36,6 +37,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
             ),
         )
         .route("/api/v1/masterdata/versions", get(masterdata::versions))
+        .route("/api/v1/health", get(health::health))
+        .route(
+            "/api/v1/health/{gateway}/{kind}/{id}/history",
+            get(health::device_history),
+        )
         .route("/api/v1/alerts", get(alerts::list))
         .route("/api/v1/alerts/stream", get(alerts::stream))
         .route(

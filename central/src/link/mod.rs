@@ -284,9 +284,21 @@ async fn store_and_ack(
         }
     }
     let fresh: std::collections::HashSet<u64> = stored.fresh.iter().copied().collect();
-    let observations: Vec<_> = alert_candidates
+    let fresh_events: Vec<&wire::Event> = alert_candidates
         .iter()
         .filter(|e| fresh.contains(&e.seq))
+        .collect();
+    if !fresh_events.is_empty() {
+        let mut devices = shared
+            .devices
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for e in &fresh_events {
+            devices.observe_event(gateway.as_str(), e);
+        }
+    }
+    let observations: Vec<_> = fresh_events
+        .iter()
         .flat_map(|e| crate::alerts::rules::from_event(gateway.as_str(), e))
         .collect();
     shared

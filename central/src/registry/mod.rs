@@ -2,6 +2,9 @@
 //!
 //! Pure state: callers pass the time in, so tests decide what "now" is.
 
+pub mod devices;
+pub mod health;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
