@@ -11,6 +11,7 @@ pub mod bundles;
 pub mod cases;
 pub mod link;
 pub mod masterdata;
+pub mod meetings;
 pub mod metrics;
 pub mod registry;
 pub mod replication;
@@ -86,6 +87,8 @@ pub struct Shared {
     pub replication: replication::Replication,
     /// Sensing alerts.
     pub alerts: alerts::Alerts,
+    /// Meetings dispatched to terminals.
+    pub meetings: meetings::Meetings,
     /// Cameras, and the recent changes of every device.
     pub devices: Mutex<registry::devices::DeviceBoard>,
     /// Per gateway, for the outbox rules: evictions last reported, and when central last
@@ -185,6 +188,7 @@ pub async fn start(
         .map_err(CentralError::MasterData)?,
         outbox_seen: Mutex::default(),
         devices: Mutex::default(),
+        meetings: meetings::Meetings::open(store.db()).map_err(CentralError::MasterData)?,
         cases: cases::Cases::open(store.db()).map_err(CentralError::MasterData)?,
         bundles,
         metrics: Metrics::new(&config),

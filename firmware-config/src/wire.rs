@@ -84,6 +84,25 @@ pub const KINDS: [&str; 9] = [
     "status", "health", "events", "ack", "command", "reply", "data", "fetch", "chunk",
 ];
 
+/// A meeting as one invited terminal sees it: sent by central in a `meeting.invite` command to
+/// the terminal's gateway, again on every change (a higher `revision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    pub meeting: String,
+    pub revision: u32,
+    pub terminal: String,
+    /// `petition` (remote petition reception), `inspection`, `dispatch`, `other`.
+    pub kind: String,
+    pub title: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub starts: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub ends: OffsetDateTime,
+    /// The conference room or join link of the conferencing system.
+    pub room: String,
+    pub cancelled: bool,
+}
+
 /// The largest piece of a content file one message carries (base64 makes it a third larger,
 /// well inside [`MAX_MESSAGE_BYTES`]).
 pub const MAX_CHUNK_BYTES: u64 = 256 * 1024;

@@ -14,6 +14,7 @@ pub const UPSTREAM_START: &str = "video.upstream.start";
 pub const UPSTREAM_STOP: &str = "video.upstream.stop";
 pub const CONFIG_BUNDLE: &str = "config.bundle";
 pub const SUBMISSION_STATUS: &str = "submission.status";
+pub const MEETING_INVITE: &str = "meeting.invite";
 
 /// Answers a command. Most answer at once; a bundle is applied in its own task (it may wait
 /// for cameras to stop) and its reply goes out through `shared.replies` — `None` here.
@@ -42,6 +43,23 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
             }
             Err(e) => Err(format!("args: not a submission status: {e}")),
         };
+        return Some(reply(cmd, result));
+    }
+    if cmd.name == MEETING_INVITE {
+        let result =
+            match serde_json::from_value::<firmware_config::wire::Invitation>(cmd.args.clone()) {
+                Ok(inv) => {
+                    let shared = shared.clone();
+                    // Stored off the session loop (it flushes); terminals are woken when it is.
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = shared.meetings.put(&inv, time::OffsetDateTime::now_utc()) {
+                            tracing::warn!(error = %e, "cannot store a meeting invitation");
+                        }
+                    });
+                    Ok(Value::Null)
+                }
+                Err(e) => Err(format!("args: not an invitation: {e}")),
+            };
         return Some(reply(cmd, result));
     }
     let result = match cmd.name.as_str() {

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod content;
 pub mod devices;
 pub mod kiosk;
+pub mod meetings;
 pub mod metrics;
 pub mod outbox;
 pub mod ratelimit;
@@ -84,6 +85,8 @@ pub struct Shared {
     pub statuses: submissions::Statuses,
     /// Learning-content files, fetched from central for kiosks.
     pub content: content::ContentStore,
+    /// Meeting invitations for the terminals.
+    pub meetings: meetings::Meetings,
     /// Kiosk API requests and submissions, per terminal.
     pub kiosk_requests: ratelimit::RateLimits,
     pub kiosk_submissions: ratelimit::RateLimits,
@@ -224,6 +227,8 @@ pub async fn start(
     .map_err(|e| GatewayError::Bundles(e.to_string()))?;
     let statuses = submissions::Statuses::open(replica.db())
         .map_err(|e| GatewayError::Bundles(e.to_string()))?;
+    let meetings = meetings::Meetings::open(replica.db())
+        .map_err(|e| GatewayError::Bundles(format!("meetings: {e}")))?;
     let (content, content_ports, fetch_rx) = content::ContentStore::open(&config.storage.dir)
         .map_err(|e| GatewayError::Bundles(format!("content store: {e}")))?;
     let (devices, device_requests) = devices::Devices::new();
@@ -259,6 +264,7 @@ pub async fn start(
         replica,
         statuses,
         content,
+        meetings,
         kiosk_requests: ratelimit::RateLimits::default(),
         kiosk_submissions: ratelimit::RateLimits::default(),
         report_now: tokio::sync::Notify::new(),

@@ -20,6 +20,7 @@ pub mod alerts;
 pub mod cases;
 pub mod health;
 pub mod masterdata;
+pub mod meetings;
 pub mod shares;
 pub mod terminals;
 
@@ -37,6 +38,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
             ),
         )
         .route("/api/v1/masterdata/versions", get(masterdata::versions))
+        .route("/api/v1/meetings", get(meetings::list).post(meetings::book))
+        .route("/api/v1/meetings/{id}", get(meetings::one))
+        .route("/api/v1/meetings/{id}/{action}", post(meetings::change))
         .route("/api/v1/health", get(health::health))
         .route(
             "/api/v1/health/{gateway}/{kind}/{id}/history",

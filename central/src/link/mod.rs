@@ -297,6 +297,11 @@ async fn store_and_ack(
             devices.observe_event(gateway.as_str(), e);
         }
     }
+    for e in fresh_events.iter().filter(|e| e.kind == "meeting.answer") {
+        if let Some(m) = shared.meetings.answered(gateway.as_str(), e) {
+            tracing::info!(meeting = %m.id, %gateway, "meeting answer");
+        }
+    }
     let observations: Vec<_> = fresh_events
         .iter()
         .flat_map(|e| crate::alerts::rules::from_event(gateway.as_str(), e))

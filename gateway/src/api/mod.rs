@@ -97,6 +97,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
             get(kiosk::submission),
         )
         .route("/api/v1/terminals/config", get(terminals::config))
+        .route("/api/v1/terminals/meetings", get(terminals::meetings))
+        .route(
+            "/api/v1/terminals/meetings/{meeting}/answer",
+            post(terminals::answer),
+        )
         .route("/api/v1/terminals/{id}", get(terminals::one))
         .route(
             "/api/v1/events",

@@ -103,3 +103,103 @@ pub async fn config(
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     Ok(response)
 }
+
+/// The terminal a request is from: 401 without a known token, 403 for another device's.
+fn terminal_of(shared: &Shared, headers: &HeaderMap) -> Result<String, ApiError> {
+    let tokens = shared.tokens();
+    let device = tokens.authenticate(headers)?.to_owned();
+    if !shared.config().terminals.iter().any(|t| t.id == device) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{device:?} is not a terminal"),
+        ));
+    }
+    Ok(device)
+}
+
+#[derive(serde::Deserialize)]
+pub struct MeetingsQuery {
+    /// The version the terminal has seen; the answer waits for a newer one.
+    #[serde(default)]
+    since: u64,
+    /// Seconds to wait for a change (long poll), 0 to 60. Default 0.
+    #[serde(default)]
+    wait: u64,
+}
+
+/// `GET /api/v1/terminals/meetings?since=V&wait=S`: the terminal's invitations that have not
+/// ended, once the version passes `since` or `wait` seconds pass.
+pub async fn meetings(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    q: Result<axum::extract::Query<MeetingsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let terminal = terminal_of(&shared, &headers)?;
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::bad_request(format!("query: {e}; use ?since=…&wait=…")))?;
+    if q.wait > 60 {
+        return Err(ApiError::bad_request("wait: 0 to 60 seconds"));
+    }
+    let version = shared
+        .meetings
+        .wait_past(q.since, std::time::Duration::from_secs(q.wait))
+        .await;
+    let now = time::OffsetDateTime::now_utc();
+    Ok(Json(serde_json::json!({
+        "version": version,
+        "invitations": shared.meetings.for_terminal(&terminal, now),
+    })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Answer {
+    answer: String,
+}
+
+/// `POST /api/v1/terminals/meetings/{meeting}/answer {"answer": accepted|declined|joined|left}`:
+/// 202 once the answer is in the outbox, on its way to central.
+pub async fn answer(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    axum::extract::Path(meeting): axum::extract::Path<String>,
+    body: Result<Json<Answer>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let terminal = terminal_of(&shared, &headers)?;
+    let Json(a) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if !crate::meetings::ANSWERS.contains(&a.answer.as_str()) {
+        return Err(ApiError::bad_request(format!(
+            "answer: {:?} is not one of accepted, declined, joined, left",
+            a.answer
+        )));
+    }
+    let inv = shared.meetings.get(&terminal, &meeting).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no invitation to {meeting:?} for {terminal:?}"),
+        )
+    })?;
+    if inv.cancelled {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("meeting {meeting:?} was cancelled"),
+        ));
+    }
+    let payload = serde_json::json!({
+        "meeting": meeting, "terminal": terminal, "answer": a.answer, "revision": inv.revision,
+    });
+    let raw = serde_json::value::to_raw_value(&payload)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    shared
+        .outbox
+        .append(vec![crate::outbox::NewEvent {
+            class: firmware_config::wire::EventClass::Health,
+            kind: "meeting.answer".to_owned(),
+            payload: raw,
+            time_ms: None,
+        }])
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
+    tracing::info!(%meeting, %terminal, answer = %a.answer, "meeting answer");
+    Ok((StatusCode::ACCEPTED, Json(payload)))
+}
