@@ -13,6 +13,7 @@ pub mod link;
 pub mod masterdata;
 pub mod meetings;
 pub mod metrics;
+pub mod operators;
 pub mod registry;
 pub mod replication;
 pub mod share;
@@ -87,6 +88,8 @@ pub struct Shared {
     pub replication: replication::Replication,
     /// Sensing alerts.
     pub alerts: alerts::Alerts,
+    /// Console logins, sessions and their audit trail.
+    pub operators: operators::Operators,
     /// Meetings dispatched to terminals.
     pub meetings: meetings::Meetings,
     /// Cameras, and the recent changes of every device.
@@ -189,6 +192,8 @@ pub async fn start(
         outbox_seen: Mutex::default(),
         devices: Mutex::default(),
         meetings: meetings::Meetings::open(store.db()).map_err(CentralError::MasterData)?,
+        operators: operators::Operators::new(&config.operators, store.db())
+            .map_err(CentralError::MasterData)?,
         cases: cases::Cases::open(store.db()).map_err(CentralError::MasterData)?,
         bundles,
         metrics: Metrics::new(&config),

@@ -26,6 +26,16 @@ enum Command {
     /// Master data for kiosks.
     #[command(subcommand)]
     Data(Data),
+    /// Operator console logins.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+}
+
+#[derive(Subcommand)]
+enum OperatorCmd {
+    /// Reads a password on standard input and prints its Argon2id hash for an
+    /// `[[operators]]` entry of central.toml (`password_hash`).
+    Hash,
 }
 
 #[derive(Subcommand)]
@@ -54,8 +64,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Data(Data::Push { dir, url, by, note })) = args.command {
-        return push(&dir, &url, &by, &note).await;
+    match args.command {
+        Some(Command::Data(Data::Push { dir, url, by, note })) => {
+            return push(&dir, &url, &by, &note).await
+        }
+        Some(Command::Operator(OperatorCmd::Hash)) => return hash_password(),
+        None => {}
     }
     firmware_config::runtime::run_main(
         "central",
@@ -63,6 +77,29 @@ async fn main() -> ExitCode {
         |cfg: CentralConfig, token| async move { central::start(cfg, token).await?.wait().await },
     )
     .await
+}
+
+fn hash_password() -> ExitCode {
+    let mut password = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut password) {
+        eprintln!("central operator hash: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.chars().count() < 8 {
+        eprintln!("central operator hash: a password has at least 8 characters");
+        return ExitCode::FAILURE;
+    }
+    match central::operators::hash_password(password) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("central operator hash: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn push(dir: &std::path::Path, url: &str, by: &str, note: &str) -> ExitCode {

@@ -18,9 +18,110 @@ pub fn central_toml(dir: &Path, broker_port: u16, http_port: u16) -> String {
         "[central]\nid = \"central-test\"\nname = \"Test central\"\n\
          [broker.embedded]\nlisten = \"127.0.0.1:{broker_port}\"\n\
          [storage]\ndir = \"{}\"\n\
-         [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
-        dir.join("central-data").display()
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n{}",
+        dir.join("central-data").display(),
+        operators_toml()
     )
+}
+
+/// The console logins of every test central: `admin`, `super` and `op` (administrator,
+/// supervisor, operator), each with the password [`operator_password`].
+pub fn operators_toml() -> &'static str {
+    static TOML: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOML.get_or_init(|| {
+        [("admin", "administrator"), ("super", "supervisor"), ("op", "operator")]
+            .iter()
+            .map(|(name, role)| {
+                let hash = central::operators::hash_password(&operator_password(name))
+                    .unwrap_or_default();
+                format!("\n[[operators]]\nname = \"{name}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n")
+            })
+            .collect()
+    })
+}
+
+pub fn operator_password(name: &str) -> String {
+    format!("{name}-password-1")
+}
+
+/// A signed-in console session: its cookie and CSRF token on every request.
+pub struct Console {
+    base: String,
+    cookie: String,
+    pub csrf: String,
+    client: reqwest::Client,
+}
+
+impl Console {
+    /// Logs `name` in (one of [`operators_toml`]'s).
+    pub async fn login(base: &str, name: &str) -> Result<Self> {
+        let client = reqwest::Client::new();
+        let r = client
+            .post(format!("{base}/api/v1/session"))
+            .json(&serde_json::json!({ "name": name, "password": operator_password(name) }))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "login {name}: {}", r.status());
+        let cookie = r
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_default()
+            .to_owned();
+        let v: serde_json::Value = r.json().await?;
+        Ok(Self {
+            base: base.to_owned(),
+            cookie,
+            csrf: v["csrf"].as_str().unwrap_or_default().to_owned(),
+            client,
+        })
+    }
+
+    /// A request with the session cookie and (for changes) the CSRF token.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let r = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.base))
+            .header(reqwest::header::COOKIE, &self.cookie);
+        if method == reqwest::Method::GET {
+            r
+        } else {
+            r.header("x-csrf-token", &self.csrf)
+        }
+    }
+
+    /// (status, JSON body or null).
+    pub async fn send(&self, r: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        match r.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(serde_json::Value::Null))
+            }
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(self.request(reqwest::Method::POST, path).json(&body))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(self.request(reqwest::Method::PUT, path).json(&body))
+            .await
+    }
+}
+
+impl TestCentral {
+    /// A console session of `name` on this central.
+    pub async fn console(&self, name: &str) -> Result<Console> {
+        Console::login(&self.url(""), name).await
+    }
 }
 
 /// TOML of a central using an external broker.
@@ -34,9 +135,10 @@ pub fn central_external_toml(
         "[central]\nid = \"central-test\"\nname = \"Test central\"\n\
          [broker.external]\nurl = \"{url}\"\n{}\
          [storage]\ndir = \"{}\"\n\
-         [http]\nlisten = \"127.0.0.1:{http_port}\"\n",
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n{}",
         tls_table("broker.external.tls", tls),
-        dir.join("central-data").display()
+        dir.join("central-data").display(),
+        operators_toml()
     )
 }
 

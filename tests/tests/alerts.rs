@@ -5,14 +5,14 @@
 
 use std::time::Duration;
 
-use gridedge_tests::services::{TestCentral, TestGateway};
+use gridedge_tests::services::{Console, TestCentral, TestGateway};
 use gridedge_tests::{
     camera_toml, eventually, init_test_logging, try_json, CameraOptions, Pattern, TestCamera,
 };
 use serde_json::{json, Value};
 
-async fn alert_with_key(central: &TestCentral, key: &str) -> Option<Value> {
-    let v = try_json(central.url("/api/v1/alerts?all=true")).await?;
+async fn alert_with_key(console: &Console, key: &str) -> Option<Value> {
+    let (_, v) = console.get("/api/v1/alerts?all=true").await;
     v["alerts"]
         .as_array()?
         .iter()
@@ -20,21 +20,11 @@ async fn alert_with_key(central: &TestCentral, key: &str) -> Option<Value> {
         .cloned()
 }
 
-async fn post(central: &TestCentral, path: &str, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(central.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_its_trail() {
     init_test_logging();
     let central = TestCentral::embedded().await.unwrap();
+    let op = central.console("op").await.unwrap();
     let mut cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
     let gw = TestGateway::start_with(
         "gw-alerts",
@@ -52,7 +42,9 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     .unwrap();
 
     // A console's live feed, open before anything happens.
-    let feed = reqwest::get(central.url("/api/v1/alerts/stream"))
+    let feed = op
+        .request(reqwest::Method::GET, "/api/v1/alerts/stream")
+        .send()
         .await
         .unwrap();
     assert_eq!(feed.headers()["content-type"], "text/event-stream");
@@ -77,7 +69,7 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     cam.stop();
     let t0 = std::time::Instant::now();
     let a = eventually("the camera's alert", Duration::from_secs(40), || {
-        alert_with_key(&central, key)
+        alert_with_key(&op, key)
     })
     .await
     .unwrap();
@@ -105,7 +97,7 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     .await
     .expect("the live feed pushes the new alert");
     assert_eq!(opened["alert"]["id"], id);
-    let all = try_json(central.url("/api/v1/alerts")).await.unwrap();
+    let (_, all) = op.get("/api/v1/alerts").await;
     assert_eq!(
         all["alerts"]
             .as_array()
@@ -116,25 +108,22 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
         1
     );
 
-    let (status, acked) = post(
-        &central,
-        &format!("/api/v1/alerts/{id}/ack"),
-        json!({"by": "op-wang"}),
-    )
-    .await;
+    let (status, acked) = op
+        .post(&format!("/api/v1/alerts/{id}/ack"), json!({}))
+        .await;
     assert_eq!(status, 200, "{acked}");
     assert_eq!(acked["acknowledged"], true);
-    let (status, _) = post(
-        &central,
-        &format!("/api/v1/alerts/{id}/assign"),
-        json!({"by": "op-wang", "to": "李网格员"}),
-    )
-    .await;
+    let (status, _) = op
+        .post(
+            &format!("/api/v1/alerts/{id}/assign"),
+            json!({"to": "李网格员"}),
+        )
+        .await;
     assert_eq!(status, 200);
 
     cam.restart().unwrap();
     let cleared = eventually("the alert cleared", Duration::from_secs(40), || async {
-        let a = alert_with_key(&central, key).await?;
+        let a = alert_with_key(&op, key).await?;
         (a["cleared"] == true).then_some(a)
     })
     .await
@@ -142,12 +131,12 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     assert_eq!(cleared["acknowledged"], true, "independent flags");
     assert_eq!(cleared["assignee"], "李网格员");
 
-    let (status, done) = post(
-        &central,
-        &format!("/api/v1/alerts/{id}/resolve"),
-        json!({"by": "op-wang", "note": "摄像头供电恢复"}),
-    )
-    .await;
+    let (status, done) = op
+        .post(
+            &format!("/api/v1/alerts/{id}/resolve"),
+            json!({"note": "摄像头供电恢复"}),
+        )
+        .await;
     assert_eq!(status, 200, "{done}");
     let trail: Vec<(String, String)> = done["audit"]
         .as_array()
@@ -172,26 +161,23 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
         ],
         "{trail:?}"
     );
-    assert_eq!(trail[1].1, "op-wang");
+    assert_eq!(trail[1].1, "op", "the signed-in operator");
     // Resolved: no longer in the queue, and no more actions.
-    let open = try_json(central.url("/api/v1/alerts")).await.unwrap();
+    let (_, open) = op.get("/api/v1/alerts").await;
     assert!(open["alerts"]
         .as_array()
         .unwrap()
         .iter()
         .all(|a| a["id"] != id));
-    let (status, _) = post(
-        &central,
-        &format!("/api/v1/alerts/{id}/ack"),
-        json!({"by": "op"}),
-    )
-    .await;
+    let (status, _) = op
+        .post(&format!("/api/v1/alerts/{id}/ack"), json!({}))
+        .await;
     assert_eq!(status, 409);
 
     // The gateway goes away: one critical alert for it.
     gw.stop().await.unwrap();
     let g = eventually("the gateway's alert", Duration::from_secs(10), || {
-        alert_with_key(&central, "gw-alerts#gateway.offline")
+        alert_with_key(&op, "gw-alerts#gateway.offline")
     })
     .await
     .unwrap();
@@ -199,7 +185,7 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
 
     // The health view: the gateway offline, its camera unknown (not offline), last known
     // streaming; the camera's history has its changes.
-    let health = try_json(central.url("/api/v1/health")).await.unwrap();
+    let (_, health) = op.get("/api/v1/health").await;
     let centre = health["centres"]
         .as_array()
         .unwrap()
@@ -216,9 +202,7 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
         health["street"]["cameras"].get("offline").is_none(),
         "{health}"
     );
-    let history = try_json(central.url("/api/v1/health/gw-alerts/camera/door/history"))
-        .await
-        .unwrap();
+    let (_, history) = op.get("/api/v1/health/gw-alerts/camera/door/history").await;
     let states: Vec<&str> = history["history"]
         .as_array()
         .unwrap()
@@ -232,57 +216,127 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
 }
 
 #[tokio::test]
-async fn operators_get_clear_errors_and_maintenance_and_roster_are_kept() {
+async fn operators_log_in_with_roles_and_csrf_and_get_clear_errors() {
     init_test_logging();
     let central = TestCentral::embedded().await.unwrap();
+    let anon = reqwest::Client::new();
+    // Not logged in: refused, and a wrong password too.
+    for path in [
+        "/api/v1/alerts",
+        "/api/v1/health",
+        "/api/v1/meetings",
+        "/api/v1/session",
+    ] {
+        let r = anon.get(central.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 401, "{path}");
+    }
+    let r = anon
+        .post(central.url("/api/v1/session"))
+        .json(&json!({"name": "op", "password": "guess-guess"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let op = central.console("op").await.unwrap();
+    let (status, me) = op.get("/api/v1/session").await;
+    assert_eq!((status, me["role"].clone()), (200, json!("operator")));
+    // A change without the CSRF token is refused, even with the session cookie.
+    let no_csrf = anon
+        .post(central.url("/api/v1/alerts/maintenance"))
+        .header(
+            reqwest::header::COOKIE,
+            op.request(reqwest::Method::GET, "/").build().unwrap().headers()[reqwest::header::COOKIE].clone(),
+        )
+        .json(&json!({"scope": "gw-1", "from": "2026-11-26T08:00:00Z", "until": "2099-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_csrf.status().as_u16(), 403);
+    let v: Value = no_csrf.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("CSRF"), "{v}");
+    // An operator may not set maintenance windows, the roster or meetings: a supervisor may.
+    let window = json!({"scope": "gw-1", "from": "2026-11-26T08:00:00Z", "until": "2099-01-01T00:00:00Z", "reason": "机房改造"});
+    let (status, v) = op.post("/api/v1/alerts/maintenance", window.clone()).await;
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("needs supervisor"),
+        "{v}"
+    );
+    let sup = central.console("super").await.unwrap();
     let bad = [
-        ("/api/v1/alerts/99/ack", json!({"by": "op"}), 404),
-        ("/api/v1/alerts/99/ack", json!({}), 400),
-        ("/api/v1/alerts/99/explode", json!({"by": "op"}), 400),
+        ("/api/v1/alerts/99/ack", json!({}), 404),
+        ("/api/v1/alerts/99/ack", json!({"by": "someone else"}), 400),
+        ("/api/v1/alerts/99/explode", json!({}), 400),
         (
             "/api/v1/alerts/maintenance",
-            json!({"scope": "gw-1", "from": "2026-11-26T10:00:00Z", "until": "2026-11-26T09:00:00Z", "by": "op"}),
+            json!({"scope": "gw-1", "from": "2026-11-26T10:00:00Z", "until": "2026-11-26T09:00:00Z"}),
             400,
         ),
         (
             "/api/v1/alerts/maintenance",
-            json!({"scope": "gw-1", "from": "yesterday", "until": "2026-11-26T09:00:00Z", "by": "op"}),
+            json!({"scope": "gw-1", "from": "yesterday", "until": "2026-11-26T09:00:00Z"}),
             400,
         ),
     ];
     for (path, body, want) in bad {
-        let (status, v) = post(&central, path, body.clone()).await;
+        let (status, v) = sup.post(path, body.clone()).await;
         assert_eq!(status, want, "{path} {body}: {v}");
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
-    let (status, m) = post(
-        &central,
-        "/api/v1/alerts/maintenance",
-        json!({"scope": "gw-1", "from": "2026-11-26T08:00:00Z", "until": "2099-01-01T00:00:00Z", "reason": "机房改造", "by": "admin"}),
-    )
-    .await;
+    let (status, m) = sup.post("/api/v1/alerts/maintenance", window).await;
     assert_eq!(status, 201, "{m}");
-    let r = reqwest::Client::new()
-        .put(central.url("/api/v1/alerts/roster"))
-        .json(&json!([{"scope": "command", "name": "", "phone": "1", "from_minute": 0, "until_minute": 0}]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400);
-    let r = reqwest::Client::new()
-        .put(central.url("/api/v1/alerts/roster"))
-        .json(&json!([{"scope": "command", "name": "值班长", "phone": "010-12345678", "from_minute": 0, "until_minute": 0}]))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-    let w = try_json(central.url("/api/v1/alerts/maintenance"))
-        .await
-        .unwrap();
+    assert_eq!(m["by"], "super");
+    let (status, _) = sup
+        .put(
+            "/api/v1/alerts/roster",
+            json!([{"scope": "command", "name": "", "phone": "1", "from_minute": 0, "until_minute": 0}]),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = sup
+        .put(
+            "/api/v1/alerts/roster",
+            json!([{"scope": "command", "name": "值班长", "phone": "010-12345678", "from_minute": 0, "until_minute": 0}]),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, w) = op.get("/api/v1/alerts/maintenance").await;
     assert_eq!(w["maintenance"][0]["reason"], "机房改造");
-    let roster = try_json(central.url("/api/v1/alerts/roster"))
-        .await
-        .unwrap();
+    let (_, roster) = op.get("/api/v1/alerts/roster").await;
     assert_eq!(roster["roster"][0]["name"], "值班长");
+    // Every action is audited; the trail is for administrators.
+    let (status, _) = sup.get("/api/v1/operators/audit").await;
+    assert_eq!(status, 403);
+    let admin = central.console("admin").await.unwrap();
+    let (_, audit) = admin.get("/api/v1/operators/audit").await;
+    let actions: Vec<(String, String)> = audit["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["who"].as_str().unwrap().to_owned(),
+                e["action"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for want in [
+        ("super", "roster.set"),
+        ("super", "maintenance.add"),
+        ("op", "login"),
+        ("op", "login refused"),
+    ] {
+        assert!(
+            actions.iter().any(|(w, a)| w == want.0 && a == want.1),
+            "{want:?} in {actions:?}"
+        );
+    }
+    // Logged out: the cookie no longer works.
+    let (status, _) = op
+        .send(op.request(reqwest::Method::DELETE, "/api/v1/session"))
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = op.get("/api/v1/alerts").await;
+    assert_eq!(status, 401);
     central.stop().await.unwrap();
 }

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use gridedge_tests::services::{TestCentral, TestGateway};
+use gridedge_tests::services::{Console, TestCentral, TestGateway};
 use gridedge_tests::terminals::{terminal_token, terminal_toml};
-use gridedge_tests::{eventually, init_test_logging, try_json, Mosquitto};
+use gridedge_tests::{eventually, init_test_logging, Mosquitto};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -18,19 +18,13 @@ fn at(secs_from_now: i64) -> String {
         .unwrap()
 }
 
-async fn book(central: &TestCentral, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(central.url("/api/v1/meetings"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+async fn book(console: &Console, body: Value) -> (u16, Value) {
+    console.post("/api/v1/meetings", body).await
 }
 
 fn booking(title: &str, starts: i64, ends: i64) -> Value {
     json!({"kind": "petition", "title": title, "starts": at(starts), "ends": at(ends),
-           "room": "https://meet.example/r/8801", "by": "op-zhao",
+           "room": "https://meet.example/r/8801",
            "invitees": [{"gateway": "gw-meet", "terminal": "vt-1"}]})
 }
 
@@ -65,12 +59,12 @@ async fn answer(gw: &TestGateway, meeting: &str, a: &str) -> u16 {
         .as_u16()
 }
 
-async fn invitee_state(central: &TestCentral, id: &str, want: &str) -> Value {
+async fn invitee_state(console: &Console, id: &str, want: &str) -> Value {
     eventually(
         &format!("the invitee {want}"),
         Duration::from_secs(15),
         || async {
-            let m = try_json(central.url(&format!("/api/v1/meetings/{id}"))).await?;
+            let (_, m) = console.get(&format!("/api/v1/meetings/{id}")).await;
             (m["invitees"][0]["state"] == want).then_some(m)
         },
     )
@@ -84,6 +78,7 @@ async fn a_meeting_reaches_the_terminal_is_answered_moved_and_cancelled() {
     // On Mosquitto: it keeps the gateway's session and queues commands while it is away.
     let broker = Mosquitto::start().unwrap();
     let central = TestCentral::external(&broker.url(), None).await.unwrap();
+    let sup = central.console("super").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let extra = terminal_toml(
         dir.path(),
@@ -122,12 +117,12 @@ async fn a_meeting_reaches_the_terminal_is_answered_moved_and_cancelled() {
             "invitees",
         ),
     ] {
-        let (status, v) = book(&central, body).await;
+        let (status, v) = book(&sup, body).await;
         assert_eq!(status, 400, "{v}");
         assert!(v["error"].as_str().unwrap().contains(want), "{v}");
     }
 
-    let (status, m) = book(&central, booking("远程接访：红星社区", 60, 3600)).await;
+    let (status, m) = book(&sup, booking("远程接访：红星社区", 60, 3600)).await;
     assert_eq!(status, 201, "{m}");
     let id = m["id"].as_str().unwrap().to_owned();
     assert_eq!(m["invitees"][0]["state"], "invited");
@@ -147,9 +142,9 @@ async fn a_meeting_reaches_the_terminal_is_answered_moved_and_cancelled() {
     assert_eq!(invs[0]["revision"], 1);
 
     assert_eq!(answer(&gw, &id, "accepted").await, 202);
-    invitee_state(&central, &id, "accepted").await;
+    invitee_state(&sup, &id, "accepted").await;
     assert_eq!(answer(&gw, &id, "joined").await, 202);
-    let m = invitee_state(&central, &id, "joined").await;
+    let m = invitee_state(&sup, &id, "joined").await;
     assert_eq!(m["invitees"][0]["attended"], true);
     assert_eq!(answer(&gw, &id, "waved").await, 400);
     assert_eq!(answer(&gw, "nope", "joined").await, 404);
@@ -174,13 +169,13 @@ async fn a_meeting_reaches_the_terminal_is_answered_moved_and_cancelled() {
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = reqwest::Client::new()
-        .post(central.url(&format!("/api/v1/meetings/{id}/reschedule")))
-        .json(&json!({"by": "op-zhao", "starts": at(7200), "ends": at(9000)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (status, _) = sup
+        .post(
+            &format!("/api/v1/meetings/{id}/reschedule"),
+            json!({"starts": at(7200), "ends": at(9000)}),
+        )
+        .await;
+    assert_eq!(status, 200);
     let (waited, v) = waiting.await.unwrap();
     assert!(
         waited < Duration::from_secs(10),
@@ -189,13 +184,10 @@ async fn a_meeting_reaches_the_terminal_is_answered_moved_and_cancelled() {
     assert_eq!(v["invitations"][0]["revision"], 2, "{v}");
 
     // Cancelled: the terminal sees it, and can no longer answer.
-    let r = reqwest::Client::new()
-        .post(central.url(&format!("/api/v1/meetings/{id}/cancel")))
-        .json(&json!({"by": "op-zhao"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (status, _) = sup
+        .post(&format!("/api/v1/meetings/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 200);
     eventually(
         "the cancellation at the terminal",
         Duration::from_secs(10),
@@ -207,20 +199,21 @@ async fn a_meeting_reaches_the_terminal_is_answered_moved_and_cancelled() {
     .await
     .unwrap();
     assert_eq!(answer(&gw, &id, "joined").await, 409);
-    let r = reqwest::Client::new()
-        .post(central.url(&format!("/api/v1/meetings/{id}/cancel")))
-        .json(&json!({"by": "op-zhao"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 409);
+    let (status, _) = sup
+        .post(&format!("/api/v1/meetings/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(status, 409);
+    // An operator sees meetings but may not book them.
+    let op = central.console("op").await.unwrap();
+    assert_eq!(op.get(&format!("/api/v1/meetings/{id}")).await.0, 200);
+    assert_eq!(book(&op, booking("x", 60, 120)).await.0, 403);
 
     // The gateway away: a meeting that will still be on reaches the terminal once it is back
     // (the broker queues the invitation); one that ended meanwhile never shows.
     gw.stop().await.unwrap();
-    let (status, on) = book(&central, booking("网上巡查", 600, 3600)).await;
+    let (status, on) = book(&sup, booking("网上巡查", 600, 3600)).await;
     assert_eq!(status, 201, "{on}");
-    let (status, over) = book(&central, booking("调度：已过时", 0, 3)).await;
+    let (status, over) = book(&sup, booking("调度：已过时", 0, 3)).await;
     assert_eq!(status, 201, "{over}");
     tokio::time::sleep(Duration::from_secs(4)).await;
     let gw = TestGateway::start_with("gw-meet", &broker.url(), None, &extra)

@@ -12,52 +12,33 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use super::session::{Operator, Refusal};
 use crate::alerts::{AlertError, Duty};
+use crate::operators::Role;
 use crate::Shared;
 
-/// A refusal: its status and what was wrong.
-pub struct Problem(StatusCode, String);
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
-
 fn error(status: StatusCode, m: impl Into<String>) -> Response {
-    Problem(status, m.into()).into_response()
+    Refusal(status, m.into()).into_response()
 }
 
-impl From<AlertError> for Problem {
+impl From<AlertError> for Refusal {
     fn from(e: AlertError) -> Self {
         let status = match e {
             AlertError::NoSuchAlert(_) => StatusCode::NOT_FOUND,
             AlertError::Resolved(_) => StatusCode::CONFLICT,
             AlertError::Invalid(_) => StatusCode::BAD_REQUEST,
         };
-        Problem(status, e.to_string())
+        Refusal(status, e.to_string())
     }
 }
 
 fn alert_error(e: AlertError) -> Response {
-    Problem::from(e).into_response()
+    Refusal::from(e).into_response()
 }
 
-fn body<T>(req: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+fn body<T>(req: Result<Json<T>, JsonRejection>) -> Result<T, Refusal> {
     req.map(|Json(b)| b)
-        .map_err(|e| Problem(StatusCode::BAD_REQUEST, e.body_text()))
-}
-
-/// Who did it: required, as every action is audited.
-fn who(by: &str) -> Result<String, Problem> {
-    let by = by.trim();
-    if by.is_empty() || by.chars().count() > 64 {
-        return Err(Problem(
-            StatusCode::BAD_REQUEST,
-            "by: who does it, 1 to 64 characters".into(),
-        ));
-    }
-    Ok(by.to_owned())
+        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
 #[derive(Deserialize)]
@@ -69,6 +50,7 @@ pub struct ListQuery {
 /// `GET /api/v1/alerts[?all=true]`: open alerts (or every one), newest first, with counts.
 pub async fn list(
     State(shared): State<Arc<Shared>>,
+    _op: Operator,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
@@ -88,7 +70,15 @@ pub async fn list(
 }
 
 /// `GET /api/v1/alerts/{id}`.
-pub async fn one(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
+pub async fn one(
+    State(shared): State<Arc<Shared>>,
+    _op: Operator,
+    Path(id): Path<u64>,
+) -> Response {
+    alert_response(&shared, id)
+}
+
+fn alert_response(shared: &Shared, id: u64) -> Response {
     match shared.alerts.engine().get(id) {
         Some(a) => Json(json!(a)).into_response(),
         None => alert_error(AlertError::NoSuchAlert(id)),
@@ -98,7 +88,6 @@ pub async fn one(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Resp
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Action {
-    by: String,
     /// `assign`: to whom.
     #[serde(default)]
     to: String,
@@ -107,9 +96,11 @@ pub struct Action {
     note: String,
 }
 
-/// `POST /api/v1/alerts/{id}/{ack|assign|note|resolve}` with `{"by", "to"?, "note"?}`.
+/// `POST /api/v1/alerts/{id}/{ack|assign|note|resolve}` with `{"to"?, "note"?}`, by the
+/// signed-in operator.
 pub async fn act(
     State(shared): State<Arc<Shared>>,
+    op: Operator,
     Path((id, action)): Path<(u64, String)>,
     req: Result<Json<Action>, JsonRejection>,
 ) -> Response {
@@ -117,10 +108,7 @@ pub async fn act(
         Ok(a) => a,
         Err(r) => return r.into_response(),
     };
-    let by = match who(&a.by) {
-        Ok(b) => b,
-        Err(r) => return r.into_response(),
-    };
+    let by = op.0.name.clone();
     let now = OffsetDateTime::now_utc();
     let result = shared.alerts.apply(|e| {
         let r = match action.as_str() {
@@ -138,7 +126,12 @@ pub async fn act(
         }
     });
     match result {
-        Ok(()) => one(State(shared), Path(id)).await,
+        Ok(()) => {
+            shared
+                .operators
+                .record(&by, &format!("alert.{action}"), &id.to_string());
+            alert_response(&shared, id)
+        }
         Err(e) => alert_error(e),
     }
 }
@@ -153,26 +146,26 @@ pub struct NewWindow {
     until: OffsetDateTime,
     #[serde(default)]
     reason: String,
-    by: String,
 }
 
 /// `GET /api/v1/alerts/maintenance`.
-pub async fn maintenance(State(shared): State<Arc<Shared>>) -> Response {
+pub async fn maintenance(State(shared): State<Arc<Shared>>, _op: Operator) -> Response {
     Json(json!({ "maintenance": shared.alerts.engine().maintenance() })).into_response()
 }
 
-/// `POST /api/v1/alerts/maintenance {"scope","from","until","reason","by"}`: silences the
+/// `POST /api/v1/alerts/maintenance {"scope","from","until","reason"}` (supervisors): silences the
 /// alerts of a gateway (and its devices) or of one device for that time.
 pub async fn add_maintenance(
     State(shared): State<Arc<Shared>>,
+    op: Operator,
     req: Result<Json<NewWindow>, JsonRejection>,
 ) -> Response {
-    let w = match body(req) {
-        Ok(w) => w,
+    let by = match op.require(Role::Supervisor) {
+        Ok(s) => s.name.clone(),
         Err(r) => return r.into_response(),
     };
-    let by = match who(&w.by) {
-        Ok(b) => b,
+    let w = match body(req) {
+        Ok(w) => w,
         Err(r) => return r.into_response(),
     };
     let added = shared
@@ -182,6 +175,9 @@ pub async fn add_maintenance(
     match added {
         Ok(m) => {
             shared.alerts.store_settings();
+            shared
+                .operators
+                .record(&by, "maintenance.add", &format!("{} {}", m.id, m.scope));
             tracing::info!(scope = %m.scope, id = m.id, by = %by, "maintenance window");
             (StatusCode::CREATED, Json(json!(m))).into_response()
         }
@@ -190,9 +186,20 @@ pub async fn add_maintenance(
 }
 
 /// `DELETE /api/v1/alerts/maintenance/{id}`: ends a window now.
-pub async fn end_maintenance(State(shared): State<Arc<Shared>>, Path(id): Path<u64>) -> Response {
+pub async fn end_maintenance(
+    State(shared): State<Arc<Shared>>,
+    op: Operator,
+    Path(id): Path<u64>,
+) -> Response {
+    let by = match op.require(Role::Supervisor) {
+        Ok(s) => s.name.clone(),
+        Err(r) => return r.into_response(),
+    };
     if shared.alerts.engine().end_maintenance(id) {
         shared.alerts.store_settings();
+        shared
+            .operators
+            .record(&by, "maintenance.end", &id.to_string());
         StatusCode::NO_CONTENT.into_response()
     } else {
         error(StatusCode::NOT_FOUND, format!("no maintenance window {id}"))
@@ -200,7 +207,7 @@ pub async fn end_maintenance(State(shared): State<Arc<Shared>>, Path(id): Path<u
 }
 
 /// `GET /api/v1/alerts/roster`.
-pub async fn roster(State(shared): State<Arc<Shared>>) -> Response {
+pub async fn roster(State(shared): State<Arc<Shared>>, _op: Operator) -> Response {
     Json(json!({ "roster": shared.alerts.engine().roster() })).into_response()
 }
 
@@ -208,8 +215,13 @@ pub async fn roster(State(shared): State<Arc<Shared>>) -> Response {
 /// "until_minute"}]`: replaces the duty roster.
 pub async fn set_roster(
     State(shared): State<Arc<Shared>>,
+    op: Operator,
     req: Result<Json<Vec<Duty>>, JsonRejection>,
 ) -> Response {
+    let by = match op.require(Role::Supervisor) {
+        Ok(s) => s.name.clone(),
+        Err(r) => return r.into_response(),
+    };
     let roster = match body(req) {
         Ok(r) => r,
         Err(r) => return r.into_response(),
@@ -228,8 +240,12 @@ pub async fn set_roster(
             );
         }
     }
+    let n = roster.len();
     shared.alerts.engine().set_roster(roster);
     shared.alerts.store_settings();
+    shared
+        .operators
+        .record(&by, "roster.set", &format!("{n} duties"));
     roster_response(&shared)
 }
 
@@ -241,7 +257,7 @@ fn roster_response(shared: &Shared) -> Response {
 /// `data`: the change and the alert as it is now), so a console updates without reloading.
 /// A client that falls behind is told (`event: lagged`) and should reload the list. The stream
 /// ends when central stops.
-pub async fn stream(State(shared): State<Arc<Shared>>) -> Response {
+pub async fn stream(State(shared): State<Arc<Shared>>, _op: Operator) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     let rx = shared.alerts.changes.subscribe();
     let events = futures::stream::unfold((rx, shared), |(mut rx, shared)| async move {

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::session::Operator;
 use crate::Shared;
 
 fn error(status: StatusCode, m: impl Into<String>) -> Response {
@@ -16,7 +17,7 @@ fn error(status: StatusCode, m: impl Into<String>) -> Response {
 
 /// `GET /api/v1/health`: every gateway, camera and terminal, rolled up per centre, per area
 /// and for the street.
-pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
+pub async fn health(State(shared): State<Arc<Shared>>, _op: Operator) -> Response {
     use crate::registry::health;
     let gateways = shared.registry().views(std::time::Instant::now());
     let cameras = shared
@@ -49,6 +50,7 @@ pub async fn health(State(shared): State<Arc<Shared>>) -> Response {
 /// `GET /api/v1/health/{gateway}/{kind}/{id}/history`: a camera's or terminal's last changes.
 pub async fn device_history(
     State(shared): State<Arc<Shared>>,
+    _op: Operator,
     Path((gateway, kind, id)): Path<(String, String, String)>,
 ) -> Response {
     if kind != "camera" && kind != "terminal" {

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
+use super::session::Operator;
 use crate::meetings::{self, Booking};
+use crate::operators::Role;
 use crate::Shared;
 
 fn error(status: StatusCode, m: impl Into<String>) -> Response {
@@ -31,34 +33,46 @@ fn refusal(e: String) -> Response {
 }
 
 /// `GET /api/v1/meetings`: every meeting, soonest first, with each invitee's state.
-pub async fn list(State(shared): State<Arc<Shared>>) -> Response {
+pub async fn list(State(shared): State<Arc<Shared>>, _op: Operator) -> Response {
     Json(json!({ "meetings": shared.meetings.list() })).into_response()
 }
 
 /// `GET /api/v1/meetings/{id}`.
-pub async fn one(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+pub async fn one(
+    State(shared): State<Arc<Shared>>,
+    _op: Operator,
+    Path(id): Path<String>,
+) -> Response {
     match shared.meetings.get(&id) {
         Some(m) => Json(json!(m)).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no meeting {id:?}")),
     }
 }
 
-/// `POST /api/v1/meetings {"kind","title","starts","ends","room","invitees":[{"gateway","terminal"}],"by"}`:
-/// 201; each invited terminal's gateway is sent the invitation.
+/// `POST /api/v1/meetings {"kind","title","starts","ends","room","invitees":[{"gateway","terminal"}]}`
+/// (supervisors): 201; each invited terminal's gateway is sent the invitation.
 pub async fn book(
     State(shared): State<Arc<Shared>>,
+    op: Operator,
     req: Result<Json<Booking>, JsonRejection>,
 ) -> Response {
+    let by = match op.require(Role::Supervisor) {
+        Ok(s) => s.name.clone(),
+        Err(r) => return r.into_response(),
+    };
     let b = match req {
         Ok(Json(b)) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
     let s = shared.clone();
+    let who = by.clone();
     let booked =
-        tokio::task::spawn_blocking(move || s.meetings.book(b, OffsetDateTime::now_utc())).await;
+        tokio::task::spawn_blocking(move || s.meetings.book(b, &who, OffsetDateTime::now_utc()))
+            .await;
     match booked {
         Ok(Ok(m)) => {
             meetings::dispatch(&shared, &m);
+            shared.operators.record(&by, "meeting.book", &m.id);
             tracing::info!(meeting = %m.id, invitees = m.invitees.len(), "meeting booked");
             (StatusCode::CREATED, Json(json!(m))).into_response()
         }
@@ -70,7 +84,6 @@ pub async fn book(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Change {
-    by: String,
     #[serde(default, with = "time::serde::rfc3339::option")]
     starts: Option<OffsetDateTime>,
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -79,10 +92,12 @@ pub struct Change {
     room: Option<String>,
 }
 
-/// `POST /api/v1/meetings/{id}/reschedule {"starts","ends","room"?,"by"}` and
-/// `POST /api/v1/meetings/{id}/cancel {"by"}`: the change reaches every invited terminal.
+/// `POST /api/v1/meetings/{id}/reschedule {"starts","ends","room"?}` and
+/// `POST /api/v1/meetings/{id}/cancel {}` (supervisors): the change reaches every invited
+/// terminal.
 pub async fn change(
     State(shared): State<Arc<Shared>>,
+    op: Operator,
     Path((id, action)): Path<(String, String)>,
     req: Result<Json<Change>, JsonRejection>,
 ) -> Response {
@@ -90,15 +105,18 @@ pub async fn change(
         Ok(Json(c)) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    if c.by.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "by: who changes it");
-    }
+    let by = match op.require(Role::Supervisor) {
+        Ok(s) => s.name.clone(),
+        Err(r) => return r.into_response(),
+    };
     let now = OffsetDateTime::now_utc();
     let s = shared.clone();
+    let who = by.clone();
+    let target = format!("{id} {action}");
     let changed = tokio::task::spawn_blocking(move || {
         s.meetings.change(
             &id,
-            &c.by,
+            &who,
             |m| match action.as_str() {
                 "reschedule" => match (c.starts, c.ends) {
                     (Some(a), Some(b)) => meetings::reschedule(m, a, b, c.room, now),
@@ -119,6 +137,7 @@ pub async fn change(
     match changed {
         Ok(Ok(m)) => {
             meetings::dispatch(&shared, &m);
+            shared.operators.record(&by, "meeting.change", &target);
             Json(json!(m)).into_response()
         }
         Ok(Err(e)) => refusal(e),

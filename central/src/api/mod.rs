@@ -21,6 +21,7 @@ pub mod cases;
 pub mod health;
 pub mod masterdata;
 pub mod meetings;
+pub mod session;
 pub mod shares;
 pub mod terminals;
 
@@ -38,6 +39,13 @@ pub fn router(shared: Arc<Shared>) -> Router {
             ),
         )
         .route("/api/v1/masterdata/versions", get(masterdata::versions))
+        .route(
+            "/api/v1/session",
+            get(session::whoami)
+                .post(session::login)
+                .delete(session::logout),
+        )
+        .route("/api/v1/operators/audit", get(session::audit))
         .route("/api/v1/meetings", get(meetings::list).post(meetings::book))
         .route("/api/v1/meetings/{id}", get(meetings::one))
         .route("/api/v1/meetings/{id}/{action}", post(meetings::change))

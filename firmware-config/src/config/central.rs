@@ -26,6 +26,25 @@ pub struct CentralConfig {
     pub relay: Relay,
     #[serde(default)]
     pub alerts: AlertPolicy,
+    /// Who may log in to the operator console.
+    #[serde(default)]
+    pub operators: Vec<OperatorAccount>,
+}
+
+/// Operator roles, each allowed what the one before is and more.
+pub const OPERATOR_ROLES: [&str; 3] = ["operator", "supervisor", "administrator"];
+
+/// One login of the operator console.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorAccount {
+    /// The login name.
+    pub name: String,
+    /// `operator` (sees everything, handles alerts), `supervisor` (also maintenance, the duty
+    /// roster, meetings), `administrator` (everything).
+    pub role: String,
+    /// Argon2id PHC string, as `central operator hash` prints it; never the password itself.
+    pub password_hash: String,
 }
 
 /// When unacknowledged alerts are escalated, and the street's clock for the duty roster.
@@ -286,6 +305,25 @@ impl Document for CentralConfig {
                 Duration::from_secs(1),
                 Duration::from_secs(7 * 24 * 3600),
             );
+        }
+        v.unique_ids("operators", self.operators.iter().map(|o| o.name.as_str()));
+        for (i, o) in self.operators.iter().enumerate() {
+            v.id(&format!("operators[{i}].name"), &o.name);
+            if !OPERATOR_ROLES.contains(&o.role.as_str()) {
+                v.error(
+                    &format!("operators[{i}].role"),
+                    format!(
+                        "{:?} is not a role; use operator, supervisor or administrator",
+                        o.role
+                    ),
+                );
+            }
+            if !o.password_hash.starts_with("$argon2id$") {
+                v.error(
+                    &format!("operators[{i}].password_hash"),
+                    "an Argon2id hash ($argon2id$…) from `central operator hash`, not a password",
+                );
+            }
         }
         if super::gateway::parse_utc_offset(&self.alerts.utc_offset).is_none() {
             v.error(

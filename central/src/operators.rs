@@ -1,0 +1,272 @@
+//! Operators of the console: their logins (Argon2id hashes from central's config), sessions
+//! (a random cookie and a CSRF token each, ended after `IDLE` without use), roles, and the
+//! audit trail of everything they do.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use base64::Engine as _;
+use firmware_config::config::central::OperatorAccount;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A session unused this long ends.
+pub const IDLE: Duration = Duration::from_secs(12 * 3600);
+pub const COOKIE: &str = "gridedge_session";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Operator,
+    Supervisor,
+    Administrator,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "operator" => Some(Role::Operator),
+            "supervisor" => Some(Role::Supervisor),
+            "administrator" => Some(Role::Administrator),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Supervisor => "supervisor",
+            Role::Administrator => "administrator",
+        }
+    }
+}
+
+/// Who is signed in on a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct Signed {
+    pub name: String,
+    pub role: Role,
+    pub csrf: String,
+}
+
+#[derive(Debug)]
+struct Session {
+    signed: Signed,
+    last_used: Instant,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub who: String,
+    pub action: String,
+    pub target: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LoginError {
+    #[error("wrong name or password")]
+    Refused,
+}
+
+/// Hashes a password for central's config (`central operator hash`).
+pub fn hash_password(password: &str) -> Result<String, String> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}
+
+pub struct Operators {
+    accounts: HashMap<String, (Role, String)>,
+    /// Checked against when the name is unknown, so names cannot be probed by timing.
+    dummy: String,
+    next: std::sync::atomic::AtomicU64,
+    sessions: Mutex<HashMap<String, Session>>,
+    audit: sled::Tree,
+}
+
+fn token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Operators {
+    pub fn new(accounts: &[OperatorAccount], db: &sled::Db) -> Result<Self, String> {
+        let accounts = accounts
+            .iter()
+            .filter_map(|a| {
+                Some((
+                    a.name.clone(),
+                    (Role::parse(&a.role)?, a.password_hash.clone()),
+                ))
+            })
+            .collect();
+        Ok(Self {
+            accounts,
+            dummy: hash_password(&token())?,
+            next: std::sync::atomic::AtomicU64::new(0),
+            sessions: Mutex::default(),
+            audit: db.open_tree("operator_audit").map_err(|e| e.to_string())?,
+        })
+    }
+
+    pub fn has_accounts(&self) -> bool {
+        !self.accounts.is_empty()
+    }
+
+    /// Checks a password (deliberately slow: call off the async workers) and opens a session:
+    /// its cookie value and who it is.
+    pub fn login(
+        &self,
+        name: &str,
+        password: &str,
+        now: Instant,
+    ) -> Result<(String, Signed), LoginError> {
+        let (role, hash) = match self.accounts.get(name) {
+            Some((r, h)) => (Some(*r), h.as_str()),
+            None => (None, self.dummy.as_str()),
+        };
+        let ok = PasswordHash::new(hash)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        let (true, Some(role)) = (ok, role) else {
+            self.record(name, "login refused", "");
+            return Err(LoginError::Refused);
+        };
+        let signed = Signed {
+            name: name.to_owned(),
+            role,
+            csrf: token(),
+        };
+        let cookie = token();
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions.retain(|_, s| now.saturating_duration_since(s.last_used) < IDLE);
+        sessions.insert(
+            cookie.clone(),
+            Session {
+                signed: signed.clone(),
+                last_used: now,
+            },
+        );
+        drop(sessions);
+        self.record(name, "login", role.as_str());
+        Ok((cookie, signed))
+    }
+
+    /// The session of a cookie value, if it is live (and marks it used).
+    pub fn session(&self, cookie: &str, now: Instant) -> Option<Signed> {
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        let s = sessions.get_mut(cookie)?;
+        if now.saturating_duration_since(s.last_used) >= IDLE {
+            sessions.remove(cookie);
+            return None;
+        }
+        s.last_used = now;
+        Some(s.signed.clone())
+    }
+
+    pub fn logout(&self, cookie: &str) {
+        let removed = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cookie);
+        if let Some(s) = removed {
+            self.record(&s.signed.name, "logout", "");
+        }
+    }
+
+    /// Appends to the operators' audit trail.
+    pub fn record(&self, who: &str, action: &str, target: &str) {
+        let e = AuditEntry {
+            at: OffsetDateTime::now_utc(),
+            who: who.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+        };
+        // Time first (entries in order), then a counter (two in the same nanosecond).
+        let mut key = (e.at.unix_timestamp_nanos() as u128).to_be_bytes().to_vec();
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        key.extend_from_slice(&n.to_be_bytes());
+        match serde_json::to_vec(&e) {
+            Ok(v) => {
+                if let Err(err) = self.audit.insert(key, v) {
+                    tracing::error!(error = %err, "cannot record an operator action");
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "cannot encode an operator action"),
+        }
+    }
+
+    /// The newest `limit` entries, newest first.
+    pub fn audit(&self, limit: usize) -> Vec<AuditEntry> {
+        self.audit
+            .iter()
+            .rev()
+            .take(limit)
+            .filter_map(|kv| kv.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn operators() -> (Operators, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let accounts = vec![OperatorAccount {
+            name: "wang".into(),
+            role: "supervisor".into(),
+            password_hash: hash_password("correct horse").unwrap(),
+        }];
+        (Operators::new(&accounts, &db).unwrap(), dir)
+    }
+
+    #[test]
+    fn a_password_opens_a_session_that_ends_when_idle_or_logged_out() {
+        let (ops, _dir) = operators();
+        let t0 = Instant::now();
+        assert!(matches!(
+            ops.login("wang", "wrong", t0),
+            Err(LoginError::Refused)
+        ));
+        assert!(matches!(
+            ops.login("nobody", "correct horse", t0),
+            Err(LoginError::Refused)
+        ));
+        let (cookie, signed) = ops.login("wang", "correct horse", t0).unwrap();
+        assert_eq!(signed.role, Role::Supervisor);
+        assert!(signed.csrf.len() >= 40 && cookie.len() >= 40 && cookie != signed.csrf);
+        assert_eq!(
+            ops.session(&cookie, t0 + Duration::from_secs(60))
+                .unwrap()
+                .name,
+            "wang"
+        );
+        assert!(ops
+            .session(&cookie, t0 + Duration::from_secs(60) + IDLE)
+            .is_none());
+        let (cookie, _) = ops.login("wang", "correct horse", t0).unwrap();
+        ops.logout(&cookie);
+        assert!(ops.session(&cookie, t0).is_none());
+        let actions: Vec<String> = ops.audit(10).into_iter().map(|e| e.action).collect();
+        assert_eq!(
+            actions,
+            ["logout", "login", "login", "login refused", "login refused"]
+        );
+        assert!(Role::Administrator > Role::Supervisor && Role::Supervisor > Role::Operator);
+    }
+}
