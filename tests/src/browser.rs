@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use anyhow::Context as _;
+
 use crate::{workspace_root, Result};
 
 /// One `<video data-camera>` of a page.
@@ -100,4 +102,65 @@ pub fn use_kiosk(url: &str, wait_for: &str, timeout: Duration) -> Result<serde_j
         ],
     )?;
     Ok(report)
+}
+
+/// The operator console in headless Chromium, driven step by step (`tests/browser/console.mjs`)
+/// so that a test can change the world between steps.
+pub struct ConsoleDriver {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl ConsoleDriver {
+    pub fn start() -> Result<Self> {
+        let dir = workspace_root().join("tests/browser");
+        anyhow::ensure!(
+            dir.join("node_modules/playwright-core").exists(),
+            "playwright-core is not installed: run deploy/bootstrap.sh"
+        );
+        let mut child = tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .arg("console.mjs")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let stdin = child.stdin.take().context("no stdin")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        use tokio::io::AsyncBufReadExt as _;
+        Ok(Self {
+            child,
+            stdin,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// One step; its answer (`ok` false with an `error` when it failed).
+    pub async fn step(&mut self, command: serde_json::Value) -> Result<serde_json::Value> {
+        use tokio::io::AsyncWriteExt as _;
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        let line = tokio::time::timeout(Duration::from_secs(90), self.lines.next_line())
+            .await
+            .context("the console driver did not answer")??
+            .context("the console driver ended")?;
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// A step that must succeed.
+    pub async fn must(&mut self, command: serde_json::Value) -> serde_json::Value {
+        let what = command.to_string();
+        let v = self.step(command).await.expect("the console driver runs");
+        assert_eq!(v["ok"], true, "{what}: {v}");
+        v
+    }
+
+    /// Closes the browser (the script prints nothing for `quit`: it just ends).
+    pub async fn quit(mut self) {
+        use tokio::io::AsyncWriteExt as _;
+        let _ = self.stdin.write_all(b"{\"do\":\"quit\"}\n").await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
 }

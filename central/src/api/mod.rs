@@ -46,6 +46,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 .delete(session::logout),
         )
         .route("/api/v1/operators/audit", get(session::audit))
+        .route("/console", get(console_page))
         .route("/api/v1/meetings", get(meetings::list).post(meetings::book))
         .route("/api/v1/meetings/{id}", get(meetings::one))
         .route("/api/v1/meetings/{id}/{action}", post(meetings::change))
@@ -267,4 +268,9 @@ async fn camera_snapshot(
         jpeg,
     )
         .into_response()
+}
+
+/// `GET /console`: the operator console (it logs in through `/api/v1/session`).
+async fn console_page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("console.html"))
 }
