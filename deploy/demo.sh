@@ -29,6 +29,11 @@ for p in "$BROKER_PORT" "$CENTRAL_PORT" "$GATEWAY_PORT" "$CAMERA_PORT" "$CAMERA2
   fi
 done
 
+# The console's demo logins (the passwords are printed at the end; central keeps only hashes).
+ADMIN_PASSWORD=${ADMIN_PASSWORD:-demo-admin-pass}
+SUPERVISOR_PASSWORD=${SUPERVISOR_PASSWORD:-demo-super-pass}
+admin_hash=$(printf '%s\n' "$ADMIN_PASSWORD" | "$bin/central" operator hash)
+super_hash=$(printf '%s\n' "$SUPERVISOR_PASSWORD" | "$bin/central" operator hash)
 cat > "$run/central.toml" <<TOML
 [central]
 id = "street-command"
@@ -41,6 +46,14 @@ dir = "central-data"
 listen = "127.0.0.1:$CENTRAL_PORT"
 [identity]
 bundle_signing_key_file = "keys/bundle-signing.key"
+[[operators]]
+name = "admin"
+role = "administrator"
+password_hash = "$admin_hash"
+[[operators]]
+name = "duty"
+role = "supervisor"
+password_hash = "$super_hash"
 TOML
 
 cat > "$run/gateway.toml" <<TOML
@@ -247,6 +260,8 @@ GridEdge demo is running.
             http://127.0.0.1:$GATEWAY_PORT/kiosk?token=kiosk-1-token   (service hall kiosk page)
             http://127.0.0.1:$GATEWAY_PORT/api/v1/kiosk/openapi.json   (kiosk API, OpenAPI)
   central   http://127.0.0.1:$CENTRAL_PORT/api/v1/cases     (residents' reports, routed to grid stations)
+  console   http://127.0.0.1:$CENTRAL_PORT/console   (operator console: log in as duty / $SUPERVISOR_PASSWORD,
+                                                     or admin / $ADMIN_PASSWORD)
             http://127.0.0.1:$GATEWAY_PORT/healthz
             http://127.0.0.1:$GATEWAY_PORT/metrics
   cameras   rtsp://127.0.0.1:$CAMERA_PORT/cam   (simulated, H.264: bars with a moving ball in zone "counter")
@@ -307,6 +322,31 @@ print("  learning content: %s" % ", ".join(r["content"]))
 else
   echo "  (the kiosk page did not finish; open it in a browser: http://127.0.0.1:$GATEWAY_PORT/kiosk?token=kiosk-1-token)"
 fi
+echo
+echo "The operator console, used in headless Chromium (log in, the covered camera's alert acknowledged, a meeting dispatched):"
+covered="gw-hongxing-01/camera/archive-room#camera.covered"
+printf '%s\n' \
+  "{\"do\":\"open\",\"url\":\"http://127.0.0.1:$CENTRAL_PORT/console\"}" \
+  "{\"do\":\"login\",\"name\":\"duty\",\"password\":\"$SUPERVISOR_PASSWORD\"}" \
+  "{\"do\":\"waitAlert\",\"key\":\"$covered\",\"timeoutMs\":30000}" \
+  "{\"do\":\"ack\",\"key\":\"$covered\"}" \
+  "{\"do\":\"waitAlert\",\"key\":\"$covered\",\"acknowledged\":true,\"timeoutMs\":10000}" \
+  "{\"do\":\"book\",\"title\":\"远程接访（演示）\",\"room\":\"https://meet.example/r/demo\",\"invitees\":\"gw-hongxing-01/security-room\"}" \
+  "{\"do\":\"text\",\"selector\":\"#street\"}" \
+  "{\"do\":\"text\",\"selector\":\"#alert-counts\"}" \
+  "{\"do\":\"screenshot\",\"path\":\"$run/console.png\"}" \
+  '{"do":"quit"}' \
+  | node tests/browser/console.mjs 2>/dev/null | /usr/bin/python3 -c '
+import json, sys
+steps = ["open", "log in", "the covered camera'"'"'s alert shown", "acknowledged", "shown as acknowledged", "meeting dispatched to security-room", "street", "alert queue", "screenshot"]
+for name, line in zip(steps, sys.stdin):
+    r = json.loads(line)
+    if not r.get("ok"):
+        print("  %s: failed (%s)" % (name, r.get("error", "")[:120]))
+        continue
+    extra = r.get("who") or " ".join((r.get("text") or "").split()) or ""
+    print("  %s%s" % (name, (": " + extra) if extra else ""))
+' && echo "  screenshot: $run/console.png"
 echo
 echo "Snapshot from the gateway:  $run/hall-entrance.jpg  ($(jpeg_info "$run/hall-entrance.jpg" 2>/dev/null || echo none))"
 echo "Snapshot through central:   $run/central-snapshot.jpg  ($(jpeg_info "$run/central-snapshot.jpg" 2>/dev/null || echo none))"

@@ -87,7 +87,10 @@ async fn an_operator_sees_an_alert_acknowledges_it_and_dispatches_a_meeting_in_t
         .must(json!({"do": "waitAlert", "key": key, "acknowledged": true, "cleared": true, "timeoutMs": 45000}))
         .await;
 
-    eprintln!("cleared in the console {:?} after the camera restarted", t.elapsed());
+    eprintln!(
+        "cleared in the console {:?} after the camera restarted",
+        t.elapsed()
+    );
     // A meeting dispatched from the console; the terminal accepts and joins.
     console
         .must(json!({"do": "book", "title": "远程接访", "room": "https://meet.example/r/1", "invitees": "gw-con/vt-1"}))

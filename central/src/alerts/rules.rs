@@ -210,6 +210,25 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
                 format!("终端状态频繁变化 {}", name(terminal)),
                 Duration::ZERO,
             )],
+        // A bundle applied: what was refused or rolled back for that target is over.
+        "config.applied" => {
+            let make = |rule: &str| match payload
+                .get("target")
+                .and_then(|t| t.get("terminal"))
+                .and_then(Value::as_str)
+            {
+                Some(t) => m.device(
+                    ("terminal", t),
+                    rule,
+                    false,
+                    Major,
+                    String::new(),
+                    Duration::ZERO,
+                ),
+                None => m.gateway(rule, false, Major, String::new()),
+            };
+            vec![make("config.refused"), make("config.rolled_back")]
+        }
         "config.refused" | "config.rolled_back" => {
             let target = payload.get("target");
             let title = if kind == "config.refused" {
@@ -407,6 +426,15 @@ mod tests {
             ),
         );
         assert_eq!(refused[0].key(), "gw-1#config.refused");
+        let applied = from_event(
+            "gw-1",
+            &event(
+                EventClass::Alert,
+                "config.applied",
+                json!({"target": {"gateway": "gw-1"}}),
+            ),
+        );
+        assert!(applied.iter().all(|o| !o.raised) && applied[0].key() == refused[0].key());
         assert!(from_event("gw-1", &event(EventClass::Telemetry, "x", json!({}))).is_empty());
         assert!(from_event(
             "gw-1",
