@@ -14,6 +14,9 @@ pub const ANSWERS: [&str; 4] = ["accepted", "declined", "joined", "left"];
 
 pub struct Meetings {
     tree: sled::Tree,
+    /// Held while an invitation is written and the version bumped, and while a terminal's
+    /// list is read with its version: a version always names exactly what was read.
+    consistent: std::sync::Mutex<()>,
     /// Bumped on every change, for long polls.
     version: AtomicU64,
     changed: watch::Sender<u64>,
@@ -28,6 +31,7 @@ impl Meetings {
         let (changed, _) = watch::channel(1);
         Ok(Self {
             tree: db.open_tree("meetings")?,
+            consistent: std::sync::Mutex::new(()),
             version: AtomicU64::new(1),
             changed,
         })
@@ -40,6 +44,10 @@ impl Meetings {
             return Ok(false);
         }
         let k = key(&inv.terminal, &inv.meeting);
+        let _consistent = self
+            .consistent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(old) = self.tree.get(&k).map_err(|e| e.to_string())? {
             if let Ok(old) = serde_json::from_slice::<Invitation>(&old) {
                 if old.revision >= inv.revision {
@@ -64,6 +72,15 @@ impl Meetings {
         }
     }
 
+    /// The version and, as of it, the terminal's invitations that have not ended.
+    pub fn snapshot(&self, terminal: &str, now: OffsetDateTime) -> (u64, Vec<Invitation>) {
+        let _consistent = self
+            .consistent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (self.version(), self.for_terminal(terminal, now))
+    }
+
     /// The terminal's invitations that have not ended, soonest first.
     pub fn for_terminal(&self, terminal: &str, now: OffsetDateTime) -> Vec<Invitation> {
         let mut v: Vec<Invitation> = self
@@ -86,11 +103,10 @@ impl Meetings {
         self.version.load(Ordering::SeqCst)
     }
 
-    /// Waits until the version passes `since` (or `wait` passes); the version then.
-    pub async fn wait_past(&self, since: u64, wait: std::time::Duration) -> u64 {
+    /// Waits until the version passes `since` (or `wait` passes).
+    pub async fn wait_past(&self, since: u64, wait: std::time::Duration) {
         let mut rx = self.changed.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v > since)).await;
-        self.version()
     }
 }
 

@@ -140,15 +140,16 @@ pub async fn meetings(
     if q.wait > 60 {
         return Err(ApiError::bad_request("wait: 0 to 60 seconds"));
     }
-    let version = shared
+    shared
         .meetings
         .wait_past(q.since, std::time::Duration::from_secs(q.wait))
         .await;
-    let now = time::OffsetDateTime::now_utc();
-    Ok(Json(serde_json::json!({
-        "version": version,
-        "invitations": shared.meetings.for_terminal(&terminal, now),
-    })))
+    let (version, invitations) = shared
+        .meetings
+        .snapshot(&terminal, time::OffsetDateTime::now_utc());
+    Ok(Json(
+        serde_json::json!({ "version": version, "invitations": invitations }),
+    ))
 }
 
 #[derive(serde::Deserialize)]
