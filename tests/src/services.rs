@@ -600,6 +600,19 @@ impl SigningCentral {
 }
 
 impl TestGateway {
+    /// Waits (at most 20 s) until the gateway's camera `id` is in `state`.
+    pub async fn camera_in(&self, id: &str, state: &str) -> Result<serde_json::Value> {
+        crate::eventually(
+            &format!("camera {id} {state}"),
+            Duration::from_secs(20),
+            || async {
+                let c = crate::try_json(self.url(&format!("/api/v1/cameras/{id}"))).await?;
+                (c["state"] == state).then_some(c)
+            },
+        )
+        .await
+    }
+
     /// Waits until the gateway's master data replica is at `version`; its `/api/v1/masterdata`.
     pub async fn replica_at(&self, version: u64) -> Result<serde_json::Value> {
         crate::eventually(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use gridedge_tests::services::{Console, TestCentral, TestGateway};
 use gridedge_tests::{
-    camera_toml, eventually, init_test_logging, try_json, CameraOptions, Pattern, TestCamera,
+    camera_toml, eventually, init_test_logging, CameraOptions, Pattern, TestCamera,
 };
 use serde_json::{json, Value};
 
@@ -34,12 +34,7 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     )
     .await
     .unwrap();
-    eventually("the camera streaming", Duration::from_secs(20), || async {
-        let c = try_json(gw.url("/api/v1/cameras/door")).await?;
-        (c["state"] == "streaming").then_some(())
-    })
-    .await
-    .unwrap();
+    gw.camera_in("door", "streaming").await.unwrap();
 
     // A console's live feed, open before anything happens.
     let feed = op

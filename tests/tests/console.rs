@@ -9,7 +9,7 @@ use gridedge_tests::browser::ConsoleDriver;
 use gridedge_tests::services::{operator_password, TestCentral, TestGateway};
 use gridedge_tests::terminals::{terminal_token, terminal_toml};
 use gridedge_tests::{
-    camera_toml, eventually, init_test_logging, try_json, CameraOptions, Pattern, TestCamera,
+    camera_toml, eventually, init_test_logging, CameraOptions, Pattern, TestCamera,
 };
 use serde_json::{json, Value};
 
@@ -34,12 +34,7 @@ async fn an_operator_sees_an_alert_acknowledges_it_and_dispatches_a_meeting_in_t
     )
     .await
     .unwrap();
-    eventually("the camera streaming", Duration::from_secs(20), || async {
-        let c = try_json(gw.url("/api/v1/cameras/door")).await?;
-        (c["state"] == "streaming").then_some(())
-    })
-    .await
-    .unwrap();
+    gw.camera_in("door", "streaming").await.unwrap();
 
     let mut console = ConsoleDriver::start().unwrap();
     console

@@ -349,98 +349,68 @@ mod tests {
 
     #[test]
     fn events_become_the_rules_of_their_devices() {
-        let o = from_event(
-            "gw-1",
-            &event(
-                EventClass::Alert,
-                "camera.stalled",
-                json!({"camera": "hall", "name": "大厅"}),
-            ),
+        let of = |class, kind, p| from_event("gw-1", &event(class, kind, p));
+        let o = of(
+            EventClass::Alert,
+            "camera.stalled",
+            json!({"camera": "hall", "name": "大厅"}),
         );
         assert_eq!(o.len(), 1);
         assert_eq!(o[0].key(), "gw-1/camera/hall#camera.offline");
         assert!(o[0].raised && o[0].title.contains("大厅（hall）"));
-        let back = from_event(
-            "gw-1",
-            &event(
-                EventClass::Health,
-                "camera.streaming",
-                json!({"camera": "hall"}),
-            ),
+        let back = of(
+            EventClass::Health,
+            "camera.streaming",
+            json!({"camera": "hall"}),
         );
         assert!(back.iter().all(|o| !o.raised) && back.len() == 2);
-        let motion = from_event(
-            "gw-1",
-            &event(
-                EventClass::Alert,
-                "camera.motion",
-                json!({"camera": "hall", "zone": "counter"}),
-            ),
+        let motion = of(
+            EventClass::Alert,
+            "camera.motion",
+            json!({"camera": "hall", "zone": "counter"}),
         );
         assert_eq!(motion[0].key(), "gw-1/camera/hall#camera.motion:counter");
-        let cleared = from_event(
-            "gw-1",
-            &event(
-                EventClass::Health,
-                "camera.motion.cleared",
-                json!({"camera": "hall", "zone": "counter"}),
-            ),
+        let cleared = of(
+            EventClass::Health,
+            "camera.motion.cleared",
+            json!({"camera": "hall", "zone": "counter"}),
         );
         assert_eq!(
             (cleared[0].key(), cleared[0].raised),
             (motion[0].key(), false)
         );
-        let covered = from_event(
-            "gw-1",
-            &event(
-                EventClass::Alert,
-                "camera.covered",
-                json!({"camera": "hall"}),
-            ),
+        let covered = of(
+            EventClass::Alert,
+            "camera.covered",
+            json!({"camera": "hall"}),
         );
         assert_eq!(covered[0].severity, Severity::Critical);
-        let t = from_event(
-            "gw-1",
-            &event(
-                EventClass::Alert,
-                "terminal.offline",
-                json!({"terminal": "kiosk-1"}),
-            ),
+        let t = of(
+            EventClass::Alert,
+            "terminal.offline",
+            json!({"terminal": "kiosk-1"}),
         );
         assert_eq!(t[0].key(), "gw-1/terminal/kiosk-1#terminal.offline");
-        let door = from_event(
-            "gw-1",
-            &event(
-                EventClass::Alert,
-                "door.forced",
-                json!({"door": "archive room"}),
-            ),
+        let door = of(
+            EventClass::Alert,
+            "door.forced",
+            json!({"door": "archive room"}),
         );
         assert_eq!(door[0].key(), "gw-1/source/archive room#door.forced");
-        let refused = from_event(
-            "gw-1",
-            &event(
-                EventClass::Alert,
-                "config.refused",
-                json!({"target": {"gateway": "gw-1"}}),
-            ),
+        let refused = of(
+            EventClass::Alert,
+            "config.refused",
+            json!({"target": {"gateway": "gw-1"}}),
         );
         assert_eq!(refused[0].key(), "gw-1#config.refused");
-        let applied = from_event(
-            "gw-1",
-            &event(
-                EventClass::Alert,
-                "config.applied",
-                json!({"target": {"gateway": "gw-1"}}),
-            ),
+        let applied = of(
+            EventClass::Alert,
+            "config.applied",
+            json!({"target": {"gateway": "gw-1"}}),
         );
         assert!(applied.iter().all(|o| !o.raised) && applied[0].key() == refused[0].key());
-        assert!(from_event("gw-1", &event(EventClass::Telemetry, "x", json!({}))).is_empty());
-        assert!(from_event(
-            "gw-1",
-            &event(EventClass::Health, "camera.streaming", json!({}))
-        )
-        .is_empty());
+        assert!(of(EventClass::Telemetry, "x", json!({})).is_empty());
+        assert!(of(EventClass::Health, "camera.streaming", json!({})).is_empty());
     }
 
     #[test]
