@@ -335,3 +335,63 @@ async fn operators_log_in_with_roles_and_csrf_and_get_clear_errors() {
     assert_eq!(status, 401);
     central.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_not_handled_in_time_is_an_alert_until_it_is_resolved() {
+    init_test_logging();
+    let central = TestCentral::embedded_with("[alerts]\ncase_limit = \"2s\"\n")
+        .await
+        .unwrap();
+    let op = central.console("op").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = gridedge_tests::terminals::terminal_toml(
+        dir.path(),
+        "kiosk-a",
+        "kiosk",
+        "{ mode = \"heartbeat\", interval = \"1h\" }",
+    );
+    let gw = TestGateway::start_with(
+        "gw-late",
+        central.broker_url.as_deref().unwrap(),
+        None,
+        &extra,
+    )
+    .await
+    .unwrap();
+    let r = reqwest::Client::new()
+        .post(gw.url("/api/v1/kiosk/submissions"))
+        .bearer_auth(gridedge_tests::terminals::terminal_token("kiosk-a"))
+        .json(&json!({"category": "dispute", "title": "邻里噪音纠纷", "contact": {"name": "赵", "phone": "13800138000"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let receipt = r.json::<Value>().await.unwrap()["receipt"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = format!("gw-late/case/{receipt}#case.overdue");
+    let a = eventually("the overdue case's alert", Duration::from_secs(30), || {
+        alert_with_key(&op, &key)
+    })
+    .await
+    .unwrap();
+    assert_eq!(a["count"], 1, "raised once, not on every check: {a}");
+    // Resolved at central: the alert clears.
+    let r = reqwest::Client::new()
+        .post(central.url(&format!("/api/v1/cases/{receipt}/status")))
+        .json(&json!({"status": "resolved", "note": "已调解", "by": "网格员"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let cleared = eventually("the alert cleared", Duration::from_secs(30), || async {
+        let a = alert_with_key(&op, &key).await?;
+        (a["cleared"] == true).then_some(a)
+    })
+    .await
+    .unwrap();
+    assert_eq!(cleared["count"], 1, "{cleared}");
+    gw.stop().await.unwrap();
+    central.stop().await.unwrap();
+}

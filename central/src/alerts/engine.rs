@@ -282,6 +282,11 @@ impl Engine {
         e
     }
 
+    /// Whether an alert with this key is open (not resolved).
+    pub fn is_open(&self, key: &str) -> bool {
+        self.open.contains_key(key)
+    }
+
     pub fn get(&self, id: u64) -> Option<&Alert> {
         self.alerts.get(&id)
     }

@@ -135,6 +135,32 @@ impl Alerts {
     }
 }
 
+/// Every case that is overdue, or handled (to clear an alert it may have).
+fn overdue_cases(
+    shared: &crate::Shared,
+    limit: std::time::Duration,
+    now: OffsetDateTime,
+) -> Vec<Observation> {
+    let items = shared.masterdata.current();
+    shared
+        .cases
+        .list(None)
+        .iter()
+        .filter_map(|c| {
+            let days = c.submission["item_code"].as_str().and_then(|code| {
+                let item = items
+                    .as_ref()?
+                    .dataset
+                    .items
+                    .iter()
+                    .find(|i| i.code == code)?;
+                Some(item.promised_days.unwrap_or(item.time_limit_days))
+            });
+            rules::case_overdue(c, limit, days, now)
+        })
+        .collect()
+}
+
 /// Once a second: gateways' presence (offline or silent raises `gateway.offline`, back clears
 /// it), hold-downs that ran out, escalations, maintenance windows that ended.
 pub async fn watch(
@@ -146,6 +172,14 @@ pub async fn watch(
         firmware_config::config::gateway::parse_utc_offset(&shared.config.alerts.utc_offset)
             .unwrap_or(time::UtcOffset::UTC);
     let mut seen: std::collections::HashMap<String, Presence> = std::collections::HashMap::new();
+    // Cases are looked at less often: half their limit, at most every 10 s.
+    let case_limit = shared.config.alerts.case_limit;
+    let case_every = (case_limit / 2).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(10),
+    );
+    let mut cases_checked = std::time::Instant::now();
+    let mut overdue: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -170,6 +204,30 @@ pub async fn watch(
                 v.presence == Presence::Online,
                 why,
             ));
+        }
+        if cases_checked.elapsed() >= case_every {
+            cases_checked = std::time::Instant::now();
+            let s = shared.clone();
+            let found = tokio::task::spawn_blocking(move || overdue_cases(&s, case_limit, now))
+                .await
+                .unwrap_or_default();
+            for o in found {
+                let receipt = o
+                    .originator
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                // Only changes: a case stays overdue without raising its count every check.
+                let changed = if o.raised {
+                    overdue.insert(receipt)
+                } else {
+                    overdue.remove(&receipt) || shared.alerts.engine().is_open(&o.key())
+                };
+                if changed {
+                    observations.push(o);
+                }
+            }
         }
         shared.alerts.observe(observations, now);
         let local = now.to_offset(offset);

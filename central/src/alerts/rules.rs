@@ -279,6 +279,45 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
     }
 }
 
+/// A resident's case against its time limit: `limit` for a report or dispute, the service
+/// item's promised (or legal) days for an application — counted as calendar days, which is
+/// never earlier than working days. `Some` when overdue, or handled (to clear it).
+pub fn case_overdue(
+    c: &crate::cases::Case,
+    limit: Duration,
+    item_days: Option<u32>,
+    now: time::OffsetDateTime,
+) -> Option<Observation> {
+    let handled = matches!(c.status.as_str(), "resolved" | "closed");
+    let limit = match (c.submission["category"].as_str(), item_days) {
+        (Some("application"), Some(days)) => Duration::from_secs(u64::from(days) * 24 * 3600),
+        _ => limit,
+    };
+    let overdue = !handled && now - c.created > limit;
+    if !overdue && !handled {
+        return None;
+    }
+    let title = c.submission["title"].as_str().unwrap_or_default();
+    let payload = json!({
+        "receipt": c.receipt, "status": c.status, "station": c.station,
+        "limit_hours": limit.as_secs() / 3600, "created": c.created.unix_timestamp(),
+    });
+    Some(
+        Make {
+            gateway: &c.gateway,
+            payload: &payload,
+        }
+        .device(
+            ("case", &c.receipt),
+            "case.overdue",
+            overdue,
+            Severity::Major,
+            format!("诉求超时未办结 {} {title}", c.receipt),
+            Duration::ZERO,
+        ),
+    )
+}
+
 /// A gateway went offline (its last will, or silence) or came back.
 pub fn gateway_presence(gateway: &str, online: bool, why: &str) -> Observation {
     let payload = json!({ "why": why });
@@ -411,6 +450,44 @@ mod tests {
         assert!(applied.iter().all(|o| !o.raised) && applied[0].key() == refused[0].key());
         assert!(of(EventClass::Telemetry, "x", json!({})).is_empty());
         assert!(of(EventClass::Health, "camera.streaming", json!({})).is_empty());
+    }
+
+    #[test]
+    fn a_case_is_overdue_after_its_limit_and_cleared_when_handled() {
+        let t0 = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let mut c = crate::cases::Case {
+            receipt: "gw-1-000007".into(),
+            gateway: "gw-1".into(),
+            submission: json!({"category": "report", "title": "路灯不亮"}),
+            status: "routed".into(),
+            station: Some("11019900100001002".into()),
+            station_name: None,
+            assignee: None,
+            created: t0,
+            history: Vec::new(),
+        };
+        let day = Duration::from_secs(24 * 3600);
+        assert!(case_overdue(&c, day, None, t0 + time::Duration::hours(23)).is_none());
+        let o = case_overdue(&c, day, None, t0 + time::Duration::hours(25)).unwrap();
+        assert_eq!(
+            (o.key().as_str(), o.raised),
+            ("gw-1/case/gw-1-000007#case.overdue", true)
+        );
+        // An application: its item's days, not the general limit.
+        c.submission =
+            json!({"category": "application", "title": "低保", "item_code": "MZ110199-0001"});
+        assert!(case_overdue(&c, day, Some(15), t0 + time::Duration::days(14)).is_none());
+        assert!(
+            case_overdue(&c, day, Some(15), t0 + time::Duration::days(16))
+                .unwrap()
+                .raised
+        );
+        c.status = "resolved".into();
+        assert!(
+            !case_overdue(&c, day, Some(15), t0 + time::Duration::days(16))
+                .unwrap()
+                .raised
+        );
     }
 
     #[test]

@@ -60,6 +60,14 @@ pub struct AlertPolicy {
     /// The street's offset from UTC, for the roster's hours. Default `+08:00`.
     #[serde(default = "default_street_offset")]
     pub utc_offset: String,
+    /// A resident's report or dispute not resolved or closed within this is an alert (an
+    /// application has its service item's own time limit). Default 72 h.
+    #[serde(default = "default_case_limit", with = "humantime_serde")]
+    pub case_limit: Duration,
+}
+
+fn default_case_limit() -> Duration {
+    Duration::from_secs(72 * 3600)
 }
 
 impl Default for AlertPolicy {
@@ -68,6 +76,7 @@ impl Default for AlertPolicy {
             escalate_to_station: default_escalate_to_station(),
             escalate_to_command: default_escalate_to_command(),
             utc_offset: default_street_offset(),
+            case_limit: default_case_limit(),
         }
     }
 }
@@ -298,6 +307,7 @@ impl Document for CentralConfig {
                 "alerts.escalate_to_command",
                 self.alerts.escalate_to_command,
             ),
+            ("alerts.case_limit", self.alerts.case_limit),
         ] {
             v.duration_within(
                 field,
