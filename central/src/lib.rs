@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod assessment;
 pub mod broker;
 pub mod bundles;
 pub mod cases;

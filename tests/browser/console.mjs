@@ -8,6 +8,7 @@
 //   {"do":"book","title":…,"room":…,"invitees":"gw/terminal"} → {"ok":true}
 //   {"do":"waitInvitee","terminal":"gw/terminal","state":…,"timeoutMs":N} → {"ok":true,"ms":…}
 //   {"do":"text","selector":…}                  → {"ok":true,"text":…}
+//   {"do":"waitText","selector":…,"contains":…} → {"ok":true,"text":…}
 //   {"do":"screenshot","path":…}                → {"ok":true}
 //   {"do":"quit"}
 // A failed step prints {"ok":false,"error":…} and the script goes on reading.
@@ -55,6 +56,10 @@ const steps = {
     const t0 = Date.now();
     await page.waitForSelector(`.invitee[data-terminal="${c.terminal}"][data-state="${c.state}"]`, { timeout: c.timeoutMs || 15000 });
     return { ms: Date.now() - t0 };
+  },
+  async waitText(c) {
+    await page.waitForFunction(({ sel, want }) => (document.querySelector(sel)?.textContent || "").includes(want), { sel: c.selector, want: c.contains }, { timeout: c.timeoutMs || 15000 });
+    return { text: (await page.textContent(c.selector)) ?? "" };
   },
   async text(c) { return { text: (await page.textContent(c.selector)) ?? "" }; },
   async screenshot(c) { await page.screenshot({ path: c.path, fullPage: true }); return {}; },

@@ -207,6 +207,22 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     assert_eq!(states.first(), Some(&"streaming"), "{history}");
     assert!(states.contains(&"offline"), "{history}");
     assert_eq!(states.last(), Some(&"streaming"), "{history}");
+
+    // The day's assessment of the centre: the camera's alert acknowledged and resolved in
+    // time, the gateway's outage as evidence.
+    let (_, a) = op.get("/api/v1/assessment?days=1").await;
+    let score = a["centres"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["gateway"] == "gw-alerts")
+        .unwrap()
+        .clone();
+    assert!(score["alerts"].as_u64().unwrap() >= 2, "{score}");
+    assert!(score["acked_in_time"].as_u64().unwrap() >= 1, "{score}");
+    assert_eq!(score["evidence"]["outages"], json!([g["id"]]), "{score}");
+    assert!(score["points"].as_f64().unwrap() > 50.0, "{score}");
+    assert_eq!(op.get("/api/v1/assessment?days=0").await.0, 400);
     central.stop().await.unwrap();
 }
 

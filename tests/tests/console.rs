@@ -122,6 +122,10 @@ async fn an_operator_sees_an_alert_acknowledges_it_and_dispatches_a_meeting_in_t
     console
         .must(json!({"do": "waitInvitee", "terminal": "gw-con/vt-1", "state": "joined", "timeoutMs": 20000}))
         .await;
+    // The assessment table scores the centre.
+    console
+        .must(json!({"do": "waitText", "selector": "#assessment", "contains": "gw-con", "timeoutMs": 10000}))
+        .await;
     let centres = console
         .must(json!({"do": "text", "selector": "#centres"}))
         .await;

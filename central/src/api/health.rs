@@ -63,3 +63,58 @@ pub async fn device_history(
         .history(&gateway, &kind, &id);
     Json(json!({ "gateway": gateway, "kind": kind, "id": id, "history": history })).into_response()
 }
+
+#[derive(serde::Deserialize)]
+pub struct Period {
+    #[serde(default = "seven")]
+    days: u32,
+}
+
+fn seven() -> u32 {
+    7
+}
+
+/// `GET /api/v1/assessment?days=N`: each centre's points over the last N days (1 to 366), with
+/// the figures and the evidence behind them.
+pub async fn assessment(
+    State(shared): State<Arc<Shared>>,
+    _op: Operator,
+    q: Result<axum::extract::Query<Period>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(p)) = q else {
+        return error(StatusCode::BAD_REQUEST, "days: a whole number of days");
+    };
+    if !(1..=366).contains(&p.days) {
+        return error(StatusCode::BAD_REQUEST, "days: 1 to 366");
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let since = now - time::Duration::days(i64::from(p.days));
+    let a = &shared.config.alerts;
+    let targets = crate::assessment::Targets {
+        ack_within: a.ack_within,
+        resolve_within: a.resolve_within,
+        case_limit: a.case_limit,
+    };
+    let alerts: Vec<crate::alerts::Alert> = shared
+        .alerts
+        .engine()
+        .list(true)
+        .into_iter()
+        .cloned()
+        .collect();
+    let s = shared.clone();
+    let cases = tokio::task::spawn_blocking(move || s.cases.list(None))
+        .await
+        .unwrap_or_default();
+    let scores = crate::assessment::assess(&alerts, &cases, since, now, targets);
+    Json(json!({
+        "since": since.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "targets": {
+            "ack_within_secs": targets.ack_within.as_secs(),
+            "resolve_within_secs": targets.resolve_within.as_secs(),
+            "case_limit_secs": targets.case_limit.as_secs(),
+        },
+        "centres": scores,
+    }))
+    .into_response()
+}

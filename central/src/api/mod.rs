@@ -51,6 +51,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/meetings/{id}", get(meetings::one))
         .route("/api/v1/meetings/{id}/{action}", post(meetings::change))
         .route("/api/v1/health", get(health::health))
+        .route("/api/v1/assessment", get(health::assessment))
         .route(
             "/api/v1/health/{gateway}/{kind}/{id}/history",
             get(health::device_history),

@@ -64,6 +64,19 @@ pub struct AlertPolicy {
     /// application has its service item's own time limit). Default 72 h.
     #[serde(default = "default_case_limit", with = "humantime_serde")]
     pub case_limit: Duration,
+    /// Assessment target: an alert acknowledged within this. Default 15 min.
+    #[serde(default = "default_ack_within", with = "humantime_serde")]
+    pub ack_within: Duration,
+    /// Assessment target: an alert resolved within this. Default 24 h.
+    #[serde(default = "default_resolve_within", with = "humantime_serde")]
+    pub resolve_within: Duration,
+}
+
+fn default_ack_within() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_resolve_within() -> Duration {
+    Duration::from_secs(24 * 3600)
 }
 
 fn default_case_limit() -> Duration {
@@ -77,6 +90,8 @@ impl Default for AlertPolicy {
             escalate_to_command: default_escalate_to_command(),
             utc_offset: default_street_offset(),
             case_limit: default_case_limit(),
+            ack_within: default_ack_within(),
+            resolve_within: default_resolve_within(),
         }
     }
 }
@@ -308,6 +323,8 @@ impl Document for CentralConfig {
                 self.alerts.escalate_to_command,
             ),
             ("alerts.case_limit", self.alerts.case_limit),
+            ("alerts.ack_within", self.alerts.ack_within),
+            ("alerts.resolve_within", self.alerts.resolve_within),
         ] {
             v.duration_within(
                 field,
