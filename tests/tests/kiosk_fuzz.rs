@@ -63,7 +63,9 @@ async fn the_kiosk_api_holds_to_its_openapi_document_under_fuzzing() {
             "--exclude-checks",
             "ignored_auth,object_level_authorization",
         ])
-        .args(["--max-examples", "100", "--seed", "7", "--workers", "2"])
+        // One worker: with two, CPython 3.11's ast module raced inside hypothesis once in CI
+        // ("AST constructor recursion depth mismatch", a runtime error of the tool, not the API).
+        .args(["--max-examples", "100", "--seed", "7", "--workers", "1"])
         .args(["--generation-database", "none", "--no-color"])
         .args(["--request-timeout", "10"])
         .arg("--report-dir")
