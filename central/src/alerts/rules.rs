@@ -147,60 +147,28 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
                 Duration::ZERO,
             )]
         }
-        "terminal.offline" if !terminal.is_empty() => vec![
-            m.device(
-                ("terminal", terminal),
-                "terminal.offline",
-                true,
-                Major,
-                format!("终端离线 {}", name(terminal)),
-                DEVICE_HOLD_DOWN,
-            ),
-            m.device(
-                ("terminal", terminal),
-                "terminal.degraded",
-                false,
-                Minor,
-                String::new(),
-                Duration::ZERO,
-            ),
-        ],
-        "terminal.degraded" if !terminal.is_empty() => vec![
-            m.device(
-                ("terminal", terminal),
-                "terminal.offline",
-                false,
-                Major,
-                String::new(),
-                DEVICE_HOLD_DOWN,
-            ),
-            m.device(
-                ("terminal", terminal),
-                "terminal.degraded",
-                true,
-                Minor,
-                format!("终端故障 {}", name(terminal)),
-                DEVICE_HOLD_DOWN,
-            ),
-        ],
-        "terminal.online" if !terminal.is_empty() => vec![
-            m.device(
-                ("terminal", terminal),
-                "terminal.offline",
-                false,
-                Major,
-                String::new(),
-                DEVICE_HOLD_DOWN,
-            ),
-            m.device(
-                ("terminal", terminal),
-                "terminal.degraded",
-                false,
-                Minor,
-                String::new(),
-                DEVICE_HOLD_DOWN,
-            ),
-        ],
+        // A terminal's state raises the rule of that state and clears the other.
+        "terminal.offline" | "terminal.degraded" | "terminal.online" if !terminal.is_empty() => {
+            let state = kind.trim_start_matches("terminal.");
+            vec![
+                m.device(
+                    ("terminal", terminal),
+                    "terminal.offline",
+                    state == "offline",
+                    Major,
+                    format!("终端离线 {}", name(terminal)),
+                    DEVICE_HOLD_DOWN,
+                ),
+                m.device(
+                    ("terminal", terminal),
+                    "terminal.degraded",
+                    state == "degraded",
+                    Minor,
+                    format!("终端故障 {}", name(terminal)),
+                    DEVICE_HOLD_DOWN,
+                ),
+            ]
+        }
         "terminal.flapping" | "terminal.flapping.cleared" if !terminal.is_empty() => vec![m
             .device(
                 ("terminal", terminal),
@@ -430,6 +398,19 @@ mod tests {
             json!({"terminal": "kiosk-1"}),
         );
         assert_eq!(t[0].key(), "gw-1/terminal/kiosk-1#terminal.offline");
+        assert_eq!((t[0].raised, t[1].raised), (true, false));
+        let d = of(
+            EventClass::Alert,
+            "terminal.degraded",
+            json!({"terminal": "kiosk-1"}),
+        );
+        assert_eq!((d[0].raised, d[1].raised), (false, true));
+        let up = of(
+            EventClass::Health,
+            "terminal.online",
+            json!({"terminal": "kiosk-1"}),
+        );
+        assert!(up.iter().all(|o| !o.raised) && up.len() == 2);
         let door = of(
             EventClass::Alert,
             "door.forced",
