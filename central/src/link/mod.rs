@@ -37,7 +37,8 @@ impl GatewayLink {
         let mut opts = client_options(url, tls, central_id, Duration::from_secs(30))?;
         opts.set_clean_session(false);
         opts.set_manual_acks(true);
-        let (client, eventloop) = AsyncClient::new(opts, 256);
+        let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
         Ok(Self { client, eventloop })
     }
 

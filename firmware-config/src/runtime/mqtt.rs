@@ -22,6 +22,14 @@ pub enum MqttSetupError {
     Tls(#[from] rustls::Error),
 }
 
+/// Sends each packet at once (TCP_NODELAY). rumqttc leaves Nagle on, and an acknowledged batch
+/// then waits ~40 ms for the peer's delayed ACK before its next small packet leaves.
+pub fn send_at_once(eventloop: &mut rumqttc::EventLoop) {
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+}
+
 /// Client options for `url` (`mqtt://` or `mqtts://`), with `tls` for `mqtts://`.
 pub fn client_options(
     url: &str,

@@ -67,7 +67,8 @@ impl Uplink {
             QoS::AtLeastOnce,
             true,
         ));
-        let (client, eventloop) = AsyncClient::new(opts, 128);
+        let (client, mut eventloop) = AsyncClient::new(opts, 128);
+        firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
         let seq = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as u64;
         Ok(Self {
             client,

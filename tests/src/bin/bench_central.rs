@@ -1,0 +1,890 @@
+//! `bench-central [--quick] [--gateways N] [--devices N] [--seconds S] [--burst N]`: a city's
+//! gateways reporting into central, against a broker with a minimal durable consumer, side by
+//! side.
+//!
+//! - GridEdge: the release central with its embedded broker, as the README's main command runs
+//!   it. Every batch is checked, stored in sled and flushed, fed to the device board and the
+//!   alert rules, and only then acknowledged to its gateway.
+//! - Peer: Mosquitto (persistence on) with a consumer process that decodes each message,
+//!   appends it to a file, fsyncs (group commit) and then publishes the same acknowledgement:
+//!   the floor of "a broker and something that keeps what it is told", with no rules, registry
+//!   or console.
+//!
+//! The simulated fleet is N MQTT clients in this process speaking the gateways' wire protocol.
+//! Gateway i reports at i·10 s/N and then every 10 s: its health (with its terminals summary)
+//! and one batch with a state event of each of its devices (a fifth cameras, the rest
+//! terminals). Measured over a steady window: events stored and acknowledged per second, the
+//! acknowledgement latency, and the server's CPU and RSS. Meanwhile a probe raises and clears
+//! a camera-covered alert on one gateway every second; for GridEdge the delay counts until the
+//! change reaches an operator's console feed (`/api/v1/alerts/stream`), for the peer until the
+//! event is stored and acknowledged. Then every gateway sends a burst (B/N events in batches
+//! of 100 at once), timed until the last acknowledgement.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use firmware_config::ids::GatewayId;
+use firmware_config::runtime::mqtt::client_options;
+use firmware_config::topics::{Channel, Topic};
+use firmware_config::wire::{self, Envelope, EventClass, Message};
+use gridedge_tests::bench::arg_value;
+use gridedge_tests::process::{cpu_seconds, peak_rss_mib, ChildProcess};
+use gridedge_tests::services::{binary, central_toml, Console};
+use gridedge_tests::{free_port, wait_for_port};
+use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
+use tokio::sync::mpsc;
+
+const INTERVAL: Duration = Duration::from_secs(10);
+const BURST_BATCH: u64 = 100;
+const PROBE_CAMERA: &str = "cam-probe";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Steady,
+    Probe,
+    Burst,
+}
+
+#[derive(Default)]
+struct Stats {
+    steady_events: AtomicU64,
+    burst_events: AtomicU64,
+    ack_ms: Mutex<Vec<f64>>,
+    probe_ack_ms: Mutex<Vec<f64>>,
+    last_burst_ack: Mutex<Option<Instant>>,
+    connected: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// Batches sent and not yet acknowledged, by envelope sequence number.
+type Sent = Arc<Mutex<HashMap<u64, (Instant, u64, Tag)>>>;
+
+enum Order {
+    /// Raise (true) or clear the probe camera's covered alert.
+    Probe(bool),
+    Burst(u64),
+}
+
+struct SimGateway {
+    id: GatewayId,
+    client: AsyncClient,
+    devices: usize,
+    envelope_seq: u64,
+    event_seq: u64,
+    sent: Sent,
+}
+
+fn now_utc() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+impl SimGateway {
+    fn envelope(&mut self, message: Message) -> anyhow::Result<(u64, Vec<u8>)> {
+        self.envelope_seq += 1;
+        let env = Envelope::new(self.id.clone(), self.envelope_seq, message);
+        Ok((self.envelope_seq, env.encode()?))
+    }
+
+    fn device(&self, d: usize) -> (bool, String) {
+        // A fifth are cameras, the rest terminals.
+        if d % 5 == 0 {
+            (true, format!("cam-{d:02}"))
+        } else {
+            (false, format!("term-{d:02}"))
+        }
+    }
+
+    fn event(&mut self, class: EventClass, kind: &str, payload: String) -> wire::Event {
+        self.event_seq += 1;
+        wire::Event {
+            seq: self.event_seq,
+            class,
+            kind: kind.to_owned(),
+            time: now_utc(),
+            payload: serde_json::value::RawValue::from_string(payload)
+                .unwrap_or_else(|_| serde_json::value::RawValue::from_string("{}".into()).unwrap()),
+        }
+    }
+
+    /// One state event per device, as a gateway forwards them.
+    fn device_events(&mut self, n: usize) -> Vec<wire::Event> {
+        (0..n)
+            .map(|i| {
+                let (camera, id) = self.device(i % self.devices);
+                if camera {
+                    self.event(
+                        EventClass::Health,
+                        "camera.streaming",
+                        format!("{{\"camera\":\"{id}\",\"name\":\"大厅 {id}\",\"fps\":25,\"kbps\":4000}}"),
+                    )
+                } else {
+                    self.event(
+                        EventClass::Health,
+                        "terminal.online",
+                        format!("{{\"terminal\":\"{id}\",\"kind\":\"kiosk\",\"cpu\":12,\"disk_free_mb\":20480}}"),
+                    )
+                }
+            })
+            .collect()
+    }
+
+    async fn send_batch(&mut self, events: Vec<wire::Event>, tag: Tag) -> anyhow::Result<()> {
+        let n = events.len() as u64;
+        let (seq, payload) = self.envelope(Message::Events(wire::EventBatch { events }))?;
+        self.sent
+            .lock()
+            .unwrap()
+            .insert(seq, (Instant::now(), n, tag));
+        self.client
+            .publish(
+                Topic::gateway(&self.id, Channel::Events).path(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn report(&mut self) -> anyhow::Result<()> {
+        let terminals: Vec<String> = (0..self.devices)
+            .map(|d| self.device(d))
+            .filter(|(camera, _)| !camera)
+            .map(|(_, id)| id)
+            .collect();
+        let health = Message::Health(wire::GatewayHealth {
+            version: "bench".into(),
+            site: format!("site-{}", self.id),
+            uptime_secs: 1,
+            cameras_configured: (self.devices - terminals.len()) as u32,
+            terminals_configured: terminals.len() as u32,
+            outbox: Some(wire::OutboxReport::default()),
+            terminals: Some(wire::TerminalsSummary {
+                online: terminals,
+                ..Default::default()
+            }),
+            config: None,
+            masterdata: None,
+        });
+        let (_, payload) = self.envelope(health)?;
+        self.client
+            .publish(
+                Topic::gateway(&self.id, Channel::Health).path(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await?;
+        let events = self.device_events(self.devices);
+        self.send_batch(events, Tag::Steady).await
+    }
+
+    async fn probe(&mut self, raise: bool) -> anyhow::Result<()> {
+        let kind = if raise {
+            "camera.covered"
+        } else {
+            "camera.covered.cleared"
+        };
+        let e = self.event(
+            EventClass::Alert,
+            kind,
+            format!("{{\"camera\":\"{PROBE_CAMERA}\",\"name\":\"探测\",\"score\":0.93}}"),
+        );
+        self.send_batch(vec![e], Tag::Probe).await
+    }
+
+    async fn burst(&mut self, n: u64) -> anyhow::Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(BURST_BATCH);
+            let events = self.device_events(k as usize);
+            self.send_batch(events, Tag::Burst).await?;
+            left -= k;
+        }
+        Ok(())
+    }
+}
+
+/// Connects gateway `i` and runs it until the orders end.
+async fn run_gateway(
+    i: usize,
+    n: usize,
+    devices: usize,
+    port: u16,
+    stats: Arc<Stats>,
+    mut orders: mpsc::Receiver<Order>,
+    start: Instant,
+) -> anyhow::Result<()> {
+    let id = GatewayId::new(format!("gw-b{i:04}")).context("gateway id")?;
+    let mut opts = client_options(
+        &format!("mqtt://127.0.0.1:{port}"),
+        None,
+        id.as_str(),
+        Duration::from_secs(30),
+    )?;
+    opts.set_inflight(100);
+    let will = Envelope::new(
+        id.clone(),
+        0,
+        Message::Status(wire::Status {
+            state: wire::LinkState::Offline,
+            version: "bench".into(),
+            site: format!("site-{id}"),
+        }),
+    )
+    .encode()?;
+    opts.set_last_will(LastWill::new(
+        Topic::gateway(&id, Channel::Status).path(),
+        will,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
+    let sent: Sent = Arc::default();
+    let mut gw = SimGateway {
+        id: id.clone(),
+        client: client.clone(),
+        devices,
+        envelope_seq: 0,
+        event_seq: 0,
+        sent: sent.clone(),
+    };
+    let (s, ack_sent) = (stats.clone(), sent.clone());
+    let poller = tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    s.connected.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let Ok(env) = wire::decode(&p.payload) else {
+                        s.errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    let Message::Ack(ack) = env.message else {
+                        continue;
+                    };
+                    let Some(batch) = ack.batch else { continue };
+                    let Some((at, k, tag)) = ack_sent.lock().unwrap().remove(&batch) else {
+                        continue;
+                    };
+                    let ms = at.elapsed().as_secs_f64() * 1e3;
+                    match tag {
+                        Tag::Steady => {
+                            s.steady_events.fetch_add(k, Ordering::Relaxed);
+                            s.ack_ms.lock().unwrap().push(ms);
+                        }
+                        Tag::Probe => s.probe_ack_ms.lock().unwrap().push(ms),
+                        Tag::Burst => {
+                            s.burst_events.fetch_add(k, Ordering::Relaxed);
+                            *s.last_burst_ack.lock().unwrap() = Some(Instant::now());
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    s.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    });
+    client
+        .subscribe(Topic::gateway(&id, Channel::Ack).path(), QoS::AtLeastOnce)
+        .await?;
+    let (_, status) = gw.envelope(Message::Status(wire::Status {
+        state: wire::LinkState::Online,
+        version: "bench".into(),
+        site: format!("site-{id}"),
+    }))?;
+    client
+        .publish(
+            Topic::gateway(&id, Channel::Status).path(),
+            QoS::AtLeastOnce,
+            true,
+            status,
+        )
+        .await?;
+    // Open loop: report i·10 s/N after the start and then every 10 s.
+    let offset = INTERVAL.mul_f64(i as f64 / n as f64);
+    let mut ticker = tokio::time::interval_at((start + offset).into(), INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => gw.report().await?,
+            order = orders.recv() => match order {
+                Some(Order::Probe(raise)) => gw.probe(raise).await?,
+                Some(Order::Burst(k)) => gw.burst(k).await?,
+                None => break,
+            },
+        }
+    }
+    let _ = client.disconnect().await;
+    poller.abort();
+    Ok(())
+}
+
+struct Fleet {
+    orders: Vec<mpsc::Sender<Order>>,
+    stats: Arc<Stats>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Fleet {
+    async fn start(n: usize, devices: usize, port: u16) -> anyhow::Result<Self> {
+        let stats = Arc::new(Stats::default());
+        let start = Instant::now() + Duration::from_secs(2);
+        let mut orders = Vec::new();
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let (tx, rx) = mpsc::channel(16);
+            orders.push(tx);
+            tasks.push(tokio::spawn(run_gateway(
+                i,
+                n,
+                devices,
+                port,
+                stats.clone(),
+                rx,
+                start,
+            )));
+        }
+        let fleet = Self {
+            orders,
+            stats,
+            tasks,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while fleet.stats.connected.load(Ordering::Relaxed) < n as u64 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {} of {n} gateways connected",
+                fleet.stats.connected.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(fleet)
+    }
+
+    async fn stop(self) {
+        drop(self.orders);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for t in self.tasks {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let abort = t.abort_handle();
+            match tokio::time::timeout(left, t).await {
+                Ok(Ok(Err(e))) => eprintln!("a simulated gateway failed: {e:#}"),
+                Ok(Err(e)) if !e.is_cancelled() => eprintln!("a simulated gateway panicked: {e}"),
+                Err(_) => abort.abort(),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The server side under test: its processes and where the fleet connects.
+struct Server {
+    name: &'static str,
+    pids: Vec<u32>,
+    mqtt_port: u16,
+    /// The console of a GridEdge central, for the live alert feed.
+    console: Option<Console>,
+    _processes: Vec<ChildProcess>,
+    _central: Option<gridedge_tests::services::ServiceProcess>,
+}
+
+impl Server {
+    fn cpu(&self) -> f64 {
+        self.pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.pids
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+                    / 1024.0
+            })
+            .sum()
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        self.pids.iter().map(|p| peak_rss_mib(*p)).sum()
+    }
+}
+
+async fn gridedge_server(dir: &Path) -> anyhow::Result<Server> {
+    let (broker, http) = (free_port(), free_port());
+    let central = gridedge_tests::services::ServiceProcess::spawn(
+        "central",
+        &central_toml(dir, broker, http),
+    )?;
+    wait_for_port(([127, 0, 0, 1], http).into(), Duration::from_secs(30))?;
+    wait_for_port(([127, 0, 0, 1], broker).into(), Duration::from_secs(30))?;
+    let console = Console::login(&format!("http://127.0.0.1:{http}"), "op").await?;
+    Ok(Server {
+        name: "GridEdge",
+        pids: central.process.pid().into_iter().collect(),
+        mqtt_port: broker,
+        console: Some(console),
+        _processes: Vec::new(),
+        _central: Some(central),
+    })
+}
+
+async fn peer_server(dir: &Path) -> anyhow::Result<Server> {
+    let port = free_port();
+    let db = dir.join("mosquitto-db");
+    std::fs::create_dir_all(&db)?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+             max_queued_messages 0\nmax_inflight_messages 1000\nmax_packet_size {}\nset_tcp_nodelay true\n",
+            db.display(),
+            wire::MAX_MESSAGE_BYTES + 4096
+        ),
+    )?;
+    let mut cmd = Command::new(gridedge_tests::mosquitto::MOSQUITTO);
+    cmd.arg("-c").arg(&conf);
+    let broker = ChildProcess::spawn("mosquitto", cmd, &dir.join("mosquitto.log"))?;
+    wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--peer-consumer", &port.to_string()])
+        .arg(dir.join("received.log"));
+    let consumer = ChildProcess::spawn("consumer", cmd, &dir.join("consumer.log"))?;
+    // The consumer subscribes before the fleet starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Server {
+        name: "Mosquitto + consumer",
+        pids: [broker.pid(), consumer.pid()]
+            .into_iter()
+            .flatten()
+            .collect(),
+        mqtt_port: port,
+        console: None,
+        _processes: vec![broker, consumer],
+        _central: None,
+    })
+}
+
+/// The peer's consumer (run as its own process): decode, append, fsync, acknowledge.
+async fn peer_consumer(port: u16, file: &Path) -> anyhow::Result<()> {
+    let mut opts = client_options(
+        &format!("mqtt://127.0.0.1:{port}"),
+        None,
+        "peer-consumer",
+        Duration::from_secs(30),
+    )?;
+    opts.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+    firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
+    for c in [Channel::Events, Channel::Health, Channel::Status] {
+        client
+            .subscribe(firmware_config::topics::all_gateways(c), QoS::AtLeastOnce)
+            .await?;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send(p).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("consumer: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    let mut batch = Vec::new();
+    while let Some(p) = rx.recv().await {
+        batch.push(p);
+        while batch.len() < 1000 {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut acks = Vec::new();
+        for p in batch.drain(..) {
+            let Ok(env) = wire::decode(&p.payload) else {
+                continue;
+            };
+            out.write_all(&(p.payload.len() as u32).to_le_bytes())?;
+            out.write_all(&p.payload)?;
+            if let Message::Events(b) = &env.message {
+                let high = b.events.iter().map(|e| e.seq).max().unwrap_or(0);
+                let low = b.events.iter().map(|e| e.seq).min().unwrap_or(0);
+                let ack = Message::Ack(wire::Ack {
+                    watermark: high,
+                    ranges: vec![(low, high)],
+                    batch: Some(env.seq),
+                });
+                let topic = Topic::gateway(&env.gateway, Channel::Ack).path();
+                acks.push((topic, Envelope::new(env.gateway, env.seq, ack).encode()?));
+            }
+        }
+        out.flush()?;
+        out.get_ref().sync_data()?;
+        for (topic, payload) in acks {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the console's live alert feed; for each change of a probe alert, records when.
+async fn console_feed(
+    console: &Console,
+    seen: Arc<Mutex<Vec<(String, Instant)>>>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut r = console
+        .request(reqwest::Method::GET, "/api/v1/alerts/stream")
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "alert stream: {}", r.status());
+    Ok(tokio::spawn(async move {
+        let mut buf = String::new();
+        while let Ok(Some(chunk)) = r.chunk().await {
+            let at = Instant::now();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                for line in frame.lines() {
+                    let Some(data) = line.strip_prefix("data:") else {
+                        continue;
+                    };
+                    let Ok(v) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                        continue;
+                    };
+                    let key = v["alert"]["key"].as_str().unwrap_or_default();
+                    if key.contains(PROBE_CAMERA) {
+                        let state = if v["alert"]["cleared"].as_bool() == Some(true) {
+                            "cleared"
+                        } else {
+                            "raised"
+                        };
+                        seen.lock().unwrap().push((
+                            format!(
+                                "{}#{state}",
+                                v["alert"]["gateway"].as_str().unwrap_or_default()
+                            ),
+                            at,
+                        ));
+                    }
+                }
+            }
+        }
+    }))
+}
+
+struct Figures {
+    steady_per_s: f64,
+    expected_per_s: f64,
+    ack_p50: f64,
+    ack_p99: f64,
+    cpu_pct: f64,
+    rss_mib: f64,
+    burst_per_s: f64,
+    burst_events: u64,
+    peak_rss_mib: f64,
+    /// Event to console (GridEdge) or to stored and acknowledged (peer), ms.
+    visible_p50: f64,
+    visible_p99: f64,
+    visible_max: f64,
+    probes: usize,
+    missed: usize,
+    errors: u64,
+}
+
+impl Figures {
+    /// A line on stderr as soon as one side is done.
+    fn tell(&self, name: &str) {
+        eprintln!(
+            "{name}: steady {:.0} events/s (ack p50 {:.1} ms, p99 {:.1} ms), CPU {:.1}%, RSS {:.0} MiB; \
+             burst {:.0} events/s ({} events); visible p50 {:.1} ms p99 {:.1} ms; {} errors",
+            self.steady_per_s, self.ack_p50, self.ack_p99, self.cpu_pct, self.rss_mib,
+            self.burst_per_s, self.burst_events, self.visible_p50, self.visible_p99, self.errors
+        );
+    }
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run(
+    server: Server,
+    gateways: usize,
+    devices: usize,
+    seconds: u64,
+    burst: u64,
+) -> anyhow::Result<Figures> {
+    let name = server.name;
+    eprintln!("{name}: connecting {gateways} gateways of {devices} devices");
+    let fleet = Fleet::start(gateways, devices, server.mqtt_port).await?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let feed = match &server.console {
+        Some(c) => Some(console_feed(c, seen.clone()).await?),
+        None => None,
+    };
+    // Warm up: every gateway has reported once.
+    tokio::time::sleep(INTERVAL + Duration::from_secs(3)).await;
+    eprintln!("{name}: steady window of {seconds} s");
+    let (cpu0, t0) = (server.cpu(), Instant::now());
+    let events0 = fleet.stats.steady_events.load(Ordering::Relaxed);
+    fleet.stats.ack_ms.lock().unwrap().clear();
+    // One probe a second on a different gateway each time: raise, then clear.
+    let mut probes: Vec<(String, Instant)> = Vec::new();
+    let mut k = 0usize;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        let g = (k / 2 * 37) % gateways;
+        let raise = k % 2 == 0;
+        let key = format!("gw-b{g:04}#{}", if raise { "raised" } else { "cleared" });
+        probes.push((key, Instant::now()));
+        fleet.orders[g].send(Order::Probe(raise)).await?;
+        k += 1;
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+    let window = t0.elapsed().as_secs_f64();
+    let cpu_pct = 100.0 * (server.cpu() - cpu0) / window;
+    let steady_per_s =
+        (fleet.stats.steady_events.load(Ordering::Relaxed) - events0) as f64 / window;
+    let rss_mib = server.rss_mib();
+    let mut acks = std::mem::take(&mut *fleet.stats.ack_ms.lock().unwrap());
+    let (ack_p50, ack_p99) = (percentile(&mut acks, 0.5), percentile(&mut acks, 0.99));
+
+    eprintln!("{name}: burst of {burst} events");
+    let per_gateway = burst / gateways as u64;
+    let t1 = Instant::now();
+    for o in &fleet.orders {
+        o.send(Order::Burst(per_gateway)).await?;
+    }
+    let total = per_gateway * gateways as u64;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut told = Instant::now();
+    while fleet.stats.burst_events.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if told.elapsed() > Duration::from_secs(5) {
+            eprintln!(
+                "{name}: {} of {total} burst events acknowledged",
+                fleet.stats.burst_events.load(Ordering::Relaxed)
+            );
+            told = Instant::now();
+        }
+    }
+    let burst_events = fleet.stats.burst_events.load(Ordering::Relaxed);
+    let last = fleet.stats.last_burst_ack.lock().unwrap().unwrap_or(t1);
+    let burst_per_s = burst_events as f64 / last.duration_since(t1).as_secs_f64().max(1e-3);
+    let peak_rss_mib = server.peak_rss_mib();
+
+    // Event to visible.
+    let mut visible: Vec<f64> = Vec::new();
+    let mut missed = 0;
+    if feed.is_some() {
+        let seen = seen.lock().unwrap();
+        for (i, (key, at)) in probes.iter().enumerate() {
+            let until = probes.get(i + 1).map(|p| p.1);
+            match seen.iter().find(|(k, t)| {
+                k == key && t >= at && until.is_none_or(|u| *t < u + Duration::from_secs(5))
+            }) {
+                Some((_, t)) => visible.push(t.duration_since(*at).as_secs_f64() * 1e3),
+                None => missed += 1,
+            }
+        }
+    } else {
+        visible = fleet.stats.probe_ack_ms.lock().unwrap().clone();
+        missed = probes.len().saturating_sub(visible.len());
+    }
+    if let Some(f) = feed {
+        f.abort();
+    }
+    let errors = fleet.stats.errors.load(Ordering::Relaxed);
+    fleet.stop().await;
+    Ok(Figures {
+        steady_per_s,
+        expected_per_s: (gateways * devices) as f64 / INTERVAL.as_secs_f64(),
+        ack_p50,
+        ack_p99,
+        cpu_pct,
+        rss_mib,
+        burst_per_s,
+        burst_events,
+        peak_rss_mib,
+        visible_p50: percentile(&mut visible, 0.5),
+        visible_p99: percentile(&mut visible, 0.99),
+        visible_max: visible.iter().copied().fold(f64::NAN, f64::max),
+        probes: probes.len(),
+        missed,
+        errors,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--peer-consumer") {
+        let port: u16 = args.get(i + 1).context("port")?.parse()?;
+        let file = args.get(i + 2).context("file")?;
+        return peer_consumer(port, Path::new(file)).await;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let gateways = arg_value(&args, "--gateways").unwrap_or(1000) as usize;
+    let devices = arg_value(&args, "--devices").unwrap_or(50) as usize;
+    let seconds = arg_value(&args, "--seconds").unwrap_or(if quick { 20 } else { 120 });
+    let burst = arg_value(&args, "--burst").unwrap_or(100_000);
+    anyhow::ensure!(
+        gateways > 0 && devices > 0,
+        "--gateways and --devices must be > 0"
+    );
+    binary("central")?;
+    let dir = tempfile::tempdir()?;
+    // --keep: leave the logs and stores for a look afterwards.
+    let root = if args.iter().any(|a| a == "--keep") {
+        let kept = dir.keep();
+        eprintln!("keeping {}", kept.display());
+        kept
+    } else {
+        dir.path().to_owned()
+    };
+    let (g_dir, p_dir) = (root.join("gridedge"), root.join("peer"));
+    std::fs::create_dir_all(&g_dir)?;
+    std::fs::create_dir_all(&p_dir)?;
+    let started = Instant::now();
+    let g = run(
+        gridedge_server(&g_dir).await?,
+        gateways,
+        devices,
+        seconds,
+        burst,
+    )
+    .await
+    .context("GridEdge run")?;
+    g.tell("GridEdge");
+    let p = run(
+        peer_server(&p_dir).await?,
+        gateways,
+        devices,
+        seconds,
+        burst,
+    )
+    .await
+    .context("peer run")?;
+    p.tell("peer");
+
+    println!();
+    println!(
+        "central benchmark: {gateways} gateways x {devices} devices reporting every 10 s ({:.0} events/s expected), \
+         a {seconds} s steady window, then a burst of {} events; one machine ({} s)",
+        g.expected_per_s,
+        burst / gateways as u64 * gateways as u64,
+        started.elapsed().as_secs()
+    );
+    println!(
+        "GridEdge: central with its embedded broker (one process). Peer: Mosquitto + a consumer that decodes, \
+         fsyncs and acknowledges (two processes)."
+    );
+    for (name, f) in [("GridEdge", &g), ("peer", &p)] {
+        println!(
+            "{name}: {} probes, {} not seen; {} client errors; {} burst events acknowledged",
+            f.probes, f.missed, f.errors, f.burst_events
+        );
+    }
+    println!(
+        "{:<52} {:>12} {:>12} {:>8} {:>10}",
+        "figure", "GridEdge", "peer", "ratio", "goal"
+    );
+    let rows: [(&str, f64, f64, bool, &str); 9] = [
+        (
+            "steady ingest, events/s stored and acked",
+            g.steady_per_s,
+            p.steady_per_s,
+            true,
+            "-",
+        ),
+        (
+            "steady ack latency p50, ms",
+            g.ack_p50,
+            p.ack_p50,
+            false,
+            "-",
+        ),
+        (
+            "steady ack latency p99, ms",
+            g.ack_p99,
+            p.ack_p99,
+            false,
+            "-",
+        ),
+        (
+            "steady server CPU, % of one core",
+            g.cpu_pct,
+            p.cpu_pct,
+            false,
+            "<= 20",
+        ),
+        ("steady server RSS, MiB", g.rss_mib, p.rss_mib, false, "-"),
+        (
+            "burst ingest, events/s",
+            g.burst_per_s,
+            p.burst_per_s,
+            true,
+            ">= 100000",
+        ),
+        (
+            "server peak RSS, MiB",
+            g.peak_rss_mib,
+            p.peak_rss_mib,
+            false,
+            "-",
+        ),
+        (
+            "event -> console p50, ms (peer: -> stored+acked)",
+            g.visible_p50,
+            p.visible_p50,
+            false,
+            "-",
+        ),
+        (
+            "event -> console p99, ms (peer: -> stored+acked)",
+            g.visible_p99,
+            p.visible_p99,
+            false,
+            "<= 1000",
+        ),
+    ];
+    for (name, gv, pv, higher_better, goal) in rows {
+        let ratio = if higher_better { gv / pv } else { pv / gv };
+        println!("{name:<52} {gv:>12.1} {pv:>12.1} {ratio:>7.2}x {goal:>10}");
+    }
+    println!(
+        "event -> console max: {:.1} ms. ratio: how many times better GridEdge is (peer / GridEdge where lower is better).",
+        g.visible_max
+    );
+    Ok(())
+}
