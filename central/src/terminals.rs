@@ -26,9 +26,10 @@ pub struct TerminalEntry {
     pub source: &'static str,
 }
 
+/// By gateway, then terminal: a gateway's summary touches its own terminals only.
 #[derive(Debug, Default)]
 pub struct TerminalBoard {
-    entries: BTreeMap<(String, String), TerminalEntry>,
+    gateways: BTreeMap<String, BTreeMap<String, TerminalEntry>>,
 }
 
 impl TerminalBoard {
@@ -44,23 +45,22 @@ impl TerminalBoard {
             return;
         };
         let text = |k: &str| p.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-        let key = (gateway.to_owned(), id.to_owned());
-        if let Some(old) = self.entries.get(&key) {
-            if old.at > e.time {
-                return;
-            }
+        let entries = self.gateways.entry(gateway.to_owned()).or_default();
+        let old = entries.get(id);
+        if old.is_some_and(|o| o.at > e.time) {
+            return;
         }
         let flapping = match kind {
             "flapping" => true,
             "flapping.cleared" => false,
-            _ => self.entries.get(&key).is_some_and(|o| o.flapping),
+            _ => old.is_some_and(|o| o.flapping),
         };
         let reasons = p
             .get("reasons")
             .and_then(|r| serde_json::from_value(r.clone()).ok())
             .unwrap_or_default();
-        self.entries.insert(
-            key,
+        entries.insert(
+            id.to_owned(),
             TerminalEntry {
                 gateway: gateway.to_owned(),
                 terminal: id.to_owned(),
@@ -79,6 +79,7 @@ impl TerminalBoard {
     /// forgotten.
     pub fn observe_summary(&mut self, gateway: &str, s: &TerminalsSummary, at: OffsetDateTime) {
         let mut listed = std::collections::HashSet::new();
+        let entries = self.gateways.entry(gateway.to_owned()).or_default();
         let lists = [
             ("online", &s.online),
             ("degraded", &s.degraded),
@@ -88,9 +89,8 @@ impl TerminalBoard {
         for (state, ids) in lists {
             for id in ids {
                 listed.insert(id.as_str());
-                let key = (gateway.to_owned(), id.clone());
                 let flapping = s.flapping.contains(id);
-                match self.entries.get_mut(&key) {
+                match entries.get_mut(id) {
                     Some(old) if old.at > at => {}
                     Some(old) => {
                         if old.state != state {
@@ -102,8 +102,8 @@ impl TerminalBoard {
                         old.source = "summary";
                     }
                     None => {
-                        self.entries.insert(
-                            key,
+                        entries.insert(
+                            id.clone(),
                             TerminalEntry {
                                 gateway: gateway.to_owned(),
                                 terminal: id.clone(),
@@ -120,14 +120,19 @@ impl TerminalBoard {
                 }
             }
         }
-        self.entries
-            .retain(|(g, t), _| g != gateway || listed.contains(t.as_str()));
+        entries.retain(|t, _| listed.contains(t.as_str()));
+    }
+
+    /// The entries of one gateway, or of all.
+    fn entries<'a>(&'a self, gateway: Option<&'a str>) -> impl Iterator<Item = &'a TerminalEntry> {
+        self.gateways
+            .iter()
+            .filter(move |(g, _)| gateway.is_none_or(|w| w == g.as_str()))
+            .flat_map(|(_, t)| t.values())
     }
 
     pub fn list(&self, gateway: Option<&str>, state: Option<&str>) -> Vec<TerminalEntry> {
-        self.entries
-            .values()
-            .filter(|e| gateway.is_none_or(|g| e.gateway == g))
+        self.entries(gateway)
             .filter(|e| state.is_none_or(|s| e.state == s))
             .cloned()
             .collect()
@@ -136,11 +141,7 @@ impl TerminalBoard {
     /// Terminals per state.
     pub fn counts(&self, gateway: Option<&str>) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
-        for e in self
-            .entries
-            .values()
-            .filter(|e| gateway.is_none_or(|g| e.gateway == g))
-        {
+        for e in self.entries(gateway) {
             *m.entry(e.state.clone()).or_default() += 1;
         }
         m

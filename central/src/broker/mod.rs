@@ -50,8 +50,9 @@ pub async fn start(cfg: &EmbeddedBroker, central_id: &str) -> Result<BrokerHandl
         router: rumqttd::RouterConfig {
             max_connections: cfg.max_connections,
             max_outgoing_packet_count: 200,
-            max_segment_size: 16 * 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: 4 << 20,
+            max_segment_count: 2,
+            custom_segment: Some(retention()),
             ..Default::default()
         },
         v4: Some(v4),
@@ -72,6 +73,30 @@ pub async fn start(cfg: &EmbeddedBroker, central_id: &str) -> Result<BrokerHandl
         local_addr,
         tls_addr,
     })
+}
+
+/// How much each subscription's in-memory log keeps. rumqttd keeps every message a filter
+/// matched until its log rotates, whoever has read it, so these sizes are central's memory:
+/// one log per gateway per downlink channel (1,000 gateways at the old 16 MiB × 10 would have
+/// been allowed 480 GiB), and one for each uplink channel shared by all gateways. A message
+/// that falls off the end before its reader took it is not lost: the gateway resends an
+/// unacknowledged batch, and central repeats an unanswered command or fetch.
+fn retention() -> HashMap<String, rumqttd::SegmentConfig> {
+    use firmware_config::topics::{all_gateways, Channel};
+    let segments = |size: usize, count: usize| rumqttd::SegmentConfig {
+        max_segment_size: size,
+        max_segment_count: count,
+    };
+    let mut m = HashMap::new();
+    // Downlink to one gateway: acks, commands, data pieces — read at once; 16 KiB holds
+    // a hundred acks, and a segment always holds at least one message (a content piece).
+    for ch in [Channel::Ack, Channel::Cmd, Channel::Data] {
+        m.insert(all_gateways(ch), segments(16 << 10, 2));
+    }
+    // Every gateway's event batches, waiting for central's store: room for a burst of
+    // ~250,000 events.
+    m.insert(all_gateways(Channel::Events), segments(16 << 20, 4));
+    m
 }
 
 fn server(

@@ -37,7 +37,7 @@ impl GatewayLink {
         let mut opts = client_options(url, tls, central_id, Duration::from_secs(30))?;
         opts.set_clean_session(false);
         opts.set_manual_acks(true);
-        let (client, mut eventloop) = AsyncClient::new(opts, 256);
+        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
         firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
         Ok(Self { client, eventloop })
     }
@@ -50,7 +50,9 @@ impl GatewayLink {
     pub async fn run(mut self, shared: Arc<Shared>, token: CancellationToken) {
         let m = &shared.metrics;
         let mut wait = Duration::from_millis(100);
+        let mut replies = std::collections::VecDeque::new();
         loop {
+            self.send_replies(&mut replies, m);
             let event = tokio::select! {
                 _ = token.cancelled() => break,
                 e = self.eventloop.poll() => e,
@@ -75,25 +77,15 @@ impl GatewayLink {
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Some((topic, payload)) = handle(&shared, &p).await {
-                        match self
-                            .client
-                            .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                        {
-                            Ok(()) => {
-                                m.acks_sent.inc();
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot queue an ack; the gateway will resend")
-                            }
-                        };
+                        replies.push_back(Reply::Ack(topic, payload));
                     }
                     // PUBACK to the broker only now: the batch is stored (or was refused).
-                    if let Err(e) = self.client.try_ack(&p) {
-                        tracing::warn!(error = %e, "cannot ack to the broker");
-                    }
+                    replies.push_back(Reply::PubAck(p));
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // The new session gets everything unacknowledged again from the broker.
+                    replies.clear();
                     if m.link_connected.get() == 1 {
                         tracing::warn!(error = %e, "central lost the broker");
                     }
@@ -108,6 +100,41 @@ impl GatewayLink {
         }
         let _ = self.client.try_disconnect();
         m.link_connected.set(0);
+    }
+}
+
+/// What the link owes the broker for one incoming message, in order.
+enum Reply {
+    /// An acknowledgement (or a content piece) to publish to a gateway.
+    Ack(String, Vec<u8>),
+    /// The PUBACK of a message that has been handled.
+    PubAck(Publish),
+}
+
+impl GatewayLink {
+    /// Hands queued replies to the client while its request queue has room. The queue fills
+    /// when a broker sends more at once than it holds (Mosquitto sends up to its
+    /// `max_inflight_messages`), because rumqttc drains requests only between reads: dropping
+    /// the overflow would leave gateways waiting out their ack timeout.
+    fn send_replies(
+        &self,
+        replies: &mut std::collections::VecDeque<Reply>,
+        m: &crate::metrics::Metrics,
+    ) {
+        while let Some(r) = replies.front() {
+            let sent = match r {
+                Reply::Ack(topic, payload) => self
+                    .client
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                    .map(|()| m.acks_sent.inc())
+                    .is_ok(),
+                Reply::PubAck(p) => self.client.try_ack(p).is_ok(),
+            };
+            if !sent {
+                return;
+            }
+            replies.pop_front();
+        }
     }
 }
 

@@ -63,7 +63,7 @@ struct Stats {
 }
 
 /// Batches sent and not yet acknowledged, by envelope sequence number.
-type Sent = Arc<Mutex<HashMap<u64, (Instant, u64, Tag)>>>;
+type Sent = Arc<Mutex<HashMap<u64, (Instant, u64, Tag, Vec<u8>)>>>;
 
 enum Order {
     /// Raise (true) or clear the probe camera's covered alert.
@@ -140,7 +140,7 @@ impl SimGateway {
         self.sent
             .lock()
             .unwrap()
-            .insert(seq, (Instant::now(), n, tag));
+            .insert(seq, (Instant::now(), n, tag, payload.clone()));
         self.client
             .publish(
                 Topic::gateway(&self.id, Channel::Events).path(),
@@ -247,6 +247,10 @@ async fn run_gateway(
     ));
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
+    // A thousand connecting at once wait for their CONNACK longer than rumqttc's 5 s.
+    let mut net = eventloop.network_options();
+    net.set_connection_timeout(30);
+    eventloop.set_network_options(net);
     let sent: Sent = Arc::default();
     let mut gw = SimGateway {
         id: id.clone(),
@@ -256,12 +260,30 @@ async fn run_gateway(
         event_seq: 0,
         sent: sent.clone(),
     };
-    let (s, ack_sent) = (stats.clone(), sent.clone());
+    let (s, ack_sent, ack_id, c) = (stats.clone(), sent.clone(), id.clone(), client.clone());
     let poller = tokio::spawn(async move {
+        let mut sessions = 0;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                    s.connected.fetch_add(1, Ordering::Relaxed);
+                    // As a gateway does: subscribe on every session, and after a reconnect
+                    // send again what was not acknowledged (central keeps each event once).
+                    let _ = c.try_subscribe(Topic::gateway(&ack_id, Channel::Ack).path(), QoS::AtLeastOnce);
+                    sessions += 1;
+                    if sessions == 1 {
+                        s.connected.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let pending: Vec<Vec<u8>> =
+                            ack_sent.lock().unwrap().values().map(|v| v.3.clone()).collect();
+                        for p in pending {
+                            let _ = c.try_publish(
+                                Topic::gateway(&ack_id, Channel::Events).path(),
+                                QoS::AtLeastOnce,
+                                false,
+                                p,
+                            );
+                        }
+                    }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     let Ok(env) = wire::decode(&p.payload) else {
@@ -272,7 +294,7 @@ async fn run_gateway(
                         continue;
                     };
                     let Some(batch) = ack.batch else { continue };
-                    let Some((at, k, tag)) = ack_sent.lock().unwrap().remove(&batch) else {
+                    let Some((at, k, tag, _)) = ack_sent.lock().unwrap().remove(&batch) else {
                         continue;
                     };
                     let ms = at.elapsed().as_secs_f64() * 1e3;
@@ -289,16 +311,15 @@ async fn run_gateway(
                     }
                 }
                 Ok(_) => {}
-                Err(_) => {
-                    s.errors.fetch_add(1, Ordering::Relaxed);
+                Err(e) => {
+                    if s.errors.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("{}: connection error: {e}", ack_id);
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
         }
     });
-    client
-        .subscribe(Topic::gateway(&id, Channel::Ack).path(), QoS::AtLeastOnce)
-        .await?;
     let (_, status) = gw.envelope(Message::Status(wire::Status {
         state: wire::LinkState::Online,
         version: "bench".into(),
@@ -444,7 +465,38 @@ async fn gridedge_server(dir: &Path) -> anyhow::Result<Server> {
     })
 }
 
-async fn peer_server(dir: &Path) -> anyhow::Result<Server> {
+/// GridEdge's central on Mosquitto instead of its embedded broker (`--external`).
+async fn gridedge_on_mosquitto(dir: &Path) -> anyhow::Result<Server> {
+    let (broker, port) = mosquitto(dir)?;
+    let http = free_port();
+    let central = gridedge_tests::services::ServiceProcess::spawn(
+        "central",
+        &gridedge_tests::services::central_external_toml(
+            dir,
+            &format!("mqtt://127.0.0.1:{port}"),
+            None,
+            http,
+        ),
+    )?;
+    wait_for_port(([127, 0, 0, 1], http).into(), Duration::from_secs(30))?;
+    let console = Console::login(&format!("http://127.0.0.1:{http}"), "op").await?;
+    // Central subscribes before the fleet starts.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(Server {
+        name: "GridEdge on Mosquitto",
+        pids: [central.process.pid(), broker.pid()]
+            .into_iter()
+            .flatten()
+            .collect(),
+        mqtt_port: port,
+        console: Some(console),
+        _processes: vec![broker],
+        _central: Some(central),
+    })
+}
+
+/// Mosquitto with persistence, on a free port.
+fn mosquitto(dir: &Path) -> anyhow::Result<(ChildProcess, u16)> {
     let port = free_port();
     let db = dir.join("mosquitto-db");
     std::fs::create_dir_all(&db)?;
@@ -462,6 +514,11 @@ async fn peer_server(dir: &Path) -> anyhow::Result<Server> {
     cmd.arg("-c").arg(&conf);
     let broker = ChildProcess::spawn("mosquitto", cmd, &dir.join("mosquitto.log"))?;
     wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10))?;
+    Ok((broker, port))
+}
+
+async fn peer_server(dir: &Path) -> anyhow::Result<Server> {
+    let (broker, port) = mosquitto(dir)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["--peer-consumer", &port.to_string()])
         .arg(dir.join("received.log"));
@@ -786,6 +843,14 @@ async fn main() -> anyhow::Result<()> {
     .await
     .context("GridEdge run")?;
     g.tell("GridEdge");
+    if args.iter().any(|a| a == "--external") {
+        let e_dir = root.join("gridedge-mosquitto");
+        std::fs::create_dir_all(&e_dir)?;
+        let e = run(gridedge_on_mosquitto(&e_dir).await?, gateways, devices, seconds, burst)
+            .await
+            .context("GridEdge on Mosquitto run")?;
+        e.tell("GridEdge on Mosquitto");
+    }
     let p = run(
         peer_server(&p_dir).await?,
         gateways,

@@ -29,14 +29,18 @@ where
 {
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // GridEdge patch: grow as used. 1024 slots of ~500 bytes per log, one log per
+            // subscription filter, cost central ~0.5 MiB per connected gateway.
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            // GridEdge patch: grow as used. 1024 slots of ~500 bytes per log, one log per
+            // subscription filter, cost central ~0.5 MiB per connected gateway.
+            data: Vec::new(),
             absolute_offset: 0,
             total_size: 0,
         }
