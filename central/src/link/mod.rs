@@ -15,6 +15,7 @@ use firmware_config::ids::GatewayId;
 use firmware_config::runtime::mqtt::{client_options, MqttSetupError};
 use firmware_config::topics::{all_gateways, Channel, Topic};
 use firmware_config::wire::{self, Ack, Envelope, Message};
+use futures::FutureExt;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -51,11 +52,16 @@ impl GatewayLink {
         let m = &shared.metrics;
         let mut wait = Duration::from_millis(100);
         let mut replies = std::collections::VecDeque::new();
+        // An event polled while gathering a group, handled next.
+        let mut carried = None;
         loop {
             self.send_replies(&mut replies, m);
-            let event = tokio::select! {
-                _ = token.cancelled() => break,
-                e = self.eventloop.poll() => e,
+            let event = match carried.take() {
+                Some(e) => e,
+                None => tokio::select! {
+                    _ = token.cancelled() => break,
+                    e = self.eventloop.poll() => e,
+                },
             };
             match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -76,11 +82,27 @@ impl GatewayLink {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if let Some((topic, payload)) = handle(&shared, &p).await {
-                        replies.push_back(Reply::Ack(topic, payload));
+                    // What the client already holds joins the group: one disk flush for all.
+                    let mut group = vec![p];
+                    while group.len() < GROUP_MAX {
+                        match self.eventloop.poll().now_or_never() {
+                            Some(Ok(Event::Incoming(Packet::Publish(p)))) => group.push(p),
+                            Some(other) => {
+                                carried = Some(other);
+                                break;
+                            }
+                            None => break,
+                        }
                     }
-                    // PUBACK to the broker only now: the batch is stored (or was refused).
-                    replies.push_back(Reply::PubAck(p));
+                    let answers = handle_group(&shared, &group).await;
+                    for (p, answer) in group.into_iter().zip(answers) {
+                        if let Some((topic, payload)) = answer {
+                            replies.push_back(Reply::Ack(topic, payload));
+                        }
+                        // PUBACK to the broker only now, in order: the batch is stored (or
+                        // was refused).
+                        replies.push_back(Reply::PubAck(p));
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -141,36 +163,79 @@ impl GatewayLink {
 /// The consumer group of central replicas for event batches.
 pub const SHARE: &str = "$share/gridedge-central";
 
-/// Checks one message and applies it; for an event batch, returns the ack to publish (topic,
-/// payload) once the batch is stored.
-async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> {
+/// Most messages handled as one group (one flush for their event batches).
+const GROUP_MAX: usize = 256;
+
+/// An event batch waiting for the group's store.
+struct Batch {
+    gateway: GatewayId,
+    seq: u64,
+    events: Vec<wire::Event>,
+    raw: Vec<u8>,
+}
+
+/// What to publish in answer to a message: topic and payload.
+type Answer = Option<(String, Vec<u8>)>;
+
+/// Checks and applies a group of messages in order, storing their event batches together;
+/// returns each message's answer (an event batch's ack once it is stored).
+async fn handle_group(shared: &Arc<Shared>, group: &[Publish]) -> Vec<Answer> {
+    let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+    let mut batches: Vec<(usize, Batch)> = Vec::new();
+    for (i, p) in group.iter().enumerate() {
+        match handle(shared, p) {
+            Handled::Answer(a) => answers.push(a),
+            Handled::Store(b) => {
+                answers.push(None);
+                batches.push((i, b));
+            }
+        }
+    }
+    if !batches.is_empty() {
+        let (index, batches): (Vec<usize>, Vec<Batch>) = batches.into_iter().unzip();
+        for (i, ack) in index.into_iter().zip(store_and_ack(shared, batches).await) {
+            answers[i] = ack;
+        }
+    }
+    answers
+}
+
+enum Handled {
+    Answer(Answer),
+    /// An event batch, to store before it is acknowledged.
+    Store(Batch),
+}
+
+/// Checks one message and applies it; an event batch comes back to be stored.
+fn handle(shared: &Arc<Shared>, p: &Publish) -> Handled {
+    const NONE: Handled = Handled::Answer(None);
     let m = &shared.metrics;
     let Ok(Topic::Gateway { gateway, channel }) = Topic::parse(&p.topic) else {
         m.reject("bad_topic");
-        return None;
+        return NONE;
     };
     if p.payload.is_empty() {
         // A cleared retained message: nothing to learn.
-        return None;
+        return NONE;
     }
     let env = match wire::decode(&p.payload) {
         Ok(env) => env,
         Err(e) => {
             tracing::warn!(%gateway, channel = channel.as_str(), error = %e, "rejected message");
             m.reject("bad_envelope");
-            return None;
+            return NONE;
         }
     };
     if env.gateway != gateway {
         tracing::warn!(topic = %p.topic, claimed = %env.gateway, "gateway spoke for another gateway");
         m.reject("gateway_mismatch");
-        return None;
+        return NONE;
     }
     if let Some(v) = &shared.verifier {
         if let Err(e) = v.verify(&gateway, env.seq, &env.raw_payload, env.sig.as_ref()) {
             tracing::warn!(%gateway, channel = channel.as_str(), error = %e, "refused a message without a valid signature");
             m.reject("bad_signature");
-            return None;
+            return NONE;
         }
     }
     m.messages_received
@@ -185,7 +250,7 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
             shared
                 .registry()
                 .observe_status(&gateway, s.state, &s.site, &s.version, now);
-            None
+            NONE
         }
         (Channel::Health, Message::Health(h)) => {
             if let Some(t) = &h.terminals {
@@ -200,7 +265,7 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
                 outbox_alerts(shared, gateway.as_str(), o, now);
             }
             shared.registry().observe_health(&gateway, h, now);
-            None
+            NONE
         }
         (Channel::Events, Message::Events(batch)) => {
             if batch.events.iter().any(|e| e.kind.starts_with("terminal.")) {
@@ -209,28 +274,33 @@ async fn handle(shared: &Arc<Shared>, p: &Publish) -> Option<(String, Vec<u8>)> 
                     board.observe_event(gateway.as_str(), e);
                 }
             }
-            store_and_ack(shared, gateway, env.seq, batch.events, env.raw_payload).await
+            Handled::Store(Batch {
+                gateway,
+                seq: env.seq,
+                events: batch.events,
+                raw: env.raw_payload,
+            })
         }
         (Channel::Reply, Message::Reply(reply)) => {
             shared.commands.complete(&gateway, reply);
-            None
+            NONE
         }
         (Channel::Fetch, Message::Fetch(fetch)) => {
             // Reads one piece from sled: small and quick, no need to leave the loop.
             let chunk = crate::replication::serve_fetch(shared, &gateway, &fetch);
             let topic = Topic::gateway(&gateway, Channel::Data).path();
             match Envelope::new(gateway, env.seq, Message::Chunk(chunk)).encode() {
-                Ok(payload) => Some((topic, payload)),
+                Ok(payload) => Handled::Answer(Some((topic, payload))),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode a content piece");
-                    None
+                    NONE
                 }
             }
         }
         (ch, msg) => {
             tracing::warn!(%gateway, channel = ch.as_str(), kind = msg.kind(), "message of the wrong kind for its topic");
             m.reject("kind_mismatch");
-            None
+            NONE
         }
     }
 }
@@ -257,31 +327,66 @@ fn outbox_alerts(shared: &Shared, gateway: &str, o: &wire::OutboxReport, now: In
         .observe(observations, time::OffsetDateTime::now_utc());
 }
 
-async fn store_and_ack(
-    shared: &Arc<Shared>,
-    gateway: GatewayId,
-    batch: u64,
-    events: Vec<wire::Event>,
-    raw: Vec<u8>,
-) -> Option<(String, Vec<u8>)> {
-    let m = &shared.metrics;
+/// Stores a group's batches with one flush, then, batch by batch, makes cases of submissions,
+/// feeds the new events to the device board, the meetings and the alert rules, and returns
+/// each batch's ack (none for a batch that could not be stored: its gateway sends it again).
+async fn store_and_ack(shared: &Arc<Shared>, batches: Vec<Batch>) -> Vec<Answer> {
+    let n = batches.len();
     let store = shared.store.clone();
-    let gw = gateway.clone();
-    let submissions: Vec<wire::Event> = events
-        .iter()
-        .filter(|e| e.kind == "submission.created")
-        .cloned()
-        .collect();
-    // What the alert rules may act on (telemetry never is).
-    let alert_candidates: Vec<wire::Event> = events
-        .iter()
-        .filter(|e| e.class != wire::EventClass::Telemetry && e.kind != "submission.created")
-        .cloned()
-        .collect();
-    let stored =
-        tokio::task::spawn_blocking(move || store.store_batch_raw(&gw, &events, Some(&raw))).await;
-    if !submissions.is_empty() && matches!(stored, Ok(Ok(_))) {
+    // The batches go to the blocking thread and come back with their results.
+    let stored = tokio::task::spawn_blocking(move || {
+        let results = {
+            let input: Vec<_> = batches
+                .iter()
+                .map(|b| (&b.gateway, b.events.as_slice(), Some(b.raw.as_slice())))
+                .collect();
+            store.store_batches(&input)
+        };
+        (batches, results)
+    })
+    .await;
+    let (batches, results) = match stored {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "store task failed");
+            return vec![None; n];
+        }
+    };
+    let mut answers = Vec::with_capacity(n);
+    for (b, r) in batches.into_iter().zip(results) {
+        answers.push(after_store(shared, b, r).await);
+    }
+    answers
+}
+
+async fn after_store(
+    shared: &Arc<Shared>,
+    b: Batch,
+    stored: Result<crate::store::Stored, crate::store::StoreError>,
+) -> Answer {
+    let m = &shared.metrics;
+    let Batch {
+        gateway,
+        seq: batch,
+        events,
+        ..
+    } = b;
+    let stored = match stored {
+        Ok(s) => s,
+        Err(e) => {
+            // Not acknowledged: the gateway resends after its ack timeout.
+            tracing::error!(%gateway, error = %e, "cannot store a batch");
+            m.reject("store_failed");
+            return None;
+        }
+    };
+    if events.iter().any(|e| e.kind == "submission.created") {
         // Stored first: a case is made only of what central holds (and again: nothing).
+        let submissions: Vec<wire::Event> = events
+            .iter()
+            .filter(|e| e.kind == "submission.created")
+            .cloned()
+            .collect();
         let (s, gw) = (shared.clone(), gateway.as_str().to_owned());
         let made =
             tokio::task::spawn_blocking(move || s.cases.observe(&s, &gw, &submissions)).await;
@@ -290,19 +395,6 @@ async fn store_and_ack(
             crate::cases::tell_gateway(shared, &case);
         }
     }
-    let stored = match stored {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            // Not acknowledged: the gateway resends after its ack timeout.
-            tracing::error!(%gateway, error = %e, "cannot store a batch");
-            m.reject("store_failed");
-            return None;
-        }
-        Err(e) => {
-            tracing::error!(%gateway, error = %e, "store task failed");
-            return None;
-        }
-    };
     m.events_stored.inc_by(stored.new);
     if stored.new > 0 {
         if let Ok(mut seen) = shared.outbox_seen.lock() {
@@ -311,10 +403,17 @@ async fn store_and_ack(
             }
         }
     }
-    let fresh: std::collections::HashSet<u64> = stored.fresh.iter().copied().collect();
-    let fresh_events: Vec<&wire::Event> = alert_candidates
+    // What the rules may act on: new events, never telemetry.
+    let all_fresh = stored.new as usize == events.len();
+    let fresh: std::collections::HashSet<u64> = if all_fresh {
+        Default::default()
+    } else {
+        stored.fresh.iter().copied().collect()
+    };
+    let fresh_events: Vec<&wire::Event> = events
         .iter()
-        .filter(|e| fresh.contains(&e.seq))
+        .filter(|e| e.class != wire::EventClass::Telemetry && e.kind != "submission.created")
+        .filter(|e| all_fresh || fresh.contains(&e.seq))
         .collect();
     if !fresh_events.is_empty() {
         let mut devices = shared

@@ -1,6 +1,7 @@
 //! `EventStore`: central's durable store of every gateway's events, deduplicated on
 //! `(gateway, seq)`. A batch is acknowledged to its gateway only after it is flushed here.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use sled::Transactional;
@@ -27,7 +28,16 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("stored event is unreadable: {0}")]
     Decode(#[from] serde_json::Error),
+    /// The group's flush failed: none of its batches is durable.
+    #[error("event store flush: {0}")]
+    Flush(String),
 }
+
+/// One batch to store: its gateway, its events, and its payload as received.
+pub type BatchIn<'a> = (&'a GatewayId, &'a [Event], Option<&'a [u8]>);
+
+/// The sequence numbers held of one gateway, as sorted inclusive ranges.
+type SeenSet = Vec<(u64, u64)>;
 
 pub struct EventStore {
     db: sled::Db,
@@ -181,7 +191,55 @@ impl EventStore {
         events: &[Event],
         raw: Option<&[u8]>,
     ) -> Result<Stored, StoreError> {
-        let seen = self.seen_of(gateway)?;
+        self.store_batches(&[(gateway, events, raw)])
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Flush("no result".into())))
+    }
+
+    /// Stores several batches (gateway, events, raw payload) with one flush for all: a group
+    /// commit, so a burst costs one disk sync per group instead of one per batch. Each result
+    /// is that batch's [`Self::store_batch_raw`]; a failed flush fails them all.
+    pub fn store_batches(&self, batches: &[BatchIn<'_>]) -> Vec<Result<Stored, StoreError>> {
+        // Seen sets as this group leaves them: a gateway may have two batches in one group.
+        let mut group: HashMap<GatewayId, SeenSet> = HashMap::new();
+        let mut results: Vec<Result<Stored, StoreError>> = batches
+            .iter()
+            .map(|(gateway, events, raw)| {
+                let seen = match group.get(*gateway) {
+                    Some(set) => set.clone(),
+                    None => self.seen_of(gateway)?,
+                };
+                let (stored, set) = self.write_batch(gateway, seen, events, *raw)?;
+                if let Some(set) = set {
+                    group.insert((*gateway).clone(), set);
+                }
+                Ok(stored)
+            })
+            .collect();
+        if !group.is_empty() {
+            if let Err(e) = self.db.flush() {
+                let e = e.to_string();
+                return results
+                    .drain(..)
+                    .map(|_| Err(StoreError::Flush(e.clone())))
+                    .collect();
+            }
+            if let Ok(mut cache) = self.seen_cache.lock() {
+                cache.extend(group);
+            }
+        }
+        results
+    }
+
+    /// Writes the new events of one batch and its seen set, unflushed; returns the new set
+    /// when it changed.
+    fn write_batch(
+        &self,
+        gateway: &GatewayId,
+        seen: SeenSet,
+        events: &[Event],
+        raw: Option<&[u8]>,
+    ) -> Result<(Stored, Option<SeenSet>), StoreError> {
         let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
         let mut batch_seqs = std::collections::HashSet::with_capacity(events.len());
         for e in events {
@@ -192,6 +250,7 @@ impl EventStore {
         let new = fresh.len() as u64;
         let duplicates = events.len() as u64 - new;
         let mut set = seen;
+        let mut changed = None;
         if let Some(first) = fresh.iter().map(|e| e.seq).min() {
             let raw = raw.filter(|_| fresh.len() == events.len());
             let chunk = encode_chunk(&fresh, raw)?;
@@ -209,18 +268,18 @@ impl EventStore {
                         StoreError::Sled(sled::Error::Unsupported("aborted".into()))
                     }
                 })?;
-            self.db.flush()?;
-            if let Ok(mut cache) = self.seen_cache.lock() {
-                cache.insert(gateway.clone(), set.clone());
-            }
+            changed = Some(set.clone());
         }
-        Ok(Stored {
-            fresh: fresh.iter().map(|e| e.seq).collect(),
-            new,
-            duplicates,
-            ranges: ranges(events.iter().map(|e| e.seq)),
-            high: set.last().map(|r| r.1).unwrap_or(0),
-        })
+        Ok((
+            Stored {
+                fresh: fresh.iter().map(|e| e.seq).collect(),
+                new,
+                duplicates,
+                ranges: ranges(events.iter().map(|e| e.seq)),
+                high: set.last().map(|r| r.1).unwrap_or(0),
+            },
+            changed,
+        ))
     }
 
     pub fn high(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
@@ -301,6 +360,38 @@ mod tests {
             .collect();
         assert_eq!(seqs, vec![1, 2, 3, 5]);
         assert_eq!(s.events_after(&a, 2, 100).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_group_stores_each_batch_once_with_one_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (GatewayId::new("a").unwrap(), GatewayId::new("b").unwrap());
+        {
+            let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+            let (first, again, other) = ([ev(1), ev(2)], [ev(2), ev(3)], [ev(1)]);
+            let r = s.store_batches(&[
+                (&a, &first[..], None),
+                (&b, &other[..], None),
+                // The same gateway later in the group sees what the group already holds.
+                (&a, &again[..], None),
+            ]);
+            let r: Vec<Stored> = r.into_iter().map(Result::unwrap).collect();
+            assert_eq!((r[0].new, r[0].duplicates), (2, 0));
+            assert_eq!((r[1].new, r[1].high), (1, 1));
+            assert_eq!(
+                (r[2].new, r[2].duplicates, r[2].fresh.clone()),
+                (1, 1, vec![3])
+            );
+        }
+        let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+        let seqs: Vec<u64> = s
+            .events_after(&a, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert_eq!(s.high(&b).unwrap(), 1);
     }
 
     #[test]

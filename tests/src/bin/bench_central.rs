@@ -268,13 +268,20 @@ async fn run_gateway(
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     // As a gateway does: subscribe on every session, and after a reconnect
                     // send again what was not acknowledged (central keeps each event once).
-                    let _ = c.try_subscribe(Topic::gateway(&ack_id, Channel::Ack).path(), QoS::AtLeastOnce);
+                    let _ = c.try_subscribe(
+                        Topic::gateway(&ack_id, Channel::Ack).path(),
+                        QoS::AtLeastOnce,
+                    );
                     sessions += 1;
                     if sessions == 1 {
                         s.connected.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        let pending: Vec<Vec<u8>> =
-                            ack_sent.lock().unwrap().values().map(|v| v.3.clone()).collect();
+                        let pending: Vec<Vec<u8>> = ack_sent
+                            .lock()
+                            .unwrap()
+                            .values()
+                            .map(|v| v.3.clone())
+                            .collect();
                         for p in pending {
                             let _ = c.try_publish(
                                 Topic::gateway(&ack_id, Channel::Events).path(),
@@ -846,9 +853,15 @@ async fn main() -> anyhow::Result<()> {
     if args.iter().any(|a| a == "--external") {
         let e_dir = root.join("gridedge-mosquitto");
         std::fs::create_dir_all(&e_dir)?;
-        let e = run(gridedge_on_mosquitto(&e_dir).await?, gateways, devices, seconds, burst)
-            .await
-            .context("GridEdge on Mosquitto run")?;
+        let e = run(
+            gridedge_on_mosquitto(&e_dir).await?,
+            gateways,
+            devices,
+            seconds,
+            burst,
+        )
+        .await
+        .context("GridEdge on Mosquitto run")?;
         e.tell("GridEdge on Mosquitto");
     }
     let p = run(
