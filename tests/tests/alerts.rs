@@ -221,6 +221,19 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     assert!(score["alerts"].as_u64().unwrap() >= 2, "{score}");
     assert!(score["acked_in_time"].as_u64().unwrap() >= 1, "{score}");
     assert_eq!(score["evidence"]["outages"], json!([g["id"]]), "{score}");
+    // The camera's offline spell counts against its devices' uptime.
+    assert!(
+        !score["evidence"]["device_outages"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{score}"
+    );
+    assert!(
+        score["device_uptime_pct"].as_f64().unwrap() < 100.0,
+        "{score}"
+    );
+    assert!(a["stations"].is_array(), "{a}");
     assert!(score["points"].as_f64().unwrap() > 50.0, "{score}");
     assert_eq!(op.get("/api/v1/assessment?days=0").await.0, 400);
     central.stop().await.unwrap();

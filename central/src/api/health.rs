@@ -106,7 +106,18 @@ pub async fn assessment(
     let cases = tokio::task::spawn_blocking(move || s.cases.list(None))
         .await
         .unwrap_or_default();
-    let scores = crate::assessment::assess(&alerts, &cases, since, now, targets);
+    // Cameras and terminals each gateway reports, for its devices' uptime.
+    let devices: std::collections::BTreeMap<String, u32> = shared
+        .registry()
+        .views(std::time::Instant::now())
+        .into_iter()
+        .filter_map(|v| {
+            v.health
+                .map(|h| (v.id, h.cameras_configured + h.terminals_configured))
+        })
+        .collect();
+    let scores = crate::assessment::assess(&alerts, &cases, &devices, since, now, targets);
+    let stations = crate::assessment::assess_stations(&cases, since, now, targets);
     Json(json!({
         "since": since.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         "targets": {
@@ -115,6 +126,7 @@ pub async fn assessment(
             "case_limit_secs": targets.case_limit.as_secs(),
         },
         "centres": scores,
+        "stations": stations,
     }))
     .into_response()
 }
