@@ -34,6 +34,13 @@ ADMIN_PASSWORD=${ADMIN_PASSWORD:-demo-admin-pass}
 SUPERVISOR_PASSWORD=${SUPERVISOR_PASSWORD:-demo-super-pass}
 admin_hash=$(printf '%s\n' "$ADMIN_PASSWORD" | "$bin/central" operator hash)
 super_hash=$(printf '%s\n' "$SUPERVISOR_PASSWORD" | "$bin/central" operator hash)
+# An API token for this script (central keeps only its SHA-256); the operator API needs one.
+api_token=$("$bin/central" operator token --name demo-script --role administrator 2>"$run/api-token.entry")
+printf '%s\n' "$api_token" > "$run/api-token"
+chmod 600 "$run/api-token"
+api_entry=$(grep -A3 '^\[\[api_tokens\]\]' "$run/api-token.entry")
+# central's operator API with the token
+capi() { curl -fsS -H "Authorization: Bearer $api_token" "$@"; }
 cat > "$run/central.toml" <<TOML
 [central]
 id = "street-command"
@@ -54,6 +61,7 @@ password_hash = "$admin_hash"
 name = "duty"
 role = "supervisor"
 password_hash = "$super_hash"
+$api_entry
 TOML
 
 cat > "$run/gateway.toml" <<TOML
@@ -160,7 +168,7 @@ pids+=($!)
 pids+=($!)
 
 for _ in $(seq 1 100); do
-  if curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways" 2>/dev/null | grep -q '"presence":"online"'; then
+  if capi "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways" 2>/dev/null | grep -q '"presence":"online"'; then
     break
   fi
   sleep 0.2
@@ -225,12 +233,12 @@ for _ in $(seq 1 60); do
   sleep 0.5
 done
 # Central signs new settings for kiosk 1 and sends them; the kiosk fetches them by ETag.
-curl -fsS -X POST "http://127.0.0.1:$CENTRAL_PORT/api/v1/bundles" -H "Content-Type: application/json" \
+capi -X POST "http://127.0.0.1:$CENTRAL_PORT/api/v1/bundles" -H "Content-Type: application/json" \
   -d '{"gateway":"gw-hongxing-01","terminal":"kiosk-hall-1","settings":{"volume":40,"locale":"zh-CN","required_peripherals":["printer","card_reader"]},"note":"demo: quieter kiosk"}' \
   > "$run/bundle.json" 2>/dev/null || true
 # The street's master data (grid, party organisations, service items) to central; the gateway
 # gets its replica, signed, and answers kiosks from it.
-"$bin/central" data push deploy/sample-data --url "http://127.0.0.1:$CENTRAL_PORT" --by demo \
+GRIDEDGE_API_TOKEN="$api_token" "$bin/central" data push deploy/sample-data --url "http://127.0.0.1:$CENTRAL_PORT" --by demo \
   > "$run/masterdata.out" 2>&1 || true
 for _ in $(seq 1 40); do
   if curl -fsS "http://127.0.0.1:$GATEWAY_PORT/api/v1/masterdata" 2>/dev/null | grep -q '"version":1'; then
@@ -238,12 +246,14 @@ for _ in $(seq 1 40); do
   fi
   sleep 0.5
 done
-curl -fsS -o "$run/central-snapshot.jpg" \
+capi -o "$run/central-snapshot.jpg" \
   "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways/gw-hongxing-01/cameras/hall-entrance/snapshot.jpg" || true
 
 cat <<TXT
 
 GridEdge demo is running.
+  central's API needs a login or an API token: this demo's is in $run/api-token, e.g.
+            curl -H "Authorization: Bearer \$(cat $run/api-token)" http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways
   central   http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways   (gateways and their health)
             http://127.0.0.1:$CENTRAL_PORT/metrics           (Prometheus metrics)
             mqtt://127.0.0.1:$BROKER_PORT                    (embedded broker)
@@ -269,7 +279,7 @@ GridEdge demo is running.
   logs      $run/*.log
 Gateways seen by central now:
 TXT
-curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways" || echo "(central not answering yet; see $run/central.log)"
+capi "http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways" || echo "(central not answering yet; see $run/central.log)"
 echo
 echo
 echo "Camera health at the gateway:"
@@ -279,7 +289,7 @@ echo "Terminal health at the gateway (heartbeats, probes; the screen is off, kio
 terminal_health
 echo
 echo "Terminals at central (from events and the gateway's periodic summary):"
-curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/terminals" | /usr/bin/python3 -c '
+capi "http://127.0.0.1:$CENTRAL_PORT/api/v1/terminals" | /usr/bin/python3 -c '
 import json, sys
 v = json.load(sys.stdin)
 print("  counts:", ", ".join("%s %d" % kv for kv in sorted(v["counts"].items())))
@@ -368,7 +378,7 @@ else
 fi
 echo
 echo "Events central stored from the gateway (camera and terminal changes, sensing alerts, one posted by the demo):"
-curl -fsS "http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01" | /usr/bin/python3 -c '
+capi "http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01" | /usr/bin/python3 -c '
 import json, sys
 for e in json.load(sys.stdin)["events"]:
     p = e["payload"]

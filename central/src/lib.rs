@@ -193,7 +193,7 @@ pub async fn start(
         outbox_seen: Mutex::default(),
         devices: Mutex::default(),
         meetings: meetings::Meetings::open(store.db()).map_err(CentralError::MasterData)?,
-        operators: operators::Operators::new(&config.operators, store.db())
+        operators: operators::Operators::new(&config.operators, &config.api_tokens, store.db())
             .map_err(CentralError::MasterData)?,
         cases: cases::Cases::open(store.db()).map_err(CentralError::MasterData)?,
         bundles,

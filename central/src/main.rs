@@ -1,5 +1,8 @@
 //! `central --config central.toml`: runs the street's hub until SIGINT/SIGTERM.
-//! `central data push DIR --url http://central:8090`: publishes a master data set to it.
+//! `central data push DIR --url http://central:8090`: publishes a master data set to it, with
+//! an administrator's API token (`--token` or `GRIDEDGE_API_TOKEN`).
+//! `central operator hash` / `central operator token`: what central.toml keeps of a password
+//! or an API token.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +39,16 @@ enum OperatorCmd {
     /// Reads a password on standard input and prints its Argon2id hash for an
     /// `[[operators]]` entry of central.toml (`password_hash`).
     Hash,
+    /// Makes a new API token for a script or tool: prints the token (give it to the tool) and
+    /// the `[[api_tokens]]` entry for central.toml (which keeps only its SHA-256).
+    Token {
+        /// Who holds it, as the audit trail will name it.
+        #[arg(long)]
+        name: String,
+        /// operator, supervisor or administrator (publishing data needs administrator).
+        #[arg(long, default_value = "administrator")]
+        role: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -53,6 +66,9 @@ enum Data {
         /// Why (kept with the version).
         #[arg(long, default_value = "")]
         note: String,
+        /// An administrator's API token; default: the GRIDEDGE_API_TOKEN environment variable.
+        #[arg(long)]
+        token: Option<String>,
     },
 }
 
@@ -65,10 +81,20 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> ExitCode {
     let args = Args::parse();
     match args.command {
-        Some(Command::Data(Data::Push { dir, url, by, note })) => {
-            return push(&dir, &url, &by, &note).await
+        Some(Command::Data(Data::Push {
+            dir,
+            url,
+            by,
+            note,
+            token,
+        })) => {
+            let token = token.or_else(|| std::env::var("GRIDEDGE_API_TOKEN").ok());
+            return push(&dir, &url, &by, &note, token.as_deref()).await;
         }
         Some(Command::Operator(OperatorCmd::Hash)) => return hash_password(),
+        Some(Command::Operator(OperatorCmd::Token { name, role })) => {
+            return new_token(&name, &role)
+        }
         None => {}
     }
     firmware_config::runtime::run_main(
@@ -102,7 +128,29 @@ fn hash_password() -> ExitCode {
     }
 }
 
-async fn push(dir: &std::path::Path, url: &str, by: &str, note: &str) -> ExitCode {
+fn new_token(name: &str, role: &str) -> ExitCode {
+    if central::operators::Role::parse(role).is_none() {
+        eprintln!("central operator token: {role:?} is not a role; use operator, supervisor or administrator");
+        return ExitCode::FAILURE;
+    }
+    if firmware_config::ids::GatewayId::new(name).is_err() {
+        eprintln!("central operator token: {name:?}: use lowercase letters, digits, - and _");
+        return ExitCode::FAILURE;
+    }
+    let (token, sha) = central::operators::new_api_token();
+    println!("{token}");
+    eprintln!("give the line above to the tool; add this to central.toml and restart central:\n");
+    eprintln!("[[api_tokens]]\nname = \"{name}\"\nrole = \"{role}\"\ntoken_sha256 = \"{sha}\"");
+    ExitCode::SUCCESS
+}
+
+async fn push(
+    dir: &std::path::Path,
+    url: &str,
+    by: &str,
+    note: &str,
+    token: Option<&str>,
+) -> ExitCode {
     use firmware_config::masterdata;
     let name = dir.display().to_string();
     let fail = |lines: Vec<String>| {
@@ -128,8 +176,14 @@ async fn push(dir: &std::path::Path, url: &str, by: &str, note: &str) -> ExitCod
         Ok(c) => c,
         Err(e) => return fail(vec![e.to_string()]),
     };
+    let Some(token) = token else {
+        return fail(vec![
+            "no API token: pass --token or set GRIDEDGE_API_TOKEN (make one with `central operator token`)".into(),
+        ]);
+    };
     let answer = client
         .post(format!("{}/api/v1/masterdata", url.trim_end_matches('/')))
+        .bearer_auth(token)
         .json(&body)
         .send()
         .await;

@@ -243,3 +243,37 @@ fn the_embedded_plain_listener_stays_on_loopback() {
         err.issues()
     );
 }
+
+#[test]
+fn an_api_token_entry_keeps_a_hash_and_a_real_role() {
+    let base = "[central]\nid = \"c\"\nname = \"C\"\n[broker.embedded]\n[storage]\ndir = \"d\"\n";
+    let good = format!(
+        "{base}[[api_tokens]]\nname = \"loader\"\nrole = \"administrator\"\ntoken_sha256 = \"{}\"\n",
+        "ab".repeat(32)
+    );
+    let c = config::parse::<CentralConfig>(&good, Path::new("/")).unwrap();
+    assert_eq!(c.api_tokens[0].name, "loader");
+    let bad = format!(
+        "{base}[[api_tokens]]\nname = \"loader\"\nrole = \"root\"\ntoken_sha256 = \"ge_the-token-itself\"\n\
+         [[api_tokens]]\nname = \"loader\"\nrole = \"operator\"\ntoken_sha256 = \"{}\"\n",
+        "cd".repeat(32)
+    );
+    let issues = config::parse::<CentralConfig>(&bad, Path::new("/"))
+        .unwrap_err()
+        .issues();
+    assert_eq!(issues.len(), 3, "{issues:?}");
+    assert!(
+        issues.iter().any(|i| i.starts_with("api_tokens[0].role")),
+        "{issues:?}"
+    );
+    assert!(
+        issues
+            .iter()
+            .any(|i| i.starts_with("api_tokens[0].token_sha256")),
+        "{issues:?}"
+    );
+    assert!(
+        issues.iter().any(|i| i.contains("loader")),
+        "the duplicate name: {issues:?}"
+    );
+}

@@ -44,6 +44,15 @@ const steps = {
     return { ms: Date.now() - t0, row };
   },
   async ack(c) { await page.click(`${rowOf(c.key)} button.ack`); return {}; },
+  async note(c) {
+    // Opens the alert's notes, adds one, and waits for it in the list.
+    if (await page.isHidden("#alert-detail")) await page.click(`${rowOf(c.key)} button.notes`);
+    await page.waitForSelector("#alert-detail:not([hidden])");
+    await page.fill("#note-text", c.text);
+    await page.click("#note-go");
+    await page.waitForFunction((want) => [...document.querySelectorAll("#detail-notes li.note")].some((li) => li.textContent.includes(want)), c.text);
+    return { notes: await page.$$eval("#detail-notes li.note", (l) => l.map((li) => li.textContent)) };
+  },
   async book(c) {
     await page.fill("#book-title", c.title);
     await page.fill("#book-room", c.room);

@@ -162,6 +162,18 @@ pub async fn try_json(url: impl reqwest::IntoUrl) -> Option<serde_json::Value> {
     reqwest::get(url).await.ok()?.json().await.ok()
 }
 
+/// [`try_json`] with central's test API token (for central's operator endpoints).
+pub async fn try_json_api(url: impl reqwest::IntoUrl) -> Option<serde_json::Value> {
+    services::api_client()
+        .get(url)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
 /// `GET url` as text, or `None` when anything fails (for polling with [`eventually`]).
 pub async fn try_text(url: impl reqwest::IntoUrl) -> Option<String> {
     reqwest::get(url).await.ok()?.text().await.ok()

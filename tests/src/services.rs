@@ -36,8 +36,28 @@ pub fn operators_toml() -> &'static str {
                     .unwrap_or_default();
                 format!("\n[[operators]]\nname = \"{name}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n")
             })
+            .chain(std::iter::once(format!(
+                "\n[[api_tokens]]\nname = \"test-admin\"\nrole = \"administrator\"\ntoken_sha256 = \"{}\"\n",
+                central::operators::api_token_sha256(API_TOKEN)
+            )))
             .collect()
     })
+}
+
+/// The API token of every test central's `test-admin` (an administrator): what tools send as
+/// `Authorization: Bearer …`.
+pub const API_TOKEN: &str = "ge_test-administrator-token";
+
+/// A client that sends [`API_TOKEN`] with every request, for central's API.
+pub fn api_client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(v) = reqwest::header::HeaderValue::from_str(&format!("Bearer {API_TOKEN}")) {
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
 }
 
 pub fn operator_password(name: &str) -> String {
@@ -295,7 +315,7 @@ impl TestCentral {
         let src = firmware_config::masterdata::load_dir(dir)
             .map_err(|p| anyhow::anyhow!("{} problem(s) reading {}", p.len(), dir.display()))?;
         let body = central::api::masterdata::ImportRequest::from_sources(&src, "tests", "");
-        let r = reqwest::Client::new()
+        let r = api_client()
             .post(self.url("/api/v1/masterdata"))
             .json(&body)
             .send()
@@ -306,7 +326,9 @@ impl TestCentral {
 
     /// The registry's view of every gateway, from `GET /api/v1/gateways`.
     pub async fn gateways(&self) -> Result<Vec<serde_json::Value>> {
-        Ok(reqwest::get(self.url("/api/v1/gateways"))
+        Ok(api_client()
+            .get(self.url("/api/v1/gateways"))
+            .send()
             .await?
             .error_for_status()?
             .json()
@@ -474,7 +496,13 @@ pub async fn central_events(
         let url = format!(
             "http://{central_http}/api/v1/events?gateway={gateway}&after={after}&limit=10000"
         );
-        let page: serde_json::Value = reqwest::get(url).await?.error_for_status()?.json().await?;
+        let page: serde_json::Value = api_client()
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
         let events = page["events"].as_array().cloned().unwrap_or_default();
         match page["next_after"].as_u64() {
             Some(n) if !events.is_empty() => {

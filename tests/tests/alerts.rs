@@ -250,10 +250,38 @@ async fn operators_log_in_with_roles_and_csrf_and_get_clear_errors() {
         "/api/v1/health",
         "/api/v1/meetings",
         "/api/v1/session",
+        "/api/v1/gateways",
+        "/api/v1/events?gateway=gw-1",
+        "/api/v1/cases",
+        "/api/v1/shares",
+        "/api/v1/masterdata",
+        "/api/v1/bundles",
+        "/api/v1/gateways/gw-1/cameras/hall/snapshot.jpg",
     ] {
         let r = anon.get(central.url(path)).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 401, "{path}");
     }
+    // Nor may anyone share a camera, or a wrong API token.
+    let r = anon
+        .post(central.url("/api/v1/shares"))
+        .json(&json!({"gateway": "gw-1", "camera": "hall", "viewers": ["x"], "minutes": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = anon
+        .get(central.url("/api/v1/gateways"))
+        .bearer_auth("ge_not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = gridedge_tests::services::api_client()
+        .get(central.url("/api/v1/gateways"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the administrator's API token");
     let r = anon
         .post(central.url("/api/v1/session"))
         .json(&json!({"name": "op", "password": "guess-guess"}))
@@ -407,13 +435,13 @@ async fn a_report_not_handled_in_time_is_an_alert_until_it_is_resolved() {
     .unwrap();
     assert_eq!(a["count"], 1, "raised once, not on every check: {a}");
     // Resolved at central: the alert clears.
-    let r = reqwest::Client::new()
-        .post(central.url(&format!("/api/v1/cases/{receipt}/status")))
-        .json(&json!({"status": "resolved", "note": "已调解", "by": "网格员"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    let (status, _) = op
+        .post(
+            &format!("/api/v1/cases/{receipt}/status"),
+            json!({"status": "resolved", "note": "已调解", "by": "网格员"}),
+        )
+        .await;
+    assert_eq!(status, 200);
     let cleared = eventually("the alert cleared", Duration::from_secs(30), || async {
         let a = alert_with_key(&op, &key).await?;
         (a["cleared"] == true).then_some(a)

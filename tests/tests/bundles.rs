@@ -39,7 +39,7 @@ async fn central_with_key(private: &Path) -> TestCentral {
 }
 
 async fn post(central: &TestCentral, path: &str, body: &Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = gridedge_tests::services::api_client()
         .post(central.url(path))
         .json(body)
         .send()
@@ -307,7 +307,9 @@ async fn bad_bundles_are_refused_with_a_reason_and_change_nothing() {
     for ((what, _, says), reason) in cases.iter().zip(&refused) {
         assert!(reason.contains(says), "{what}: {reason}");
     }
-    let history = try_json(central.url("/api/v1/bundles")).await.unwrap();
+    let history = gridedge_tests::try_json_api(central.url("/api/v1/bundles"))
+        .await
+        .unwrap();
     assert!(
         history["bundles"]
             .as_array()

@@ -76,6 +76,17 @@ async fn an_operator_sees_an_alert_acknowledges_it_and_dispatches_a_meeting_in_t
     console
         .must(json!({"do": "waitAlert", "key": key, "acknowledged": true, "timeoutMs": 10000}))
         .await;
+    // A note from the console, kept on the alert with who wrote it.
+    let noted = console
+        .must(json!({"do": "note", "key": key, "text": "已通知物业检修 called the caretaker"}))
+        .await;
+    assert!(
+        noted["notes"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("super"),
+        "{noted}"
+    );
     cam.restart().unwrap();
     let t = Instant::now();
     console

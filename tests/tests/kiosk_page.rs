@@ -63,7 +63,7 @@ async fn a_resident_uses_the_kiosk_page_online_and_with_the_wan_down() {
     );
     assert!(seen["link"].as_str().unwrap().contains("已连接"), "{seen}");
     // Central's case is the one the kiosk's receipt names.
-    let case = try_json(central.url(&format!("/api/v1/cases/{receipt}")))
+    let case = gridedge_tests::try_json_api(central.url(&format!("/api/v1/cases/{receipt}")))
         .await
         .unwrap();
     assert_eq!(case["station"], "11019900100001002", "{case}");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gridedge_tests::services::{binary, SigningCentral, TestCentral};
-use gridedge_tests::{init_test_logging, try_json, workspace_root};
+use gridedge_tests::{init_test_logging, try_json_api, workspace_root};
 use serde_json::{json, Value};
 
 fn sample() -> PathBuf {
@@ -30,6 +30,7 @@ fn push(central: &TestCentral, dir: &Path) -> (bool, String, String) {
         .args(["data", "push"])
         .arg(dir)
         .args(["--url", &central.url(""), "--by", "tests"])
+        .env("GRIDEDGE_API_TOKEN", gridedge_tests::services::API_TOKEN)
         .output()
         .unwrap();
     (
@@ -43,11 +44,36 @@ fn push(central: &TestCentral, dir: &Path) -> (bool, String, String) {
 async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_whole() {
     init_test_logging();
     let central = TestCentral::embedded().await.unwrap();
-    let none = reqwest::get(central.url("/api/v1/masterdata"))
+    // Not for anyone who asks: grid staff and their phone numbers are in it.
+    let anon = reqwest::get(central.url("/api/v1/masterdata"))
+        .await
+        .unwrap();
+    assert_eq!(anon.status().as_u16(), 401);
+    let none = gridedge_tests::services::api_client()
+        .get(central.url("/api/v1/masterdata"))
+        .send()
         .await
         .unwrap();
     assert_eq!(none.status().as_u16(), 404);
+    // An operator may read it, only an administrator publish.
+    let op = central.console("op").await.unwrap();
+    assert_eq!(op.get("/api/v1/masterdata/versions").await.0, 200);
+    let (status, refused) = op.post("/api/v1/masterdata", serde_json::json!({})).await;
+    assert_eq!(status, 403, "{refused}");
 
+    // Without an API token the CLI publishes nothing and says how to get one.
+    let out = Command::new(binary("central").unwrap())
+        .args(["data", "push"])
+        .arg(sample())
+        .args(["--url", &central.url("")])
+        .env_remove("GRIDEDGE_API_TOKEN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("central operator token"),
+        "{err}"
+    );
     let (ok, out, err) = tokio::task::block_in_place(|| push(&central, &sample()));
     assert!(ok, "{err}");
     assert!(
@@ -75,7 +101,9 @@ async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_who
     );
     assert!(err.contains("MZ-BAD code:"), "{err}");
     assert!(err.contains("nothing was published"), "{err}");
-    let current = try_json(central.url("/api/v1/masterdata")).await.unwrap();
+    let current = try_json_api(central.url("/api/v1/masterdata"))
+        .await
+        .unwrap();
     assert_eq!(current["version"], 1);
 
     // The API refuses the same with 422 and the problems, checked at central too.
@@ -88,7 +116,7 @@ async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_who
         .filter_map(|p| p["text"].as_str())
         .collect();
     assert!(texts.iter().any(|t| t.contains("duplicate code")), "{v}");
-    let r = reqwest::Client::new()
+    let r = gridedge_tests::services::api_client()
         .post(central.url("/api/v1/masterdata"))
         .header("content-type", "application/json")
         .body("{\"texts\": 3}")
@@ -106,7 +134,7 @@ async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_who
     std::fs::write(dir2.path().join("service_items.json"), items).unwrap();
     let (ok, out, err) = tokio::task::block_in_place(|| push(&central, dir2.path()));
     assert!(ok && out.contains("published as version 2"), "{out}{err}");
-    let versions = try_json(central.url("/api/v1/masterdata/versions"))
+    let versions = try_json_api(central.url("/api/v1/masterdata/versions"))
         .await
         .unwrap();
     let latest = &versions["versions"][0];
@@ -118,19 +146,21 @@ async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_who
     assert_eq!(latest["by"], "tests");
 
     // The whole data set of a version, and a content file by its hash.
-    let v1 = try_json(central.url("/api/v1/masterdata/versions/1"))
+    let v1 = try_json_api(central.url("/api/v1/masterdata/versions/1"))
         .await
         .unwrap();
     let file = &v1["dataset"]["content"][0];
-    let bytes = reqwest::get(central.url(&format!(
-        "/api/v1/masterdata/content/{}",
-        file["sha256"].as_str().unwrap()
-    )))
-    .await
-    .unwrap()
-    .bytes()
-    .await
-    .unwrap();
+    let bytes = gridedge_tests::services::api_client()
+        .get(central.url(&format!(
+            "/api/v1/masterdata/content/{}",
+            file["sha256"].as_str().unwrap()
+        )))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(bytes.len() as u64, file["bytes"].as_u64().unwrap());
     assert_eq!(
         firmware_config::masterdata::sha256_hex(&bytes),

@@ -145,7 +145,11 @@ async fn central_gets_a_snapshot_through_a_command() {
         "a snapshot through central",
         Duration::from_secs(40),
         || async {
-            let r = reqwest::get(&url).await.ok()?;
+            let r = gridedge_tests::services::api_client()
+                .get(&url)
+                .send()
+                .await
+                .ok()?;
             (r.status() == 200).then_some(())?;
             r.bytes().await.ok()
         },
@@ -153,12 +157,14 @@ async fn central_gets_a_snapshot_through_a_command() {
     .await
     .unwrap();
     assert_eq!(jpeg_size(&body), Some((320, 180)));
-    let r = reqwest::get(format!(
-        "http://{}/api/v1/gateways/gw-cmd/cameras/nope/snapshot.jpg",
-        central.http_addr
-    ))
-    .await
-    .unwrap();
+    let r = gridedge_tests::services::api_client()
+        .get(format!(
+            "http://{}/api/v1/gateways/gw-cmd/cameras/nope/snapshot.jpg",
+            central.http_addr
+        ))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.text().await.unwrap().contains("no enabled camera"));
     drop(gw);

@@ -185,15 +185,24 @@ async fn binaries_start_from_the_example_configs_and_stop_within_5s_on_sigterm()
         );
         assert!(metrics.trim_end().ends_with("# EOF"), "{name}: {metrics}");
     }
-    let gateways = get_ok(&format!("http://127.0.0.1:{central_http}/api/v1/gateways")).await;
+    // The example config has no logins: the registry is seen through the metrics.
+    let url = format!("http://127.0.0.1:{central_http}/metrics");
     eventually("the example gateway online at central", SOON, || async {
-        let body =
-            gridedge_tests::try_text(format!("http://127.0.0.1:{central_http}/api/v1/gateways"))
-                .await?;
-        body.contains("\"presence\":\"online\"").then_some(())
+        let body = gridedge_tests::try_text(url.as_str()).await?;
+        body.contains("gridedge_central_gateways{presence=\"online\"} 1")
+            .then_some(())
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}: {gateways}\n{}", gateway.process.log_text()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", gateway.process.log_text()));
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{central_http}/api/v1/gateways"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401,
+        "the registry is for operators"
+    );
 
     for svc in [&mut gateway, &mut central] {
         svc.process.signal(libc::SIGTERM).unwrap();

@@ -29,7 +29,7 @@ async fn setup(gw_id: &str) -> (TestCentral, TestCamera, TestGateway) {
         "the gateway online at central",
         Duration::from_secs(20),
         || async {
-            let gws = try_json(&url).await?;
+            let gws = gridedge_tests::try_json_api(&url).await?;
             gws.as_array()?
                 .iter()
                 .any(|g| g["id"] == gw_id && g["presence"] == "online")
@@ -42,7 +42,7 @@ async fn setup(gw_id: &str) -> (TestCentral, TestCamera, TestGateway) {
 }
 
 async fn share(central: &TestCentral, body: Value) -> (u16, Value) {
-    let r = reqwest::Client::new()
+    let r = gridedge_tests::services::api_client()
         .post(central.url("/api/v1/shares"))
         .json(&body)
         .send()
@@ -64,7 +64,9 @@ async fn gateway_viewers(gw: &TestGateway) -> u64 {
 }
 
 async fn grant_view(central: &TestCentral, id: &str) -> Value {
-    let all = try_json(central.url("/api/v1/shares")).await.unwrap();
+    let all = gridedge_tests::try_json_api(central.url("/api/v1/shares"))
+        .await
+        .unwrap();
     all.as_array()
         .unwrap()
         .iter()
@@ -127,7 +129,7 @@ async fn a_shared_camera_plays_at_central_and_ten_viewers_make_one_push() {
     })
     .await
     .unwrap();
-    let audit = try_json(central.url("/api/v1/audit?limit=100"))
+    let audit = gridedge_tests::try_json_api(central.url("/api/v1/audit?limit=100"))
         .await
         .unwrap();
     let whats: Vec<&str> = audit
@@ -215,7 +217,7 @@ async fn forged_expired_and_revoked_grants_are_refused_and_revocation_cuts_viewe
     .unwrap();
     let id = granted["grant"]["id"].as_str().unwrap();
     let revoked_at = Instant::now();
-    let r = reqwest::Client::new()
+    let r = gridedge_tests::services::api_client()
         .delete(central.url(&format!("/api/v1/shares/{id}?by=supervisor-li")))
         .send()
         .await
@@ -284,7 +286,7 @@ async fn the_shared_stream_resumes_after_the_camera_and_the_gateway_restart() {
     assert_eq!(gateway_viewers(&gw).await, 1);
     let g = grant_view(&central, granted["grant"]["id"].as_str().unwrap()).await;
     assert_eq!(g["pushing"], true, "{g}");
-    let audit = try_json(central.url("/api/v1/audit?limit=100"))
+    let audit = gridedge_tests::try_json_api(central.url("/api/v1/audit?limit=100"))
         .await
         .unwrap();
     let pushes = audit
@@ -321,8 +323,16 @@ async fn shares_work_over_https_with_the_gateway_pushing_over_wss() {
     .await
     .unwrap();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca_file).unwrap()).unwrap();
+    let mut auth = reqwest::header::HeaderMap::new();
+    auth.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", gridedge_tests::services::API_TOKEN)
+            .parse()
+            .unwrap(),
+    );
     let https = reqwest::Client::builder()
         .add_root_certificate(ca)
+        .default_headers(auth)
         .build()
         .unwrap();
     let base = format!("https://localhost:{}", central.http_addr.port());

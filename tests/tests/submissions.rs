@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use gridedge_tests::services::{TestCentral, TestGateway};
 use gridedge_tests::terminals::{terminal_token, terminal_toml};
-use gridedge_tests::{eventually, init_test_logging, try_json, workspace_root, Mosquitto};
+use gridedge_tests::{eventually, init_test_logging, try_json_api, workspace_root, Mosquitto};
 use serde_json::{json, Value};
 
 async fn post(gw: &TestGateway, body: &Value) -> (u16, Value) {
@@ -109,7 +109,7 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     // The link is back: exactly one case, routed to the grid's station and its leader.
     broker.start_again().unwrap();
     let case = eventually("the case at central", Duration::from_secs(30), || async {
-        let c = try_json(central.url(&format!("/api/v1/cases/{receipt}"))).await?;
+        let c = try_json_api(central.url(&format!("/api/v1/cases/{receipt}"))).await?;
         c.get("receipt").is_some().then_some(c)
     })
     .await
@@ -132,7 +132,7 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     })
     .await
     .unwrap();
-    let r = reqwest::Client::new()
+    let r = gridedge_tests::services::api_client()
         .post(central.url(&format!("/api/v1/cases/{receipt}/status")))
         .json(&json!({ "status": "resolved", "note": "双方已签调解协议", "by": "调解员王" }))
         .send()
@@ -146,7 +146,7 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     .await
     .unwrap();
     assert_eq!(s["note"], "双方已签调解协议");
-    let all = try_json(central.url("/api/v1/cases")).await.unwrap();
+    let all = try_json_api(central.url("/api/v1/cases")).await.unwrap();
     assert_eq!(all["cases"].as_array().unwrap().len(), 1, "{all}");
     gw.stop().await.unwrap();
     central.stop().await.unwrap();

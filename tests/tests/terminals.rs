@@ -38,7 +38,8 @@ async fn gateway_state(gw: &TestGateway, id: &str) -> Option<String> {
 }
 
 async fn central_state(central: &TestCentral, gw: &str, id: &str) -> Option<String> {
-    let v = try_json(central.url(&format!("/api/v1/terminals?gateway={gw}"))).await?;
+    let v = gridedge_tests::try_json_api(central.url(&format!("/api/v1/terminals?gateway={gw}")))
+        .await?;
     v["terminals"]
         .as_array()?
         .iter()
@@ -181,7 +182,7 @@ async fn a_silent_kiosk_goes_offline_once_comes_back_and_a_flapping_one_raises_o
         .count();
     assert_eq!(flapping, 1, "{after:?}");
     assert!(after.len() <= 4, "3 changes, then the alert: {after:?}");
-    let board = try_json(central.url("/api/v1/terminals?gateway=gw-kiosks"))
+    let board = gridedge_tests::try_json_api(central.url("/api/v1/terminals?gateway=gw-kiosks"))
         .await
         .unwrap();
     let b_entry = board["terminals"]

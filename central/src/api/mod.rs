@@ -26,27 +26,30 @@ pub mod shares;
 pub mod terminals;
 
 pub fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    use crate::operators::Role;
+    use axum::routing::delete;
+    let guard = |read: Role, write: Role| {
+        axum::middleware::from_fn_with_state((shared.clone(), read, write), session::guard)
+    };
+    // Open: liveness, metrics, logging in, the pages, and what carries a token of its own
+    // (a viewer's share token, a gateway's relay push).
+    let open = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/api/v1/gateways", get(gateways))
-        .route("/api/v1/events", get(events))
-        .route("/api/v1/terminals", get(terminals::list))
-        .route(
-            "/api/v1/masterdata",
-            get(masterdata::current).post(masterdata::import).layer(
-                axum::extract::DefaultBodyLimit::max(masterdata::MAX_BODY_BYTES),
-            ),
-        )
-        .route("/api/v1/masterdata/versions", get(masterdata::versions))
         .route(
             "/api/v1/session",
             get(session::whoami)
                 .post(session::login)
                 .delete(session::logout),
         )
-        .route("/api/v1/operators/audit", get(session::audit))
         .route("/console", get(console_page))
+        .route("/api/v1/shares/live", get(shares::live))
+        .route("/api/v1/relay/push/{gateway}/{camera}", get(shares::push))
+        .route("/share", get(shares::page))
+        .route("/player.js", get(shares::player_js));
+    // The console's own endpoints check the operator and role themselves.
+    let console = Router::new()
+        .route("/api/v1/operators/audit", get(session::audit))
         .route("/api/v1/meetings", get(meetings::list).post(meetings::book))
         .route("/api/v1/meetings/{id}", get(meetings::one))
         .route("/api/v1/meetings/{id}/{action}", post(meetings::change))
@@ -64,41 +67,50 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route(
             "/api/v1/alerts/maintenance/{id}",
-            axum::routing::delete(alerts::end_maintenance),
+            delete(alerts::end_maintenance),
         )
         .route(
             "/api/v1/alerts/roster",
             get(alerts::roster).put(alerts::set_roster),
         )
         .route("/api/v1/alerts/{id}", get(alerts::one))
-        .route("/api/v1/alerts/{id}/{action}", post(alerts::act))
+        .route("/api/v1/alerts/{id}/{action}", post(alerts::act));
+    // Operations: any operator looks and acts (cases, shares); every change is audited.
+    let operations = Router::new()
+        .route("/api/v1/gateways", get(gateways))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/terminals", get(terminals::list))
         .route("/api/v1/cases", get(cases::list))
         .route("/api/v1/cases/{receipt}", get(cases::one))
+        .route("/api/v1/cases/{receipt}/status", post(cases::set_status))
+        .route("/api/v1/shares", get(shares::list).post(shares::create))
+        .route("/api/v1/shares/{id}", delete(shares::revoke))
+        .route("/api/v1/audit", get(shares::audit))
         .route(
-            "/api/v1/cases/{receipt}/status",
-            axum::routing::post(cases::set_status),
+            "/api/v1/gateways/{gateway}/cameras/{camera}/snapshot.jpg",
+            get(camera_snapshot),
         )
+        .route_layer(guard(Role::Operator, Role::Operator));
+    // What gateways and kiosks are told: any operator reads it; administrators publish.
+    let publishing = Router::new()
+        .route(
+            "/api/v1/masterdata",
+            get(masterdata::current).post(masterdata::import).layer(
+                axum::extract::DefaultBodyLimit::max(masterdata::MAX_BODY_BYTES),
+            ),
+        )
+        .route("/api/v1/masterdata/versions", get(masterdata::versions))
         .route("/api/v1/masterdata/versions/{n}", get(masterdata::version))
         .route("/api/v1/masterdata/content/{sha}", get(masterdata::content))
         .route(
             "/api/v1/bundles",
             get(terminals::history).post(terminals::create),
         )
-        .route(
-            "/api/v1/bundles/signed",
-            axum::routing::post(terminals::forward),
-        )
-        .route("/api/v1/shares", get(shares::list).post(shares::create))
-        .route("/api/v1/shares/{id}", axum::routing::delete(shares::revoke))
-        .route("/api/v1/shares/live", get(shares::live))
-        .route("/api/v1/relay/push/{gateway}/{camera}", get(shares::push))
-        .route("/api/v1/audit", get(shares::audit))
-        .route("/share", get(shares::page))
-        .route("/player.js", get(shares::player_js))
-        .route(
-            "/api/v1/gateways/{gateway}/cameras/{camera}/snapshot.jpg",
-            get(camera_snapshot),
-        )
+        .route("/api/v1/bundles/signed", post(terminals::forward))
+        .route_layer(guard(Role::Operator, Role::Administrator));
+    open.merge(console)
+        .merge(operations)
+        .merge(publishing)
         .with_state(shared)
 }
 

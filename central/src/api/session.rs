@@ -67,6 +67,24 @@ impl FromRequestParts<Arc<Shared>> for Operator {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Refusal> {
+        // A tool with an API token: no cookie, so no cross-site request to guard against.
+        if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
+            let token = auth
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            return shared
+                .operators
+                .by_token(token.trim())
+                .map(Operator)
+                .ok_or_else(|| {
+                    Refusal(
+                        StatusCode::UNAUTHORIZED,
+                        "unknown API token (see [[api_tokens]] in central.toml)".into(),
+                    )
+                });
+        }
         let signed = cookie(&parts.headers)
             .and_then(|c| shared.operators.session(&c, Instant::now()))
             .ok_or_else(|| {
@@ -166,4 +184,28 @@ pub async fn logout(
 pub async fn audit(State(shared): State<Arc<Shared>>, op: Operator) -> Result<Response, Refusal> {
     op.require(Role::Administrator)?;
     Ok(Json(json!({ "audit": shared.operators.audit(500) })).into_response())
+}
+
+/// Route middleware: the request must come from an operator (a session or an API token) with
+/// at least `read` to look and at least `write` to change anything.
+pub async fn guard(
+    State((shared, read, write)): State<(Arc<Shared>, Role, Role)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let op = match Operator::from_request_parts(&mut parts, &shared).await {
+        Ok(op) => op,
+        Err(r) => return r.into_response(),
+    };
+    let looks = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+    if let Err(r) = op.require(if looks { read } else { write }) {
+        return r.into_response();
+    }
+    if !looks {
+        let what = format!("{} {}", parts.method, parts.uri.path());
+        shared.operators.record(&op.0.name, "api", &what);
+    }
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
 }

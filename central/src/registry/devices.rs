@@ -105,6 +105,10 @@ impl DeviceBoard {
                 .history
                 .entry((gateway.to_owned(), family.to_owned(), id.to_owned()))
                 .or_default();
+            // Changes only: a device reporting the same state every 10 s has no new history.
+            if h.back().is_some_and(|c| c.state == what) {
+                return;
+            }
             h.push_back(Change {
                 at: e.time,
                 state: what.to_owned(),
@@ -189,6 +193,12 @@ mod tests {
         assert!(b.cameras()[0].sensing.is_empty());
         let h = b.history("gw-1", "camera", "hall");
         assert_eq!(h.len(), 3);
+        // The same state reported again is no new history.
+        b.observe_event(
+            "gw-1",
+            &event("camera.streaming", 20, json!({"camera": "hall"})),
+        );
+        assert_eq!(b.history("gw-1", "camera", "hall").len(), 3);
         b.observe_event(
             "gw-1",
             &event("terminal.offline", 1, json!({"terminal": "kiosk-1"})),

@@ -29,6 +29,22 @@ pub struct CentralConfig {
     /// Who may log in to the operator console.
     #[serde(default)]
     pub operators: Vec<OperatorAccount>,
+    /// Keys for scripts and tools on central's API (`Authorization: Bearer …`), such as
+    /// `central data push`.
+    #[serde(default)]
+    pub api_tokens: Vec<ApiToken>,
+}
+
+/// A machine's key to central's API, with the role it acts in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiToken {
+    /// Who it is, as the audit trail names it.
+    pub name: String,
+    /// `operator`, `supervisor` or `administrator`.
+    pub role: String,
+    /// SHA-256 of the token in hex, as `central operator token` prints it; never the token.
+    pub token_sha256: String,
 }
 
 /// Operator roles, each allowed what the one before is and more.
@@ -349,6 +365,29 @@ impl Document for CentralConfig {
                 v.error(
                     &format!("operators[{i}].password_hash"),
                     "an Argon2id hash ($argon2id$…) from `central operator hash`, not a password",
+                );
+            }
+        }
+        v.unique_ids(
+            "api_tokens",
+            self.api_tokens.iter().map(|t| t.name.as_str()),
+        );
+        for (i, t) in self.api_tokens.iter().enumerate() {
+            v.id(&format!("api_tokens[{i}].name"), &t.name);
+            if !OPERATOR_ROLES.contains(&t.role.as_str()) {
+                v.error(
+                    &format!("api_tokens[{i}].role"),
+                    format!(
+                        "{:?} is not a role; use operator, supervisor or administrator",
+                        t.role
+                    ),
+                );
+            }
+            if t.token_sha256.len() != 64 || !t.token_sha256.bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                v.error(
+                    &format!("api_tokens[{i}].token_sha256"),
+                    "64 hex digits (the SHA-256 `central operator token` prints), not the token",
                 );
             }
         }

@@ -134,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         .args(["data", "push"])
         .arg(workspace_root().join("deploy/sample-data"))
         .args(["--url", &format!("http://127.0.0.1:{c_port}")])
+        .env("GRIDEDGE_API_TOKEN", gridedge_tests::services::API_TOKEN)
         .output()?;
     anyhow::ensure!(
         push.status.success(),

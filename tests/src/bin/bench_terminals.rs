@@ -198,12 +198,14 @@ fn gateway_config(dir: &Path, n: usize, broker: &str, port: u16) -> anyhow::Resu
     Ok(text)
 }
 
+/// GET from central with its test API token.
 async fn json(url: &str) -> Option<serde_json::Value> {
     reqwest::Client::builder()
         .no_proxy()
         .build()
         .ok()?
         .get(url)
+        .bearer_auth(gridedge_tests::services::API_TOKEN)
         .send()
         .await
         .ok()?

@@ -223,7 +223,7 @@ struct Setup {
 }
 
 async fn share(s: &Setup, viewers: &[&str]) -> anyhow::Result<Value> {
-    let r = reqwest::Client::new()
+    let r = gridedge_tests::services::api_client()
         .post(format!("http://127.0.0.1:{}/api/v1/shares", s.central_http))
         .json(&json!({"gateway": "bench-gw", "camera": "cam0", "viewers": viewers, "minutes": 60, "by": "bench"}))
         .send()
@@ -238,7 +238,7 @@ async fn idle(s: &Setup) -> anyhow::Result<()> {
         "the relay to go idle",
         Duration::from_secs(30),
         async || {
-            json_get(&url)
+            gridedge_tests::try_json_api(&url)
                 .await
                 .and_then(|v| {
                     v.as_array()
@@ -304,7 +304,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let gws = format!("http://127.0.0.1:{central_http}/api/v1/gateways");
     wait_for("the gateway online", Duration::from_secs(30), async || {
-        json_get(&gws)
+        gridedge_tests::try_json_api(&gws)
             .await
             .is_some_and(|v| v.to_string().contains("\"presence\":\"online\""))
     })
