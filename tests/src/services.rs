@@ -56,6 +56,7 @@ pub fn api_client() -> reqwest::Client {
     }
     reqwest::Client::builder()
         .default_headers(headers)
+        .no_proxy()
         .build()
         .unwrap_or_default()
 }

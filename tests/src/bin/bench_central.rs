@@ -436,15 +436,7 @@ impl Server {
     fn rss_mib(&self) -> f64 {
         self.pids
             .iter()
-            .map(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/status"))
-                    .unwrap_or_default()
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-                    .unwrap_or(0.0)
-                    / 1024.0
-            })
+            .map(|p| gridedge_tests::process::rss_mib(*p))
             .sum()
     }
 

@@ -39,16 +39,10 @@ struct Run {
 
 /// Resident memory now (VmRSS) of a process and its children, in MiB.
 fn rss_mib(pid: u32) -> f64 {
-    let one = |p: u32| {
-        std::fs::read_to_string(format!("/proc/{p}/status"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    family(pid).into_iter().map(one).sum()
+    family(pid)
+        .into_iter()
+        .map(gridedge_tests::process::rss_mib)
+        .sum()
 }
 
 /// A process and its direct children (nginx's workers).
@@ -200,18 +194,7 @@ fn gateway_config(dir: &Path, n: usize, broker: &str, port: u16) -> anyhow::Resu
 
 /// GET from central with its test API token.
 async fn json(url: &str) -> Option<serde_json::Value> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .ok()?
-        .get(url)
-        .bearer_auth(gridedge_tests::services::API_TOKEN)
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
+    gridedge_tests::try_json_api(url).await
 }
 
 async fn gridedge(
