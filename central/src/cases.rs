@@ -163,6 +163,8 @@ pub fn tell_gateway(shared: &Arc<Shared>, c: &Case) {
         "category": c.submission["category"],
         "title": c.submission["title"],
         "updated": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        // Orders this status after the earlier ones, whatever order the gateway stores them in.
+        "version": c.history.len(),
     });
     let command = Message::Command(Command {
         id: format!("case-{}-{}", c.receipt, c.history.len()),

@@ -161,7 +161,8 @@ spec = {
         "receipt": string, "status": {"type": "string", "description": "submitted, routed, in_progress, resolved or closed"},
         "station": {"type": "string", "nullable": True}, "note": string,
         "category": {"type": "string", "enum": ["report", "dispute", "application"]}, "title": string,
-        "updated": {"type": "string", "format": "date-time"}}},
+        "updated": {"type": "string", "format": "date-time"},
+        "version": {"type": "integer", "minimum": 0, "description": "central's count of the case's changes; 0 while only the gateway has it"}}},
     },
   },
 }

@@ -34,10 +34,12 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
             Ok(status) => {
                 let shared = shared.clone();
                 // Stored off the session loop (it flushes); the kiosk sees it a moment later.
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = shared.statuses.put(&status) {
-                        tracing::warn!(error = %e, "cannot store a submission's status");
+                tokio::task::spawn_blocking(move || match shared.statuses.put(&status) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!(receipt = %status.receipt, version = status.version, "an older status came late")
                     }
+                    Err(e) => tracing::warn!(error = %e, "cannot store a submission's status"),
                 });
                 Ok(Value::Null)
             }

@@ -71,6 +71,10 @@ pub struct Status {
     pub title: String,
     #[serde(with = "time::serde::rfc3339")]
     pub updated: time::OffsetDateTime,
+    /// Central's count of the case's changes; 0 for the gateway's own `submitted`. Orders
+    /// statuses that may be stored out of turn.
+    #[serde(default)]
+    pub version: u64,
 }
 
 fn phone_ok(s: &str) -> bool {
@@ -157,11 +161,68 @@ impl Statuses {
         serde_json::from_slice(&v).ok()
     }
 
-    /// Stores a status and flushes; blocking.
-    pub fn put(&self, s: &Status) -> Result<(), sled::Error> {
+    /// Stores a status unless a later one is already there, and flushes; blocking. Central
+    /// can answer before the kiosk's own `submitted` is written, and its commands are stored
+    /// on separate threads: the version keeps the latest, whatever the order of arrival.
+    /// Returns whether `s` was kept.
+    pub fn put(&self, s: &Status) -> Result<bool, sled::Error> {
         let v = serde_json::to_vec(s).unwrap_or_default();
-        self.tree.insert(s.receipt.as_bytes(), v)?;
+        let mut kept = false;
+        self.tree.fetch_and_update(s.receipt.as_bytes(), |old| {
+            let newer = old
+                .and_then(|o| serde_json::from_slice::<Status>(o).ok())
+                .is_none_or(|o| s.version > o.version);
+            kept = newer;
+            if newer {
+                Some(v.clone())
+            } else {
+                old.map(<[u8]>::to_vec)
+            }
+        })?;
         self.tree.flush()?;
-        Ok(())
+        Ok(kept)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: &str, version: u64) -> Status {
+        Status {
+            receipt: "gw-1-000007".to_owned(),
+            status: status.to_owned(),
+            station: None,
+            note: String::new(),
+            category: Category::Report,
+            title: "路灯".to_owned(),
+            updated: time::OffsetDateTime::now_utc(),
+            version,
+        }
+    }
+
+    #[test]
+    fn the_latest_status_stays_whatever_the_order_of_arrival() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let st = Statuses::open(&db).unwrap();
+        // Central's answer is stored before the kiosk's own receipt.
+        assert!(st.put(&status("routed", 1)).unwrap());
+        assert!(!st.put(&status("submitted", 0)).unwrap());
+        assert_eq!(st.get("gw-1-000007").unwrap().status, "routed");
+        // A later change wins; an earlier one arriving late does not undo it.
+        assert!(st.put(&status("resolved", 3)).unwrap());
+        assert!(!st.put(&status("in_progress", 2)).unwrap());
+        assert_eq!(st.get("gw-1-000007").unwrap().status, "resolved");
+    }
+
+    #[test]
+    fn the_kiosks_receipt_is_kept_when_it_comes_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let st = Statuses::open(&db).unwrap();
+        assert!(st.put(&status("submitted", 0)).unwrap());
+        assert!(st.put(&status("routed", 1)).unwrap());
+        assert_eq!(st.get("gw-1-000007").unwrap().status, "routed");
     }
 }

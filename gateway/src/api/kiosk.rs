@@ -254,6 +254,7 @@ pub async fn submit(
         category: s.category,
         title: s.title.clone(),
         updated: time::OffsetDateTime::now_utc(),
+        version: 0,
     };
     let (sh, st) = (shared.clone(), status.clone());
     if let Ok(Err(e)) = tokio::task::spawn_blocking(move || sh.statuses.put(&st)).await {
