@@ -442,6 +442,12 @@ async fn a_report_not_handled_in_time_is_an_alert_until_it_is_resolved() {
         )
         .await;
     assert_eq!(status, 200);
+    let (_, case) = op.get(&format!("/api/v1/cases/{receipt}")).await;
+    assert_eq!(
+        case["history"].as_array().unwrap().last().unwrap()["by"],
+        "op for 网格员",
+        "the signed-in operator is the author: {case}"
+    );
     let cleared = eventually("the alert cleared", Duration::from_secs(30), || async {
         let a = alert_with_key(&op, &key).await?;
         (a["cleared"] == true).then_some(a)

@@ -143,7 +143,8 @@ async fn the_sample_street_is_published_in_versions_and_a_bad_set_is_refused_who
         latest["changes"]["items"]["changed"],
         json!(["MZ110199-0001"])
     );
-    assert_eq!(latest["by"], "tests");
+    // The token that published it, and the person the CLI was told it publishes for.
+    assert_eq!(latest["by"], "test-admin for tests");
 
     // The whole data set of a version, and a content file by its hash.
     let v1 = try_json_api(central.url("/api/v1/masterdata/versions/1"))

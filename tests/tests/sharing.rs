@@ -85,6 +85,11 @@ async fn a_shared_camera_plays_at_central_and_ten_viewers_make_one_push() {
     )
     .await;
     assert_eq!(status, 201, "{granted}");
+    // The grant names the caller (the test's API token), with whom it says it acts for.
+    assert_eq!(
+        granted["grant"]["issued_by"], "test-admin for supervisor-li",
+        "{granted}"
+    );
     let id = granted["grant"]["id"].as_str().unwrap().to_owned();
     let page = central.url(granted["viewers"][0]["page"].as_str().unwrap());
     // Nobody watches yet: nothing is pulled from the gateway.
@@ -230,6 +235,20 @@ async fn forged_expired_and_revoked_grants_are_refused_and_revocation_cuts_viewe
     .unwrap();
     let took = closed.duration_since(revoked_at);
     assert!(took <= Duration::from_secs(2), "cut off after {took:?}");
+    let audit = gridedge_tests::try_json_api(central.url("/api/v1/audit?limit=100"))
+        .await
+        .unwrap();
+    let revoked = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["what"] == "share.revoked")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        revoked["by"], "test-admin for supervisor-li",
+        "the revocation names its caller: {audit}"
+    );
     let last = viewer.received.texts();
     assert!(
         last.iter().any(|t| t["error"] == "the share ended"),

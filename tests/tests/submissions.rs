@@ -146,6 +146,14 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     .await
     .unwrap();
     assert_eq!(s["note"], "双方已签调解协议");
+    let case = try_json_api(central.url(&format!("/api/v1/cases/{receipt}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        case["history"].as_array().unwrap().last().unwrap()["by"],
+        "test-admin for 调解员王",
+        "the change names its caller: {case}"
+    );
     let all = try_json_api(central.url("/api/v1/cases")).await.unwrap();
     assert_eq!(all["cases"].as_array().unwrap().len(), 1, "{all}");
     gw.stop().await.unwrap();

@@ -47,6 +47,7 @@ pub struct StatusChange {
 /// kiosk's gateway.
 pub async fn set_status(
     State(shared): State<Arc<Shared>>,
+    op: super::session::Operator,
     Path(receipt): Path<String>,
     req: Result<Json<StatusChange>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
@@ -54,11 +55,7 @@ pub async fn set_status(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
     };
-    let by = if req.by.is_empty() {
-        "operator".to_owned()
-    } else {
-        req.by
-    };
+    let by = op.author(&req.by);
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
         s.cases.set_status(&receipt, &req.status, &by, &req.note)

@@ -59,6 +59,7 @@ fn error(status: StatusCode, m: impl Into<String>) -> Response {
 /// problem (file, line, field, message, text) when it is refused — then nothing is published.
 pub async fn import(
     State(shared): State<Arc<Shared>>,
+    op: super::session::Operator,
     req: Result<Json<ImportRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(req) = match req {
@@ -77,11 +78,7 @@ pub async fn import(
             Err(_) => return error(StatusCode::BAD_REQUEST, format!("blobs.{path}: not base64")),
         }
     }
-    let by = if req.by.is_empty() {
-        "api".to_owned()
-    } else {
-        req.by
-    };
+    let by = op.author(&req.by);
     let s = shared.clone();
     let result =
         tokio::task::spawn_blocking(move || s.masterdata.import(&sources, &by, &req.note)).await;

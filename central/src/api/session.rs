@@ -45,6 +45,19 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
 pub struct Operator(pub Signed);
 
 impl Operator {
+    /// Who a record names as its author: always the signed-in operator (or API token), with
+    /// the person a tool says it acts for (`by` in a body) beside it, never instead of it.
+    pub fn author(&self, claimed: &str) -> String {
+        let claimed = claimed.trim();
+        if claimed.is_empty() || claimed == self.0.name {
+            self.0.name.clone()
+        } else {
+            format!("{} for {claimed}", self.0.name)
+        }
+    }
+}
+
+impl Operator {
     /// 403 unless the operator's role is at least `role`.
     pub fn require(&self, role: Role) -> Result<&Signed, Refusal> {
         if self.0.role >= role {

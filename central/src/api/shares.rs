@@ -43,13 +43,15 @@ pub struct ShareRequest {
     minutes: Option<u64>,
     #[serde(default)]
     seconds: Option<u64>,
-    /// Who grants it (the operator; the console fills this in from the session).
+    /// Whom a tool grants it for; the grant names the signed-in operator in any case.
+    #[serde(default)]
     by: String,
 }
 
 /// `POST /api/v1/shares`: grants a share; answers the grant and a viewer URL per viewer.
 pub async fn create(
     State(shared): State<Arc<Shared>>,
+    op: super::session::Operator,
     body: Result<Json<ShareRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Json(req) = match body {
@@ -66,7 +68,7 @@ pub async fn create(
         &req.camera,
         req.viewers,
         Duration::from_secs(secs),
-        &req.by,
+        &op.author(&req.by),
     ) {
         Ok((grant, tokens)) => {
             let viewers: Vec<Value> = tokens
@@ -104,10 +106,14 @@ pub struct By {
 /// `DELETE /api/v1/shares/{id}?by=…`: revokes a grant; its viewers are cut off at once.
 pub async fn revoke(
     State(shared): State<Arc<Shared>>,
+    op: super::session::Operator,
     Path(id): Path<String>,
     Query(q): Query<By>,
 ) -> Response {
-    match shared.shares.revoke(&id, q.by.as_deref().unwrap_or("api")) {
+    match shared
+        .shares
+        .revoke(&id, &op.author(q.by.as_deref().unwrap_or_default()))
+    {
         Ok(grant) => Json(json!({ "revoked": grant })).into_response(),
         Err(e) => share_error(e),
     }
