@@ -336,7 +336,8 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            // GridEdge patch: grows as used (was 100 slots for every connection).
+            cache: VecDeque::new(),
         }
     }
 

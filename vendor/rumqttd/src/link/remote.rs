@@ -120,7 +120,8 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            // GridEdge patch: grows as used (was 100 slots for every connection).
+            notifications: VecDeque::new(),
             will_delay_interval,
         })
     }

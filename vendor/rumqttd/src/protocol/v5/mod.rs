@@ -381,7 +381,11 @@ impl Protocol for V5 {
             };
         }
 
-        let packet = packet.freeze();
+        // GridEdge patch: the packet gets its own exact-size copy. A frozen slice of the read
+        // buffer kept the whole buffer (10 KiB and more) alive for as long as the router's
+        // log held the message, so each small retained publish pinned a read buffer and
+        // every connection allocated a new one.
+        let packet = Bytes::copy_from_slice(&packet);
         let packet = match packet_type {
             PacketType::Connect => {
                 let (connect, properties, will, willproperties, login) =
