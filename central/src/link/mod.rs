@@ -19,6 +19,7 @@ use futures::FutureExt;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
+pub mod analysis;
 pub mod commands;
 
 use crate::metrics::KindLabel;
@@ -54,6 +55,7 @@ impl GatewayLink {
         let mut replies = std::collections::VecDeque::new();
         // An event polled while gathering a group, handled next.
         let mut carried = None;
+        let (observers, observing) = analysis::spawn(shared.clone());
         loop {
             self.send_replies(&mut replies, m);
             let event = match carried.take() {
@@ -84,9 +86,14 @@ impl GatewayLink {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     // What the client already holds joins the group: one disk flush for all.
                     let mut group = vec![p];
-                    while group.len() < GROUP_MAX {
+                    // Bounded: each poll may also write one queued reply.
+                    let mut polls = 0;
+                    while group.len() < GROUP_MAX && polls < 4 * GROUP_MAX {
+                        polls += 1;
                         match self.eventloop.poll().now_or_never() {
                             Some(Ok(Event::Incoming(Packet::Publish(p)))) => group.push(p),
+                            // A reply of the last group going out: the group goes on.
+                            Some(Ok(Event::Outgoing(_))) => {}
                             Some(other) => {
                                 carried = Some(other);
                                 break;
@@ -94,7 +101,7 @@ impl GatewayLink {
                             None => break,
                         }
                     }
-                    let answers = handle_group(&shared, &group).await;
+                    let answers = handle_group(&shared, &group, &observers).await;
                     for (p, answer) in group.into_iter().zip(answers) {
                         if let Some((topic, payload)) = answer {
                             replies.push_back(Reply::Ack(topic, payload));
@@ -122,6 +129,9 @@ impl GatewayLink {
         }
         let _ = self.client.try_disconnect();
         m.link_connected.set(0);
+        // What was stored is observed before the link is done.
+        drop(observers);
+        let _ = observing.await;
     }
 }
 
@@ -179,7 +189,11 @@ type Answer = Option<(String, Vec<u8>)>;
 
 /// Checks and applies a group of messages in order, storing their event batches together;
 /// returns each message's answer (an event batch's ack once it is stored).
-async fn handle_group(shared: &Arc<Shared>, group: &[Publish]) -> Vec<Answer> {
+async fn handle_group(
+    shared: &Arc<Shared>,
+    group: &[Publish],
+    observers: &tokio::sync::mpsc::Sender<Vec<analysis::Fresh>>,
+) -> Vec<Answer> {
     let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
     let mut batches: Vec<(usize, Batch)> = Vec::new();
     for (i, p) in group.iter().enumerate() {
@@ -193,8 +207,12 @@ async fn handle_group(shared: &Arc<Shared>, group: &[Publish]) -> Vec<Answer> {
     }
     if !batches.is_empty() {
         let (index, batches): (Vec<usize>, Vec<Batch>) = batches.into_iter().unzip();
-        for (i, ack) in index.into_iter().zip(store_and_ack(shared, batches).await) {
+        let (acks, fresh) = store_and_ack(shared, batches).await;
+        for (i, ack) in index.into_iter().zip(acks) {
             answers[i] = ack;
+        }
+        if !fresh.is_empty() && observers.send(fresh).await.is_err() {
+            tracing::error!("the event observers stopped; alerts and boards miss a group");
         }
     }
     answers
@@ -267,20 +285,12 @@ fn handle(shared: &Arc<Shared>, p: &Publish) -> Handled {
             shared.registry().observe_health(&gateway, h, now);
             NONE
         }
-        (Channel::Events, Message::Events(batch)) => {
-            if batch.events.iter().any(|e| e.kind.starts_with("terminal.")) {
-                let mut board = shared.terminal_board();
-                for e in &batch.events {
-                    board.observe_event(gateway.as_str(), e);
-                }
-            }
-            Handled::Store(Batch {
-                gateway,
-                seq: env.seq,
-                events: batch.events,
-                raw: env.raw_payload,
-            })
-        }
+        (Channel::Events, Message::Events(batch)) => Handled::Store(Batch {
+            gateway,
+            seq: env.seq,
+            events: batch.events,
+            raw: env.raw_payload,
+        }),
         (Channel::Reply, Message::Reply(reply)) => {
             shared.commands.complete(&gateway, reply);
             NONE
@@ -327,10 +337,13 @@ fn outbox_alerts(shared: &Shared, gateway: &str, o: &wire::OutboxReport, now: In
         .observe(observations, time::OffsetDateTime::now_utc());
 }
 
-/// Stores a group's batches with one flush, then, batch by batch, makes cases of submissions,
-/// feeds the new events to the device board, the meetings and the alert rules, and returns
-/// each batch's ack (none for a batch that could not be stored: its gateway sends it again).
-async fn store_and_ack(shared: &Arc<Shared>, batches: Vec<Batch>) -> Vec<Answer> {
+/// Stores a group's batches with one flush, then, batch by batch, makes cases of submissions;
+/// returns each batch's ack (none for a batch that could not be stored: its gateway sends it
+/// again) and the new events for the observers.
+async fn store_and_ack(
+    shared: &Arc<Shared>,
+    batches: Vec<Batch>,
+) -> (Vec<Answer>, Vec<analysis::Fresh>) {
     let n = batches.len();
     let store = shared.store.clone();
     // The batches go to the blocking thread and come back with their results.
@@ -349,21 +362,25 @@ async fn store_and_ack(shared: &Arc<Shared>, batches: Vec<Batch>) -> Vec<Answer>
         Ok(done) => done,
         Err(e) => {
             tracing::error!(error = %e, "store task failed");
-            return vec![None; n];
+            return (vec![None; n], Vec::new());
         }
     };
     let mut answers = Vec::with_capacity(n);
+    let mut fresh = Vec::new();
     for (b, r) in batches.into_iter().zip(results) {
-        answers.push(after_store(shared, b, r).await);
+        let (answer, new) = after_store(shared, b, r).await;
+        answers.push(answer);
+        fresh.extend(new);
     }
-    answers
+    (answers, fresh)
 }
 
+/// A stored batch's cases and ack, and its new events for the observers.
 async fn after_store(
     shared: &Arc<Shared>,
     b: Batch,
     stored: Result<crate::store::Stored, crate::store::StoreError>,
-) -> Answer {
+) -> (Answer, Option<analysis::Fresh>) {
     let m = &shared.metrics;
     let Batch {
         gateway,
@@ -377,7 +394,7 @@ async fn after_store(
             // Not acknowledged: the gateway resends after its ack timeout.
             tracing::error!(%gateway, error = %e, "cannot store a batch");
             m.reject("store_failed");
-            return None;
+            return (None, None);
         }
     };
     if events.iter().any(|e| e.kind == "submission.created") {
@@ -403,39 +420,22 @@ async fn after_store(
             }
         }
     }
-    // What the rules may act on: new events, never telemetry.
+    // What the observers act on: new events, never telemetry.
     let all_fresh = stored.new as usize == events.len();
     let fresh: std::collections::HashSet<u64> = if all_fresh {
         Default::default()
     } else {
         stored.fresh.iter().copied().collect()
     };
-    let fresh_events: Vec<&wire::Event> = events
-        .iter()
+    let fresh_events: Vec<wire::Event> = events
+        .into_iter()
         .filter(|e| e.class != wire::EventClass::Telemetry && e.kind != "submission.created")
         .filter(|e| all_fresh || fresh.contains(&e.seq))
         .collect();
-    if !fresh_events.is_empty() {
-        let mut devices = shared
-            .devices
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for e in &fresh_events {
-            devices.observe_event(gateway.as_str(), e);
-        }
-    }
-    for e in fresh_events.iter().filter(|e| e.kind == "meeting.answer") {
-        if let Some(m) = shared.meetings.answered(gateway.as_str(), e) {
-            tracing::info!(meeting = %m.id, %gateway, "meeting answer");
-        }
-    }
-    let observations: Vec<_> = fresh_events
-        .iter()
-        .flat_map(|e| crate::alerts::rules::from_event(gateway.as_str(), e))
-        .collect();
-    shared
-        .alerts
-        .observe(observations, time::OffsetDateTime::now_utc());
+    let observe = (!fresh_events.is_empty()).then(|| analysis::Fresh {
+        gateway: gateway.clone(),
+        events: fresh_events,
+    });
     m.events_duplicate.inc_by(stored.duplicates);
     m.batches.inc();
     let ack = Message::Ack(Ack {
@@ -444,11 +444,12 @@ async fn after_store(
         batch: Some(batch),
     });
     let topic = Topic::gateway(&gateway, Channel::Ack).path();
-    match Envelope::new(gateway, batch, ack).encode() {
+    let answer = match Envelope::new(gateway, batch, ack).encode() {
         Ok(payload) => Some((topic, payload)),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode an ack");
             None
         }
-    }
+    };
+    (answer, observe)
 }

@@ -662,6 +662,8 @@ struct Figures {
     ack_p99: f64,
     cpu_pct: f64,
     rss_mib: f64,
+    /// Growth of resident memory over the window's second half, MiB a minute.
+    rss_growth: f64,
     burst_per_s: f64,
     burst_events: u64,
     peak_rss_mib: f64,
@@ -684,6 +686,27 @@ impl Figures {
             self.burst_per_s, self.burst_events, self.visible_p50, self.visible_p99, self.errors
         );
     }
+}
+
+/// The least-squares slope of (seconds, MiB) over the second half of the series, in MiB a
+/// minute: the first half is start-up (caches and logs filling).
+fn growth_per_min(series: &[(f64, f64)]) -> f64 {
+    let half = series.last().map_or(0.0, |l| l.0 / 2.0);
+    let tail: Vec<_> = series.iter().filter(|(t, _)| *t >= half).collect();
+    let n = tail.len() as f64;
+    if n < 2.0 {
+        return f64::NAN;
+    }
+    let (mt, mm) = (
+        tail.iter().map(|p| p.0).sum::<f64>() / n,
+        tail.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let cov: f64 = tail.iter().map(|p| (p.0 - mt) * (p.1 - mm)).sum();
+    let var: f64 = tail.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    if var == 0.0 {
+        return f64::NAN;
+    }
+    60.0 * cov / var
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -718,7 +741,13 @@ async fn run(
     // One probe a second on a different gateway each time: raise, then clear.
     let mut probes: Vec<(String, Instant)> = Vec::new();
     let mut k = 0usize;
+    // Resident memory every 5 s: whether it settles or keeps growing under a steady load.
+    let mut rss_series: Vec<(f64, f64)> = Vec::new();
     while t0.elapsed() < Duration::from_secs(seconds) {
+        if k % 5 == 0 {
+            let at = t0.elapsed().as_secs_f64();
+            rss_series.push((at, server.rss_mib()));
+        }
         let g = (k / 2 * 37) % gateways;
         let raise = k % 2 == 0;
         let key = format!("gw-b{g:04}#{}", if raise { "raised" } else { "cleared" });
@@ -732,6 +761,16 @@ async fn run(
     let steady_per_s =
         (fleet.stats.steady_events.load(Ordering::Relaxed) - events0) as f64 / window;
     let rss_mib = server.rss_mib();
+    rss_series.push((window, rss_mib));
+    eprintln!(
+        "{name}: RSS over the window: {}",
+        rss_series
+            .iter()
+            .map(|(t, m)| format!("{m:.0} MiB at {t:.0} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let rss_growth = growth_per_min(&rss_series);
     let mut acks = std::mem::take(&mut *fleet.stats.ack_ms.lock().unwrap());
     let (ack_p50, ack_p99) = (percentile(&mut acks, 0.5), percentile(&mut acks, 0.99));
 
@@ -789,6 +828,7 @@ async fn run(
         ack_p99,
         cpu_pct,
         rss_mib,
+        rss_growth,
         burst_per_s,
         burst_events,
         peak_rss_mib,
@@ -889,7 +929,7 @@ async fn main() -> anyhow::Result<()> {
         "{:<52} {:>12} {:>12} {:>8} {:>10}",
         "figure", "GridEdge", "peer", "ratio", "goal"
     );
-    let rows: [(&str, f64, f64, bool, &str); 9] = [
+    let rows: [(&str, f64, f64, bool, &str); 10] = [
         (
             "steady ingest, events/s stored and acked",
             g.steady_per_s,
@@ -919,6 +959,13 @@ async fn main() -> anyhow::Result<()> {
             "<= 20",
         ),
         ("steady server RSS, MiB", g.rss_mib, p.rss_mib, false, "-"),
+        (
+            "RSS growth, 2nd half of window, MiB/min",
+            g.rss_growth,
+            p.rss_growth,
+            false,
+            "-",
+        ),
         (
             "burst ingest, events/s",
             g.burst_per_s,
