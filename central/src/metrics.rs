@@ -66,6 +66,8 @@ pub struct Metrics {
     pub gateway_outbox_refused: Family<GatewayLabel, Gauge>,
     /// Bytes of content files sent to gateways.
     pub content_bytes_sent: Counter,
+    /// Groups of stored batches waiting for the boards and alert rules.
+    pub observer_backlog: Gauge,
 }
 
 impl Metrics {
@@ -139,7 +141,14 @@ impl Metrics {
             "Bytes of content files sent to gateways",
             content_bytes_sent.clone(),
         );
+        let observer_backlog = Gauge::default();
+        registry.register(
+            "observer_backlog",
+            "Groups of stored event batches waiting for the boards and alert rules",
+            observer_backlog.clone(),
+        );
         Self {
+            observer_backlog,
             content_bytes_sent,
             registry,
             link_connected,

@@ -29,6 +29,7 @@ pub fn spawn(shared: Arc<Shared>) -> (mpsc::Sender<Vec<Fresh>>, tokio::task::Joi
     let (tx, mut rx) = mpsc::channel::<Vec<Fresh>>(QUEUE);
     let task = tokio::spawn(async move {
         while let Some(group) = rx.recv().await {
+            shared.metrics.observer_backlog.set(rx.len() as i64);
             for fresh in group {
                 apply(&shared, &fresh);
             }

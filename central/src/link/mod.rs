@@ -211,8 +211,12 @@ async fn handle_group(
         for (i, ack) in index.into_iter().zip(acks) {
             answers[i] = ack;
         }
-        if !fresh.is_empty() && observers.send(fresh).await.is_err() {
-            tracing::error!("the event observers stopped; alerts and boards miss a group");
+        if !fresh.is_empty() {
+            if observers.send(fresh).await.is_err() {
+                tracing::error!("the event observers stopped; alerts and boards miss a group");
+            }
+            let waiting = observers.max_capacity() - observers.capacity();
+            shared.metrics.observer_backlog.set(waiting as i64);
         }
     }
     answers

@@ -852,7 +852,7 @@ async fn main() -> anyhow::Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     let gateways = arg_value(&args, "--gateways").unwrap_or(1000) as usize;
     let devices = arg_value(&args, "--devices").unwrap_or(50) as usize;
-    let seconds = arg_value(&args, "--seconds").unwrap_or(if quick { 20 } else { 120 });
+    let seconds = arg_value(&args, "--seconds").unwrap_or(if quick { 20 } else { 300 });
     let burst = arg_value(&args, "--burst").unwrap_or(100_000);
     anyhow::ensure!(
         gateways > 0 && devices > 0,
