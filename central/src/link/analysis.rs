@@ -3,7 +3,7 @@
 //!
 //! It runs beside the link, in the order the link stored the batches, so a gateway's ack waits
 //! only for its batch to be on disk. The link's task is central's ingest bottleneck:
-//! `bench-central` measured these observers at about a third of its time during a burst. Events
+//! perf under `bench-central` put these observers at over half of its time during a burst. Events
 //! are stored before they get here, so nothing is lost to the queue; its bound holds the link
 //! back (and with it the broker) when the observers fall behind.
 
