@@ -201,11 +201,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_latest_status_stays_whatever_the_order_of_arrival() {
+    fn statuses() -> (tempfile::TempDir, Statuses) {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let st = Statuses::open(&db).unwrap();
+        (dir, Statuses::open(&db).unwrap())
+    }
+
+    #[test]
+    fn the_latest_status_stays_whatever_the_order_of_arrival() {
+        let (_dir, st) = statuses();
         // Central's answer is stored before the kiosk's own receipt.
         assert!(st.put(&status("routed", 1)).unwrap());
         assert!(!st.put(&status("submitted", 0)).unwrap());
@@ -218,9 +222,7 @@ mod tests {
 
     #[test]
     fn the_kiosks_receipt_is_kept_when_it_comes_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
-        let st = Statuses::open(&db).unwrap();
+        let (_dir, st) = statuses();
         assert!(st.put(&status("submitted", 0)).unwrap());
         assert!(st.put(&status("routed", 1)).unwrap());
         assert_eq!(st.get("gw-1-000007").unwrap().status, "routed");

@@ -63,6 +63,14 @@ async fn gateway_viewers(gw: &TestGateway) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
+/// Central's share audit trail, newest first (its last 100 entries).
+async fn share_audit(central: &TestCentral) -> Vec<Value> {
+    let audit = gridedge_tests::try_json_api(central.url("/api/v1/audit?limit=100"))
+        .await
+        .unwrap();
+    audit.as_array().cloned().unwrap_or_default()
+}
+
 async fn grant_view(central: &TestCentral, id: &str) -> Value {
     let all = gridedge_tests::try_json_api(central.url("/api/v1/shares"))
         .await
@@ -134,15 +142,8 @@ async fn a_shared_camera_plays_at_central_and_ten_viewers_make_one_push() {
     })
     .await
     .unwrap();
-    let audit = gridedge_tests::try_json_api(central.url("/api/v1/audit?limit=100"))
-        .await
-        .unwrap();
-    let whats: Vec<&str> = audit
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["what"].as_str())
-        .collect();
+    let audit = share_audit(&central).await;
+    let whats: Vec<&str> = audit.iter().filter_map(|e| e["what"].as_str()).collect();
     for what in [
         "share.granted",
         "share.viewer_joined",
@@ -153,12 +154,8 @@ async fn a_shared_camera_plays_at_central_and_ten_viewers_make_one_push() {
         assert!(whats.contains(&what), "{what} missing from {whats:?}");
     }
     assert!(
-        audit
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["viewer"] == "ops-zhang"),
-        "{audit}"
+        audit.iter().any(|e| e["viewer"] == "ops-zhang"),
+        "{audit:?}"
     );
 }
 
@@ -235,19 +232,15 @@ async fn forged_expired_and_revoked_grants_are_refused_and_revocation_cuts_viewe
     .unwrap();
     let took = closed.duration_since(revoked_at);
     assert!(took <= Duration::from_secs(2), "cut off after {took:?}");
-    let audit = gridedge_tests::try_json_api(central.url("/api/v1/audit?limit=100"))
-        .await
-        .unwrap();
+    let audit = share_audit(&central).await;
     let revoked = audit
-        .as_array()
-        .unwrap()
         .iter()
         .find(|e| e["what"] == "share.revoked")
         .cloned()
         .unwrap_or_default();
     assert_eq!(
         revoked["by"], "test-admin for supervisor-li",
-        "the revocation names its caller: {audit}"
+        "the revocation names its caller: {audit:?}"
     );
     let last = viewer.received.texts();
     assert!(
@@ -305,18 +298,14 @@ async fn the_shared_stream_resumes_after_the_camera_and_the_gateway_restart() {
     assert_eq!(gateway_viewers(&gw).await, 1);
     let g = grant_view(&central, granted["grant"]["id"].as_str().unwrap()).await;
     assert_eq!(g["pushing"], true, "{g}");
-    let audit = gridedge_tests::try_json_api(central.url("/api/v1/audit?limit=100"))
-        .await
-        .unwrap();
+    let audit = share_audit(&central).await;
     let pushes = audit
-        .as_array()
-        .unwrap()
         .iter()
         .filter(|e| e["what"] == "share.push_started")
         .count();
     assert_eq!(
         pushes, 2,
-        "one push before the gateway restarted, one after: {audit}"
+        "one push before the gateway restarted, one after: {audit:?}"
     );
     // A new track came with each new session (the player appends its init segment).
     assert!(
