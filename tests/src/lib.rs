@@ -29,7 +29,8 @@ pub type Result<T> = anyhow::Result<T>;
 
 /// A port that was free a moment ago on 127.0.0.1, taken below the kernel's ephemeral range
 /// (32768 and up by default) so that a fixture restarted on it does not find it taken by some
-/// client's outgoing connection.
+/// client's outgoing connection. It stays this test process's own until it exits (see
+/// [`claim_port`]), so a camera stopped and started again gets its port back.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -46,11 +47,42 @@ pub fn free_port() -> u16 {
             NEXT.store(20_000, Ordering::SeqCst);
             port = 20_000;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && claim_port(port) {
             return port;
         }
     }
     panic!("no free port on 127.0.0.1 between 20000 and 32000")
+}
+
+/// Claims `port` for this process among every test process on the machine: an exclusive
+/// `flock` on `$TMPDIR/gridedge-ports/PORT`, held until the process exits (the kernel lets go
+/// of it then, even after SIGKILL). Checking that a port binds is not enough: a fixture stopped
+/// in the middle of a test (a camera power cut) leaves its port free for a moment, and another
+/// test process running beside it took it (CI: "Address already in use" on the restart).
+fn claim_port(port: u16) -> bool {
+    use std::os::fd::AsRawFd;
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("gridedge-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        // No place for claims: fall back to the bind check alone.
+        return true;
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    else {
+        return true;
+    };
+    // SAFETY: flock(2) on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return false;
+    }
+    HELD.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(file);
+    true
 }
 
 /// Waits until something accepts TCP connections on `addr`.
@@ -200,4 +232,27 @@ pub fn jpeg_size(jpeg: &[u8]) -> Option<(u32, u32)> {
         i += 2 + len;
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_given_out_stays_claimed_against_other_processes() {
+        let port = free_port();
+        assert!(!claim_port(port), "claimed twice in one process");
+        // Another process (util-linux flock) cannot take the claim either.
+        let file = std::env::temp_dir()
+            .join("gridedge-ports")
+            .join(port.to_string());
+        let other = std::process::Command::new("flock")
+            .args(["-n", "-E", "75"])
+            .arg(&file)
+            .arg("true")
+            .status()
+            .unwrap();
+        assert_eq!(other.code(), Some(75), "another process took port {port}");
+        assert_ne!(free_port(), port);
+    }
 }
