@@ -341,6 +341,15 @@ mod tests {
         );
     }
 
+    /// The sequence numbers stored for `gateway`, in order.
+    fn stored_seqs(s: &EventStore, gateway: &GatewayId) -> Vec<u64> {
+        s.events_after(gateway, 0, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    }
+
     #[test]
     fn deduplication_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -352,12 +361,7 @@ mod tests {
         let s = EventStore::open(dir.path(), 1 << 20).unwrap();
         let r = s.store_batch(&a, &[ev(2), ev(3), ev(5)]).unwrap();
         assert_eq!((r.new, r.duplicates, r.high), (1, 2, 5));
-        let seqs: Vec<u64> = s
-            .events_after(&a, 0, 100)
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let seqs = stored_seqs(&s, &a);
         assert_eq!(seqs, vec![1, 2, 3, 5]);
         assert_eq!(s.events_after(&a, 2, 100).unwrap().len(), 2);
     }
@@ -384,12 +388,7 @@ mod tests {
             );
         }
         let s = EventStore::open(dir.path(), 1 << 20).unwrap();
-        let seqs: Vec<u64> = s
-            .events_after(&a, 0, 100)
-            .unwrap()
-            .iter()
-            .map(|e| e.seq)
-            .collect();
+        let seqs = stored_seqs(&s, &a);
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!(s.high(&b).unwrap(), 1);
     }
