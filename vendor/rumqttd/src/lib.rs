@@ -51,6 +51,46 @@ pub type AuthHandler = Arc<
         + Sync,
 >;
 
+// GridEdge patch: authorization by identity (see vendor/README.md). The shape follows the
+// upstream proposal bytebeamio/rumqtt#1071 (`ClientIdentity`, `AclAction`, `set_acl_handler`).
+
+/// Who a remote connection is, as far as the broker could establish it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity {
+    /// Name of the listener (server settings) the client connected to.
+    pub listener: String,
+    /// The peer's address.
+    pub peer: Option<SocketAddr>,
+    /// Common name of the verified client certificate (TLS listeners with client
+    /// verification).
+    pub common_name: Option<String>,
+    /// Serial number of the verified client certificate, big-endian bytes.
+    pub serial: Option<Vec<u8>>,
+    /// When the verified client certificate expires (Unix seconds).
+    pub not_after: Option<i64>,
+    /// The username the client authenticated with (only set once it was checked).
+    pub username: Option<String>,
+    /// The client id of the connection (set once the CONNECT packet is read).
+    pub client_id: String,
+}
+
+/// What a client asks to do, for the ACL handler to allow or refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AclAction<'a> {
+    /// Connecting (with `ClientIdentity::client_id`), and again every
+    /// `ConnectionSettings::reauthorize_interval_ms` while connected: refusing it then closes
+    /// the connection (a revoked or expired certificate).
+    Connect,
+    /// Publishing on a topic (also checked for the last will at connect).
+    Publish { topic: &'a str, retain: bool },
+    /// Subscribing to a filter.
+    Subscribe { filter: &'a str },
+}
+
+/// Decides whether a client may do something; called on the router thread for publishes
+/// and subscriptions, so it must be quick and must not block.
+pub type AclHandler = Arc<dyn Fn(&ClientIdentity, AclAction<'_>) -> bool + Send + Sync>;
+
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
     pub id: usize,
@@ -152,6 +192,19 @@ pub struct ConnectionSettings {
     pub external_auth: Option<AuthHandler>,
     #[serde(default)]
     pub dynamic_filters: bool,
+    /// GridEdge patch: authorization of connect, publish and subscribe by identity. None:
+    /// everything is allowed (rumqttd's behaviour).
+    #[serde(skip)]
+    pub acl: Option<AclHandler>,
+    /// GridEdge patch: how often a live connection's `AclAction::Connect` is checked again
+    /// (0: never).
+    #[serde(default)]
+    pub reauthorize_interval_ms: u64,
+    /// GridEdge patch: most connections of this listener that may be between accept and a
+    /// handled CONNECT (TLS handshake included) at once; beyond it new sockets are closed at
+    /// once. 0: no limit.
+    #[serde(default)]
+    pub max_pending_connections: usize,
 }
 
 impl ConnectionSettings {
@@ -166,6 +219,14 @@ impl ConnectionSettings {
             Box::pin(auth)
         }));
     }
+
+    /// GridEdge patch: sets the handler that authorizes connect, publish and subscribe.
+    pub fn set_acl_handler<F>(&mut self, acl: F)
+    where
+        F: Fn(&ClientIdentity, AclAction<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.acl = Some(Arc::new(acl));
+    }
 }
 
 impl fmt::Debug for ConnectionSettings {
@@ -177,6 +238,9 @@ impl fmt::Debug for ConnectionSettings {
             .field("auth", &self.auth)
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
+            .field("acl", &self.acl.is_some())
+            .field("reauthorize_interval_ms", &self.reauthorize_interval_ms)
+            .field("max_pending_connections", &self.max_pending_connections)
             .finish()
     }
 }

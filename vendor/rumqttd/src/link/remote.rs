@@ -4,7 +4,7 @@ use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
 use crate::router::{Event, Notification};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::{AclAction, AclHandler, ClientIdentity, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use std::cmp::min;
@@ -47,6 +47,8 @@ pub enum Error {
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
     Link(#[from] LinkError),
+    #[error("Not authorized: {0}")]
+    NotAuthorized(String),
 }
 
 /// Orchestrates between Router and Network.
@@ -58,9 +60,14 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    /// GridEdge patch: who the client is and the handler that asks again, every
+    /// `reauthorize`, whether it may stay connected.
+    acl: Option<(Arc<ClientIdentity>, AclHandler)>,
+    reauthorize: Option<Duration>,
 }
 
 impl<P: Protocol> RemoteLink<P> {
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         router_tx: Sender<(ConnectionId, Event)>,
         tenant_id: Option<String>,
@@ -68,6 +75,8 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        acl: Option<(Arc<ClientIdentity>, AclHandler)>,
+        reauthorize_interval_ms: u64,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -100,6 +109,7 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .acl(acl.clone())
             .build()?;
 
         let id = link_rx.id();
@@ -123,16 +133,35 @@ impl<P: Protocol> RemoteLink<P> {
             // GridEdge patch: grows as used (was 100 slots for every connection).
             notifications: VecDeque::new(),
             will_delay_interval,
+            reauthorize: (reauthorize_interval_ms > 0 && acl.is_some())
+                .then(|| Duration::from_millis(reauthorize_interval_ms)),
+            acl,
         })
     }
 
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
+        // GridEdge patch: a connection whose identity is no longer allowed (a certificate
+        // revoked or expired since it connected) is closed within one interval.
+        let mut reauthorize =
+            time::interval(self.reauthorize.unwrap_or(Duration::from_secs(86_400)));
+        reauthorize.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
+        reauthorize.tick().await;
 
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
             select! {
+                _ = reauthorize.tick(), if self.reauthorize.is_some() => {
+                    if let Some((identity, acl)) = &self.acl {
+                        if !acl(identity, AclAction::Connect) {
+                            return Err(Error::NotAuthorized(format!(
+                                "{} is no longer allowed",
+                                identity.client_id
+                            )));
+                        }
+                    }
+                }
                 o = self.network.read() => {
                     let packet = o?;
                     let len = {
@@ -175,7 +204,8 @@ impl<P: Protocol> RemoteLink<P> {
 pub async fn mqtt_connect<P>(
     config: Arc<ConnectionSettings>,
     network: &mut Network<P>,
-) -> Result<Packet, Error>
+    mut identity: ClientIdentity,
+) -> Result<(Packet, ClientIdentity), Error>
 where
     P: Protocol,
 {
@@ -189,14 +219,56 @@ where
     })
     .await??;
 
-    let (connect, _props, login) = match packet {
-        Packet::Connect(ref connect, ref props, _, _, ref login) => (connect, props, login),
+    let (connect, _props, will, login) = match packet {
+        Packet::Connect(ref connect, ref props, ref will, _, ref login) => {
+            (connect, props, will, login)
+        }
         packet => return Err(Error::NotConnectPacket(packet)),
     };
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    if let Err(e) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+        // GridEdge patch: say why before closing.
+        let ack = ConnAck {
+            session_present: false,
+            code: ConnectReturnCode::BadUserNamePassword,
+        };
+        network.write(Packet::ConnAck(ack, None)).await?;
+        return Err(e);
+    }
+
+    // GridEdge patch: who this is, and whether that identity may connect with this client id
+    // and leave this last will.
+    identity.client_id = connect.client_id.clone();
+    identity.username = login
+        .as_ref()
+        .filter(|_| config.auth.is_some() || config.external_auth.is_some())
+        .map(|l| l.username.clone());
+    if let Some(acl) = &config.acl {
+        let will_allowed = will.as_ref().is_none_or(|w| {
+            std::str::from_utf8(&w.topic).is_ok_and(|topic| {
+                acl(
+                    &identity,
+                    AclAction::Publish {
+                        topic,
+                        retain: w.retain,
+                    },
+                )
+            })
+        });
+        if !will_allowed || !acl(&identity, AclAction::Connect) {
+            let ack = ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::NotAuthorized,
+            };
+            network.write(Packet::ConnAck(ack, None)).await?;
+            return Err(Error::NotAuthorized(format!(
+                "client id {:?} refused (will allowed: {will_allowed})",
+                identity.client_id
+            )));
+        }
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
@@ -220,7 +292,7 @@ where
     }
 
     // Ok((connect, props, lastwill, lastwill_props))
-    Ok(packet)
+    Ok((packet, identity))
 }
 
 async fn handle_auth(
@@ -284,6 +356,9 @@ mod tests {
             auth: None,
             external_auth: None,
             dynamic_filters: false,
+            acl: None,
+            reauthorize_interval_ms: 0,
+            max_pending_connections: 0,
         }
     }
 

@@ -10,7 +10,6 @@ use super::ConnectionEvents;
 /// Used to register a new connection with the router
 /// Connection messages encompasses a handle for router to
 /// communicate with this connection
-#[derive(Debug)]
 pub struct Connection {
     pub client_id: String,
     /// Id of client's organisation/tenant and the prefix associated with tenant's MQTT topic
@@ -33,6 +32,20 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// GridEdge patch: the client's identity and the handler that authorizes its publishes
+    /// and subscriptions; None for trusted (local) links.
+    pub acl: Option<(std::sync::Arc<crate::ClientIdentity>, crate::AclHandler)>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("client_id", &self.client_id)
+            .field("clean", &self.clean)
+            .field("subscriptions", &self.subscriptions)
+            .field("identity", &self.acl.as_ref().map(|(i, _)| i))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Connection {
@@ -66,6 +79,15 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            acl: None,
+        }
+    }
+
+    /// GridEdge patch: whether this connection may do `action`.
+    pub fn allowed(&self, action: crate::AclAction<'_>) -> bool {
+        match &self.acl {
+            None => true,
+            Some((identity, acl)) => acl(identity, action),
         }
     }
 

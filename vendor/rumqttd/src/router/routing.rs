@@ -564,6 +564,41 @@ impl Router {
                     let qos = publish.qos;
                     let pkid = publish.pkid;
 
+                    // GridEdge patch: a publish its client may not make is dropped. At QoS 1 it
+                    // is still acknowledged (MQTT 3.1.1 §3.3.5: a positive ack or a closed
+                    // connection); at QoS 2 the connection is closed.
+                    let allowed = std::str::from_utf8(&publish.topic).is_ok_and(|topic| {
+                        self.connections.get(id).is_some_and(|c| {
+                            c.allowed(crate::AclAction::Publish {
+                                topic,
+                                retain: publish.retain,
+                            })
+                        })
+                    });
+                    if !allowed {
+                        warn!(topic = ?publish.topic, "publish not authorized; dropped");
+                        self.router_meters.failed_publishes += 1;
+                        match qos {
+                            QoS::AtLeastOnce => {
+                                let puback = PubAck {
+                                    pkid,
+                                    reason: PubAckReason::Success,
+                                };
+                                if let Some(ackslog) = self.ackslog.get_mut(id) {
+                                    ackslog.puback(puback);
+                                }
+                                force_ack = true;
+                                continue;
+                            }
+                            QoS::ExactlyOnce => {
+                                disconnect = true;
+                                disconnect_reason = Some(DisconnectReasonCode::NotAuthorized);
+                                break;
+                            }
+                            QoS::AtMostOnce => continue,
+                        }
+                    }
+
                     // Prepare acks for the above publish
                     // If any of the publish in the batch results in force flush,
                     // set global force flush flag. Force flush is triggered when the
@@ -657,6 +692,14 @@ impl Router {
 
                         info!("Adding subscription on topic {}", f.path);
                         let connection = self.connections.get_mut(id).unwrap();
+
+                        // GridEdge patch: a filter its client may not subscribe to is refused
+                        // (0x80 in the SUBACK); the others in the packet go on.
+                        if !connection.allowed(crate::AclAction::Subscribe { filter: &f.path }) {
+                            warn!(filter = f.path, "subscription not authorized; refused");
+                            return_codes.push(SubscribeReasonCode::Failure);
+                            continue;
+                        }
 
                         if let Err(e) = validate_subscription(connection, f) {
                             warn!(reason = ?e,"Subscription cannot be validated: {}", e);

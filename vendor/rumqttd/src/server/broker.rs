@@ -9,7 +9,7 @@ use crate::protocol::v5::V5;
 use crate::protocol::{Packet, Protocol};
 #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
 use crate::server::tls::{self, TLSAcceptor};
-use crate::{meters, ConnectionSettings, Meter};
+use crate::{meters, ClientIdentity, ConnectionSettings, Meter};
 use flume::{RecvError, SendError, Sender};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -365,18 +365,13 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         }
     }
 
-    // Depending on TLS or not create a new Network
-    async fn tls_accept(&self, stream: TcpStream) -> Result<(Box<dyn N>, Option<String>), Error> {
-        #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
-        match &self.config.tls {
-            Some(c) => {
-                let (tenant_id, network) = TLSAcceptor::new(c)?.accept(stream).await?;
-                Ok((network, tenant_id))
-            }
-            None => Ok((Box::new(stream), None)),
+    /// GridEdge patch: a listener's identity of a peer before anything is known of it.
+    fn identity(&self, peer: SocketAddr) -> ClientIdentity {
+        ClientIdentity {
+            listener: self.config.name.clone(),
+            peer: Some(peer),
+            ..Default::default()
         }
-        #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
-        Ok((Box::new(stream), None))
     }
 
     pub async fn start(&mut self, link_type: LinkType) -> Result<(), Error> {
@@ -385,6 +380,11 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
         let mut count: usize = 0;
 
         let config = Arc::new(self.config.connections.clone());
+        // GridEdge patch: connections between accept and a handled CONNECT, bounded.
+        let pending = match config.max_pending_connections {
+            0 => None,
+            n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+        };
         info!(
             config = self.config.name,
             listen_addr = self.config.listen.to_string(),
@@ -396,6 +396,8 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 Ok((s, r)) => (s, r),
                 Err(e) => {
                     error!(error=?e, "Unable to accept socket.");
+                    // GridEdge patch: out of file descriptors and the like: wait, do not spin.
+                    time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             };
@@ -406,70 +408,122 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 warn!(error=?e, "Unable to set TCP_NODELAY.");
             }
 
-            let (network, tenant_id) = match self.tls_accept(stream).await {
-                Ok(o) => o,
-                Err(e) => {
-                    error!(error=?e, "Tls accept error");
-                    continue;
-                }
+            // GridEdge patch: too many connections still handshaking: this one is closed at
+            // once rather than waiting behind silent ones.
+            let permit = match &pending {
+                None => None,
+                Some(p) => match p.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        warn!(name=?self.config.name, ?addr, "too many pending connections; closed");
+                        continue;
+                    }
+                },
             };
 
-            info!(
-                name=?self.config.name, ?addr, count, tenant=?tenant_id, "accept"
-            );
+            count += 1;
+            info!(name=?self.config.name, ?addr, count, "accept");
 
+            // GridEdge patch: the TLS handshake runs in the connection's own task, within the
+            // connection timeout, never in this accept loop: a silent client holds up nobody.
+            let tls = self.config.tls.clone();
+            let identity = self.identity(addr);
             let config = config.clone();
             let router_tx = self.router_tx.clone();
-            count += 1;
-
             let protocol = self.protocol.clone();
-            match link_type {
-                #[cfg(feature = "websocket")]
-                LinkType::Websocket => {
-                    let stream = match accept_hdr_async(network, WSCallback).await {
-                        Ok(s) => Box::new(WsStream::new(s)),
-                        Err(e) => {
-                            error!(error=?e, "Websocket failed handshake");
-                            continue;
-                        }
-                    };
-                    task::spawn(
+            let will_handlers = self.awaiting_will_handler.clone();
+            let name = self.config.name.clone();
+            task::spawn(async move {
+                let handshake = Duration::from_millis(config.connection_timeout_ms.into());
+                let accepted = time::timeout(handshake, tls_accept(tls, stream)).await;
+                let (network, tenant_id, peer) = match accepted {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(e)) => {
+                        warn!(error=?e, ?name, ?addr, "Tls accept error");
+                        return;
+                    }
+                    Err(_) => {
+                        warn!(?name, ?addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let identity = ClientIdentity {
+                    common_name: peer.common_name,
+                    serial: peer.serial,
+                    not_after: peer.not_after,
+                    ..identity
+                };
+                match link_type {
+                    #[cfg(feature = "websocket")]
+                    LinkType::Websocket => {
+                        let stream = match accept_hdr_async(network, WSCallback).await {
+                            Ok(s) => Box::new(WsStream::new(s)),
+                            Err(e) => {
+                                error!(error=?e, "Websocket failed handshake");
+                                return;
+                            }
+                        };
                         remote(
                             config,
                             tenant_id.clone(),
+                            identity,
+                            permit,
                             router_tx,
                             stream,
                             protocol,
-                            self.awaiting_will_handler.clone(),
+                            will_handlers,
                         )
                         .instrument(tracing::info_span!(
                             "websocket_link",
                             client_id = field::Empty,
                             connection_id = field::Empty
-                        )),
-                    )
+                        ))
+                        .await
+                    }
+                    LinkType::Remote => {
+                        remote(
+                            config,
+                            tenant_id.clone(),
+                            identity,
+                            permit,
+                            router_tx,
+                            network,
+                            protocol,
+                            will_handlers,
+                        )
+                        .instrument(tracing::error_span!(
+                            "remote_link",
+                            ?tenant_id,
+                            client_id = field::Empty,
+                            connection_id = field::Empty,
+                        ))
+                        .await
+                    }
                 }
-                LinkType::Remote => task::spawn(
-                    remote(
-                        config,
-                        tenant_id.clone(),
-                        router_tx,
-                        network,
-                        protocol,
-                        self.awaiting_will_handler.clone(),
-                    )
-                    .instrument(tracing::error_span!(
-                        "remote_link",
-                        ?tenant_id,
-                        client_id = field::Empty,
-                        connection_id = field::Empty,
-                    )),
-                ),
-            };
+            });
 
             time::sleep(delay).await;
         }
     }
+}
+
+/// GridEdge patch: the TLS handshake (when the listener has TLS) and what the client's
+/// certificate says.
+#[allow(unused_variables)]
+async fn tls_accept(
+    tls: Option<crate::TlsConfig>,
+    stream: TcpStream,
+) -> Result<(Box<dyn N>, Option<String>, super::PeerCert), Error> {
+    #[cfg(any(feature = "use-rustls", feature = "use-native-tls"))]
+    match &tls {
+        Some(c) => {
+            let (tenant_id, peer, network) = TLSAcceptor::new(c)?.accept(stream).await?;
+            Ok((network, tenant_id, peer))
+        }
+        None => Ok((Box::new(stream), None, super::PeerCert::default())),
+    }
+    #[cfg(not(any(feature = "use-rustls", feature = "use-native-tls")))]
+    Ok((Box::new(stream), None, Default::default()))
 }
 
 /// Configures the Websocket connection to indicate the correct protocol
@@ -495,9 +549,12 @@ impl Callback for WSCallback {
 /// waiting for mqtt connect packet. Also this honours connection wait time as per config to prevent
 /// denial of service attacks (rogue clients which only establish network connections without
 /// sending a mqtt connection packet to make the server reach its concurrent connection limit).
+#[allow(clippy::too_many_arguments)]
 async fn remote<P: Protocol>(
     config: Arc<ConnectionSettings>,
     tenant_id: Option<String>,
+    identity: ClientIdentity,
+    pending: Option<tokio::sync::OwnedSemaphorePermit>,
     router_tx: Sender<(ConnectionId, Event)>,
     stream: Box<dyn N>,
     protocol: P,
@@ -512,13 +569,20 @@ async fn remote<P: Protocol>(
 
     let dynamic_filters = config.dynamic_filters;
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
-        Ok(p) => p,
-        Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
-            return;
-        }
-    };
+    let (connect_packet, identity) =
+        match mqtt_connect(config.clone(), &mut network, identity).await {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error=?e, "Error while handling MQTT connect packet");
+                return;
+            }
+        };
+    // GridEdge patch: the connection is past its CONNECT; it no longer counts as pending.
+    drop(pending);
+    let acl = config
+        .acl
+        .clone()
+        .map(|handler| (Arc::new(identity), handler));
 
     let (mut client_id, clean_session) = match &connect_packet {
         Packet::Connect(ref connect, _, _, _, _) => {
@@ -564,6 +628,8 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        acl,
+        config.reauthorize_interval_ms,
     )
     .await
     {

@@ -7,6 +7,7 @@ use {
     tokio_native_tls::native_tls::Error as NativeTlsError,
 };
 
+use super::PeerCert;
 use crate::TlsConfig;
 #[cfg(feature = "verify-client-cert")]
 use tokio_rustls::rustls::{server::WebPkiClientVerifier, RootCertStore};
@@ -84,6 +85,23 @@ fn extract_tenant_id(der: &[u8]) -> Result<Option<String>, Error> {
     Ok(Some(tenant_id))
 }
 
+#[cfg(feature = "verify-client-cert")]
+fn peer_cert(der: &[u8]) -> Result<PeerCert, Error> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der).map_err(|_| Error::CertificateParse)?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|c| c.as_str().ok())
+        .map(str::to_owned);
+    Ok(PeerCert {
+        common_name,
+        serial: Some(cert.tbs_certificate.raw_serial().to_vec()),
+        not_after: Some(cert.validity().not_after.timestamp()),
+    })
+}
+
 #[allow(dead_code)]
 pub enum TLSAcceptor {
     #[cfg(feature = "use-rustls")]
@@ -115,25 +133,29 @@ impl TLSAcceptor {
         }
     }
 
-    pub async fn accept(&self, stream: TcpStream) -> Result<(Option<String>, Box<dyn N>), Error> {
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+    ) -> Result<(Option<String>, PeerCert, Box<dyn N>), Error> {
         match self {
             #[cfg(feature = "use-rustls")]
             TLSAcceptor::Rustls { acceptor } => {
                 let stream = acceptor.accept(stream).await?;
 
                 #[cfg(feature = "verify-client-cert")]
-                let tenant_id = {
+                let (tenant_id, peer) = {
                     let (_, session) = stream.get_ref();
                     let peer_certificates = session
                         .peer_certificates()
                         .ok_or(Error::NoPeerCertificate)?;
-                    extract_tenant_id(&peer_certificates[0])?
+                    let first = peer_certificates.first().ok_or(Error::NoPeerCertificate)?;
+                    (extract_tenant_id(first)?, peer_cert(first)?)
                 };
                 #[cfg(not(feature = "verify-client-cert"))]
-                let tenant_id: Option<String> = None;
+                let (tenant_id, peer): (Option<String>, PeerCert) = (None, PeerCert::default());
 
                 let network = Box::new(stream);
-                Ok((tenant_id, network))
+                Ok((tenant_id, peer, network))
             }
             #[cfg(feature = "use-native-tls")]
             TLSAcceptor::NativeTLS { acceptor } => {
@@ -146,7 +168,7 @@ impl TLSAcceptor {
                 //     .to_der()?;
                 // let tenant_id = extract_tenant_id(&peer_certificate)?;
                 let network = Box::new(stream);
-                Ok((None, network))
+                Ok((None, PeerCert::default(), network))
             }
         }
     }
