@@ -1,5 +1,6 @@
 //! Cases made from residents' submissions. Each `submission.created` event central stores
-//! becomes a case (once: its receipt `<gateway>-<seq>` is the event's identity), routed to the
+//! becomes a case (once: its receipt `<gateway>-<seq>-<check>` is the event's identity, the
+//! check code coming from the event), routed to the
 //! grid it concerns — to the grid's station and its grid leader (网格长) when the master data
 //! knows them, else to the street. Every status change goes back to the gateway, where the
 //! kiosk can ask for it by receipt.
@@ -80,11 +81,19 @@ impl Cases {
     pub fn observe(&self, shared: &Shared, gateway: &str, events: &[Event]) -> Vec<Case> {
         let mut new = Vec::new();
         for e in events.iter().filter(|e| e.kind == "submission.created") {
-            let receipt = format!("{gateway}-{:06}", e.seq);
+            let submission: Value = serde_json::from_str(e.payload.get()).unwrap_or(Value::Null);
+            // A submission taken before receipts had check codes keeps the receipt it was
+            // given then.
+            let receipt = match submission["check"]
+                .as_str()
+                .filter(|c| firmware_config::wire::is_receipt_check(c))
+            {
+                Some(check) => firmware_config::wire::receipt(gateway, e.seq, check),
+                None => format!("{gateway}-{:06}", e.seq),
+            };
             if self.get(&receipt).is_some() {
                 continue;
             }
-            let submission: Value = serde_json::from_str(e.payload.get()).unwrap_or(Value::Null);
             let station = submission["grid"].as_str().map(str::to_owned);
             let grid = station.as_deref().and_then(|g| {
                 shared

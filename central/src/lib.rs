@@ -11,6 +11,7 @@ pub mod broker;
 pub mod bundles;
 pub mod cases;
 pub mod link;
+pub mod logins;
 pub mod masterdata;
 pub mod meetings;
 pub mod metrics;
@@ -61,6 +62,10 @@ pub enum CentralError {
     Store(#[from] store::StoreError),
     #[error("identity: {0}")]
     Identity(#[from] firmware_config::runtime::signing::SigningError),
+    #[error("signing key: {0}")]
+    SigningKey(String),
+    #[error("revocation list: {0}")]
+    Revocations(#[from] firmware_config::revocation::RevocationError),
     #[error("a central task failed: {0}")]
     Task(String),
 }
@@ -71,8 +76,14 @@ pub struct Shared {
     pub metrics: Metrics,
     pub registry: Mutex<GatewayRegistry>,
     pub store: Arc<store::EventStore>,
-    /// Checks gateways' signatures when `[identity] gateway_ca_file` is set.
+    /// Checks gateways' signatures (when central knows the CA of their certificates).
     pub verifier: Option<firmware_config::runtime::signing::Verifier>,
+    /// Certificates revoked by the CA (`[identity] crl_file`), read again when it changes.
+    pub revocations: Arc<firmware_config::revocation::Revocations>,
+    /// Seals every message to gateways with central's signature.
+    pub downlink: Arc<link::downlink::Downlink>,
+    /// The last status and health accepted from each gateway, against replays.
+    pub replay: link::replay::UplinkReplay,
     /// Commands to gateways, sent on central's MQTT session.
     pub commands: link::commands::Commands,
     /// Video sharing: grants, relays, audit.
@@ -91,6 +102,8 @@ pub struct Shared {
     pub alerts: alerts::Alerts,
     /// Console logins, sessions and their audit trail.
     pub operators: operators::Operators,
+    /// Throttling of console logins, and the few password checks that may run at once.
+    pub logins: logins::LoginGuard,
     /// Meetings dispatched to terminals.
     pub meetings: meetings::Meetings,
     /// Cameras, and the recent changes of every device.
@@ -137,24 +150,47 @@ pub async fn start(
         source,
     })?;
     let store = Arc::new(store::EventStore::open(&config.storage.dir, 64 << 20)?);
-    let verifier = match &config.identity.gateway_ca_file {
+    let key_file = signing_key(&config)?;
+    let load_key = || {
+        firmware_config::bundle::SigningKey::load(&key_file)
+            .map_err(|e| CentralError::SigningKey(e.to_string()))
+    };
+    let downlink = Arc::new(link::downlink::Downlink::new(load_key()?));
+    let revocations = Arc::new(match (&config.identity.crl_file, config.gateway_ca()) {
+        (Some(crl), Some(ca)) => firmware_config::revocation::Revocations::from_crl_file(crl, ca)?,
+        _ => firmware_config::revocation::Revocations::none(),
+    });
+    let verifier = match config.gateway_ca() {
         Some(ca) => Some(firmware_config::runtime::signing::Verifier::from_ca_file(
             ca,
+            revocations.clone(),
         )?),
-        None => None,
+        None => {
+            tracing::warn!("no CA for gateway certificates (plain development broker): messages are not checked for their sender");
+            None
+        }
     };
+    let metrics = Metrics::new(&config);
+    metrics.certificates_revoked.set(revocations.len() as i64);
     let (broker_addr, link) = match config.broker.choice().ok_or(CentralError::NoBroker)? {
         BrokerChoice::Embedded(e) => {
-            let handle = broker::start(e, &config.central.id).await?;
-            let url = format!("mqtt://{}", handle.local_addr);
+            let refusals = broker::acl::Refusals::counted_in(metrics.broker_refused.clone());
+            let handle =
+                broker::start(e, &config.central.id, revocations.clone(), refusals).await?;
+            let url = format!("mqtt://{}", handle.central_addr);
             (
                 Some(handle.local_addr),
-                link::GatewayLink::new(&url, None, &config.central.id)?,
+                link::GatewayLink::new(
+                    &url,
+                    None,
+                    &config.central.id,
+                    Some((broker::CENTRAL_USER, &handle.central_password)),
+                )?,
             )
         }
         BrokerChoice::External(x) => (
             None,
-            link::GatewayLink::new(&x.url, x.tls.as_ref(), &config.central.id)?,
+            link::GatewayLink::new(&x.url, x.tls.as_ref(), &config.central.id, None)?,
         ),
     };
     let listener = runtime::bind_http(config.http.listen)
@@ -170,11 +206,8 @@ pub async fn start(
         path: config.storage.dir.display().to_string(),
         source,
     })?;
-    let bundles = bundles::Bundles::open(
-        store.db(),
-        config.identity.bundle_signing_key_file.as_deref(),
-    )
-    .map_err(CentralError::Bundles)?;
+    let bundles =
+        bundles::Bundles::open(store.db(), Some(&key_file)).map_err(CentralError::Bundles)?;
     let masterdata = masterdata::MasterData::open(store.db()).map_err(CentralError::MasterData)?;
     let shared = Arc::new(Shared {
         terminals: Mutex::default(),
@@ -196,13 +229,17 @@ pub async fn start(
         operators: operators::Operators::new(&config.operators, &config.api_tokens, store.db())
             .map_err(CentralError::MasterData)?,
         cases: cases::Cases::open(store.db()).map_err(CentralError::MasterData)?,
+        logins: logins::LoginGuard::default(),
         bundles,
-        metrics: Metrics::new(&config),
+        metrics,
         registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),
         config,
         store,
         verifier,
-        commands: link.commands(),
+        revocations,
+        commands: link.commands(downlink.clone()),
+        downlink,
+        replay: link::replay::UplinkReplay::default(),
         shares,
         token: token.clone(),
         started: Instant::now(),
@@ -213,6 +250,7 @@ pub async fn start(
         listener,
         api::router(shared.clone()),
         tls,
+        shared.config.http.max_connections,
         CentralError::Http,
     );
     let (s, t) = (shared.clone(), parts.token().clone());
@@ -225,6 +263,11 @@ pub async fn start(
         alerts::watch(s, t).await;
         Ok(())
     });
+    let (s, t) = (shared.clone(), parts.token().clone());
+    parts.spawn(async move {
+        watch_revocations(s, t).await;
+        Ok(())
+    });
     tracing::info!(central = %shared.config.central.id, %http_addr, ?broker_addr, "central started");
     Ok(RunningCentral {
         http_addr,
@@ -232,6 +275,50 @@ pub async fn start(
         shared,
         parts,
     })
+}
+
+/// Central's signing key: the configured file, or one made in the storage folder at the first
+/// start (with its public half beside it, for gateways).
+fn signing_key(config: &CentralConfig) -> Result<std::path::PathBuf, CentralError> {
+    let file = config.signing_key_file();
+    if config.identity.signing_key_file.is_none() && !file.exists() {
+        let dir = &config.storage.dir;
+        let (key, public) = firmware_config::bundle::create_key_files(dir, "central-signing")
+            .map_err(|e| CentralError::SigningKey(e.to_string()))?;
+        tracing::warn!(key = %key.display(), public = %public.display(), "made central's signing key: give every gateway the public half (uplink.central_key_file)");
+    }
+    Ok(file)
+}
+
+/// How often the revocation list file is looked at for changes.
+const REVOCATIONS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads the revocation list again whenever its file changes.
+async fn watch_revocations(shared: Arc<Shared>, token: CancellationToken) {
+    if shared.config.identity.crl_file.is_none() {
+        return;
+    }
+    let mut every = tokio::time::interval(REVOCATIONS_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let r = shared.revocations.clone();
+        match tokio::task::spawn_blocking(move || r.refresh()).await {
+            Ok(Ok(true)) => {
+                let n = shared.revocations.len();
+                shared.metrics.certificates_revoked.set(n as i64);
+                tracing::info!(revoked = n, "revocation list changed; in force now");
+            }
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read the revocation list; the one read before stays in force")
+            }
+            Err(e) => tracing::error!(error = %e, "revocation list task failed"),
+        }
+    }
 }
 
 impl RunningCentral {

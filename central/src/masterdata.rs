@@ -171,15 +171,23 @@ impl MasterData {
             if let Some(old) = self.version(report.version) {
                 let old = old.dataset.scoped(&report.areas);
                 if old.hash() == report.hash {
-                    return Some(target.delta_from(&old, report.version, cur.info.version));
+                    return Some(
+                        target
+                            .delta_from(&old, report.version, cur.info.version)
+                            .scoped_to(&report.areas),
+                    );
                 }
             }
         }
-        Some(Update::Snapshot {
-            version: cur.info.version,
-            hash: target.hash(),
-            dataset: target,
-        })
+        Some(
+            Update::Snapshot {
+                version: cur.info.version,
+                hash: target.hash(),
+                areas: Vec::new(),
+                dataset: target,
+            }
+            .scoped_to(&report.areas),
+        )
     }
 
     /// A content file's bytes by its SHA-256.

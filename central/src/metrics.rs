@@ -68,6 +68,10 @@ pub struct Metrics {
     pub content_bytes_sent: Counter,
     /// Groups of stored batches waiting for the boards and alert rules.
     pub observer_backlog: Gauge,
+    /// What the embedded broker refused, by action (connect, publish, subscribe).
+    pub broker_refused: Family<crate::broker::acl::ActionLabel, Counter>,
+    /// Certificates on the revocation list in force.
+    pub certificates_revoked: Gauge,
 }
 
 impl Metrics {
@@ -147,7 +151,21 @@ impl Metrics {
             "Groups of stored event batches waiting for the boards and alert rules",
             observer_backlog.clone(),
         );
+        let broker_refused = Family::default();
+        registry.register(
+            "broker_refused",
+            "What the embedded broker refused, by action: connect, publish, subscribe",
+            broker_refused.clone(),
+        );
+        let certificates_revoked = Gauge::default();
+        registry.register(
+            "certificates_revoked",
+            "Certificates on the revocation list in force",
+            certificates_revoked.clone(),
+        );
         Self {
+            broker_refused,
+            certificates_revoked,
             observer_backlog,
             content_bytes_sent,
             registry,

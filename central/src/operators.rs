@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 /// A session unused this long ends.
-pub const IDLE: Duration = Duration::from_secs(12 * 3600);
+pub const IDLE: Duration = Duration::from_secs(4 * 3600);
+/// A session ends this long after its login, however much it is used.
+pub const LIFETIME: Duration = Duration::from_secs(12 * 3600);
 pub const COOKIE: &str = "gridedge_session";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -55,7 +57,15 @@ pub struct Signed {
 #[derive(Debug)]
 struct Session {
     signed: Signed,
+    created: Instant,
     last_used: Instant,
+}
+
+impl Session {
+    fn live(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_used) < IDLE
+            && now.saturating_duration_since(self.created) < LIFETIME
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,14 +203,9 @@ impl Operators {
         !self.accounts.is_empty()
     }
 
-    /// Checks a password (deliberately slow: call off the async workers) and opens a session:
-    /// its cookie value and who it is.
-    pub fn login(
-        &self,
-        name: &str,
-        password: &str,
-        now: Instant,
-    ) -> Result<(String, Signed), LoginError> {
+    /// Checks a password (deliberately slow: call off the async workers, one of few at a time
+    /// — see `logins`): the account's role, or a refusal that says nothing of why.
+    pub fn verify(&self, name: &str, password: &str) -> Result<Role, LoginError> {
         let (role, hash) = match self.accounts.get(name) {
             Some((r, h)) => (Some(*r), h.as_str()),
             None => (None, self.dummy.as_str()),
@@ -212,10 +217,14 @@ impl Operators {
                     .is_ok()
             })
             .unwrap_or(false);
-        let (true, Some(role)) = (ok, role) else {
-            self.record(name, "login refused", "");
-            return Err(LoginError::Refused);
-        };
+        match (ok, role) {
+            (true, Some(role)) => Ok(role),
+            _ => Err(LoginError::Refused),
+        }
+    }
+
+    /// Opens a session for `name`, checked: its cookie value and who it is.
+    pub fn open_session(&self, name: &str, role: Role, now: Instant) -> (String, Signed) {
         let signed = Signed {
             name: name.to_owned(),
             role,
@@ -223,24 +232,42 @@ impl Operators {
         };
         let cookie = token();
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-        sessions.retain(|_, s| now.saturating_duration_since(s.last_used) < IDLE);
+        sessions.retain(|_, s| s.live(now));
         sessions.insert(
             cookie.clone(),
             Session {
                 signed: signed.clone(),
+                created: now,
                 last_used: now,
             },
         );
         drop(sessions);
         self.record(name, "login", role.as_str());
-        Ok((cookie, signed))
+        (cookie, signed)
+    }
+
+    /// Checks a password and opens a session (for tools and tests; the console's login goes
+    /// through `logins` first).
+    pub fn login(
+        &self,
+        name: &str,
+        password: &str,
+        now: Instant,
+    ) -> Result<(String, Signed), LoginError> {
+        match self.verify(name, password) {
+            Ok(role) => Ok(self.open_session(name, role, now)),
+            Err(e) => {
+                self.record(name, "login refused", "");
+                Err(e)
+            }
+        }
     }
 
     /// The session of a cookie value, if it is live (and marks it used).
     pub fn session(&self, cookie: &str, now: Instant) -> Option<Signed> {
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         let s = sessions.get_mut(cookie)?;
-        if now.saturating_duration_since(s.last_used) >= IDLE {
+        if !s.live(now) {
             sessions.remove(cookie);
             return None;
         }
@@ -259,8 +286,8 @@ impl Operators {
         }
     }
 
-    /// Appends to the operators' audit trail.
-    pub fn record(&self, who: &str, action: &str, target: &str) {
+    /// Appends to the operators' audit trail; returns the entry's key.
+    pub fn record(&self, who: &str, action: &str, target: &str) -> Vec<u8> {
         let e = AuditEntry {
             at: OffsetDateTime::now_utc(),
             who: who.to_owned(),
@@ -271,7 +298,41 @@ impl Operators {
         let mut key = (e.at.unix_timestamp_nanos() as u128).to_be_bytes().to_vec();
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         key.extend_from_slice(&n.to_be_bytes());
-        match serde_json::to_vec(&e) {
+        self.write_audit(&key, &e);
+        key
+    }
+
+    /// Records a burst of refused logins as one entry: written at its first failure,
+    /// rewritten in place as it grows. Returns the entry's key.
+    pub fn record_refusals(
+        &self,
+        name: &str,
+        from: std::net::IpAddr,
+        burst: &crate::logins::Burst,
+    ) -> Vec<u8> {
+        let target = format!(
+            "{} failed since {} from {from}",
+            burst.count,
+            burst
+                .first
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        );
+        if burst.audit_key.is_empty() {
+            return self.record(name, "login refused", &target);
+        }
+        let e = AuditEntry {
+            at: OffsetDateTime::now_utc(),
+            who: name.to_owned(),
+            action: "login refused".to_owned(),
+            target,
+        };
+        self.write_audit(&burst.audit_key, &e);
+        burst.audit_key.clone()
+    }
+
+    fn write_audit(&self, key: &[u8], e: &AuditEntry) {
+        match serde_json::to_vec(e) {
             Ok(v) => {
                 if let Err(err) = self.audit.insert(key, v) {
                     tracing::error!(error = %err, "cannot record an operator action");
@@ -348,13 +409,28 @@ mod tests {
         assert!(ops
             .session(&cookie, t0 + Duration::from_secs(60) + IDLE)
             .is_none());
+        // Used all the time, a session still ends at its lifetime.
+        let (busy, _) = ops.login("wang", "correct horse", t0).unwrap();
+        let mut t = t0;
+        while t < t0 + LIFETIME - Duration::from_secs(3600) {
+            t += Duration::from_secs(3600);
+            assert!(ops.session(&busy, t).is_some());
+        }
+        assert!(ops.session(&busy, t0 + LIFETIME).is_none());
         let (cookie, _) = ops.login("wang", "correct horse", t0).unwrap();
         ops.logout(&cookie);
         assert!(ops.session(&cookie, t0).is_none());
         let actions: Vec<String> = ops.audit(10).into_iter().map(|e| e.action).collect();
         assert_eq!(
             actions,
-            ["logout", "login", "login", "login refused", "login refused"]
+            [
+                "logout",
+                "login",
+                "login",
+                "login",
+                "login refused",
+                "login refused"
+            ]
         );
         assert!(Role::Administrator > Role::Supervisor && Role::Supervisor > Role::Operator);
     }

@@ -163,6 +163,7 @@ mod tests {
                 "terminal": "k1", "name": "Kiosk", "kind": "kiosk", "state": state, "reasons": ["no heartbeat"]
             }))
             .unwrap(),
+            source: None,
         }
     }
 

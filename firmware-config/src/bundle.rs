@@ -270,6 +270,11 @@ impl SigningKey {
         base64::engine::general_purpose::STANDARD.encode(self.pair.sign(&m).as_ref())
     }
 
+    /// Signs bytes that already carry their own context: the base64 signature.
+    pub fn sign_bytes(&self, bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.pair.sign(bytes).as_ref())
+    }
+
     pub fn sign(&self, body: &BundleBody) -> Result<SignedBundle, BundleError> {
         let text = serde_json::to_string(body).map_err(|e| BundleError::Body(e.to_string()))?;
         let sig = self.pair.sign(&signed_bytes(&text));
@@ -308,6 +313,17 @@ impl VerifyingKey {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Checks a signature made by [`SigningKey::sign_bytes`].
+    pub fn verify_bytes(&self, bytes: &[u8], sig: &str) -> bool {
+        base64::engine::general_purpose::STANDARD
+            .decode(sig)
+            .is_ok_and(|sig| {
+                UnparsedPublicKey::new(&ED25519, &self.raw)
+                    .verify(bytes, &sig)
+                    .is_ok()
+            })
     }
 
     /// Checks a signature made by [`SigningKey::sign_text`] with the same context.
@@ -353,9 +369,12 @@ impl VerifyingKey {
     }
 }
 
-/// Writes a new signing key pair as `bundle-signing.key` (mode 0600) and `bundle-signing.pub`
-/// in `dir`; refuses to overwrite either.
-pub fn create_key_files(dir: &Path) -> Result<(PathBuf, PathBuf), crate::certs::CertError> {
+/// Writes a new signing key pair as `STEM.key` (mode 0600) and `STEM.pub` in `dir`; refuses to
+/// overwrite either.
+pub fn create_key_files(
+    dir: &Path,
+    stem: &str,
+) -> Result<(PathBuf, PathBuf), crate::certs::CertError> {
     let (key, private) = SigningKey::generate().map_err(|e| crate::certs::CertError::Io {
         path: dir.to_owned(),
         source: std::io::Error::other(e.to_string()),
@@ -365,8 +384,8 @@ pub fn create_key_files(dir: &Path) -> Result<(PathBuf, PathBuf), crate::certs::
         source,
     })?;
     let (k, p) = (
-        dir.join("bundle-signing.key"),
-        dir.join("bundle-signing.pub"),
+        dir.join(format!("{stem}.key")),
+        dir.join(format!("{stem}.pub")),
     );
     crate::certs::write_new(&k, &private, true)?;
     crate::certs::write_new(&p, &key.public_pem(), false)?;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod examples;
 pub mod ids;
 pub mod masterdata;
+pub mod revocation;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod topics;

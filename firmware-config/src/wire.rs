@@ -34,10 +34,14 @@ pub struct Envelope {
     pub raw_payload: Vec<u8>,
 }
 
-/// A signature: the signer's certificate (DER, base64) and the signature value (base64).
+/// A signature (see `runtime::signing`): a gateway's carries its certificate (DER, base64),
+/// central's the id of its signing key; the value is base64.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signature {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub cert: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub key: String,
     pub value: String,
 }
 
@@ -139,6 +143,10 @@ pub struct Status {
     /// Software version of the gateway.
     pub version: String,
     pub site: String,
+    /// On `online`: the envelope sequence number of this session's last will — the one
+    /// `offline` that central accepts although it is older than the birth message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub will_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -226,6 +234,47 @@ pub struct OutboxReport {
     pub corrupt: u64,
 }
 
+/// The families of event kinds only the gateway itself originates: no event source may post
+/// them, and central believes them only from the gateway.
+pub const GATEWAY_KIND_FAMILIES: [&str; 9] = [
+    "camera.",
+    "terminal.",
+    "config.",
+    "submission.",
+    "meeting.",
+    "gateway.",
+    "video.",
+    "kiosk.",
+    "content.",
+];
+
+/// Whether `kind` is one of the gateway's own (see [`GATEWAY_KIND_FAMILIES`]).
+pub fn is_gateway_kind(kind: &str) -> bool {
+    GATEWAY_KIND_FAMILIES
+        .iter()
+        .any(|f| kind.starts_with(f) || kind.len() + 1 == f.len() && f.starts_with(kind))
+}
+
+/// The alphabet of a receipt's check code: digits and capitals, without I, L, O and U, so that
+/// a resident reading it off a slip cannot confuse them (Crockford's base 32).
+pub const RECEIPT_CHECK_ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// Characters in a receipt's check code: 40 random bits.
+pub const RECEIPT_CHECK_LEN: usize = 8;
+
+/// The receipt of a resident's submission: `<gateway>-<seq>-<check>`. The gateway and sequence
+/// number make it unique; the check code, drawn at random when the submission is taken and
+/// carried in its event (`payload.check`), makes it unguessable — a receipt is readable only by
+/// who holds it whole.
+pub fn receipt(gateway: &str, seq: u64, check: &str) -> String {
+    format!("{gateway}-{seq:06}-{check}")
+}
+
+/// Whether `s` is a well-formed check code.
+pub fn is_receipt_check(s: &str) -> bool {
+    s.len() == RECEIPT_CHECK_LEN && s.bytes().all(|b| RECEIPT_CHECK_ALPHABET.contains(&b))
+}
+
 /// Priority class of an event: decides what is evicted first when the disk budget is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -249,6 +298,11 @@ pub struct Event {
     #[serde(with = "time::serde::rfc3339")]
     pub time: OffsetDateTime,
     pub payload: Box<serde_json::value::RawValue>,
+    /// Who handed it to the gateway: one of its `[[sources]]` (by id). Absent when the gateway
+    /// itself originated it — the only case in which central believes a device kind
+    /// (`camera.*`, `terminal.*`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl PartialEq for Event {
@@ -258,6 +312,14 @@ impl PartialEq for Event {
             && self.kind == other.kind
             && self.time == other.time
             && self.payload.get() == other.payload.get()
+            && self.source == other.source
+    }
+}
+
+impl Event {
+    /// True when the gateway itself originated the event (not one of its sources).
+    pub fn from_gateway(&self) -> bool {
+        self.source.is_none()
     }
 }
 
@@ -477,6 +539,7 @@ mod tests {
                 state: LinkState::Online,
                 version: "0.1.0".into(),
                 site: "hongxing".into(),
+                will_seq: Some(3),
             }),
             Message::Health(GatewayHealth {
                 version: "0.1.0".into(),
@@ -499,6 +562,7 @@ mod tests {
                         json!({"camera": "hall", "note": "镜头遮挡"}).to_string(),
                     )
                     .unwrap(),
+                    source: Some("door-access".into()),
                 }],
             }),
             Message::Ack(Ack {

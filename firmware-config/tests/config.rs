@@ -14,12 +14,29 @@ name = "Site one"
 id = "gw-1"
 [uplink]
 broker = "mqtt://127.0.0.1:1883"
+central_key_file = "CENTRAL_KEY"
 [storage]
 dir = "data"
 "#;
 
+/// A file that stands for central's public key (validation only checks that it is there).
+fn central_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let path =
+            std::env::temp_dir().join(format!("gridedge-config-test-{}.pub", std::process::id()));
+        std::fs::write(&path, "central's key").unwrap();
+        path.display().to_string()
+    })
+}
+
+/// Parses a gateway config whose `central_key_file` is the placeholder `CENTRAL_KEY`.
+fn parse_gateway(text: &str, base: &Path) -> Result<GatewayConfig, ConfigError> {
+    config::parse::<GatewayConfig>(&text.replace("CENTRAL_KEY", central_key()), base)
+}
+
 fn issues_of(text: &str) -> Vec<String> {
-    match config::parse::<GatewayConfig>(text, Path::new("/cfg")) {
+    match parse_gateway(text, Path::new("/cfg")) {
         Ok(_) => vec![],
         Err(e) => e.issues(),
     }
@@ -27,7 +44,7 @@ fn issues_of(text: &str) -> Vec<String> {
 
 #[test]
 fn minimal_gateway_gets_documented_defaults_and_absolute_paths() {
-    let cfg: GatewayConfig = config::parse(MINIMAL_GATEWAY, Path::new("/cfg")).unwrap();
+    let cfg: GatewayConfig = parse_gateway(MINIMAL_GATEWAY, Path::new("/cfg")).unwrap();
     assert_eq!(cfg.http.listen.to_string(), "0.0.0.0:8080");
     assert_eq!(cfg.storage.dir, Path::new("/cfg/data"));
     assert_eq!(cfg.storage.disk_budget.to_string(), "1 GiB");
@@ -170,13 +187,13 @@ fn secret_refs_need_exactly_one_source_and_are_read_lazily() {
          [[cameras]]\nid = \"b\"\nname = \"B\"\nurl = \"rtsp://h/\"\n\
          credentials = {{ username = \"u\", password = {{ env = \"X\", file = \"pw\" }} }}\n"
     );
-    let err = config::parse::<GatewayConfig>(&text, dir.path()).unwrap_err();
+    let err = parse_gateway(&text, dir.path()).unwrap_err();
     assert_eq!(
         err.issues(),
         vec!["cameras[1].credentials.password: give either `env` or `file`, not both"]
     );
     let ok_text = text.replace("env = \"X\", ", "");
-    let cfg: GatewayConfig = config::parse(&ok_text, dir.path()).unwrap();
+    let cfg: GatewayConfig = parse_gateway(&ok_text, dir.path()).unwrap();
     assert_eq!(cfg.cameras[0].transport, Transport::Udp);
     let pw = cfg.cameras[0]
         .credentials
@@ -190,7 +207,7 @@ fn secret_refs_need_exactly_one_source_and_are_read_lazily() {
 
 #[test]
 fn example_terminals_cover_every_health_mode() {
-    let cfg: GatewayConfig = config::parse(examples::GATEWAY, Path::new("/")).unwrap();
+    let cfg: GatewayConfig = config::parse_elsewhere(examples::GATEWAY, Path::new("/")).unwrap();
     let modes: Vec<_> = cfg
         .terminals
         .iter()

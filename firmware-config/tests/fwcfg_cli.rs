@@ -30,8 +30,14 @@ fn example_gateway_piped_into_check_passes() {
     for role in ["gateway", "central"] {
         let (ok, example, _) = fwcfg(&["example", role], "");
         assert!(ok);
-        let (ok, out, err) = fwcfg(&["check", "-"], &example);
+        // The files it names are on the machine it is for.
+        let (ok, out, err) = fwcfg(&["check", "--elsewhere", "-"], &example);
         assert!(ok, "{role}: {err}");
+        let (ok, _, err) = fwcfg(&["check", "-"], &example);
+        assert!(
+            !ok && err.contains("No such file"),
+            "{role}: here the files are missing: {err}"
+        );
         assert!(out.contains(": ok: "), "{out}");
     }
 }
@@ -53,7 +59,7 @@ fn check_prints_every_problem_and_fails() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gateway.toml");
     std::fs::write(&file, bad).unwrap();
-    let (ok, _, err) = fwcfg(&["check", file.to_str().unwrap()], "");
+    let (ok, _, err) = fwcfg(&["check", "--elsewhere", file.to_str().unwrap()], "");
     assert!(!ok);
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 4, "{err}");
@@ -123,14 +129,14 @@ fn bundles_are_signed_verified_and_tampering_is_caught() {
     let d = |f: &str| dir.path().join(f).display().to_string();
     let (ok, out, err) = fwcfg(&["certs", "bundle-key", &d("keys")], "");
     assert!(ok, "{err}");
-    assert!(out.contains("bundle-signing.pub"), "{out}");
+    assert!(out.contains("central-signing.pub"), "{out}");
     let (ok, _, err) = fwcfg(&["certs", "bundle-key", &d("keys")], "");
     assert!(!ok && err.contains("refusing to overwrite"), "{err}");
 
     let (_, example, _) = fwcfg(&["example", "gateway"], "");
     std::fs::write(d("gateway.toml"), &example).unwrap();
-    let key = d("keys/bundle-signing.key");
-    let public = d("keys/bundle-signing.pub");
+    let key = d("keys/central-signing.key");
+    let public = d("keys/central-signing.pub");
     let (ok, _, err) = fwcfg(
         &[
             "sign",

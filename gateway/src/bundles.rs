@@ -11,9 +11,15 @@
 //! central has not acknowledged that event within `confirm_within` — the new configuration cost
 //! the gateway its link — the gateway goes back to the last good configuration by itself.
 //!
+//! Replays and rollbacks: a bundle is taken only when its version is above every version
+//! ever applied to its target — also after an automatic rollback, so the bundle that was
+//! rolled back (or any older one) is never applied again — when it was issued within
+//! `[bundles] max_age`, and when its version is at most `MAX_VERSION`.
+//!
 //! Files in `<storage>/bundles/`: `gateway.json` (in force), `gateway.previous.json` (last
 //! good), `gateway.confirmed` (the version central confirmed), `terminal-<id>.json`,
-//! `staged.json` (while applying).
+//! `staged.json` (while applying), `highest.json` (the highest version ever applied, per
+//! target).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -55,10 +61,26 @@ struct State {
     terminals: BTreeMap<String, TerminalBundle>,
 }
 
+/// The highest bundle version taken: bounded like master data versions, so that JSON keeps it
+/// exact and a forged or mistaken huge version cannot leave no room for the next.
+pub const MAX_VERSION: u64 = firmware_config::masterdata::replica::MAX_VERSION;
+
+/// The highest version ever applied per target (`gateway`, or a terminal id).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct Highest {
+    gateway: u64,
+    #[serde(default)]
+    terminals: BTreeMap<String, u64>,
+}
+
 pub struct Bundles {
     dir: PathBuf,
+    /// Central's key; bundles are taken only with a `[bundles]` table (`enabled`).
     key: Option<VerifyingKey>,
+    enabled: bool,
     confirm_within: Duration,
+    /// Bundles issued longer ago are refused.
+    max_age: Duration,
     /// The config file as read at start: the base every bundle's live settings go on.
     file: Arc<GatewayConfig>,
     state: Mutex<State>,
@@ -89,6 +111,9 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// How far in the future a bundle's issue time may be (clocks differ a little).
+const FUTURE_SLACK: time::Duration = time::Duration::minutes(10);
+
 fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
@@ -111,22 +136,26 @@ impl Bundles {
             path: dir.display().to_string(),
             source,
         })?;
-        let key = match &file.bundles {
-            Some(b) => Some(
-                VerifyingKey::load(&b.public_key_file)
-                    .map_err(|e| GatewayError::Bundles(e.to_string()))?,
-            ),
-            None => None,
-        };
+        let key = Some(
+            VerifyingKey::load(&file.uplink.central_key_file)
+                .map_err(|e| GatewayError::CentralKey(e.to_string()))?,
+        );
+        let enabled = file.bundles.is_some();
         let confirm_within = file
             .bundles
             .as_ref()
             .map_or(Duration::from_secs(300), |b| b.confirm_within);
+        let max_age = file
+            .bundles
+            .as_ref()
+            .map_or(Duration::from_secs(7 * 24 * 3600), |b| b.max_age);
         let file = Arc::new(file);
         let mut bundles = Self {
             dir,
             key,
+            enabled,
             confirm_within,
+            max_age,
             file: file.clone(),
             state: Mutex::new(State {
                 version: 0,
@@ -140,6 +169,29 @@ impl Bundles {
         };
         let effective = bundles.load_held();
         Ok((bundles, effective))
+    }
+
+    /// The highest versions ever applied (`highest.json`; none when it cannot be read: the
+    /// versions in force still count).
+    fn highest(&self) -> Highest {
+        std::fs::read(self.dir.join("highest.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// Notes that `version` was applied to `terminal` (None: the gateway), before it takes
+    /// effect: written and synced, so that no crash can let it be applied twice.
+    fn raise_highest(&self, terminal: Option<&str>, version: u64) -> Result<(), String> {
+        let mut h = self.highest();
+        let slot = match terminal {
+            None => &mut h.gateway,
+            Some(t) => h.terminals.entry(t.to_owned()).or_default(),
+        };
+        *slot = (*slot).max(version);
+        let text = serde_json::to_string(&h).map_err(|e| e.to_string())?;
+        write_synced(&self.dir.join("highest.json"), &text)
+            .map_err(|e| format!("cannot note the version: {e}"))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -311,10 +363,13 @@ impl Bundles {
 
     async fn accept(&self, shared: &Shared, signed: Option<SignedBundle>) -> Result<Value, String> {
         let signed = signed.ok_or("args.bundle is not a bundle ({bundle, key, body, sig})")?;
+        if !self.enabled {
+            return Err("this gateway has no [bundles] table, so it accepts no bundles".into());
+        }
         let key = self
             .key
             .as_ref()
-            .ok_or("this gateway has no [bundles] public_key_file, so it accepts no bundles")?;
+            .ok_or("this gateway has no central key to check bundles with")?;
         let body = key.verify(&signed).map_err(|e| e.to_string())?;
         if body.target.gateway != shared.gateway_id.as_str() {
             return Err(format!(
@@ -323,19 +378,42 @@ impl Bundles {
                 shared.gateway_id.as_str()
             ));
         }
+        let highest = self.highest();
         let held = match &body.target.terminal {
-            None => self.lock().version,
+            None => self.lock().version.max(highest.gateway),
             Some(t) => {
                 if !shared.config().terminals.iter().any(|c| &c.id == t) {
                     return Err(format!("wrong target: this gateway has no terminal {t:?}"));
                 }
-                self.lock().terminals.get(t).map_or(0, |b| b.version)
+                let in_force = self.lock().terminals.get(t).map_or(0, |b| b.version);
+                in_force.max(highest.terminals.get(t).copied().unwrap_or(0))
             }
         };
         if body.version <= held {
             return Err(format!(
-                "version {} is not newer than version {held} in force for {}",
+                "version {} is not newer than version {held}, the highest applied to {} (a replay or rollback)",
                 body.version, body.target
+            ));
+        }
+        if body.version > MAX_VERSION {
+            return Err(format!(
+                "version {} is beyond the highest a bundle may have ({MAX_VERSION})",
+                body.version
+            ));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let max_age = self.max_age;
+        if now - body.issued > max_age {
+            return Err(format!(
+                "issued {} ago, more than [bundles] max_age ({}) allows: a replay",
+                humantime::format_duration((now - body.issued).unsigned_abs()),
+                humantime::format_duration(max_age)
+            ));
+        }
+        if body.issued - now > FUTURE_SLACK {
+            return Err(format!(
+                "issued {} in the future: central's clock or this gateway's is wrong",
+                humantime::format_duration((body.issued - now).unsigned_abs())
             ));
         }
         let checked = body
@@ -345,6 +423,7 @@ impl Bundles {
             Checked::Gateway(cfg) => self.apply_gateway(shared, body, *cfg, &signed).await,
             Checked::Terminal(settings) => {
                 let terminal = body.target.terminal.clone().unwrap_or_default();
+                self.raise_highest(Some(&terminal), body.version)?;
                 let path = self.dir.join(format!("terminal-{terminal}.json"));
                 write_synced(&path, &signed.to_json())
                     .map_err(|e| format!("cannot store the bundle: {e}"))?;
@@ -384,6 +463,9 @@ impl Bundles {
                 fixed.join(", ")
             ));
         }
+        // Once tried, a version is used up: applied, rolled back or failed, it never comes
+        // back.
+        self.raise_highest(None, body.version)?;
         let staged = self.dir.join("staged.json");
         write_synced(&staged, &signed.to_json()).map_err(|e| format!("cannot stage: {e}"))?;
         if let Err(e) = shared.devices.apply(new).await {
@@ -529,6 +611,7 @@ async fn record(outbox: &Outbox, class: EventClass, kind: &str, payload: Value) 
         kind: kind.to_owned(),
         payload,
         time_ms: None,
+        source: None,
     };
     match outbox.append(vec![event]).await {
         Ok(seqs) => seqs.first().copied(),

@@ -56,6 +56,8 @@ pub enum GatewayError {
     Outbox(#[from] outbox::OutboxError),
     #[error("uplink identity: {0}")]
     Signing(#[from] firmware_config::runtime::signing::SigningError),
+    #[error("uplink.central_key_file: {0}")]
+    CentralKey(String),
     #[error("bundles: {0}")]
     Bundles(String),
     #[error("a gateway task failed: {0}")]
@@ -97,6 +99,8 @@ pub struct Shared {
     /// Stops everything the gateway started, pushes included.
     pub token: CancellationToken,
     tokens: RwLock<Arc<api::auth::DeviceTokens>>,
+    /// Terminals' browser sessions (the key their cookies are signed with).
+    pub device_sessions: api::device_session::DeviceSessions,
     pub started: Instant,
 }
 
@@ -203,6 +207,7 @@ pub async fn start(
             payload: serde_json::value::to_raw_value(&payload)
                 .map_err(|e| GatewayError::Task(e.to_string()))?,
             time_ms: None,
+            source: None,
         };
         outbox.append(vec![alert]).await?;
     }
@@ -238,6 +243,17 @@ pub async fn start(
         .map_err(GatewayError::Http)?;
     let http_addr = listener.local_addr().map_err(GatewayError::Http)?;
     let uplink = uplink::Uplink::new(&config, gateway_id.clone())?;
+    let device_sessions =
+        api::device_session::DeviceSessions::open(&config.storage.dir, config.http.tls.is_some())
+            .map_err(|source| GatewayError::Storage {
+            path: config
+                .storage
+                .dir
+                .join("device-sessions.key")
+                .display()
+                .to_string(),
+            source,
+        })?;
     // Video pushes to an https:// relay trust central the way the uplink does.
     let push_tls = match &config.uplink.tls {
         Some(files) => match runtime::mqtt::client_tls(files) {
@@ -271,6 +287,7 @@ pub async fn start(
         replies,
         token: token.clone(),
         tokens: RwLock::new(Arc::new(tokens)),
+        device_sessions,
         started: Instant::now(),
     });
 
@@ -281,6 +298,7 @@ pub async fn start(
         listener,
         api::router(shared.clone()),
         tls,
+        shared.config().http.max_connections,
         GatewayError::Http,
     );
     let (s, t) = (shared.clone(), parts.token().clone());

@@ -22,6 +22,31 @@ pub struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+impl Metrics {
+    /// Counts a refused message from central.
+    pub fn refuse_downlink(&self, reason: &str) {
+        self.downlink_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an event refused at the events API.
+    pub fn refuse_event(&self, reason: &str) {
+        self.events_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
     pub gateway: String,
@@ -44,8 +69,12 @@ pub struct Metrics {
     pub uplink_events_acked: Counter,
     /// Times everything pending was resent because an ack was overdue.
     pub uplink_rewinds: Counter,
-    /// Downlink messages refused (bad topic, bad envelope, another gateway's).
-    pub uplink_rejected: Counter,
+    /// Messages from central refused, by reason (unsigned, bad_signature, other_gateway,
+    /// stale, replayed, wrong_kind, bad_ack).
+    pub downlink_refused: Family<ReasonLabel, Counter>,
+    /// Events refused at `POST /api/v1/events`, by reason (gateway_kind, kind_not_allowed,
+    /// quota, not_a_source).
+    pub events_refused: Family<ReasonLabel, Counter>,
     cameras_configured: Gauge,
     terminals_configured: Gauge,
     /// Version of the gateway bundle in force (0: the config file).
@@ -175,11 +204,17 @@ impl Metrics {
             "Resends of everything pending after an overdue ack",
             uplink_rewinds.clone(),
         );
-        let uplink_rejected = Counter::default();
+        let downlink_refused = Family::default();
         registry.register(
-            "uplink_rejected",
-            "Downlink messages refused",
-            uplink_rejected.clone(),
+            "downlink_refused",
+            "Messages from central refused, by reason",
+            downlink_refused.clone(),
+        );
+        let events_refused = Family::default();
+        registry.register(
+            "events_refused",
+            "Events refused at POST /api/v1/events, by reason",
+            events_refused.clone(),
         );
         let content_files_fetched = Counter::default();
         registry.register(
@@ -218,7 +253,8 @@ impl Metrics {
             uplink_events_sent,
             uplink_events_acked,
             uplink_rewinds,
-            uplink_rejected,
+            downlink_refused,
+            events_refused,
             cameras_configured: cameras,
             terminals_configured: terminals,
             config_version,

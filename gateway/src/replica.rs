@@ -14,6 +14,9 @@ use firmware_config::masterdata::replica::{ApplyError, Replica, SignedUpdate};
 use firmware_config::wire::ReplicaReport;
 
 const KEY: &[u8] = b"replica";
+/// The highest version ever applied: kept apart from the replica, so that a replica dropped as
+/// damaged still refuses versions older than one it had.
+const HIGHEST: &[u8] = b"replica.highest";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -138,6 +141,23 @@ impl Replicas {
             firmware_config::masterdata::replica::Update::Snapshot { .. } => "snapshot",
             firmware_config::masterdata::replica::Update::Delta { .. } => "delta",
         };
+        if !update.is_for(&self.areas) {
+            return Ok(Received::Refused(ApplyError::OtherAreas {
+                got: update.areas().to_vec(),
+                want: self.areas.clone(),
+            }));
+        }
+        let highest = self
+            .db
+            .get(HIGHEST)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        if update.target_version() < highest {
+            return Ok(Received::Refused(ApplyError::Stale(
+                update.target_version(),
+                highest,
+            )));
+        }
         let current = self.current();
         let next = match current.apply(&update) {
             Ok(next) => next,
@@ -153,6 +173,8 @@ impl Replicas {
         };
         let bytes = serde_json::to_vec(&next).unwrap_or_default();
         self.db.insert(KEY, bytes)?;
+        self.db
+            .insert(HIGHEST, &next.version.max(highest).to_be_bytes())?;
         self.db.flush()?;
         let version = next.version;
         let catalogue = crate::kiosk::Catalogue::build(version, next.dataset.clone());

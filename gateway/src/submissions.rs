@@ -1,8 +1,10 @@
 //! Residents' submissions taken at kiosks — reports, disputes (矛盾纠纷), applications. A
 //! submission is accepted only once it is durable in the outbox (class `submission`, never
-//! evicted); its receipt number is `<gateway>-<sequence number>`, which central also derives
-//! from the event, so no number is ever issued twice or lost. The status central sends back
-//! is kept here, so a kiosk can answer "where is my case" with the WAN down.
+//! evicted); its receipt is `<gateway>-<sequence number>-<check>` (see
+//! `firmware_config::wire::receipt`), which central also derives from the event, so no number
+//! is ever issued twice or lost, and the random check code makes it unguessable: a status is
+//! readable only with the whole receipt. The status central sends back is kept here, so a
+//! kiosk can answer "where is my case" with the WAN down.
 //!
 //! Personal data is kept to what the case needs: a name and a phone number.
 
@@ -139,9 +141,14 @@ impl NewSubmission {
     }
 }
 
-/// The receipt number of the submission stored as outbox event `seq`.
-pub fn receipt(gateway: &str, seq: u64) -> String {
-    format!("{gateway}-{seq:06}")
+/// A new random check code for a receipt.
+pub fn new_check() -> String {
+    use firmware_config::wire::{RECEIPT_CHECK_ALPHABET, RECEIPT_CHECK_LEN};
+    let bytes: [u8; RECEIPT_CHECK_LEN] = rand::random();
+    bytes
+        .iter()
+        .map(|b| RECEIPT_CHECK_ALPHABET[usize::from(b & 31)] as char)
+        .collect()
 }
 
 /// Submission statuses kept on the gateway (in the replica's database).
@@ -190,7 +197,7 @@ mod tests {
 
     fn status(status: &str, version: u64) -> Status {
         Status {
-            receipt: "gw-1-000007".to_owned(),
+            receipt: "gw-1-000007-K7Q2XM9P".to_owned(),
             status: status.to_owned(),
             station: None,
             note: String::new(),
@@ -213,11 +220,11 @@ mod tests {
         // Central's answer is stored before the kiosk's own receipt.
         assert!(st.put(&status("routed", 1)).unwrap());
         assert!(!st.put(&status("submitted", 0)).unwrap());
-        assert_eq!(st.get("gw-1-000007").unwrap().status, "routed");
+        assert_eq!(st.get("gw-1-000007-K7Q2XM9P").unwrap().status, "routed");
         // A later change wins; an earlier one arriving late does not undo it.
         assert!(st.put(&status("resolved", 3)).unwrap());
         assert!(!st.put(&status("in_progress", 2)).unwrap());
-        assert_eq!(st.get("gw-1-000007").unwrap().status, "resolved");
+        assert_eq!(st.get("gw-1-000007-K7Q2XM9P").unwrap().status, "resolved");
     }
 
     #[test]
@@ -225,6 +232,15 @@ mod tests {
         let (_dir, st) = statuses();
         assert!(st.put(&status("submitted", 0)).unwrap());
         assert!(st.put(&status("routed", 1)).unwrap());
-        assert_eq!(st.get("gw-1-000007").unwrap().status, "routed");
+        assert_eq!(st.get("gw-1-000007-K7Q2XM9P").unwrap().status, "routed");
+        // Without its check code, a receipt reads nothing.
+        assert!(st.get("gw-1-000007").is_none());
+    }
+
+    #[test]
+    fn check_codes_are_random_and_well_formed() {
+        let a = new_check();
+        assert!(firmware_config::wire::is_receipt_check(&a), "{a}");
+        assert_ne!(a, new_check());
     }
 }

@@ -161,8 +161,10 @@ pub fn forged_batch(
                 kind: "forged".into(),
                 time: time::OffsetDateTime::now_utc(),
                 payload: serde_json::value::RawValue::from_string("{}".into())?,
+                source: None,
             }],
         }),
     );
-    Ok(env.encode_signed(|p| signer.map(|s| s.sign(&gateway, envelope_seq, p)))?)
+    let channel = firmware_config::topics::Channel::Events;
+    Ok(env.encode_signed(|p| signer.map(|s| s.sign(channel, &env, p)))?)
 }

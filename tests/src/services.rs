@@ -12,14 +12,42 @@ use tokio_util::sync::CancellationToken;
 use crate::process::ChildProcess;
 use crate::{free_port, FixtureDir, Result};
 
-/// TOML of a central with the embedded broker on `broker_port` and HTTP on `http_port`.
+/// The test street's signing key pair, shared by every central and gateway of a test process
+/// (central signs with the private half; gateways trust the public half):
+/// (private key file, public key file).
+pub fn street_keys() -> &'static (PathBuf, PathBuf) {
+    static KEYS: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("gridedge-street-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        firmware_config::bundle::create_key_files(&dir, "central-signing").unwrap_or_else(|e| {
+            panic!(
+                "cannot make the test street's keys in {}: {e}",
+                dir.display()
+            )
+        })
+    })
+}
+
+/// `[identity]` of every test central: the street's signing key.
+fn identity_toml() -> String {
+    format!(
+        "[identity]\nsigning_key_file = \"{}\"\n",
+        street_keys().0.display()
+    )
+}
+
+/// TOML of a central with the embedded broker on `broker_port` and HTTP on `http_port`. Its
+/// plain listener is open to gateways (the development switch), as the tests that need no
+/// certificates use it; the TLS listener's tests use [`TestCentral::embedded_tls`].
 pub fn central_toml(dir: &Path, broker_port: u16, http_port: u16) -> String {
     format!(
         "[central]\nid = \"central-test\"\nname = \"Test central\"\n\
-         [broker.embedded]\nlisten = \"127.0.0.1:{broker_port}\"\n\
+         [broker.embedded]\nlisten = \"127.0.0.1:{broker_port}\"\nallow_plain_gateways = true\n\
          [storage]\ndir = \"{}\"\n\
-         [http]\nlisten = \"127.0.0.1:{http_port}\"\n{}",
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n{}{}",
         dir.join("central-data").display(),
+        identity_toml(),
         operators_toml()
     )
 }
@@ -156,9 +184,10 @@ pub fn central_external_toml(
         "[central]\nid = \"central-test\"\nname = \"Test central\"\n\
          [broker.external]\nurl = \"{url}\"\n{}\
          [storage]\ndir = \"{}\"\n\
-         [http]\nlisten = \"127.0.0.1:{http_port}\"\n{}",
+         [http]\nlisten = \"127.0.0.1:{http_port}\"\n{}{}",
         tls_table("broker.external.tls", tls),
         dir.join("central-data").display(),
+        identity_toml(),
         operators_toml()
     )
 }
@@ -191,13 +220,14 @@ pub fn gateway_toml(
     format!(
         "[site]\nid = \"site-{id}\"\nname = \"Test site {id}\"\n\
          [gateway]\nid = \"{id}\"\n\
-         [uplink]\nbroker = \"{broker_url}\"\nhealth_interval = \"1s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
+         [uplink]\nbroker = \"{broker_url}\"\nhealth_interval = \"1s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\ncentral_key_file = \"{}\"\n\
          {}\
          [http]\nlisten = \"127.0.0.1:{http_port}\"\n\
          [[sources]]\nid = \"tests\"\nname = \"The system tests\"\ntoken = {{ file = \"{}\" }}\n\
          [[terminals]]\nid = \"security-room\"\nname = \"Security room video terminal\"\nkind = \"video_terminal\"\n\
          health = {{ mode = \"heartbeat\", interval = \"1h\", misses_before_offline = 3 }}\ntoken = {{ file = \"{}\" }}\n\
          [storage]\ndir = \"{}\"\n",
+        street_keys().1.display(),
         tls_table("uplink.tls", tls),
         token_file.display(),
         viewer_file.display(),
@@ -247,14 +277,17 @@ impl TestCentral {
         let dir = FixtureDir::new("central")?;
         let tls_port = free_port();
         let server = pki.server("embedded-broker")?;
-        let text = central_toml(dir.path(), free_port(), 0).replace(
-            "[storage]",
-            &format!(
-                "tls_listen = \"127.0.0.1:{tls_port}\"\n{}[identity]\ngateway_ca_file = \"{}\"\n[storage]",
-                tls_table("broker.embedded.tls", Some(&server)),
-                pki.ca_file.display()
-            ),
-        );
+        // Gateways over TLS only: the plain listener is central's own (no development switch),
+        // and central checks gateways' signatures with the broker's CA.
+        let text = central_toml(dir.path(), free_port(), 0)
+            .replace("allow_plain_gateways = true\n", "")
+            .replace(
+                "[storage]",
+                &format!(
+                    "tls_listen = \"127.0.0.1:{tls_port}\"\n{}[storage]",
+                    tls_table("broker.embedded.tls", Some(&server)),
+                ),
+            );
         let text = if https {
             format!(
                 "{text}[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
@@ -589,12 +622,13 @@ impl ServiceProcess {
     }
 }
 
-/// Central signing master data with a fresh bundle key, and the TOML a gateway adds to trust it.
+/// Central, and the TOML a gateway adds to take its configuration bundles (every central of
+/// the tests signs with the street's key, which every test gateway trusts).
 pub struct SigningCentral {
     pub central: TestCentral,
-    /// `[bundles] public_key_file = …`, to append to a gateway's config.
+    /// `[bundles]`, to append to a gateway's config.
     pub trust: String,
-    /// The key files; keep it for as long as a gateway may (re)start.
+    /// Kept for the tests that hold it while a gateway may (re)start.
     pub keys: tempfile::TempDir,
 }
 
@@ -610,20 +644,14 @@ impl SigningCentral {
     }
 
     async fn new(broker_url: Option<&str>) -> Result<Self> {
-        let keys = tempfile::tempdir()?;
-        let (private, public) = firmware_config::bundle::create_key_files(keys.path())?;
-        let identity = format!(
-            "[identity]\nbundle_signing_key_file = \"{}\"\n",
-            private.display()
-        );
         let central = match broker_url {
-            Some(url) => TestCentral::external_with(url, &identity).await?,
-            None => TestCentral::embedded_with(&identity).await?,
+            Some(url) => TestCentral::external(url, None).await?,
+            None => TestCentral::embedded().await?,
         };
         Ok(Self {
             central,
-            trust: format!("\n[bundles]\npublic_key_file = \"{}\"\n", public.display()),
-            keys,
+            trust: "\n[bundles]\n".to_owned(),
+            keys: tempfile::tempdir()?,
         })
     }
 }

@@ -17,25 +17,20 @@ use gridedge_tests::{
 };
 use serde_json::{json, Value};
 
-/// A key pair in `dir`: (private key file, public key file).
-fn keys(dir: &Path) -> (PathBuf, PathBuf) {
-    bundle::create_key_files(dir).unwrap()
+/// Central's key pair — the test street's, which every test central signs with and every test
+/// gateway trusts: (private key file, public key file). `_dir` is unused (kept for the callers'
+/// shape).
+fn keys(_dir: &Path) -> (PathBuf, PathBuf) {
+    gridedge_tests::services::street_keys().clone()
 }
 
-fn trust(public: &Path, confirm_within: &str) -> String {
-    format!(
-        "\n[bundles]\npublic_key_file = \"{}\"\nconfirm_within = \"{confirm_within}\"\n",
-        public.display()
-    )
+/// What a gateway adds to take bundles (central's key is already its `uplink.central_key_file`).
+fn trust(_public: &Path, confirm_within: &str) -> String {
+    format!("\n[bundles]\nconfirm_within = \"{confirm_within}\"\n")
 }
 
-async fn central_with_key(private: &Path) -> TestCentral {
-    TestCentral::embedded_with(&format!(
-        "[identity]\nbundle_signing_key_file = \"{}\"\n",
-        private.display()
-    ))
-    .await
-    .unwrap()
+async fn central_with_key(_private: &Path) -> TestCentral {
+    TestCentral::embedded().await.unwrap()
 }
 
 async fn post(central: &TestCentral, path: &str, body: &Value) -> (u16, Value) {

@@ -62,6 +62,10 @@ impl Make<'_> {
 
 /// The observations one stored event makes (none for most telemetry).
 pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
+    // A device kind is the gateway's word only: a source cannot raise or clear one.
+    if !e.from_gateway() && firmware_config::wire::is_gateway_kind(&e.kind) {
+        return Vec::new();
+    }
     let payload: Value = serde_json::from_str(e.payload.get()).unwrap_or(Value::Null);
     let m = Make {
         gateway,
@@ -227,21 +231,23 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
                 format!("网关存储损坏已隔离 {gateway}"),
             )]
         }
-        // Any other alert-class event (door forced, smoke) is an alert of its source.
+        // Any other alert-class event (door forced, smoke) is an alert of its source: the
+        // event source that posted it (one alert per source and kind, whatever its payload
+        // says), or what the payload names.
         _ if e.class == EventClass::Alert => {
-            let source = ["source", "door", "device"]
+            let named = ["source", "door", "device"]
                 .iter()
                 .map(|k| text(&payload, k))
-                .find(|s| !s.is_empty())
-                .unwrap_or("centre");
-            vec![m.device(
-                ("source", source),
-                kind,
-                true,
-                Major,
-                format!("{kind} {source}"),
-                Duration::ZERO,
-            )]
+                .find(|s| !s.is_empty());
+            let (source, title) = match (&e.source, named) {
+                (Some(src), Some(what)) => (src.as_str(), format!("{kind} {src}: {what}")),
+                (Some(src), None) => (src.as_str(), format!("{kind} {src}")),
+                (None, what) => {
+                    let what = what.unwrap_or("centre");
+                    (what, format!("{kind} {what}"))
+                }
+            };
+            vec![m.device(("source", source), kind, true, Major, title, Duration::ZERO)]
         }
         _ => Vec::new(),
     }
@@ -351,6 +357,7 @@ mod tests {
             kind: kind.into(),
             time: time::OffsetDateTime::UNIX_EPOCH,
             payload: serde_json::value::to_raw_value(&payload).unwrap(),
+            source: None,
         }
     }
 
@@ -431,6 +438,34 @@ mod tests {
         assert!(applied.iter().all(|o| !o.raised) && applied[0].key() == refused[0].key());
         assert!(of(EventClass::Telemetry, "x", json!({})).is_empty());
         assert!(of(EventClass::Health, "camera.streaming", json!({})).is_empty());
+    }
+
+    #[test]
+    fn a_source_raises_alerts_of_its_own_and_never_a_devices() {
+        let from_source = |kind: &str, payload: Value| {
+            let mut e = event(EventClass::Alert, kind, payload);
+            e.source = Some("door-access".into());
+            from_event("gw-1", &e)
+        };
+        // A forged clear of a camera's tamper alert, a faked terminal state, a fake
+        // submission: nothing.
+        for kind in [
+            "camera.covered.cleared",
+            "camera.covered",
+            "terminal.offline",
+            "config.applied",
+            "gateway.outbox_quarantined",
+        ] {
+            assert!(
+                from_source(kind, json!({"camera": "hall", "terminal": "kiosk-1"})).is_empty(),
+                "{kind}"
+            );
+        }
+        // Its own kinds are alerts of the source, whatever the payload names.
+        let door = from_source("door.forced", json!({"door": "archive room"}));
+        assert_eq!(door[0].key(), "gw-1/source/door-access#door.forced");
+        let other = from_source("door.forced", json!({"source": "camera/hall"}));
+        assert_eq!(other[0].key(), door[0].key());
     }
 
     #[test]

@@ -113,7 +113,7 @@ impl FromRequestParts<Arc<Shared>> for Operator {
                 .get("x-csrf-token")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            if given != signed.csrf {
+            if !crate::broker::acl::same(given, &signed.csrf) {
                 return Err(Refusal(
                     StatusCode::FORBIDDEN,
                     "the X-CSRF-Token header is missing or not this session's".into(),
@@ -131,12 +131,33 @@ pub struct Login {
     password: String,
 }
 
+/// The address a request came from (set by the HTTP server; unknown in tests that call the
+/// router directly).
+pub struct Peer(pub Option<std::net::IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Peer(
+            parts
+                .extensions
+                .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
+    }
+}
+
 /// `POST /api/v1/session {"name","password"}`: sets the session cookie and answers
-/// `{"name","role","csrf"}` — send `csrf` as `X-CSRF-Token` with every change.
+/// `{"name","role","csrf"}` — send `csrf` as `X-CSRF-Token` with every change. Anyone may try;
+/// failures make the next attempt from the address or for the name wait (429 with
+/// `Retry-After`, see `logins`), and few passwords are checked at once (503 beyond).
 pub async fn login(
     State(shared): State<Arc<Shared>>,
+    Peer(peer): Peer,
     req: Result<Json<Login>, JsonRejection>,
 ) -> Response {
+    use crate::logins::Held;
     let Json(l) = match req {
         Ok(l) => l,
         Err(e) => return Refusal(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
@@ -145,13 +166,41 @@ pub async fn login(
         return Refusal(StatusCode::BAD_REQUEST, "name or password too long".into())
             .into_response();
     }
+    let from = peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let held = |h: Held| {
+        let (status, secs, why) = match h {
+            Held::Throttled(wait) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                wait.as_secs_f64().ceil().max(1.0) as u64,
+                "too many failed logins; wait before trying again".to_owned(),
+            ),
+            Held::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                1,
+                "too many logins at once; try again in a moment".to_owned(),
+            ),
+        };
+        let mut r = Refusal(status, why).into_response();
+        r.headers_mut().insert(header::RETRY_AFTER, secs.into());
+        r
+    };
+    if let Err(h) = shared.logins.admit(from, &l.name, Instant::now()) {
+        return held(h);
+    }
     let s = shared.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        s.operators.login(&l.name, &l.password, Instant::now())
-    })
-    .await;
-    match result {
-        Ok(Ok((cookie, signed))) => {
+    let name = l.name.clone();
+    let verdict = match shared
+        .logins
+        .check(move || s.operators.verify(&name, &l.password))
+        .await
+    {
+        Ok(v) => v,
+        Err(h) => return held(h),
+    };
+    match verdict {
+        Ok(role) => {
+            shared.logins.succeeded(from, &l.name);
+            let (cookie, signed) = shared.operators.open_session(&l.name, role, Instant::now());
             let secure = if shared.config.http.tls.is_some() {
                 "; Secure"
             } else {
@@ -164,8 +213,13 @@ pub async fn login(
             )
                 .into_response()
         }
-        Ok(Err(e)) => Refusal(StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
-        Err(e) => Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => {
+            let burst = shared.logins.failed(from, &l.name, Instant::now());
+            let key = shared.operators.record_refusals(&l.name, from, &burst);
+            shared.logins.set_audit_key(from, &l.name, key);
+            tracing::warn!(name = %l.name, %from, failures = burst.count, "console login refused");
+            Refusal(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
+        }
     }
 }
 

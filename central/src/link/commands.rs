@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use firmware_config::ids::GatewayId;
 use firmware_config::topics::{Channel, Topic};
-use firmware_config::wire::{Command, CommandReply, Envelope, Message};
+use firmware_config::wire::{Command, CommandReply, Message};
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::oneshot;
 
@@ -26,15 +26,17 @@ pub enum CommandError {
 /// Commands in flight; cheap to share.
 pub struct Commands {
     client: AsyncClient,
+    downlink: std::sync::Arc<super::downlink::Downlink>,
     next: AtomicU64,
     /// (gateway, command id) → who waits for the reply.
     pending: Mutex<HashMap<(String, String), oneshot::Sender<CommandReply>>>,
 }
 
 impl Commands {
-    pub fn new(client: AsyncClient) -> Self {
+    pub fn new(client: AsyncClient, downlink: std::sync::Arc<super::downlink::Downlink>) -> Self {
         Self {
             client,
+            downlink,
             next: AtomicU64::new(1),
             pending: Mutex::default(),
         }
@@ -64,8 +66,9 @@ impl Commands {
             name: name.to_owned(),
             args,
         });
-        let payload = Envelope::new(gateway.clone(), n, command)
-            .encode()
+        let payload = self
+            .downlink
+            .seal(gateway, Channel::Cmd, command)
             .map_err(|e| CommandError::Send(e.to_string()));
         let sent = match payload {
             Ok(payload) => self
@@ -106,9 +109,9 @@ impl Commands {
         channel: Channel,
         message: Message,
     ) -> Result<(), CommandError> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let payload = Envelope::new(gateway.clone(), n, message)
-            .encode()
+        let payload = self
+            .downlink
+            .seal(gateway, channel, message)
             .map_err(|e| CommandError::Send(e.to_string()))?;
         self.client
             .try_publish(

@@ -14,13 +14,15 @@ use firmware_config::config::TlsFiles;
 use firmware_config::ids::GatewayId;
 use firmware_config::runtime::mqtt::{client_options, MqttSetupError};
 use firmware_config::topics::{all_gateways, Channel, Topic};
-use firmware_config::wire::{self, Ack, Envelope, Message};
+use firmware_config::wire::{self, Ack, Message};
 use futures::FutureExt;
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 pub mod analysis;
 pub mod commands;
+pub mod downlink;
+pub mod replay;
 
 use crate::metrics::KindLabel;
 use crate::Shared;
@@ -31,12 +33,18 @@ pub struct GatewayLink {
 }
 
 impl GatewayLink {
+    /// A session to the broker at `url`; `login` is central's user and password on the
+    /// embedded broker.
     pub fn new(
         url: &str,
         tls: Option<&TlsFiles>,
         central_id: &str,
+        login: Option<(&str, &str)>,
     ) -> Result<Self, MqttSetupError> {
         let mut opts = client_options(url, tls, central_id, Duration::from_secs(30))?;
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         opts.set_clean_session(false);
         opts.set_manual_acks(true);
         let (client, mut eventloop) = AsyncClient::new(opts, 1024);
@@ -44,9 +52,9 @@ impl GatewayLink {
         Ok(Self { client, eventloop })
     }
 
-    /// A handle that sends commands on this link.
-    pub fn commands(&self) -> commands::Commands {
-        commands::Commands::new(self.client.clone())
+    /// A handle that sends commands on this link, sealed by `downlink`.
+    pub fn commands(&self, downlink: Arc<downlink::Downlink>) -> commands::Commands {
+        commands::Commands::new(self.client.clone(), downlink)
     }
 
     pub async fn run(mut self, shared: Arc<Shared>, token: CancellationToken) {
@@ -254,11 +262,32 @@ fn handle(shared: &Arc<Shared>, p: &Publish) -> Handled {
         return NONE;
     }
     if let Some(v) = &shared.verifier {
-        if let Err(e) = v.verify(&gateway, env.seq, &env.raw_payload, env.sig.as_ref()) {
+        if let Err(e) = v.verify(channel, &env) {
             tracing::warn!(%gateway, channel = channel.as_str(), error = %e, "refused a message without a valid signature");
-            m.reject("bad_signature");
+            m.reject(match e {
+                firmware_config::runtime::signing::SigningError::Revoked(_) => "revoked",
+                firmware_config::runtime::signing::SigningError::Expired(_) => "expired",
+                _ => "bad_signature",
+            });
             return NONE;
         }
+    }
+    // A status or health report older than what central already heard: a replay.
+    let fresh = match &env.message {
+        Message::Status(s) => shared.replay.status(&gateway, env.seq, s),
+        Message::Health(_) => shared.replay.health(
+            &gateway,
+            env.seq,
+            env.time,
+            time::OffsetDateTime::now_utc(),
+            shared.config.identity.message_max_age,
+        ),
+        _ => Ok(()),
+    };
+    if let Err(reason) = fresh {
+        tracing::warn!(%gateway, channel = channel.as_str(), seq = env.seq, reason, "refused a replayed or stale message");
+        m.reject(reason);
+        return NONE;
     }
     m.messages_received
         .get_or_create(&KindLabel {
@@ -303,7 +332,10 @@ fn handle(shared: &Arc<Shared>, p: &Publish) -> Handled {
             // Reads one piece from sled: small and quick, no need to leave the loop.
             let chunk = crate::replication::serve_fetch(shared, &gateway, &fetch);
             let topic = Topic::gateway(&gateway, Channel::Data).path();
-            match Envelope::new(gateway, env.seq, Message::Chunk(chunk)).encode() {
+            match shared
+                .downlink
+                .seal(&gateway, Channel::Data, Message::Chunk(chunk))
+            {
                 Ok(payload) => Handled::Answer(Some((topic, payload))),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode a content piece");
@@ -401,11 +433,27 @@ async fn after_store(
             return (None, None);
         }
     };
-    if events.iter().any(|e| e.kind == "submission.created") {
+    // The gateway's own kinds are believed only from the gateway itself: one a source claims
+    // is stored (the gateway accepted it) but makes no case, board change or alert. A current
+    // gateway never forwards one; this holds against one that does.
+    let believed = |e: &wire::Event| e.from_gateway() || !wire::is_gateway_kind(&e.kind);
+    let disbelieved = events.iter().filter(|e| !believed(e)).count();
+    if disbelieved > 0 {
+        tracing::warn!(%gateway, events = disbelieved, "a source's events claim the gateway's own kinds; stored, not acted on");
+        m.messages_rejected
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: "source_device_kind".to_owned(),
+            })
+            .inc_by(disbelieved as u64);
+    }
+    if events
+        .iter()
+        .any(|e| e.kind == "submission.created" && e.from_gateway())
+    {
         // Stored first: a case is made only of what central holds (and again: nothing).
         let submissions: Vec<wire::Event> = events
             .iter()
-            .filter(|e| e.kind == "submission.created")
+            .filter(|e| e.kind == "submission.created" && e.from_gateway())
             .cloned()
             .collect();
         let (s, gw) = (shared.clone(), gateway.as_str().to_owned());
@@ -434,6 +482,7 @@ async fn after_store(
     let fresh_events: Vec<wire::Event> = events
         .into_iter()
         .filter(|e| e.class != wire::EventClass::Telemetry && e.kind != "submission.created")
+        .filter(believed)
         .filter(|e| all_fresh || fresh.contains(&e.seq))
         .collect();
     let observe = (!fresh_events.is_empty()).then(|| analysis::Fresh {
@@ -448,7 +497,7 @@ async fn after_store(
         batch: Some(batch),
     });
     let topic = Topic::gateway(&gateway, Channel::Ack).path();
-    let answer = match Envelope::new(gateway, batch, ack).encode() {
+    let answer = match shared.downlink.seal(&gateway, Channel::Ack, ack) {
         Ok(payload) => Some((topic, payload)),
         Err(e) => {
             tracing::error!(error = %e, "cannot encode an ack");

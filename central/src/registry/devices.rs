@@ -145,6 +145,7 @@ mod tests {
             kind: kind.into(),
             time: OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap(),
             payload: serde_json::value::to_raw_value(&p).unwrap(),
+            source: None,
         }
     }
 

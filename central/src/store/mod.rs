@@ -325,6 +325,7 @@ mod tests {
             kind: "t".into(),
             time: time::OffsetDateTime::UNIX_EPOCH,
             payload: serde_json::value::RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
+            source: None,
         }
     }
 

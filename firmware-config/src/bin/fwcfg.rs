@@ -61,16 +61,23 @@ enum Command {
         /// Which config it is; guessed from its `[gateway]` or `[central]` table when absent.
         #[arg(long)]
         role: Option<Role>,
+        /// The config will run on another machine: check everything but that the files it
+        /// names (certificates, keys, tokens) exist here.
+        #[arg(long)]
+        elsewhere: bool,
     },
 }
 
 #[derive(Subcommand)]
 enum Certs {
-    /// Create a new CA (ca.pem, ca.key) in DIR.
+    /// Create a new CA (ca.pem, ca.key) in DIR. Keep ca.key off central's host.
     Ca {
         dir: PathBuf,
         #[arg(long, default_value = "GridEdge street CA")]
         name: String,
+        /// Days it is valid.
+        #[arg(long, default_value_t = firmware_config::certs::DEFAULT_CA_DAYS)]
+        days: i64,
     },
     /// Issue the broker's server certificate (NAME.pem, NAME.key) from the CA in DIR.
     Server {
@@ -79,12 +86,46 @@ enum Certs {
         /// Host names or IP addresses the broker is reached at (repeat).
         #[arg(long = "host", required = true)]
         hosts: Vec<String>,
+        /// Days it is valid.
+        #[arg(long, default_value_t = firmware_config::certs::DEFAULT_SERVER_DAYS)]
+        days: i64,
     },
     /// Issue a client certificate whose common name is ID: a gateway's id, or `central`.
-    Client { dir: PathBuf, id: String },
-    /// Make central's Ed25519 bundle-signing key pair (bundle-signing.key, bundle-signing.pub)
-    /// in DIR; gateways trust the .pub file (`[bundles] public_key_file`).
-    BundleKey { dir: PathBuf },
+    Client {
+        dir: PathBuf,
+        id: String,
+        /// Days it is valid.
+        #[arg(long, default_value_t = firmware_config::certs::DEFAULT_CLIENT_DAYS)]
+        days: i64,
+    },
+    /// Issue a new certificate for ID with the key it has (ID.pem is replaced, the old one
+    /// kept as ID.pem.previous): copy ID.pem to the gateway, which takes it at its next
+    /// reconnect.
+    Renew {
+        dir: PathBuf,
+        id: String,
+        /// Days it is valid.
+        #[arg(long, default_value_t = firmware_config::certs::DEFAULT_CLIENT_DAYS)]
+        days: i64,
+    },
+    /// Revoke a certificate (a stolen gateway's): adds it to DIR/revoked.json and writes
+    /// DIR/crl.pem anew, for central (`[identity] crl_file`) and Mosquitto (`crlfile`).
+    Revoke {
+        dir: PathBuf,
+        /// The certificate file to revoke.
+        cert: PathBuf,
+        /// Why, for the record.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
+    /// Write DIR/crl.pem again with what is revoked (a CRL is valid for 30 days: run this
+    /// from a timer).
+    Crl { dir: PathBuf },
+    /// Make central's Ed25519 signing key pair (central-signing.key, central-signing.pub) in
+    /// DIR. Central signs every message to gateways with it; gateways trust the .pub file
+    /// (`uplink.central_key_file`). Central makes one in its storage folder when it has none.
+    #[command(alias = "bundle-key")]
+    SigningKey { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -113,7 +154,11 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Check { file, role } => check(&file, role),
+        Command::Check {
+            file,
+            role,
+            elsewhere,
+        } => check(&file, role, elsewhere),
         Command::Certs(c) => certs(c),
         Command::Sign {
             key,
@@ -140,15 +185,32 @@ fn main() -> ExitCode {
 fn certs(c: Certs) -> ExitCode {
     use firmware_config::certs::Authority;
     let done = match c {
-        Certs::Ca { dir, name } => Authority::create(&dir, &name).map(|ca| vec![ca.ca_file()]),
-        Certs::Server { dir, name, hosts } => Authority::load(&dir)
-            .and_then(|ca| ca.server(&name, &hosts))
+        Certs::Ca { dir, name, days } => {
+            Authority::create_for(&dir, &name, days).map(|ca| vec![ca.ca_file()])
+        }
+        Certs::Server {
+            dir,
+            name,
+            hosts,
+            days,
+        } => Authority::load(&dir)
+            .and_then(|ca| ca.server_for(&name, &hosts, days))
             .map(|f| vec![f.cert_file, f.key_file]),
-        Certs::Client { dir, id } => Authority::load(&dir)
-            .and_then(|ca| ca.client(&id))
+        Certs::Client { dir, id, days } => Authority::load(&dir)
+            .and_then(|ca| ca.client_valid(&id, 0, days))
             .map(|f| vec![f.cert_file, f.key_file]),
-        Certs::BundleKey { dir } => {
-            firmware_config::bundle::create_key_files(&dir).map(|(k, p)| vec![k, p])
+        Certs::Renew { dir, id, days } => Authority::load(&dir)
+            .and_then(|ca| ca.renew(&id, days))
+            .map(|f| vec![f.cert_file]),
+        Certs::Revoke { dir, cert, reason } => Authority::load(&dir)
+            .and_then(|ca| ca.revoke(&cert, &reason))
+            .map(|crl| vec![crl]),
+        Certs::Crl { dir } => Authority::load(&dir)
+            .and_then(|ca| ca.refresh_crl())
+            .map(|crl| vec![crl]),
+        Certs::SigningKey { dir } => {
+            firmware_config::bundle::create_key_files(&dir, "central-signing")
+                .map(|(k, p)| vec![k, p])
         }
     };
     match done {
@@ -165,7 +227,18 @@ fn certs(c: Certs) -> ExitCode {
     }
 }
 
-fn check(file: &Path, role: Option<Role>) -> ExitCode {
+fn check(file: &Path, role: Option<Role>, elsewhere: bool) -> ExitCode {
+    fn parse<T: config::Document>(
+        text: &str,
+        base: &Path,
+        elsewhere: bool,
+    ) -> Result<T, ConfigError> {
+        if elsewhere {
+            config::parse_elsewhere(text, base)
+        } else {
+            config::parse(text, base)
+        }
+    }
     let stdin = file == Path::new("-");
     let name = if stdin {
         "<stdin>".to_owned()
@@ -198,27 +271,38 @@ fn check(file: &Path, role: Option<Role>) -> ExitCode {
             &["cannot tell the role: no [gateway] or [central] table; pass --role".to_owned()],
         );
     };
-    let summary: Result<String, ConfigError> = match role {
-        Role::Gateway => config::parse::<GatewayConfig>(&text, &base).map(|c| {
-            format!(
-                "gateway {} at site {}, {} camera(s), {} terminal(s)",
-                c.gateway.id,
-                c.site.id,
-                c.cameras.len(),
-                c.terminals.len()
+    use firmware_config::config::Document;
+    let summary: Result<(String, Vec<config::Issue>), ConfigError> = match role {
+        Role::Gateway => parse::<GatewayConfig>(&text, &base, elsewhere).map(|c| {
+            (
+                format!(
+                    "gateway {} at site {}, {} camera(s), {} terminal(s)",
+                    c.gateway.id,
+                    c.site.id,
+                    c.cameras.len(),
+                    c.terminals.len()
+                ),
+                c.warnings(),
             )
         }),
-        Role::Central => config::parse::<CentralConfig>(&text, &base).map(|c| {
+        Role::Central => parse::<CentralConfig>(&text, &base, elsewhere).map(|c| {
             let broker = if c.broker.embedded.is_some() {
                 "embedded"
             } else {
                 "external"
             };
-            format!("central {} with the {broker} broker", c.central.id)
+            (
+                format!("central {} with the {broker} broker", c.central.id),
+                c.warnings(),
+            )
         }),
     };
     match summary {
-        Ok(s) => {
+        Ok((s, warnings)) => {
+            // Warnings go to stderr: the config works, but leaves something open.
+            for w in &warnings {
+                eprintln!("{name}: warning: {w}");
+            }
             println!("{name}: ok: {s}");
             ExitCode::SUCCESS
         }

@@ -169,27 +169,76 @@ impl CentralConfig {
     }
 }
 
-/// How central knows who a message is from.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// How central knows who a message is from, and how gateways know a message is central's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
-    /// CA that issues gateway certificates. When set, central accepts only messages signed with
-    /// the key of a certificate from this CA whose common name is the sending gateway's id —
-    /// identity that holds on any broker, including the embedded one. Unset: no signatures
-    /// are required (development on loopback, or a broker whose ACL binds topics to
-    /// certificates).
+    /// CA that issues gateway certificates. Central accepts only messages signed with the key
+    /// of a certificate from this CA — not expired, not revoked — whose common name is the
+    /// sending gateway's id: identity that holds on any broker. Default: the CA of the
+    /// broker's TLS files (`[broker.embedded.tls]` or `[broker.external.tls]`); with neither
+    /// (gateways on a plain development listener) messages are not checked.
     #[serde(default)]
     pub gateway_ca_file: Option<PathBuf>,
-    /// Central's Ed25519 key for signing configuration bundles (`fwcfg certs bundle-key`).
-    /// Unset: central builds no bundles (hand-signed ones can still be forwarded).
+    /// The CA's certificate revocation list (PEM or DER), as `fwcfg certs revoke` writes it.
+    /// Read again within seconds of a change: a revoked gateway is refused by the embedded
+    /// broker (cut off if connected) and by central's checks, without a restart.
     #[serde(default)]
-    pub bundle_signing_key_file: Option<PathBuf>,
+    pub crl_file: Option<PathBuf>,
+    /// Central's Ed25519 signing key (PKCS#8 PEM): signs every message to gateways (acks,
+    /// commands, master data) and configuration bundles; gateways trust its public half
+    /// (`uplink.central_key_file`). Default: `central-signing.key` in the storage folder,
+    /// made at the first start with `central-signing.pub` beside it.
+    #[serde(default, alias = "bundle_signing_key_file")]
+    pub signing_key_file: Option<PathBuf>,
+    /// A gateway's health report older than this (by the time it signed into it) is refused
+    /// as stale or replayed. Default 15 min.
+    #[serde(default = "default_message_max_age", with = "humantime_serde")]
+    pub message_max_age: Duration,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self {
+            gateway_ca_file: None,
+            crl_file: None,
+            signing_key_file: None,
+            message_max_age: default_message_max_age(),
+        }
+    }
+}
+
+fn default_message_max_age() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+impl CentralConfig {
+    /// The CA whose gateway certificates central trusts: `[identity] gateway_ca_file`, else
+    /// the broker's TLS CA.
+    pub fn gateway_ca(&self) -> Option<&Path> {
+        self.identity.gateway_ca_file.as_deref().or_else(|| {
+            match (&self.broker.embedded, &self.broker.external) {
+                (Some(e), _) => e.tls.as_ref().map(|t| t.ca_file.as_path()),
+                (None, Some(x)) => x.tls.as_ref().map(|t| t.ca_file.as_path()),
+                (None, None) => None,
+            }
+        })
+    }
+
+    /// Central's signing key file: the configured one, or the one made in the storage folder.
+    pub fn signing_key_file(&self) -> PathBuf {
+        self.identity
+            .signing_key_file
+            .clone()
+            .unwrap_or_else(|| self.storage.dir.join("central-signing.key"))
+    }
 }
 
 fn default_http() -> Http {
     Http {
         listen: SocketAddr::from(([0, 0, 0, 0], 8090)),
         tls: None,
+        max_connections: 1024,
     }
 }
 
@@ -247,6 +296,13 @@ pub struct EmbeddedBroker {
     /// Most client connections at once. Default 10000.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Development only: gateways may connect to the plain listener too, without a
+    /// certificate, each known only by the client id it gives (the broker still keeps it to
+    /// that id's topics), and the plain listener may then listen beyond loopback. Default
+    /// false: the plain listener is for central's own session, with a password made at each
+    /// start.
+    #[serde(default)]
+    pub allow_plain_gateways: bool,
 }
 
 fn default_plain_listen() -> SocketAddr {
@@ -296,6 +352,26 @@ fn default_gateway_silence() -> Duration {
 }
 
 impl Document for CentralConfig {
+    fn warnings(&self) -> Vec<super::Issue> {
+        let mut out = Vec::new();
+        self.http.warnings(&mut out);
+        if let Some(e) = &self.broker.embedded {
+            if e.allow_plain_gateways {
+                out.push(super::Issue {
+                    path: "broker.embedded.allow_plain_gateways".to_owned(),
+                    message: format!(
+                        "gateways may connect to {} without a certificate, each known only by the client id it claims: for development only",
+                        e.listen
+                    ),
+                });
+            }
+        }
+        if let Some(x) = &self.broker.external {
+            super::plain_broker_warning("broker.external.url", &x.url, &mut out);
+        }
+        out
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         self.storage.dir = super::resolve(base, &self.storage.dir);
         self.http.resolve_paths(base);
@@ -309,8 +385,11 @@ impl Document for CentralConfig {
         if let Some(ca) = &mut self.identity.gateway_ca_file {
             *ca = super::resolve(base, ca);
         }
-        if let Some(k) = &mut self.identity.bundle_signing_key_file {
+        if let Some(k) = &mut self.identity.signing_key_file {
             *k = super::resolve(base, k);
+        }
+        if let Some(c) = &mut self.identity.crl_file {
+            *c = super::resolve(base, c);
         }
     }
 
@@ -400,9 +479,27 @@ impl Document for CentralConfig {
                 ),
             );
         }
-        if let Some(k) = &self.identity.bundle_signing_key_file {
-            v.file_exists("identity.bundle_signing_key_file", k);
+        if let Some(k) = &self.identity.signing_key_file {
+            v.file_exists("identity.signing_key_file", k);
         }
+        if let Some(c) = &self.identity.gateway_ca_file {
+            v.file_exists("identity.gateway_ca_file", c);
+        }
+        if let Some(c) = &self.identity.crl_file {
+            v.file_exists("identity.crl_file", c);
+            if self.gateway_ca().is_none() {
+                v.error(
+                    "identity.crl_file",
+                    "needs the CA that signed it: identity.gateway_ca_file or the broker's TLS files",
+                );
+            }
+        }
+        v.duration_within(
+            "identity.message_max_age",
+            self.identity.message_max_age,
+            Duration::from_secs(30),
+            Duration::from_secs(7 * 24 * 3600),
+        );
         match (&self.broker.embedded, &self.broker.external) {
             (Some(_), Some(_)) => v.error(
                 "broker",
@@ -417,7 +514,7 @@ impl Document for CentralConfig {
                 (None, Some(_)) => v.error("broker.embedded.tls_listen", "required with tls"),
                 _ => {}
             }
-            if !e.listen.ip().is_loopback() {
+            if !e.listen.ip().is_loopback() && !e.allow_plain_gateways {
                 v.error(
                     "broker.embedded.listen",
                     format!("{} is not a loopback address; the plain listener is for this host only — gateways use tls_listen", e.listen),

@@ -149,16 +149,27 @@ impl KioskLimits {
     }
 }
 
-/// Who may sign configuration bundles for this gateway and its terminals.
+/// Whether configuration bundles from central may change this gateway and its terminals.
+/// Bundles are checked with central's key (`uplink.central_key_file`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BundleTrust {
-    /// Central's Ed25519 bundle-signing public key (PEM), as `fwcfg certs bundle-key` writes it.
-    pub public_key_file: PathBuf,
+    /// No longer read: central's key is `uplink.central_key_file`, which checks every message
+    /// from central, bundles included. Kept only to say so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_file: Option<PathBuf>,
     /// After applying a bundle, central must acknowledge the gateway's report of it within this
     /// time, or the gateway goes back to the last good configuration. Default 5 min.
     #[serde(default = "default_confirm_within", with = "humantime_serde")]
     pub confirm_within: Duration,
+    /// A bundle issued longer ago than this is refused (a replay of an old one). Default 7
+    /// days.
+    #[serde(default = "default_bundle_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+fn default_bundle_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_confirm_within() -> Duration {
@@ -175,12 +186,40 @@ pub struct EventSource {
     pub name: String,
     /// Its bearer token.
     pub token: SecretRef,
+    /// The event kinds it may post: exact kinds (`door.forced`) or a family (`door.*`). Empty
+    /// or absent: any kind that is not the gateway's own (`camera.*`, `terminal.*`,
+    /// `config.*`, `submission.*`, `meeting.*`, `gateway.*`, `video.*`, `kiosk.*`,
+    /// `content.*`), which no source may post.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// Most bytes of this source's alerts and submissions waiting in the outbox for central;
+    /// beyond it the source's own are refused (507) and nothing else is. Default: an eighth
+    /// of `storage.disk_budget`. All sources together never hold more than half the budget.
+    #[serde(default)]
+    pub max_pending: Option<ByteSize>,
+}
+
+impl EventSource {
+    /// Whether this source may post an event of `kind`.
+    pub fn may_post(&self, kind: &str) -> bool {
+        if crate::wire::is_gateway_kind(kind) {
+            return false;
+        }
+        self.kinds.is_empty()
+            || self.kinds.iter().any(|k| match k.strip_suffix(".*") {
+                Some(family) => kind
+                    .strip_prefix(family)
+                    .is_some_and(|rest| rest.starts_with('.')),
+                None => k == kind,
+            })
+    }
 }
 
 fn default_http() -> Http {
     Http {
         listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
         tls: None,
+        max_connections: 1024,
     }
 }
 
@@ -248,6 +287,19 @@ pub struct Uplink {
     /// Longest wait between reconnect attempts. Default 60 s.
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// Central's public signing key (PEM), as central writes it (`central-signing.pub` in its
+    /// storage folder, or `fwcfg certs signing-key`). Every message central sends — acks,
+    /// commands, master data, configuration bundles — must carry central's signature by it.
+    pub central_key_file: PathBuf,
+    /// A message from central older than this (by the time central signed into it) is refused
+    /// as a replay. The broker keeps messages for an offline gateway, so this bounds how long
+    /// an outage may be and still deliver what central sent meanwhile. Default 7 days.
+    #[serde(default = "default_downlink_max_age", with = "humantime_serde")]
+    pub downlink_max_age: Duration,
+}
+
+fn default_downlink_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_keep_alive() -> Duration {
@@ -571,11 +623,13 @@ fn default_probe_timeout() -> Duration {
 }
 
 impl Document for GatewayConfig {
+    fn warnings(&self) -> Vec<super::Issue> {
+        self.collect_warnings()
+    }
+
     fn resolve_paths(&mut self, base: &Path) {
         self.base_dir = base.to_owned();
-        if let Some(b) = &mut self.bundles {
-            b.public_key_file = super::resolve(base, &b.public_key_file);
-        }
+        self.uplink.central_key_file = super::resolve(base, &self.uplink.central_key_file);
         self.http.resolve_paths(base);
         self.storage.dir = super::resolve(base, &self.storage.dir);
         if let Some(tls) = &mut self.uplink.tls {
@@ -628,12 +682,23 @@ impl Document for GatewayConfig {
         self.terminal_health.validate(v);
         self.kiosk.validate(v);
         if let Some(b) = &self.bundles {
-            v.file_exists("bundles.public_key_file", &b.public_key_file);
+            if b.public_key_file.is_some() {
+                v.error(
+                    "bundles.public_key_file",
+                    "central's key is now uplink.central_key_file (it checks every message from central, bundles included); move the line there",
+                );
+            }
             v.duration_within(
                 "bundles.confirm_within",
                 b.confirm_within,
                 Duration::from_secs(10),
                 Duration::from_secs(24 * 3600),
+            );
+            v.duration_within(
+                "bundles.max_age",
+                b.max_age,
+                Duration::from_secs(60),
+                Duration::from_secs(365 * 24 * 3600),
             );
         }
         for (i, t) in self.terminals.iter().enumerate() {
@@ -644,7 +709,48 @@ impl Document for GatewayConfig {
             v.id(&format!("sources[{i}].id"), &s.id);
             v.non_empty(&format!("sources[{i}].name"), &s.name);
             s.token.validate(&format!("sources[{i}].token"), v);
+            for (j, k) in s.kinds.iter().enumerate() {
+                let family = k.strip_suffix(".*").unwrap_or(k);
+                let path = format!("sources[{i}].kinds[{j}]");
+                if family.is_empty()
+                    || family.len() > 120
+                    || !family
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                {
+                    v.error(
+                        &path,
+                        format!("{k:?} is not a kind (letters, digits, '.', '_', '-') or a family (`door.*`)"),
+                    );
+                } else if crate::wire::is_gateway_kind(family)
+                    || crate::wire::is_gateway_kind(&format!("{family}."))
+                {
+                    v.error(
+                        &path,
+                        format!(
+                            "{k:?} is one of the gateway's own kinds, which no source may post"
+                        ),
+                    );
+                }
+            }
+            if let Some(q) = s.max_pending {
+                if q < ByteSize::kib(64) {
+                    v.error(
+                        &format!("sources[{i}].max_pending"),
+                        format!("{q} is too small; at least 64 KiB"),
+                    );
+                }
+            }
         }
+    }
+}
+
+impl GatewayConfig {
+    fn collect_warnings(&self) -> Vec<super::Issue> {
+        let mut out = Vec::new();
+        self.http.warnings(&mut out);
+        super::plain_broker_warning("uplink.broker", &self.uplink.broker, &mut out);
+        out
     }
 }
 
@@ -663,6 +769,13 @@ impl Uplink {
         if let Some(tls) = &self.tls {
             tls.validate("uplink.tls", v);
         }
+        v.file_exists("uplink.central_key_file", &self.central_key_file);
+        v.duration_within(
+            "uplink.downlink_max_age",
+            self.downlink_max_age,
+            Duration::from_secs(60),
+            Duration::from_secs(90 * 24 * 3600),
+        );
         v.duration_within(
             "uplink.keep_alive",
             self.keep_alive,

@@ -83,6 +83,11 @@ pub trait Document: DeserializeOwned {
     fn resolve_paths(&mut self, base: &Path);
     /// Reports every problem found to `v`.
     fn validate(&self, v: &mut Validator);
+    /// Settings that work but leave something open (clear text on the network, a development
+    /// switch): `fwcfg check` prints them and the services log them at start.
+    fn warnings(&self) -> Vec<Issue> {
+        Vec::new()
+    }
 }
 
 /// Parses and validates a document. Relative paths in it are taken relative to `base`.
@@ -303,6 +308,15 @@ pub struct Http {
     /// Serve HTTPS (and WSS) with this certificate; plain HTTP when absent.
     #[serde(default)]
     pub tls: Option<ServerTls>,
+    /// Most connections served at once; beyond it new ones wait in the kernel's queue. A
+    /// connection that sends no complete request head within 10 s, or stays idle between
+    /// requests as long, is closed. Default 1024.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 /// A server's certificate and key.
@@ -328,5 +342,42 @@ impl Http {
             v.file_exists("http.tls.cert_file", &t.cert_file);
             v.file_exists("http.tls.key_file", &t.key_file);
         }
+        if self.max_connections == 0 {
+            v.error("http.max_connections", "must be greater than zero");
+        }
+    }
+
+    /// Plain HTTP beyond this host.
+    pub(crate) fn warnings(&self, out: &mut Vec<Issue>) {
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            out.push(Issue {
+                path: "http.tls".to_owned(),
+                message: format!(
+                    "{} is reachable from the network without TLS: tokens, passwords and residents' data would cross it in clear text; give [http] tls (deploy/INSTALL.md, \"HTTPS\")",
+                    self.listen
+                ),
+            });
+        }
+    }
+}
+
+/// A warning when `url` is a plain `mqtt://` broker beyond this host.
+pub(crate) fn plain_broker_warning(path: &str, url: &str, out: &mut Vec<Issue>) {
+    let Ok(u) = url::Url::parse(url) else {
+        return;
+    };
+    let local = match u.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => true,
+    };
+    if u.scheme() == "mqtt" && !local {
+        out.push(Issue {
+            path: path.to_owned(),
+            message: format!(
+                "{url} is plain MQTT to another host: use mqtts:// with a client certificate"
+            ),
+        });
     }
 }

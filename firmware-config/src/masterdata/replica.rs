@@ -42,6 +42,9 @@ pub enum Update {
     Snapshot {
         version: u64,
         hash: String,
+        /// The grid areas it was scoped for (empty: the whole street).
+        #[serde(default)]
+        areas: Vec<String>,
         dataset: Dataset,
     },
     /// From `from` to `to`; the result must hash to `hash`.
@@ -49,6 +52,9 @@ pub enum Update {
         from: u64,
         to: u64,
         hash: String,
+        /// The grid areas it was scoped for (empty: the whole street).
+        #[serde(default)]
+        areas: Vec<String>,
         grids: ListDelta<GridUnit>,
         party: ListDelta<PartyOrg>,
         items: ListDelta<ServiceItem>,
@@ -63,7 +69,37 @@ impl Update {
             Update::Delta { to, .. } => *to,
         }
     }
+
+    /// The grid areas the update was scoped for.
+    pub fn areas(&self) -> &[String] {
+        match self {
+            Update::Snapshot { areas, .. } | Update::Delta { areas, .. } => areas,
+        }
+    }
+
+    /// The update, marked as scoped for `areas`.
+    pub fn scoped_to(mut self, scope: &[String]) -> Self {
+        let mut scope = scope.to_vec();
+        scope.sort();
+        scope.dedup();
+        match &mut self {
+            Update::Snapshot { areas, .. } | Update::Delta { areas, .. } => *areas = scope,
+        }
+        self
+    }
+
+    /// Whether it was scoped for exactly `scope` (in any order).
+    pub fn is_for(&self, scope: &[String]) -> bool {
+        let mut want = scope.to_vec();
+        want.sort();
+        want.dedup();
+        self.areas() == want.as_slice()
+    }
 }
+
+/// The highest version a replica takes: JSON numbers above it lose precision in browsers and
+/// many tools, and a version at the top of `u64` would leave no room for the next one.
+pub const MAX_VERSION: u64 = (1 << 53) - 1;
 
 /// An update as it travels.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,6 +138,10 @@ pub enum ApplyError {
     Format(String),
     #[error("version {0} is not newer than the replica's {1}")]
     Stale(u64, u64),
+    #[error("version {0} is beyond the highest a replica takes ({MAX_VERSION})")]
+    VersionTooLarge(u64),
+    #[error("scoped for areas {got:?}, this centre serves {want:?}")]
+    OtherAreas { got: Vec<String>, want: Vec<String> },
     #[error(
         "gap: the delta applies to version {from}, the replica has {have}; a snapshot is needed"
     )]
@@ -209,6 +249,7 @@ impl Dataset {
             from,
             to,
             hash: self.hash(),
+            areas: Vec::new(),
             grids: list_delta(&old.grids, &self.grids, |g| &g.code),
             party: list_delta(&old.party, &self.party, |p| &p.code),
             items: list_delta(&old.items, &self.items, |i| &i.code),
@@ -229,6 +270,9 @@ impl Replica {
     /// The replica after `update`, or why not (then the replica stays as it is).
     pub fn apply(&self, update: &Update) -> Result<Replica, ApplyError> {
         let target = update.target_version();
+        if target > MAX_VERSION {
+            return Err(ApplyError::VersionTooLarge(target));
+        }
         if target <= self.version {
             return Err(ApplyError::Stale(target, self.version));
         }
@@ -299,6 +343,7 @@ mod tests {
         let snap = Update::Snapshot {
             version: 1,
             hash: a.hash(),
+            areas: Vec::new(),
             dataset: a.clone(),
         };
         let r1 = r0.apply(&snap).unwrap();
@@ -321,6 +366,7 @@ mod tests {
             .apply(&Update::Snapshot {
                 version: 1,
                 hash: a.hash(),
+                areas: Vec::new(),
                 dataset: a.clone(),
             })
             .unwrap();
@@ -345,6 +391,7 @@ mod tests {
             &Update::Snapshot {
                 version: 1,
                 hash: a.hash(),
+                areas: Vec::new(),
                 dataset: a,
             },
         )
@@ -362,6 +409,7 @@ mod tests {
             &Update::Snapshot {
                 version: 1,
                 hash: String::new(),
+                areas: Vec::new(),
                 dataset: Dataset::default(),
             },
         )

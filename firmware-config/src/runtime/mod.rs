@@ -60,45 +60,48 @@ pub async fn bind_http(addr: SocketAddr) -> Result<tokio::net::TcpListener, std:
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
+/// How long a client may take over its TLS handshake.
+const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a connection may take to send a request's head, and may stay idle between
+/// requests: a silent or half-open connection gives its slot back after this.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `router` on `listener` until `token` is cancelled, then lets open requests finish;
 /// over TLS when `tls` is given.
+///
+/// HTTP/1.1 (with upgrades, for WebSockets) straight on hyper: the LAN's clients — kiosks,
+/// terminals, browsers — speak HTTP/1.1, and measured with 10,000 heartbeating terminals on
+/// new connections this loop costs less CPU than `axum::serve`. Every connection is served in
+/// a task of its own, its TLS handshake included (bounded by 5 s), so a silent client holds up
+/// nobody; at most `max_connections` are served at once (beyond, new ones wait in the kernel's
+/// queue), and one that sends no complete request head within [`HEADER_TIMEOUT`] — a first
+/// request or the next on a kept-alive connection — is closed.
 pub async fn serve_http(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     token: CancellationToken,
     tls: Option<Arc<rustls::ServerConfig>>,
+    max_connections: usize,
 ) -> Result<(), std::io::Error> {
-    match tls {
-        None => serve_plain(listener, router, token).await,
-        Some(config) => {
-            let listener = TlsListener {
-                tcp: listener,
-                acceptor: tokio_rustls::TlsAcceptor::from(config),
-            };
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await
-        }
-    }
-}
-
-/// Plain HTTP/1.1 (with upgrades, for WebSockets) straight on hyper. The LAN's clients —
-/// kiosks, terminals, browsers on http:// — speak HTTP/1.1 only, so the version detection and
-/// per-connection shutdown watch of `axum::serve` are work for nothing; measured with 10,000
-/// heartbeating terminals on new connections, this loop costs less CPU. On cancellation it
-/// stops accepting and waits for the requests in flight.
-async fn serve_plain(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    token: CancellationToken,
-) -> Result<(), std::io::Error> {
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     let mut connections = tokio::task::JoinSet::new();
     loop {
-        let tcp = tokio::select! {
+        let permit = tokio::select! {
+            _ = token.cancelled() => break,
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (tcp, addr) = tokio::select! {
             _ = token.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(c) => c,
                 Err(e) => {
                     // Out of file descriptors and the like: wait, do not spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -108,18 +111,27 @@ async fn serve_plain(
             },
         };
         while connections.try_join_next().is_some() {}
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let connection = http
-            .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-            .with_upgrades();
-        let stop = token.clone();
+        // Handlers may ask who is calling (`ConnectInfo<SocketAddr>`): login throttling goes
+        // by address.
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(addr));
+                let mut router = router.clone();
+                async move { tower::Service::call(&mut router, req).await }
+            });
+        let (http, acceptor, stop) = (http.clone(), acceptor.clone(), token.clone());
         connections.spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                _ = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+            let _slot = permit;
+            match acceptor {
+                None => serve_connection(&http, tcp, service, stop).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => serve_connection(&http, tls, service, stop).await,
+                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                    }
                 }
             }
         });
@@ -133,40 +145,33 @@ async fn serve_plain(
     Ok(())
 }
 
-/// How long a client may take over its TLS handshake.
-const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Accepts TLS connections for axum.
-struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (tcp, addr) = match self.tcp.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(TLS_HANDSHAKE, self.acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
-            }
+/// Serves one connection until it closes, or, once `stop` is cancelled, until its request in
+/// flight is answered.
+async fn serve_connection<I, S>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    service: S,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = http
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
     }
 }
 
@@ -272,6 +277,9 @@ where
             return ExitCode::from(2);
         }
     };
+    for w in config.warnings() {
+        tracing::warn!(field = %w.path, "{}", w.message);
+    }
     let token = CancellationToken::new();
     cancel_on_signal(token.clone());
     match run(config, token).await {
@@ -314,10 +322,15 @@ impl<E: std::fmt::Display + Send + 'static> Parts<E> {
         listener: tokio::net::TcpListener,
         router: axum::Router,
         tls: Option<Arc<rustls::ServerConfig>>,
+        max_connections: usize,
         err: fn(std::io::Error) -> E,
     ) {
         let t = self.token.clone();
-        self.spawn(async move { serve_http(listener, router, t, tls).await.map_err(err) });
+        self.spawn(async move {
+            serve_http(listener, router, t, tls, max_connections)
+                .await
+                .map_err(err)
+        });
     }
 
     pub fn token(&self) -> &CancellationToken {

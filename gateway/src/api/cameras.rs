@@ -45,7 +45,7 @@ pub async fn latest(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    viewer(&shared, &headers, None)?;
+    viewer(&shared, &headers)?;
     let analysis = shared.analysis(&id).ok_or_else(|| unknown(&id))?;
     match analysis.latest() {
         Some(shot) => Ok(jpeg(shot)),
@@ -62,7 +62,7 @@ pub async fn evidence(
     Path((id, file)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    viewer(&shared, &headers, None)?;
+    viewer(&shared, &headers)?;
     let analysis = shared.analysis(&id).ok_or_else(|| unknown(&id))?;
     let reference: u64 = file
         .strip_suffix(".jpg")
@@ -85,18 +85,9 @@ fn unknown(id: &str) -> ApiError {
 }
 
 /// Only video terminals and screens may see camera pictures; their token comes in the
-/// `Authorization` header or, for pages, as `?token=`.
-pub(super) fn viewer(
-    shared: &Shared,
-    headers: &HeaderMap,
-    query_token: Option<&str>,
-) -> Result<(), ApiError> {
-    let device = match query_token {
-        Some(t) if !headers.contains_key(axum::http::header::AUTHORIZATION) => {
-            shared.tokens().device(t)?.to_owned()
-        }
-        _ => shared.tokens().authenticate(headers)?.to_owned(),
-    };
+/// `Authorization` header or, for pages, as their device session.
+pub(super) fn viewer(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let device = super::auth::terminal(shared, headers)?;
     let allowed = shared.config().terminals.iter().any(|t| {
         t.id == device && matches!(t.kind, TerminalKind::VideoTerminal | TerminalKind::Screen)
     });

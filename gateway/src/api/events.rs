@@ -1,11 +1,23 @@
-//! `POST /api/v1/events`: other systems of the centre hand events to the gateway. The answer
-//! names the assigned sequence numbers only once the events are on disk; a refused request
-//! stores nothing.
+//! `POST /api/v1/events`: other systems of the centre (its `[[sources]]`, each with its own
+//! token) hand events to the gateway. The answer names the assigned sequence numbers only once
+//! the events are on disk; a refused request stores nothing.
+//!
+//! Who may post what:
+//! - only a source's token, checked before the body is read (a terminal's token, or none, is
+//!   refused without reading what it sent);
+//! - never one of the gateway's own kinds (`camera.*`, `terminal.*`, `config.*`,
+//!   `submission.*`, `meeting.*`, `gateway.*`, …), and only the kinds the source's `kinds`
+//!   name when it names any;
+//! - within the source's quota of alerts and submissions waiting for central (507 beyond it),
+//!   so that one source never crowds out the gateway's own alerts or residents' submissions.
+//!
+//! Every event is stored with its source's id, and central believes device kinds only from the
+//! gateway itself.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -23,6 +35,9 @@ use crate::Shared;
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
+/// How long a request's body may take to arrive, once its source is known.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InEvent {
@@ -34,20 +49,53 @@ struct InEvent {
     time_ms: Option<i64>,
 }
 
-pub async fn post_events(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    match accept(&shared, &headers, &body).await {
+pub async fn post_events(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    // Who first: nothing of the body is read for a request that may not post.
+    let source = match super::auth::source(&shared, &parts.headers) {
+        Ok(s) => s,
+        Err(e) => {
+            if e.status == StatusCode::FORBIDDEN {
+                shared.metrics.refuse_event("not_a_source");
+            }
+            return e.into_response();
+        }
+    };
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY_BYTES))
+        .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body: {e}; at most {MAX_BODY_BYTES} bytes"),
+            )
+            .into_response()
+        }
+        Err(_) => {
+            return ApiError::new(StatusCode::REQUEST_TIMEOUT, "body: not sent in time")
+                .into_response()
+        }
+    };
+    match accept(&shared, &source, &parts.headers, &bytes).await {
         Ok(seqs) => (StatusCode::OK, Json(json!({ "seqs": seqs }))).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-async fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Vec<u64>, ApiError> {
-    let tokens = shared.tokens();
-    let source = tokens.authenticate(headers)?;
+async fn accept(
+    shared: &Shared,
+    source: &str,
+    _headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Vec<u64>, ApiError> {
+    let config = shared.config();
+    let Some(src) = config.sources.iter().find(|s| s.id == source) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{source:?} is no longer a source of this gateway"),
+        ));
+    };
     let mut de = serde_json::Deserializer::from_slice(body);
     let events: Vec<InEvent> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         ApiError::bad_request(format!(
@@ -77,6 +125,27 @@ async fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Vec
                 "[{i}].kind: 1 to {MAX_KIND_BYTES} bytes, no control characters"
             )));
         }
+        if firmware_config::wire::is_gateway_kind(&e.kind) {
+            shared.metrics.refuse_event("gateway_kind");
+            tracing::warn!(source, kind = %e.kind, "a source posted one of the gateway's own kinds; refused");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "[{i}].kind: {:?} is one of the gateway's own kinds, which no source may post",
+                    e.kind
+                ),
+            ));
+        }
+        if !src.may_post(&e.kind) {
+            shared.metrics.refuse_event("kind_not_allowed");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "[{i}].kind: source {source:?} may post only {}",
+                    src.kinds.join(", ")
+                ),
+            ));
+        }
         if e.payload.get().len() > MAX_PAYLOAD_BYTES {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -95,15 +164,29 @@ async fn accept(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Vec
             kind: e.kind,
             payload: e.payload,
             time_ms: e.time_ms,
+            source: Some(source.to_owned()),
         })
         .collect();
-    let seqs = shared.outbox.append(new).await.map_err(|e| match e {
-        OutboxError::Full { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
-        other => {
-            tracing::error!(error = %other, "cannot append events");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
-        }
-    })?;
+    let quota = src
+        .max_pending
+        .map_or(config.storage.disk_budget.bytes() / 8, |q| q.bytes());
+    let seqs = shared
+        .outbox
+        .append_from_source(new, quota)
+        .await
+        .map_err(|e| match e {
+            OutboxError::Full { .. } => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
+            }
+            OutboxError::SourceQuota { .. } => {
+                shared.metrics.refuse_event("quota");
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()).retry_after(60)
+            }
+            other => {
+                tracing::error!(error = %other, "cannot append events");
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
+            }
+        })?;
     tracing::debug!(
         source,
         events = n,

@@ -19,8 +19,7 @@ const MAX_QUERY_CHARS: usize = 64;
 /// The terminal making the request: 401 without a known token, 403 for a token that is not a
 /// terminal's, 429 (with Retry-After) beyond its rate.
 fn terminal(shared: &Shared, headers: &HeaderMap) -> Result<String, ApiError> {
-    let tokens = shared.tokens();
-    let device = tokens.authenticate(headers)?.to_owned();
+    let device = super::auth::terminal(shared, headers)?;
     let config = shared.config();
     if !config.terminals.iter().any(|t| t.id == device) {
         return Err(ApiError::new(
@@ -213,7 +212,8 @@ pub async fn submit(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    use crate::submissions::{receipt, NewSubmission, Status};
+    use crate::submissions::{new_check, NewSubmission, Status};
+    use firmware_config::wire::receipt;
     let device = terminal(&shared, &headers)?;
     let per_hour = shared.config().kiosk.submissions_per_hour;
     shared
@@ -233,6 +233,8 @@ pub async fn submit(
     let s = NewSubmission::parse(&body, &catalogue).map_err(ApiError::bad_request)?;
     let mut payload = serde_json::to_value(&s).unwrap_or_default();
     payload["terminal"] = json!(device);
+    let check = new_check();
+    payload["check"] = json!(check);
     let raw = serde_json::value::to_raw_value(&payload)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let seqs = shared
@@ -242,12 +244,13 @@ pub async fn submit(
             kind: "submission.created".to_owned(),
             payload: raw,
             time_ms: None,
+            source: None,
         }])
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
     let seq = seqs.first().copied().unwrap_or(0);
     let status = Status {
-        receipt: receipt(shared.gateway_id.as_str(), seq),
+        receipt: receipt(shared.gateway_id.as_str(), seq, &check),
         status: "submitted".to_owned(),
         station: s.grid.clone(),
         note: "waiting to reach the command centre".to_owned(),

@@ -8,29 +8,23 @@
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
-use serde::Deserialize;
 
 use super::ApiError;
 use crate::Shared;
 use firmware_config::runtime::video_hub;
 
-#[derive(Debug, Deserialize)]
-pub struct TokenQuery {
-    token: Option<String>,
-}
-
-/// `GET /api/v1/cameras/{id}/live` (WebSocket): the camera's live video.
+/// `GET /api/v1/cameras/{id}/live` (WebSocket): the camera's live video, for a video
+/// terminal or screen (its bearer token, or its device session cookie from a page).
 pub async fn live_ws(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-    Query(q): Query<TokenQuery>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
-    super::cameras::viewer(&shared, &headers, q.token.as_deref())?;
+    super::cameras::viewer(&shared, &headers)?;
     let live = shared.live(&id).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
@@ -47,9 +41,21 @@ pub async fn live_ws(
         .into_response())
 }
 
-/// `GET /viewer?token=…`: the wall of the centre's cameras, live, with their health.
+/// `GET /viewer`: the wall of the centre's cameras, live, with their health (the terminal
+/// signs in once with its token, kept as a device session cookie).
 pub async fn viewer_page() -> Html<&'static str> {
     Html(include_str!("viewer.html"))
+}
+
+/// `GET /device-session.js`: how a terminal's page signs in (its token for a session cookie).
+pub async fn device_session_js() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("device-session.js"),
+    )
 }
 
 /// `GET /player.js`: the Media Source player the pages share.

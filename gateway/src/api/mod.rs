@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod cameras;
+pub mod device_session;
 pub mod events;
 pub mod kiosk;
 pub mod live;
@@ -62,12 +63,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route(
+            "/api/v1/device-session",
+            get(device_session::whoami)
+                .post(device_session::create)
+                .delete(device_session::remove)
+                .layer(DefaultBodyLimit::max(4096)),
+        )
         .route("/api/v1/cameras", get(cameras::list))
         .route("/api/v1/cameras/{id}", get(cameras::one))
         .route("/api/v1/cameras/{id}/snapshot.jpg", get(cameras::latest))
         .route("/api/v1/cameras/{id}/live", get(live::live_ws))
         .route("/viewer", get(live::viewer_page))
         .route("/player.js", get(live::player_js))
+        .route("/device-session.js", get(live::device_session_js))
         .route(
             "/api/v1/cameras/{id}/snapshots/{file}",
             get(cameras::evidence),

@@ -22,12 +22,11 @@ pub async fn heartbeat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
-    let tokens = shared.tokens();
-    let device = tokens.authenticate(&headers)?;
+    let device = super::auth::terminal(&shared, &headers)?;
     let hb = crate::terminals::Heartbeat::parse(&body).map_err(ApiError::bad_request)?;
     shared
         .terminals
-        .heartbeat(device, hb, Instant::now())
+        .heartbeat(&device, hb, Instant::now())
         .map(Json)
         .map_err(|e| match e {
             HeartbeatError::NotATerminal(id) => ApiError::new(
@@ -66,15 +65,8 @@ pub async fn config(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let tokens = shared.tokens();
-    let device = tokens.authenticate(&headers)?;
-    if !shared.config().terminals.iter().any(|t| t.id == device) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!("{device:?} is not a terminal"),
-        ));
-    }
-    let bundle = shared.bundles.terminal(device).ok_or_else(|| {
+    let device = terminal_of(&shared, &headers)?;
+    let bundle = shared.bundles.terminal(&device).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no settings bundle for terminal {device:?} yet"),
@@ -106,8 +98,7 @@ pub async fn config(
 
 /// The terminal a request is from: 401 without a known token, 403 for another device's.
 fn terminal_of(shared: &Shared, headers: &HeaderMap) -> Result<String, ApiError> {
-    let tokens = shared.tokens();
-    let device = tokens.authenticate(headers)?.to_owned();
+    let device = super::auth::terminal(shared, headers)?;
     if !shared.config().terminals.iter().any(|t| t.id == device) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -198,6 +189,7 @@ pub async fn answer(
             kind: "meeting.answer".to_owned(),
             payload: raw,
             time_ms: None,
+            source: None,
         }])
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;

@@ -207,6 +207,7 @@ impl Cameras {
             kind,
             payload,
             time_ms,
+            source: None,
         };
         let outbox = self.outbox.clone();
         let append = async move {

@@ -14,17 +14,27 @@ pub const BLOCK: u64 = 10_000;
 pub struct SeqFloor {
     path: PathBuf,
     reserved: u64,
+    block: u64,
 }
 
 impl SeqFloor {
-    /// Reads the floor under `dir` (0 when there is none or it is unreadable).
+    /// Reads the outbox's floor under `dir` (0 when there is none or it is unreadable).
     pub fn open(dir: &Path) -> Self {
-        let path = dir.join("outbox.seq");
+        Self::named(dir, "outbox.seq", BLOCK)
+    }
+
+    /// Reads the floor in `dir/name`, reserving `block` numbers per write.
+    pub fn named(dir: &Path, name: &str, block: u64) -> Self {
+        let path = dir.join(name);
         let reserved = std::fs::read_to_string(&path)
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
-        Self { path, reserved }
+        Self {
+            path,
+            reserved,
+            block,
+        }
     }
 
     /// The lowest number that may be used next.
@@ -37,7 +47,7 @@ impl SeqFloor {
         if upto <= self.reserved {
             return Ok(());
         }
-        let target = upto + BLOCK;
+        let target = upto.saturating_add(self.block);
         let tmp = self.path.with_extension("seq.tmp");
         {
             let mut f = std::fs::File::create(&tmp)?;

@@ -30,6 +30,7 @@ use firmware_config::wire::{Event, EventClass};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+pub use floor::SeqFloor;
 pub use record::RecordError;
 use store::Store;
 
@@ -48,12 +49,34 @@ pub struct NewEvent {
     pub payload: Box<RawValue>,
     /// When it happened (Unix milliseconds); the time of append when absent.
     pub time_ms: Option<i64>,
+    /// The event source (`[[sources]]` id) that posted it; None for the gateway's own.
+    pub source: Option<String>,
+}
+
+impl NewEvent {
+    /// One of the gateway's own events.
+    pub fn own(class: EventClass, kind: &str, payload: Box<RawValue>) -> Self {
+        Self {
+            class,
+            kind: kind.to_owned(),
+            payload,
+            time_ms: None,
+            source: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     #[error("outbox is full: {needed} more bytes do not fit the {budget}-byte disk budget, and only alerts and submissions are left")]
     Full { needed: u64, budget: u64 },
+    #[error("source {origin} has {pending} bytes of alerts and submissions waiting for central; {needed} more would pass its quota of {quota}")]
+    SourceQuota {
+        origin: String,
+        pending: u64,
+        needed: u64,
+        quota: u64,
+    },
     #[error("outbox is closed")]
     Closed,
     #[error("outbox store: {0}")]
@@ -75,6 +98,33 @@ pub struct Stats {
     pub refused: AtomicU64,
     pub corrupt: AtomicU64,
     pub flushes: AtomicU64,
+    /// Bytes of alerts and submissions waiting, per event source (the gateway's own are not
+    /// here): what source quotas are checked against.
+    pub source_pending: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Stats {
+    /// Adds `delta` bytes (negative: removes) to `source`'s pending alerts and submissions.
+    pub(crate) fn source_add(&self, source: &str, delta: i64) {
+        let mut m = self
+            .source_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let v = m.entry(source.to_owned()).or_insert(0);
+        *v = v.saturating_add_signed(delta);
+        if *v == 0 {
+            m.remove(source);
+        }
+    }
+
+    /// `source`'s pending bytes, and every source's together.
+    pub(crate) fn source_usage(&self, source: &str) -> (u64, u64) {
+        let m = self
+            .source_pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        (m.get(source).copied().unwrap_or(0), m.values().sum())
+    }
 }
 
 /// Index of a class in per-class arrays.
@@ -117,6 +167,8 @@ pub struct Quarantine {
 enum Request {
     Append {
         events: Vec<NewEvent>,
+        /// Most bytes of alerts and submissions the events' source may have pending.
+        quota: Option<u64>,
         reply: oneshot::Sender<Result<Vec<u64>, OutboxError>>,
     },
     Ack(Vec<(u64, u64)>),
@@ -173,15 +225,44 @@ impl Outbox {
     /// Appends events; returns their sequence numbers once they are on disk. All or none: a
     /// refused request stores nothing.
     pub async fn append(&self, events: Vec<NewEvent>) -> Result<Vec<u64>, OutboxError> {
+        self.append_with(events, None).await
+    }
+
+    /// Appends events a source posted (each with its `source`): their alerts and submissions
+    /// may bring what the source has waiting up to `max_pending` bytes, and never all
+    /// sources' together beyond half the disk budget — so a source can never crowd out the
+    /// gateway's own alerts and residents' submissions.
+    pub async fn append_from_source(
+        &self,
+        events: Vec<NewEvent>,
+        max_pending: u64,
+    ) -> Result<Vec<u64>, OutboxError> {
+        self.append_with(events, Some(max_pending)).await
+    }
+
+    async fn append_with(
+        &self,
+        events: Vec<NewEvent>,
+        quota: Option<u64>,
+    ) -> Result<Vec<u64>, OutboxError> {
         if events.is_empty() {
             return Ok(Vec::new());
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request::Append { events, reply })
+            .send(Request::Append {
+                events,
+                quota,
+                reply,
+            })
             .await
             .map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Bytes of alerts and submissions `source` has waiting for central.
+    pub fn source_pending(&self, source: &str) -> u64 {
+        self.store.stats.source_usage(source).0
     }
 
     /// Deletes the events central has stored (inclusive ranges). Unknown numbers are ignored.

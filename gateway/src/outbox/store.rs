@@ -221,6 +221,11 @@ fn scan(store: &Store) -> Result<u64, OpenFailure> {
                 count += 1;
                 bytes += cost(rec.len());
                 next = next.max(seq + 1);
+                if !class.evictable() {
+                    if let Some(src) = record::source_of(rec) {
+                        store.stats.source_add(src, cost(rec.len()) as i64);
+                    }
+                }
             }
         }
         store.stats.pending[i].store(count, Ordering::Relaxed);

@@ -12,6 +12,7 @@ fn ev(class: EventClass, n: usize) -> NewEvent {
         payload: RawValue::from_string(format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(100)))
             .unwrap(),
         time_ms: None,
+        source: None,
     }
 }
 

@@ -80,7 +80,11 @@ impl Writer {
         for r in group {
             match r {
                 Request::Ack(ranges) => acked.extend(ranges),
-                Request::Append { events, reply } => appends.push((events, reply)),
+                Request::Append {
+                    events,
+                    quota,
+                    reply,
+                } => appends.push((events, quota, reply)),
                 Request::Flush(reply) => flush_waiters.push(reply),
             }
         }
@@ -91,8 +95,8 @@ impl Writer {
         }
         let mut staged: Staged = Default::default();
         let mut wrote = false;
-        for (events, reply) in appends {
-            let outcome = self.stage(&events, &mut staged);
+        for (events, quota, reply) in appends {
+            let outcome = self.stage(&events, quota, &mut staged);
             wrote |= outcome.is_ok();
             replies.push((reply, outcome));
         }
@@ -132,19 +136,46 @@ impl Writer {
         Ok(())
     }
 
-    /// Makes room for and stages one request's events; nothing is staged if they cannot fit.
-    fn stage(&mut self, events: &[NewEvent], staged: &mut Staged) -> Result<Vec<u64>, OutboxError> {
+    /// Makes room for and stages one request's events; nothing is staged if they cannot fit
+    /// (or pass their source's `quota`).
+    fn stage(
+        &mut self,
+        events: &[NewEvent],
+        quota: Option<u64>,
+        staged: &mut Staged,
+    ) -> Result<Vec<u64>, OutboxError> {
         let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
         let encoded: Vec<(EventClass, Vec<u8>)> = events
             .iter()
             .map(|e| {
                 (
                     e.class,
-                    record::encode(e.time_ms.unwrap_or(now_ms), &e.kind, e.payload.get()),
+                    record::encode(
+                        e.time_ms.unwrap_or(now_ms),
+                        &e.kind,
+                        e.source.as_deref(),
+                        e.payload.get(),
+                    ),
                 )
             })
             .collect();
         let needed: u64 = encoded.iter().map(|(_, v)| cost(v.len())).sum();
+        // What each source would add to its alerts and submissions waiting.
+        let mut by_source: std::collections::BTreeMap<&str, u64> = Default::default();
+        for (e, (_, v)) in events.iter().zip(&encoded) {
+            if let (Some(src), false) = (e.source.as_deref(), e.class.evictable()) {
+                *by_source.entry(src).or_default() += cost(v.len());
+            }
+        }
+        if let Some(quota) = quota {
+            if let Err(e) = self.within_quota(&by_source, quota) {
+                self.store
+                    .stats
+                    .refused
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
         if let Err(e) = self.make_room(needed) {
             self.store
                 .stats
@@ -168,7 +199,35 @@ impl Writer {
             staged[i].push((seq, value));
             seqs.push(seq);
         }
+        for (src, bytes) in by_source {
+            s.source_add(src, bytes as i64);
+        }
         Ok(seqs)
+    }
+
+    /// Whether each source's new alerts and submissions fit its quota, and all sources'
+    /// together half the budget.
+    fn within_quota(
+        &self,
+        by_source: &std::collections::BTreeMap<&str, u64>,
+        quota: u64,
+    ) -> Result<(), OutboxError> {
+        let all_sources = self.budget / 2;
+        let mut added = 0;
+        for (src, needed) in by_source {
+            let (pending, total) = self.store.stats.source_usage(src);
+            added += needed;
+            let quota = quota.min(all_sources);
+            if pending + needed > quota || total + added > all_sources {
+                return Err(OutboxError::SourceQuota {
+                    origin: (*src).to_owned(),
+                    pending,
+                    needed: *needed,
+                    quota,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Evicts the oldest evictable chunks until `needed` more bytes fit the budget.
@@ -256,6 +315,11 @@ impl Writer {
                     s.pending_bytes
                         .fetch_sub(cost(rec.len()), Ordering::Relaxed);
                     s.pending[i].fetch_sub(1, Ordering::Relaxed);
+                    if !CLASSES[i].evictable() {
+                        if let Some(src) = record::source_of(rec) {
+                            s.source_add(src, -(cost(rec.len()) as i64));
+                        }
+                    }
                 }
                 s.acked.fetch_add(gone.len() as u64, Ordering::Relaxed);
                 batch.remove(k);

@@ -339,6 +339,7 @@ impl Terminals {
                 kind,
                 payload,
                 time_ms: None,
+                source: None,
             });
         }
     }

@@ -8,10 +8,16 @@
 //! - After a reconnect, or when an ack is overdue, it rewinds and resends everything still
 //!   pending (central deduplicates on `(gateway, seq)`).
 //! - Reconnects with exponential backoff and jitter (rumqttc alone would retry at once).
-//! - Subscribes to its command topic; commands are answered as they are implemented.
+//! - Signs everything it sends with its certificate's key, and believes nothing from central
+//!   that central did not sign for it, now (`downlink`); an ack deletes only events of a
+//!   batch it actually sent (`batches`).
+//! - Numbers its messages from a floor kept on disk (`uplink.seq`), so that a restart — even
+//!   with the clock set back — never reuses a number central has seen: central refuses a
+//!   status or health report numbered below the last as a replay.
 
 mod backoff;
 mod batches;
+pub mod downlink;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +31,8 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
-pub use batches::{BatchPlan, Window};
+pub use batches::{AckRefusal, BatchPlan, Window};
+use downlink::{DownlinkGuard, Refusal};
 
 use crate::metrics::KindLabel;
 use crate::Shared;
@@ -33,19 +40,33 @@ use crate::Shared;
 /// How long a batch may wait for central's ack before everything pending is resent.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How often the downlink guard's numbers are written (when they changed).
+const PERSIST_EVERY: Duration = Duration::from_secs(5);
+
 pub struct Uplink {
     client: AsyncClient,
     eventloop: EventLoop,
     gateway: GatewayId,
     backoff: Backoff,
-    /// Envelope sequence numbers: start from the clock so that they do not repeat across
-    /// restarts (an ack names the batch it answers by this number).
+    /// Envelope sequence numbers: from the clock or the floor on disk, whichever is higher,
+    /// so that they never repeat (an ack names the batch it answers by this number, and
+    /// central refuses a status or health numbered below the last).
     seq: u64,
+    floor: crate::outbox::SeqFloor,
     window: Window,
     connected: bool,
     /// Signs every message with the key of the gateway's certificate (when it has one).
     signer: Option<firmware_config::runtime::signing::Signer>,
+    /// Checks every message from central.
+    guard: DownlinkGuard,
+    /// When the guard's numbers were last written.
+    persisted: std::time::Instant,
+    /// The number of this session's last will.
+    will_seq: u64,
 }
+
+/// Envelope numbers reserved per write of `uplink.seq`.
+const SEQ_BLOCK: u64 = 1 << 20;
 
 impl Uplink {
     pub fn new(config: &GatewayConfig, gateway: GatewayId) -> Result<Self, crate::GatewayError> {
@@ -60,7 +81,34 @@ impl Uplink {
             )?),
             None => None,
         };
-        let will = status_message(&gateway, config, LinkState::Offline, 0, signer.as_ref());
+        let central = firmware_config::bundle::VerifyingKey::load(&u.central_key_file)
+            .map_err(|e| crate::GatewayError::CentralKey(e.to_string()))?;
+        let guard = DownlinkGuard::open(
+            &config.storage.dir,
+            gateway.clone(),
+            firmware_config::runtime::signing::DownlinkVerifier::new(central),
+            u.downlink_max_age,
+        );
+        let mut floor =
+            crate::outbox::SeqFloor::named(&config.storage.dir, "uplink.seq", SEQ_BLOCK);
+        let clock = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as u64;
+        let seq = clock.max(floor.floor());
+        floor
+            .reserve(seq + 1)
+            .map_err(|source| crate::GatewayError::Storage {
+                path: config.storage.dir.join("uplink.seq").display().to_string(),
+                source,
+            })?;
+        // The last will is made now and sent with every connect: its number is this
+        // session's first, and the birth message names it.
+        let will = status_message(
+            &gateway,
+            config,
+            LinkState::Offline,
+            seq,
+            None,
+            signer.as_ref(),
+        );
         opts.set_last_will(LastWill::new(
             Topic::gateway(&gateway, Channel::Status).path(),
             will,
@@ -69,17 +117,29 @@ impl Uplink {
         ));
         let (client, mut eventloop) = AsyncClient::new(opts, 128);
         firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
-        let seq = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as u64;
         Ok(Self {
             client,
             eventloop,
             gateway,
             backoff: Backoff::new(u.reconnect_min, u.reconnect_max),
             seq,
+            floor,
             window: Window::new(BatchPlan::default()),
             connected: false,
             signer,
+            guard,
+            persisted: std::time::Instant::now(),
+            will_seq: seq,
         })
+    }
+
+    /// The next envelope number, reserved on disk first when a block runs out.
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        if let Err(e) = self.floor.reserve(self.seq + 1) {
+            tracing::error!(error = %e, "cannot write uplink.seq; numbers may repeat after a restart");
+        }
+        self.seq
     }
 
     /// Runs the session until `token` is cancelled; then says goodbye (retained `offline`).
@@ -111,9 +171,9 @@ impl Uplink {
                     // While disconnected the request is dropped; the fetcher asks again after
                     // its timeout, from where its file ends.
                     if self.connected {
-                        self.seq += 1;
-                        let env = Envelope::new(self.gateway.clone(), self.seq, Message::Fetch(fetch));
-                        if let Ok(payload) = self.encode(&env) {
+                        let seq = self.next_seq();
+                        let env = Envelope::new(self.gateway.clone(), seq, Message::Fetch(fetch));
+                        if let Ok(payload) = self.encode(Channel::Fetch, &env) {
                             self.publish(&shared, Channel::Fetch, "fetch", payload, false);
                         }
                     }
@@ -130,6 +190,9 @@ impl Uplink {
                         every = now_every;
                         health = tokio::time::interval(every);
                         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                    if self.persisted.elapsed() >= PERSIST_EVERY {
+                        self.persist_guard();
                     }
                     if self.connected {
                         if self.window.overdue(ACK_TIMEOUT) {
@@ -191,6 +254,14 @@ impl Uplink {
             }
         }
         self.goodbye(&shared).await;
+        self.persist_guard();
+    }
+
+    fn persist_guard(&mut self) {
+        self.persisted = std::time::Instant::now();
+        if let Err(e) = self.guard.persist() {
+            tracing::warn!(error = %e, "cannot write downlink.seq");
+        }
     }
 
     /// Fills the window with batches of pending events.
@@ -200,15 +271,14 @@ impl Uplink {
             if events.is_empty() {
                 return;
             }
-            self.seq += 1;
-            let batch_id = self.seq;
+            let batch_id = self.next_seq();
             let n = events.len() as u64;
             let env = Envelope::new(
                 self.gateway.clone(),
                 batch_id,
                 Message::Events(wire::EventBatch { events }),
             );
-            let payload = match self.encode(&env) {
+            let payload = match self.encode(Channel::Events, &env) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode batch");
@@ -236,39 +306,36 @@ impl Uplink {
 
     fn handle_downlink(&mut self, shared: &Arc<Shared>, p: &Publish) {
         let m = &shared.metrics;
+        let refuse = |reason: Refusal, why: &dyn std::fmt::Display| {
+            tracing::warn!(topic = %p.topic, reason = reason.as_str(), %why, "refused a message from central");
+            m.refuse_downlink(reason.as_str());
+        };
         let channel = match Topic::parse(&p.topic) {
             Ok(Topic::Gateway { gateway, channel }) if gateway == self.gateway => channel,
-            _ => {
-                m.uplink_rejected.inc();
-                return;
-            }
+            _ => return refuse(Refusal::WrongKind, &"not one of this gateway's topics"),
         };
         let env = match wire::decode(&p.payload) {
-            Ok(env) if env.gateway == self.gateway => env,
-            Ok(env) => {
-                tracing::warn!(claimed = %env.gateway, "downlink message for another gateway");
-                m.uplink_rejected.inc();
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "bad downlink message");
-                m.uplink_rejected.inc();
-                return;
-            }
+            Ok(env) => env,
+            Err(e) => return refuse(Refusal::WrongKind, &e),
         };
+        if let Err(r) = self
+            .guard
+            .check(channel, &env, time::OffsetDateTime::now_utc())
+        {
+            return refuse(r, &format_args!("{} seq {}", env.message.kind(), env.seq));
+        }
         match (channel, env.message) {
-            (Channel::Ack, Message::Ack(ack)) => {
-                let events: u64 = ack
-                    .ranges
-                    .iter()
-                    .map(|(a, b)| b.saturating_sub(*a) + 1)
-                    .sum();
-                m.uplink_events_acked.inc_by(events);
-                if let Some(batch) = ack.batch {
-                    self.window.acked(batch);
+            (Channel::Ack, Message::Ack(ack)) => match self.window.acked(ack.batch, &ack.ranges) {
+                Ok(ranges) => {
+                    let events: u64 = ranges
+                        .iter()
+                        .map(|(a, b)| b.saturating_sub(*a).saturating_add(1))
+                        .sum();
+                    m.uplink_events_acked.inc_by(events);
+                    shared.outbox.acknowledge(ranges);
                 }
-                shared.outbox.acknowledge(ack.ranges);
-            }
+                Err(e) => refuse(Refusal::BadAck, &format_args!("{e:?}")),
+            },
             (Channel::Cmd, Message::Command(cmd)) => {
                 tracing::info!(command = %cmd.name, id = %cmd.id, "command from central");
                 if let Some(reply) = crate::commands::handle(shared, &cmd) {
@@ -300,21 +367,17 @@ impl Uplink {
                 });
             }
             (Channel::Data, Message::Chunk(chunk)) => shared.content.deliver(chunk),
-            (ch, msg) => {
-                tracing::warn!(
-                    channel = ch.as_str(),
-                    kind = msg.kind(),
-                    "unexpected downlink message"
-                );
-                m.uplink_rejected.inc();
-            }
+            (ch, msg) => refuse(
+                Refusal::WrongKind,
+                &format_args!("{} on {}", msg.kind(), ch.as_str()),
+            ),
         }
     }
 
     fn send_reply(&mut self, shared: &Shared, reply: wire::CommandReply) {
-        self.seq += 1;
-        let env = Envelope::new(self.gateway.clone(), self.seq, Message::Reply(reply));
-        if let Ok(payload) = self.encode(&env) {
+        let seq = self.next_seq();
+        let env = Envelope::new(self.gateway.clone(), seq, Message::Reply(reply));
+        if let Ok(payload) = self.encode(Channel::Reply, &env) {
             self.publish(shared, Channel::Reply, "reply", payload, false);
         }
     }
@@ -341,19 +404,21 @@ impl Uplink {
     }
 
     fn publish_status(&mut self, shared: &Shared, state: LinkState) {
-        self.seq += 1;
+        let seq = self.next_seq();
+        let will = (state == LinkState::Online).then_some(self.will_seq);
         let payload = status_message(
             &self.gateway,
             &shared.config(),
             state,
-            self.seq,
+            seq,
+            will,
             self.signer.as_ref(),
         );
         self.publish(shared, Channel::Status, "status", payload, true);
     }
 
     fn publish_health(&mut self, shared: &Shared) {
-        self.seq += 1;
+        let seq = self.next_seq();
         let config = shared.config();
         let msg = Message::Health(GatewayHealth {
             version: crate::VERSION.to_owned(),
@@ -366,15 +431,18 @@ impl Uplink {
             config: Some(shared.bundles.versions()),
             masterdata: Some(shared.replica.report()),
         });
-        match self.encode(&Envelope::new(self.gateway.clone(), self.seq, msg)) {
+        match self.encode(
+            Channel::Health,
+            &Envelope::new(self.gateway.clone(), seq, msg),
+        ) {
             Ok(payload) => self.publish(shared, Channel::Health, "health", payload, false),
             Err(e) => tracing::error!(error = %e, "cannot encode health"),
         }
     }
 
-    /// Encodes a message, signed when the gateway has a certificate.
-    fn encode(&self, env: &Envelope) -> Result<Vec<u8>, wire::WireError> {
-        sign_and_encode(env, self.signer.as_ref())
+    /// Encodes a message for `channel`, signed when the gateway has a certificate.
+    fn encode(&self, channel: Channel, env: &Envelope) -> Result<Vec<u8>, wire::WireError> {
+        sign_and_encode(channel, env, self.signer.as_ref())
     }
 
     fn publish(
@@ -408,10 +476,11 @@ fn count(shared: &Shared, kind: &str) {
 }
 
 fn sign_and_encode(
+    channel: Channel,
     env: &Envelope,
     signer: Option<&firmware_config::runtime::signing::Signer>,
 ) -> Result<Vec<u8>, wire::WireError> {
-    env.encode_signed(|payload| signer.map(|s| s.sign(&env.gateway, env.seq, payload)))
+    env.encode_signed(|payload| signer.map(|s| s.sign(channel, env, payload)))
 }
 
 fn status_message(
@@ -419,14 +488,21 @@ fn status_message(
     config: &GatewayConfig,
     state: LinkState,
     seq: u64,
+    will_seq: Option<u64>,
     signer: Option<&firmware_config::runtime::signing::Signer>,
 ) -> Vec<u8> {
     let msg = Message::Status(Status {
         state,
         version: crate::VERSION.to_owned(),
         site: config.site.id.clone(),
+        will_seq,
     });
     // Encoding a struct of strings cannot fail; an empty payload would only clear the retained
     // status, which central treats as unknown.
-    sign_and_encode(&Envelope::new(gateway.clone(), seq, msg), signer).unwrap_or_default()
+    sign_and_encode(
+        Channel::Status,
+        &Envelope::new(gateway.clone(), seq, msg),
+        signer,
+    )
+    .unwrap_or_default()
 }

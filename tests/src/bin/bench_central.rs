@@ -109,6 +109,7 @@ impl SimGateway {
             time: now_utc(),
             payload: serde_json::value::RawValue::from_string(payload)
                 .unwrap_or_else(|_| serde_json::value::RawValue::from_string("{}".into()).unwrap()),
+            source: None,
         }
     }
 
@@ -236,6 +237,7 @@ async fn run_gateway(
             state: wire::LinkState::Offline,
             version: "bench".into(),
             site: format!("site-{id}"),
+            will_seq: None,
         }),
     )
     .encode()?;
@@ -331,6 +333,7 @@ async fn run_gateway(
         state: wire::LinkState::Online,
         version: "bench".into(),
         site: format!("site-{id}"),
+        will_seq: Some(0),
     }))?;
     client
         .publish(

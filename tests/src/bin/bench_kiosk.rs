@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use gridedge_tests::bench::arg_value;
 use gridedge_tests::process::ChildProcess;
-use gridedge_tests::services::{binary, central_toml};
+use gridedge_tests::services::{binary, central_toml, street_keys};
 use gridedge_tests::{free_port, wait_for_port, workspace_root};
 
 struct Wrk {
@@ -91,20 +91,11 @@ async fn main() -> anyhow::Result<()> {
     let d = dir.path();
 
     // A street: central with its key and the sample data, a gateway trusting it.
-    let (private, public) = firmware_config::bundle::create_key_files(&d.join("keys"))?;
+    let public = &street_keys().1;
     let (c_port, b_port, g_port) = (free_port(), free_port(), free_port());
     std::fs::create_dir_all(d.join("central"))?;
     let c_conf = d.join("central.toml");
-    std::fs::write(
-        &c_conf,
-        central_toml(&d.join("central"), b_port, c_port).replace(
-            "[storage]",
-            &format!(
-                "[identity]\nbundle_signing_key_file = \"{}\"\n[storage]",
-                private.display()
-            ),
-        ),
-    )?;
+    std::fs::write(&c_conf, central_toml(&d.join("central"), b_port, c_port))?;
     let mut cmd = Command::new(binary("central")?);
     cmd.arg("--config").arg(&c_conf).env("RUST_LOG", "warn");
     let _central = ChildProcess::spawn("central", cmd, &d.join("central.log"))?;
@@ -115,14 +106,13 @@ async fn main() -> anyhow::Result<()> {
         &g_conf,
         format!(
             "[site]\nid = \"bench-site\"\nname = \"Bench\"\n[gateway]\nid = \"gw-kiosk-bench\"\n\
-             [uplink]\nbroker = \"mqtt://127.0.0.1:{b_port}\"\nhealth_interval = \"2s\"\n\
+             [uplink]\nbroker = \"mqtt://127.0.0.1:{b_port}\"\nhealth_interval = \"2s\"\ncentral_key_file = \"{}\"\n\
              [http]\nlisten = \"127.0.0.1:{g_port}\"\n[storage]\ndir = \"{}\"\n\
-             [bundles]\npublic_key_file = \"{}\"\n\
              [kiosk]\nrequests_per_second = 1000000.0\nburst = 1000000\n\
              [[terminals]]\nid = \"kiosk-1\"\nname = \"Kiosk\"\nkind = \"kiosk\"\n\
              health = {{ mode = \"heartbeat\", interval = \"1h\" }}\ntoken = {{ file = \"{}\" }}\n",
-            d.join("gw-data").display(),
             public.display(),
+            d.join("gw-data").display(),
             d.join("kiosk.token").display()
         ),
     )?;
