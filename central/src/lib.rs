@@ -145,6 +145,7 @@ pub async fn start(
     config: CentralConfig,
     token: CancellationToken,
 ) -> Result<RunningCentral, CentralError> {
+    runtime::release_large_allocations();
     std::fs::create_dir_all(&config.storage.dir).map_err(|source| CentralError::Storage {
         path: config.storage.dir.display().to_string(),
         source,

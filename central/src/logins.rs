@@ -109,16 +109,20 @@ impl LoginGuard {
         }
     }
 
-    /// Runs `check` (a password check, blocking) with one of the few permits; `Busy` when
-    /// none frees up in time.
+    /// Runs `check` (a password check, blocking) for `name` from `address` with one of the few
+    /// permits: `Busy` when none frees up in time, `Throttled` when failures recorded while
+    /// it waited hold it back now (a burst of attempts admitted together is not all checked).
     pub async fn check<T: Send + 'static>(
         &self,
+        address: IpAddr,
+        name: &str,
         check: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Held> {
         let permit = tokio::time::timeout(QUEUE_WAIT, self.checks.acquire())
             .await
             .map_err(|_| Held::Busy)?
             .map_err(|_| Held::Busy)?;
+        self.admit(address, name, Instant::now())?;
         let out = tokio::task::spawn_blocking(check)
             .await
             .map_err(|_| Held::Busy);
@@ -277,7 +281,7 @@ mod tests {
         for _ in 0..8 {
             let (g, running, most) = (g.clone(), running.clone(), most.clone());
             tasks.push(tokio::spawn(async move {
-                g.check(move || {
+                g.check(A, "wang", move || {
                     let now = running.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(30));
@@ -292,6 +296,32 @@ mod tests {
         assert_eq!(
             most.load(std::sync::atomic::Ordering::SeqCst),
             CHECKS_AT_ONCE
+        );
+    }
+
+    #[tokio::test]
+    async fn attempts_waiting_together_are_held_once_failures_pile_up() {
+        let g = std::sync::Arc::new(LoginGuard::default());
+        let mut tasks = Vec::new();
+        for _ in 0..20 {
+            let g = g.clone();
+            tasks.push(tokio::spawn(async move {
+                let checked = g
+                    .check(A, "wang", || std::thread::sleep(Duration::from_millis(5)))
+                    .await;
+                if checked.is_ok() {
+                    g.failed(A, "wang", Instant::now());
+                }
+                checked.is_ok()
+            }));
+        }
+        let mut checked = 0;
+        for t in tasks {
+            checked += usize::from(t.await.unwrap());
+        }
+        assert!(
+            checked <= FREE_FAILURES as usize + CHECKS_AT_ONCE,
+            "{checked} of 20 checked"
         );
     }
 }

@@ -177,6 +177,13 @@ pub struct GatewayHealth {
     /// The master data replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masterdata: Option<ReplicaReport>,
+    /// When the gateway's client certificate expires (so that central warns before it does).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub certificate_expires: Option<OffsetDateTime>,
 }
 
 /// What a gateway's master data replica holds, so that central knows what to send.
@@ -551,6 +558,7 @@ mod tests {
                 terminals: None,
                 config: None,
                 masterdata: None,
+                certificate_expires: None,
             }),
             Message::Events(EventBatch {
                 events: vec![Event {

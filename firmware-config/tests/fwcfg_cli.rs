@@ -275,3 +275,43 @@ fn data_check_accepts_the_sample_and_names_every_bad_row() {
         assert!(err.contains(want), "missing {want:?} in {err}");
     }
 }
+
+#[test]
+fn cleartext_listeners_are_warned() {
+    let (_, gateway, _) = fwcfg(&["example", "gateway"], "");
+    // The example serves its LAN on 0.0.0.0 without [http] tls: it passes, with a warning.
+    let (ok, out, err) = fwcfg(&["check", "--elsewhere", "-"], &gateway);
+    assert!(ok, "{err}");
+    assert!(out.contains(": ok: "), "{out}");
+    assert!(
+        err.contains("warning: http.tls: 0.0.0.0:8080 is reachable from the network without TLS"),
+        "{err}"
+    );
+    // On loopback, or with TLS, no warning.
+    let local = gateway.replace("0.0.0.0:8080", "127.0.0.1:8080");
+    let (ok, _, err) = fwcfg(&["check", "--elsewhere", "-"], &local);
+    assert!(ok && !err.contains("warning"), "{err}");
+    // Plain MQTT to another host is warned too.
+    let plain = local.replace(
+        "broker = \"mqtts://central.street.example:8883\"\ntls = {",
+        "broker = \"mqtt://central.street.example:1883\"\n# tls = {",
+    );
+    let (ok, _, err) = fwcfg(&["check", "--elsewhere", "-"], &plain);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: uplink.broker: mqtt://central.street.example:1883 is plain MQTT"),
+        "{err}"
+    );
+    // Central's development switch is warned.
+    let (_, central, _) = fwcfg(&["example", "central"], "");
+    let dev = central.replace(
+        "# allow_plain_gateways = false",
+        "allow_plain_gateways = true",
+    );
+    let (ok, _, err) = fwcfg(&["check", "--elsewhere", "-"], &dev);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: broker.embedded.allow_plain_gateways"),
+        "{err}"
+    );
+}

@@ -124,7 +124,7 @@ spec = {
       }, replica=False)}},
     "/api/v1/kiosk/submissions/{receipt}": {"get": {
       "summary": "Where a submission is, by its receipt", "operationId": "submissionStatus",
-      "parameters": [p("receipt", string, "The receipt, e.g. gw-hongxing-01-000042")],
+      "parameters": [p("receipt", string, "The receipt, whole with its check code, e.g. gw-hongxing-01-000042-K7Q2XM9P")],
       "responses": with_common({"200": ok(ref("SubmissionStatus")), "404": err("No such receipt")}, replica=False)}},
   },
   "components": {

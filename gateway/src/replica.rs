@@ -178,6 +178,11 @@ impl Replicas {
         self.db.flush()?;
         let version = next.version;
         let catalogue = crate::kiosk::Catalogue::build(version, next.dataset.clone());
+        // How it changed is noted first: whoever sees the new version sees how it came.
+        *self
+            .last_update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(kind);
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
         *self
             .catalogue
@@ -187,10 +192,6 @@ impl Replicas {
             .need_snapshot
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = false;
-        *self
-            .last_update
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(kind);
         Ok(Received::Applied { version })
     }
 }

@@ -22,7 +22,10 @@ try {
   page.on("console", (m) => console.error("page:", m.text()));
   page.setDefaultTimeout(10000);
   await page.goto(url);
+  // The page trades the token in its fragment for an HttpOnly session cookie, then drops it.
+  await page.waitForFunction(() => !location.href.includes("token="));
   out.tokenHidden = !page.url().includes("token=");
+  out.cookieHidden = await page.evaluate(() => !document.cookie.includes("gridedge_device"));
 
   // 办事指南: search, then open the first hit.
   await page.fill("#search-q", "低保");

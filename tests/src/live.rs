@@ -64,7 +64,13 @@ impl Drop for Viewer {
 impl Viewer {
     /// Connects; fails when the server refuses the WebSocket (its HTTP status is in the error).
     pub async fn connect(url: &str) -> crate::Result<Self> {
-        Self::connect_with(url, None).await
+        Self::connect_with(request(url, None)?, None).await
+    }
+
+    /// Connects with `Authorization: Bearer <token>` (a gateway's camera wall, as a video
+    /// terminal's program would).
+    pub async fn connect_as(url: &str, token: &str) -> crate::Result<Self> {
+        Self::connect_with(request(url, Some(token))?, None).await
     }
 
     /// Connects over `wss://` trusting the CA in `ca_file`.
@@ -79,18 +85,19 @@ impl Viewer {
             .with_root_certificates(roots)
             .with_no_client_auth();
         Self::connect_with(
-            url,
+            request(url, None)?,
             Some(tokio_tungstenite::Connector::Rustls(Arc::new(config))),
         )
         .await
     }
 
     async fn connect_with(
-        url: &str,
+        request: tokio_tungstenite::tungstenite::handshake::client::Request,
         connector: Option<tokio_tungstenite::Connector>,
     ) -> crate::Result<Self> {
         let (mut ws, _) =
-            tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector).await?;
+            tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector)
+                .await?;
         let received = Arc::new(Received::default());
         let r = received.clone();
         let task = tokio::spawn(async move {
@@ -128,4 +135,18 @@ impl Viewer {
         });
         Ok(Self { received, task })
     }
+}
+
+/// A WebSocket request for `url`, with `Authorization: Bearer <token>` when given.
+pub fn request(
+    url: &str,
+    token: Option<&str>,
+) -> crate::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut r = url.into_client_request()?;
+    if let Some(t) = token {
+        r.headers_mut()
+            .insert("authorization", format!("Bearer {t}").parse()?);
+    }
+    Ok(r)
 }

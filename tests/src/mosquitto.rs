@@ -1,8 +1,8 @@
 //! A real Mosquitto broker (Debian's package) with a plain and a TLS listener on free ports.
 //! The TLS listener requires a client certificate signed by the fixture's CA, takes the
-//! certificate's common name as the MQTT username, and applies the ACL GridEdge ships
-//! (`deploy/mosquitto/gridedge.acl`): each gateway only on its own topics, central (CN
-//! `central`) everywhere.
+//! certificate's common name as the MQTT username and client id, checks the CA's revocation
+//! list, and applies the ACL GridEdge ships (`deploy/mosquitto/gridedge.acl`): each gateway
+//! only on its own topics, central (CN `central`) everywhere.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -67,7 +67,10 @@ impl Mosquitto {
              keyfile {key}\n\
              require_certificate true\n\
              use_identity_as_username true\n\
+             use_username_as_clientid true\n\
+             crlfile {crl}\n\
              acl_file {acl}\n",
+            crl = self.pki.crl_file()?.display(),
             acl = crate::workspace_root()
                 .join("deploy/mosquitto/gridedge.acl")
                 .display(),
@@ -118,6 +121,14 @@ impl Mosquitto {
         if let Some(mut p) = self.process.take() {
             p.kill();
         }
+    }
+
+    /// Asks the broker to read its config again (SIGHUP): a new revocation list among it.
+    pub fn reload(&self) -> Result<()> {
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGHUP)?;
+        }
+        Ok(())
     }
 
     /// Stops the broker cleanly (SIGTERM), so it saves its persistence file.

@@ -52,4 +52,29 @@ impl TestPki {
     pub fn client(&self, id: &str) -> Result<TlsFiles> {
         Ok(self.ca.client(id)?)
     }
+
+    /// A client certificate with common name `id` valid from `from_days` to `to_days` days
+    /// from now (both negative: already expired).
+    pub fn client_valid(&self, id: &str, from_days: i64, to_days: i64) -> Result<TlsFiles> {
+        Ok(self.ca.client_valid(id, from_days, to_days)?)
+    }
+
+    /// The CA's revocation list, written (with nothing revoked) if there is none yet.
+    pub fn crl_file(&self) -> Result<PathBuf> {
+        let path = self.ca.crl_file();
+        if !path.exists() {
+            self.ca.refresh_crl()?;
+        }
+        Ok(path)
+    }
+
+    /// Revokes the certificate of `files`; the CRL is written anew.
+    pub fn revoke(&self, files: &TlsFiles) -> Result<PathBuf> {
+        Ok(self.ca.revoke(&files.cert_file, "test: key stolen")?)
+    }
+
+    /// A new certificate for `id`, with the key it has.
+    pub fn renew(&self, id: &str, days: i64) -> Result<TlsFiles> {
+        Ok(self.ca.renew(id, days)?)
+    }
 }

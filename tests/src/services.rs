@@ -29,6 +29,27 @@ pub fn street_keys() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// `message` for `gateway` on `channel`, sealed as central seals it (signed with the street's
+/// key, numbered above anything sent before): what a test standing in for central publishes.
+pub fn sealed(
+    gateway: &str,
+    channel: firmware_config::topics::Channel,
+    message: firmware_config::wire::Message,
+) -> Result<Vec<u8>> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as u64;
+    let seq = LAST.fetch_max(now, Ordering::SeqCst).max(now) + 1;
+    LAST.fetch_max(seq, Ordering::SeqCst);
+    let key = firmware_config::bundle::SigningKey::load(&street_keys().0)?;
+    let env = firmware_config::wire::Envelope::new(
+        firmware_config::ids::GatewayId::new(gateway)?,
+        seq,
+        message,
+    );
+    Ok(firmware_config::runtime::signing::DownlinkSigner::new(key).encode(channel, &env)?)
+}
+
 /// `[identity]` of every test central: the street's signing key.
 fn identity_toml() -> String {
     format!(
@@ -274,6 +295,16 @@ impl TestCentral {
     /// [`Self::embedded_tls`], with central's HTTP API on HTTPS too (`https` true): the server
     /// certificate of `pki`, for 127.0.0.1 and localhost.
     pub async fn embedded_tls_with(pki: &crate::TestPki, https: bool) -> Result<(Self, String)> {
+        Self::embedded_tls_config(pki, https, "").await
+    }
+
+    /// [`Self::embedded_tls_with`], with `identity` lines added to `[identity]` (e.g. a
+    /// `crl_file`).
+    pub async fn embedded_tls_config(
+        pki: &crate::TestPki,
+        https: bool,
+        identity: &str,
+    ) -> Result<(Self, String)> {
         let dir = FixtureDir::new("central")?;
         let tls_port = free_port();
         let server = pki.server("embedded-broker")?;
@@ -281,6 +312,7 @@ impl TestCentral {
         // and central checks gateways' signatures with the broker's CA.
         let text = central_toml(dir.path(), free_port(), 0)
             .replace("allow_plain_gateways = true\n", "")
+            .replace("[identity]\n", &format!("[identity]\n{identity}"))
             .replace(
                 "[storage]",
                 &format!(
@@ -314,8 +346,18 @@ impl TestCentral {
 
     /// Central on an external broker.
     pub async fn external(url: &str, tls: Option<&TlsFiles>) -> Result<Self> {
+        Self::external_config(url, tls, "").await
+    }
+
+    /// Central on an external broker with `identity` lines added to `[identity]`.
+    pub async fn external_config(
+        url: &str,
+        tls: Option<&TlsFiles>,
+        identity: &str,
+    ) -> Result<Self> {
         let dir = FixtureDir::new("central")?;
-        let text = central_external_toml(dir.path(), url, tls, 0);
+        let text = central_external_toml(dir.path(), url, tls, 0)
+            .replace("[identity]\n", &format!("[identity]\n{identity}"));
         Self::from_toml(dir, &text).await
     }
 
@@ -342,6 +384,13 @@ impl TestCentral {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.http_addr)
+    }
+
+    /// Central's metrics, as text.
+    pub async fn metrics(&self) -> String {
+        crate::try_text(self.url("/metrics"))
+            .await
+            .unwrap_or_default()
     }
 
     /// Publishes the master data set in `dir` through `POST /api/v1/masterdata`: (status, answer).

@@ -478,17 +478,20 @@ async fn a_bundle_central_never_confirms_is_rolled_back() {
         )
         .await
         .unwrap();
-    let command = Envelope::new(
-        id.clone(),
-        1,
-        Message::Command(Command {
-            id: "b1".into(),
-            name: "config.bundle".into(),
-            args: json!({ "bundle": bundle }),
-        }),
-    )
-    .encode()
-    .unwrap();
+    // This test stands in for central: it seals its command as central would.
+    let command_for = |bundle: &bundle::SignedBundle, id: &str| {
+        gridedge_tests::services::sealed(
+            "gw-unconfirmed",
+            Channel::Cmd,
+            Message::Command(Command {
+                id: id.into(),
+                name: "config.bundle".into(),
+                args: json!({ "bundle": bundle }),
+            }),
+        )
+        .unwrap()
+    };
+    let command = command_for(&bundle, "b1");
     let mut sent = false;
     let reply = tokio::time::timeout(Duration::from_secs(15), async {
         loop {
@@ -546,6 +549,73 @@ async fn a_bundle_central_never_confirms_is_rolled_back() {
     );
     assert_eq!(
         metric(&gw, "gridedge_gateway_bundles_total{kind=\"rolled_back\"}").await,
+        Some(1.0)
+    );
+
+    // The bundle that was rolled back, sent again (a replay, freshly sealed): refused, and the
+    // gateway stays on the configuration that works.
+    let again = command_for(&bundle, "b2");
+    client
+        .publish(
+            Topic::gateway(&id, Channel::Cmd).path(),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            again,
+        )
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    if let Ok(Envelope {
+                        message: Message::Reply(r),
+                        ..
+                    }) = wire::decode(&p.payload)
+                    {
+                        if r.id == "b2" {
+                            return r;
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("test client: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a reply to the replayed bundle");
+    assert!(!reply.ok, "{reply:?}");
+    assert!(reply.message.contains("replay or rollback"), "{reply:?}");
+    assert!(!ids().await.unwrap().contains(&"kiosk-new".to_owned()));
+    // An old command, replayed as it was sent (same seal): refused before it is read.
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    client
+        .publish(
+            Topic::gateway(&id, Channel::Cmd).path(),
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            command,
+        )
+        .await
+        .unwrap();
+    eventually(
+        "the replayed command refused",
+        Duration::from_secs(10),
+        || async {
+            (metric(
+                &gw,
+                "gridedge_gateway_downlink_refused_total{reason=\"replayed\"}",
+            )
+            .await?
+                >= 1.0)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        metric(&gw, "gridedge_gateway_bundles_total{kind=\"refused\"}").await,
         Some(1.0)
     );
     gw.stop().await.unwrap();

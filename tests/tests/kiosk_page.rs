@@ -27,7 +27,9 @@ async fn a_resident_uses_the_kiosk_page_online_and_with_the_wan_down() {
         .await
         .unwrap();
     gw.replica_at(1).await.unwrap();
-    let url = gw.url(&format!("/kiosk?token={}", viewer_token("gw-page")));
+    // The terminal is provisioned with its token in the address's fragment, which no server
+    // sees; the page trades it for a session cookie and drops it from the address.
+    let url = gw.url(&format!("/kiosk#token={}", viewer_token("gw-page")));
     let u = url.clone();
     let seen =
         tokio::task::spawn_blocking(move || use_kiosk(&u, "routed", Duration::from_secs(30)))
@@ -38,6 +40,10 @@ async fn a_resident_uses_the_kiosk_page_online_and_with_the_wan_down() {
     assert_eq!(
         seen["tokenHidden"], true,
         "the token is taken out of the address"
+    );
+    assert_eq!(
+        seen["cookieHidden"], true,
+        "the session cookie is HttpOnly: the page's scripts cannot read it"
     );
     assert_eq!(seen["hits"][0], "MZ110199-0001", "{seen}");
     assert_eq!(seen["item"]["code"], "MZ110199-0001");

@@ -130,22 +130,44 @@ async fn a_gateway_reconnects_after_the_broker_crashes_and_reports_again() {
     .unwrap();
 }
 
-/// The example configs with the demo's ports and folders swapped in.
+/// The example configs with this machine's ports and folders swapped in, and the files they
+/// name made for real in `dir`: the street CA, the broker's and central's HTTPS certificates,
+/// the example gateway's certificate, and central's signing key.
 fn example_configs(dir: &std::path::Path) -> (String, String, u16, u16, u16) {
-    let (broker, central_http, gw_http) = (free_port(), free_port(), free_port());
-    let central = examples::CENTRAL
+    let (broker, tls_port, central_http, gw_http) =
+        (free_port(), free_port(), free_port(), free_port());
+    let pki = dir.join("pki");
+    let ca = firmware_config::certs::Authority::create(&pki, "Example street CA").unwrap();
+    let here = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    ca.server("broker", &here).unwrap();
+    ca.server("central-http", &here).unwrap();
+    ca.client("gw-hongxing-01").unwrap();
+    firmware_config::bundle::create_key_files(&dir.join("keys"), "central-signing").unwrap();
+    let files = |text: &str| {
+        text.replace("/etc/gridedge/tls/", &format!("{}/", pki.display()))
+            .replace(
+                "/etc/gridedge/keys/",
+                &format!("{}/", dir.join("keys").display()),
+            )
+    };
+    let central = files(examples::CENTRAL)
         .replace(
             "/var/lib/gridedge/central",
             &dir.join("central").display().to_string(),
         )
         .replace("127.0.0.1:1883", &format!("127.0.0.1:{broker}"))
-        .replace("0.0.0.0:8090", &format!("127.0.0.1:{central_http}"));
-    let gateway = examples::GATEWAY
+        .replace("0.0.0.0:8883", &format!("127.0.0.1:{tls_port}"))
+        .replace("0.0.0.0:8090", &format!("127.0.0.1:{central_http}"))
+        .replace("# signing_key_file", "signing_key_file");
+    let gateway = files(examples::GATEWAY)
         .replace(
             "/var/lib/gridedge/gateway",
             &dir.join("gateway").display().to_string(),
         )
-        .replace("127.0.0.1:1883", &format!("127.0.0.1:{broker}"))
+        .replace(
+            "mqtts://central.street.example:8883",
+            &format!("mqtts://localhost:{tls_port}"),
+        )
         .replace("0.0.0.0:8080", &format!("127.0.0.1:{gw_http}"))
         // Tests talk only to this machine: the example's devices become closed local ports.
         .replace("192.0.2.", "127.0.0.")
@@ -155,9 +177,19 @@ fn example_configs(dir: &std::path::Path) -> (String, String, u16, u16, u16) {
     (central, gateway, broker, central_http, gw_http)
 }
 
-async fn get_ok(url: &str) -> String {
+/// A client that trusts the example street's CA (central serves HTTPS).
+fn example_client(dir: &std::path::Path) -> reqwest::Client {
+    let ca = std::fs::read(dir.join("pki/ca.pem")).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+async fn get_ok(client: &reqwest::Client, url: &str) -> String {
     eventually(&format!("GET {url}"), SOON, || async {
-        let r = reqwest::get(url).await.ok()?;
+        let r = client.get(url).send().await.ok()?;
         if r.status().is_success() {
             r.text().await.ok()
         } else {
@@ -174,11 +206,17 @@ async fn binaries_start_from_the_example_configs_and_stop_within_5s_on_sigterm()
     let (central_toml, gateway_toml, _, central_http, gw_http) = example_configs(dir.path());
     let mut central = ServiceProcess::spawn("central", &central_toml).unwrap();
     let mut gateway = ServiceProcess::spawn("gateway", &gateway_toml).unwrap();
+    let client = example_client(dir.path());
 
-    for (name, port) in [("central", central_http), ("gateway", gw_http)] {
-        let health = get_ok(&format!("http://127.0.0.1:{port}/healthz")).await;
+    // The example's secure path: central on HTTPS, the gateway over mqtts with its
+    // certificate, the broker's ACL and both directions signed.
+    for (name, base) in [
+        ("central", format!("https://localhost:{central_http}")),
+        ("gateway", format!("http://127.0.0.1:{gw_http}")),
+    ] {
+        let health = get_ok(&client, &format!("{base}/healthz")).await;
         assert!(health.contains("\"status\":\"ok\""), "{name}: {health}");
-        let metrics = get_ok(&format!("http://127.0.0.1:{port}/metrics")).await;
+        let metrics = get_ok(&client, &format!("{base}/metrics")).await;
         assert!(
             metrics.contains(&format!("gridedge_{name}_build_info")),
             "{name}: {metrics}"
@@ -186,16 +224,18 @@ async fn binaries_start_from_the_example_configs_and_stop_within_5s_on_sigterm()
         assert!(metrics.trim_end().ends_with("# EOF"), "{name}: {metrics}");
     }
     // The example config has no logins: the registry is seen through the metrics.
-    let url = format!("http://127.0.0.1:{central_http}/metrics");
+    let url = format!("https://localhost:{central_http}/metrics");
     eventually("the example gateway online at central", SOON, || async {
-        let body = gridedge_tests::try_text(url.as_str()).await?;
+        let body = client.get(&url).send().await.ok()?.text().await.ok()?;
         body.contains("gridedge_central_gateways{presence=\"online\"} 1")
             .then_some(())
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", gateway.process.log_text()));
     assert_eq!(
-        reqwest::get(format!("http://127.0.0.1:{central_http}/api/v1/gateways"))
+        client
+            .get(format!("https://localhost:{central_http}/api/v1/gateways"))
+            .send()
             .await
             .unwrap()
             .status()
@@ -222,10 +262,12 @@ async fn binaries_start_from_the_example_configs_and_stop_within_5s_on_sigterm()
 
 #[tokio::test]
 async fn services_refuse_an_invalid_config_with_the_same_text_as_fwcfg() {
-    let bad = examples::GATEWAY
+    let dir = tempfile::tempdir().unwrap();
+    let (central, gateway, ..) = example_configs(dir.path());
+    let bad = gateway
         .replace(
-            "rtsp://192.0.2.10:554/Streaming/Channels/101",
-            "http://192.0.2.10/",
+            "rtsp://127.0.0.10:9/Streaming/Channels/101",
+            "http://127.0.0.10/",
         )
         .replace("id = \"security-room\"", "id = \"hall-entrance\"");
     let mut gw = ServiceProcess::spawn("gateway", &bad).unwrap();
@@ -247,7 +289,7 @@ async fn services_refuse_an_invalid_config_with_the_same_text_as_fwcfg() {
     for line in issues {
         assert!(log.contains(line), "gateway did not print {line:?}:\n{log}");
     }
-    let central_bad = examples::CENTRAL.replace("max_connections = 10000", "max_connections = 0");
+    let central_bad = central.replace("max_connections = 10000", "max_connections = 0");
     let mut c = ServiceProcess::spawn("central", &central_bad).unwrap();
     assert_eq!(
         c.process

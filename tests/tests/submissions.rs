@@ -73,6 +73,23 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     let receipt = answer["receipt"].as_str().unwrap().to_owned();
     assert!(receipt.starts_with("gw-cases-"), "{receipt}");
     assert_eq!(answer["status"], "submitted");
+    // The receipt ends in a random check code: without it, or with another, it reads nothing
+    // (receipts are numbered in order; the number alone would let anyone read every case).
+    let (number, check) = receipt.rsplit_once('-').unwrap();
+    assert!(firmware_config::wire::is_receipt_check(check), "{receipt}");
+    let other_check: String = check
+        .chars()
+        .map(|c| if c == 'A' { 'B' } else { 'A' })
+        .collect();
+    for guess in [number.to_owned(), format!("{number}-{other_check}")] {
+        let r = reqwest::Client::new()
+            .get(gw.url(&format!("/api/v1/kiosk/submissions/{guess}")))
+            .bearer_auth(terminal_token("kiosk-a"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{guess}");
+    }
 
     // Bad submissions are refused with the field named, and store nothing.
     for (bad, field) in [

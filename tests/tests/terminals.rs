@@ -77,6 +77,8 @@ async fn a_silent_kiosk_goes_offline_once_comes_back_and_a_flapping_one_raises_o
 
     // Heard from: online, with no event (the summary tells central).
     let (status, answer) = a.beat(&heartbeat_body(true)).await.unwrap();
+    // kiosk-a's last heartbeat: its silence is counted from here.
+    let silent = std::time::Instant::now();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["state"], "online");
     assert_eq!(answer["interval_secs"], 1);
@@ -93,8 +95,8 @@ async fn a_silent_kiosk_goes_offline_once_comes_back_and_a_flapping_one_raises_o
     .await
     .unwrap();
 
-    // kiosk-a falls silent: offline after 1.5 + 1 intervals, exactly once.
-    let silent = std::time::Instant::now();
+    // kiosk-a has fallen silent: offline 1.5 + 1 intervals after its last heartbeat, exactly
+    // once.
     eventually(
         "kiosk-a offline at central",
         Duration::from_secs(10),

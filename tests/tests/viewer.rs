@@ -42,7 +42,7 @@ async fn the_camera_wall_plays_the_camera_live_in_chromium() {
         ..CameraOptions::small(Pattern::Moving)
     };
     let (_cam, gw) = wall("gw-wall", "hall", options).await;
-    let url = gw.url(&format!("/viewer?token={}", viewer_token("gw-wall")));
+    let url = gw.url(&format!("/viewer#token={}", viewer_token("gw-wall")));
     let w = watch_playing(url, 1.0, Duration::from_secs(30)).await;
     assert_eq!(w.second[0].camera, "hall");
     assert_eq!((w.second[0].width, w.second[0].height), (640, 360), "{w:?}");
@@ -56,7 +56,7 @@ async fn an_h265_camera_is_explained_not_played_where_chromium_cannot_decode_it(
         ..CameraOptions::small(Pattern::Moving)
     };
     let (_cam, gw) = wall("gw-wall5", "yard", options).await;
-    let url = gw.url(&format!("/viewer?token={}", viewer_token("gw-wall5")));
+    let url = gw.url(&format!("/viewer#token={}", viewer_token("gw-wall5")));
     let w = tokio::task::spawn_blocking(move || {
         watch(
             &url,
@@ -80,19 +80,16 @@ async fn an_h265_camera_is_explained_not_played_where_chromium_cannot_decode_it(
 async fn live_video_needs_a_video_terminal_token() {
     init_test_logging();
     let (_cam, gw) = wall("gw-wallt", "hall", CameraOptions::small(Pattern::Moving)).await;
-    let ws = |token: &str| {
-        format!(
-            "ws://{}/api/v1/cameras/hall/live?token={token}",
-            gw.http_addr
-        )
-    };
-    // A plain GET with the WebSocket headers: refused before any upgrade.
+    let url = format!("http://{}/api/v1/cameras/hall/live", gw.http_addr);
+    // A plain GET with the WebSocket headers: refused before any upgrade — with no token,
+    // an unknown one, a source's, and a token in the address (never read from there).
     for (token, status) in [
         ("nope".to_owned(), 401),
         (gridedge_tests::services::source_token("gw-wallt"), 403),
     ] {
         let r = reqwest::Client::new()
-            .get(ws(&token).replace("ws://", "http://"))
+            .get(&url)
+            .bearer_auth(&token)
             .header("connection", "upgrade")
             .header("upgrade", "websocket")
             .header("sec-websocket-version", "13")
@@ -102,6 +99,16 @@ async fn live_video_needs_a_video_terminal_token() {
             .unwrap();
         assert_eq!(r.status(), status, "token {token}");
     }
+    let r = reqwest::Client::new()
+        .get(format!("{url}?token={}", viewer_token("gw-wallt")))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a token in the address is not taken");
 }
 
 /// A WebSocket viewer of `camera`: (the track JSON, bytes received) after `frames` fragments,
@@ -115,11 +122,9 @@ async fn view(
 ) -> (serde_json::Value, usize) {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let url = format!(
-        "ws://{addr}/api/v1/cameras/{camera}/live?token={}",
-        viewer_token(gw_id)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let url = format!("ws://{addr}/api/v1/cameras/{camera}/live");
+    let request = gridedge_tests::live::request(&url, Some(&viewer_token(gw_id))).unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut track = serde_json::Value::Null;
     let (mut binary, mut bytes) = (0, 0);
     while binary < frames + 1 {
@@ -195,12 +200,9 @@ async fn ten_viewers_of_one_camera_share_one_upstream() {
 async fn record(gw: &TestGateway, camera: &str, frames: usize) -> Vec<u8> {
     use futures::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let url = format!(
-        "ws://{}/api/v1/cameras/{camera}/live?token={}",
-        gw.http_addr,
-        viewer_token(&gw.id)
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let url = format!("ws://{}/api/v1/cameras/{camera}/live", gw.http_addr);
+    let request = gridedge_tests::live::request(&url, Some(&viewer_token(&gw.id))).unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let mut file = Vec::new();
     let mut n = 0;
     while n < frames + 1 {

@@ -307,6 +307,35 @@ pub fn gateway_presence(gateway: &str, online: bool, why: &str) -> Observation {
     )
 }
 
+/// A gateway's certificate expires within this: time to renew it (`fwcfg certs renew`).
+pub const CERTIFICATE_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A gateway's client certificate, as its health report shows it: an alert while it expires
+/// within [`CERTIFICATE_WARNING`] (critical within a day), cleared once it is renewed.
+pub fn certificate(
+    gateway: &str,
+    expires: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> Observation {
+    let left = expires - now;
+    let payload = json!({ "expires": expires.unix_timestamp(), "days_left": left.whole_days() });
+    let severity = if left < time::Duration::days(1) {
+        Severity::Critical
+    } else {
+        Severity::Major
+    };
+    Make {
+        gateway,
+        payload: &payload,
+    }
+    .gateway(
+        "gateway.certificate_expiring",
+        left < time::Duration::try_from(CERTIFICATE_WARNING).unwrap_or(time::Duration::ZERO),
+        severity,
+        format!("网关证书 {} 天后到期 {gateway}", left.whole_days().max(0)),
+    )
+}
+
 /// A gateway's outbox as its health report shows it: evictions since the last report, and
 /// events waiting while nothing from it has been stored for `stalled_for`.
 pub fn outbox(
@@ -438,6 +467,18 @@ mod tests {
         assert!(applied.iter().all(|o| !o.raised) && applied[0].key() == refused[0].key());
         assert!(of(EventClass::Telemetry, "x", json!({})).is_empty());
         assert!(of(EventClass::Health, "camera.streaming", json!({})).is_empty());
+    }
+
+    #[test]
+    fn a_certificate_near_its_end_is_an_alert_until_renewed() {
+        let now = time::OffsetDateTime::now_utc();
+        let soon = certificate("gw-1", now + time::Duration::days(10), now);
+        assert!(soon.raised && soon.key() == "gw-1#gateway.certificate_expiring");
+        assert!(!certificate("gw-1", now + time::Duration::days(300), now).raised);
+        assert_eq!(
+            certificate("gw-1", now + time::Duration::hours(3), now).severity,
+            Severity::Critical
+        );
     }
 
     #[test]

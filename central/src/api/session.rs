@@ -189,9 +189,10 @@ pub async fn login(
     }
     let s = shared.clone();
     let name = l.name.clone();
+    let password = l.password.clone();
     let verdict = match shared
         .logins
-        .check(move || s.operators.verify(&name, &l.password))
+        .check(from, &l.name, move || s.operators.verify(&name, &password))
         .await
     {
         Ok(v) => v,

@@ -315,6 +315,11 @@ fn handle(shared: &Arc<Shared>, p: &Publish) -> Handled {
             if let Some(o) = &h.outbox {
                 outbox_alerts(shared, gateway.as_str(), o, now);
             }
+            if let Some(expires) = h.certificate_expires {
+                let at = time::OffsetDateTime::now_utc();
+                let o = crate::alerts::rules::certificate(gateway.as_str(), expires, at);
+                shared.alerts.observe(vec![o], at);
+            }
             shared.registry().observe_health(&gateway, h, now);
             NONE
         }

@@ -208,6 +208,7 @@ mod tests {
                     areas: vec![area.into()],
                     ..ReplicaReport::default()
                 }),
+                certificate_expires: None,
             }),
         }
     }

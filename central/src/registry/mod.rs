@@ -183,6 +183,7 @@ mod tests {
             terminals: None,
             config: None,
             masterdata: None,
+            certificate_expires: None,
         };
         r.observe_health(&gw("a"), h, later);
         assert_eq!(r.presence_of(&gw("a"), later), Some(Presence::Online));

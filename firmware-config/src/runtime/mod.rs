@@ -224,6 +224,19 @@ pub fn metrics_response(
     }
 }
 
+/// Makes every allocation of 2 MiB or more its own mapping, given back to the system when it
+/// is freed. glibc otherwise raises its threshold to the largest block freed so far and keeps
+/// later ones of that size in each thread's arena: central checking console passwords (Argon2,
+/// ~19 MiB a check) on many blocking threads kept each one's block — measured: 500 wrong
+/// logins took an unpatched central from 13 MiB to 11 GiB resident.
+pub fn release_large_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning; any value is valid for M_MMAP_THRESHOLD.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 2 << 20);
+    }
+}
+
 /// Loads a config on a thread of its own and keeps a copy made on this one. The parse tree of a
 /// large config (a gateway with thousands of terminals) is many times the config's size; parsed
 /// here, its freed pieces stay scattered between the config's own and glibc cannot give them

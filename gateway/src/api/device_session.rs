@@ -52,9 +52,7 @@ fn message(terminal: &str, expiry: i64, token: &str) -> Vec<u8> {
     m.extend_from_slice(terminal.as_bytes());
     m.push(0);
     m.extend_from_slice(&expiry.to_be_bytes());
-    m.extend_from_slice(
-        &ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref()[..],
-    );
+    m.extend_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
     m
 }
 

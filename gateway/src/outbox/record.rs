@@ -56,8 +56,11 @@ pub fn verify(bytes: &[u8]) -> Result<(), RecordError> {
     Ok(())
 }
 
-/// The parts of a record after its header: kind, source, payload.
-fn parts(bytes: &[u8]) -> Result<(&[u8], Option<&[u8]>, &[u8]), RecordError> {
+/// A record's kind, source (if any) and payload, as bytes.
+type Parts<'a> = (&'a [u8], Option<&'a [u8]>, &'a [u8]);
+
+/// The parts of a record after its header.
+fn parts(bytes: &[u8]) -> Result<Parts<'_>, RecordError> {
     let raw = u16::from_le_bytes([
         *bytes.get(12).ok_or(RecordError::Truncated)?,
         *bytes.get(13).ok_or(RecordError::Truncated)?,

@@ -155,6 +155,104 @@ async fn a_full_budget_evicts_telemetry_first_then_health_and_never_alerts() {
     ob.close().await.unwrap();
 }
 
+fn from(source: &str, class: EventClass, n: usize) -> NewEvent {
+    NewEvent {
+        source: Some(source.to_owned()),
+        ..ev(class, n)
+    }
+}
+
+#[tokio::test]
+async fn a_source_holds_no_more_than_its_quota_and_all_sources_no_more_than_half() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each test event costs about 200 bytes; the budget holds about 200.
+    let budget = 40_000;
+    let (ob, _) = open(dir.path(), budget).await;
+    // A door controller may hold 20 alerts' worth (4,000 bytes).
+    let seqs = ob
+        .append_from_source(
+            (0..19)
+                .map(|i| from("door", EventClass::Alert, i))
+                .collect(),
+            4_000,
+        )
+        .await
+        .unwrap();
+    let err = ob
+        .append_from_source(
+            (0..5).map(|i| from("door", EventClass::Alert, i)).collect(),
+            4_000,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, OutboxError::SourceQuota { ref origin, .. } if origin == "door"),
+        "{err}"
+    );
+    // Its telemetry is evicted like any other, and never counts against the quota.
+    ob.append_from_source(
+        (0..5)
+            .map(|i| from("door", EventClass::Telemetry, i))
+            .collect(),
+        4_000,
+    )
+    .await
+    .unwrap();
+    // The gateway's own alerts and another source are not held back by it.
+    ob.append((0..30).map(|i| ev(EventClass::Alert, i)).collect())
+        .await
+        .unwrap();
+    ob.append_from_source(
+        (0..10)
+            .map(|i| from("smoke", EventClass::Alert, i))
+            .collect(),
+        4_000,
+    )
+    .await
+    .unwrap();
+    // Central's ack frees the source's room.
+    ob.acknowledge(vec![(seqs[0], seqs[9])]);
+    ob.flush().await.unwrap();
+    ob.append_from_source(
+        (0..5).map(|i| from("door", EventClass::Alert, i)).collect(),
+        4_000,
+    )
+    .await
+    .unwrap();
+    // What a source holds is counted again after a restart.
+    let held = ob.source_pending("door");
+    assert!(held > 2_500, "{held}");
+    ob.close().await.unwrap();
+    let (ob, _) = open(dir.path(), budget).await;
+    assert_eq!(ob.source_pending("door"), held);
+    // However large their quotas, all sources together hold at most half the budget.
+    let mut refused = None;
+    for i in 0..40 {
+        let who = format!("src-{i}");
+        if let Err(e) = ob
+            .append_from_source(
+                (0..10).map(|n| from(&who, EventClass::Alert, n)).collect(),
+                budget,
+            )
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(refused, Some(OutboxError::SourceQuota { .. })),
+        "{refused:?}"
+    );
+    let sources: u64 = ob.stats().source_pending.lock().unwrap().values().sum();
+    assert!(sources <= budget / 2, "{sources}");
+    // ...and the gateway's own alerts still fit.
+    ob.append((0..20).map(|i| ev(EventClass::Alert, i)).collect())
+        .await
+        .unwrap();
+    ob.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_record_failing_its_checksum_quarantines_the_store_and_salvages_the_rest() {
     let dir = tempfile::tempdir().unwrap();

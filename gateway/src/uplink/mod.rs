@@ -63,6 +63,24 @@ pub struct Uplink {
     persisted: std::time::Instant,
     /// The number of this session's last will.
     will_seq: u64,
+    /// The client certificate's files and when they last changed: a renewed certificate is
+    /// taken without a restart.
+    certificate: Option<(
+        firmware_config::config::TlsFiles,
+        Option<std::time::SystemTime>,
+    )>,
+    certificate_checked: std::time::Instant,
+}
+
+/// How often the certificate files are looked at for a renewal.
+const CERTIFICATE_EVERY: Duration = Duration::from_secs(60);
+
+/// When a certificate's files last changed.
+fn files_changed(files: &firmware_config::config::TlsFiles) -> Option<std::time::SystemTime> {
+    [&files.cert_file, &files.key_file]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max()
 }
 
 /// Envelope numbers reserved per write of `uplink.seq`.
@@ -130,7 +148,48 @@ impl Uplink {
             guard,
             persisted: std::time::Instant::now(),
             will_seq: seq,
+            certificate: u.tls.as_ref().map(|f| (f.clone(), files_changed(f))),
+            certificate_checked: std::time::Instant::now(),
         })
+    }
+
+    /// Takes a renewed client certificate (its files changed): it signs from now on, and the
+    /// next connection presents it. The connection open now goes on with the old one until
+    /// it drops (the broker cuts it when the old one expires or is revoked).
+    fn reload_certificate(&mut self) {
+        self.certificate_checked = std::time::Instant::now();
+        let Some((files, stamp)) = &self.certificate else {
+            return;
+        };
+        let now = files_changed(files);
+        if now == *stamp {
+            return;
+        }
+        let loaded = firmware_config::runtime::signing::Signer::from_files(files)
+            .map_err(|e| e.to_string())
+            .and_then(|signer| {
+                firmware_config::runtime::mqtt::client_tls(files)
+                    .map(|tls| (signer, tls))
+                    .map_err(|e| e.to_string())
+            });
+        match loaded {
+            Ok((signer, tls)) => {
+                tracing::info!(expires = ?signer.not_after(), "client certificate renewed; signing with it, presenting it at the next connection");
+                self.signer = Some(signer);
+                self.eventloop
+                    .mqtt_options
+                    .set_transport(rumqttc::Transport::tls_with_config(
+                        rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+                    ));
+                if let Some((_, s)) = &mut self.certificate {
+                    *s = now;
+                }
+            }
+            // Half-copied files, say: the old certificate stays until the new one reads.
+            Err(e) => {
+                tracing::warn!(error = %e, "client certificate files changed but cannot be read; keeping the one in use")
+            }
+        }
     }
 
     /// The next envelope number, reserved on disk first when a block runs out.
@@ -194,6 +253,9 @@ impl Uplink {
                     if self.persisted.elapsed() >= PERSIST_EVERY {
                         self.persist_guard();
                     }
+                    if self.certificate_checked.elapsed() >= CERTIFICATE_EVERY {
+                        self.reload_certificate();
+                    }
                     if self.connected {
                         if self.window.overdue(ACK_TIMEOUT) {
                             tracing::warn!(gateway = %self.gateway, "central's ack is overdue; resending what is pending");
@@ -243,6 +305,9 @@ impl Uplink {
                         }
                         self.connected = false;
                         m.uplink_connected.set(0);
+                        // A broker refusing an expired or revoked certificate: a renewed one
+                        // may be on disk already.
+                        self.reload_certificate();
                         let wait = self.backoff.next_wait();
                         tracing::info!(gateway = %self.gateway, error = %e, wait_ms = wait.as_millis() as u64, "uplink reconnecting after backoff");
                         tokio::select! {
@@ -430,6 +495,7 @@ impl Uplink {
             terminals: Some(shared.terminals.summary()),
             config: Some(shared.bundles.versions()),
             masterdata: Some(shared.replica.report()),
+            certificate_expires: self.signer.as_ref().and_then(|s| s.not_after()),
         });
         match self.encode(
             Channel::Health,

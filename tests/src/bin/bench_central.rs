@@ -172,6 +172,7 @@ impl SimGateway {
             }),
             config: None,
             masterdata: None,
+            certificate_expires: None,
         });
         let (_, payload) = self.envelope(health)?;
         self.client

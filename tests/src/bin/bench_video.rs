@@ -250,9 +250,13 @@ async fn idle(s: &Setup) -> anyhow::Result<()> {
     .await
 }
 
-/// Seconds from `t0` until a viewer of `url` has its first decodable frame.
-async fn first_fragment(t0: Instant, url: &str) -> anyhow::Result<f64> {
-    let v = Viewer::connect(url).await?;
+/// Seconds from `t0` until a viewer of `url` (with `token`, for the gateway's camera wall) has
+/// its first decodable frame.
+async fn first_fragment(t0: Instant, url: &str, token: Option<&str>) -> anyhow::Result<f64> {
+    let v = match token {
+        Some(t) => Viewer::connect_as(url, t).await?,
+        None => Viewer::connect(url).await?,
+    };
     wait_for("a first frame", Duration::from_secs(30), async || {
         v.received
             .first_fragment
@@ -321,10 +325,8 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let lan = format!(
-        "ws://127.0.0.1:{gateway_http}/api/v1/cameras/cam0/live?token={}",
-        viewer_token("bench-gw")
-    );
+    let lan = format!("ws://127.0.0.1:{gateway_http}/api/v1/cameras/cam0/live");
+    let lan_token = viewer_token("bench-gw");
     let hls_root = dir.path().join("hls");
     std::fs::create_dir_all(&hls_root)?;
     let nginx_port = free_port();
@@ -341,7 +343,7 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("first frame: {reps} requests each");
     let (mut t_lan, mut t_share, mut t_hls) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
-        t_lan.push(first_fragment(Instant::now(), &lan).await?);
+        t_lan.push(first_fragment(Instant::now(), &lan, Some(&lan_token)).await?);
         idle(&s).await?;
         let t0 = Instant::now();
         let granted = share(&s, &["bench-viewer"]).await?;
@@ -349,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
             "ws://127.0.0.1:{central_http}{}",
             granted["viewers"][0]["live"].as_str().context("live")?
         );
-        t_share.push(first_fragment(t0, &live).await?);
+        t_share.push(first_fragment(t0, &live, None).await?);
         t_hls.push(hls_first_frame(&camera, &hls_root, nginx_port, dir.path()).await?);
     }
 
@@ -361,7 +363,7 @@ async fn main() -> anyhow::Result<()> {
         granted["viewers"][0]["live"].as_str().context("live")?
     );
     let via_central = Viewer::connect(&live).await?;
-    let direct = Viewer::connect(&lan).await?;
+    let direct = Viewer::connect_as(&lan, &lan_token).await?;
     tokio::time::sleep(window).await;
     let mut added: Vec<f64> = {
         let d = direct
