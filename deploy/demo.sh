@@ -16,15 +16,16 @@ run="$root/.gridedge-run"
 rm -rf "$run"
 mkdir -p "$run"
 BROKER_PORT=${BROKER_PORT:-18830}
+BROKER_TLS_PORT=${BROKER_TLS_PORT:-18883}
 CENTRAL_PORT=${CENTRAL_PORT:-8090}
 GATEWAY_PORT=${GATEWAY_PORT:-8080}
 CAMERA_PORT=${CAMERA_PORT:-8554}
 CAMERA2_PORT=${CAMERA2_PORT:-8555}
 TERMINAL_PORT=${TERMINAL_PORT:-8081}
 SCREEN_PORT=${SCREEN_PORT:-8082}
-for p in "$BROKER_PORT" "$CENTRAL_PORT" "$GATEWAY_PORT" "$CAMERA_PORT" "$CAMERA2_PORT" "$TERMINAL_PORT" "$SCREEN_PORT"; do
+for p in "$BROKER_PORT" "$BROKER_TLS_PORT" "$CENTRAL_PORT" "$GATEWAY_PORT" "$CAMERA_PORT" "$CAMERA2_PORT" "$TERMINAL_PORT" "$SCREEN_PORT"; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-    echo "demo: port $p is in use; set BROKER_PORT, CENTRAL_PORT, GATEWAY_PORT, CAMERA_PORT, CAMERA2_PORT, TERMINAL_PORT or SCREEN_PORT" >&2
+    echo "demo: port $p is in use; set BROKER_PORT, BROKER_TLS_PORT, CENTRAL_PORT, GATEWAY_PORT, CAMERA_PORT, CAMERA2_PORT, TERMINAL_PORT or SCREEN_PORT" >&2
     exit 1
   fi
 done
@@ -39,6 +40,14 @@ api_token=$("$bin/central" operator token --name demo-script --role administrato
 printf '%s\n' "$api_token" > "$run/api-token"
 chmod 600 "$run/api-token"
 api_entry=$(grep -A3 '^\[\[api_tokens\]\]' "$run/api-token.entry")
+# The street's certificates, as an installer makes them (deploy/INSTALL.md): a CA, the broker's
+# certificate, the gateway's (CN = its id), an empty revocation list; and central's signing key,
+# whose public half the gateway trusts. The gateway connects over TLS with its certificate.
+"$bin/fwcfg" certs ca "$run/pki" --name "GridEdge demo street CA" >/dev/null
+"$bin/fwcfg" certs server "$run/pki" broker --host localhost --host 127.0.0.1 >/dev/null
+"$bin/fwcfg" certs client "$run/pki" gw-hongxing-01 >/dev/null
+"$bin/fwcfg" certs crl "$run/pki" >/dev/null
+"$bin/fwcfg" certs signing-key "$run/keys" >/dev/null
 # central's operator API with the token
 capi() { curl -fsS -H "Authorization: Bearer $api_token" "$@"; }
 cat > "$run/central.toml" <<TOML
@@ -47,12 +56,15 @@ id = "street-command"
 name = "Street Grid Management Command Centre (demo)"
 [broker.embedded]
 listen = "127.0.0.1:$BROKER_PORT"
+tls_listen = "127.0.0.1:$BROKER_TLS_PORT"
+tls = { ca_file = "pki/ca.pem", cert_file = "pki/broker.pem", key_file = "pki/broker.key" }
 [storage]
 dir = "central-data"
 [http]
 listen = "127.0.0.1:$CENTRAL_PORT"
 [identity]
-bundle_signing_key_file = "keys/bundle-signing.key"
+signing_key_file = "keys/central-signing.key"
+crl_file = "pki/crl.pem"
 [[operators]]
 name = "admin"
 role = "administrator"
@@ -71,7 +83,9 @@ name = "Hongxing Community Service Centre (demo)"
 [gateway]
 id = "gw-hongxing-01"
 [uplink]
-broker = "mqtt://127.0.0.1:$BROKER_PORT"
+broker = "mqtts://localhost:$BROKER_TLS_PORT"
+tls = { ca_file = "pki/ca.pem", cert_file = "pki/gw-hongxing-01.pem", key_file = "pki/gw-hongxing-01.key" }
+central_key_file = "keys/central-signing.pub"
 health_interval = "5s"
 [storage]
 dir = "gateway-data"
@@ -128,13 +142,11 @@ id = "demo"
 name = "Demo event source"
 token = { file = "demo.token" }
 [bundles]
-public_key_file = "keys/bundle-signing.pub"
 TOML
 echo "demo-token" > "$run/demo.token"
 echo "viewer-token" > "$run/viewer.token"
 echo "kiosk-1-token" > "$run/kiosk-1.token"
 echo "kiosk-2-token" > "$run/kiosk-2.token"
-"$bin/fwcfg" certs bundle-key "$run/keys" >/dev/null
 
 "$bin/fwcfg" check "$run/central.toml"
 "$bin/fwcfg" check "$run/gateway.toml"
@@ -256,7 +268,10 @@ GridEdge demo is running.
             curl -H "Authorization: Bearer \$(cat $run/api-token)" http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways
   central   http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways   (gateways and their health)
             http://127.0.0.1:$CENTRAL_PORT/metrics           (Prometheus metrics)
-            mqtt://127.0.0.1:$BROKER_PORT                    (embedded broker)
+            mqtts://localhost:$BROKER_TLS_PORT                (embedded broker: the gateway on TLS, its
+                                                              certificate in $run/pki; try
+                                                              mosquitto_sub with it on gridedge/v1/# —
+                                                              the broker keeps it to its own topics)
             http://127.0.0.1:$CENTRAL_PORT/api/v1/events?gateway=gw-hongxing-01   (events stored)
             http://127.0.0.1:$CENTRAL_PORT/api/v1/gateways/gw-hongxing-01/cameras/hall-entrance/snapshot.jpg
                                                               (a camera's picture, asked of the gateway)
@@ -266,8 +281,9 @@ GridEdge demo is running.
             http://127.0.0.1:$GATEWAY_PORT/api/v1/terminals (terminal health)
             http://127.0.0.1:$GATEWAY_PORT/api/v1/cameras/hall-entrance/snapshot.jpg
                                                   (with -H 'Authorization: Bearer viewer-token')
-            http://127.0.0.1:$GATEWAY_PORT/viewer?token=viewer-token   (camera wall, live video)
-            http://127.0.0.1:$GATEWAY_PORT/kiosk?token=kiosk-1-token   (service hall kiosk page)
+            http://127.0.0.1:$GATEWAY_PORT/viewer#token=viewer-token   (camera wall, live video)
+            http://127.0.0.1:$GATEWAY_PORT/kiosk#token=kiosk-1-token   (service hall kiosk page;
+                                                  the page trades the token for a session cookie)
             http://127.0.0.1:$GATEWAY_PORT/api/v1/kiosk/openapi.json   (kiosk API, OpenAPI)
   central   http://127.0.0.1:$CENTRAL_PORT/api/v1/cases     (residents' reports, routed to grid stations)
   console   http://127.0.0.1:$CENTRAL_PORT/console   (operator console: log in as duty / $SUPERVISOR_PASSWORD,
@@ -318,7 +334,7 @@ print("  grid at 120.156,30.2715: %s %s, %s households; 网格长 %s %s; %s" % (
 echo
 echo "The service hall's kiosk page, used in headless Chromium (search, grid by address, a report, its progress):"
 if SCREENSHOT="$run/kiosk" node tests/browser/kiosk.mjs \
-    "http://127.0.0.1:$GATEWAY_PORT/kiosk?token=kiosk-1-token" routed 20000 2>/dev/null \
+    "http://127.0.0.1:$GATEWAY_PORT/kiosk#token=kiosk-1-token" routed 20000 2>/dev/null \
     | /usr/bin/python3 -c '
 import json, sys
 r = json.load(sys.stdin)
@@ -330,7 +346,7 @@ print("  learning content: %s" % ", ".join(r["content"]))
 '; then
   echo "  screenshots: $run/kiosk-items.png $run/kiosk-grid.png $run/kiosk-status.png"
 else
-  echo "  (the kiosk page did not finish; open it in a browser: http://127.0.0.1:$GATEWAY_PORT/kiosk?token=kiosk-1-token)"
+  echo "  (the kiosk page did not finish; open it in a browser: http://127.0.0.1:$GATEWAY_PORT/kiosk#token=kiosk-1-token)"
 fi
 echo
 echo "The operator console, used in headless Chromium (log in, the covered camera's alert acknowledged, a meeting dispatched):"
@@ -363,7 +379,7 @@ echo "Snapshot through central:   $run/central-snapshot.jpg  ($(jpeg_info "$run/
 echo
 echo "The security room's camera wall, played in headless Chromium (fMP4 over WebSocket, no re-encoding):"
 if SCREENSHOT="$run/camera-wall.png" node tests/browser/watch.mjs \
-    "http://127.0.0.1:$GATEWAY_PORT/viewer?token=viewer-token" 1 20000 1000 2>/dev/null \
+    "http://127.0.0.1:$GATEWAY_PORT/viewer#token=viewer-token" 1 20000 1000 2>/dev/null \
     | /usr/bin/python3 -c '
 import json, sys
 r = json.load(sys.stdin)

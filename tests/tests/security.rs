@@ -193,6 +193,33 @@ fn attack(port: u16, thief: &TlsFiles, victim: &str) -> (String, Option<i32>) {
     (format!("{read}\n--- takeover:\n{takeover}"), code)
 }
 
+/// [`attack`] by `thief` on `victim` while the victim works (residents' data out, acks back):
+/// what the thief saw, its takeover's exit code, and the events the victim sent. What it saw
+/// must hold none of the victim's traffic.
+async fn attacked_while_working(
+    port: u16,
+    thief: TlsFiles,
+    victim: &TestGateway,
+) -> (String, Option<i32>, Vec<u64>) {
+    let id = victim.id.clone();
+    let attack = tokio::task::spawn_blocking(move || attack(port, &thief, &id));
+    let mut sent = Vec::new();
+    for r in 0..10 {
+        sent.extend(victim.post_events(&events(r * 5, 5)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(800)).await;
+    }
+    let (seen, takeover) = attack.await.unwrap();
+    assert!(
+        !seen.contains("received PUBLISH"),
+        "the thief read the victim's traffic:\n{seen}"
+    );
+    assert!(
+        !seen.contains("13800138000"),
+        "residents' data leaked:\n{seen}"
+    );
+    (seen, takeover, sent)
+}
+
 /// After an attack: the victim never left, nothing it sent was lost or doubled, nothing forged
 /// was stored, and it refused nothing (nothing forged even reached it).
 async fn victim_unharmed(central: &TestCentral, gw: &TestGateway, sent: &[u64]) {
@@ -247,23 +274,7 @@ async fn a_stolen_gateway_certificate_reads_and_forges_nothing_on_the_embedded_b
     let thief = pki.client("gw-thief").unwrap();
     let port = port_of(&tls_url);
 
-    let attack = tokio::task::spawn_blocking(move || attack(port, &thief, "gw-victim"));
-    // The victim works meanwhile: residents' data, acks back.
-    let mut sent = Vec::new();
-    for r in 0..10 {
-        sent.extend(victim.post_events(&events(r * 5, 5)).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(800)).await;
-    }
-    let (seen, takeover) = attack.await.unwrap();
-
-    assert!(
-        !seen.contains("received PUBLISH"),
-        "the thief read the victim's traffic:\n{seen}"
-    );
-    assert!(
-        !seen.contains("13800138000"),
-        "residents' data leaked:\n{seen}"
-    );
+    let (seen, takeover, sent) = attacked_while_working(port, thief, &victim).await;
     // Every wide subscription was refused in the SUBACK (0x80 = 128).
     assert!(seen.contains("128, 128, 128, 128, 128, 128"), "{seen}");
     assert_ne!(takeover, Some(0), "the takeover connected:\n{seen}");
@@ -312,23 +323,8 @@ async fn a_stolen_gateway_certificate_reads_and_forges_nothing_on_mosquitto() {
     let thief = m.pki.client("gw-thief").unwrap();
     let port = m.tls_port;
 
-    let attack = tokio::task::spawn_blocking(move || attack(port, &thief, "gw-victim"));
-    let mut sent = Vec::new();
-    for r in 0..10 {
-        sent.extend(victim.post_events(&events(r * 5, 5)).await.unwrap());
-        tokio::time::sleep(Duration::from_millis(800)).await;
-    }
-    let (seen, _) = attack.await.unwrap();
-
     // Mosquitto grants every subscription and filters what it delivers.
-    assert!(
-        !seen.contains("received PUBLISH"),
-        "the thief read the victim's traffic:\n{seen}"
-    );
-    assert!(
-        !seen.contains("13800138000"),
-        "residents' data leaked:\n{seen}"
-    );
+    let (_, _, sent) = attacked_while_working(port, thief, &victim).await;
     // What it published was dropped (the victim refused nothing: nothing reached it; central
     // stored nothing forged and still sees it online), and the takeover connected as the thief
     // (its client id is its certificate's name): the victim stayed on.
@@ -716,20 +712,22 @@ async fn silent_connections_to_every_listener_starve_no_one() {
         .build()
         .unwrap();
     let central_url = format!("https://localhost:{}", central.http_addr.port());
-    eventually("gw-first online", Duration::from_secs(20), || async {
-        let body = https
-            .get(format!("{central_url}/metrics"))
-            .send()
+    // Waits until central counts `n` gateways online (its metrics, over HTTPS).
+    let online = |n: u32| {
+        let (https, url) = (https.clone(), format!("{central_url}/metrics"));
+        async move {
+            eventually(&format!("{n} online"), Duration::from_secs(20), || async {
+                let body = https.get(&url).send().await.ok()?.text().await.ok()?;
+                body.contains(&format!(
+                    "gridedge_central_gateways{{presence=\"online\"}} {n}"
+                ))
+                .then_some(())
+            })
             .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        body.contains("gridedge_central_gateways{presence=\"online\"} 1")
-            .then_some(())
-    })
-    .await
-    .unwrap();
+            .unwrap()
+        }
+    };
+    online(1).await;
     let plain: std::net::SocketAddr = central
         .broker_url
         .as_deref()
@@ -774,20 +772,7 @@ async fn silent_connections_to_every_listener_starve_no_one() {
             asked.elapsed()
         );
     }
-    eventually("gw-late online", Duration::from_secs(20), || async {
-        let body = https
-            .get(format!("{central_url}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        body.contains("gridedge_central_gateways{presence=\"online\"} 2")
-            .then_some(())
-    })
-    .await
-    .unwrap();
+    online(2).await;
     assert!(
         t0.elapsed() < Duration::from_secs(10),
         "gw-late took {:?}",

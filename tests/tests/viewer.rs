@@ -81,34 +81,36 @@ async fn live_video_needs_a_video_terminal_token() {
     init_test_logging();
     let (_cam, gw) = wall("gw-wallt", "hall", CameraOptions::small(Pattern::Moving)).await;
     let url = format!("http://{}/api/v1/cameras/hall/live", gw.http_addr);
-    // A plain GET with the WebSocket headers: refused before any upgrade — with no token,
-    // an unknown one, a source's, and a token in the address (never read from there).
+    // A plain GET with the WebSocket headers: refused before any upgrade — with an unknown
+    // token, a source's, and a viewer's token in the address (never read from there).
+    let upgrade = |url: String, token: Option<String>| async move {
+        let mut r = reqwest::Client::new()
+            .get(url)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().await.unwrap().status()
+    };
     for (token, status) in [
         ("nope".to_owned(), 401),
         (gridedge_tests::services::source_token("gw-wallt"), 403),
     ] {
-        let r = reqwest::Client::new()
-            .get(&url)
-            .bearer_auth(&token)
-            .header("connection", "upgrade")
-            .header("upgrade", "websocket")
-            .header("sec-websocket-version", "13")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), status, "token {token}");
+        assert_eq!(
+            upgrade(url.clone(), Some(token.clone())).await,
+            status,
+            "token {token}"
+        );
     }
-    let r = reqwest::Client::new()
-        .get(format!("{url}?token={}", viewer_token("gw-wallt")))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401, "a token in the address is not taken");
+    let in_address = format!("{url}?token={}", viewer_token("gw-wallt"));
+    assert_eq!(
+        upgrade(in_address, None).await,
+        401,
+        "a token in the address is not taken"
+    );
 }
 
 /// A WebSocket viewer of `camera`: (the track JSON, bytes received) after `frames` fragments,

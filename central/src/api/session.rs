@@ -28,17 +28,7 @@ impl IntoResponse for Refusal {
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| {
-            c.trim()
-                .strip_prefix(COOKIE)?
-                .strip_prefix('=')
-                .map(str::to_owned)
-        })
+    firmware_config::runtime::cookie(headers, COOKIE)
 }
 
 /// The signed-in operator of a request.

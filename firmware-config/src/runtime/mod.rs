@@ -200,6 +200,21 @@ pub fn server_tls(
     Ok(Arc::new(config))
 }
 
+/// The value of the cookie `name` a request carries.
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            c.trim()
+                .strip_prefix(name)?
+                .strip_prefix('=')
+                .map(str::to_owned)
+        })
+}
+
 /// Renders a metrics registry in the Prometheus (OpenMetrics) text format.
 pub fn metrics_response(
     registry: &prometheus_client::registry::Registry,
