@@ -448,10 +448,10 @@ impl Envelope {
             #[serde(skip_serializing_if = "Option::is_none")]
             sig: Option<Signature>,
         }
-        let payload = serde_json::to_string(&self.message).map_err(WireError::Encode)?;
-        let sig = sign(payload.as_bytes()).or_else(|| self.sig.clone());
-        let payload =
-            serde_json::value::RawValue::from_string(payload).map_err(WireError::Encode)?;
+        // Made as raw JSON straight away: `RawValue::from_string` would parse a batch of
+        // thousands of events once more only to check what serde_json just wrote.
+        let payload = serde_json::value::to_raw_value(&self.message).map_err(WireError::Encode)?;
+        let sig = sign(payload.get().as_bytes()).or_else(|| self.sig.clone());
         serde_json::to_vec(&Out {
             v: self.v,
             kind: self.message.kind(),
@@ -465,25 +465,38 @@ impl Envelope {
     }
 }
 
-/// The fields read before the payload is trusted.
+/// The envelope as one pass over the bytes sees it: version and kind, and the other fields
+/// still as raw JSON, read only once the version and kind are known to be this build's.
 #[derive(Deserialize)]
-struct Header {
+struct Parts<'a> {
     v: u16,
     kind: String,
+    #[serde(borrow, default)]
+    gateway: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    seq: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    time: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    sig: Option<&'a serde_json::value::RawValue>,
 }
 
-/// The whole envelope, with the payload still as raw JSON.
-#[derive(Deserialize)]
-struct In<'a> {
-    gateway: GatewayId,
-    seq: u64,
-    #[serde(with = "time::serde::rfc3339")]
-    time: OffsetDateTime,
-    #[serde(borrow)]
-    payload: &'a serde_json::value::RawValue,
-    #[serde(default)]
-    sig: Option<Signature>,
+/// A field of the envelope: required, and of its type.
+fn field<'a, T: Deserialize<'a>>(
+    raw: Option<&'a serde_json::value::RawValue>,
+    name: &'static str,
+) -> Result<T, serde_json::Error> {
+    match raw {
+        Some(raw) => serde_json::from_str(raw.get()),
+        None => Err(serde::de::Error::missing_field(name)),
+    }
 }
+
+/// The envelope's time, RFC 3339.
+#[derive(Deserialize)]
+struct Time(#[serde(with = "time::serde::rfc3339")] OffsetDateTime);
 
 fn payload<T: serde::de::DeserializeOwned>(
     raw: &serde_json::value::RawValue,
@@ -491,43 +504,54 @@ fn payload<T: serde::de::DeserializeOwned>(
     serde_json::from_str(raw.get())
 }
 
-/// Reads an envelope: size, then version, then kind, then the whole message.
+/// Reads an envelope: size, then version, then kind, then the whole message. The bytes are
+/// scanned once for the envelope and once more for the payload: a batch is the largest thing
+/// central reads, many times a second.
 pub fn decode(bytes: &[u8]) -> Result<Envelope, WireError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(WireError::TooLarge(bytes.len()));
     }
-    let header: Header = serde_json::from_slice(bytes).map_err(WireError::NotAnEnvelope)?;
-    if header.v != WIRE_VERSION {
-        return Err(WireError::UnsupportedVersion(header.v));
+    let parts: Parts<'_> = serde_json::from_slice(bytes).map_err(WireError::NotAnEnvelope)?;
+    if parts.v != WIRE_VERSION {
+        return Err(WireError::UnsupportedVersion(parts.v));
     }
-    if !KINDS.contains(&header.kind.as_str()) {
-        return Err(WireError::UnknownKind(header.kind));
+    if !KINDS.contains(&parts.kind.as_str()) {
+        return Err(WireError::UnknownKind(parts.kind));
     }
     let bad = |source| WireError::BadPayload {
-        kind: header.kind.clone(),
+        kind: parts.kind.clone(),
         source,
     };
-    let env: In<'_> = serde_json::from_slice(bytes).map_err(bad)?;
-    let message = match header.kind.as_str() {
-        "status" => Message::Status(payload(env.payload).map_err(bad)?),
-        "health" => Message::Health(payload(env.payload).map_err(bad)?),
-        "events" => Message::Events(payload(env.payload).map_err(bad)?),
-        "ack" => Message::Ack(payload(env.payload).map_err(bad)?),
-        "command" => Message::Command(payload(env.payload).map_err(bad)?),
-        "reply" => Message::Reply(payload(env.payload).map_err(bad)?),
-        "data" => Message::Data(payload(env.payload).map_err(bad)?),
-        "fetch" => Message::Fetch(payload(env.payload).map_err(bad)?),
-        "chunk" => Message::Chunk(payload(env.payload).map_err(bad)?),
+    let gateway: GatewayId = field(parts.gateway, "gateway").map_err(bad)?;
+    let seq: u64 = field(parts.seq, "seq").map_err(bad)?;
+    let Time(time) = field(parts.time, "time").map_err(bad)?;
+    let sig: Option<Signature> = match parts.sig {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(bad)?,
+        None => None,
+    };
+    let raw = parts
+        .payload
+        .ok_or_else(|| bad(serde::de::Error::missing_field("payload")))?;
+    let message = match parts.kind.as_str() {
+        "status" => Message::Status(payload(raw).map_err(bad)?),
+        "health" => Message::Health(payload(raw).map_err(bad)?),
+        "events" => Message::Events(payload(raw).map_err(bad)?),
+        "ack" => Message::Ack(payload(raw).map_err(bad)?),
+        "command" => Message::Command(payload(raw).map_err(bad)?),
+        "reply" => Message::Reply(payload(raw).map_err(bad)?),
+        "data" => Message::Data(payload(raw).map_err(bad)?),
+        "fetch" => Message::Fetch(payload(raw).map_err(bad)?),
+        "chunk" => Message::Chunk(payload(raw).map_err(bad)?),
         other => return Err(WireError::UnknownKind(other.to_owned())),
     };
     Ok(Envelope {
-        v: header.v,
-        gateway: env.gateway,
-        seq: env.seq,
-        time: env.time,
+        v: parts.v,
+        gateway,
+        seq,
+        time,
         message,
-        sig: env.sig,
-        raw_payload: env.payload.get().as_bytes().to_vec(),
+        sig,
+        raw_payload: raw.get().as_bytes().to_vec(),
     })
 }
 
@@ -651,6 +675,41 @@ mod tests {
         v["gateway"] = json!("gw/#");
         let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
         assert!(matches!(err, WireError::BadPayload { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_missing_or_mistyped_envelope_field_is_a_bad_message_of_its_kind() {
+        for field in ["gateway", "seq", "time", "payload"] {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&raw(1, "ack", json!({"watermark": 1}))).unwrap();
+            v.as_object_mut().unwrap().remove(field);
+            let err = decode(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert!(
+                matches!(err, WireError::BadPayload { ref kind, .. } if kind == "ack")
+                    && err.to_string().contains(field),
+                "{field}: {err}"
+            );
+        }
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&raw(1, "ack", json!({"watermark": 1}))).unwrap();
+        v["time"] = json!("yesterday");
+        assert!(matches!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(WireError::BadPayload { .. })
+        ));
+        v["time"] = json!("2026-11-25T08:00:00Z");
+        v["sig"] = json!(42);
+        assert!(matches!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(WireError::BadPayload { .. })
+        ));
+        // The version is judged before anything else is read.
+        v["v"] = json!(9);
+        v["seq"] = json!("not a number");
+        assert!(matches!(
+            decode(&serde_json::to_vec(&v).unwrap()),
+            Err(WireError::UnsupportedVersion(9))
+        ));
     }
 
     #[test]

@@ -209,6 +209,24 @@ async fn bad_requests_get_a_clear_4xx_and_store_nothing() {
             "{body} → {err}"
         );
     }
+    // A good list with something after it is still refused, and says what.
+    let resp = client
+        .post(&url)
+        .bearer_auth(gridedge_tests::services::source_token("gw-bb-bad"))
+        .header("content-type", "application/json")
+        .body(format!("{good} []"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let err: Value = resp.json().await.unwrap();
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("trailing characters"),
+        "{err}"
+    );
     // Nothing was stored: the first good event gets sequence number 1.
     assert_eq!(gw.post_events(&good).await.unwrap(), vec![1]);
 }

@@ -387,7 +387,9 @@ async fn store_and_ack(
 ) -> (Vec<Answer>, Vec<analysis::Fresh>) {
     let n = batches.len();
     let store = shared.store.clone();
-    // The batches go to the blocking thread and come back with their results.
+    let downlink = shared.downlink.clone();
+    // The batches go to the blocking thread and come back with their results and their acks,
+    // signed there too: signing a group's acks one by one would hold the link's task.
     let stored = tokio::task::spawn_blocking(move || {
         let results = {
             let input: Vec<_> = batches
@@ -396,10 +398,15 @@ async fn store_and_ack(
                 .collect();
             store.store_batches(&input)
         };
-        (batches, results)
+        let acks: Vec<Answer> = batches
+            .iter()
+            .zip(&results)
+            .map(|(b, r)| sealed_ack(&downlink, b, r.as_ref().ok()?))
+            .collect();
+        (batches, results, acks)
     })
     .await;
-    let (batches, results) = match stored {
+    let (batches, results, acks) = match stored {
         Ok(done) => done,
         Err(e) => {
             tracing::error!(error = %e, "store task failed");
@@ -408,26 +415,40 @@ async fn store_and_ack(
     };
     let mut answers = Vec::with_capacity(n);
     let mut fresh = Vec::new();
-    for (b, r) in batches.into_iter().zip(results) {
-        let (answer, new) = after_store(shared, b, r).await;
-        answers.push(answer);
+    for ((b, r), ack) in batches.into_iter().zip(results).zip(acks) {
+        let new = after_store(shared, b, r).await;
+        answers.push(ack);
         fresh.extend(new);
     }
     (answers, fresh)
 }
 
-/// A stored batch's cases and ack, and its new events for the observers.
+/// The ack of a stored batch, sealed for its gateway: its topic and payload.
+fn sealed_ack(downlink: &downlink::Downlink, b: &Batch, stored: &crate::store::Stored) -> Answer {
+    let ack = Message::Ack(Ack {
+        watermark: stored.high,
+        ranges: stored.ranges.clone(),
+        batch: Some(b.seq),
+    });
+    let topic = Topic::gateway(&b.gateway, Channel::Ack).path();
+    match downlink.seal(&b.gateway, Channel::Ack, ack) {
+        Ok(payload) => Some((topic, payload)),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an ack");
+            None
+        }
+    }
+}
+
+/// A stored batch's cases, and its new events for the observers.
 async fn after_store(
     shared: &Arc<Shared>,
     b: Batch,
     stored: Result<crate::store::Stored, crate::store::StoreError>,
-) -> (Answer, Option<analysis::Fresh>) {
+) -> Option<analysis::Fresh> {
     let m = &shared.metrics;
     let Batch {
-        gateway,
-        seq: batch,
-        events,
-        ..
+        gateway, events, ..
     } = b;
     let stored = match stored {
         Ok(s) => s,
@@ -435,7 +456,7 @@ async fn after_store(
             // Not acknowledged: the gateway resends after its ack timeout.
             tracing::error!(%gateway, error = %e, "cannot store a batch");
             m.reject("store_failed");
-            return (None, None);
+            return None;
         }
     };
     // The gateway's own kinds are believed only from the gateway itself: one a source claims
@@ -496,18 +517,5 @@ async fn after_store(
     });
     m.events_duplicate.inc_by(stored.duplicates);
     m.batches.inc();
-    let ack = Message::Ack(Ack {
-        watermark: stored.high,
-        ranges: stored.ranges,
-        batch: Some(batch),
-    });
-    let topic = Topic::gateway(&gateway, Channel::Ack).path();
-    let answer = match shared.downlink.seal(&gateway, Channel::Ack, ack) {
-        Ok(payload) => Some((topic, payload)),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot encode an ack");
-            None
-        }
-    };
-    (answer, observe)
+    observe
 }
