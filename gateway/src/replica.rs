@@ -195,3 +195,70 @@ impl Replicas {
         Ok(Received::Applied { version })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use firmware_config::bundle::SigningKey;
+    use firmware_config::masterdata::replica::{Update, MAX_VERSION};
+
+    fn sample() -> firmware_config::masterdata::Dataset {
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/sample-data");
+        firmware_config::masterdata::load_dir(&dir)
+            .unwrap()
+            .read()
+            .unwrap()
+    }
+
+    fn snapshot(key: &SigningKey, version: u64, areas: &[String]) -> SignedUpdate {
+        let dataset = sample().scoped(areas);
+        let update = Update::Snapshot {
+            version,
+            hash: dataset.hash(),
+            areas: Vec::new(),
+            dataset,
+        }
+        .scoped_to(areas);
+        SignedUpdate::sign(key, &update).unwrap()
+    }
+
+    fn refused(r: Received) -> ApplyError {
+        match r {
+            Received::Refused(e) => e,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn data_for_other_areas_or_older_than_ever_applied_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (key, _) = SigningKey::generate().unwrap();
+        let public = VerifyingKey::from_pem(&key.public_pem()).unwrap();
+        let mine = vec!["11019900100001".to_owned()];
+        let other = vec!["11019900100002".to_owned()];
+        {
+            let r = Replicas::open(dir.path(), Some(public.clone()), mine.clone()).unwrap();
+            let e = refused(r.receive(&snapshot(&key, 1, &other)).unwrap());
+            assert!(matches!(e, ApplyError::OtherAreas { .. }), "{e}");
+            let e = refused(r.receive(&snapshot(&key, MAX_VERSION + 1, &mine)).unwrap());
+            assert!(matches!(e, ApplyError::VersionTooLarge(_)), "{e}");
+            assert!(matches!(
+                r.receive(&snapshot(&key, 5, &mine)).unwrap(),
+                Received::Applied { version: 5 }
+            ));
+            // The replica is damaged and dropped; the highest version stays.
+            r.db().remove(KEY).unwrap();
+            r.db().flush().unwrap();
+        }
+        let r = Replicas::open(dir.path(), Some(public), mine.clone()).unwrap();
+        assert_eq!(r.current().version, 0);
+        let e = refused(r.receive(&snapshot(&key, 3, &mine)).unwrap());
+        assert!(matches!(e, ApplyError::Stale(3, 5)), "{e}");
+        // The version it had, again, is taken (the snapshot a damaged replica asks for).
+        assert!(matches!(
+            r.receive(&snapshot(&key, 5, &mine)).unwrap(),
+            Received::Applied { version: 5 }
+        ));
+    }
+}

@@ -1085,3 +1085,81 @@ async fn on_mosquitto_a_revoked_certificate_is_refused_by_the_broker_and_by_cent
     assert_ne!(code, Some(0), "{out}");
     assert!(!out.contains("CONNACK (0)"), "{out}");
 }
+
+/// Threat: a terminal's browser session forged or borrowed — a source's token traded for a
+/// page session, a cookie edited to name another terminal, a session used where only a
+/// source's bearer token counts.
+#[tokio::test]
+async fn a_device_session_is_a_terminals_own_and_cannot_be_forged() {
+    init_test_logging();
+    let gw = TestGateway::start("gw-session", "mqtt://127.0.0.1:1", None)
+        .await
+        .unwrap();
+    let url = gw.url("/api/v1/device-session");
+    let client = reqwest::Client::new();
+    let exchange = |token: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            client
+                .post(url)
+                .json(&json!({ "token": token }))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(exchange("guess".into()).await.status().as_u16(), 401);
+    let source = exchange(gridedge_tests::services::source_token("gw-session")).await;
+    assert_eq!(source.status().as_u16(), 403, "sources have no pages");
+    let ok = exchange(gridedge_tests::services::viewer_token("gw-session")).await;
+    assert_eq!(ok.status().as_u16(), 200);
+    let set = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let who = |cookie: String| {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let r = client
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, me) = who(cookie.clone()).await;
+    assert_eq!(
+        (status, me["terminal"].as_str()),
+        (200, Some("security-room"))
+    );
+    // The cookie edited to name another device, or to last longer: refused.
+    let value = cookie.trim_start_matches("gridedge_device=");
+    let parts: Vec<&str> = value.split('.').collect();
+    use base64::Engine;
+    let other = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("tests");
+    for forged in [
+        format!("gridedge_device={other}.{}.{}", parts[1], parts[2]),
+        format!(
+            "gridedge_device={}.{}.{}",
+            parts[0], 99_999_999_999u64, parts[2]
+        ),
+    ] {
+        assert_eq!(who(forged).await.0, 401);
+    }
+    // A terminal's session posts no events.
+    let r = client
+        .post(gw.url("/api/v1/events"))
+        .header("cookie", &cookie)
+        .json(&json!([{"class": "alert", "kind": "door.forced", "payload": {}}]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}

@@ -382,6 +382,35 @@ mod tests {
     }
 
     #[test]
+    fn an_update_says_whom_it_is_for_and_a_version_past_the_limit_is_refused() {
+        let d = v1();
+        let snap = Update::Snapshot {
+            version: MAX_VERSION + 1,
+            hash: d.hash(),
+            areas: Vec::new(),
+            dataset: d.clone(),
+        };
+        assert!(matches!(
+            Replica::default().apply(&snap),
+            Err(ApplyError::VersionTooLarge(_))
+        ));
+        let scoped = Update::Snapshot {
+            version: 1,
+            hash: d.hash(),
+            areas: Vec::new(),
+            dataset: d,
+        }
+        .scoped_to(&["b".into(), "a".into(), "a".into()]);
+        assert_eq!(scoped.areas(), ["a", "b"]);
+        assert!(scoped.is_for(&["b".into(), "a".into()]));
+        assert!(!scoped.is_for(&["a".into()]));
+        assert!(!scoped.is_for(&[]));
+        // Scoping is part of what central signs.
+        let json = serde_json::to_string(&scoped).unwrap();
+        assert!(json.contains("\"areas\":[\"a\",\"b\"]"), "{json}");
+    }
+
+    #[test]
     fn only_central_signs_updates() {
         let (key, _) = SigningKey::generate().unwrap();
         let trusted = VerifyingKey::from_pem(&key.public_pem()).unwrap();
