@@ -90,7 +90,7 @@ async fn post(gw: SocketAddr, start: u64, n: u64) -> anyhow::Result<()> {
                         body.push(',');
                     }
                     body.push_str(
-                        "{\"class\":\"telemetry\",\"kind\":\"kiosk.status\",\"payload\":",
+                        "{\"class\":\"telemetry\",\"kind\":\"sensor.state\",\"payload\":",
                     );
                     body.push_str(&payload(j));
                     body.push('}');
