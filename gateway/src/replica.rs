@@ -53,11 +53,12 @@ impl Replicas {
         key: Option<VerifyingKey>,
         areas: Vec<String>,
     ) -> Result<Self, ReplicaError> {
-        let db = sled::Config::new()
-            .path(dir.join("replica"))
-            .cache_capacity(4 << 20)
-            .flush_every_ms(None)
-            .open()?;
+        let db = firmware_config::runtime::sled_store::open(
+            &sled::Config::new()
+                .path(dir.join("replica"))
+                .cache_capacity(4 << 20)
+                .flush_every_ms(None),
+        )?;
         let mut need_snapshot = false;
         let replica = match db.get(KEY)? {
             None => Replica::default(),

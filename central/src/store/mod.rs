@@ -146,11 +146,12 @@ impl EventStore {
     }
 
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new()
-            .path(dir.join("events"))
-            .cache_capacity(cache_bytes)
-            .flush_every_ms(None)
-            .open()?;
+        let db = firmware_config::runtime::sled_store::open(
+            &sled::Config::new()
+                .path(dir.join("events"))
+                .cache_capacity(cache_bytes)
+                .flush_every_ms(None),
+        )?;
         let chunks = db.open_tree("chunks")?;
         let seen = db.open_tree("seen")?;
         Ok(Self {

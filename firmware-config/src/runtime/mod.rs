@@ -4,6 +4,7 @@
 pub mod mqtt;
 pub mod range;
 pub mod signing;
+pub mod sled_store;
 pub mod video_hub;
 
 use std::net::SocketAddr;

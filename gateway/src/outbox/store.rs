@@ -2,6 +2,7 @@
 //! chunk's first sequence number (big-endian), and a `meta` tree with the next sequence number
 //! and the eviction counters.
 
+use firmware_config::runtime::sled_store;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -97,9 +98,9 @@ pub(super) fn open_or_quarantine(
     dir: &Path,
     cache_bytes: u64,
 ) -> Result<(Store, OpenReport), OutboxError> {
-    std::fs::create_dir_all(dir).map_err(OutboxError::Quarantine)?;
+    std::fs::create_dir_all(dir).map_err(OutboxError::Folder)?;
     let path = dir.join("outbox");
-    let failure = match config(&path, cache_bytes).open() {
+    let failure = match sled_store::open(&config(&path, cache_bytes)) {
         Ok(db) => match open_trees(db) {
             Ok(store) => match scan(&store) {
                 Ok(next) => {
@@ -121,9 +122,9 @@ pub(super) fn open_or_quarantine(
         },
         Err(e) => OpenFailure::Sled(e),
     };
-    if let OpenFailure::Sled(sled::Error::Io(e)) = &failure {
+    if let OpenFailure::Sled(e) = &failure {
         // Another process holds the store: it is not damaged, and must not be moved aside.
-        if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") {
+        if sled_store::is_locked(e) {
             return Err(OutboxError::Locked(path.display().to_string()));
         }
     }
@@ -131,7 +132,7 @@ pub(super) fn open_or_quarantine(
     tracing::error!(path = %path.display(), %reason, "outbox store is damaged; moving it aside");
     let moved_to = quarantine_path(dir);
     std::fs::rename(&path, &moved_to).map_err(OutboxError::Quarantine)?;
-    let store = open_trees(config(&path, cache_bytes).open()?)?;
+    let store = open_trees(sled_store::open(&config(&path, cache_bytes))?)?;
     let (salvaged, max_seq) = salvage(&moved_to, &store);
     let floor = max_seq + 1;
     store.meta.insert(NEXT_SEQ, &key(floor))?;
@@ -167,7 +168,7 @@ fn quarantine_path(dir: &Path) -> PathBuf {
 /// Returns how many, and the highest sequence number seen (also of bad records, so that no
 /// number is reused).
 fn salvage(from: &Path, into: &Store) -> (u64, u64) {
-    let Ok(old) = config(from, 4 << 20).open() else {
+    let Ok(old) = sled_store::open(&config(from, 4 << 20)) else {
         return (0, 0);
     };
     let Ok(old) = open_trees(old) else {
