@@ -124,6 +124,8 @@ impl ConsoleDriver {
             .arg("console.mjs")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            // Its own group, so that Chromium goes with it (see Drop).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
         let stdin = child.stdin.take().context("no stdin")?;
@@ -162,5 +164,14 @@ impl ConsoleDriver {
         use tokio::io::AsyncWriteExt as _;
         let _ = self.stdin.write_all(b"{\"do\":\"quit\"}\n").await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+impl Drop for ConsoleDriver {
+    /// Node and the Chromium it launched: a failed test leaves no browser running.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            crate::process::kill_group(pid);
+        }
     }
 }

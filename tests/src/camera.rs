@@ -7,6 +7,7 @@
 //! port to simulate a camera fault.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -171,6 +172,7 @@ impl TestCamera {
             .append(true)
             .open(self.dir.join("camera.log"))?;
         let mut child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -211,6 +213,7 @@ impl TestCamera {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill(2) on our own child; a frozen process must be let go before it dies.
             unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGCONT) };
+            crate::process::kill_group(c.id());
             let _ = c.kill();
             let _ = c.wait();
         }

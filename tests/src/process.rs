@@ -1,5 +1,10 @@
-//! A child process owned by a fixture: output to a log file, killed on drop.
+//! A child process owned by a fixture: output to a log file, killed on drop with every
+//! process it started.
+//!
+//! Each child leads a process group of its own, and killing it kills the group: a peer that
+//! forks (nginx's worker, Chromium under Playwright) leaves nothing running behind it.
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ impl ChildProcess {
             .open(log)?;
         let err = out.try_clone()?;
         let child = cmd
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(err))
@@ -71,9 +77,11 @@ impl ChildProcess {
         }
     }
 
-    /// Kills the process at once (SIGKILL), as a crash or power cut would.
+    /// Kills the process and every process it started at once (SIGKILL), as a crash or power
+    /// cut would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            kill_group(c.id());
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -95,6 +103,16 @@ impl ChildProcess {
 impl Drop for ChildProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Kills (SIGKILL) the process group led by `leader`, a child spawned with
+/// `process_group(0)`: the leader and every process it started that did not leave the group.
+pub fn kill_group(leader: u32) {
+    // A group id of 0 or 1 would name the caller's own group or init's: never signalled.
+    if leader > 1 {
+        // SAFETY: killpg(2) on a group our own child leads; no memory is involved.
+        unsafe { libc::killpg(leader as libc::pid_t, libc::SIGKILL) };
     }
 }
 
@@ -131,4 +149,56 @@ pub fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alive(pid: u32) -> bool {
+        // A zombie (state Z) has exited; only its parent's wait is missing.
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_killed_child_takes_the_processes_it_started_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild.pid");
+        // The shell starts a grandchild (as nginx starts its worker) and waits on it.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "sleep 300 & echo $! > {}; wait",
+            pid_file.display()
+        ));
+        let mut p = ChildProcess::spawn("forking", cmd, &dir.path().join("log")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let grandchild: u32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(Instant::now() < deadline, "the grandchild never started");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(alive(grandchild));
+        p.kill();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(grandchild) {
+            assert!(
+                Instant::now() < deadline,
+                "the grandchild {grandchild} outlived its parent"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
