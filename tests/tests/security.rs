@@ -126,6 +126,16 @@ async fn stored(central: &TestCentral, gateway: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Waits up to `secs` until central holds exactly `want` of `gateway`'s events.
+async fn wait_stored(central: &TestCentral, gateway: &str, want: &[u64], secs: u64) {
+    let what = format!("{gateway}'s events {want:?} at central");
+    eventually(&what, Duration::from_secs(secs), || async {
+        (stored(central, gateway).await == want).then_some(())
+    })
+    .await
+    .unwrap();
+}
+
 async fn wait_online(central: &TestCentral, id: &str) {
     eventually(&format!("{id} online"), Duration::from_secs(20), || async {
         (central.presence_of(id).await.as_deref() == Some("online")).then_some(())
@@ -223,13 +233,7 @@ async fn attacked_while_working(
 /// After an attack: the victim never left, nothing it sent was lost or doubled, nothing forged
 /// was stored, and it refused nothing (nothing forged even reached it).
 async fn victim_unharmed(central: &TestCentral, gw: &TestGateway, sent: &[u64]) {
-    eventually(
-        "the victim's events at central",
-        Duration::from_secs(20),
-        || async { (stored(central, &gw.id).await == sent).then_some(()) },
-    )
-    .await
-    .unwrap();
+    wait_stored(central, &gw.id, sent, 20).await;
     let all = central_events(central.http_addr, &gw.id).await.unwrap();
     assert!(
         all.iter().all(|e| e["kind"] != "forged"),
@@ -348,13 +352,7 @@ async fn forged_and_replayed_downlink_injected_on_the_wire_is_refused() {
         .unwrap();
     wait_online(&central, "gw-tapped").await;
     let first = gw.post_events(&events(0, 5)).await.unwrap();
-    eventually(
-        "the first events stored",
-        Duration::from_secs(20),
-        || async { (stored(&central, "gw-tapped").await == first).then_some(()) },
-    )
-    .await
-    .unwrap();
+    wait_stored(&central, "gw-tapped", &first, 20).await;
     let genuine = eventually(
         "a real ack on the wire",
         Duration::from_secs(10),
@@ -448,13 +446,7 @@ async fn forged_and_replayed_downlink_injected_on_the_wire_is_refused() {
 
     // Central is back: every pending event arrives, once.
     let central = TestCentral::external(&m.url(), None).await.unwrap();
-    eventually(
-        "the pending events stored",
-        Duration::from_secs(40),
-        || async { (stored(&central, "gw-tapped").await == pending).then_some(()) },
-    )
-    .await
-    .unwrap();
+    wait_stored(&central, "gw-tapped", &pending, 40).await;
 }
 
 /// Threat: a kiosk's or a viewer's token, or a source's, posts events of the gateway's own
@@ -996,13 +988,7 @@ async fn a_revoked_certificate_is_cut_off_within_a_minute_and_a_renewed_one_take
     .unwrap();
     assert!(expires >= 29, "{expires}");
     let sent = gw.post_events(&events(0, 3)).await.unwrap();
-    eventually(
-        "events after the renewal",
-        Duration::from_secs(20),
-        || async { (stored(&central, "gw-rev").await == sent).then_some(()) },
-    )
-    .await
-    .unwrap();
+    wait_stored(&central, "gw-rev", &sent, 20).await;
 
     // The thief, with the stolen certificate: refused.
     let port = port_of(&tls_url);
@@ -1045,13 +1031,7 @@ async fn on_mosquitto_a_revoked_certificate_is_refused_by_the_broker_and_by_cent
         .unwrap();
     wait_online(&central, "gw-mrev").await;
     let before = gw.post_events(&events(0, 3)).await.unwrap();
-    eventually(
-        "events before the revocation",
-        Duration::from_secs(20),
-        || async { (stored(&central, "gw-mrev").await == before).then_some(()) },
-    )
-    .await
-    .unwrap();
+    wait_stored(&central, "gw-mrev", &before, 20).await;
 
     m.pki.revoke(&files).unwrap();
     m.reload().unwrap();
