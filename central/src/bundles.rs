@@ -27,7 +27,18 @@ pub enum BundleSendError {
     #[error("{0}")]
     Command(#[from] CommandError),
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] sled::Error),
+    #[error("store: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Why central's bundle history could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum BundlesOpenError {
+    #[error("bundle signing key: {0}")]
+    Key(#[source] firmware_config::bundle::BundleError),
+    #[error("bundle store: {0}")]
+    Store(#[from] sled::Error),
 }
 
 /// One bundle sent, and how it went.
@@ -58,12 +69,15 @@ fn target_key(t: &Target) -> String {
 }
 
 impl Bundles {
-    pub fn open(db: &sled::Db, key_file: Option<&std::path::Path>) -> Result<Self, String> {
+    pub fn open(
+        db: &sled::Db,
+        key_file: Option<&std::path::Path>,
+    ) -> Result<Self, BundlesOpenError> {
         let key = match key_file {
-            Some(k) => Some(SigningKey::load(k).map_err(|e| e.to_string())?),
+            Some(k) => Some(SigningKey::load(k).map_err(BundlesOpenError::Key)?),
             None => None,
         };
-        let tree = db.open_tree("bundles").map_err(|e| e.to_string())?;
+        let tree = db.open_tree("bundles")?;
         Ok(Self { key, tree })
     }
 
@@ -86,13 +100,8 @@ impl Bundles {
 
     fn record(&self, s: &Sent) -> Result<(), BundleSendError> {
         let key = format!("{}\0{:020}", target_key(&s.target), s.version);
-        let value = serde_json::to_vec(s).map_err(|e| BundleSendError::Store(e.to_string()))?;
-        self.tree
-            .insert(key.as_bytes(), value)
-            .map_err(|e| BundleSendError::Store(e.to_string()))?;
-        self.tree
-            .flush()
-            .map_err(|e| BundleSendError::Store(e.to_string()))?;
+        self.tree.insert(key.as_bytes(), serde_json::to_vec(s)?)?;
+        self.tree.flush()?;
         Ok(())
     }
 
@@ -193,7 +202,7 @@ pub struct BundleRequest {
 }
 
 impl BundleRequest {
-    pub fn content(&self) -> Result<(Target, Content), String> {
+    pub fn content(&self) -> Result<(Target, Content), BundleSendError> {
         let target = Target {
             gateway: self.gateway.clone(),
             terminal: self.terminal.clone(),
@@ -206,10 +215,12 @@ impl BundleRequest {
                     settings: s.clone(),
                 },
             )),
-            (None, _, _) => Err(
+            (None, _, _) => Err(BundleSendError::Invalid(
                 "a gateway bundle needs `toml` (a whole gateway.toml) and no `settings`".to_owned(),
-            ),
-            (Some(_), _, _) => Err("a terminal bundle needs `settings` and no `toml`".to_owned()),
+            )),
+            (Some(_), _, _) => Err(BundleSendError::Invalid(
+                "a terminal bundle needs `settings` and no `toml`".to_owned(),
+            )),
         }
     }
 }

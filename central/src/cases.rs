@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
+use crate::masterdata::MasterData;
 use crate::Shared;
 
 /// Statuses an operator may set.
@@ -47,10 +48,24 @@ pub struct Cases {
     tree: sled::Tree,
 }
 
+/// Why an operator's change of a case was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CaseError {
+    /// A field of the request is wrong; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no case {0:?}")]
+    NotFound(String),
+    #[error("cases store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("cases store: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
 impl Cases {
-    pub fn open(db: &sled::Db) -> Result<Self, String> {
+    pub fn open(db: &sled::Db) -> Result<Self, CaseError> {
         Ok(Self {
-            tree: db.open_tree("cases").map_err(|e| e.to_string())?,
+            tree: db.open_tree("cases")?,
         })
     }
 
@@ -67,18 +82,16 @@ impl Cases {
             .collect()
     }
 
-    fn put(&self, c: &Case) -> Result<(), String> {
-        let v = serde_json::to_vec(c).map_err(|e| e.to_string())?;
+    fn put(&self, c: &Case) -> Result<(), CaseError> {
         self.tree
-            .insert(c.receipt.as_bytes(), v)
-            .map_err(|e| e.to_string())?;
-        self.tree.flush().map_err(|e| e.to_string())?;
+            .insert(c.receipt.as_bytes(), serde_json::to_vec(c)?)?;
+        self.tree.flush()?;
         Ok(())
     }
 
-    /// Makes cases of the submissions among stored events (again: nothing); returns the new
-    /// ones. Blocking.
-    pub fn observe(&self, shared: &Shared, gateway: &str, events: &[Event]) -> Vec<Case> {
+    /// Makes cases of the submissions among stored events (again: nothing), routed by the
+    /// grids of `masterdata`; returns the new ones. Blocking.
+    pub fn observe(&self, masterdata: &MasterData, gateway: &str, events: &[Event]) -> Vec<Case> {
         let mut new = Vec::new();
         for e in events.iter().filter(|e| e.kind == "submission.created") {
             let submission: Value = serde_json::from_str(e.payload.get()).unwrap_or(Value::Null);
@@ -96,8 +109,7 @@ impl Cases {
             }
             let station = submission["grid"].as_str().map(str::to_owned);
             let grid = station.as_deref().and_then(|g| {
-                shared
-                    .masterdata
+                masterdata
                     .current()
                     .and_then(|v| v.dataset.grids.iter().find(|x| x.code == g).cloned())
             });
@@ -139,13 +151,16 @@ impl Cases {
         status: &str,
         by: &str,
         note: &str,
-    ) -> Result<Case, String> {
+    ) -> Result<Case, CaseError> {
         if !STATUSES.contains(&status) {
-            return Err(format!("status: {status:?}; use {}", STATUSES.join(", ")));
+            return Err(CaseError::Invalid(format!(
+                "status: {status:?}; use {}",
+                STATUSES.join(", ")
+            )));
         }
         let mut c = self
             .get(receipt)
-            .ok_or_else(|| format!("no case {receipt:?}"))?;
+            .ok_or_else(|| CaseError::NotFound(receipt.to_owned()))?;
         c.status = status.to_owned();
         c.history.push(HistoryEntry {
             status: status.to_owned(),

@@ -41,9 +41,17 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug, thiserror::Error)]
 pub enum CentralError {
     #[error("bundles: {0}")]
-    Bundles(String),
+    Bundles(#[from] bundles::BundlesOpenError),
     #[error("master data: {0}")]
-    MasterData(String),
+    MasterData(#[from] masterdata::ImportError),
+    #[error("alerts: {0}")]
+    Alerts(#[source] sled::Error),
+    #[error("meetings: {0}")]
+    Meetings(#[from] meetings::MeetingError),
+    #[error("operators: {0}")]
+    Operators(#[from] operators::OperatorsError),
+    #[error("cases: {0}")]
+    Cases(#[from] cases::CaseError),
     #[error("config has no broker")]
     NoBroker,
     #[error("storage folder {path}: {source}")]
@@ -63,7 +71,9 @@ pub enum CentralError {
     #[error("identity: {0}")]
     Identity(#[from] firmware_config::runtime::signing::SigningError),
     #[error("signing key: {0}")]
-    SigningKey(String),
+    SigningKey(#[source] firmware_config::bundle::BundleError),
+    #[error("cannot make central's signing key: {0}")]
+    MakeSigningKey(#[source] firmware_config::certs::CertError),
     #[error("revocation list: {0}")]
     Revocations(#[from] firmware_config::revocation::RevocationError),
     #[error("a central task failed: {0}")]
@@ -152,10 +162,8 @@ pub async fn start(
     })?;
     let store = Arc::new(store::EventStore::open(&config.storage.dir, 64 << 20)?);
     let key_file = signing_key(&config)?;
-    let load_key = || {
-        firmware_config::bundle::SigningKey::load(&key_file)
-            .map_err(|e| CentralError::SigningKey(e.to_string()))
-    };
+    let load_key =
+        || firmware_config::bundle::SigningKey::load(&key_file).map_err(CentralError::SigningKey);
     let downlink = Arc::new(link::downlink::Downlink::new(load_key()?));
     let revocations = Arc::new(match (&config.identity.crl_file, config.gateway_ca()) {
         (Some(crl), Some(ca)) => firmware_config::revocation::Revocations::from_crl_file(crl, ca)?,
@@ -207,9 +215,8 @@ pub async fn start(
         path: config.storage.dir.display().to_string(),
         source,
     })?;
-    let bundles =
-        bundles::Bundles::open(store.db(), Some(&key_file)).map_err(CentralError::Bundles)?;
-    let masterdata = masterdata::MasterData::open(store.db()).map_err(CentralError::MasterData)?;
+    let bundles = bundles::Bundles::open(store.db(), Some(&key_file))?;
+    let masterdata = masterdata::MasterData::open(store.db())?;
     let shared = Arc::new(Shared {
         terminals: Mutex::default(),
         masterdata,
@@ -223,13 +230,12 @@ pub async fn start(
                 ],
             },
         )
-        .map_err(CentralError::MasterData)?,
+        .map_err(CentralError::Alerts)?,
         outbox_seen: Mutex::default(),
         devices: Mutex::default(),
-        meetings: meetings::Meetings::open(store.db()).map_err(CentralError::MasterData)?,
-        operators: operators::Operators::new(&config.operators, &config.api_tokens, store.db())
-            .map_err(CentralError::MasterData)?,
-        cases: cases::Cases::open(store.db()).map_err(CentralError::MasterData)?,
+        meetings: meetings::Meetings::open(store.db())?,
+        operators: operators::Operators::new(&config.operators, &config.api_tokens, store.db())?,
+        cases: cases::Cases::open(store.db())?,
         logins: logins::LoginGuard::default(),
         bundles,
         metrics,
@@ -285,7 +291,7 @@ fn signing_key(config: &CentralConfig) -> Result<std::path::PathBuf, CentralErro
     if config.identity.signing_key_file.is_none() && !file.exists() {
         let dir = &config.storage.dir;
         let (key, public) = firmware_config::bundle::create_key_files(dir, "central-signing")
-            .map_err(|e| CentralError::SigningKey(e.to_string()))?;
+            .map_err(CentralError::MakeSigningKey)?;
         tracing::warn!(key = %key.display(), public = %public.display(), "made central's signing key: give every gateway the public half (uplink.central_key_file)");
     }
     Ok(file)

@@ -14,12 +14,15 @@ use firmware_config::wire::ReplicaReport;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+/// Why master data could not be opened or imported.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{} problem(s) in the data set", .0.len())]
     Invalid(Vec<Problem>),
     #[error("store: {0}")]
-    Store(String),
+    Store(#[from] sled::Error),
+    #[error("a stored master data version: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 /// What changed from the previous version, per list: codes added, changed, removed.
@@ -118,14 +121,11 @@ fn changes(old: Option<&Dataset>, new: &Dataset) -> BTreeMap<String, Changes> {
 }
 
 impl MasterData {
-    pub fn open(db: &sled::Db) -> Result<Self, String> {
-        let versions = db.open_tree("md_versions").map_err(|e| e.to_string())?;
-        let blobs = db.open_tree("md_blobs").map_err(|e| e.to_string())?;
-        let current = match versions.last().map_err(|e| e.to_string())? {
-            Some((_, v)) => Some(Arc::new(
-                serde_json::from_slice::<Version>(&v)
-                    .map_err(|e| format!("stored master data version: {e}"))?,
-            )),
+    pub fn open(db: &sled::Db) -> Result<Self, ImportError> {
+        let versions = db.open_tree("md_versions")?;
+        let blobs = db.open_tree("md_blobs")?;
+        let current = match versions.last()? {
+            Some((_, v)) => Some(Arc::new(serde_json::from_slice::<Version>(&v)?)),
             None => None,
         };
         Ok(Self {
@@ -224,13 +224,10 @@ impl MasterData {
                 info: cur.info.clone(),
             });
         }
-        let store = |e: sled::Error| ImportError::Store(e.to_string());
         for bytes in sources.blobs.values() {
             let sha = masterdata::sha256_hex(bytes);
             if dataset.content.iter().any(|c| c.sha256 == sha) {
-                self.blobs
-                    .insert(sha.as_bytes(), bytes.as_slice())
-                    .map_err(store)?;
+                self.blobs.insert(sha.as_bytes(), bytes.as_slice())?;
             }
         }
         let info = VersionInfo {
@@ -243,12 +240,11 @@ impl MasterData {
             changes: changes(current.as_ref().map(|c| &c.dataset), &dataset),
         };
         let version = Version { info, dataset };
-        let json = serde_json::to_vec(&version).map_err(|e| ImportError::Store(e.to_string()))?;
+        let json = serde_json::to_vec(&version)?;
         self.versions
-            .insert(version.info.version.to_be_bytes(), json)
-            .map_err(store)?;
-        self.versions.flush().map_err(store)?;
-        self.blobs.flush().map_err(store)?;
+            .insert(version.info.version.to_be_bytes(), json)?;
+        self.versions.flush()?;
+        self.blobs.flush()?;
         let i = &version.info;
         tracing::info!(version = i.version, hash = %i.hash, summary = %i.summary, "master data published");
         let info = version.info.clone();

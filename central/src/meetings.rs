@@ -70,27 +70,47 @@ pub struct Meetings {
     lock: std::sync::Mutex<()>,
 }
 
+/// Why a booking or a change was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum MeetingError {
+    /// A field of the request is wrong; the message names it.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no meeting {0:?}")]
+    NotFound(String),
+    #[error("meeting {0:?} was cancelled")]
+    Cancelled(String),
+    #[error("meetings store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("meetings store: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+fn invalid(m: impl Into<String>) -> MeetingError {
+    MeetingError::Invalid(m.into())
+}
+
 fn check_times(
     starts: OffsetDateTime,
     ends: OffsetDateTime,
     now: OffsetDateTime,
-) -> Result<(), String> {
+) -> Result<(), MeetingError> {
     if ends <= starts {
-        return Err("ends must come after starts".into());
+        return Err(invalid("ends must come after starts"));
     }
     if ends <= now {
-        return Err("the meeting would already be over".into());
+        return Err(invalid("the meeting would already be over"));
     }
     if ends - starts > time::Duration::hours(24) {
-        return Err("a meeting lasts at most 24 hours".into());
+        return Err(invalid("a meeting lasts at most 24 hours"));
     }
     Ok(())
 }
 
 impl Meetings {
-    pub fn open(db: &sled::Db) -> Result<Self, String> {
+    pub fn open(db: &sled::Db) -> Result<Self, MeetingError> {
         Ok(Self {
-            tree: db.open_tree("meetings").map_err(|e| e.to_string())?,
+            tree: db.open_tree("meetings")?,
             lock: std::sync::Mutex::new(()),
         })
     }
@@ -111,45 +131,49 @@ impl Meetings {
         v
     }
 
-    fn put(&self, m: &Meeting) -> Result<(), String> {
-        let v = serde_json::to_vec(m).map_err(|e| e.to_string())?;
-        self.tree
-            .insert(m.id.as_bytes(), v)
-            .map_err(|e| e.to_string())?;
-        self.tree.flush().map_err(|e| e.to_string())?;
+    fn put(&self, m: &Meeting) -> Result<(), MeetingError> {
+        self.tree.insert(m.id.as_bytes(), serde_json::to_vec(m)?)?;
+        self.tree.flush()?;
         Ok(())
     }
 
     /// Checks and stores a booking; blocking.
-    pub fn book(&self, b: Booking, by: &str, now: OffsetDateTime) -> Result<Meeting, String> {
+    pub fn book(&self, b: Booking, by: &str, now: OffsetDateTime) -> Result<Meeting, MeetingError> {
         if !KINDS.contains(&b.kind.as_str()) {
-            return Err(format!(
+            return Err(invalid(format!(
                 "kind: {:?} is not one of {}",
                 b.kind,
                 KINDS.join(", ")
-            ));
+            )));
         }
         let title = b.title.trim();
         if title.is_empty() || title.chars().count() > 100 {
-            return Err("title: 1 to 100 characters".into());
+            return Err(invalid("title: 1 to 100 characters"));
         }
         if b.room.trim().is_empty() || b.room.len() > 500 {
-            return Err("room: the conference room or join link, 1 to 500 bytes".into());
+            return Err(invalid(
+                "room: the conference room or join link, 1 to 500 bytes",
+            ));
         }
         check_times(b.starts, b.ends, now)?;
         if b.invitees.is_empty() || b.invitees.len() > 500 {
-            return Err("invitees: 1 to 500 terminals".into());
+            return Err(invalid("invitees: 1 to 500 terminals"));
         }
         let mut invitees: Vec<Invitee> = Vec::new();
         for (i, r) in b.invitees.iter().enumerate() {
             if GatewayId::new(r.gateway.clone()).is_err() || r.terminal.trim().is_empty() {
-                return Err(format!("invitees[{i}]: a gateway id and a terminal id"));
+                return Err(invalid(format!(
+                    "invitees[{i}]: a gateway id and a terminal id"
+                )));
             }
             if invitees
                 .iter()
                 .any(|x| x.gateway == r.gateway && x.terminal == r.terminal)
             {
-                return Err(format!("invitees[{i}]: {}/{} twice", r.gateway, r.terminal));
+                return Err(invalid(format!(
+                    "invitees[{i}]: {}/{} twice",
+                    r.gateway, r.terminal
+                )));
             }
             invitees.push(Invitee {
                 gateway: r.gateway.clone(),
@@ -190,16 +214,18 @@ impl Meetings {
         &self,
         id: &str,
         by: &str,
-        f: impl FnOnce(&mut Meeting) -> Result<String, String>,
+        f: impl FnOnce(&mut Meeting) -> Result<String, MeetingError>,
         now: OffsetDateTime,
-    ) -> Result<Meeting, String> {
+    ) -> Result<Meeting, MeetingError> {
         let _one = self
             .lock
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut m = self.get(id).ok_or_else(|| format!("no meeting {id:?}"))?;
+        let mut m = self
+            .get(id)
+            .ok_or_else(|| MeetingError::NotFound(id.to_owned()))?;
         if m.cancelled {
-            return Err(format!("meeting {id:?} was cancelled"));
+            return Err(MeetingError::Cancelled(id.to_owned()));
         }
         let what = f(&mut m)?;
         m.revision += 1;
@@ -291,7 +317,7 @@ pub fn reschedule(
     ends: OffsetDateTime,
     room: Option<String>,
     now: OffsetDateTime,
-) -> Result<String, String> {
+) -> Result<String, MeetingError> {
     check_times(starts, ends, now)?;
     m.starts = starts;
     m.ends = ends;

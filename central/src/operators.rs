@@ -83,14 +83,23 @@ pub enum LoginError {
     Refused,
 }
 
+/// Why operators' accounts could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorsError {
+    #[error("password hashing: {0}")]
+    Hash(argon2::password_hash::Error),
+    #[error("operators' audit store: {0}")]
+    Store(#[from] sled::Error),
+}
+
 /// Hashes a password for central's config (`central operator hash`).
-pub fn hash_password(password: &str) -> Result<String, String> {
+pub fn hash_password(password: &str) -> Result<String, OperatorsError> {
     let salt_bytes: [u8; 16] = rand::random();
-    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(OperatorsError::Hash)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| e.to_string())
+        .map_err(OperatorsError::Hash)
 }
 
 pub struct Operators {
@@ -147,7 +156,7 @@ impl Operators {
         accounts: &[OperatorAccount],
         tokens: &[ApiToken],
         db: &sled::Db,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, OperatorsError> {
         let tokens = tokens
             .iter()
             .filter_map(|t| {
@@ -173,7 +182,7 @@ impl Operators {
             dummy: hash_password(&token())?,
             next: std::sync::atomic::AtomicU64::new(0),
             sessions: Mutex::default(),
-            audit: db.open_tree("operator_audit").map_err(|e| e.to_string())?,
+            audit: db.open_tree("operator_audit")?,
         })
     }
 

@@ -114,6 +114,52 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// How far in the future a bundle's issue time may be (clocks differ a little).
 const FUTURE_SLACK: time::Duration = time::Duration::minutes(10);
 
+/// Why a bundle was refused (its text goes back to central and into the `config.refused`
+/// alert).
+#[derive(Debug, thiserror::Error)]
+pub enum BundleRefusal {
+    #[error("args.bundle is not a bundle ({{bundle, key, body, sig}})")]
+    NotABundle,
+    #[error("this gateway has no [bundles] table, so it accepts no bundles")]
+    Disabled,
+    #[error("this gateway has no central key to check bundles with")]
+    NoKey,
+    #[error("{0}")]
+    Signature(#[source] firmware_config::bundle::BundleError),
+    #[error("wrong target: the bundle is for gateway {bundle:?}, this is {this:?}")]
+    OtherGateway { bundle: String, this: String },
+    #[error("wrong target: this gateway has no terminal {0:?}")]
+    NoTerminal(String),
+    #[error("version {version} is not newer than version {held}, the highest applied to {target} (a replay or rollback)")]
+    NotNewer {
+        version: u64,
+        held: u64,
+        target: String,
+    },
+    #[error("version {0} is beyond the highest a bundle may have ({MAX_VERSION})")]
+    TooLarge(u64),
+    #[error("issued {} ago, more than [bundles] max_age ({}) allows: a replay", humantime::format_duration(*.age), humantime::format_duration(*.max_age))]
+    TooOld { age: Duration, max_age: Duration },
+    #[error("issued {} in the future: central's clock or this gateway's is wrong", humantime::format_duration(*.0))]
+    FromTheFuture(Duration),
+    #[error("invalid content: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+    #[error("changes {}, which need a restart; a bundle may change cameras, terminals, sources, terminal_health and uplink.health_interval", .0.join(", "))]
+    NeedsRestart(Vec<&'static str>),
+    #[error("cannot note the version: {0}")]
+    NoteVersion(#[source] std::io::Error),
+    #[error("cannot store the bundle: {0}")]
+    Store(#[source] std::io::Error),
+    #[error("cannot stage: {0}")]
+    Stage(#[source] std::io::Error),
+    #[error("apply failed, rolled back to version {version}: {source}")]
+    RolledBack {
+        version: u64,
+        #[source]
+        source: crate::devices::DevicesError,
+    },
+}
+
 fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
@@ -137,8 +183,7 @@ impl Bundles {
             source,
         })?;
         let key = Some(
-            VerifyingKey::load(&file.uplink.central_key_file)
-                .map_err(|e| GatewayError::CentralKey(e.to_string()))?,
+            VerifyingKey::load(&file.uplink.central_key_file).map_err(GatewayError::CentralKey)?,
         );
         let enabled = file.bundles.is_some();
         let confirm_within = file
@@ -182,16 +227,16 @@ impl Bundles {
 
     /// Notes that `version` was applied to `terminal` (None: the gateway), before it takes
     /// effect: written and synced, so that no crash can let it be applied twice.
-    fn raise_highest(&self, terminal: Option<&str>, version: u64) -> Result<(), String> {
+    fn raise_highest(&self, terminal: Option<&str>, version: u64) -> Result<(), BundleRefusal> {
         let mut h = self.highest();
         let slot = match terminal {
             None => &mut h.gateway,
             Some(t) => h.terminals.entry(t.to_owned()).or_default(),
         };
         *slot = (*slot).max(version);
-        let text = serde_json::to_string(&h).map_err(|e| e.to_string())?;
-        write_synced(&self.dir.join("highest.json"), &text)
-            .map_err(|e| format!("cannot note the version: {e}"))
+        let text = serde_json::to_string(&h)
+            .map_err(|e| BundleRefusal::NoteVersion(std::io::Error::other(e)))?;
+        write_synced(&self.dir.join("highest.json"), &text).map_err(BundleRefusal::NoteVersion)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -336,7 +381,7 @@ impl Bundles {
     }
 
     /// Handles a `config.bundle` command: `{"bundle": <signed bundle>}`.
-    pub async fn receive(&self, shared: &Shared, args: &Value) -> Result<Value, String> {
+    pub async fn receive(&self, shared: &Shared, args: &Value) -> Result<Value, BundleRefusal> {
         let _one = self.busy.lock().await;
         let signed: Option<SignedBundle> = args
             .get("bundle")
@@ -351,7 +396,7 @@ impl Bundles {
                 shared.metrics.count_bundle("refused");
                 tracing::warn!(%reason, "bundle refused");
                 let payload = json!({
-                    "reason": reason,
+                    "reason": reason.to_string(),
                     "claimed_target": claimed.as_ref().map(|b| &b.target),
                     "claimed_version": claimed.as_ref().map(|b| b.version),
                 });
@@ -361,72 +406,67 @@ impl Bundles {
         }
     }
 
-    async fn accept(&self, shared: &Shared, signed: Option<SignedBundle>) -> Result<Value, String> {
-        let signed = signed.ok_or("args.bundle is not a bundle ({bundle, key, body, sig})")?;
+    async fn accept(
+        &self,
+        shared: &Shared,
+        signed: Option<SignedBundle>,
+    ) -> Result<Value, BundleRefusal> {
+        let signed = signed.ok_or(BundleRefusal::NotABundle)?;
         if !self.enabled {
-            return Err("this gateway has no [bundles] table, so it accepts no bundles".into());
+            return Err(BundleRefusal::Disabled);
         }
-        let key = self
-            .key
-            .as_ref()
-            .ok_or("this gateway has no central key to check bundles with")?;
-        let body = key.verify(&signed).map_err(|e| e.to_string())?;
+        let key = self.key.as_ref().ok_or(BundleRefusal::NoKey)?;
+        let body = key.verify(&signed).map_err(BundleRefusal::Signature)?;
         if body.target.gateway != shared.gateway_id.as_str() {
-            return Err(format!(
-                "wrong target: the bundle is for gateway {:?}, this is {:?}",
-                body.target.gateway,
-                shared.gateway_id.as_str()
-            ));
+            return Err(BundleRefusal::OtherGateway {
+                bundle: body.target.gateway.clone(),
+                this: shared.gateway_id.as_str().to_owned(),
+            });
         }
         let highest = self.highest();
         let held = match &body.target.terminal {
             None => self.lock().version.max(highest.gateway),
             Some(t) => {
                 if !shared.config().terminals.iter().any(|c| &c.id == t) {
-                    return Err(format!("wrong target: this gateway has no terminal {t:?}"));
+                    return Err(BundleRefusal::NoTerminal(t.clone()));
                 }
                 let in_force = self.lock().terminals.get(t).map_or(0, |b| b.version);
                 in_force.max(highest.terminals.get(t).copied().unwrap_or(0))
             }
         };
         if body.version <= held {
-            return Err(format!(
-                "version {} is not newer than version {held}, the highest applied to {} (a replay or rollback)",
-                body.version, body.target
-            ));
+            return Err(BundleRefusal::NotNewer {
+                version: body.version,
+                held,
+                target: body.target.to_string(),
+            });
         }
         if body.version > MAX_VERSION {
-            return Err(format!(
-                "version {} is beyond the highest a bundle may have ({MAX_VERSION})",
-                body.version
-            ));
+            return Err(BundleRefusal::TooLarge(body.version));
         }
         let now = time::OffsetDateTime::now_utc();
         let max_age = self.max_age;
         if now - body.issued > max_age {
-            return Err(format!(
-                "issued {} ago, more than [bundles] max_age ({}) allows: a replay",
-                humantime::format_duration((now - body.issued).unsigned_abs()),
-                humantime::format_duration(max_age)
-            ));
+            return Err(BundleRefusal::TooOld {
+                age: (now - body.issued).unsigned_abs(),
+                max_age,
+            });
         }
         if body.issued - now > FUTURE_SLACK {
-            return Err(format!(
-                "issued {} in the future: central's clock or this gateway's is wrong",
-                humantime::format_duration((body.issued - now).unsigned_abs())
+            return Err(BundleRefusal::FromTheFuture(
+                (body.issued - now).unsigned_abs(),
             ));
         }
         let checked = body
             .check(&self.file.base_dir, true)
-            .map_err(|issues| format!("invalid content: {}", issues.join("; ")))?;
+            .map_err(BundleRefusal::Invalid)?;
         match checked {
             Checked::Gateway(cfg) => self.apply_gateway(shared, body, *cfg, &signed).await,
             Checked::Terminal(settings) => {
                 let terminal = body.target.terminal.clone().unwrap_or_default();
                 self.raise_highest(Some(&terminal), body.version)?;
                 let path = self.dir.join(format!("terminal-{terminal}.json"));
-                write_synced(&path, &signed.to_json())
-                    .map_err(|e| format!("cannot store the bundle: {e}"))?;
+                write_synced(&path, &signed.to_json()).map_err(BundleRefusal::Store)?;
                 self.lock().terminals.insert(
                     terminal.clone(),
                     TerminalBundle {
@@ -453,21 +493,18 @@ impl Bundles {
         body: BundleBody,
         cfg: GatewayConfig,
         signed: &SignedBundle,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, BundleRefusal> {
         let current = shared.config();
         let new = Arc::new(with_live_settings(&self.file, &cfg));
         let fixed = crate::devices::restart_only_changes(&current, &cfg);
         if !fixed.is_empty() {
-            return Err(format!(
-                "changes {}, which need a restart; a bundle may change cameras, terminals, sources, terminal_health and uplink.health_interval",
-                fixed.join(", ")
-            ));
+            return Err(BundleRefusal::NeedsRestart(fixed));
         }
         // Once tried, a version is used up: applied, rolled back or failed, it never comes
         // back.
         self.raise_highest(None, body.version)?;
         let staged = self.dir.join("staged.json");
-        write_synced(&staged, &signed.to_json()).map_err(|e| format!("cannot stage: {e}"))?;
+        write_synced(&staged, &signed.to_json()).map_err(BundleRefusal::Stage)?;
         if let Err(e) = shared.devices.apply(new).await {
             // Nothing was switched: the devices still run the config in force.
             let _ = std::fs::remove_file(&staged);
@@ -484,9 +521,7 @@ impl Bundles {
                 payload,
             )
             .await;
-            return Err(format!(
-                "apply failed, rolled back to version {version}: {e}"
-            ));
+            return Err(BundleRefusal::RolledBack { version, source: e });
         }
         let (cur, prev) = (
             self.dir.join("gateway.json"),

@@ -16,6 +16,29 @@ pub const CONFIG_BUNDLE: &str = "config.bundle";
 pub const SUBMISSION_STATUS: &str = "submission.status";
 pub const MEETING_INVITE: &str = "meeting.invite";
 
+/// Why a command was refused; its text is the reply's message.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandRefusal {
+    #[error("unknown command {0:?}")]
+    Unknown(String),
+    #[error("args: not {what}: {source}")]
+    BadArgs {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("args.{0} is required")]
+    Missing(&'static str),
+    #[error("no enabled camera {0:?}")]
+    NoCamera(String),
+    #[error("camera {0:?} has no snapshot yet")]
+    NoSnapshot(String),
+    #[error(transparent)]
+    Upstream(#[from] crate::video::upstream::UpstreamError),
+    #[error(transparent)]
+    Bundle(#[from] crate::bundles::BundleRefusal),
+}
+
 /// Answers a command. Most answer at once; a bundle is applied in its own task (it may wait
 /// for cameras to stop) and its reply goes out through `shared.replies` — `None` here.
 pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
@@ -23,7 +46,9 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
         let (shared, cmd) = (shared.clone(), cmd.clone());
         tokio::spawn(async move {
             let result = shared.bundles.receive(&shared, &cmd.args).await;
-            let _ = shared.replies.send(reply(&cmd, result));
+            let _ = shared
+                .replies
+                .send(reply(&cmd, result.map_err(CommandRefusal::from)));
         });
         return None;
     }
@@ -43,7 +68,10 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
                 });
                 Ok(Value::Null)
             }
-            Err(e) => Err(format!("args: not a submission status: {e}")),
+            Err(source) => Err(CommandRefusal::BadArgs {
+                what: "a submission status",
+                source,
+            }),
         };
         return Some(reply(cmd, result));
     }
@@ -60,7 +88,10 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
                     });
                     Ok(Value::Null)
                 }
-                Err(e) => Err(format!("args: not an invitation: {e}")),
+                Err(source) => Err(CommandRefusal::BadArgs {
+                    what: "an invitation",
+                    source,
+                }),
             };
         return Some(reply(cmd, result));
     }
@@ -69,12 +100,12 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
         UPSTREAM_START => upstream_start(shared, &cmd.args),
         UPSTREAM_STOP => camera_arg(&cmd.args)
             .map(|c| json!({ "camera": c, "was_running": shared.upstreams.stop(c) })),
-        other => Err(format!("unknown command {other:?}")),
+        other => Err(CommandRefusal::Unknown(other.to_owned())),
     };
     Some(reply(cmd, result))
 }
 
-fn reply(cmd: &Command, result: Result<Value, String>) -> CommandReply {
+fn reply(cmd: &Command, result: Result<Value, CommandRefusal>) -> CommandReply {
     match result {
         Ok(data) => CommandReply {
             id: cmd.id.clone(),
@@ -82,31 +113,31 @@ fn reply(cmd: &Command, result: Result<Value, String>) -> CommandReply {
             message: String::new(),
             data,
         },
-        Err(message) => CommandReply {
+        Err(refusal) => CommandReply {
             id: cmd.id.clone(),
             ok: false,
-            message,
+            message: refusal.to_string(),
             data: Value::Null,
         },
     }
 }
 
-fn camera_arg(args: &Value) -> Result<&str, String> {
+fn camera_arg(args: &Value) -> Result<&str, CommandRefusal> {
     args.get("camera")
         .and_then(Value::as_str)
-        .ok_or_else(|| "args.camera (a camera id) is required".to_owned())
+        .ok_or(CommandRefusal::Missing("camera (a camera id)"))
 }
 
 /// `video.upstream.start {"camera": id, "url": ws-url}`: push the camera's live video there.
-fn upstream_start(shared: &Shared, args: &Value) -> Result<Value, String> {
+fn upstream_start(shared: &Shared, args: &Value) -> Result<Value, CommandRefusal> {
     let id = camera_arg(args)?;
     let url = args
         .get("url")
         .and_then(Value::as_str)
-        .ok_or("args.url (where to push) is required")?;
+        .ok_or(CommandRefusal::Missing("url (where to push)"))?;
     let live = shared
         .live(id)
-        .ok_or_else(|| format!("no enabled camera {id:?}"))?;
+        .ok_or_else(|| CommandRefusal::NoCamera(id.to_owned()))?;
     shared
         .upstreams
         .start(id, url.to_owned(), live.hub().clone(), &shared.token)?;
@@ -115,14 +146,14 @@ fn upstream_start(shared: &Shared, args: &Value) -> Result<Value, String> {
 }
 
 /// `camera.snapshot {"camera": id}`: the camera's latest JPEG, base64 in `data.jpeg`.
-fn snapshot(shared: &Shared, args: &Value) -> Result<Value, String> {
+fn snapshot(shared: &Shared, args: &Value) -> Result<Value, CommandRefusal> {
     let id = camera_arg(args)?;
     let analysis = shared
         .analysis(id)
-        .ok_or_else(|| format!("no enabled camera {id:?}"))?;
+        .ok_or_else(|| CommandRefusal::NoCamera(id.to_owned()))?;
     let shot = analysis
         .latest()
-        .ok_or_else(|| format!("camera {id:?} has no snapshot yet"))?;
+        .ok_or_else(|| CommandRefusal::NoSnapshot(id.to_owned()))?;
     Ok(json!({
         "camera": id,
         "id": shot.id,

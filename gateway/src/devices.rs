@@ -22,7 +22,17 @@ use crate::Shared;
 
 struct Request {
     config: Arc<GatewayConfig>,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), DevicesError>>,
+}
+
+/// Why a config could not be applied (then nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum DevicesError {
+    /// Secrets the config names that cannot be read, each with its place in the config.
+    #[error("{}", .0.join("; "))]
+    Secrets(Vec<String>),
+    #[error("the gateway is stopping")]
+    Stopping,
 }
 
 /// Hands configs to the devices task.
@@ -38,13 +48,13 @@ impl Devices {
 
     /// Switches the gateway to `config`; returns once its devices run under it, or why it
     /// could not (then nothing changed).
-    pub async fn apply(&self, config: Arc<GatewayConfig>) -> Result<(), String> {
+    pub async fn apply(&self, config: Arc<GatewayConfig>) -> Result<(), DevicesError> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Request { config, done })
             .await
-            .map_err(|_| "the gateway is stopping".to_owned())?;
-        rx.await.map_err(|_| "the gateway is stopping".to_owned())?
+            .map_err(|_| DevicesError::Stopping)?;
+        rx.await.map_err(|_| DevicesError::Stopping)?
     }
 }
 
@@ -78,7 +88,7 @@ pub fn restart_only_changes(current: &GatewayConfig, new: &GatewayConfig) -> Vec
 }
 
 /// Reads every secret `config` names; the error lists each one that cannot be read.
-fn prepare(config: &GatewayConfig) -> Result<DeviceTokens, String> {
+fn prepare(config: &GatewayConfig) -> Result<DeviceTokens, DevicesError> {
     let mut problems = Vec::new();
     for (i, c) in config.cameras.iter().enumerate() {
         if let (true, Some(cred)) = (c.enabled, &c.credentials) {
@@ -89,12 +99,12 @@ fn prepare(config: &GatewayConfig) -> Result<DeviceTokens, String> {
     }
     let tokens = DeviceTokens::try_from_config(config).map_err(|mut e| {
         problems.append(&mut e);
-        problems.join("; ")
+        DevicesError::Secrets(std::mem::take(&mut problems))
     })?;
     if problems.is_empty() {
         Ok(tokens)
     } else {
-        Err(problems.join("; "))
+        Err(DevicesError::Secrets(problems))
     }
 }
 
@@ -125,7 +135,7 @@ pub async fn run(shared: Arc<Shared>, requests: DeviceRequests, token: Cancellat
                 if let Some(last_good) = shared.bundles.overdue(&shared.outbox, Instant::now()) {
                     match runner.apply(&shared, last_good.clone()).await {
                         Ok(()) => shared.bundles.rolled_back(&shared, None).await,
-                        Err(e) => shared.bundles.rolled_back(&shared, Some(e)).await,
+                        Err(e) => shared.bundles.rolled_back(&shared, Some(e.to_string())).await,
                     }
                 }
             }
@@ -147,7 +157,7 @@ impl Runner {
         &mut self,
         shared: &Arc<Shared>,
         config: Arc<GatewayConfig>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DevicesError> {
         let tokens = prepare(&config)?;
         let now = Instant::now();
         shared.set_config(config.clone(), tokens);

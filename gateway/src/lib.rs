@@ -57,9 +57,17 @@ pub enum GatewayError {
     #[error("uplink identity: {0}")]
     Signing(#[from] firmware_config::runtime::signing::SigningError),
     #[error("uplink.central_key_file: {0}")]
-    CentralKey(String),
-    #[error("bundles: {0}")]
-    Bundles(String),
+    CentralKey(#[source] firmware_config::bundle::BundleError),
+    #[error("master data replica: {0}")]
+    Replica(#[from] replica::ReplicaError),
+    #[error("submission statuses: {0}")]
+    Statuses(#[source] sled::Error),
+    #[error("meetings: {0}")]
+    Meetings(#[source] sled::Error),
+    #[error("content store: {0}")]
+    Content(#[source] std::io::Error),
+    #[error("the alert of a quarantined outbox: {0}")]
+    QuarantineAlert(#[source] serde_json::Error),
     #[error("a gateway task failed: {0}")]
     Task(String),
 }
@@ -205,7 +213,7 @@ pub async fn start(
             class: firmware_config::wire::EventClass::Alert,
             kind: "gateway.outbox_quarantined".to_owned(),
             payload: serde_json::value::to_raw_value(&payload)
-                .map_err(|e| GatewayError::Task(e.to_string()))?,
+                .map_err(GatewayError::QuarantineAlert)?,
             time_ms: None,
             source: None,
         };
@@ -228,14 +236,11 @@ pub async fn start(
         &config.storage.dir,
         bundles.key(),
         config.site.areas.clone(),
-    )
-    .map_err(|e| GatewayError::Bundles(e.to_string()))?;
-    let statuses = submissions::Statuses::open(replica.db())
-        .map_err(|e| GatewayError::Bundles(e.to_string()))?;
-    let meetings = meetings::Meetings::open(replica.db())
-        .map_err(|e| GatewayError::Bundles(format!("meetings: {e}")))?;
-    let (content, content_ports, fetch_rx) = content::ContentStore::open(&config.storage.dir)
-        .map_err(|e| GatewayError::Bundles(format!("content store: {e}")))?;
+    )?;
+    let statuses = submissions::Statuses::open(replica.db()).map_err(GatewayError::Statuses)?;
+    let meetings = meetings::Meetings::open(replica.db()).map_err(GatewayError::Meetings)?;
+    let (content, content_ports, fetch_rx) =
+        content::ContentStore::open(&config.storage.dir).map_err(GatewayError::Content)?;
     let (devices, device_requests) = devices::Devices::new();
     let (replies, reply_rx) = tokio::sync::mpsc::unbounded_channel();
     let listener = runtime::bind_http(config.http.listen)

@@ -26,6 +26,15 @@ fn key(terminal: &str, meeting: &str) -> Vec<u8> {
     format!("{terminal}\0{meeting}").into_bytes()
 }
 
+/// Why an invitation could not be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum MeetingStoreError {
+    #[error("meetings store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("meetings store: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
 impl Meetings {
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
         let (changed, _) = watch::channel(1);
@@ -39,7 +48,7 @@ impl Meetings {
 
     /// Keeps an invitation unless the gateway already has a newer revision of it; drops the
     /// ones that have ended. Blocking (it flushes).
-    pub fn put(&self, inv: &Invitation, now: OffsetDateTime) -> Result<bool, String> {
+    pub fn put(&self, inv: &Invitation, now: OffsetDateTime) -> Result<bool, MeetingStoreError> {
         if inv.ends <= now {
             return Ok(false);
         }
@@ -48,16 +57,15 @@ impl Meetings {
             .consistent
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(old) = self.tree.get(&k).map_err(|e| e.to_string())? {
+        if let Some(old) = self.tree.get(&k)? {
             if let Ok(old) = serde_json::from_slice::<Invitation>(&old) {
                 if old.revision >= inv.revision {
                     return Ok(false);
                 }
             }
         }
-        let v = serde_json::to_vec(inv).map_err(|e| e.to_string())?;
-        self.tree.insert(k, v).map_err(|e| e.to_string())?;
-        self.tree.flush().map_err(|e| e.to_string())?;
+        self.tree.insert(k, serde_json::to_vec(inv)?)?;
+        self.tree.flush()?;
         self.expire(now);
         let n = self.version.fetch_add(1, Ordering::SeqCst) + 1;
         self.changed.send_replace(n);

@@ -87,52 +87,61 @@ fn phone_ok(s: &str) -> bool {
     mobile || landline
 }
 
+/// Why a resident's submission was refused; the text names the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SubmissionRefused(String);
+
+fn refused(m: impl Into<String>) -> SubmissionRefused {
+    SubmissionRefused(m.into())
+}
+
 impl NewSubmission {
     /// Parses and checks a body against the replica; the error names the field.
-    pub fn parse(body: &[u8], catalogue: &Catalogue) -> Result<Self, String> {
+    pub fn parse(body: &[u8], catalogue: &Catalogue) -> Result<Self, SubmissionRefused> {
         let mut de = serde_json::Deserializer::from_slice(body);
         let mut s: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
             if path == "." {
-                e.into_inner().to_string()
+                refused(e.into_inner().to_string())
             } else {
-                format!("{path}: {}", e.into_inner())
+                refused(format!("{path}: {}", e.into_inner()))
             }
         })?;
         let len = |v: &str| v.trim().chars().count();
         if !(1..=64).contains(&len(&s.title)) {
-            return Err("title: 1 to 64 characters".into());
+            return Err(refused("title: 1 to 64 characters"));
         }
         if s.description.chars().count() > 2000 {
-            return Err("description: at most 2000 characters".into());
+            return Err(refused("description: at most 2000 characters"));
         }
         if !(1..=32).contains(&len(&s.contact.name)) {
-            return Err("contact.name: 1 to 32 characters".into());
+            return Err(refused("contact.name: 1 to 32 characters"));
         }
         if !phone_ok(&s.contact.phone) {
-            return Err(format!(
+            return Err(refused(format!(
                 "contact.phone: {:?} is not a phone number (11-digit mobile or 0… landline)",
                 s.contact.phone
-            ));
+            )));
         }
         let have_data = catalogue.version > 0;
         match (&s.category, &s.item_code) {
             (Category::Application, None) => {
-                return Err("item_code: required for an application".into())
+                return Err(refused("item_code: required for an application"))
             }
             (_, Some(code)) if have_data && catalogue.item(code).is_none() => {
-                return Err(format!("item_code: no service item {code:?}"))
+                return Err(refused(format!("item_code: no service item {code:?}")))
             }
             _ => {}
         }
         if let Some(p) = &s.location {
             if !(-180.0..=180.0).contains(&p.lon) || !(-90.0..=90.0).contains(&p.lat) {
-                return Err("location: not a longitude and latitude".into());
+                return Err(refused("location: not a longitude and latitude"));
             }
         }
         match (&s.grid, &s.location) {
             (Some(g), _) if have_data && catalogue.grid(g).is_none() => {
-                return Err(format!("grid: no grid {g:?} in this centre"))
+                return Err(refused(format!("grid: no grid {g:?} in this centre")))
             }
             (None, Some(p)) => s.grid = catalogue.grid_at([p.lon, p.lat]).map(|g| g.code.clone()),
             _ => {}

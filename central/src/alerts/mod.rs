@@ -33,9 +33,9 @@ pub struct Alerts {
 }
 
 impl Alerts {
-    pub fn open(db: &sled::Db, policy: Policy) -> Result<Self, String> {
-        let tree = db.open_tree("alerts").map_err(|e| e.to_string())?;
-        let meta = db.open_tree("alerts_meta").map_err(|e| e.to_string())?;
+    pub fn open(db: &sled::Db, policy: Policy) -> Result<Self, sled::Error> {
+        let tree = db.open_tree("alerts")?;
+        let meta = db.open_tree("alerts_meta")?;
         let alerts: Vec<Alert> = tree
             .iter()
             .values()

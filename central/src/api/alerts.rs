@@ -12,33 +12,30 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use super::session::{Operator, Refusal};
+use super::session::Operator;
+use super::ApiError;
 use crate::alerts::{AlertError, Duty};
 use crate::operators::Role;
 use crate::Shared;
 
-fn error(status: StatusCode, m: impl Into<String>) -> Response {
-    Refusal(status, m.into()).into_response()
-}
-
-impl From<AlertError> for Refusal {
+impl From<AlertError> for ApiError {
     fn from(e: AlertError) -> Self {
         let status = match e {
             AlertError::NoSuchAlert(_) => StatusCode::NOT_FOUND,
             AlertError::Resolved(_) => StatusCode::CONFLICT,
             AlertError::Invalid(_) => StatusCode::BAD_REQUEST,
         };
-        Refusal(status, e.to_string())
+        ApiError::new(status, e.to_string())
     }
 }
 
 fn alert_error(e: AlertError) -> Response {
-    Refusal::from(e).into_response()
+    ApiError::from(e).into_response()
 }
 
-fn body<T>(req: Result<Json<T>, JsonRejection>) -> Result<T, Refusal> {
+fn body<T>(req: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     req.map(|Json(b)| b)
-        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.body_text()))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
 }
 
 #[derive(Deserialize)]
@@ -54,7 +51,7 @@ pub async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(Query(q)) = q else {
-        return error(StatusCode::BAD_REQUEST, "all: true or false");
+        return ApiError::new(StatusCode::BAD_REQUEST, "all: true or false").into_response();
     };
     let engine = shared.alerts.engine();
     let alerts = engine.list(q.all);
@@ -202,7 +199,7 @@ pub async fn end_maintenance(
             .record(&by, "maintenance.end", &id.to_string());
         StatusCode::NO_CONTENT.into_response()
     } else {
-        error(StatusCode::NOT_FOUND, format!("no maintenance window {id}"))
+        ApiError::new(StatusCode::NOT_FOUND, format!("no maintenance window {id}")).into_response()
     }
 }
 
@@ -228,16 +225,18 @@ pub async fn set_roster(
     };
     for (i, d) in roster.iter().enumerate() {
         if d.scope.trim().is_empty() || d.name.trim().is_empty() || d.phone.trim().is_empty() {
-            return error(
+            return ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("[{i}]: scope, name and phone are required"),
-            );
+            )
+            .into_response();
         }
         if d.from_minute >= 1440 || d.until_minute >= 1440 {
-            return error(
+            return ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("[{i}]: from_minute and until_minute are 0 to 1439"),
-            );
+            )
+            .into_response();
         }
     }
     let n = roster.len();

@@ -9,11 +9,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::ApiError;
+use crate::cases::CaseError;
 use crate::Shared;
-
-fn error(status: StatusCode, m: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": m.into() }))).into_response()
-}
 
 #[derive(Deserialize)]
 pub struct ListQuery {
@@ -29,7 +27,9 @@ pub async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>)
 pub async fn one(State(shared): State<Arc<Shared>>, Path(receipt): Path<String>) -> Response {
     match shared.cases.get(&receipt) {
         Some(c) => Json(json!(c)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no case {receipt:?}")),
+        None => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no case {receipt:?}")).into_response()
+        }
     }
 }
 
@@ -53,7 +53,7 @@ pub async fn set_status(
 ) -> Response {
     let Json(req) = match req {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     let by = op.author(&req.by);
     let s = shared.clone();
@@ -66,8 +66,14 @@ pub async fn set_status(
             crate::cases::tell_gateway(&shared, &case);
             Json(json!(case)).into_response()
         }
-        Ok(Err(e)) if e.starts_with("no case") => error(StatusCode::NOT_FOUND, e),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => {
+            let status = match e {
+                CaseError::Invalid(_) => StatusCode::BAD_REQUEST,
+                CaseError::NotFound(_) => StatusCode::NOT_FOUND,
+                CaseError::Store(_) | CaseError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            ApiError::new(status, e.to_string()).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -9,11 +9,8 @@ use axum::Json;
 use serde_json::json;
 
 use super::session::Operator;
+use super::ApiError;
 use crate::Shared;
-
-fn error(status: StatusCode, m: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": m.into() }))).into_response()
-}
 
 /// `GET /api/v1/health`: every gateway, camera and terminal, rolled up per centre, per area
 /// and for the street.
@@ -54,7 +51,7 @@ pub async fn device_history(
     Path((gateway, kind, id)): Path<(String, String, String)>,
 ) -> Response {
     if kind != "camera" && kind != "terminal" {
-        return error(StatusCode::BAD_REQUEST, "kind: camera or terminal");
+        return ApiError::new(StatusCode::BAD_REQUEST, "kind: camera or terminal").into_response();
     }
     let history = shared
         .devices
@@ -82,10 +79,11 @@ pub async fn assessment(
     q: Result<axum::extract::Query<Period>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
     let Ok(axum::extract::Query(p)) = q else {
-        return error(StatusCode::BAD_REQUEST, "days: a whole number of days");
+        return ApiError::new(StatusCode::BAD_REQUEST, "days: a whole number of days")
+            .into_response();
     };
     if !(1..=366).contains(&p.days) {
-        return error(StatusCode::BAD_REQUEST, "days: 1 to 366");
+        return ApiError::new(StatusCode::BAD_REQUEST, "days: 1 to 366").into_response();
     }
     let now = time::OffsetDateTime::now_utc();
     let since = now - time::Duration::days(i64::from(p.days));

@@ -12,6 +12,7 @@ use firmware_config::masterdata::Sources;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::ApiError;
 use crate::masterdata::ImportError;
 use crate::Shared;
 
@@ -51,10 +52,6 @@ impl ImportRequest {
     }
 }
 
-fn error(status: StatusCode, m: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": m.into() }))).into_response()
-}
-
 /// 201 with the new version; 200 when the data equals the current version; 422 with every
 /// problem (file, line, field, message, text) when it is refused — then nothing is published.
 pub async fn import(
@@ -64,7 +61,7 @@ pub async fn import(
 ) -> Response {
     let Json(req) = match req {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     let mut sources = Sources {
         texts: req.texts,
@@ -75,7 +72,10 @@ pub async fn import(
             Ok(b) => {
                 sources.blobs.insert(path, b);
             }
-            Err(_) => return error(StatusCode::BAD_REQUEST, format!("blobs.{path}: not base64")),
+            Err(_) => {
+                return ApiError::new(StatusCode::BAD_REQUEST, format!("blobs.{path}: not base64"))
+                    .into_response()
+            }
         }
     }
     let by = op.author(&req.by);
@@ -105,8 +105,10 @@ pub async fn import(
             )
                 .into_response()
         }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(Err(e)) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
@@ -114,7 +116,9 @@ pub async fn import(
 pub async fn current(State(shared): State<Arc<Shared>>) -> Response {
     match shared.masterdata.current() {
         Some(v) => Json(json!(v.info)).into_response(),
-        None => error(StatusCode::NOT_FOUND, "no master data published yet"),
+        None => {
+            ApiError::new(StatusCode::NOT_FOUND, "no master data published yet").into_response()
+        }
     }
 }
 
@@ -127,7 +131,8 @@ pub async fn versions(State(shared): State<Arc<Shared>>) -> Json<serde_json::Val
 pub async fn version(State(shared): State<Arc<Shared>>, Path(n): Path<u64>) -> Response {
     match shared.masterdata.version(n) {
         Some(v) => Json(json!(v)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no master data version {n}")),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no master data version {n}"))
+            .into_response(),
     }
 }
 
@@ -139,6 +144,6 @@ pub async fn content(State(shared): State<Arc<Shared>>, Path(sha): Path<String>)
             b,
         )
             .into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no content {sha:?}")),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no content {sha:?}")).into_response(),
     }
 }

@@ -13,23 +13,19 @@ use serde_json::json;
 use time::OffsetDateTime;
 
 use super::session::Operator;
-use crate::meetings::{self, Booking};
+use super::ApiError;
+use crate::meetings::{self, Booking, MeetingError};
 use crate::operators::Role;
 use crate::Shared;
 
-fn error(status: StatusCode, m: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": m.into() }))).into_response()
-}
-
-fn refusal(e: String) -> Response {
-    let status = if e.starts_with("no meeting") {
-        StatusCode::NOT_FOUND
-    } else if e.contains("was cancelled") {
-        StatusCode::CONFLICT
-    } else {
-        StatusCode::BAD_REQUEST
+fn refusal(e: MeetingError) -> Response {
+    let status = match e {
+        MeetingError::Invalid(_) => StatusCode::BAD_REQUEST,
+        MeetingError::NotFound(_) => StatusCode::NOT_FOUND,
+        MeetingError::Cancelled(_) => StatusCode::CONFLICT,
+        MeetingError::Store(_) | MeetingError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    error(status, e)
+    ApiError::new(status, e.to_string()).into_response()
 }
 
 /// `GET /api/v1/meetings`: every meeting, soonest first, with each invitee's state.
@@ -45,7 +41,7 @@ pub async fn one(
 ) -> Response {
     match shared.meetings.get(&id) {
         Some(m) => Json(json!(m)).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("no meeting {id:?}")),
+        None => ApiError::new(StatusCode::NOT_FOUND, format!("no meeting {id:?}")).into_response(),
     }
 }
 
@@ -62,7 +58,7 @@ pub async fn book(
     };
     let b = match req {
         Ok(Json(b)) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     let s = shared.clone();
     let who = by.clone();
@@ -77,7 +73,7 @@ pub async fn book(
             (StatusCode::CREATED, Json(json!(m))).into_response()
         }
         Ok(Err(e)) => refusal(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
@@ -103,7 +99,7 @@ pub async fn change(
 ) -> Response {
     let c = match req {
         Ok(Json(c)) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     let by = match op.require(Role::Supervisor) {
         Ok(s) => s.name.clone(),
@@ -120,15 +116,17 @@ pub async fn change(
             |m| match action.as_str() {
                 "reschedule" => match (c.starts, c.ends) {
                     (Some(a), Some(b)) => meetings::reschedule(m, a, b, c.room, now),
-                    _ => Err("starts and ends: the new times".into()),
+                    _ => Err(MeetingError::Invalid(
+                        "starts and ends: the new times".into(),
+                    )),
                 },
                 "cancel" => {
                     m.cancelled = true;
                     Ok("cancelled".into())
                 }
-                other => Err(format!(
+                other => Err(MeetingError::Invalid(format!(
                     "{other:?} is not an action; use reschedule or cancel"
-                )),
+                ))),
             },
             now,
         )
@@ -141,6 +139,6 @@ pub async fn change(
             Json(json!(m)).into_response()
         }
         Ok(Err(e)) => refusal(e),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -25,6 +25,8 @@ pub mod session;
 pub mod shares;
 pub mod terminals;
 
+pub use firmware_config::runtime::api_error::ApiError;
+
 pub fn router(shared: Arc<Shared>) -> Router {
     use crate::operators::Role;
     use axum::routing::delete;
@@ -185,7 +187,7 @@ async fn events(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let bad = |m: String| (StatusCode::BAD_REQUEST, Json(json!({ "error": m }))).into_response();
+    let bad = |m: String| ApiError::bad_request(m).into_response();
     let Query(q) = match q {
         Ok(q) => q,
         Err(e) => return bad(format!("query: {e}; use ?gateway=ID&after=SEQ&limit=N")),
@@ -208,16 +210,10 @@ async fn events(
             let next = events.last().map(|e| e.seq);
             Json(json!({ "events": events, "next_after": next })).into_response()
         }
-        Ok(Err(e)) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": e.to_string() })),
-        )
-            .into_response(),
-        Err(e) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({ "error": e.to_string() })),
-        )
-            .into_response(),
+        Ok(Err(e)) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        }
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
@@ -232,11 +228,12 @@ async fn camera_snapshot(
 ) -> Response {
     use crate::link::commands::CommandError;
     use base64::Engine;
-    let error =
-        |status: StatusCode, m: String| (status, Json(json!({ "error": m }))).into_response();
     let gateway = match GatewayId::new(gateway.clone()) {
         Ok(g) => g,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("gateway: {gateway:?} {e}")),
+        Err(e) => {
+            return ApiError::new(StatusCode::BAD_REQUEST, format!("gateway: {gateway:?} {e}"))
+                .into_response()
+        }
     };
     let reply = shared
         .commands
@@ -250,12 +247,14 @@ async fn camera_snapshot(
     let reply = match reply {
         Ok(r) => r,
         Err(e @ CommandError::Timeout { .. }) => {
-            return error(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+            return ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()).into_response()
         }
         Err(e @ CommandError::Refused { .. }) => {
-            return error(StatusCode::NOT_FOUND, e.to_string())
+            return ApiError::new(StatusCode::NOT_FOUND, e.to_string()).into_response()
         }
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response()
+        }
     };
     let jpeg = reply
         .data
@@ -263,10 +262,11 @@ async fn camera_snapshot(
         .and_then(Value::as_str)
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
     let Some(jpeg) = jpeg else {
-        return error(
+        return ApiError::new(
             StatusCode::BAD_GATEWAY,
-            "the gateway's reply has no picture".into(),
-        );
+            "the gateway's reply has no picture",
+        )
+        .into_response();
     };
     let taken = reply.data.get("id").and_then(Value::as_u64).unwrap_or(0);
     (

@@ -14,18 +14,9 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::ApiError;
 use crate::operators::{Role, Signed, COOKIE};
 use crate::Shared;
-
-/// A refusal: its status and what was wrong.
-#[derive(Debug)]
-pub struct Refusal(pub StatusCode, pub String);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
-    }
-}
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
     firmware_config::runtime::cookie(headers, COOKIE)
@@ -49,11 +40,11 @@ impl Operator {
 
 impl Operator {
     /// 403 unless the operator's role is at least `role`.
-    pub fn require(&self, role: Role) -> Result<&Signed, Refusal> {
+    pub fn require(&self, role: Role) -> Result<&Signed, ApiError> {
         if self.0.role >= role {
             Ok(&self.0)
         } else {
-            Err(Refusal(
+            Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 format!(
                     "{} is {}; this needs {}",
@@ -67,9 +58,9 @@ impl Operator {
 }
 
 impl FromRequestParts<Arc<Shared>> for Operator {
-    type Rejection = Refusal;
+    type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Refusal> {
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, ApiError> {
         // A tool with an API token: no cookie, so no cross-site request to guard against.
         if let Some(auth) = parts.headers.get(header::AUTHORIZATION) {
             let token = auth
@@ -82,18 +73,18 @@ impl FromRequestParts<Arc<Shared>> for Operator {
                 .by_token(token.trim())
                 .map(Operator)
                 .ok_or_else(|| {
-                    Refusal(
+                    ApiError::new(
                         StatusCode::UNAUTHORIZED,
-                        "unknown API token (see [[api_tokens]] in central.toml)".into(),
+                        "unknown API token (see [[api_tokens]] in central.toml)",
                     )
                 });
         }
         let signed = cookie(&parts.headers)
             .and_then(|c| shared.operators.session(&c, Instant::now()))
             .ok_or_else(|| {
-                Refusal(
+                ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "log in first: POST /api/v1/session".into(),
+                    "log in first: POST /api/v1/session",
                 )
             })?;
         let changes = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
@@ -104,9 +95,9 @@ impl FromRequestParts<Arc<Shared>> for Operator {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             if !crate::broker::acl::same(given, &signed.csrf) {
-                return Err(Refusal(
+                return Err(ApiError::new(
                     StatusCode::FORBIDDEN,
-                    "the X-CSRF-Token header is missing or not this session's".into(),
+                    "the X-CSRF-Token header is missing or not this session's",
                 ));
             }
         }
@@ -150,11 +141,10 @@ pub async fn login(
     use crate::logins::Held;
     let Json(l) = match req {
         Ok(l) => l,
-        Err(e) => return Refusal(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     if l.name.len() > 64 || l.password.len() > 1024 {
-        return Refusal(StatusCode::BAD_REQUEST, "name or password too long".into())
-            .into_response();
+        return ApiError::new(StatusCode::BAD_REQUEST, "name or password too long").into_response();
     }
     let from = peer.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     let held = |h: Held| {
@@ -170,7 +160,7 @@ pub async fn login(
                 "too many logins at once; try again in a moment".to_owned(),
             ),
         };
-        let mut r = Refusal(status, why).into_response();
+        let mut r = ApiError::new(status, why).into_response();
         r.headers_mut().insert(header::RETRY_AFTER, secs.into());
         r
     };
@@ -209,7 +199,7 @@ pub async fn login(
             let key = shared.operators.record_refusals(&l.name, from, &burst);
             shared.logins.set_audit_key(from, &l.name, key);
             tracing::warn!(name = %l.name, %from, failures = burst.count, "console login refused");
-            Refusal(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
+            ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
         }
     }
 }
@@ -239,7 +229,7 @@ pub async fn logout(
 }
 
 /// `GET /api/v1/operators/audit`: the operators' audit trail (administrators).
-pub async fn audit(State(shared): State<Arc<Shared>>, op: Operator) -> Result<Response, Refusal> {
+pub async fn audit(State(shared): State<Arc<Shared>>, op: Operator) -> Result<Response, ApiError> {
     op.require(Role::Administrator)?;
     Ok(Json(json!({ "audit": shared.operators.audit(500) })).into_response())
 }

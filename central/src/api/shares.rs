@@ -13,12 +13,9 @@ use firmware_config::runtime::video_hub::{self, UpstreamReader, WsMessage};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::ApiError;
 use crate::share::{self, ShareError};
 use crate::Shared;
-
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
 
 fn share_error(e: ShareError) -> Response {
     let status = match e {
@@ -28,7 +25,7 @@ fn share_error(e: ShareError) -> Response {
             StatusCode::FORBIDDEN
         }
     };
-    error(status, e.to_string())
+    ApiError::new(status, e.to_string()).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,12 +53,15 @@ pub async fn create(
 ) -> Response {
     let Json(req) = match body {
         Ok(b) => b,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     let secs = match (req.minutes, req.seconds) {
         (Some(m), None) => m.saturating_mul(60),
         (None, Some(s)) => s,
-        _ => return error(StatusCode::BAD_REQUEST, "give either minutes or seconds"),
+        _ => {
+            return ApiError::new(StatusCode::BAD_REQUEST, "give either minutes or seconds")
+                .into_response()
+        }
     };
     match shared.shares.grant(
         &req.gateway,
@@ -177,10 +177,12 @@ pub async fn push(
     ws: WebSocketUpgrade,
 ) -> Response {
     let Some(relay) = shared.shares.existing_relay(&gateway, &camera) else {
-        return error(StatusCode::NOT_FOUND, "nobody asked for this camera");
+        return ApiError::new(StatusCode::NOT_FOUND, "nobody asked for this camera")
+            .into_response();
     };
     let Some((n, end)) = relay.accept_push(&q.token) else {
-        return error(StatusCode::FORBIDDEN, "not the token of an asked-for push");
+        return ApiError::new(StatusCode::FORBIDDEN, "not the token of an asked-for push")
+            .into_response();
     };
     ws.on_upgrade(move |mut socket| async move {
         shared.shares.audit.record(

@@ -12,13 +12,10 @@ use firmware_config::ids::GatewayId;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::ApiError;
 use crate::bundles::{BundleRequest, BundleSendError};
 use crate::link::commands::CommandError;
 use crate::Shared;
-
-fn error(status: StatusCode, m: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": m.into() }))).into_response()
-}
 
 #[derive(Deserialize)]
 pub struct TerminalsQuery {
@@ -53,10 +50,9 @@ pub async fn history(State(shared): State<Arc<Shared>>) -> Json<serde_json::Valu
 
 fn gateway_id(s: &str) -> Result<GatewayId, Box<Response>> {
     GatewayId::new(s.to_owned()).map_err(|e| {
-        Box::new(error(
-            StatusCode::BAD_REQUEST,
-            format!("gateway: {s:?} {e}"),
-        ))
+        Box::new(
+            ApiError::new(StatusCode::BAD_REQUEST, format!("gateway: {s:?} {e}")).into_response(),
+        )
     })
 }
 
@@ -64,15 +60,15 @@ fn outcome(result: Result<crate::bundles::Sent, BundleSendError>) -> Response {
     match result {
         Ok(sent) => Json(json!(sent)).into_response(),
         Err(e @ (BundleSendError::NoKey | BundleSendError::Invalid(_))) => {
-            error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()).into_response()
         }
         Err(BundleSendError::Command(e @ CommandError::Refused { .. })) => {
-            error(StatusCode::CONFLICT, e.to_string())
+            ApiError::new(StatusCode::CONFLICT, e.to_string()).into_response()
         }
         Err(BundleSendError::Command(e @ CommandError::Timeout { .. })) => {
-            error(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+            ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()).into_response()
         }
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
 
@@ -84,7 +80,7 @@ pub async fn create(
 ) -> Response {
     let Json(req) = match req {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     let gateway = match gateway_id(&req.gateway) {
         Ok(g) => g,
@@ -92,7 +88,7 @@ pub async fn create(
     };
     let (target, content) = match req.content() {
         Ok(c) => c,
-        Err(m) => return error(StatusCode::BAD_REQUEST, m),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.to_string()).into_response(),
     };
     let reported = shared
         .registry()
@@ -135,7 +131,7 @@ pub async fn forward(
 ) -> Response {
     let Json(req) = match req {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
     let gateway = match gateway_id(&req.gateway) {
         Ok(g) => g,

@@ -484,7 +484,8 @@ async fn after_store(
             .collect();
         let (s, gw) = (shared.clone(), gateway.as_str().to_owned());
         let made =
-            tokio::task::spawn_blocking(move || s.cases.observe(&s, &gw, &submissions)).await;
+            tokio::task::spawn_blocking(move || s.cases.observe(&s.masterdata, &gw, &submissions))
+                .await;
         for case in made.unwrap_or_default() {
             tracing::info!(receipt = %case.receipt, station = ?case.station, "case routed");
             crate::cases::tell_gateway(shared, &case);

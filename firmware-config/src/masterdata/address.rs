@@ -3,6 +3,8 @@
 //! named place (an estate, a market: `纺织新村`). A resident's address text (`红星路12号3单元`)
 //! is matched against them.
 
+use super::Malformed;
+
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,17 +61,21 @@ pub fn entries(field: &str) -> impl Iterator<Item = &str> {
 }
 
 /// Reads one entry.
-pub fn parse(entry: &str) -> Result<Covered, String> {
+pub fn parse(entry: &str) -> Result<Covered, Malformed> {
     let entry = entry.trim();
     if entry.is_empty() || entry.chars().count() > 64 {
-        return Err(format!("{entry:?}: an address is 1 to 64 characters"));
+        return Err(Malformed(format!(
+            "{entry:?}: an address is 1 to 64 characters"
+        )));
     }
     let Some(start) = entry.find(|c: char| c.is_ascii_digit()) else {
         return Ok(Covered::Place(entry.to_owned()));
     };
     let road = entry[..start].trim().to_owned();
     if road.chars().count() < 2 {
-        return Err(format!("{entry:?}: name the road before the house numbers"));
+        return Err(Malformed(format!(
+            "{entry:?}: name the road before the house numbers"
+        )));
     }
     let rest = &entry[start..];
     let (numbers, side) = match rest.strip_suffix("号单") {
@@ -79,9 +85,9 @@ pub fn parse(entry: &str) -> Result<Covered, String> {
             None => match rest.strip_suffix('号') {
                 Some(n) => (n, Side::Both),
                 None => {
-                    return Err(format!(
+                    return Err(Malformed(format!(
                         "{entry:?}: house numbers end with 号 (and 单 or 双 for one side)"
-                    ))
+                    )))
                 }
             },
         },
@@ -89,7 +95,7 @@ pub fn parse(entry: &str) -> Result<Covered, String> {
     let number = |s: &str| {
         s.trim()
             .parse::<u32>()
-            .map_err(|_| format!("{entry:?}: {s:?} is not a house number"))
+            .map_err(|_| Malformed(format!("{entry:?}: {s:?} is not a house number")))
     };
     let (from, to) = match numbers.split_once('-') {
         Some((a, b)) => (number(a)?, number(b)?),
@@ -99,7 +105,9 @@ pub fn parse(entry: &str) -> Result<Covered, String> {
         }
     };
     if from == 0 || to < from {
-        return Err(format!("{entry:?}: the range must run from 1 upwards"));
+        return Err(Malformed(format!(
+            "{entry:?}: the range must run from 1 upwards"
+        )));
     }
     let wrong_side = |n: u32| match side {
         Side::Both => false,
@@ -107,9 +115,9 @@ pub fn parse(entry: &str) -> Result<Covered, String> {
         Side::Even => n % 2 == 1,
     };
     if wrong_side(from) || wrong_side(to) {
-        return Err(format!(
+        return Err(Malformed(format!(
             "{entry:?}: a range of one side starts and ends on that side"
-        ));
+        )));
     }
     Ok(Covered::Numbers {
         road,

@@ -2,11 +2,13 @@
 //! quoted fields with `""` escapes and line breaks, CRLF or LF). Rows come with their line
 //! numbers so that errors can name them.
 
+use super::Malformed;
+
 /// One record: its first line number (1-based) and its fields.
 pub type Record = (usize, Vec<String>);
 
 /// Splits `text` into records; an unterminated quote is an error naming its line.
-pub fn records(text: &str) -> Result<Vec<Record>, String> {
+pub fn records(text: &str) -> Result<Vec<Record>, Malformed> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     let mut fields = Vec::new();
@@ -59,7 +61,9 @@ pub fn records(text: &str) -> Result<Vec<Record>, String> {
         }
     }
     if quoted {
-        return Err(format!("line {start}: a quoted field is not closed"));
+        return Err(Malformed(format!(
+            "line {start}: a quoted field is not closed"
+        )));
     }
     if !field.is_empty() || !fields.is_empty() {
         fields.push(field);
@@ -76,11 +80,11 @@ pub struct Table {
 
 impl Table {
     /// Parses `text`, requiring the `required` columns in the header.
-    pub fn parse(text: &str, required: &[&str]) -> Result<Self, String> {
+    pub fn parse(text: &str, required: &[&str]) -> Result<Self, Malformed> {
         let mut recs = records(text)?.into_iter();
         let (_, header) = recs
             .next()
-            .ok_or("the file is empty; a header row is required")?;
+            .ok_or_else(|| Malformed("the file is empty; a header row is required".to_owned()))?;
         let header: Vec<String> = header.into_iter().map(|h| h.trim().to_owned()).collect();
         let missing: Vec<&str> = required
             .iter()
@@ -88,20 +92,20 @@ impl Table {
             .filter(|r| !header.iter().any(|h| h == r))
             .collect();
         if !missing.is_empty() {
-            return Err(format!(
+            return Err(Malformed(format!(
                 "header: missing column(s) {}; the header is {}",
                 missing.join(", "),
                 header.join(",")
-            ));
+            )));
         }
         let mut rows = Vec::new();
         for (line, fields) in recs {
             if fields.len() != header.len() {
-                return Err(format!(
+                return Err(Malformed(format!(
                     "line {line}: {} field(s), the header has {}",
                     fields.len(),
                     header.len()
-                ));
+                )));
             }
             rows.push((line, fields));
         }
@@ -130,10 +134,10 @@ mod tests {
         assert_eq!(r[1], (2, vec!["1".into(), "x, \"y\"".into(), "3".into()]));
         assert_eq!(r[2].0, 4);
         assert_eq!(r[2].1[1], "two\nlines");
-        assert!(records("a,\"b\n").unwrap_err().contains("line 1"));
+        assert!(records("a,\"b\n").unwrap_err().0.contains("line 1"));
         let t = Table::parse("code,name\n1,a\n2,b,c\n", &["code"]);
-        assert!(t.err().unwrap().contains("line 3"));
+        assert!(t.err().unwrap().0.contains("line 3"));
         let t = Table::parse("code,name\n", &["code", "level"]);
-        assert!(t.err().unwrap().contains("missing column(s) level"));
+        assert!(t.err().unwrap().0.contains("missing column(s) level"));
     }
 }

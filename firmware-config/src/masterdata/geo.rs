@@ -1,6 +1,8 @@
 //! Grid boundaries: polygons in WGS 84 longitude/latitude (as GeoJSON has them), their checks,
 //! and which polygon contains a point.
 
+use super::Malformed;
+
 use serde::{Deserialize, Serialize};
 
 /// An outer ring and any holes; each ring closed (first point = last point).
@@ -42,9 +44,9 @@ fn segments_meet(a: [f64; 2], b: [f64; 2], c: [f64; 2], d: [f64; 2]) -> bool {
 impl Polygon {
     /// What is wrong with it, if anything: rings closed, at least 4 positions, coordinates in
     /// range, an area, and edges that do not cross.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Malformed> {
         if self.rings.is_empty() {
-            return Err("a polygon needs an outer ring".to_owned());
+            return Err(Malformed("a polygon needs an outer ring".to_owned()));
         }
         for (i, ring) in self.rings.iter().enumerate() {
             let which = if i == 0 {
@@ -53,26 +55,26 @@ impl Polygon {
                 format!("hole {i}")
             };
             if ring.len() < 4 {
-                return Err(format!(
+                return Err(Malformed(format!(
                     "{which}: {} position(s); a ring needs at least 4",
                     ring.len()
-                ));
+                )));
             }
             if ring.first() != ring.last() {
-                return Err(format!(
+                return Err(Malformed(format!(
                     "{which}: not closed (the last position must repeat the first)"
-                ));
+                )));
             }
             for p in ring {
                 if !(-180.0..=180.0).contains(&p[0]) || !(-90.0..=90.0).contains(&p[1]) {
-                    return Err(format!(
+                    return Err(Malformed(format!(
                         "{which}: [{}, {}] is not a longitude/latitude",
                         p[0], p[1]
-                    ));
+                    )));
                 }
             }
             if area2(ring).abs() < 1e-14 {
-                return Err(format!("{which}: has no area"));
+                return Err(Malformed(format!("{which}: has no area")));
             }
             let n = ring.len() - 1;
             for a in 0..n {
@@ -82,11 +84,11 @@ impl Polygon {
                         continue;
                     }
                     if segments_meet(ring[a], ring[a + 1], ring[b], ring[b + 1]) {
-                        return Err(format!(
+                        return Err(Malformed(format!(
                             "{which}: edges {} and {} cross; the boundary must not cross itself",
                             a + 1,
                             b + 1
-                        ));
+                        )));
                     }
                 }
             }
@@ -163,13 +165,13 @@ mod tests {
         assert!(square.contains([0.5, 0.5]));
         assert!(!square.contains([1.5, 0.5]));
         let bowtie = poly(&[[0.0, 0.0], [2.0, 2.0], [2.0, 0.0], [0.0, 1.0], [0.0, 0.0]]);
-        assert!(bowtie.check().unwrap_err().contains("cross"));
+        assert!(bowtie.check().unwrap_err().0.contains("cross"));
         let open = poly(&[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]);
-        assert!(open.check().unwrap_err().contains("not closed"));
+        assert!(open.check().unwrap_err().0.contains("not closed"));
         let flat = poly(&[[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 0.0]]);
         assert!(flat.check().is_err());
         let far = poly(&[[0.0, 0.0], [200.0, 0.0], [1.0, 1.0], [0.0, 0.0]]);
-        assert!(far.check().unwrap_err().contains("longitude"));
+        assert!(far.check().unwrap_err().0.contains("longitude"));
         let mut holed = square.clone();
         holed.rings.push(vec![
             [0.4, 0.4],

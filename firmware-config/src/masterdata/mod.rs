@@ -19,6 +19,18 @@ use serde::{Deserialize, Serialize};
 pub use load::{load_dir, Sources};
 pub use validate::validate;
 
+/// What is wrong with one piece of master data (a CSV file, an address, a boundary), in
+/// words that name it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+impl From<Malformed> for String {
+    fn from(m: Malformed) -> Self {
+        m.0
+    }
+}
+
 /// One problem in the input, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {

@@ -111,8 +111,8 @@ pub struct SignedUpdate {
 }
 
 impl SignedUpdate {
-    pub fn sign(key: &SigningKey, update: &Update) -> Result<Self, String> {
-        let body = serde_json::to_string(update).map_err(|e| e.to_string())?;
+    pub fn sign(key: &SigningKey, update: &Update) -> Result<Self, serde_json::Error> {
+        let body = serde_json::to_string(update)?;
         Ok(Self {
             key: key.id().to_owned(),
             sig: key.sign_text(CONTEXT, &body),

@@ -1,6 +1,7 @@
 //! Plumbing that central and the gateway share (feature `runtime`): how they log, stop, serve
 //! HTTP and open their MQTT connection. Kept here so both services behave the same way.
 
+pub mod api_error;
 pub mod mqtt;
 pub mod range;
 pub mod signing;

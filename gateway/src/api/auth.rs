@@ -139,7 +139,7 @@ pub fn holder(shared: &Shared, headers: &HeaderMap) -> Result<Holder, ApiError> 
     if let Some(token) = bearer(headers) {
         return shared.tokens().holder(token?).cloned();
     }
-    if let Some(terminal) = shared.device_sessions.terminal(shared, headers) {
+    if let Some(terminal) = shared.device_sessions.terminal(&shared.tokens(), headers) {
         return Ok(Holder::Terminal(terminal));
     }
     Err(ApiError::new(

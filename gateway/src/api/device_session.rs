@@ -26,7 +26,7 @@ use ring::hmac;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::auth::Holder;
+use super::auth::{DeviceTokens, Holder};
 use super::ApiError;
 use crate::Shared;
 
@@ -108,9 +108,8 @@ impl DeviceSessions {
     }
 
     /// The terminal of a request's session cookie, if it has a valid one.
-    pub fn terminal(&self, shared: &Shared, headers: &HeaderMap) -> Option<String> {
+    pub fn terminal(&self, tokens: &DeviceTokens, headers: &HeaderMap) -> Option<String> {
         let value = cookie(headers)?;
-        let tokens = shared.tokens();
         self.check(&value, now(), |id| {
             tokens.terminal_token(id).map(str::to_owned)
         })
@@ -189,7 +188,7 @@ pub async fn whoami(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let terminal = shared
         .device_sessions
-        .terminal(&shared, &headers)
+        .terminal(&shared.tokens(), &headers)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,

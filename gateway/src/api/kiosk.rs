@@ -230,7 +230,8 @@ pub async fn submit(
     // Taken even before any master data has arrived: nothing a resident hands in is refused
     // for want of the catalogue (it is checked against it when there is one).
     let catalogue = shared.replica.catalogue();
-    let s = NewSubmission::parse(&body, &catalogue).map_err(ApiError::bad_request)?;
+    let s = NewSubmission::parse(&body, &catalogue)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let mut payload = serde_json::to_value(&s).unwrap_or_default();
     payload["terminal"] = json!(device);
     let check = new_check();
@@ -450,13 +451,14 @@ pub async fn page() -> axum::response::Html<&'static str> {
 /// with this centre's data: the grid and item codes a submission may name, and an example of
 /// each path parameter, so a client (or a fuzzer) can reach real answers.
 pub async fn openapi(State(shared): State<Arc<Shared>>) -> Result<Json<Value>, ApiError> {
-    static DOC: std::sync::OnceLock<Result<Value, String>> = std::sync::OnceLock::new();
+    static DOC: std::sync::OnceLock<Result<Value, Arc<serde_json::Error>>> =
+        std::sync::OnceLock::new();
     let doc = DOC.get_or_init(|| {
-        serde_json::from_str(include_str!("../../openapi/kiosk.json")).map_err(|e| e.to_string())
+        serde_json::from_str(include_str!("../../openapi/kiosk.json")).map_err(Arc::new)
     });
     let mut doc = doc
         .clone()
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let c = shared.replica.catalogue();
     let data = c.data();
     if c.version > 0 {

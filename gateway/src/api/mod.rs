@@ -12,52 +12,14 @@ pub mod terminals;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::Shared;
 
-/// An API error: a status and a message for the caller.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    /// Seconds to wait before asking again (429, 503).
-    pub retry_after: Option<u64>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-
-    pub fn retry_after(mut self, secs: u64) -> Self {
-        self.retry_after = Some(secs.max(1));
-        self
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
-        if let Some(secs) = self.retry_after {
-            r.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, secs.into());
-        }
-        r
-    }
-}
+pub use firmware_config::runtime::api_error::ApiError;
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()

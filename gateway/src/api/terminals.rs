@@ -23,7 +23,8 @@ pub async fn heartbeat(
     body: Bytes,
 ) -> Result<Json<HeartbeatReply>, ApiError> {
     let device = super::auth::terminal(&shared, &headers)?;
-    let hb = crate::terminals::Heartbeat::parse(&body).map_err(ApiError::bad_request)?;
+    let hb = crate::terminals::Heartbeat::parse(&body)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     shared
         .terminals
         .heartbeat(&device, hb, Instant::now())

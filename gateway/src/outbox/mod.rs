@@ -83,6 +83,12 @@ pub enum OutboxError {
     Store(#[from] sled::Error),
     #[error("cannot move the damaged store aside: {0}")]
     Quarantine(#[source] std::io::Error),
+    #[error("outbox folder: {0}")]
+    Folder(#[source] std::io::Error),
+    #[error("cannot start the outbox writer: {0}")]
+    Writer(#[source] std::io::Error),
+    #[error("cannot keep the sequence floor: {0}")]
+    Floor(#[source] std::io::Error),
     #[error("outbox store {0} is in use by another process")]
     Locked(String),
 }
@@ -209,7 +215,7 @@ impl Outbox {
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || w.run(rx))
-            .map_err(OutboxError::Quarantine)?;
+            .map_err(OutboxError::Writer)?;
         let writer = Arc::new(std::sync::Mutex::new(Some(handle)));
         Ok((
             Self {

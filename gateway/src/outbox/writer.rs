@@ -184,7 +184,7 @@ impl Writer {
             return Err(e);
         }
         if let Err(e) = self.floor.reserve(self.next_seq + encoded.len() as u64) {
-            return Err(OutboxError::Quarantine(e));
+            return Err(OutboxError::Floor(e));
         }
         let s = &self.store.stats;
         let mut seqs = Vec::with_capacity(encoded.len());

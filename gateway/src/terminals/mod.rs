@@ -244,7 +244,7 @@ impl Terminals {
     }
 
     /// The result of probing terminal `id`.
-    pub fn probed(&self, id: &str, result: Result<(), String>, now: Instant) {
+    pub fn probed(&self, id: &str, result: Result<(), probe::ProbeMiss>, now: Instant) {
         let mut inner = self.lock();
         let Some(e) = inner.entries.get_mut(id) else {
             return;
@@ -253,7 +253,9 @@ impl Terminals {
             Ok(()) => Observation::Answered {
                 problems: Vec::new(),
             },
-            Err(reason) => Observation::Missed { reason },
+            Err(miss) => Observation::Missed {
+                reason: miss.to_string(),
+            },
         };
         let changes = e.health.observe(now, obs);
         self.emit(&e.terminal, &e.health, changes);

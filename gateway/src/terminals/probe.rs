@@ -7,6 +7,29 @@ use tokio_util::sync::CancellationToken;
 
 use super::Terminals;
 
+/// Why a probe found the terminal not answering as expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeMiss {
+    #[error("GET {url}: no answer within {}", humantime::format_duration(*.timeout))]
+    NoAnswer { url: String, timeout: Duration },
+    #[error("GET {url}: {cause}")]
+    Failed { url: String, cause: String },
+    #[error("GET {url}: status {status}, expected {expected}")]
+    Status {
+        url: String,
+        status: u16,
+        expected: u16,
+    },
+    #[error("connect {address}: {source}")]
+    Refused {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect {address}: no answer within {}", humantime::format_duration(*.timeout))]
+    NoConnection { address: String, timeout: Duration },
+}
+
 /// The probe of one terminal, as configured; `None` for a heartbeating terminal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {
@@ -59,7 +82,7 @@ impl Probe {
     }
 
     /// One probe: `Ok` when the terminal answered as expected, else why not.
-    pub async fn once(&self, client: &reqwest::Client) -> Result<(), String> {
+    pub async fn once(&self, client: &reqwest::Client) -> Result<(), ProbeMiss> {
         match self {
             Probe::Http {
                 url,
@@ -74,21 +97,26 @@ impl Probe {
                     .await
                     .map_err(|e| {
                         if e.is_timeout() {
-                            format!(
-                                "GET {url}: no answer within {}",
-                                humantime::format_duration(*timeout)
-                            )
+                            ProbeMiss::NoAnswer {
+                                url: url.clone(),
+                                timeout: *timeout,
+                            }
                         } else {
-                            format!("GET {url}: {}", root_cause(&e))
+                            ProbeMiss::Failed {
+                                url: url.clone(),
+                                cause: root_cause(&e),
+                            }
                         }
                     })?;
                 let status = resp.status().as_u16();
                 if status == *expect_status {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "GET {url}: status {status}, expected {expect_status}"
-                    ))
+                    Err(ProbeMiss::Status {
+                        url: url.clone(),
+                        status,
+                        expected: *expect_status,
+                    })
                 }
             }
             Probe::Tcp {
@@ -97,11 +125,14 @@ impl Probe {
                 match tokio::time::timeout(*timeout, tokio::net::TcpStream::connect(address)).await
                 {
                     Ok(Ok(_)) => Ok(()),
-                    Ok(Err(e)) => Err(format!("connect {address}: {e}")),
-                    Err(_) => Err(format!(
-                        "connect {address}: no answer within {}",
-                        humantime::format_duration(*timeout)
-                    )),
+                    Ok(Err(source)) => Err(ProbeMiss::Refused {
+                        address: address.clone(),
+                        source,
+                    }),
+                    Err(_) => Err(ProbeMiss::NoConnection {
+                        address: address.clone(),
+                        timeout: *timeout,
+                    }),
                 }
             }
         }

@@ -39,14 +39,19 @@ pub struct Peripheral {
     pub detail: String,
 }
 
+/// Why a heartbeat was refused; the text names the field at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HeartbeatRefused(String);
+
 impl Heartbeat {
     /// Parses a body; the error names the field at fault.
-    pub fn parse(body: &[u8]) -> Result<Self, String> {
+    pub fn parse(body: &[u8]) -> Result<Self, HeartbeatRefused> {
         if body.len() > MAX_HEARTBEAT_BYTES {
-            return Err(format!(
+            return Err(HeartbeatRefused(format!(
                 "heartbeat is {} bytes; at most {MAX_HEARTBEAT_BYTES}",
                 body.len()
-            ));
+            )));
         }
         // The common case parses plainly; only a bad body is parsed again to name its field.
         if let Ok(hb) = serde_json::from_slice::<Self>(body) {
@@ -56,42 +61,46 @@ impl Heartbeat {
         let mut de = serde_json::Deserializer::from_slice(body);
         let hb: Self = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let path = e.path().to_string();
-            if path == "." {
+            HeartbeatRefused(if path == "." {
                 e.into_inner().to_string()
             } else {
                 format!("{path}: {}", e.into_inner())
-            }
+            })
         })?;
         hb.check()?;
         Ok(hb)
     }
 
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), HeartbeatRefused> {
         if self.app_version.trim().is_empty() || self.app_version.len() > 64 {
-            return Err("app_version: 1 to 64 characters".to_owned());
+            return Err(HeartbeatRefused(
+                "app_version: 1 to 64 characters".to_owned(),
+            ));
         }
         if self.peripherals.len() > PERIPHERALS.len() {
-            return Err(format!(
+            return Err(HeartbeatRefused(format!(
                 "peripherals: at most {} entries",
                 PERIPHERALS.len()
-            ));
+            )));
         }
         for (name, p) in &self.peripherals {
             if !PERIPHERALS.contains(&name.as_str()) {
-                return Err(format!(
+                return Err(HeartbeatRefused(format!(
                     "peripherals.{name}: not a peripheral; use one of {}",
                     PERIPHERALS.join(", ")
-                ));
+                )));
             }
             if p.detail.len() > MAX_TEXT {
-                return Err(format!(
+                return Err(HeartbeatRefused(format!(
                     "peripherals.{name}.detail: at most {MAX_TEXT} bytes"
-                ));
+                )));
             }
         }
         if let Some(t) = self.temperature_c {
             if !(-40.0..=150.0).contains(&t) {
-                return Err(format!("temperature_c: {t} is out of range -40 to 150"));
+                return Err(HeartbeatRefused(format!(
+                    "temperature_c: {t} is out of range -40 to 150"
+                )));
             }
         }
         Ok(())
@@ -164,7 +173,7 @@ mod tests {
             (br#"not json"#, "expected"),
         ] {
             let e = Heartbeat::parse(body).unwrap_err();
-            assert!(e.contains(field), "{field}: {e}");
+            assert!(e.to_string().contains(field), "{field}: {e}");
         }
         assert!(Heartbeat::parse(&vec![b' '; MAX_HEARTBEAT_BYTES + 1]).is_err());
     }

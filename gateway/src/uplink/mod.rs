@@ -100,7 +100,7 @@ impl Uplink {
             None => None,
         };
         let central = firmware_config::bundle::VerifyingKey::load(&u.central_key_file)
-            .map_err(|e| crate::GatewayError::CentralKey(e.to_string()))?;
+            .map_err(crate::GatewayError::CentralKey)?;
         let guard = DownlinkGuard::open(
             &config.storage.dir,
             gateway.clone(),

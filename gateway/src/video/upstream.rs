@@ -14,6 +14,21 @@ use tokio_util::sync::CancellationToken;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a push was not started, or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot push over TLS: this gateway has no [uplink.tls] to trust central with")]
+    NoTls,
+    #[error("cannot push video to {0:?}: not an http(s) or ws(s) URL")]
+    NotAVideoUrl(String),
+    #[error("connecting to central timed out")]
+    ConnectTimeout,
+    #[error("cannot connect to central: {0}")]
+    Connect(#[source] tokio_tungstenite::tungstenite::Error),
+    #[error("central closed the push: {0}")]
+    Closed(#[source] tokio_tungstenite::tungstenite::Error),
+}
+
 /// The pushes running now, per camera.
 #[derive(Default)]
 pub struct Upstreams {
@@ -38,7 +53,7 @@ impl Upstreams {
         url: String,
         hub: Hub,
         parent: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), UpstreamError> {
         let url = if let Some(rest) = url.strip_prefix("http://") {
             format!("ws://{rest}")
         } else if let Some(rest) = url.strip_prefix("https://") {
@@ -49,13 +64,9 @@ impl Upstreams {
         let tls = if url.starts_with("ws://") {
             None
         } else if url.starts_with("wss://") {
-            Some(self.tls.clone().ok_or(
-                "cannot push over TLS: this gateway has no [uplink.tls] to trust central with",
-            )?)
+            Some(self.tls.clone().ok_or(UpstreamError::NoTls)?)
         } else {
-            return Err(format!(
-                "cannot push video to {url:?}: not an http(s) or ws(s) URL"
-            ));
+            return Err(UpstreamError::NotAVideoUrl(url));
         };
         let token = parent.child_token();
         if let Some(old) = self
@@ -97,13 +108,13 @@ async fn push(
     tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     hub: Hub,
     token: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), UpstreamError> {
     let connector = tls.map(tokio_tungstenite::Connector::Rustls);
     let connecting = tokio_tungstenite::connect_async_tls_with_config(url, None, true, connector);
     let (mut ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| "connecting to central timed out".to_owned())?
-        .map_err(|e| format!("cannot connect to central: {e}"))?;
+        .map_err(|_| UpstreamError::ConnectTimeout)?
+        .map_err(UpstreamError::Connect)?;
     tracing::info!("pushing live video to central");
     let joined = hub.join();
     let first = catch_up(&joined);
@@ -115,7 +126,9 @@ async fn push(
     };
     for piece in &first {
         for m in to_upstream(piece) {
-            ws.send(to_message(m)).await.map_err(|e| e.to_string())?;
+            ws.send(to_message(m))
+                .await
+                .map_err(UpstreamError::Closed)?;
         }
     }
     loop {
@@ -124,7 +137,7 @@ async fn push(
             piece = next_piece(&mut rx, &mut skipping) => {
                 let Some(piece) = piece else { break };
                 for m in to_upstream(&piece) {
-                    ws.send(to_message(m)).await.map_err(|e| format!("central closed the push: {e}"))?;
+                    ws.send(to_message(m)).await.map_err(UpstreamError::Closed)?;
                 }
             }
             msg = ws.next() => match msg {
