@@ -53,7 +53,7 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
         return None;
     }
     if cmd.name == SUBMISSION_STATUS {
-        let status: Result<crate::submissions::Status, _> =
+        let status: Result<crate::kiosk::submissions::Status, _> =
             serde_json::from_value(cmd.args.clone());
         let result = match status {
             Ok(status) => {

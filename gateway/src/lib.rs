@@ -8,15 +8,11 @@ pub mod api;
 pub mod bundles;
 pub mod camera;
 pub mod commands;
-pub mod content;
 pub mod devices;
 pub mod kiosk;
 pub mod meetings;
 pub mod metrics;
 pub mod outbox;
-pub mod ratelimit;
-pub mod replica;
-pub mod submissions;
 pub mod supervise;
 pub mod terminals;
 pub mod uplink;
@@ -59,7 +55,7 @@ pub enum GatewayError {
     #[error("uplink.central_key_file: {0}")]
     CentralKey(#[source] firmware_config::bundle::BundleError),
     #[error("master data replica: {0}")]
-    Replica(#[from] replica::ReplicaError),
+    Replica(#[from] kiosk::replica::ReplicaError),
     #[error("submission statuses: {0}")]
     Statuses(#[source] sled::Error),
     #[error("meetings: {0}")]
@@ -90,16 +86,16 @@ pub struct Shared {
     pub devices: devices::Devices,
     pub bundles: bundles::Bundles,
     /// The street's master data, for kiosks.
-    pub replica: replica::Replicas,
+    pub replica: kiosk::replica::Replicas,
     /// Submission statuses, for kiosks.
-    pub statuses: submissions::Statuses,
+    pub statuses: kiosk::submissions::Statuses,
     /// Learning-content files, fetched from central for kiosks.
-    pub content: content::ContentStore,
+    pub content: kiosk::content::ContentStore,
     /// Meeting invitations for the terminals.
     pub meetings: meetings::Meetings,
     /// Kiosk API requests and submissions, per terminal.
-    pub kiosk_requests: ratelimit::RateLimits,
-    pub kiosk_submissions: ratelimit::RateLimits,
+    pub kiosk_requests: kiosk::ratelimit::RateLimits,
+    pub kiosk_submissions: kiosk::ratelimit::RateLimits,
     /// Asks the uplink for a health report now (after the replica changed).
     pub report_now: tokio::sync::Notify,
     /// Replies to commands that finish after the uplink loop has moved on.
@@ -232,15 +228,16 @@ pub async fn start(
     metrics
         .config_version
         .set(bundles.versions().gateway as i64);
-    let replica = replica::Replicas::open(
+    let replica = kiosk::replica::Replicas::open(
         &config.storage.dir,
         bundles.key(),
         config.site.areas.clone(),
     )?;
-    let statuses = submissions::Statuses::open(replica.db()).map_err(GatewayError::Statuses)?;
+    let statuses =
+        kiosk::submissions::Statuses::open(replica.db()).map_err(GatewayError::Statuses)?;
     let meetings = meetings::Meetings::open(replica.db()).map_err(GatewayError::Meetings)?;
     let (content, content_ports, fetch_rx) =
-        content::ContentStore::open(&config.storage.dir).map_err(GatewayError::Content)?;
+        kiosk::content::ContentStore::open(&config.storage.dir).map_err(GatewayError::Content)?;
     let (devices, device_requests) = devices::Devices::new();
     let (replies, reply_rx) = tokio::sync::mpsc::unbounded_channel();
     let listener = runtime::bind_http(config.http.listen)
@@ -286,8 +283,8 @@ pub async fn start(
         statuses,
         content,
         meetings,
-        kiosk_requests: ratelimit::RateLimits::default(),
-        kiosk_submissions: ratelimit::RateLimits::default(),
+        kiosk_requests: kiosk::ratelimit::RateLimits::default(),
+        kiosk_submissions: kiosk::ratelimit::RateLimits::default(),
         report_now: tokio::sync::Notify::new(),
         replies,
         token: token.clone(),
@@ -324,7 +321,7 @@ pub async fn start(
     });
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
-        content::run(s, content_ports, t).await;
+        kiosk::content::run(s, content_ports, t).await;
         Ok(())
     });
     let (tm, t) = (shared.terminals.clone(), parts.token().clone());

@@ -212,7 +212,7 @@ pub async fn submit(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    use crate::submissions::{new_check, NewSubmission, Status};
+    use crate::kiosk::submissions::{new_check, NewSubmission, Status};
     use firmware_config::wire::receipt;
     let device = terminal(&shared, &headers)?;
     let per_hour = shared.config().kiosk.submissions_per_hour;

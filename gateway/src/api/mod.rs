@@ -61,7 +61,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/kiosk/content/{id}", get(kiosk::content_file))
         .route(
             "/api/v1/kiosk/submissions",
-            post(kiosk::submit).layer(DefaultBodyLimit::max(crate::submissions::MAX_BODY_BYTES)),
+            post(kiosk::submit).layer(DefaultBodyLimit::max(
+                crate::kiosk::submissions::MAX_BODY_BYTES,
+            )),
         )
         .route(
             "/api/v1/kiosk/submissions/{receipt}",

@@ -411,7 +411,7 @@ impl Uplink {
                 // Applying flushes to disk: off the session loop.
                 let shared = shared.clone();
                 tokio::task::spawn_blocking(move || {
-                    use crate::replica::Received;
+                    use crate::kiosk::replica::Received;
                     match shared.replica.receive(&update) {
                         Ok(Received::Applied { version }) => {
                             tracing::info!(version, "master data replica updated");
