@@ -344,4 +344,6 @@ impl Outbox {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
