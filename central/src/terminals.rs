@@ -4,6 +4,7 @@
 //! in every gateway health report (all terminals, periodically) — so a change whose event was
 //! evicted at the edge still shows within one report. Whichever is newer wins.
 
+use firmware_config::kinds::Kind;
 use std::collections::BTreeMap;
 
 use firmware_config::wire::{Event, TerminalsSummary};
@@ -35,9 +36,9 @@ pub struct TerminalBoard {
 impl TerminalBoard {
     /// A stored event; those that are not about terminals are ignored.
     pub fn observe_event(&mut self, gateway: &str, e: &Event) {
-        let Some(kind) = e.kind.strip_prefix("terminal.") else {
+        if !e.kind.starts_with("terminal.") {
             return;
-        };
+        }
         let Ok(p) = serde_json::from_str::<serde_json::Value>(e.payload.get()) else {
             return;
         };
@@ -50,9 +51,8 @@ impl TerminalBoard {
         if old.is_some_and(|o| o.at > e.time) {
             return;
         }
-        let flapping = match kind {
-            "flapping" => true,
-            "flapping.cleared" => false,
+        let flapping = match Kind::parse(&e.kind) {
+            Kind::TerminalFlapping { cleared } => !cleared,
             _ => old.is_some_and(|o| o.flapping),
         };
         let reasons = p

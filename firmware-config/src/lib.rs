@@ -11,6 +11,7 @@ pub mod certs;
 pub mod config;
 pub mod examples;
 pub mod ids;
+pub mod kinds;
 pub mod masterdata;
 pub mod revocation;
 #[cfg(feature = "runtime")]

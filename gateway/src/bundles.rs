@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use firmware_config::bundle::{BundleBody, Checked, SignedBundle, VerifyingKey};
 use firmware_config::config::GatewayConfig;
+use firmware_config::kinds::Kind;
 use firmware_config::wire::{ConfigVersions, EventClass};
 use serde_json::{json, Value};
 
@@ -329,7 +330,7 @@ impl Bundles {
             s.version
         };
         let payload = json!({ "target": { "gateway": self.file.gateway.id }, "version": version, "after_restart": true });
-        if let Some(seq) = record(outbox, EventClass::Alert, "config.applied", payload).await {
+        if let Some(seq) = record(outbox, Kind::ConfigApplied, payload).await {
             self.lock().pending = Some(Pending {
                 version,
                 seq,
@@ -400,7 +401,7 @@ impl Bundles {
                     "claimed_target": claimed.as_ref().map(|b| &b.target),
                     "claimed_version": claimed.as_ref().map(|b| b.version),
                 });
-                record(&shared.outbox, EventClass::Alert, "config.refused", payload).await;
+                record(&shared.outbox, Kind::ConfigRefused, payload).await;
                 Err(reason)
             }
         }
@@ -480,7 +481,7 @@ impl Bundles {
                     .set_bundle(&terminal, body.version, settings.required_peripherals);
                 let payload =
                     json!({ "target": body.target, "version": body.version, "note": body.note });
-                record(&shared.outbox, EventClass::Alert, "config.applied", payload).await;
+                record(&shared.outbox, Kind::ConfigApplied, payload).await;
                 tracing::info!(%terminal, version = body.version, "terminal bundle stored");
                 Ok(json!({ "target": body.target, "version": body.version }))
             }
@@ -514,13 +515,7 @@ impl Bundles {
                 "target": body.target, "version": body.version, "reason": format!("apply failed: {e}"),
                 "back_to": version,
             });
-            record(
-                &shared.outbox,
-                EventClass::Alert,
-                "config.rolled_back",
-                payload,
-            )
-            .await;
+            record(&shared.outbox, Kind::ConfigRolledBack, payload).await;
             return Err(BundleRefusal::RolledBack { version, source: e });
         }
         let (cur, prev) = (
@@ -549,9 +544,7 @@ impl Bundles {
         }
         shared.metrics.config_version.set(body.version as i64);
         let payload = json!({ "target": body.target, "version": body.version, "note": body.note });
-        if let Some(seq) =
-            record(&shared.outbox, EventClass::Alert, "config.applied", payload).await
-        {
+        if let Some(seq) = record(&shared.outbox, Kind::ConfigApplied, payload).await {
             self.lock().pending = Some(Pending {
                 version: body.version,
                 seq,
@@ -629,29 +622,19 @@ impl Bundles {
             "target": { "gateway": self.file.gateway.id }, "version": from, "back_to": to,
             "reason": reason, "failed": failed,
         });
-        record(
-            &shared.outbox,
-            EventClass::Alert,
-            "config.rolled_back",
-            payload,
-        )
-        .await;
+        record(&shared.outbox, Kind::ConfigRolledBack, payload).await;
     }
 }
 
-async fn record(outbox: &Outbox, class: EventClass, kind: &str, payload: Value) -> Option<u64> {
-    let payload = serde_json::value::to_raw_value(&payload).ok()?;
-    let event = NewEvent {
-        class,
-        kind: kind.to_owned(),
-        payload,
-        time_ms: None,
-        source: None,
+async fn record(outbox: &Outbox, kind: Kind, payload: Value) -> Option<u64> {
+    let appended = match NewEvent::own(kind.clone(), &payload) {
+        Ok(event) => outbox.append(vec![event]).await,
+        Err(e) => Err(e),
     };
-    match outbox.append(vec![event]).await {
+    match appended {
         Ok(seqs) => seqs.first().copied(),
         Err(e) => {
-            tracing::error!(error = %e, kind, "cannot record a bundle event");
+            tracing::error!(error = %e, %kind, "cannot record a bundle event");
             None
         }
     }

@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
+use firmware_config::kinds::Kind;
 use firmware_config::runtime::{self, mqtt::MqttSetupError, Parts};
 use tokio_util::sync::CancellationToken;
 
@@ -63,7 +64,7 @@ pub enum GatewayError {
     #[error("content store: {0}")]
     Content(#[source] std::io::Error),
     #[error("the alert of a quarantined outbox: {0}")]
-    QuarantineAlert(#[source] serde_json::Error),
+    QuarantineAlert(#[source] outbox::OutboxError),
     #[error("a gateway task failed: {0}")]
     Task(String),
 }
@@ -205,14 +206,8 @@ pub async fn start(
             "reason": q.reason,
             "salvaged": q.salvaged,
         });
-        let alert = outbox::NewEvent {
-            class: firmware_config::wire::EventClass::Alert,
-            kind: "gateway.outbox_quarantined".to_owned(),
-            payload: serde_json::value::to_raw_value(&payload)
-                .map_err(GatewayError::QuarantineAlert)?,
-            time_ms: None,
-            source: None,
-        };
+        let alert = outbox::NewEvent::own(Kind::OutboxQuarantined, &payload)
+            .map_err(GatewayError::QuarantineAlert)?;
         outbox.append(vec![alert]).await?;
     }
     // A bundle applied earlier rules over the file for what bundles may change.

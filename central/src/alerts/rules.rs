@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use firmware_config::kinds::{CameraState, Kind, SensingRule, TerminalState};
 use firmware_config::wire::{Event, EventClass, OutboxReport};
 use serde_json::{json, Value};
 
@@ -83,18 +84,21 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
         }
     };
     use Severity::*;
-    match kind {
+    match Kind::parse(kind) {
         // Camera health: offline, stalled and unsupported are one condition; unauthorized its own.
-        "camera.offline" | "camera.stalled" | "camera.unsupported" if !camera.is_empty() => vec![m
-            .device(
+        Kind::Camera(CameraState::Offline | CameraState::Stalled | CameraState::Unsupported)
+            if !camera.is_empty() =>
+        {
+            vec![m.device(
                 ("camera", camera),
                 "camera.offline",
                 true,
                 Major,
                 format!("摄像头离线 {}", name(camera)),
                 DEVICE_HOLD_DOWN,
-            )],
-        "camera.unauthorized" if !camera.is_empty() => vec![m.device(
+            )]
+        }
+        Kind::Camera(CameraState::Unauthorized) if !camera.is_empty() => vec![m.device(
             ("camera", camera),
             "camera.unauthorized",
             true,
@@ -102,7 +106,7 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
             format!("摄像头鉴权失败 {}", name(camera)),
             Duration::ZERO,
         )],
-        "camera.streaming" | "camera.disabled" if !camera.is_empty() => vec![
+        Kind::Camera(CameraState::Streaming | CameraState::Disabled) if !camera.is_empty() => vec![
             m.device(
                 ("camera", camera),
                 "camera.offline",
@@ -121,21 +125,18 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
             ),
         ],
         // Sensing: tamper (covered, moved), a frozen picture, motion in a zone.
-        _ if kind.starts_with("camera.") && !camera.is_empty() => {
-            let (rule, raised) = match kind.strip_suffix(".cleared") {
-                Some(r) => (r, false),
-                None => (kind, true),
-            };
+        Kind::Sensing { rule, cleared } if !camera.is_empty() => {
+            let raised = !cleared;
             let (severity, label) = match rule {
-                "camera.covered" => (Critical, "摄像头遮挡"),
-                "camera.moved" => (Critical, "摄像头移位"),
-                "camera.frozen" => (Major, "画面冻结"),
-                "camera.motion" => (Minor, "区域入侵"),
-                _ => return Vec::new(),
+                SensingRule::Covered => (Critical, "摄像头遮挡"),
+                SensingRule::Moved => (Critical, "摄像头移位"),
+                SensingRule::Frozen => (Major, "画面冻结"),
+                SensingRule::Motion => (Minor, "区域入侵"),
             };
+            let rule = format!("camera.{}", rule.as_str());
             let zone = text(&payload, "zone");
             let (rule, title) = if zone.is_empty() {
-                (rule.to_owned(), format!("{label} {}", name(camera)))
+                (rule, format!("{label} {}", name(camera)))
             } else {
                 (
                     format!("{rule}:{zone}"),
@@ -151,14 +152,19 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
                 Duration::ZERO,
             )]
         }
+        // Any other camera kind (connecting, one this build does not know) says nothing.
+        Kind::Camera(_) | Kind::Other(_) if kind.starts_with("camera.") && !camera.is_empty() => {
+            Vec::new()
+        }
         // A terminal's state raises the rule of that state and clears the other.
-        "terminal.offline" | "terminal.degraded" | "terminal.online" if !terminal.is_empty() => {
-            let state = kind.trim_start_matches("terminal.");
+        Kind::Terminal(
+            state @ (TerminalState::Offline | TerminalState::Degraded | TerminalState::Online),
+        ) if !terminal.is_empty() => {
             vec![
                 m.device(
                     ("terminal", terminal),
                     "terminal.offline",
-                    state == "offline",
+                    state == TerminalState::Offline,
                     Major,
                     format!("终端离线 {}", name(terminal)),
                     DEVICE_HOLD_DOWN,
@@ -166,24 +172,23 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
                 m.device(
                     ("terminal", terminal),
                     "terminal.degraded",
-                    state == "degraded",
+                    state == TerminalState::Degraded,
                     Minor,
                     format!("终端故障 {}", name(terminal)),
                     DEVICE_HOLD_DOWN,
                 ),
             ]
         }
-        "terminal.flapping" | "terminal.flapping.cleared" if !terminal.is_empty() => vec![m
-            .device(
-                ("terminal", terminal),
-                "terminal.flapping",
-                kind == "terminal.flapping",
-                Minor,
-                format!("终端状态频繁变化 {}", name(terminal)),
-                Duration::ZERO,
-            )],
+        Kind::TerminalFlapping { cleared } if !terminal.is_empty() => vec![m.device(
+            ("terminal", terminal),
+            "terminal.flapping",
+            !cleared,
+            Minor,
+            format!("终端状态频繁变化 {}", name(terminal)),
+            Duration::ZERO,
+        )],
         // A bundle applied: what was refused or rolled back for that target is over.
-        "config.applied" => {
+        Kind::ConfigApplied => {
             let make = |rule: &str| match payload
                 .get("target")
                 .and_then(|t| t.get("terminal"))
@@ -201,9 +206,9 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
             };
             vec![make("config.refused"), make("config.rolled_back")]
         }
-        "config.refused" | "config.rolled_back" => {
+        parsed @ (Kind::ConfigRefused | Kind::ConfigRolledBack) => {
             let target = payload.get("target");
-            let title = if kind == "config.refused" {
+            let title = if parsed == Kind::ConfigRefused {
                 "配置被拒绝"
             } else {
                 "配置已回滚"
@@ -223,7 +228,7 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
                 None => vec![m.gateway(kind, true, Major, format!("{title} 网关 {gateway}"))],
             }
         }
-        "gateway.outbox_quarantined" => {
+        Kind::OutboxQuarantined => {
             vec![m.gateway(
                 kind,
                 true,

@@ -1,6 +1,7 @@
 //! Cameras as central knows them from their gateways' events, and the recent history of every
 //! device's state (cameras and terminals), for the operators' health view.
 
+use firmware_config::kinds::{CameraState, TerminalState};
 use std::collections::{BTreeMap, VecDeque};
 
 use firmware_config::wire::Event;
@@ -38,15 +39,6 @@ pub struct DeviceBoard {
     history: BTreeMap<(String, String, String), VecDeque<Change>>,
 }
 
-const CAMERA_STATES: [&str; 6] = [
-    "streaming",
-    "stalled",
-    "offline",
-    "unauthorized",
-    "unsupported",
-    "disabled",
-];
-
 impl DeviceBoard {
     /// A stored event; those not about cameras or terminals are ignored.
     pub fn observe_event(&mut self, gateway: &str, e: &Event) {
@@ -64,8 +56,8 @@ impl DeviceBoard {
         };
         let name = p.get("name").and_then(|v| v.as_str()).map(str::to_owned);
         let is_state = match family {
-            "camera" => CAMERA_STATES.contains(&what),
-            _ => matches!(what, "online" | "offline" | "degraded"),
+            "camera" => CameraState::parse(what).is_some_and(CameraState::reportable),
+            _ => TerminalState::parse(what).is_some_and(|t| t != TerminalState::Unknown),
         };
         if family == "camera" {
             let c = self

@@ -1,29 +1,8 @@
-//! Events: what a gateway forwards from its outbox (`events`), their classes, and the kinds
-//! only the gateway itself originates.
+//! Events: what a gateway forwards from its outbox (`events`) and their classes (the kinds
+//! are in `crate::kinds`).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-
-/// The families of event kinds only the gateway itself originates: no event source may post
-/// them, and central believes them only from the gateway.
-pub const GATEWAY_KIND_FAMILIES: [&str; 9] = [
-    "camera.",
-    "terminal.",
-    "config.",
-    "submission.",
-    "meeting.",
-    "gateway.",
-    "video.",
-    "kiosk.",
-    "content.",
-];
-
-/// Whether `kind` is one of the gateway's own (see [`GATEWAY_KIND_FAMILIES`]).
-pub fn is_gateway_kind(kind: &str) -> bool {
-    GATEWAY_KIND_FAMILIES
-        .iter()
-        .any(|f| kind.starts_with(f) || kind.len() + 1 == f.len() && f.starts_with(kind))
-}
 
 /// Priority class of an event: decides what is evicted first when the disk budget is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

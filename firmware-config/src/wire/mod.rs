@@ -16,10 +16,11 @@ mod health;
 mod receipt;
 mod status;
 
+pub use crate::kinds::{is_gateway_kind, GATEWAY_KIND_FAMILIES};
 pub use ack::Ack;
 pub use command::{Command, CommandReply, Invitation};
 pub use content::{ContentChunk, ContentFetch, MAX_CHUNK_BYTES};
-pub use events::{is_gateway_kind, Event, EventBatch, EventClass, GATEWAY_KIND_FAMILIES};
+pub use events::{Event, EventBatch, EventClass};
 pub use health::{ConfigVersions, GatewayHealth, OutboxReport, ReplicaReport, TerminalsSummary};
 pub use receipt::{is_receipt_check, receipt, RECEIPT_CHECK_ALPHABET, RECEIPT_CHECK_LEN};
 pub use status::{LinkState, Status};

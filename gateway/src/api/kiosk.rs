@@ -7,6 +7,7 @@ use std::time::Instant;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use firmware_config::kinds::Kind;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -236,19 +237,12 @@ pub async fn submit(
     payload["terminal"] = json!(device);
     let check = new_check();
     payload["check"] = json!(check);
-    let raw = serde_json::value::to_raw_value(&payload)
+    let event = crate::outbox::NewEvent::own(Kind::SubmissionCreated, &payload)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let seqs = shared
-        .outbox
-        .append(vec![crate::outbox::NewEvent {
-            class: firmware_config::wire::EventClass::Submission,
-            kind: "submission.created".to_owned(),
-            payload: raw,
-            time_ms: None,
-            source: None,
-        }])
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
+    let seqs =
+        shared.outbox.append(vec![event]).await.map_err(|e| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
+        })?;
     let seq = seqs.first().copied().unwrap_or(0);
     let status = Status {
         receipt: receipt(shared.gateway_id.as_str(), seq, &check),

@@ -9,6 +9,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use firmware_config::kinds::Kind;
 
 use super::ApiError;
 use crate::terminals::{HeartbeatError, HeartbeatReply, TerminalView};
@@ -181,17 +182,11 @@ pub async fn answer(
     let payload = serde_json::json!({
         "meeting": meeting, "terminal": terminal, "answer": a.answer, "revision": inv.revision,
     });
-    let raw = serde_json::value::to_raw_value(&payload)
+    let event = crate::outbox::NewEvent::own(Kind::MeetingAnswer, &payload)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     shared
         .outbox
-        .append(vec![crate::outbox::NewEvent {
-            class: firmware_config::wire::EventClass::Health,
-            kind: "meeting.answer".to_owned(),
-            payload: raw,
-            time_ms: None,
-            source: None,
-        }])
+        .append(vec![event])
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}")))?;
     tracing::info!(%meeting, %terminal, answer = %a.answer, "meeting answer");

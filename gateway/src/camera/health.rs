@@ -4,61 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CameraState {
-    /// Opening an RTSP session.
-    Connecting,
-    /// Frames arrive.
-    Streaming,
-    /// The session was up but no frame came for the stall timeout; reconnecting.
-    Stalled,
-    /// Cannot connect, or the stream ended.
-    Offline,
-    /// The camera refused the credentials (retried slowly).
-    Unauthorized,
-    /// The camera offers no H.264/H.265 video.
-    Unsupported,
-    /// Disabled in the config.
-    Disabled,
-}
-
-impl CameraState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CameraState::Connecting => "connecting",
-            CameraState::Streaming => "streaming",
-            CameraState::Stalled => "stalled",
-            CameraState::Offline => "offline",
-            CameraState::Unauthorized => "unauthorized",
-            CameraState::Unsupported => "unsupported",
-            CameraState::Disabled => "disabled",
-        }
-    }
-
-    /// States worth telling central about (connecting is a passing step).
-    pub fn reportable(self) -> bool {
-        !matches!(self, CameraState::Connecting)
-    }
-
-    /// States that raise an alert rather than a health event.
-    pub fn alarming(self) -> bool {
-        matches!(
-            self,
-            CameraState::Offline | CameraState::Unauthorized | CameraState::Stalled
-        )
-    }
-
-    pub const ALL: [CameraState; 7] = [
-        CameraState::Connecting,
-        CameraState::Streaming,
-        CameraState::Stalled,
-        CameraState::Offline,
-        CameraState::Unauthorized,
-        CameraState::Unsupported,
-        CameraState::Disabled,
-    ];
-}
+pub use firmware_config::kinds::CameraState;
 
 /// Health of one camera, as `/api/v1/cameras` shows it.
 #[derive(Debug, Clone, Serialize)]

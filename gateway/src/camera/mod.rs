@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use firmware_config::config::gateway::Camera;
 use firmware_config::config::GatewayConfig;
-use firmware_config::wire::EventClass;
+use firmware_config::kinds::Kind;
 use time::UtcOffset;
 
 pub use analysis::{Analysis, Decoders, Snapshot};
@@ -137,12 +137,7 @@ impl Cameras {
             "previous": previous.map(CameraState::as_str),
             "error": error,
         });
-        let class = if state.alarming() {
-            EventClass::Alert
-        } else {
-            EventClass::Health
-        };
-        self.record(class, format!("camera.{}", state.as_str()), &payload, None);
+        self.record(Kind::Camera(state), &payload, None);
     }
 
     /// Records a sensing condition raised or cleared on `camera`'s picture received at
@@ -178,36 +173,23 @@ impl Cameras {
             "snapshot": evidence.map(|id| format!("{}/{id}", camera.id)),
             "snapshot_path": evidence.map(|id| format!("/api/v1/cameras/{}/snapshots/{id}.jpg", camera.id)),
         });
-        let (class, kind) = if finding.raised {
-            (
-                EventClass::Alert,
-                format!("camera.{}", finding.rule.as_str()),
-            )
-        } else {
-            (
-                EventClass::Health,
-                format!("camera.{}.cleared", finding.rule.as_str()),
-            )
+        let kind = Kind::Sensing {
+            rule: finding.rule,
+            cleared: !finding.raised,
         };
-        self.record(class, kind, &payload, Some(unix_ms(received) as i64));
+        self.record(kind, &payload, Some(unix_ms(received) as i64));
     }
 
-    fn record(
-        &self,
-        class: EventClass,
-        kind: String,
-        payload: &serde_json::Value,
-        time_ms: Option<i64>,
-    ) {
-        let Ok(payload) = serde_json::value::to_raw_value(payload) else {
-            return;
-        };
-        let event = NewEvent {
-            class,
-            kind,
-            payload,
-            time_ms,
-            source: None,
+    fn record(&self, kind: Kind, payload: &serde_json::Value, time_ms: Option<i64>) {
+        let event = match NewEvent::own(kind, payload) {
+            Ok(e) => match time_ms {
+                Some(ms) => e.at(ms),
+                None => e,
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a camera event");
+                return;
+            }
         };
         let outbox = self.outbox.clone();
         let append = async move {

@@ -104,25 +104,7 @@ impl Between {
 }
 
 /// The rules a [`Sensor`] applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    Covered,
-    Frozen,
-    Moved,
-    Motion,
-}
-
-impl Rule {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rule::Covered => "covered",
-            Rule::Frozen => "frozen",
-            Rule::Moved => "moved",
-            Rule::Motion => "motion",
-        }
-    }
-}
+pub use firmware_config::kinds::SensingRule as Rule;
 
 /// A condition raised or cleared by one observation.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use firmware_config::kinds::Kind;
 use firmware_config::wire::{Event, EventClass};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -54,15 +55,24 @@ pub struct NewEvent {
 }
 
 impl NewEvent {
-    /// One of the gateway's own events.
-    pub fn own(class: EventClass, kind: &str, payload: Box<RawValue>) -> Self {
-        Self {
+    /// One of the gateway's own events, in the class the catalogue gives its kind.
+    pub fn own(kind: Kind, payload: &serde_json::Value) -> Result<Self, OutboxError> {
+        let class = kind
+            .class()
+            .ok_or_else(|| OutboxError::NotOwnKind(kind.to_string()))?;
+        Ok(Self {
             class,
-            kind: kind.to_owned(),
-            payload,
+            kind: kind.to_string(),
+            payload: serde_json::value::to_raw_value(payload).map_err(OutboxError::Encode)?,
             time_ms: None,
             source: None,
-        }
+        })
+    }
+
+    /// The same event, as having happened at `time_ms` (Unix milliseconds).
+    pub fn at(mut self, time_ms: i64) -> Self {
+        self.time_ms = Some(time_ms);
+        self
     }
 }
 
@@ -79,6 +89,10 @@ pub enum OutboxError {
     },
     #[error("outbox is closed")]
     Closed,
+    #[error("{0:?} is not one of the gateway's own kinds")]
+    NotOwnKind(String),
+    #[error("an event's payload: {0}")]
+    Encode(#[source] serde_json::Error),
     #[error("outbox store: {0}")]
     Store(#[from] sled::Error),
     #[error("cannot move the damaged store aside: {0}")]

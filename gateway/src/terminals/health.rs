@@ -13,32 +13,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TerminalState {
-    Unknown,
-    Online,
-    Degraded,
-    Offline,
-}
-
-impl TerminalState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TerminalState::Unknown => "unknown",
-            TerminalState::Online => "online",
-            TerminalState::Degraded => "degraded",
-            TerminalState::Offline => "offline",
-        }
-    }
-
-    /// States that are alerts at central.
-    pub fn alarming(self) -> bool {
-        matches!(self, TerminalState::Degraded | TerminalState::Offline)
-    }
-}
+pub use firmware_config::kinds::TerminalState;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use firmware_config::config::gateway::{HealthSource, Terminal, TerminalKind, TerminalPolicy};
 use firmware_config::config::GatewayConfig;
-use firmware_config::wire::{EventClass, TerminalsSummary};
+use firmware_config::kinds::Kind;
+use firmware_config::wire::TerminalsSummary;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -293,16 +294,11 @@ impl Terminals {
 
     fn emit(&self, t: &Terminal, h: &TerminalHealth, changes: Vec<Change>) {
         for c in changes {
-            let (class, kind, payload) = match c {
+            let (kind, payload) = match c {
                 Change::State { from, to, reasons } => {
                     tracing::info!(terminal = %t.id, from = from.as_str(), to = to.as_str(), ?reasons, "terminal state");
                     (
-                        if to.alarming() {
-                            EventClass::Alert
-                        } else {
-                            EventClass::Health
-                        },
-                        format!("terminal.{}", to.as_str()),
+                        Kind::Terminal(to),
                         serde_json::json!({
                             "terminal": t.id, "name": t.name, "kind": t.kind,
                             "state": to.as_str(), "previous": from.as_str(), "reasons": reasons,
@@ -312,8 +308,7 @@ impl Terminals {
                 Change::FlappingRaised { state, changes } => {
                     tracing::warn!(terminal = %t.id, changes, "terminal flapping");
                     (
-                        EventClass::Alert,
-                        "terminal.flapping".to_owned(),
+                        Kind::TerminalFlapping { cleared: false },
                         serde_json::json!({
                             "terminal": t.id, "name": t.name, "kind": t.kind,
                             "state": state.as_str(), "changes": changes,
@@ -324,8 +319,7 @@ impl Terminals {
                 Change::FlappingCleared { state, reasons } => {
                     tracing::info!(terminal = %t.id, state = state.as_str(), "terminal steady again");
                     (
-                        EventClass::Health,
-                        "terminal.flapping.cleared".to_owned(),
+                        Kind::TerminalFlapping { cleared: true },
                         serde_json::json!({
                             "terminal": t.id, "name": t.name, "kind": t.kind,
                             "state": state.as_str(), "reasons": reasons,
@@ -333,16 +327,12 @@ impl Terminals {
                     )
                 }
             };
-            let Ok(payload) = serde_json::value::to_raw_value(&payload) else {
-                continue;
-            };
-            let _ = self.events.send(NewEvent {
-                class,
-                kind,
-                payload,
-                time_ms: None,
-                source: None,
-            });
+            match NewEvent::own(kind, &payload) {
+                Ok(event) => {
+                    let _ = self.events.send(event);
+                }
+                Err(e) => tracing::error!(error = %e, "cannot record a terminal event"),
+            }
         }
     }
 
