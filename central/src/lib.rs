@@ -20,7 +20,6 @@ pub mod registry;
 pub mod replication;
 pub mod share;
 pub mod store;
-pub mod terminals;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -99,7 +98,7 @@ pub struct Shared {
     /// Video sharing: grants, relays, audit.
     pub shares: share::Shares,
     /// Every terminal's last known health.
-    pub terminals: Mutex<terminals::TerminalBoard>,
+    pub terminals: Mutex<registry::terminals::TerminalBoard>,
     /// Configuration bundles sent to gateways.
     pub bundles: bundles::Bundles,
     /// The street's master data, by version.
@@ -127,7 +126,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn terminal_board(&self) -> std::sync::MutexGuard<'_, terminals::TerminalBoard> {
+    pub fn terminal_board(&self) -> std::sync::MutexGuard<'_, registry::terminals::TerminalBoard> {
         self.terminals
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::devices::CameraEntry;
 use super::{GatewayView, Presence};
-use crate::terminals::TerminalEntry;
+use crate::registry::terminals::TerminalEntry;
 
 pub type Counts = BTreeMap<String, usize>;
 

@@ -4,6 +4,7 @@
 
 pub mod devices;
 pub mod health;
+pub mod terminals;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
