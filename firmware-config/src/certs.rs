@@ -98,9 +98,8 @@ pub(crate) fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(),
 /// Writes `contents` to `path` through a temporary file and a rename, so that a reader never
 /// sees half a file (central and the broker read the CRL while it is replaced).
 fn write_replacing(path: &Path, contents: &str) -> Result<(), CertError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, contents).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::durable::write(path, contents.as_bytes(), crate::durable::Access::Default)
+        .map_err(io(path))
 }
 
 fn dn(common_name: &str) -> DistinguishedName {

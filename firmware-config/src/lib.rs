@@ -9,6 +9,7 @@
 pub mod bundle;
 pub mod certs;
 pub mod config;
+pub mod durable;
 pub mod examples;
 pub mod ids;
 pub mod kinds;

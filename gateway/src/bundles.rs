@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use firmware_config::bundle::{BundleBody, Checked, SignedBundle, VerifyingKey};
 use firmware_config::config::GatewayConfig;
+use firmware_config::durable;
 use firmware_config::kinds::Kind;
 use firmware_config::wire::{ConfigVersions, EventClass};
 use serde_json::{json, Value};
@@ -162,16 +163,7 @@ pub enum BundleRefusal {
 }
 
 fn write_synced(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    durable::write(path, text.as_bytes(), durable::Access::Default)
 }
 
 impl Bundles {

@@ -148,14 +148,11 @@ fn load_key(dir: &Path) -> std::io::Result<Vec<u8>> {
             ring::rand::SystemRandom::new()
                 .fill(&mut key)
                 .map_err(|_| std::io::Error::other("no randomness"))?;
-            let tmp = dir.join("share.key.tmp");
-            std::fs::write(&tmp, &key)?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
-            }
-            std::fs::rename(&tmp, &path)?;
+            firmware_config::durable::write(
+                &path,
+                &key,
+                firmware_config::durable::Access::OwnerOnly,
+            )?;
             Ok(key)
         }
     }

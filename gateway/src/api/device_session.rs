@@ -126,18 +126,7 @@ fn now() -> i64 {
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    firmware_config::durable::write(path, bytes, firmware_config::durable::Access::OwnerOnly)
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {

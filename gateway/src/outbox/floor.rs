@@ -4,7 +4,6 @@
 //! fresh, numbering continues above every number ever handed out — central deduplicates on
 //! `(gateway, seq)` and would otherwise drop new events as repeats of old ones.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Numbers reserved per write of the floor file.
@@ -48,16 +47,11 @@ impl SeqFloor {
             return Ok(());
         }
         let target = upto.saturating_add(self.block);
-        let tmp = self.path.with_extension("seq.tmp");
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            writeln!(f, "{target}")?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
+        firmware_config::durable::write(
+            &self.path,
+            format!("{target}\n").as_bytes(),
+            firmware_config::durable::Access::Default,
+        )?;
         self.reserved = target;
         Ok(())
     }

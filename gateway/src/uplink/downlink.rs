@@ -184,9 +184,12 @@ impl DownlinkGuard {
             cmd: self.windows[1].highest(),
             data: self.windows[2].highest(),
         };
-        let tmp = self.path.with_extension("seq.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&p).unwrap_or_default())?;
-        std::fs::rename(&tmp, &self.path)?;
+        let bytes = serde_json::to_vec(&p).map_err(std::io::Error::other)?;
+        firmware_config::durable::write(
+            &self.path,
+            &bytes,
+            firmware_config::durable::Access::Default,
+        )?;
         self.dirty = false;
         Ok(())
     }
