@@ -9,6 +9,7 @@ pub mod bundles;
 pub mod camera;
 pub mod commands;
 pub mod devices;
+pub mod dispatch;
 pub mod kiosk;
 pub mod meetings;
 pub mod metrics;

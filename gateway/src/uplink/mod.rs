@@ -401,41 +401,11 @@ impl Uplink {
                 }
                 Err(e) => refuse(Refusal::BadAck, &format_args!("{e:?}")),
             },
-            (Channel::Cmd, Message::Command(cmd)) => {
-                tracing::info!(command = %cmd.name, id = %cmd.id, "command from central");
-                if let Some(reply) = crate::commands::handle(shared, &cmd) {
-                    self.send_reply(shared, reply);
-                }
-            }
-            (Channel::Data, Message::Data(update)) => {
-                // Applying flushes to disk: off the session loop.
-                let shared = shared.clone();
-                tokio::task::spawn_blocking(move || {
-                    use crate::kiosk::replica::Received;
-                    match shared.replica.receive(&update) {
-                        Ok(Received::Applied { version }) => {
-                            tracing::info!(version, "master data replica updated");
-                            shared.report_now.notify_one();
-                            shared.content.wake.notify_one();
-                        }
-                        Ok(Received::Refused(e)) => {
-                            tracing::warn!(error = %e, "master data update refused; the replica keeps its version");
-                            if e.needs_snapshot() {
-                                shared.report_now.notify_one();
-                            }
-                        }
-                        Ok(Received::Untrusted) => tracing::warn!(
-                            "master data update refused: no [bundles] public_key_file to check it with"
-                        ),
-                        Err(e) => tracing::error!(error = %e, "cannot store the master data update"),
-                    }
-                });
-            }
-            (Channel::Data, Message::Chunk(chunk)) => shared.content.deliver(chunk),
-            (ch, msg) => refuse(
-                Refusal::WrongKind,
-                &format_args!("{} on {}", msg.kind(), ch.as_str()),
-            ),
+            (channel, message) => match crate::dispatch::deliver(shared, channel, message) {
+                Ok(Some(reply)) => self.send_reply(shared, reply),
+                Ok(None) => {}
+                Err(misplaced) => refuse(Refusal::WrongKind, &misplaced),
+            },
         }
     }
 
