@@ -426,6 +426,15 @@ impl TestCentral {
             .and_then(|g| g["presence"].as_str().map(str::to_owned))
     }
 
+    /// Waits up to `within` until central shows gateway `id` as `presence` (`online`,
+    /// `silent`, `offline`).
+    pub async fn wait_presence(&self, id: &str, presence: &str, within: Duration) -> Result<()> {
+        crate::eventually(&format!("{id} {presence} at central"), within, || async {
+            (self.presence_of(id).await.as_deref() == Some(presence)).then_some(())
+        })
+        .await
+    }
+
     pub async fn stop(mut self) -> Result<()> {
         self.token.cancel();
         match self.running.take() {

@@ -108,11 +108,10 @@ async fn terminal_settings_reach_the_terminal_with_an_etag_and_set_what_it_must_
     )
     .await
     .unwrap();
-    eventually("gateway online", Duration::from_secs(10), || async {
-        (central.presence_of("gw-settings").await? == "online").then_some(())
-    })
-    .await
-    .unwrap();
+    central
+        .wait_presence("gw-settings", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
     let kiosk = Kiosk::new("kiosk-a", gw.http_addr);
     let (status, _, _) = kiosk.fetch_config(None).await.unwrap();
     assert_eq!(status, 404, "no bundle yet");
@@ -199,11 +198,10 @@ async fn bad_bundles_are_refused_with_a_reason_and_change_nothing() {
     )
     .await
     .unwrap();
-    eventually("gateway online", Duration::from_secs(10), || async {
-        (central.presence_of("gw-refuse").await? == "online").then_some(())
-    })
-    .await
-    .unwrap();
+    central
+        .wait_presence("gw-refuse", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
     let base = gw.config_text().to_owned();
     let good_extra = camera_toml("extra-cam", "rtsp://127.0.0.1:1/none", "enabled = false\n");
 
@@ -332,11 +330,10 @@ async fn a_good_bundle_adds_a_camera_live_and_one_that_fails_to_apply_rolls_back
     )
     .await
     .unwrap();
-    eventually("gateway online", Duration::from_secs(10), || async {
-        (central.presence_of("gw-live").await? == "online").then_some(())
-    })
-    .await
-    .unwrap();
+    central
+        .wait_presence("gw-live", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
     assert!(camera_ids(&gw).await.is_empty());
     let http = gw.http_addr;
     let base = gw.config_text().to_owned();

@@ -89,11 +89,10 @@ async fn a_meeting_reaches_the_terminal_is_answered_moved_and_cancelled() {
     let gw = TestGateway::start_with("gw-meet", &broker.url(), None, &extra)
         .await
         .unwrap();
-    eventually("gateway online", Duration::from_secs(10), || async {
-        (central.presence_of("gw-meet").await? == "online").then_some(())
-    })
-    .await
-    .unwrap();
+    central
+        .wait_presence("gw-meet", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
 
     // Bad bookings are refused with the field named.
     for (body, want) in [

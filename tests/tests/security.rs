@@ -137,11 +137,10 @@ async fn wait_stored(central: &TestCentral, gateway: &str, want: &[u64], secs: u
 }
 
 async fn wait_online(central: &TestCentral, id: &str) {
-    eventually(&format!("{id} online"), Duration::from_secs(20), || async {
-        (central.presence_of(id).await.as_deref() == Some("online")).then_some(())
-    })
-    .await
-    .unwrap();
+    central
+        .wait_presence(id, "online", Duration::from_secs(20))
+        .await
+        .unwrap();
 }
 
 /// What an attacker holding `thief`'s certificate tries against `victim` on a broker at

@@ -9,11 +9,7 @@ use gridedge_tests::{eventually, free_port, init_test_logging, Mosquitto};
 const SOON: Duration = Duration::from_secs(15);
 
 async fn wait_presence(central: &TestCentral, id: &str, want: &str) {
-    eventually(&format!("{id} {want} at central"), SOON, || async {
-        (central.presence_of(id).await.as_deref() == Some(want)).then_some(())
-    })
-    .await
-    .unwrap();
+    central.wait_presence(id, want, SOON).await.unwrap();
 }
 
 #[tokio::test]

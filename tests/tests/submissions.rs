@@ -53,11 +53,10 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     let mut gw = TestGateway::start_with("gw-cases", &broker.url(), None, &extra)
         .await
         .unwrap();
-    eventually("gateway online", Duration::from_secs(10), || async {
-        (central.presence_of("gw-cases").await? == "online").then_some(())
-    })
-    .await
-    .unwrap();
+    central
+        .wait_presence("gw-cases", "online", Duration::from_secs(10))
+        .await
+        .unwrap();
 
     // The WAN (here: the broker) goes down; the kiosk still takes submissions.
     broker.stop().unwrap();
