@@ -7,13 +7,11 @@ use std::sync::Arc;
 
 use firmware_config::ids::GatewayId;
 use firmware_config::topics::Channel;
-use firmware_config::wire::{Command, Event, Invitation, Message};
+use firmware_config::wire::{Command, Event, Invitation, MeetingAnswer, MeetingKind, Message};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::Shared;
-
-pub const KINDS: [&str; 4] = ["petition", "inspection", "dispatch", "other"];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invitee {
@@ -139,11 +137,12 @@ impl Meetings {
 
     /// Checks and stores a booking; blocking.
     pub fn book(&self, b: Booking, by: &str, now: OffsetDateTime) -> Result<Meeting, MeetingError> {
-        if !KINDS.contains(&b.kind.as_str()) {
+        if MeetingKind::parse(&b.kind).is_none() {
+            let kinds: Vec<&str> = MeetingKind::ALL.iter().map(|k| k.as_str()).collect();
             return Err(invalid(format!(
                 "kind: {:?} is not one of {}",
                 b.kind,
-                KINDS.join(", ")
+                kinds.join(", ")
             )));
         }
         let title = b.title.trim();
@@ -257,7 +256,7 @@ impl Meetings {
         }
         inv.state = answer.to_owned();
         inv.answered = Some(e.time);
-        inv.attended |= answer == "joined";
+        inv.attended |= MeetingAnswer::parse(answer) == Some(MeetingAnswer::Joined);
         m.history
             .push(entry(e.time, &format!("{gateway}/{terminal}"), answer, ""));
         self.put(&m).ok()?;

@@ -10,8 +10,6 @@ use firmware_config::wire::Invitation;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
-pub const ANSWERS: [&str; 4] = ["accepted", "declined", "joined", "left"];
-
 pub struct Meetings {
     tree: sled::Tree,
     /// Held while an invitation is written and the version bumped, and while a terminal's

@@ -18,7 +18,7 @@ mod status;
 
 pub use crate::kinds::{is_gateway_kind, GATEWAY_KIND_FAMILIES};
 pub use ack::Ack;
-pub use command::{Command, CommandReply, Invitation};
+pub use command::{Command, CommandReply, Invitation, MeetingAnswer, MeetingKind};
 pub use content::{ContentChunk, ContentFetch, MAX_CHUNK_BYTES};
 pub use events::{Event, EventBatch, EventClass};
 pub use health::{ConfigVersions, GatewayHealth, OutboxReport, ReplicaReport, TerminalsSummary};

@@ -161,7 +161,7 @@ pub async fn answer(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let terminal = terminal_of(&shared, &headers)?;
     let Json(a) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    if !crate::meetings::ANSWERS.contains(&a.answer.as_str()) {
+    if firmware_config::wire::MeetingAnswer::parse(&a.answer).is_none() {
         return Err(ApiError::bad_request(format!(
             "answer: {:?} is not one of accepted, declined, joined, left",
             a.answer
