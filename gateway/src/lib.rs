@@ -88,11 +88,11 @@ pub struct Shared {
     pub devices: devices::Devices,
     pub bundles: bundles::Bundles,
     /// The street's master data, for kiosks.
-    pub replica: kiosk::replica::Replicas,
+    pub replica: Arc<kiosk::replica::Replicas>,
     /// Submission statuses, for kiosks.
     pub statuses: kiosk::submissions::Statuses,
     /// Learning-content files, fetched from central for kiosks.
-    pub content: kiosk::content::ContentStore,
+    pub content: Arc<kiosk::content::ContentStore>,
     /// Meeting invitations for the terminals.
     pub meetings: meetings::Meetings,
     /// Kiosk API requests and submissions, per terminal.
@@ -275,9 +275,9 @@ pub async fn start(
         terminals,
         devices,
         bundles,
-        replica,
+        replica: Arc::new(replica),
         statuses,
-        content,
+        content: Arc::new(content),
         meetings,
         kiosk_requests: kiosk::ratelimit::RateLimits::default(),
         kiosk_submissions: kiosk::ratelimit::RateLimits::default(),
@@ -315,9 +315,17 @@ pub async fn start(
         terminals::write_events(terminal_events, o, t).await;
         Ok(())
     });
-    let (s, t) = (shared.clone(), parts.token().clone());
+    let fetcher = kiosk::content::Fetcher {
+        store: shared.content.clone(),
+        replica: shared.replica.clone(),
+        uplink_connected: shared.metrics.uplink_connected.clone(),
+        files_fetched: shared.metrics.content_files_fetched.clone(),
+        bytes_fetched: shared.metrics.content_bytes_fetched.clone(),
+        fetch_errors: shared.metrics.content_fetch_errors.clone(),
+    };
+    let t = parts.token().clone();
     parts.spawn(async move {
-        kiosk::content::run(s, content_ports, t).await;
+        kiosk::content::run(fetcher, content_ports, t).await;
         Ok(())
     });
     let (tm, t) = (shared.terminals.clone(), parts.token().clone());

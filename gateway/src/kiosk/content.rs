@@ -14,10 +14,12 @@ use std::time::Duration;
 use base64::Engine as _;
 use firmware_config::masterdata::ContentFile;
 use firmware_config::wire::{ContentChunk, ContentFetch, MAX_CHUNK_BYTES};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::Shared;
+use super::replica::Replicas;
 
 /// How long to wait for central's answer to one request before asking again.
 const PIECE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,11 +136,22 @@ fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
+/// What the fetcher uses: the store it fills, the replica that names the files, whether the
+/// uplink is up, and its counters.
+pub struct Fetcher {
+    pub store: Arc<ContentStore>,
+    pub replica: Arc<Replicas>,
+    pub uplink_connected: Gauge,
+    pub files_fetched: Counter,
+    pub bytes_fetched: Counter,
+    pub fetch_errors: Counter,
+}
+
 /// Fetches what the replica names and the folder lacks, one file at a time, until `token`.
-pub async fn run(shared: Arc<Shared>, mut ports: FetcherPorts, token: CancellationToken) {
-    let store = &shared.content;
+pub async fn run(f: Fetcher, mut ports: FetcherPorts, token: CancellationToken) {
+    let store = &f.store;
     loop {
-        let replica = shared.replica.current();
+        let replica = f.replica.current();
         let files = &replica.dataset.content;
         if replica.version > 0 {
             let keep: HashSet<&str> = files.iter().map(|f| f.sha256.as_str()).collect();
@@ -152,9 +165,9 @@ pub async fn run(shared: Arc<Shared>, mut ports: FetcherPorts, token: Cancellati
         let mut failed = false;
         let mut done = true;
         for file in &missing {
-            match fetch_file(&shared, &mut ports, file, &token).await {
+            match fetch_file(&f, &mut ports, file, &token).await {
                 Ok(()) => {
-                    shared.metrics.content_files_fetched.inc();
+                    f.files_fetched.inc();
                     tracing::info!(id = %file.id, title = %file.title, bytes = file.bytes, "content file fetched");
                 }
                 Err(FetchError::Stopped) => return,
@@ -166,7 +179,7 @@ pub async fn run(shared: Arc<Shared>, mut ports: FetcherPorts, token: Cancellati
                 Err(e) => {
                     failed = true;
                     done = false;
-                    shared.metrics.content_fetch_errors.inc();
+                    f.fetch_errors.inc();
                     tracing::warn!(id = %file.id, error = %e, "content file not fetched yet; will try again");
                     break;
                 }
@@ -187,12 +200,12 @@ pub async fn run(shared: Arc<Shared>, mut ports: FetcherPorts, token: Cancellati
 }
 
 async fn fetch_file(
-    shared: &Shared,
+    f: &Fetcher,
     ports: &mut FetcherPorts,
     file: &ContentFile,
     token: &CancellationToken,
 ) -> Result<(), FetchError> {
-    let store = &shared.content;
+    let store = &f.store;
     let part = store.dir.join(format!("{}.part", file.sha256));
     let mut offset = match std::fs::metadata(&part) {
         Ok(m) if m.len() <= file.bytes => m.len(),
@@ -216,7 +229,7 @@ async fn fetch_file(
             offset,
             len: (file.bytes - offset).min(MAX_CHUNK_BYTES),
         };
-        if shared.metrics.uplink_connected.get() != 1 {
+        if f.uplink_connected.get() != 1 {
             return Err(FetchError::NoUplink);
         }
         if ports.fetches.send(ask).is_err() {
@@ -243,7 +256,7 @@ async fn fetch_file(
         tokio::task::spawn_blocking(move || append(&path, &bytes))
             .await
             .map_err(|e| FetchError::Io(std::io::Error::other(e)))??;
-        shared.metrics.content_bytes_fetched.inc_by(n);
+        f.bytes_fetched.inc_by(n);
         offset += n;
     }
     let (path, want) = (part.clone(), file.sha256.clone());
