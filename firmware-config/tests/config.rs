@@ -21,13 +21,7 @@ dir = "data"
 
 /// A file that stands for central's public key (validation only checks that it is there).
 fn central_key() -> &'static str {
-    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| {
-        let path =
-            std::env::temp_dir().join(format!("gridedge-config-test-{}.pub", std::process::id()));
-        std::fs::write(&path, "central's key").unwrap();
-        path.display().to_string()
-    })
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/central.pub")
 }
 
 /// Parses a gateway config whose `central_key_file` is the placeholder `CENTRAL_KEY`.
