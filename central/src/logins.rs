@@ -67,6 +67,7 @@ pub struct LoginGuard {
     failures: Mutex<HashMap<Key, Failures>>,
     bursts: Mutex<HashMap<(String, IpAddr), Burst>>,
     checks: tokio::sync::Semaphore,
+    next_key: std::sync::atomic::AtomicU64,
 }
 
 impl Default for LoginGuard {
@@ -75,6 +76,7 @@ impl Default for LoginGuard {
             failures: Mutex::default(),
             bursts: Mutex::default(),
             checks: tokio::sync::Semaphore::new(CHECKS_AT_ONCE),
+            next_key: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -162,8 +164,10 @@ impl LoginGuard {
             bursts.retain(|_, b| now.saturating_duration_since(b.last) < FORGET_AFTER);
         }
         let key = (name.to_owned(), address);
+        // The burst's audit key is made with the burst, under this lock: two refusals checked
+        // at once then write the same entry instead of one each.
         let fresh = |now| Burst {
-            audit_key: Vec::new(),
+            audit_key: self.new_audit_key(),
             count: 0,
             first: time::OffsetDateTime::now_utc(),
             last: now,
@@ -177,12 +181,17 @@ impl LoginGuard {
         b.clone()
     }
 
-    /// Notes the audit key a burst's entry was written under.
-    pub fn set_audit_key(&self, address: IpAddr, name: &str, audit_key: Vec<u8>) {
-        let mut bursts = self.bursts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(b) = bursts.get_mut(&(name.to_owned(), address)) {
-            b.audit_key = audit_key;
-        }
+    /// A key for a burst's audit entry: the time first (entries stay in order), a marker no
+    /// other entry's key has, then a counter.
+    fn new_audit_key(&self) -> Vec<u8> {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u128;
+        let mut key = now.to_be_bytes().to_vec();
+        key.push(0xff);
+        let n = self
+            .next_key
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        key.extend_from_slice(&n.to_be_bytes());
+        key
     }
 
     /// A successful login clears its address and name.
@@ -256,10 +265,12 @@ mod tests {
     fn failures_of_one_name_from_one_address_are_one_growing_burst() {
         let g = LoginGuard::default();
         let t = Instant::now();
-        assert_eq!(g.failed(A, "wang", t).count, 1);
-        g.set_audit_key(A, "wang", vec![1, 2, 3]);
+        let first = g.failed(A, "wang", t);
+        assert_eq!(first.count, 1);
+        assert!(!first.audit_key.is_empty());
+        // The second refusal writes the first one's entry, even before that one is written.
         let b = g.failed(A, "wang", t);
-        assert_eq!((b.count, b.audit_key.clone()), (2, vec![1, 2, 3]));
+        assert_eq!((b.count, b.audit_key.clone()), (2, first.audit_key));
         assert_eq!(
             g.failed(B, "wang", t).count,
             1,

@@ -311,14 +311,14 @@ impl Operators {
         key
     }
 
-    /// Records a burst of refused logins as one entry: written at its first failure,
-    /// rewritten in place as it grows. Returns the entry's key.
+    /// Records a burst of refused logins as one entry under the burst's key: written at its
+    /// first failure, rewritten in place as it grows.
     pub fn record_refusals(
         &self,
         name: &str,
         from: std::net::IpAddr,
         burst: &crate::logins::Burst,
-    ) -> Vec<u8> {
+    ) {
         let target = format!(
             "{} failed since {} from {from}",
             burst.count,
@@ -327,9 +327,6 @@ impl Operators {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         );
-        if burst.audit_key.is_empty() {
-            return self.record(name, "login refused", &target);
-        }
         let e = AuditEntry {
             at: OffsetDateTime::now_utc(),
             who: name.to_owned(),
@@ -337,7 +334,6 @@ impl Operators {
             target,
         };
         self.write_audit(&burst.audit_key, &e);
-        burst.audit_key.clone()
     }
 
     fn write_audit(&self, key: &[u8], e: &AuditEntry) {

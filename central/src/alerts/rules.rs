@@ -64,7 +64,7 @@ impl Make<'_> {
 /// The observations one stored event makes (none for most telemetry).
 pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
     // A device kind is the gateway's word only: a source cannot raise or clear one.
-    if !e.from_gateway() && firmware_config::wire::is_gateway_kind(&e.kind) {
+    if !e.from_gateway() && firmware_config::kinds::is_gateway_kind(&e.kind) {
         return Vec::new();
     }
     let payload: Value = serde_json::from_str(e.payload.get()).unwrap_or(Value::Null);

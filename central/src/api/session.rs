@@ -196,8 +196,7 @@ pub async fn login(
         }
         Err(e) => {
             let burst = shared.logins.failed(from, &l.name, Instant::now());
-            let key = shared.operators.record_refusals(&l.name, from, &burst);
-            shared.logins.set_audit_key(from, &l.name, key);
+            shared.operators.record_refusals(&l.name, from, &burst);
             tracing::warn!(name = %l.name, %from, failures = burst.count, "console login refused");
             ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response()
         }

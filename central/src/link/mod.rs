@@ -462,7 +462,8 @@ async fn after_store(
     // The gateway's own kinds are believed only from the gateway itself: one a source claims
     // is stored (the gateway accepted it) but makes no case, board change or alert. A current
     // gateway never forwards one; this holds against one that does.
-    let believed = |e: &wire::Event| e.from_gateway() || !wire::is_gateway_kind(&e.kind);
+    let believed =
+        |e: &wire::Event| e.from_gateway() || !firmware_config::kinds::is_gateway_kind(&e.kind);
     let disbelieved = events.iter().filter(|e| !believed(e)).count();
     if disbelieved > 0 {
         tracing::warn!(%gateway, events = disbelieved, "a source's events claim the gateway's own kinds; stored, not acted on");

@@ -16,7 +16,6 @@ mod health;
 mod receipt;
 mod status;
 
-pub use crate::kinds::{is_gateway_kind, GATEWAY_KIND_FAMILIES};
 pub use ack::Ack;
 pub use command::{Command, CommandReply, Invitation, MeetingAnswer, MeetingKind};
 pub use content::{ContentChunk, ContentFetch, MAX_CHUNK_BYTES};

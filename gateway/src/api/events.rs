@@ -135,7 +135,7 @@ async fn accept(
                 "[{i}].kind: 1 to {MAX_KIND_BYTES} bytes, no control characters"
             )));
         }
-        if firmware_config::wire::is_gateway_kind(&e.kind) {
+        if firmware_config::kinds::is_gateway_kind(&e.kind) {
             shared.metrics.refuse_event("gateway_kind");
             tracing::warn!(source, kind = %e.kind, "a source posted one of the gateway's own kinds; refused");
             return Err(ApiError::new(

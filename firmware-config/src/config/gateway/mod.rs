@@ -175,7 +175,7 @@ pub struct EventSource {
 impl EventSource {
     /// Whether this source may post an event of `kind`.
     pub fn may_post(&self, kind: &str) -> bool {
-        if crate::wire::is_gateway_kind(kind) {
+        if crate::kinds::is_gateway_kind(kind) {
             return false;
         }
         self.kinds.is_empty()

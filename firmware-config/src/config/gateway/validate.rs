@@ -108,8 +108,8 @@ impl Document for GatewayConfig {
                         &path,
                         format!("{k:?} is not a kind (letters, digits, '.', '_', '-') or a family (`door.*`)"),
                     );
-                } else if crate::wire::is_gateway_kind(family)
-                    || crate::wire::is_gateway_kind(&format!("{family}."))
+                } else if crate::kinds::is_gateway_kind(family)
+                    || crate::kinds::is_gateway_kind(&format!("{family}."))
                 {
                     v.error(
                         &path,
