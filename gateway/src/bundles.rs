@@ -21,10 +21,11 @@
 //! `staged.json` (while applying), `highest.json` (the highest version ever applied, per
 //! target).
 
+use firmware_config::runtime::clock::Instant;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use firmware_config::bundle::{BundleBody, Checked, SignedBundle, VerifyingKey};
 use firmware_config::config::GatewayConfig;
@@ -437,7 +438,7 @@ impl Bundles {
         if body.version > MAX_VERSION {
             return Err(BundleRefusal::TooLarge(body.version));
         }
-        let now = time::OffsetDateTime::now_utc();
+        let now = shared.clock.now_utc();
         let max_age = self.max_age;
         if now - body.issued > max_age {
             return Err(BundleRefusal::TooOld {
@@ -540,7 +541,7 @@ impl Bundles {
             self.lock().pending = Some(Pending {
                 version: body.version,
                 seq,
-                deadline: Instant::now() + self.confirm_within,
+                deadline: shared.clock.instant() + self.confirm_within,
             });
         }
         tracing::info!(version = body.version, note = %body.note, "gateway bundle applied; awaiting central's confirmation");

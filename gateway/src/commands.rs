@@ -82,7 +82,7 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
                     let shared = shared.clone();
                     // Stored off the session loop (it flushes); terminals are woken when it is.
                     tokio::task::spawn_blocking(move || {
-                        if let Err(e) = shared.meetings.put(&inv, time::OffsetDateTime::now_utc()) {
+                        if let Err(e) = shared.meetings.put(&inv, shared.clock.now_utc()) {
                             tracing::warn!(error = %e, "cannot store a meeting invitation");
                         }
                     });

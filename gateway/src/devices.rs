@@ -6,8 +6,8 @@
 //! (device tokens, camera passwords); when one cannot be read, the apply fails and nothing has
 //! changed. Only then are the config, the tokens, the terminals and the tasks switched over.
 
+use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use firmware_config::config::gateway::Camera;
 use firmware_config::config::GatewayConfig;

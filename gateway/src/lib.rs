@@ -19,14 +19,16 @@ pub mod terminals;
 pub mod uplink;
 pub mod video;
 
+use firmware_config::runtime::clock::Instant;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
 
 use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
 use firmware_config::kinds::Kind;
+use firmware_config::runtime::clock::Clock;
+use firmware_config::runtime::transport::Transport;
 use firmware_config::runtime::{self, mqtt::MqttSetupError, Parts};
 use tokio_util::sync::CancellationToken;
 
@@ -108,6 +110,8 @@ pub struct Shared {
     /// Terminals' browser sessions (the key their cookies are signed with).
     pub device_sessions: api::device_session::DeviceSessions,
     pub started: Instant,
+    /// The time of day for every part (the system's, or a test's).
+    pub clock: Clock,
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -176,12 +180,33 @@ pub struct RunningGateway {
     parts: Parts<GatewayError>,
 }
 
+/// What a gateway runs on that a test may replace: its clock and its link to central.
+pub struct Seams<T: Transport> {
+    pub clock: Clock,
+    pub transport: T,
+}
+
 /// Starts a gateway: checks its storage, binds its HTTP port and connects its uplink. Returns
 /// once it serves HTTP; the uplink connects in the background (the edge works offline).
 pub async fn start(
     config: GatewayConfig,
     token: CancellationToken,
 ) -> Result<RunningGateway, GatewayError> {
+    let transport = uplink::mqtt_transport(&config)?;
+    let seams = Seams {
+        clock: Clock::system(),
+        transport,
+    };
+    start_with(config, token, seams).await
+}
+
+/// [`start`], on the given clock and transport.
+pub async fn start_with<T: Transport>(
+    config: GatewayConfig,
+    token: CancellationToken,
+    seams: Seams<T>,
+) -> Result<RunningGateway, GatewayError> {
+    let Seams { clock, transport } = seams;
     let gateway_id = GatewayId::new(config.gateway.id.clone())
         .map_err(|_| GatewayError::Identity(config.gateway.id.clone()))?;
     std::fs::create_dir_all(&config.storage.dir).map_err(|source| GatewayError::Storage {
@@ -194,6 +219,7 @@ pub async fn start(
         config.storage.disk_budget.bytes(),
         config.storage.cache_size.bytes(),
     )?;
+    let outbox = outbox.with_clock(clock);
     metrics.register_outbox(outbox.clone());
     tracing::info!(
         next_seq = report.next_seq,
@@ -216,7 +242,7 @@ pub async fn start(
     let tokens = api::auth::DeviceTokens::from_config(&config);
     let cameras = camera::Cameras::new(&config, outbox.clone());
     metrics.register_cameras(cameras.clone());
-    let (terminals, terminal_events) = terminals::Terminals::new(&config, Instant::now());
+    let (terminals, terminal_events) = terminals::Terminals::new(&config, clock.instant());
     metrics.register_terminals(terminals.clone());
     for (id, version, required) in bundles.terminal_requirements() {
         terminals.set_bundle(&id, version, required);
@@ -240,7 +266,7 @@ pub async fn start(
         .await
         .map_err(GatewayError::Http)?;
     let http_addr = listener.local_addr().map_err(GatewayError::Http)?;
-    let uplink = uplink::Uplink::new(&config, gateway_id.clone())?;
+    let uplink = uplink::Uplink::new(&config, gateway_id.clone(), clock, transport)?;
     let device_sessions =
         api::device_session::DeviceSessions::open(&config.storage.dir, config.http.tls.is_some())
             .map_err(|source| GatewayError::Storage {
@@ -286,7 +312,8 @@ pub async fn start(
         token: token.clone(),
         tokens: RwLock::new(Arc::new(tokens)),
         device_sessions,
-        started: Instant::now(),
+        started: clock.instant(),
+        clock,
     });
 
     shared.bundles.resume(&shared.outbox).await;

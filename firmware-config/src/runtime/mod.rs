@@ -2,10 +2,12 @@
 //! HTTP and open their MQTT connection. Kept here so both services behave the same way.
 
 pub mod api_error;
+pub mod clock;
 pub mod mqtt;
 pub mod range;
 pub mod signing;
 pub mod sled_store;
+pub mod transport;
 pub mod video_hub;
 
 use std::net::SocketAddr;

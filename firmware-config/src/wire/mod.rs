@@ -138,6 +138,12 @@ impl Envelope {
         }
     }
 
+    /// The same envelope, stamped with `time` (a task's clock) instead of the system's.
+    pub fn at(mut self, time: OffsetDateTime) -> Self {
+        self.time = time;
+        self
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         self.encode_signed(|_| None)
     }

@@ -1,8 +1,8 @@
 //! The kiosk API: service items, grids and party organisations, answered from the master data
 //! replica — also when the WAN is down. Every request needs a terminal's token.
 
+use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -251,7 +251,7 @@ pub async fn submit(
         note: "waiting to reach the command centre".to_owned(),
         category: s.category,
         title: s.title.clone(),
-        updated: time::OffsetDateTime::now_utc(),
+        updated: shared.clock.now_utc(),
         version: 0,
     };
     let (sh, st) = (shared.clone(), status.clone());

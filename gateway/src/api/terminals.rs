@@ -1,8 +1,8 @@
 //! Terminals on the gateway's API: heartbeats in, health out, and each terminal's settings
 //! bundle for it to fetch.
 
+use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -137,9 +137,7 @@ pub async fn meetings(
         .meetings
         .wait_past(q.since, std::time::Duration::from_secs(q.wait))
         .await;
-    let (version, invitations) = shared
-        .meetings
-        .snapshot(&terminal, time::OffsetDateTime::now_utc());
+    let (version, invitations) = shared.meetings.snapshot(&terminal, shared.clock.now_utc());
     Ok(Json(
         serde_json::json!({ "version": version, "invitations": invitations }),
     ))

@@ -6,11 +6,12 @@
 //! keyframe in the pool: when decoding falls behind, keyframes are skipped, never queued, so
 //! a slow decoder can neither grow memory nor hold up an RTSP session.
 
+use firmware_config::runtime::clock::Instant;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use firmware_config::config::gateway::Camera;

@@ -1,6 +1,7 @@
 //! What the gateway knows about each camera at every moment.
 
-use std::time::{Duration, Instant};
+use firmware_config::runtime::clock::Instant;
+use std::time::Duration;
 
 use serde::Serialize;
 

@@ -11,9 +11,10 @@ mod health;
 pub mod sensing;
 mod session;
 
+use firmware_config::runtime::clock::Instant;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use firmware_config::config::gateway::Camera;
 use firmware_config::config::GatewayConfig;

@@ -1,8 +1,9 @@
 //! `CameraSession`: one task per camera, keeping an RTSP session (retina) open, reading frames
 //! with a timeout, and keeping the camera's health current.
 
+use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use firmware_config::config::gateway::{Camera, Transport as CamTransport};
 use futures::StreamExt;

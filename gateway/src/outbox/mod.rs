@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use firmware_config::kinds::Kind;
+use firmware_config::runtime::clock::Clock;
 use firmware_config::wire::{Event, EventClass};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -203,6 +204,8 @@ pub struct Outbox {
     /// Woken when events are appended, for the uplink.
     pub appended: Arc<Notify>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// Stamps events that come without a time.
+    clock: Clock,
 }
 
 impl Outbox {
@@ -237,9 +240,17 @@ impl Outbox {
                 tx,
                 appended,
                 writer,
+                clock: Clock::system(),
             },
             report,
         ))
+    }
+
+    /// The same outbox, stamping events that come without a time by `clock` (the writer
+    /// thread cannot read a test's paused time, so events are stamped before they reach it).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Appends events; returns their sequence numbers once they are on disk. All or none: a
@@ -262,11 +273,15 @@ impl Outbox {
 
     async fn append_with(
         &self,
-        events: Vec<NewEvent>,
+        mut events: Vec<NewEvent>,
         quota: Option<u64>,
     ) -> Result<Vec<u64>, OutboxError> {
         if events.is_empty() {
             return Ok(Vec::new());
+        }
+        let now_ms = self.clock.unix_ms();
+        for e in events.iter_mut().filter(|e| e.time_ms.is_none()) {
+            e.time_ms = Some(now_ms);
         }
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -10,8 +10,9 @@
 //!   it flaps, its state changes are kept but not reported; once it has been steady for a whole
 //!   window, flapping clears and its current state is reported once.
 
+use firmware_config::runtime::clock::Instant;
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use firmware_config::kinds::TerminalState;
 

@@ -11,9 +11,10 @@ pub mod health;
 pub mod probe;
 pub mod report;
 
+use firmware_config::runtime::clock::Instant;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use firmware_config::config::gateway::{HealthSource, Terminal, TerminalKind, TerminalPolicy};
 use firmware_config::config::GatewayConfig;

@@ -1,6 +1,7 @@
 //! Probes for terminals that cannot push: an HTTP GET expecting a status, or a TCP connect.
 
-use std::time::{Duration, Instant};
+use firmware_config::runtime::clock::Instant;
+use std::time::Duration;
 
 use firmware_config::config::gateway::{HealthSource, Terminal};
 use tokio_util::sync::CancellationToken;

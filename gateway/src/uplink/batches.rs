@@ -1,7 +1,8 @@
 //! Which pending events go into the next batch, and which batches await central's ack.
 
+use firmware_config::runtime::clock::Instant;
 use std::collections::{BTreeMap, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use firmware_config::wire::{Event, EventClass};
 
@@ -111,19 +112,13 @@ impl Window {
     }
 
     /// Records a batch as sent: cursors move past its events.
-    pub fn sent(&mut self, batch: u64, events: &[Event]) {
+    pub fn sent(&mut self, batch: u64, events: &[Event], now: Instant) {
         for e in events {
             let c = &mut self.cursors[class_index(e.class)];
             *c = (*c).max(e.seq);
         }
         let ranges = ranges_of(events.iter().map(|e| e.seq).collect());
-        self.inflight.insert(
-            batch,
-            Sent {
-                at: Instant::now(),
-                ranges,
-            },
-        );
+        self.inflight.insert(batch, Sent { at: now, ranges });
     }
 
     /// Takes central's ack of `batch` naming `ranges`: the sequence numbers to delete, all of
@@ -154,13 +149,13 @@ impl Window {
         Ok(ranges.to_vec())
     }
 
-    /// True when the oldest batch in flight has waited longer than `timeout`.
-    pub fn overdue(&self, timeout: Duration) -> bool {
+    /// True when, at `now`, the oldest batch in flight has waited longer than `timeout`.
+    pub fn overdue(&self, now: Instant, timeout: Duration) -> bool {
         self.inflight
             .values()
             .map(|s| s.at)
             .min()
-            .is_some_and(|t| t.elapsed() > timeout)
+            .is_some_and(|t| now.saturating_duration_since(t) > timeout)
     }
 
     /// Forgets what was sent: everything still pending goes again. The batches in flight are
@@ -199,7 +194,7 @@ mod tests {
             .into_iter()
             .map(|s| event(s, EventClass::Alert))
             .collect();
-        w.sent(10, &events);
+        w.sent(10, &events, Instant::now());
         // A forged ack with wide ranges, an unknown batch, no batch, a reversed range:
         // refused, nothing deleted, and never a panic.
         assert_eq!(
@@ -234,10 +229,10 @@ mod tests {
     #[test]
     fn an_ack_of_a_batch_sent_before_a_rewind_still_counts() {
         let mut w = Window::new(BatchPlan::default());
-        w.sent(1, &[event(5, EventClass::Health)]);
+        w.sent(1, &[event(5, EventClass::Health)], Instant::now());
         w.rewind();
         assert!(w.has_room());
-        w.sent(2, &[event(5, EventClass::Health)]);
+        w.sent(2, &[event(5, EventClass::Health)], Instant::now());
         assert_eq!(w.acked(Some(1), &[(5, 5)]), Ok(vec![(5, 5)]));
         // An empty ack (central stored none of them) is fine too.
         assert_eq!(w.acked(Some(2), &[]), Ok(vec![]));

@@ -8,6 +8,8 @@
 //! - After a reconnect, or when an ack is overdue, it rewinds and resends everything still
 //!   pending (central deduplicates on `(gateway, seq)`).
 //! - Reconnects with exponential backoff and jitter (rumqttc alone would retry at once).
+//! - Carries nothing itself: a [`Transport`] does (rumqttc on a broker, or an in-memory link
+//!   in tests), and a [`Clock`] tells it the time.
 //! - Signs everything it sends with its certificate's key, and believes nothing from central
 //!   that central did not sign for it, now (`downlink`); an ack deletes only events of a
 //!   batch it actually sent (`batches`).
@@ -24,10 +26,11 @@ use std::time::Duration;
 
 use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::{Clock, Instant};
 use firmware_config::runtime::mqtt::client_options;
+use firmware_config::runtime::transport::{Incoming, MqttTransport, Transport};
 use firmware_config::topics::{Channel, Topic};
 use firmware_config::wire::{self, Envelope, GatewayHealth, LinkState, Message, Status};
-use rumqttc::{AsyncClient, Event, EventLoop, LastWill, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
@@ -43,9 +46,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the downlink guard's numbers are written (when they changed).
 const PERSIST_EVERY: Duration = Duration::from_secs(5);
 
-pub struct Uplink {
-    client: AsyncClient,
-    eventloop: EventLoop,
+pub struct Uplink<T: Transport = MqttTransport> {
+    transport: T,
+    clock: Clock,
     gateway: GatewayId,
     backoff: Backoff,
     /// Envelope sequence numbers: from the clock or the floor on disk, whichever is higher,
@@ -60,7 +63,7 @@ pub struct Uplink {
     /// Checks every message from central.
     guard: DownlinkGuard,
     /// When the guard's numbers were last written.
-    persisted: std::time::Instant,
+    persisted: Instant,
     /// The number of this session's last will.
     will_seq: u64,
     /// The client certificate's files and when they last changed: a renewed certificate is
@@ -69,7 +72,7 @@ pub struct Uplink {
         firmware_config::config::TlsFiles,
         Option<std::time::SystemTime>,
     )>,
-    certificate_checked: std::time::Instant,
+    certificate_checked: Instant,
 }
 
 /// How often the certificate files are looked at for a renewal.
@@ -86,13 +89,26 @@ fn files_changed(files: &firmware_config::config::TlsFiles) -> Option<std::time:
 /// Envelope numbers reserved per write of `uplink.seq`.
 const SEQ_BLOCK: u64 = 1 << 20;
 
-impl Uplink {
-    pub fn new(config: &GatewayConfig, gateway: GatewayId) -> Result<Self, crate::GatewayError> {
+/// The MQTT session to the broker in `config`; it connects when the uplink first polls it.
+pub fn mqtt_transport(
+    config: &GatewayConfig,
+) -> Result<MqttTransport, firmware_config::runtime::mqtt::MqttSetupError> {
+    let u = &config.uplink;
+    let mut opts = client_options(&u.broker, u.tls.as_ref(), &config.gateway.id, u.keep_alive)?;
+    // A persistent session: the broker keeps our subscriptions and the acks and commands
+    // queued for us while we are away.
+    opts.set_clean_session(false);
+    Ok(MqttTransport::new(opts, 128))
+}
+
+impl<T: Transport> Uplink<T> {
+    pub fn new(
+        config: &GatewayConfig,
+        gateway: GatewayId,
+        clock: Clock,
+        mut transport: T,
+    ) -> Result<Self, crate::GatewayError> {
         let u = &config.uplink;
-        let mut opts = client_options(&u.broker, u.tls.as_ref(), gateway.as_str(), u.keep_alive)?;
-        // A persistent session: the broker keeps our subscriptions and the acks and commands
-        // queued for us while we are away.
-        opts.set_clean_session(false);
         let signer = match &u.tls {
             Some(files) => Some(firmware_config::runtime::signing::Signer::from_files(
                 files,
@@ -109,8 +125,7 @@ impl Uplink {
         );
         let mut floor =
             crate::outbox::SeqFloor::named(&config.storage.dir, "uplink.seq", SEQ_BLOCK);
-        let clock = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as u64;
-        let seq = clock.max(floor.floor());
+        let seq = clock.unix_micros().max(floor.floor());
         floor
             .reserve(seq + 1)
             .map_err(|source| crate::GatewayError::Storage {
@@ -123,21 +138,14 @@ impl Uplink {
             &gateway,
             config,
             LinkState::Offline,
-            seq,
+            (seq, clock.now_utc()),
             None,
             signer.as_ref(),
         );
-        opts.set_last_will(LastWill::new(
-            Topic::gateway(&gateway, Channel::Status).path(),
-            will,
-            QoS::AtLeastOnce,
-            true,
-        ));
-        let (client, mut eventloop) = AsyncClient::new(opts, 128);
-        firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
+        transport.set_last_will(Topic::gateway(&gateway, Channel::Status).path(), will);
         Ok(Self {
-            client,
-            eventloop,
+            transport,
+            clock,
             gateway,
             backoff: Backoff::new(u.reconnect_min, u.reconnect_max),
             seq,
@@ -146,10 +154,10 @@ impl Uplink {
             connected: false,
             signer,
             guard,
-            persisted: std::time::Instant::now(),
+            persisted: clock.instant(),
             will_seq: seq,
             certificate: u.tls.as_ref().map(|f| (f.clone(), files_changed(f))),
-            certificate_checked: std::time::Instant::now(),
+            certificate_checked: clock.instant(),
         })
     }
 
@@ -157,7 +165,7 @@ impl Uplink {
     /// next connection presents it. The connection open now goes on with the old one until
     /// it drops (the broker cuts it when the old one expires or is revoked).
     fn reload_certificate(&mut self) {
-        self.certificate_checked = std::time::Instant::now();
+        self.certificate_checked = self.clock.instant();
         let Some((files, stamp)) = &self.certificate else {
             return;
         };
@@ -176,11 +184,7 @@ impl Uplink {
             Ok((signer, tls)) => {
                 tracing::info!(expires = ?signer.not_after(), "client certificate renewed; signing with it, presenting it at the next connection");
                 self.signer = Some(signer);
-                self.eventloop
-                    .mqtt_options
-                    .set_transport(rumqttc::Transport::tls_with_config(
-                        rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
-                    ));
+                self.transport.renew_tls(tls);
                 if let Some((_, s)) = &mut self.certificate {
                     *s = now;
                 }
@@ -199,6 +203,12 @@ impl Uplink {
             tracing::error!(error = %e, "cannot write uplink.seq; numbers may repeat after a restart");
         }
         self.seq
+    }
+
+    /// A message in an envelope with the next number, stamped by the clock.
+    fn envelope(&mut self, message: Message) -> Envelope {
+        let seq = self.next_seq();
+        Envelope::new(self.gateway.clone(), seq, message).at(self.clock.now_utc())
     }
 
     /// Runs the session until `token` is cancelled; then says goodbye (retained `offline`).
@@ -230,8 +240,7 @@ impl Uplink {
                     // While disconnected the request is dropped; the fetcher asks again after
                     // its timeout, from where its file ends.
                     if self.connected {
-                        let seq = self.next_seq();
-                        let env = Envelope::new(self.gateway.clone(), seq, Message::Fetch(fetch));
+                        let env = self.envelope(Message::Fetch(fetch));
                         if let Ok(payload) = self.encode(Channel::Fetch, &env) {
                             self.publish(&shared, Channel::Fetch, "fetch", payload, false);
                         }
@@ -250,14 +259,14 @@ impl Uplink {
                         health = tokio::time::interval(every);
                         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
-                    if self.persisted.elapsed() >= PERSIST_EVERY {
+                    if self.clock.since(self.persisted) >= PERSIST_EVERY {
                         self.persist_guard();
                     }
-                    if self.certificate_checked.elapsed() >= CERTIFICATE_EVERY {
+                    if self.clock.since(self.certificate_checked) >= CERTIFICATE_EVERY {
                         self.reload_certificate();
                     }
                     if self.connected {
-                        if self.window.overdue(ACK_TIMEOUT) {
+                        if self.window.overdue(self.clock.instant(), ACK_TIMEOUT) {
                             tracing::warn!(gateway = %self.gateway, "central's ack is overdue; resending what is pending");
                             m.uplink_rewinds.inc();
                             self.window.rewind();
@@ -270,8 +279,8 @@ impl Uplink {
                         self.publish_health(&shared);
                     }
                 }
-                event = self.eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                event = self.transport.poll() => match event {
+                    Ok(Incoming::Connected { session_present }) => {
                         sessions += 1;
                         if sessions > 1 {
                             m.uplink_reconnects.inc();
@@ -279,10 +288,10 @@ impl Uplink {
                         self.connected = true;
                         m.uplink_connected.set(1);
                         self.backoff.reset();
-                        tracing::info!(gateway = %self.gateway, session_present = ack.session_present, "uplink connected");
+                        tracing::info!(gateway = %self.gateway, session_present, "uplink connected");
                         for ch in [Channel::Ack, Channel::Cmd, Channel::Data] {
                             let topic = Topic::gateway(&self.gateway, ch).path();
-                            if let Err(e) = self.client.try_subscribe(topic, QoS::AtLeastOnce) {
+                            if let Err(e) = self.transport.subscribe(topic) {
                                 tracing::error!(error = %e, "cannot subscribe");
                             }
                         }
@@ -293,11 +302,11 @@ impl Uplink {
                         self.window.rewind();
                         self.send_pending(&shared);
                     }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        self.handle_downlink(&shared, &p);
+                    Ok(Incoming::Message { topic, payload }) => {
+                        self.handle_downlink(&shared, &topic, &payload);
                         self.send_pending(&shared);
                     }
-                    Ok(_) => {}
+                    Ok(Incoming::Other) => {}
                     Err(e) => {
                         m.uplink_errors.inc();
                         if self.connected {
@@ -323,7 +332,7 @@ impl Uplink {
     }
 
     fn persist_guard(&mut self) {
-        self.persisted = std::time::Instant::now();
+        self.persisted = self.clock.instant();
         if let Err(e) = self.guard.persist() {
             tracing::warn!(error = %e, "cannot write downlink.seq");
         }
@@ -336,13 +345,9 @@ impl Uplink {
             if events.is_empty() {
                 return;
             }
-            let batch_id = self.next_seq();
             let n = events.len() as u64;
-            let env = Envelope::new(
-                self.gateway.clone(),
-                batch_id,
-                Message::Events(wire::EventBatch { events }),
-            );
+            let env = self.envelope(Message::Events(wire::EventBatch { events }));
+            let batch_id = env.seq;
             let payload = match self.encode(Channel::Events, &env) {
                 Ok(p) => p,
                 Err(e) => {
@@ -354,12 +359,10 @@ impl Uplink {
                 return;
             };
             let topic = Topic::gateway(&self.gateway, Channel::Events).path();
-            match self
-                .client
-                .try_publish(topic, QoS::AtLeastOnce, false, payload)
-            {
+            match self.transport.publish(topic, false, payload) {
                 Ok(()) => {
-                    self.window.sent(batch_id, &batch.events);
+                    self.window
+                        .sent(batch_id, &batch.events, self.clock.instant());
                     shared.metrics.uplink_events_sent.inc_by(n);
                     count(shared, "events");
                 }
@@ -369,24 +372,21 @@ impl Uplink {
         }
     }
 
-    fn handle_downlink(&mut self, shared: &Arc<Shared>, p: &Publish) {
+    fn handle_downlink(&mut self, shared: &Arc<Shared>, topic: &str, payload: &[u8]) {
         let m = &shared.metrics;
         let refuse = |reason: Refusal, why: &dyn std::fmt::Display| {
-            tracing::warn!(topic = %p.topic, reason = reason.as_str(), %why, "refused a message from central");
+            tracing::warn!(%topic, reason = reason.as_str(), %why, "refused a message from central");
             m.refuse_downlink(reason.as_str());
         };
-        let channel = match Topic::parse(&p.topic) {
+        let channel = match Topic::parse(topic) {
             Ok(Topic::Gateway { gateway, channel }) if gateway == self.gateway => channel,
             _ => return refuse(Refusal::WrongKind, &"not one of this gateway's topics"),
         };
-        let env = match wire::decode(&p.payload) {
+        let env = match wire::decode(payload) {
             Ok(env) => env,
             Err(e) => return refuse(Refusal::WrongKind, &e),
         };
-        if let Err(r) = self
-            .guard
-            .check(channel, &env, time::OffsetDateTime::now_utc())
-        {
+        if let Err(r) = self.guard.check(channel, &env, self.clock.now_utc()) {
             return refuse(r, &format_args!("{} seq {}", env.message.kind(), env.seq));
         }
         match (channel, env.message) {
@@ -410,8 +410,7 @@ impl Uplink {
     }
 
     fn send_reply(&mut self, shared: &Shared, reply: wire::CommandReply) {
-        let seq = self.next_seq();
-        let env = Envelope::new(self.gateway.clone(), seq, Message::Reply(reply));
+        let env = self.envelope(Message::Reply(reply));
         if let Ok(payload) = self.encode(Channel::Reply, &env) {
             self.publish(shared, Channel::Reply, "reply", payload, false);
         }
@@ -424,28 +423,20 @@ impl Uplink {
             return;
         }
         self.publish_status(shared, LinkState::Offline);
-        let _ = self.client.disconnect().await;
-        let drain = async {
-            while let Ok(ev) = self.eventloop.poll().await {
-                if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        self.transport.disconnect().await;
         self.connected = false;
         shared.metrics.uplink_connected.set(0);
         tracing::info!(gateway = %self.gateway, "uplink closed");
     }
 
     fn publish_status(&mut self, shared: &Shared, state: LinkState) {
-        let seq = self.next_seq();
         let will = (state == LinkState::Online).then_some(self.will_seq);
+        let numbered = (self.next_seq(), self.clock.now_utc());
         let payload = status_message(
             &self.gateway,
             &shared.config(),
             state,
-            seq,
+            numbered,
             will,
             self.signer.as_ref(),
         );
@@ -453,12 +444,11 @@ impl Uplink {
     }
 
     fn publish_health(&mut self, shared: &Shared) {
-        let seq = self.next_seq();
         let config = shared.config();
         let msg = Message::Health(GatewayHealth {
             version: crate::VERSION.to_owned(),
             site: config.site.id.clone(),
-            uptime_secs: shared.started.elapsed().as_secs(),
+            uptime_secs: self.clock.since(shared.started).as_secs(),
             cameras_configured: config.cameras.len() as u32,
             terminals_configured: config.terminals.len() as u32,
             outbox: Some(shared.outbox.summary()),
@@ -467,10 +457,8 @@ impl Uplink {
             masterdata: Some(shared.replica.report()),
             certificate_expires: self.signer.as_ref().and_then(|s| s.not_after()),
         });
-        match self.encode(
-            Channel::Health,
-            &Envelope::new(self.gateway.clone(), seq, msg),
-        ) {
+        let env = self.envelope(msg);
+        match self.encode(Channel::Health, &env) {
             Ok(payload) => self.publish(shared, Channel::Health, "health", payload, false),
             Err(e) => tracing::error!(error = %e, "cannot encode health"),
         }
@@ -482,7 +470,7 @@ impl Uplink {
     }
 
     fn publish(
-        &self,
+        &mut self,
         shared: &Shared,
         channel: Channel,
         kind: &str,
@@ -491,10 +479,7 @@ impl Uplink {
     ) {
         let topic = Topic::gateway(&self.gateway, channel).path();
         // try_publish: never block the session loop on a full request queue; health is periodic.
-        match self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-        {
+        match self.transport.publish(topic, retain, payload) {
             Ok(()) => count(shared, kind),
             Err(e) => tracing::warn!(kind, error = %e, "cannot queue message for central"),
         }
@@ -523,7 +508,7 @@ fn status_message(
     gateway: &GatewayId,
     config: &GatewayConfig,
     state: LinkState,
-    seq: u64,
+    (seq, time): (u64, time::OffsetDateTime),
     will_seq: Option<u64>,
     signer: Option<&firmware_config::runtime::signing::Signer>,
 ) -> Vec<u8> {
@@ -535,10 +520,6 @@ fn status_message(
     });
     // Encoding a struct of strings cannot fail; an empty payload would only clear the retained
     // status, which central treats as unknown.
-    sign_and_encode(
-        Channel::Status,
-        &Envelope::new(gateway.clone(), seq, msg),
-        signer,
-    )
-    .unwrap_or_default()
+    let env = Envelope::new(gateway.clone(), seq, msg).at(time);
+    sign_and_encode(Channel::Status, &env, signer).unwrap_or_default()
 }

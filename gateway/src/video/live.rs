@@ -26,7 +26,7 @@ struct Muxer {
     raw_gop: Vec<(i64, bool, Vec<u8>)>,
     /// Packaging into the hub, and until when at least (a viewer is joining).
     packaging: bool,
-    grace_until: Option<std::time::Instant>,
+    grace_until: Option<firmware_config::runtime::clock::Instant>,
 }
 
 /// At most this many frames are kept from the last keyframe.
@@ -103,8 +103,9 @@ impl Live {
         if keyframe {
             m.raw_gop.clear();
         }
-        let watched =
-            self.hub.viewers() > 0 || m.grace_until.is_some_and(|t| std::time::Instant::now() < t);
+        let watched = self.hub.viewers() > 0
+            || m.grace_until
+                .is_some_and(|t| firmware_config::runtime::clock::Instant::now() < t);
         if !watched && m.packaging {
             m.packaging = false;
             self.hub.pause();
@@ -141,7 +142,7 @@ impl Live {
     /// with the frames kept since the last keyframe.
     pub fn prepare(&self) {
         let mut m = self.lock();
-        m.grace_until = Some(std::time::Instant::now() + JOIN_GRACE);
+        m.grace_until = Some(firmware_config::runtime::clock::Instant::now() + JOIN_GRACE);
         if !m.packaging {
             self.start_packaging(&mut m);
         }
