@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::auth::DeviceTokens;
+use crate::camera::source::CameraSource;
 use crate::camera::{Analysis, CameraSession, Decoders};
 use crate::supervise::TaskSet;
 use crate::terminals::probe::{self, Probe};
@@ -110,9 +111,15 @@ fn prepare(config: &GatewayConfig) -> Result<DeviceTokens, DevicesError> {
 
 /// Runs the devices under the config in force, then under each config applied, until
 /// cancelled; then stops them all (cameras say TEARDOWN) before returning.
-pub async fn run(shared: Arc<Shared>, requests: DeviceRequests, token: CancellationToken) {
+pub async fn run(
+    shared: Arc<Shared>,
+    requests: DeviceRequests,
+    source: Arc<dyn CameraSource>,
+    token: CancellationToken,
+) {
     let mut rx = requests.0;
     let mut runner = Runner {
+        source,
         cameras: TaskSet::new(token.clone()),
         probes: TaskSet::new(token.clone()),
         decoders: None,
@@ -146,6 +153,8 @@ pub async fn run(shared: Arc<Shared>, requests: DeviceRequests, token: Cancellat
 }
 
 struct Runner {
+    /// Where camera sessions get their frames (RTSP, or a recording in tests).
+    source: Arc<dyn CameraSource>,
     cameras: TaskSet<Camera>,
     probes: TaskSet<Probe>,
     decoders: Option<Decoders>,
@@ -207,11 +216,12 @@ impl Runner {
         let offset = firmware_config::config::gateway::parse_utc_offset(&config.site.utc_offset)
             .unwrap_or(time::UtcOffset::UTC);
         for (id, cam) in start {
-            let analysis = Analysis::new(&cam, shared.cameras.clone(), offset);
+            let analysis = Analysis::new(&cam, shared.cameras.clone(), offset, shared.clock);
             let live = crate::video::Live::new();
             shared.set_camera(&id, Some((analysis.clone(), live.clone())));
             let session = CameraSession::new(
                 cam.clone(),
+                &*self.source,
                 shared.cameras.clone(),
                 analysis,
                 self.decoders.clone(),

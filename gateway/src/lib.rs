@@ -180,10 +180,12 @@ pub struct RunningGateway {
     parts: Parts<GatewayError>,
 }
 
-/// What a gateway runs on that a test may replace: its clock and its link to central.
+/// What a gateway runs on that a test may replace: its clock, its link to central and
+/// where its cameras' frames come from.
 pub struct Seams<T: Transport> {
     pub clock: Clock,
     pub transport: T,
+    pub cameras: Arc<dyn camera::source::CameraSource>,
 }
 
 /// Starts a gateway: checks its storage, binds its HTTP port and connects its uplink. Returns
@@ -196,6 +198,7 @@ pub async fn start(
     let seams = Seams {
         clock: Clock::system(),
         transport,
+        cameras: Arc::new(camera::source::Rtsp),
     };
     start_with(config, token, seams).await
 }
@@ -206,7 +209,11 @@ pub async fn start_with<T: Transport>(
     token: CancellationToken,
     seams: Seams<T>,
 ) -> Result<RunningGateway, GatewayError> {
-    let Seams { clock, transport } = seams;
+    let Seams {
+        clock,
+        transport,
+        cameras: camera_source,
+    } = seams;
     let gateway_id = GatewayId::new(config.gateway.id.clone())
         .map_err(|_| GatewayError::Identity(config.gateway.id.clone()))?;
     std::fs::create_dir_all(&config.storage.dir).map_err(|source| GatewayError::Storage {
@@ -334,7 +341,7 @@ pub async fn start_with<T: Transport>(
     // Cameras and probes start (and later change) under the devices task.
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
-        devices::run(s, device_requests, t).await;
+        devices::run(s, device_requests, camera_source, t).await;
         Ok(())
     });
     let (o, t) = (shared.outbox.clone(), parts.token().clone());

@@ -1,6 +1,6 @@
-//! Seventy-two hours without the WAN, in simulated time: the centre's kiosks, terminals and
-//! sensors go on using the gateway while the uplink is cut; then the link returns and the
-//! backlog drains.
+//! Seventy-two hours without the WAN, in simulated time: the centre's cameras, kiosks,
+//! terminals and sensors go on using the gateway while the uplink is cut; then the link
+//! returns and the backlog drains.
 
 mod rig;
 
@@ -47,6 +47,7 @@ struct Expect {
 async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_in_order() {
     let started = Instant::now();
     let mut rig = Rig::start(Layout {
+        cameras: 2,
         kiosks: KIOSKS,
         video_terminals: 1,
         disk_budget: "16 MiB",
@@ -68,6 +69,8 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
         "the replica never got central's master data"
     );
     beat_all(&rig, 0).await;
+    // Central has everything from before the outage.
+    drain(&mut rig, Duration::from_secs(60)).await;
     rig.broker.cut();
     let cut_at = rig.clock.now_utc();
 
@@ -78,8 +81,11 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
     for tick in 1..=(HOURS * 3600 / step.as_secs()) {
         rig.pass(step).await;
         let secs = tick * step.as_secs();
-        // The video terminal is switched off for two hours on the second day.
+        // The video terminal is switched off for two hours on the second day, a camera for
+        // an hour on the third.
         let video_on = !(24 * 3600..26 * 3600).contains(&secs);
+        rig.cameras
+            .set_on("camera-1", !(50 * 3600..51 * 3600).contains(&secs));
         if secs % 30 == 0 {
             for n in 0..KIOSKS {
                 beat(&rig, &kiosk_token(n), secs).await;
@@ -140,6 +146,27 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
             max_pending_bytes = max_pending_bytes.max(s.pending_bytes);
         }
     }
+    // The cameras streamed all along (one but for its hour), and pictures were taken.
+    let cameras = rig.shared().cameras.snapshot();
+    for c in &cameras {
+        assert_eq!(c.state.as_str(), "streaming", "{c:?}");
+        assert!(c.frames >= (HOURS - 2) * 3600, "{c:?}");
+        assert!(
+            c.decoded >= HOURS * 6 - 12,
+            "a snapshot every ten minutes: {c:?}"
+        );
+    }
+    assert_eq!(cameras[0].reconnects, 0);
+    assert_eq!(cameras[1].reconnects, 1);
+    let (status, _) = rig
+        .call(
+            Method::GET,
+            "/api/v1/cameras/camera-0/snapshot.jpg",
+            Some(&video_token(0)),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let simulated = rig.clock.now_utc() - cut_at;
     assert!(
         simulated >= time::Duration::hours(HOURS as i64),
@@ -169,13 +196,23 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
     // The link returns: everything left drains, most urgent class first, in order within a
     // class, each event once.
     rig.broker.restore();
-    let mut got: Vec<Event> = Vec::new();
-    while rig.shared().outbox.summary().pending > 0 {
-        let (batch, events) = rig.next_batch().await;
-        rig.ack(batch, &events);
-        got.extend(events);
-        rig.until(Duration::from_secs(1), || false).await;
-    }
+    // Central acks each batch as it comes, as the real one does once it stored it.
+    let rewinds = rig.shared().metrics.uplink_rewinds.get();
+    let restored = rig.clock.instant();
+    let got = drain(&mut rig, Duration::from_secs(60)).await;
+    let drained_in = rig.clock.since(restored);
+    assert_eq!(
+        rig.shared().metrics.uplink_rewinds.get(),
+        rewinds,
+        "no ack was overdue"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let twice: Vec<_> = got
+        .iter()
+        .filter(|e| !seen.insert(e.seq))
+        .map(|e| (e.seq, e.kind.clone(), e.payload.get().to_owned()))
+        .collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
     let mut seqs: Vec<u64> = got.iter().map(|e| e.seq).collect();
     seqs.sort_unstable();
     seqs.dedup();
@@ -230,6 +267,21 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
         ["video-0"],
         "only the terminal switched off went offline"
     );
+    let cameras_down: Vec<(String, String)> = got
+        .iter()
+        .filter(|e| e.kind.starts_with("camera.") && e.class == EventClass::Alert)
+        .map(|e| {
+            (
+                e.kind.clone(),
+                payload(e)["camera"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cameras_down,
+        [("camera.offline".to_owned(), "camera-1".to_owned())],
+        "only the camera switched off, once"
+    );
     // Telemetry: what was not evicted arrived, and nothing else.
     let telemetry = got
         .iter()
@@ -242,18 +294,42 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
         "telemetry delivered plus evicted is telemetry posted"
     );
     eprintln!(
-        "72 h of outage simulated in {:.1} s: {} kiosk queries answered, {} submissions, {} alerts from sensors, {} telemetry events posted and {} evicted, {} events drained; most pending {} of a {} budget",
+        "72 h of outage simulated in {:.1} s: {} camera frames, {} kiosk queries answered, {} submissions, {} alerts from sensors, {} telemetry events posted and {} evicted, {} events drained in {:?} (simulated); most pending {} of a {} budget",
         started.elapsed().as_secs_f64(),
+        cameras.iter().map(|c| c.frames).sum::<u64>(),
         expect.kiosk_queries,
         expect.receipts.len(),
         expect.sensor_alerts.len(),
         expect.telemetry,
         summary.evicted["telemetry"],
         got.len(),
+        drained_in,
         max_pending_bytes,
         BUDGET,
     );
     rig.stop().await;
+}
+
+/// Takes every batch the gateway sends and acks it at once, as central does once it stored
+/// it, until nothing is pending; fails when that takes longer than `limit`.
+async fn drain(rig: &mut Rig, limit: Duration) -> Vec<Event> {
+    let from = rig.clock.instant();
+    let mut got = Vec::new();
+    while rig.shared().outbox.summary().pending > 0 {
+        while let Some(p) = rig.broker.try_next() {
+            let env = firmware_config::wire::decode(&p.payload).unwrap();
+            if let firmware_config::wire::Message::Events(batch) = env.message {
+                rig.ack(env.seq, &batch.events);
+                got.extend(batch.events);
+            }
+        }
+        assert!(
+            rig.clock.since(from) < limit,
+            "the backlog did not drain in {limit:?}"
+        );
+        rig.until(Duration::from_millis(10), || false).await;
+    }
+    got
 }
 
 fn payload(e: &Event) -> Value {

@@ -6,7 +6,7 @@
 //! keyframe in the pool: when decoding falls behind, keyframes are skipped, never queued, so
 //! a slow decoder can neither grow memory nor hold up an RTSP session.
 
-use firmware_config::runtime::clock::Instant;
+use firmware_config::runtime::clock::{Clock, Instant};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -51,6 +51,8 @@ struct Pace {
 
 /// Snapshots and sensing of one camera.
 pub struct Analysis {
+    /// Stamps the pictures (snapshots, sensing's time of day).
+    clock: Clock,
     camera: Camera,
     cameras: Cameras,
     offset: UtcOffset,
@@ -73,9 +75,10 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl Analysis {
-    pub fn new(camera: &Camera, cameras: Cameras, offset: UtcOffset) -> Arc<Self> {
+    pub fn new(camera: &Camera, cameras: Cameras, offset: UtcOffset, clock: Clock) -> Arc<Self> {
         let sensor = Sensor::new(&camera.sensing);
         Arc::new(Self {
+            clock,
             sensing: sensor.active(),
             min_decode_gap: Duration::from_secs_f64(1.0 / camera.sensing.max_decode_fps.max(0.01)),
             camera: camera.clone(),
@@ -119,7 +122,7 @@ impl Analysis {
         Some(Want {
             snapshot,
             between,
-            received: SystemTime::now(),
+            received: SystemTime::from(self.clock.now_utc()),
             at: now,
         })
     }

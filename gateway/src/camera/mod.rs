@@ -10,6 +10,7 @@ mod decode;
 mod health;
 pub mod sensing;
 mod session;
+pub mod source;
 
 use firmware_config::runtime::clock::Instant;
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ use firmware_config::kinds::Kind;
 use time::UtcOffset;
 
 pub use analysis::{Analysis, Decoders, Snapshot};
-pub use decode::DecodeError;
+pub use decode::{DecodeError, VideoCodec};
 pub use health::{CameraHealth, CameraState};
 pub use session::CameraSession;
 

@@ -1,27 +1,22 @@
-//! `CameraSession`: one task per camera, keeping an RTSP session (retina) open, reading frames
-//! with a timeout, and keeping the camera's health current.
+//! `CameraSession`: one task per camera, keeping a stream open from its [`CameraSource`]
+//! (RTSP in production), reading frames with a timeout, and keeping the camera's health
+//! current.
 
-use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
 use std::time::Duration;
 
-use firmware_config::config::gateway::{Camera, Transport as CamTransport};
+use firmware_config::config::gateway::Camera;
+use firmware_config::runtime::clock::Instant;
 use futures::StreamExt;
-use retina::client::{
-    Credentials, PlayOptions, Session, SessionGroup, SessionOptions, SetupOptions,
-    TcpTransportOptions, Transport, UdpTransportOptions,
-};
-use retina::codec::{CodecItem, FrameFormat, ParametersRef};
 use tokio_util::sync::CancellationToken;
 
 use super::analysis::{Analysis, Decoders};
 use super::annexb::Keyframes;
 use super::decode::VideoCodec;
+use super::source::{CameraLink, CameraSource, Failure};
 use super::{CameraState, Cameras};
 use crate::uplink::Backoff;
 
-/// Longest wait for an RTSP request (DESCRIBE, SETUP, PLAY).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Wait before retrying a camera that refused the credentials: a wrong password is not fixed
 /// by retrying every second, and some cameras lock accounts after repeated failures.
 const UNAUTHORIZED_RETRY: Duration = Duration::from_secs(60);
@@ -29,13 +24,13 @@ const UNAUTHORIZED_RETRY: Duration = Duration::from_secs(60);
 /// Why a session ended.
 enum Ended {
     Cancelled,
-    Failed(CameraState, String),
+    Failed(Failure),
 }
 
 pub struct CameraSession {
     camera: Camera,
     cameras: Cameras,
-    group: Arc<SessionGroup>,
+    link: Box<dyn CameraLink>,
     analysis: Arc<Analysis>,
     /// Absent when FFmpeg could not start: the camera is then watched without pictures.
     decoders: Option<Decoders>,
@@ -45,22 +40,23 @@ pub struct CameraSession {
 impl CameraSession {
     pub fn new(
         camera: Camera,
+        source: &dyn CameraSource,
         cameras: Cameras,
         analysis: Arc<Analysis>,
         decoders: Option<Decoders>,
         live: crate::video::Live,
     ) -> Self {
         Self {
+            link: source.link(&camera),
             camera,
             cameras,
-            group: Arc::new(SessionGroup::default()),
             analysis,
             decoders,
             live,
         }
     }
 
-    pub async fn run(self, token: CancellationToken) {
+    pub async fn run(mut self, token: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         let mut sessions = 0u64;
         loop {
@@ -69,15 +65,15 @@ impl CameraSession {
             self.cameras.update(&self.camera.id, |h| h.attempts += 1);
             let ended = tokio::select! {
                 _ = token.cancelled() => Ended::Cancelled,
-                e = self.stream(&mut backoff, &mut sessions) => e,
+                e = self.stream(&mut backoff, &mut sessions) => Ended::Failed(e),
             };
             self.live.stop();
-            let (state, error) = match ended {
+            let Failure { state, reason } = match ended {
                 Ended::Cancelled => break,
-                Ended::Failed(state, error) => (state, error),
+                Ended::Failed(f) => f,
             };
-            tracing::warn!(camera = %self.camera.id, state = state.as_str(), %error, "camera session ended");
-            self.cameras.set_state(&self.camera.id, state, Some(error));
+            tracing::warn!(camera = %self.camera.id, state = state.as_str(), error = %reason, "camera session ended");
+            self.cameras.set_state(&self.camera.id, state, Some(reason));
             let wait = if state == CameraState::Unauthorized {
                 UNAUTHORIZED_RETRY
             } else {
@@ -87,127 +83,47 @@ impl CameraSession {
                 _ = token.cancelled() => break,
                 _ = tokio::time::sleep(wait) => {}
             }
-            // Some cameras allow few sessions: wait out our stale ones before opening another.
-            let stale = self.group.stale_sessions();
-            let _ = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.group.await_stale_sessions(&stale),
-            )
-            .await;
+            self.link.before_retry().await;
         }
-        // Let a TEARDOWN of the last session go out before the gateway exits.
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.group.await_teardown()).await;
+        self.link.close().await;
         tracing::info!(camera = %self.camera.id, "camera session stopped");
     }
 
-    async fn stream(&self, backoff: &mut Backoff, sessions: &mut u64) -> Ended {
+    /// Opens the stream and reads it until it fails; returns why.
+    async fn stream(&mut self, backoff: &mut Backoff, sessions: &mut u64) -> Failure {
+        let mut opened = match self.link.open().await {
+            Ok(o) => o,
+            Err(f) => return f,
+        };
         let cam = &self.camera;
-        let creds = match &cam.credentials {
-            None => None,
-            Some(c) => match c.password.read() {
-                Ok(password) => Some(Credentials {
-                    username: c.username.clone(),
-                    password,
-                }),
-                Err(e) => {
-                    return Ended::Failed(
-                        CameraState::Unauthorized,
-                        format!("password unavailable: {e}"),
-                    )
-                }
-            },
-        };
-        let url = match url::Url::parse(&cam.url) {
-            Ok(u) => u,
-            Err(e) => return Ended::Failed(CameraState::Unsupported, format!("bad URL: {e}")),
-        };
-        let opts = SessionOptions::default()
-            .creds(creds)
-            .session_group(self.group.clone())
-            .user_agent(format!("GridEdge gateway {}", crate::VERSION));
-        let mut session =
-            match tokio::time::timeout(REQUEST_TIMEOUT, Session::describe(url, opts)).await {
-                Err(_) => return Ended::Failed(CameraState::Offline, "DESCRIBE timed out".into()),
-                Ok(Err(e)) => return failure(&e),
-                Ok(Ok(s)) => s,
-            };
-        let Some(i) = session
-            .streams()
-            .iter()
-            .position(|s| s.media() == "video" && matches!(s.encoding_name(), "h264" | "h265"))
-        else {
-            return Ended::Failed(
-                CameraState::Unsupported,
-                "no H.264 or H.265 video stream".into(),
-            );
-        };
-        let codec = session.streams()[i].encoding_name().to_owned();
-        let video_codec = VideoCodec::from_encoding(&codec);
-        let transport = match cam.transport {
-            CamTransport::Tcp => Transport::Tcp(TcpTransportOptions::default()),
-            CamTransport::Udp => Transport::Udp(UdpTransportOptions::default()),
-        };
-        match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            session.setup(
-                i,
-                SetupOptions::default()
-                    .transport(transport)
-                    // Annex B with parameter sets before each keyframe: every keyframe
-                    // decodes on its own.
-                    .frame_format(FrameFormat::SIMPLE),
-            ),
-        )
-        .await
-        {
-            Err(_) => return Ended::Failed(CameraState::Offline, "SETUP timed out".into()),
-            Ok(Err(e)) => return failure(&e),
-            Ok(Ok(())) => {}
-        }
-        let playing =
-            match tokio::time::timeout(REQUEST_TIMEOUT, session.play(PlayOptions::default())).await
-            {
-                Err(_) => return Ended::Failed(CameraState::Offline, "PLAY timed out".into()),
-                Ok(Err(e)) => return failure(&e),
-                Ok(Ok(p)) => p,
-            };
-        let mut demuxed = match playing.demuxed() {
-            Ok(d) => d,
-            Err(e) => return failure(&e),
-        };
+        let video_codec = opened.video_codec();
         self.cameras.update(&cam.id, |h| {
-            h.codec = Some(codec.clone());
+            h.codec = Some(opened.codec.clone());
             h.reset_rates();
         });
         let mut streaming = false;
         let mut keyframes = Keyframes::default();
         loop {
             // retina has no read timeout of its own.
-            let item = match tokio::time::timeout(cam.stall_timeout, demuxed.next()).await {
+            let frame = match tokio::time::timeout(cam.stall_timeout, opened.frames.next()).await {
                 Err(_) if streaming => {
-                    return Ended::Failed(
+                    return Failure::new(
                         CameraState::Stalled,
                         format!("no frame for {:?}", cam.stall_timeout),
                     )
                 }
-                Err(_) => return Ended::Failed(CameraState::Offline, "no frame after PLAY".into()),
-                Ok(None) => return Ended::Failed(CameraState::Offline, "stream ended".into()),
-                Ok(Some(Err(e))) => return failure(&e),
-                Ok(Some(Ok(item))) => item,
+                Err(_) => return Failure::new(CameraState::Offline, "no frame after PLAY"),
+                Ok(None) => return Failure::new(CameraState::Offline, "stream ended"),
+                Ok(Some(Err(f))) => return f,
+                Ok(Some(Ok(frame))) => frame,
             };
-            let CodecItem::VideoFrame(frame) = item else {
-                continue;
-            };
-            if !streaming || frame.has_new_parameters() {
-                if let Some(ParametersRef::Video(v)) = demuxed.streams()[i].parameters() {
-                    self.live
-                        .set_parameters(v, video_codec == Some(VideoCodec::H265));
-                    let (w, h) = v.pixel_dimensions();
-                    self.cameras.update(&cam.id, |hl| {
-                        hl.width = Some(w);
-                        hl.height = Some(h);
-                    });
-                }
+            if let Some(p) = &frame.parameters {
+                self.live
+                    .set_parameters(p, video_codec == Some(VideoCodec::H265));
+                self.cameras.update(&cam.id, |hl| {
+                    hl.width = Some(p.width);
+                    hl.height = Some(p.height);
+                });
             }
             if !streaming {
                 streaming = true;
@@ -226,22 +142,18 @@ impl CameraSession {
             let now = Instant::now();
             // H.265 CRA keyframes are not flagged by retina; H.264 keyframes are (and carry
             // the parameter sets to remember).
-            let flagged = frame.is_random_access_point();
+            let flagged = frame.random_access;
             let key = match video_codec {
                 Some(vc) if flagged || vc == VideoCodec::H265 => {
-                    keyframes.inspect(vc, frame.data()) || flagged
+                    keyframes.inspect(vc, &frame.data) || flagged
                 }
                 _ => flagged,
             };
-            let (len, ts, lost) = (
-                frame.data().len(),
-                frame.timestamp().elapsed_secs(),
-                u64::from(frame.loss()),
-            );
-            self.cameras
-                .update(&cam.id, |h| h.frame(now, len, ts, key, lost));
-            let pts = frame.timestamp().elapsed();
-            let data = frame.into_data();
+            let len = frame.data.len();
+            self.cameras.update(&cam.id, |h| {
+                h.frame(now, len, frame.stream_secs, key, frame.lost)
+            });
+            let data = frame.data;
             if let (Some(decoders), Some(vc)) = (&self.decoders, video_codec) {
                 if let Some(want) = self.analysis.on_frame(now, key, len) {
                     // A copy only for the keyframes that are decoded (one every few seconds).
@@ -249,20 +161,7 @@ impl CameraSession {
                     decoders.submit(&self.analysis, vc, keyframe, want);
                 }
             }
-            self.live.frame(pts, key, data);
+            self.live.frame(frame.pts, key, data);
         }
-    }
-}
-
-fn failure(e: &retina::Error) -> Ended {
-    match e.status_code() {
-        Some(401) | Some(403) => Ended::Failed(
-            CameraState::Unauthorized,
-            "the camera refused the credentials".into(),
-        ),
-        _ => Ended::Failed(
-            CameraState::Offline,
-            e.to_string().lines().next().unwrap_or_default().to_owned(),
-        ),
     }
 }

@@ -62,19 +62,18 @@ impl Live {
     }
 
     /// New parameters from the camera (a session started, or they changed mid-stream).
-    pub fn set_parameters(&self, params: &retina::codec::VideoParameters, h265: bool) {
-        use retina::codec::VideoParametersCodec as C;
-        let sets = match params.codec_params() {
-            C::H264 { sps, pps } => fmp4::ParameterSets::H264 { sps, pps },
-            C::H265 { vps, sps, pps } => fmp4::ParameterSets::H265 { vps, sps, pps },
-            _ => return,
+    pub fn set_parameters(&self, params: &crate::camera::source::StreamParameters, h265: bool) {
+        use crate::camera::source::OwnedParameterSets as O;
+        let sets = match &params.sets {
+            O::H264 { sps, pps } => fmp4::ParameterSets::H264 { sps, pps },
+            O::H265 { vps, sps, pps } => fmp4::ParameterSets::H265 { vps, sps, pps },
         };
-        let (width, height) = params.pixel_dimensions();
+        let (width, height) = (params.width, params.height);
         let Some(entry) = fmp4::sample_entry(&sets, width as u16, height as u16) else {
             tracing::warn!("parameter sets too short for an MP4 sample entry");
             return;
         };
-        let codec = params.rfc6381_codec().to_owned();
+        let codec = params.rfc6381_codec.clone();
         let mut m = self.lock();
         m.generation += 1;
         let track = Arc::new(Track {
@@ -85,7 +84,7 @@ impl Live {
             generation: m.generation,
         });
         m.default_duration = params
-            .frame_rate()
+            .frame_rate
             .filter(|(n, d)| *n > 0 && *d > 0)
             .map(|(n, d)| (u64::from(fmp4::TIMESCALE) * u64::from(n) / u64::from(d)) as u32)
             .unwrap_or(fmp4::TIMESCALE / 25);

@@ -44,6 +44,8 @@ pub fn video_token(n: usize) -> String {
 
 /// What the rig's gateway has.
 pub struct Layout {
+    /// Cameras `camera-{n}`, playing the recording in [`Rig::cameras`].
+    pub cameras: usize,
     pub kiosks: usize,
     pub video_terminals: usize,
     pub disk_budget: &'static str,
@@ -54,6 +56,7 @@ pub struct Layout {
 impl Default for Layout {
     fn default() -> Self {
         Self {
+            cameras: 0,
             kiosks: 1,
             video_terminals: 0,
             disk_budget: "64 MiB",
@@ -100,7 +103,19 @@ impl Central {
     }
 }
 
+/// A small H.264 keyframe (176x144), played once a second by every camera.
+pub fn recording() -> gateway::camera::source::Recorded {
+    let frame = include_bytes!("../../src/camera/testdata/key264-176x144.h264").to_vec();
+    gateway::camera::source::Recorded::new(
+        gateway::camera::VideoCodec::H264,
+        vec![(frame, true)],
+        1,
+    )
+}
+
 pub struct Rig {
+    /// What the cameras play; switch one off with `set_on`.
+    pub cameras: gateway::camera::source::Recorded,
     /// Holds tokio's auto-advance off while it is there.
     hold: Option<std::sync::mpsc::Sender<()>>,
     pub gateway: Option<RunningGateway>,
@@ -123,10 +138,19 @@ impl Rig {
         let config = config(dir.path(), &layout, &key_file);
         let clock = Clock::following_tokio(time::macros::datetime!(2026-06-01 08:00 UTC));
         let (transport, broker) = memory::link();
+        let cameras = recording();
         let token = CancellationToken::new();
-        let gateway = gateway::start_with(config, token.clone(), Seams { clock, transport })
-            .await
-            .unwrap();
+        let gateway = gateway::start_with(
+            config,
+            token.clone(),
+            Seams {
+                clock,
+                transport,
+                cameras: Arc::new(cameras.clone()),
+            },
+        )
+        .await
+        .unwrap();
         let router = gateway::api::router(gateway.shared.clone());
         let (hold, held) = std::sync::mpsc::channel::<()>();
         tokio::task::spawn_blocking(move || {
@@ -134,6 +158,7 @@ impl Rig {
         });
         Rig {
             hold: Some(hold),
+            cameras,
             gateway: Some(gateway),
             broker,
             central: Central {
@@ -334,6 +359,13 @@ fn config(dir: &Path, layout: &Layout, key_file: &Path) -> GatewayConfig {
         layout.disk_budget,
         secret("sensors.token", SOURCE_TOKEN),
     );
+    for n in 0..layout.cameras {
+        text += &format!(
+            "[[cameras]]\nid = \"camera-{n}\"\nname = \"Camera {n}\"\nurl = \"rtsp://127.0.0.1:9/recorded-{n}\"\n\
+             snapshot = {{ interval = \"10m\", width = 176 }}\n\
+             sensing = {{ covered = false, frozen = false, moved = false }}\n"
+        );
+    }
     for n in 0..layout.kiosks {
         text += &format!(
             "[[terminals]]\nid = \"kiosk-{n}\"\nname = \"Kiosk {n}\"\nkind = \"kiosk\"\n\
