@@ -21,12 +21,13 @@ pub mod replication;
 pub mod share;
 pub mod store;
 
+use firmware_config::runtime::clock::Instant;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use firmware_config::config::central::BrokerChoice;
 use firmware_config::config::CentralConfig;
+use firmware_config::runtime::clock::Clock;
 use firmware_config::runtime::{self, mqtt::MqttSetupError, Parts};
 use tokio_util::sync::CancellationToken;
 
@@ -83,7 +84,7 @@ pub enum CentralError {
 pub struct Shared {
     pub config: CentralConfig,
     pub metrics: Metrics,
-    pub registry: Mutex<GatewayRegistry>,
+    pub registry: Arc<Mutex<GatewayRegistry>>,
     pub store: Arc<store::EventStore>,
     /// Checks gateways' signatures (when central knows the CA of their certificates).
     pub verifier: Option<firmware_config::runtime::signing::Verifier>,
@@ -94,7 +95,7 @@ pub struct Shared {
     /// The last status and health accepted from each gateway, against replays.
     pub replay: link::replay::UplinkReplay,
     /// Commands to gateways, sent on central's MQTT session.
-    pub commands: link::commands::Commands,
+    pub commands: Arc<link::commands::Commands>,
     /// Video sharing: grants, relays, audit.
     pub shares: share::Shares,
     /// Every terminal's last known health.
@@ -102,13 +103,13 @@ pub struct Shared {
     /// Configuration bundles sent to gateways.
     pub bundles: bundles::Bundles,
     /// The street's master data, by version.
-    pub masterdata: masterdata::MasterData,
+    pub masterdata: Arc<masterdata::MasterData>,
     /// Cases from residents' submissions.
-    pub cases: cases::Cases,
+    pub cases: Arc<cases::Cases>,
     /// What each gateway's replica was last sent.
     pub replication: replication::Replication,
     /// Sensing alerts.
-    pub alerts: alerts::Alerts,
+    pub alerts: Arc<alerts::Alerts>,
     /// Console logins, sessions and their audit trail.
     pub operators: operators::Operators,
     /// Throttling of console logins, and the few password checks that may run at once.
@@ -123,6 +124,8 @@ pub struct Shared {
     /// Stops everything central started.
     pub token: CancellationToken,
     pub started: Instant,
+    /// The time of day for every part (the system's, or a test's).
+    pub clock: Clock,
 }
 
 impl Shared {
@@ -149,11 +152,27 @@ pub struct RunningCentral {
     parts: Parts<CentralError>,
 }
 
+/// What central runs on that a test may replace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seams {
+    pub clock: Clock,
+}
+
 /// Starts central: its broker (when embedded), its MQTT session, and its HTTP API.
 pub async fn start(
     config: CentralConfig,
     token: CancellationToken,
 ) -> Result<RunningCentral, CentralError> {
+    start_with(config, token, Seams::default()).await
+}
+
+/// [`start`], on the given clock.
+pub async fn start_with(
+    config: CentralConfig,
+    token: CancellationToken,
+    seams: Seams,
+) -> Result<RunningCentral, CentralError> {
+    let Seams { clock } = seams;
     runtime::release_large_allocations();
     std::fs::create_dir_all(&config.storage.dir).map_err(|source| CentralError::Storage {
         path: config.storage.dir.display().to_string(),
@@ -215,40 +234,53 @@ pub async fn start(
         source,
     })?;
     let bundles = bundles::Bundles::open(store.db(), Some(&key_file))?;
-    let masterdata = masterdata::MasterData::open(store.db())?;
+    let masterdata = Arc::new(masterdata::MasterData::open(store.db())?);
+    let registry = Arc::new(Mutex::new(GatewayRegistry::new(
+        config.health.gateway_silence,
+    )));
+    let commands = Arc::new(link.commands(downlink.clone()));
+    let replication = replication::Replication::new(
+        masterdata.clone(),
+        load_key()?,
+        commands.clone(),
+        registry.clone(),
+    );
     let shared = Arc::new(Shared {
         terminals: Mutex::default(),
         masterdata,
-        replication: replication::Replication::default(),
-        alerts: alerts::Alerts::open(
-            store.db(),
-            alerts::Policy {
-                escalate_after: [
-                    config.alerts.escalate_to_station,
-                    config.alerts.escalate_to_command,
-                ],
-            },
-        )
-        .map_err(CentralError::Alerts)?,
+        replication,
+        alerts: Arc::new(
+            alerts::Alerts::open(
+                store.db(),
+                alerts::Policy {
+                    escalate_after: [
+                        config.alerts.escalate_to_station,
+                        config.alerts.escalate_to_command,
+                    ],
+                },
+            )
+            .map_err(CentralError::Alerts)?,
+        ),
         outbox_seen: Mutex::default(),
         devices: Mutex::default(),
         meetings: meetings::Meetings::open(store.db())?,
         operators: operators::Operators::new(&config.operators, &config.api_tokens, store.db())?,
-        cases: cases::Cases::open(store.db())?,
+        cases: Arc::new(cases::Cases::open(store.db())?),
         logins: logins::LoginGuard::default(),
         bundles,
         metrics,
-        registry: Mutex::new(GatewayRegistry::new(config.health.gateway_silence)),
+        registry,
         config,
         store,
         verifier,
         revocations,
-        commands: link.commands(downlink.clone()),
+        commands,
         downlink,
         replay: link::replay::UplinkReplay::default(),
         shares,
         token: token.clone(),
-        started: Instant::now(),
+        started: clock.instant(),
+        clock,
     });
     let mut parts = Parts::new("central", token);
     let tls = runtime::http_tls(&shared.config.http).map_err(CentralError::Http)?;
@@ -264,9 +296,17 @@ pub async fn start(
         link.run(s, t).await;
         Ok(())
     });
-    let (s, t) = (shared.clone(), parts.token().clone());
+    let watch = alerts::Watch {
+        registry: shared.registry.clone(),
+        alerts: shared.alerts.clone(),
+        cases: shared.cases.clone(),
+        masterdata: shared.masterdata.clone(),
+        clock: shared.clock,
+        settings: shared.config.alerts.clone(),
+    };
+    let t = parts.token().clone();
     parts.spawn(async move {
-        alerts::watch(s, t).await;
+        alerts::watch(watch, t).await;
         Ok(())
     });
     let (s, t) = (shared.clone(), parts.token().clone());

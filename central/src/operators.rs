@@ -2,9 +2,10 @@
 //! (a random cookie and a CSRF token each, ended after `IDLE` without use), roles, and the
 //! audit trail of everything they do.
 
+use firmware_config::runtime::clock::Instant;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;

@@ -5,15 +5,20 @@
 //! gateway that cannot apply an update is not flooded.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use firmware_config::bundle::SigningKey;
+use firmware_config::runtime::clock::Instant;
 
 use firmware_config::ids::GatewayId;
 use firmware_config::masterdata::replica::SignedUpdate;
 use firmware_config::topics::Channel;
 use firmware_config::wire::{ContentChunk, ContentFetch, Message, ReplicaReport, MAX_CHUNK_BYTES};
 
-use crate::Shared;
+use crate::link::commands::Commands;
+use crate::masterdata::MasterData;
+use crate::{GatewayRegistry, Shared};
 
 /// How long before the same version is offered to the same gateway again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(15);
@@ -21,19 +26,38 @@ pub const RESEND_AFTER: Duration = Duration::from_secs(15);
 /// (central's version, the gateway's version, whether it asked for a snapshot).
 type Offer = (u64, u64, bool);
 
-#[derive(Default)]
 pub struct Replication {
+    masterdata: Arc<MasterData>,
+    /// Central's signing key: gateways believe only updates it signed.
+    key: SigningKey,
+    commands: Arc<Commands>,
+    /// Which gateways to offer a new version to, and what their replicas hold.
+    registry: Arc<Mutex<GatewayRegistry>>,
     /// Per gateway: the last offer (current version, the gateway's version, snapshot asked),
     /// and when.
     sent: Mutex<HashMap<String, (Offer, Instant)>>,
-    warned: std::sync::atomic::AtomicBool,
 }
 
 impl Replication {
+    pub fn new(
+        masterdata: Arc<MasterData>,
+        key: SigningKey,
+        commands: Arc<Commands>,
+        registry: Arc<Mutex<GatewayRegistry>>,
+    ) -> Self {
+        Self {
+            masterdata,
+            key,
+            commands,
+            registry,
+            sent: Mutex::default(),
+        }
+    }
+
     /// Offers `gateway` what it lacks, given its report. The same offer (same current version
     /// for the same report) is not made again within [`RESEND_AFTER`], and is not even computed.
-    pub fn offer(&self, shared: &Shared, gateway: &GatewayId, report: &ReplicaReport) {
-        let Some(current) = shared.masterdata.current().map(|c| c.info.version) else {
+    pub fn offer(&self, gateway: &GatewayId, report: &ReplicaReport) {
+        let Some(current) = self.masterdata.current().map(|c| c.info.version) else {
             return;
         };
         if report.version >= current && !report.need_snapshot {
@@ -41,10 +65,7 @@ impl Replication {
         }
         let offer = (current, report.version, report.need_snapshot);
         {
-            let mut sent = self
-                .sent
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((o, at)) = sent.get(gateway.as_str()) {
                 if *o == offer && at.elapsed() < RESEND_AFTER {
                     return;
@@ -52,7 +73,7 @@ impl Replication {
             }
             sent.insert(gateway.as_str().to_owned(), (offer, Instant::now()));
         }
-        let Some(update) = shared.masterdata.update_for(report) else {
+        let Some(update) = self.masterdata.update_for(report) else {
             return;
         };
         let snapshot = matches!(
@@ -60,13 +81,7 @@ impl Replication {
             firmware_config::masterdata::replica::Update::Snapshot { .. }
         );
         let version = update.target_version();
-        let Some(key) = shared.bundles.signing_key() else {
-            if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!("master data is not sent to gateways: no [identity] bundle_signing_key_file to sign it with");
-            }
-            return;
-        };
-        let signed = match SignedUpdate::sign(key, &update) {
+        let signed = match SignedUpdate::sign(&self.key, &update) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign a master data update");
@@ -74,7 +89,7 @@ impl Replication {
             }
         };
         let bytes = signed.body.len();
-        match shared
+        match self
             .commands
             .publish(gateway, Channel::Data, Message::Data(signed))
         {
@@ -86,8 +101,12 @@ impl Replication {
     }
 
     /// Offers a new version to every gateway that has reported its replica.
-    pub fn offer_all(&self, shared: &Shared) {
-        let views = shared.registry().views(Instant::now());
+    pub fn offer_all(&self) {
+        let views = self
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .views(Instant::now());
         for v in views {
             let (Ok(id), Some(report)) = (
                 GatewayId::new(v.id.clone()),
@@ -95,7 +114,7 @@ impl Replication {
             ) else {
                 continue;
             };
-            self.offer(shared, &id, &report);
+            self.offer(&id, &report);
         }
     }
 }

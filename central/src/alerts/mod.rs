@@ -137,13 +137,13 @@ impl Alerts {
 
 /// Every case that is overdue, or handled (to clear an alert it may have).
 fn overdue_cases(
-    shared: &crate::Shared,
+    cases: &crate::cases::Cases,
+    masterdata: &crate::masterdata::MasterData,
     limit: std::time::Duration,
     now: OffsetDateTime,
 ) -> Vec<Observation> {
-    let items = shared.masterdata.current();
-    shared
-        .cases
+    let items = masterdata.current();
+    cases
         .list(None)
         .iter()
         .filter_map(|c| {
@@ -161,24 +161,31 @@ fn overdue_cases(
         .collect()
 }
 
+/// What the alert watch reads and raises: built in `lib.rs`, nothing else.
+pub struct Watch {
+    pub registry: std::sync::Arc<Mutex<crate::GatewayRegistry>>,
+    pub alerts: std::sync::Arc<Alerts>,
+    pub cases: std::sync::Arc<crate::cases::Cases>,
+    pub masterdata: std::sync::Arc<crate::masterdata::MasterData>,
+    pub clock: firmware_config::runtime::clock::Clock,
+    /// `[alerts]`: the time zone of maintenance windows and the rosters, and case limits.
+    pub settings: firmware_config::config::central::AlertPolicy,
+}
+
 /// Once a second: gateways' presence (offline or silent raises `gateway.offline`, back clears
 /// it), hold-downs that ran out, escalations, maintenance windows that ended.
-pub async fn watch(
-    shared: std::sync::Arc<crate::Shared>,
-    token: tokio_util::sync::CancellationToken,
-) {
+pub async fn watch(w: Watch, token: tokio_util::sync::CancellationToken) {
     use crate::registry::Presence;
-    let offset =
-        firmware_config::config::gateway::parse_utc_offset(&shared.config.alerts.utc_offset)
-            .unwrap_or(time::UtcOffset::UTC);
+    let offset = firmware_config::config::gateway::parse_utc_offset(&w.settings.utc_offset)
+        .unwrap_or(time::UtcOffset::UTC);
     let mut seen: std::collections::HashMap<String, Presence> = std::collections::HashMap::new();
     // Cases are looked at less often: half their limit, at most every 10 s.
-    let case_limit = shared.config.alerts.case_limit;
+    let case_limit = w.settings.case_limit;
     let case_every = (case_limit / 2).clamp(
         std::time::Duration::from_secs(1),
         std::time::Duration::from_secs(10),
     );
-    let mut cases_checked = std::time::Instant::now();
+    let mut cases_checked = w.clock.instant();
     let mut overdue: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -187,8 +194,12 @@ pub async fn watch(
             _ = token.cancelled() => return,
             _ = every.tick() => {}
         }
-        let now = OffsetDateTime::now_utc();
-        let views = shared.registry().views(std::time::Instant::now());
+        let now = w.clock.now_utc();
+        let views = w
+            .registry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .views(w.clock.instant());
         let mut observations = Vec::new();
         for v in views {
             if seen.insert(v.id.clone(), v.presence) == Some(v.presence) {
@@ -205,12 +216,14 @@ pub async fn watch(
                 why,
             ));
         }
-        if cases_checked.elapsed() >= case_every {
-            cases_checked = std::time::Instant::now();
-            let s = shared.clone();
-            let found = tokio::task::spawn_blocking(move || overdue_cases(&s, case_limit, now))
-                .await
-                .unwrap_or_default();
+        if w.clock.since(cases_checked) >= case_every {
+            cases_checked = w.clock.instant();
+            let (cases, masterdata) = (w.cases.clone(), w.masterdata.clone());
+            let found = tokio::task::spawn_blocking(move || {
+                overdue_cases(&cases, &masterdata, case_limit, now)
+            })
+            .await
+            .unwrap_or_default();
             for o in found {
                 let receipt = o
                     .originator
@@ -222,16 +235,125 @@ pub async fn watch(
                 let changed = if o.raised {
                     overdue.insert(receipt)
                 } else {
-                    overdue.remove(&receipt) || shared.alerts.engine().is_open(&o.key())
+                    overdue.remove(&receipt) || w.alerts.engine().is_open(&o.key())
                 };
                 if changed {
                     observations.push(o);
                 }
             }
         }
-        shared.alerts.observe(observations, now);
+        w.alerts.observe(observations, now);
         let local = now.to_offset(offset);
         let minute = local.hour() as u16 * 60 + local.minute() as u16;
-        shared.alerts.apply(|e| ((), e.tick(now, minute)));
+        w.alerts.apply(|e| ((), e.tick(now, minute)));
+    }
+}
+
+#[cfg(test)]
+mod watch_tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use firmware_config::ids::GatewayId;
+    use firmware_config::runtime::clock::{Clock, Instant};
+    use firmware_config::wire::LinkState;
+
+    use super::*;
+    use crate::GatewayRegistry;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        registry: Arc<Mutex<GatewayRegistry>>,
+        alerts: Arc<Alerts>,
+        token: tokio_util::sync::CancellationToken,
+    }
+
+    /// The watch on its own handles, a gateway silent after 90 s, escalations after 10 and
+    /// 30 minutes.
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let settings: firmware_config::config::central::AlertPolicy = serde_json::from_value(
+            serde_json::json!({ "escalate_to_station": "10m", "escalate_to_command": "30m" }),
+        )
+        .unwrap();
+        let alerts = Arc::new(
+            Alerts::open(
+                &db,
+                Policy {
+                    escalate_after: [settings.escalate_to_station, settings.escalate_to_command],
+                },
+            )
+            .unwrap(),
+        );
+        let registry = Arc::new(Mutex::new(GatewayRegistry::new(Duration::from_secs(90))));
+        let token = tokio_util::sync::CancellationToken::new();
+        let w = Watch {
+            registry: registry.clone(),
+            alerts: alerts.clone(),
+            cases: Arc::new(crate::cases::Cases::open(&db).unwrap()),
+            masterdata: Arc::new(crate::masterdata::MasterData::open(&db).unwrap()),
+            clock: Clock::following_tokio(time::macros::datetime!(2026-06-01 08:00 UTC)),
+            settings,
+        };
+        tokio::spawn(watch(w, token.clone()));
+        Setup {
+            _dir: dir,
+            registry,
+            alerts,
+            token,
+        }
+    }
+
+    fn heard(s: &Setup, gateway: &str) {
+        s.registry.lock().unwrap().observe_status(
+            &GatewayId::new(gateway).unwrap(),
+            LinkState::Online,
+            "site",
+            "1.0",
+            Instant::now(),
+        );
+    }
+
+    fn offline_alert(s: &Setup, gateway: &str) -> Option<Alert> {
+        let e = s.alerts.engine();
+        e.list(true)
+            .into_iter()
+            .find(|a| a.gateway == gateway && a.rule == "gateway.offline")
+            .cloned()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_gateway_raises_an_alert_that_escalates_on_time_and_clears_when_heard() {
+        let s = setup();
+        heard(&s, "gw-a");
+        heard(&s, "gw-b");
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            heard(&s, "gw-b");
+        }
+        // 90 s without a word from gw-a: silent.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let a = offline_alert(&s, "gw-a").expect("gw-a went silent");
+        assert!(!a.cleared && a.escalation == 0, "{a:?}");
+        assert!(offline_alert(&s, "gw-b").is_none(), "gw-b spoke all along");
+        tokio::time::sleep(Duration::from_secs(10 * 60)).await;
+        assert_eq!(offline_alert(&s, "gw-a").unwrap().escalation, 1);
+        // The command centre's after that much more.
+        tokio::time::sleep(Duration::from_secs(29 * 60)).await;
+        assert_eq!(offline_alert(&s, "gw-a").unwrap().escalation, 1);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(offline_alert(&s, "gw-a").unwrap().escalation, 2);
+        heard(&s, "gw-a");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let a = offline_alert(&s, "gw-a").unwrap();
+        assert!(a.cleared, "heard again: {a:?}");
+        // Its times are the clock's.
+        assert!(
+            a.last_raised - a.opened < time::Duration::seconds(5),
+            "{a:?}"
+        );
+        assert_eq!(a.opened.date(), time::macros::date!(2026 - 06 - 01));
+        s.token.cancel();
     }
 }

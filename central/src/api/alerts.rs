@@ -106,7 +106,7 @@ pub async fn act(
         Err(r) => return r.into_response(),
     };
     let by = op.0.name.clone();
-    let now = OffsetDateTime::now_utc();
+    let now = shared.clock.now_utc();
     let result = shared.alerts.apply(|e| {
         let r = match action.as_str() {
             "ack" => e.acknowledge(id, &by, now),

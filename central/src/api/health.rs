@@ -16,7 +16,9 @@ use crate::Shared;
 /// and for the street.
 pub async fn health(State(shared): State<Arc<Shared>>, _op: Operator) -> Response {
     use crate::registry::health;
-    let gateways = shared.registry().views(std::time::Instant::now());
+    let gateways = shared
+        .registry()
+        .views(firmware_config::runtime::clock::Instant::now());
     let cameras = shared
         .devices
         .lock()
@@ -85,7 +87,7 @@ pub async fn assessment(
     if !(1..=366).contains(&p.days) {
         return ApiError::new(StatusCode::BAD_REQUEST, "days: 1 to 366").into_response();
     }
-    let now = time::OffsetDateTime::now_utc();
+    let now = shared.clock.now_utc();
     let since = now - time::Duration::days(i64::from(p.days));
     let a = &shared.config.alerts;
     let targets = crate::assessment::Targets {
@@ -107,7 +109,7 @@ pub async fn assessment(
     // Cameras and terminals each gateway reports, for its devices' uptime.
     let devices: std::collections::BTreeMap<String, u32> = shared
         .registry()
-        .views(std::time::Instant::now())
+        .views(firmware_config::runtime::clock::Instant::now())
         .into_iter()
         .filter_map(|v| {
             v.health

@@ -85,7 +85,7 @@ pub async fn import(
     match result {
         Ok(Ok(imported)) => {
             if imported.new {
-                shared.replication.offer_all(&shared);
+                shared.replication.offer_all();
             }
             let status = if imported.new {
                 StatusCode::CREATED

@@ -63,8 +63,7 @@ pub async fn book(
     let s = shared.clone();
     let who = by.clone();
     let booked =
-        tokio::task::spawn_blocking(move || s.meetings.book(b, &who, OffsetDateTime::now_utc()))
-            .await;
+        tokio::task::spawn_blocking(move || s.meetings.book(b, &who, s.clock.now_utc())).await;
     match booked {
         Ok(Ok(m)) => {
             meetings::dispatch(&shared, &m);
@@ -105,7 +104,7 @@ pub async fn change(
         Ok(s) => s.name.clone(),
         Err(r) => return r.into_response(),
     };
-    let now = OffsetDateTime::now_utc();
+    let now = shared.clock.now_utc();
     let s = shared.clone();
     let who = by.clone();
     let target = format!("{id} {action}");

@@ -1,7 +1,7 @@
 //! Central's HTTP API: liveness, metrics and the gateway registry.
 
+use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

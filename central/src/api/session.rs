@@ -2,8 +2,8 @@
 //! endpoint uses — a live session cookie, the CSRF token on anything that changes state, and
 //! a role at least the one asked for.
 
+use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, State};

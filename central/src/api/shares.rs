@@ -154,7 +154,7 @@ pub async fn live(
             )
         };
         audit("share.viewer_joined");
-        let until = (grant.expires_at - time::OffsetDateTime::now_utc().unix_timestamp()).max(0) as u64;
+        let until = (grant.expires_at - shared.clock.now_utc().unix_timestamp()).max(0) as u64;
         let stop = async move {
             tokio::select! {
                 _ = revoked.wait_for(|r| *r) => {}

@@ -1,7 +1,7 @@
 //! Terminals and configuration bundles on central's API.
 
+use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;

@@ -67,8 +67,6 @@ pub fn apply(shared: &Shared, fresh: &Fresh) {
         .flat_map(|e| crate::alerts::rules::from_event(gateway, e))
         .collect();
     if !observations.is_empty() {
-        shared
-            .alerts
-            .observe(observations, time::OffsetDateTime::now_utc());
+        shared.alerts.observe(observations, shared.clock.now_utc());
     }
 }

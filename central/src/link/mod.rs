@@ -7,8 +7,9 @@
 //! the load. The broker's PUBACK to central is sent only after the batch is stored (manual acks),
 //! so a central that dies mid-batch gets it again from the broker.
 
+use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use firmware_config::config::TlsFiles;
 use firmware_config::ids::GatewayId;
@@ -279,7 +280,7 @@ fn handle(shared: &Arc<Shared>, p: &Publish) -> Handled {
             &gateway,
             env.seq,
             env.time,
-            time::OffsetDateTime::now_utc(),
+            shared.clock.now_utc(),
             shared.config.identity.message_max_age,
         ),
         _ => Ok(()),
@@ -310,13 +311,13 @@ fn handle(shared: &Arc<Shared>, p: &Publish) -> Handled {
                     .observe_summary(gateway.as_str(), t, env.time);
             }
             if let Some(report) = &h.masterdata {
-                shared.replication.offer(shared, &gateway, report);
+                shared.replication.offer(&gateway, report);
             }
             if let Some(o) = &h.outbox {
                 outbox_alerts(shared, gateway.as_str(), o, now);
             }
             if let Some(expires) = h.certificate_expires {
-                let at = time::OffsetDateTime::now_utc();
+                let at = shared.clock.now_utc();
                 let o = crate::alerts::rules::certificate(gateway.as_str(), expires, at);
                 shared.alerts.observe(vec![o], at);
             }
@@ -373,9 +374,7 @@ fn outbox_alerts(shared: &Shared, gateway: &str, o: &wire::OutboxReport, now: In
         (before, now.saturating_duration_since(e.1))
     };
     let observations = crate::alerts::rules::outbox(gateway, o, before, stalled_for);
-    shared
-        .alerts
-        .observe(observations, time::OffsetDateTime::now_utc());
+    shared.alerts.observe(observations, shared.clock.now_utc());
 }
 
 /// Stores a group's batches with one flush, then, batch by batch, makes cases of submissions;
