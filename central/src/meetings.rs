@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use firmware_config::ids::GatewayId;
 use firmware_config::topics::Channel;
-use firmware_config::wire::{Command, Event, Invitation, MeetingAnswer, MeetingKind, Message};
+use firmware_config::wire::{
+    Command, Event, Invitation, MeetingAnswer, MeetingKind, MeetingPlan, Message,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -29,13 +31,8 @@ pub struct Invitee {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meeting {
     pub id: String,
-    pub kind: String,
-    pub title: String,
-    #[serde(with = "time::serde::rfc3339")]
-    pub starts: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
-    pub ends: OffsetDateTime,
-    pub room: String,
+    #[serde(flatten)]
+    pub plan: MeetingPlan,
     pub invitees: Vec<Invitee>,
     pub revision: u32,
     pub cancelled: bool,
@@ -125,7 +122,7 @@ impl Meetings {
             .values()
             .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
             .collect();
-        v.sort_by_key(|m| m.starts);
+        v.sort_by_key(|m| m.plan.starts);
         v
     }
 
@@ -194,11 +191,13 @@ impl Meetings {
         };
         let m = Meeting {
             id,
-            kind: b.kind,
-            title: title.to_owned(),
-            starts: b.starts,
-            ends: b.ends,
-            room: b.room.trim().to_owned(),
+            plan: MeetingPlan {
+                kind: b.kind,
+                title: title.to_owned(),
+                starts: b.starts,
+                ends: b.ends,
+                room: b.room.trim().to_owned(),
+            },
             invitees,
             revision: 1,
             cancelled: false,
@@ -288,11 +287,7 @@ pub fn dispatch(shared: &Arc<Shared>, m: &Meeting) {
             meeting: m.id.clone(),
             revision: m.revision,
             terminal: i.terminal.clone(),
-            kind: m.kind.clone(),
-            title: m.title.clone(),
-            starts: m.starts,
-            ends: m.ends,
-            room: m.room.clone(),
+            plan: m.plan.clone(),
             cancelled: m.cancelled,
         };
         let Ok(args) = serde_json::to_value(&inv) else {
@@ -318,10 +313,10 @@ pub fn reschedule(
     now: OffsetDateTime,
 ) -> Result<String, MeetingError> {
     check_times(starts, ends, now)?;
-    m.starts = starts;
-    m.ends = ends;
+    m.plan.starts = starts;
+    m.plan.ends = ends;
     if let Some(r) = room.filter(|r| !r.trim().is_empty()) {
-        m.room = r.trim().to_owned();
+        m.plan.room = r.trim().to_owned();
     }
     Ok("rescheduled".into())
 }

@@ -21,7 +21,7 @@
 //! `staged.json` (while applying), `highest.json` (the highest version ever applied, per
 //! target).
 
-use firmware_config::runtime::clock::Instant;
+use firmware_config::runtime::clock::{Clock, Instant};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,12 +30,30 @@ use std::time::Duration;
 use firmware_config::bundle::{BundleBody, Checked, SignedBundle, VerifyingKey};
 use firmware_config::config::GatewayConfig;
 use firmware_config::durable;
+use firmware_config::ids::GatewayId;
 use firmware_config::kinds::Kind;
 use firmware_config::wire::{ConfigVersions, EventClass};
 use serde_json::{json, Value};
 
 use crate::outbox::{NewEvent, Outbox};
-use crate::{GatewayError, Shared};
+use crate::GatewayError;
+
+/// What taking a bundle needs of the running gateway, and nothing more: `lib.rs` lets the
+/// gateway's shared state provide it; a test may provide a stand-in.
+pub trait Host: Send + Sync {
+    fn gateway_id(&self) -> &GatewayId;
+    /// The config in force.
+    fn config(&self) -> Arc<GatewayConfig>;
+    fn outbox(&self) -> &Outbox;
+    fn clock(&self) -> Clock;
+    fn metrics(&self) -> &crate::Metrics;
+    fn terminals(&self) -> &crate::terminals::Terminals;
+    /// Switches the devices to `config` (all or nothing).
+    fn apply_config(
+        &self,
+        config: Arc<GatewayConfig>,
+    ) -> impl std::future::Future<Output = Result<(), crate::devices::DevicesError>> + Send;
+}
 
 /// A terminal's settings bundle as held for it.
 #[derive(Debug, Clone)]
@@ -375,26 +393,26 @@ impl Bundles {
     }
 
     /// Handles a `config.bundle` command: `{"bundle": <signed bundle>}`.
-    pub async fn receive(&self, shared: &Shared, args: &Value) -> Result<Value, BundleRefusal> {
+    pub async fn receive(&self, host: &impl Host, args: &Value) -> Result<Value, BundleRefusal> {
         let _one = self.busy.lock().await;
         let signed: Option<SignedBundle> = args
             .get("bundle")
             .and_then(|b| serde_json::from_value(b.clone()).ok());
         let claimed = signed.as_ref().and_then(SignedBundle::unverified_body);
-        match self.accept(shared, signed).await {
+        match self.accept(host, signed).await {
             Ok(data) => {
-                shared.metrics.count_bundle("applied");
+                host.metrics().count_bundle("applied");
                 Ok(data)
             }
             Err(reason) => {
-                shared.metrics.count_bundle("refused");
+                host.metrics().count_bundle("refused");
                 tracing::warn!(%reason, "bundle refused");
                 let payload = json!({
                     "reason": reason.to_string(),
                     "claimed_target": claimed.as_ref().map(|b| &b.target),
                     "claimed_version": claimed.as_ref().map(|b| b.version),
                 });
-                record(&shared.outbox, Kind::ConfigRefused, payload).await;
+                record(host.outbox(), Kind::ConfigRefused, payload).await;
                 Err(reason)
             }
         }
@@ -402,7 +420,7 @@ impl Bundles {
 
     async fn accept(
         &self,
-        shared: &Shared,
+        host: &impl Host,
         signed: Option<SignedBundle>,
     ) -> Result<Value, BundleRefusal> {
         let signed = signed.ok_or(BundleRefusal::NotABundle)?;
@@ -411,17 +429,17 @@ impl Bundles {
         }
         let key = self.key.as_ref().ok_or(BundleRefusal::NoKey)?;
         let body = key.verify(&signed).map_err(BundleRefusal::Signature)?;
-        if body.target.gateway != shared.gateway_id.as_str() {
+        if body.target.gateway != host.gateway_id().as_str() {
             return Err(BundleRefusal::OtherGateway {
                 bundle: body.target.gateway.clone(),
-                this: shared.gateway_id.as_str().to_owned(),
+                this: host.gateway_id().as_str().to_owned(),
             });
         }
         let highest = self.highest();
         let held = match &body.target.terminal {
             None => self.lock().version.max(highest.gateway),
             Some(t) => {
-                if !shared.config().terminals.iter().any(|c| &c.id == t) {
+                if !host.config().terminals.iter().any(|c| &c.id == t) {
                     return Err(BundleRefusal::NoTerminal(t.clone()));
                 }
                 let in_force = self.lock().terminals.get(t).map_or(0, |b| b.version);
@@ -438,7 +456,7 @@ impl Bundles {
         if body.version > MAX_VERSION {
             return Err(BundleRefusal::TooLarge(body.version));
         }
-        let now = shared.clock.now_utc();
+        let now = host.clock().now_utc();
         let max_age = self.max_age;
         if now - body.issued > max_age {
             return Err(BundleRefusal::TooOld {
@@ -455,7 +473,7 @@ impl Bundles {
             .check(&self.file.base_dir, true)
             .map_err(BundleRefusal::Invalid)?;
         match checked {
-            Checked::Gateway(cfg) => self.apply_gateway(shared, body, *cfg, &signed).await,
+            Checked::Gateway(cfg) => self.apply_gateway(host, body, *cfg, &signed).await,
             Checked::Terminal(settings) => {
                 let terminal = body.target.terminal.clone().unwrap_or_default();
                 self.raise_highest(Some(&terminal), body.version)?;
@@ -469,12 +487,11 @@ impl Bundles {
                         json: signed.to_json().into(),
                     },
                 );
-                shared
-                    .terminals
+                host.terminals()
                     .set_bundle(&terminal, body.version, settings.required_peripherals);
                 let payload =
                     json!({ "target": body.target, "version": body.version, "note": body.note });
-                record(&shared.outbox, Kind::ConfigApplied, payload).await;
+                record(host.outbox(), Kind::ConfigApplied, payload).await;
                 tracing::info!(%terminal, version = body.version, "terminal bundle stored");
                 Ok(json!({ "target": body.target, "version": body.version }))
             }
@@ -483,12 +500,12 @@ impl Bundles {
 
     async fn apply_gateway(
         &self,
-        shared: &Shared,
+        host: &impl Host,
         body: BundleBody,
         cfg: GatewayConfig,
         signed: &SignedBundle,
     ) -> Result<Value, BundleRefusal> {
-        let current = shared.config();
+        let current = host.config();
         let new = Arc::new(with_live_settings(&self.file, &cfg));
         let fixed = crate::devices::restart_only_changes(&current, &cfg);
         if !fixed.is_empty() {
@@ -499,16 +516,16 @@ impl Bundles {
         self.raise_highest(None, body.version)?;
         let staged = self.dir.join("staged.json");
         write_synced(&staged, &signed.to_json()).map_err(BundleRefusal::Stage)?;
-        if let Err(e) = shared.devices.apply(new).await {
+        if let Err(e) = host.apply_config(new).await {
             // Nothing was switched: the devices still run the config in force.
             let _ = std::fs::remove_file(&staged);
-            shared.metrics.count_bundle("rolled_back");
+            host.metrics().count_bundle("rolled_back");
             let version = self.lock().version;
             let payload = json!({
                 "target": body.target, "version": body.version, "reason": format!("apply failed: {e}"),
                 "back_to": version,
             });
-            record(&shared.outbox, Kind::ConfigRolledBack, payload).await;
+            record(host.outbox(), Kind::ConfigRolledBack, payload).await;
             return Err(BundleRefusal::RolledBack { version, source: e });
         }
         let (cur, prev) = (
@@ -535,13 +552,13 @@ impl Bundles {
             s.version = body.version;
             s.confirmed = false;
         }
-        shared.metrics.config_version.set(body.version as i64);
+        host.metrics().config_version.set(body.version as i64);
         let payload = json!({ "target": body.target, "version": body.version, "note": body.note });
-        if let Some(seq) = record(&shared.outbox, Kind::ConfigApplied, payload).await {
+        if let Some(seq) = record(host.outbox(), Kind::ConfigApplied, payload).await {
             self.lock().pending = Some(Pending {
                 version: body.version,
                 seq,
-                deadline: shared.clock.instant() + self.confirm_within,
+                deadline: host.clock().instant() + self.confirm_within,
             });
         }
         tracing::info!(version = body.version, note = %body.note, "gateway bundle applied; awaiting central's confirmation");
@@ -578,7 +595,7 @@ impl Bundles {
     }
 
     /// The last good config is back in force (or could not be, `failed`).
-    pub async fn rolled_back(&self, shared: &Shared, failed: Option<String>) {
+    pub async fn rolled_back(&self, host: &impl Host, failed: Option<String>) {
         let (from, to) = {
             let mut s = self.lock();
             s.pending = None;
@@ -603,9 +620,9 @@ impl Bundles {
                 tracing::error!(error = %e, "rolled back, but the bundle files could not follow");
             }
             let _ = write_synced(&self.dir.join("gateway.confirmed"), &to.to_string());
-            shared.metrics.config_version.set(to as i64);
+            host.metrics().config_version.set(to as i64);
         }
-        shared.metrics.count_bundle("rolled_back");
+        host.metrics().count_bundle("rolled_back");
         let reason = format!(
             "central did not confirm version {from} within {}",
             humantime::format_duration(self.confirm_within)
@@ -615,7 +632,7 @@ impl Bundles {
             "target": { "gateway": self.file.gateway.id }, "version": from, "back_to": to,
             "reason": reason, "failed": failed,
         });
-        record(&shared.outbox, Kind::ConfigRolledBack, payload).await;
+        record(host.outbox(), Kind::ConfigRolledBack, payload).await;
     }
 }
 

@@ -45,7 +45,7 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
     if cmd.name == CONFIG_BUNDLE {
         let (shared, cmd) = (shared.clone(), cmd.clone());
         tokio::spawn(async move {
-            let result = shared.bundles.receive(&shared, &cmd.args).await;
+            let result = shared.bundles.receive(&*shared, &cmd.args).await;
             let _ = shared
                 .replies
                 .send(reply(&cmd, result.map_err(CommandRefusal::from)));

@@ -141,8 +141,8 @@ pub async fn run(
                 // task that applies configs, so the two never interleave.
                 if let Some(last_good) = shared.bundles.overdue(&shared.outbox, Instant::now()) {
                     match runner.apply(&shared, last_good.clone()).await {
-                        Ok(()) => shared.bundles.rolled_back(&shared, None).await,
-                        Err(e) => shared.bundles.rolled_back(&shared, Some(e.to_string())).await,
+                        Ok(()) => shared.bundles.rolled_back(&*shared, None).await,
+                        Err(e) => shared.bundles.rolled_back(&*shared, Some(e.to_string())).await,
                     }
                 }
             }

@@ -172,6 +172,31 @@ impl Shared {
     }
 }
 
+/// Bundles see the gateway through the few things they use.
+impl bundles::Host for Shared {
+    fn gateway_id(&self) -> &GatewayId {
+        &self.gateway_id
+    }
+    fn config(&self) -> Arc<GatewayConfig> {
+        Shared::config(self)
+    }
+    fn outbox(&self) -> &outbox::Outbox {
+        &self.outbox
+    }
+    fn clock(&self) -> Clock {
+        self.clock
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn terminals(&self) -> &terminals::Terminals {
+        &self.terminals
+    }
+    async fn apply_config(&self, config: Arc<GatewayConfig>) -> Result<(), devices::DevicesError> {
+        self.devices.apply(config).await
+    }
+}
+
 /// A gateway running in this process.
 pub struct RunningGateway {
     /// Where its HTTP API listens (the real port when the config asked for port 0).

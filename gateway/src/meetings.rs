@@ -47,7 +47,7 @@ impl Meetings {
     /// Keeps an invitation unless the gateway already has a newer revision of it; drops the
     /// ones that have ended. Blocking (it flushes).
     pub fn put(&self, inv: &Invitation, now: OffsetDateTime) -> Result<bool, MeetingStoreError> {
-        if inv.ends <= now {
+        if inv.plan.ends <= now {
             return Ok(false);
         }
         let k = key(&inv.terminal, &inv.meeting);
@@ -72,7 +72,7 @@ impl Meetings {
 
     fn expire(&self, now: OffsetDateTime) {
         for (k, v) in self.tree.iter().flatten() {
-            if serde_json::from_slice::<Invitation>(&v).is_ok_and(|i| i.ends <= now) {
+            if serde_json::from_slice::<Invitation>(&v).is_ok_and(|i| i.plan.ends <= now) {
                 let _ = self.tree.remove(k);
             }
         }
@@ -94,9 +94,9 @@ impl Meetings {
             .scan_prefix(format!("{terminal}\0").as_bytes())
             .values()
             .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
-            .filter(|i: &Invitation| i.ends > now)
+            .filter(|i: &Invitation| i.plan.ends > now)
             .collect();
-        v.sort_by_key(|i| i.starts);
+        v.sort_by_key(|i| i.plan.starts);
         v
     }
 
@@ -119,6 +119,7 @@ impl Meetings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use firmware_config::wire::MeetingPlan;
 
     fn inv(meeting: &str, revision: u32, ends_in: i64) -> Invitation {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
@@ -126,11 +127,13 @@ mod tests {
             meeting: meeting.into(),
             revision,
             terminal: "vt-1".into(),
-            kind: "petition".into(),
-            title: "远程接访".into(),
-            starts: now,
-            ends: now + time::Duration::seconds(ends_in),
-            room: "https://meet.example/r/1".into(),
+            plan: MeetingPlan {
+                kind: "petition".into(),
+                title: "远程接访".into(),
+                starts: now,
+                ends: now + time::Duration::seconds(ends_in),
+                room: "https://meet.example/r/1".into(),
+            },
             cancelled: false,
         }
     }
@@ -147,13 +150,13 @@ mod tests {
             "the same revision again"
         );
         let mut moved = inv("m1", 2, 7200);
-        moved.title = "改期".into();
+        moved.plan.title = "改期".into();
         assert!(m.put(&moved, now).unwrap());
         assert!(
             !m.put(&inv("m1", 1, 3600), now).unwrap(),
             "an older one late"
         );
-        assert_eq!(m.for_terminal("vt-1", now)[0].title, "改期");
+        assert_eq!(m.for_terminal("vt-1", now)[0].plan.title, "改期");
         assert!(!m.put(&inv("m2", 1, -5), now).unwrap(), "already over");
         assert_eq!(m.for_terminal("vt-1", now).len(), 1);
         assert!(m

@@ -71,14 +71,12 @@ impl MeetingAnswer {
     }
 }
 
-/// A meeting as one invited terminal sees it: sent by central in a `meeting.invite` command to
-/// the terminal's gateway, again on every change (a higher `revision`).
+/// What a meeting is and when: the same at central (the booking kept) and at every invited
+/// terminal (its invitation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Invitation {
-    pub meeting: String,
-    pub revision: u32,
-    pub terminal: String,
-    /// `petition` (remote petition reception), `inspection`, `dispatch`, `other`.
+pub struct MeetingPlan {
+    /// `petition` (remote petition reception), `inspection`, `dispatch`, `other`: a
+    /// [`MeetingKind`] by name, so that a gateway takes a kind newer than itself.
     pub kind: String,
     pub title: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -87,6 +85,17 @@ pub struct Invitation {
     pub ends: OffsetDateTime,
     /// The conference room or join link of the conferencing system.
     pub room: String,
+}
+
+/// A meeting as one invited terminal sees it: sent by central in a `meeting.invite` command to
+/// the terminal's gateway, again on every change (a higher `revision`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invitation {
+    pub meeting: String,
+    pub revision: u32,
+    pub terminal: String,
+    #[serde(flatten)]
+    pub plan: MeetingPlan,
     pub cancelled: bool,
 }
 

@@ -17,7 +17,7 @@ mod receipt;
 mod status;
 
 pub use ack::Ack;
-pub use command::{Command, CommandReply, Invitation, MeetingAnswer, MeetingKind};
+pub use command::{Command, CommandReply, Invitation, MeetingAnswer, MeetingKind, MeetingPlan};
 pub use content::{ContentChunk, ContentFetch, MAX_CHUNK_BYTES};
 pub use events::{Event, EventBatch, EventClass};
 pub use health::{ConfigVersions, GatewayHealth, OutboxReport, ReplicaReport, TerminalsSummary};
