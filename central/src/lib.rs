@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex};
 use firmware_config::config::central::BrokerChoice;
 use firmware_config::config::CentralConfig;
 use firmware_config::runtime::clock::Clock;
+use firmware_config::runtime::transport::{MqttTransport, Transport};
 use firmware_config::runtime::{self, mqtt::MqttSetupError, Parts};
 use tokio_util::sync::CancellationToken;
 
@@ -152,10 +153,21 @@ pub struct RunningCentral {
     parts: Parts<CentralError>,
 }
 
-/// What central runs on that a test may replace.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Seams {
+/// What central runs on that a test may replace: its clock, and its MQTT session.
+pub struct Seams<T: Transport = MqttTransport> {
     pub clock: Clock,
+    /// Central's session to gateways; `None`: to the broker the config names. With one, an
+    /// embedded broker the config asks for still runs, unused by central.
+    pub transport: Option<T>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Self {
+            clock: Clock::system(),
+            transport: None,
+        }
+    }
 }
 
 /// Starts central: its broker (when embedded), its MQTT session, and its HTTP API.
@@ -166,13 +178,13 @@ pub async fn start(
     start_with(config, token, Seams::default()).await
 }
 
-/// [`start`], on the given clock.
-pub async fn start_with(
+/// [`start`], on the given clock and transport.
+pub async fn start_with<T: Transport>(
     config: CentralConfig,
     token: CancellationToken,
-    seams: Seams,
+    seams: Seams<T>,
 ) -> Result<RunningCentral, CentralError> {
-    let Seams { clock } = seams;
+    let Seams { clock, transport } = seams;
     runtime::release_large_allocations();
     std::fs::create_dir_all(&config.storage.dir).map_err(|source| CentralError::Storage {
         path: config.storage.dir.display().to_string(),
@@ -199,7 +211,7 @@ pub async fn start_with(
     };
     let metrics = Metrics::new(&config);
     metrics.certificates_revoked.set(revocations.len() as i64);
-    let (broker_addr, link) = match config.broker.choice().ok_or(CentralError::NoBroker)? {
+    let (broker_addr, mqtt) = match config.broker.choice().ok_or(CentralError::NoBroker)? {
         BrokerChoice::Embedded(e) => {
             let refusals = broker::acl::Refusals::counted_in(metrics.broker_refused.clone());
             let handle =
@@ -219,6 +231,10 @@ pub async fn start_with(
             None,
             link::GatewayLink::new(&x.url, x.tls.as_ref(), &config.central.id, None)?,
         ),
+    };
+    let link = match transport {
+        Some(t) => Link::Given(link::GatewayLink::on(t)),
+        None => Link::Mqtt(Box::new(mqtt)),
     };
     let listener = runtime::bind_http(config.http.listen)
         .await
@@ -293,7 +309,10 @@ pub async fn start_with(
     );
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
-        link.run(s, t).await;
+        match link {
+            Link::Mqtt(l) => l.run(s, t).await,
+            Link::Given(l) => l.run(s, t).await,
+        }
         Ok(())
     });
     let watch = alerts::Watch {
@@ -321,6 +340,21 @@ pub async fn start_with(
         shared,
         parts,
     })
+}
+
+/// Central's session: on the broker of the config, or on a transport a test gave.
+enum Link<T: Transport> {
+    Mqtt(Box<link::GatewayLink>),
+    Given(link::GatewayLink<T>),
+}
+
+impl<T: Transport> Link<T> {
+    fn commands(&self, downlink: Arc<link::downlink::Downlink>) -> link::commands::Commands {
+        match self {
+            Link::Mqtt(l) => l.commands(downlink),
+            Link::Given(l) => l.commands(downlink),
+        }
+    }
 }
 
 /// Central's signing key: the configured file, or one made in the storage folder at the first

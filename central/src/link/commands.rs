@@ -8,9 +8,9 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::transport::Publisher;
 use firmware_config::topics::{Channel, Topic};
 use firmware_config::wire::{Command, CommandReply, Message};
-use rumqttc::{AsyncClient, QoS};
 use tokio::sync::oneshot;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +25,7 @@ pub enum CommandError {
 
 /// Commands in flight; cheap to share.
 pub struct Commands {
-    client: AsyncClient,
+    client: std::sync::Arc<dyn Publisher>,
     downlink: std::sync::Arc<super::downlink::Downlink>,
     next: AtomicU64,
     /// (gateway, command id) → who waits for the reply.
@@ -33,7 +33,10 @@ pub struct Commands {
 }
 
 impl Commands {
-    pub fn new(client: AsyncClient, downlink: std::sync::Arc<super::downlink::Downlink>) -> Self {
+    pub fn new(
+        client: std::sync::Arc<dyn Publisher>,
+        downlink: std::sync::Arc<super::downlink::Downlink>,
+    ) -> Self {
         Self {
             client,
             downlink,
@@ -73,12 +76,7 @@ impl Commands {
         let sent = match payload {
             Ok(payload) => self
                 .client
-                .publish(
-                    Topic::gateway(gateway, Channel::Cmd).path(),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                )
+                .publish(Topic::gateway(gateway, Channel::Cmd).path(), false, payload)
                 .await
                 .map_err(|e| CommandError::Send(e.to_string())),
             Err(e) => Err(e),
@@ -114,12 +112,7 @@ impl Commands {
             .seal(gateway, channel, message)
             .map_err(|e| CommandError::Send(e.to_string()))?;
         self.client
-            .try_publish(
-                Topic::gateway(gateway, channel).path(),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
+            .try_publish(Topic::gateway(gateway, channel).path(), false, payload)
             .map_err(|e| CommandError::Send(e.to_string()))
     }
 

@@ -7,17 +7,17 @@
 //! the load. The broker's PUBACK to central is sent only after the batch is stored (manual acks),
 //! so a central that dies mid-batch gets it again from the broker.
 
-use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
 use std::time::Duration;
 
 use firmware_config::config::TlsFiles;
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::Instant;
 use firmware_config::runtime::mqtt::{client_options, MqttSetupError};
+use firmware_config::runtime::transport::{Incoming, MqttTransport, Receipt, Transport};
 use firmware_config::topics::{all_gateways, Channel, Topic};
 use firmware_config::wire::{self, Ack, Message};
 use futures::FutureExt;
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio_util::sync::CancellationToken;
 
 pub mod analysis;
@@ -28,12 +28,19 @@ pub mod replay;
 use crate::metrics::KindLabel;
 use crate::Shared;
 
-pub struct GatewayLink {
-    client: AsyncClient,
-    eventloop: EventLoop,
+/// Central's session on a [`Transport`]: rumqttc on the broker, or an in-memory link in tests.
+pub struct GatewayLink<T: Transport = MqttTransport> {
+    transport: T,
 }
 
-impl GatewayLink {
+/// One message from a gateway, to be acknowledged to the broker once handled.
+pub struct Delivery {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    receipt: Receipt,
+}
+
+impl GatewayLink<MqttTransport> {
     /// A session to the broker at `url`; `login` is central's user and password on the
     /// embedded broker.
     pub fn new(
@@ -48,14 +55,20 @@ impl GatewayLink {
         }
         opts.set_clean_session(false);
         opts.set_manual_acks(true);
-        let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-        firmware_config::runtime::mqtt::send_at_once(&mut eventloop);
-        Ok(Self { client, eventloop })
+        Ok(Self::on(MqttTransport::new(opts, 1024)))
+    }
+}
+
+impl<T: Transport> GatewayLink<T> {
+    /// The link on `transport`, which must acknowledge manually (the link acks each message
+    /// to the broker only once it is handled).
+    pub fn on(transport: T) -> Self {
+        Self { transport }
     }
 
     /// A handle that sends commands on this link, sealed by `downlink`.
     pub fn commands(&self, downlink: Arc<downlink::Downlink>) -> commands::Commands {
-        commands::Commands::new(self.client.clone(), downlink)
+        commands::Commands::new(self.transport.publisher(), downlink)
     }
 
     pub async fn run(mut self, shared: Arc<Shared>, token: CancellationToken) {
@@ -71,11 +84,11 @@ impl GatewayLink {
                 Some(e) => e,
                 None => tokio::select! {
                     _ = token.cancelled() => break,
-                    e = self.eventloop.poll() => e,
+                    e = self.transport.poll() => e,
                 },
             };
             match event {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                Ok(Incoming::Connected { .. }) => {
                     m.link_connected.set(1);
                     wait = Duration::from_millis(100);
                     tracing::info!("central connected to the broker");
@@ -87,22 +100,38 @@ impl GatewayLink {
                         all_gateways(Channel::Fetch),
                     ];
                     for f in filters {
-                        if let Err(e) = self.client.try_subscribe(f, QoS::AtLeastOnce) {
+                        if let Err(e) = self.transport.subscribe(f) {
                             tracing::error!(error = %e, "cannot subscribe");
                         }
                     }
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
+                Ok(Incoming::Message {
+                    topic,
+                    payload,
+                    receipt,
+                }) => {
                     // What the client already holds joins the group: one disk flush for all.
-                    let mut group = vec![p];
+                    let mut group = vec![Delivery {
+                        topic,
+                        payload,
+                        receipt,
+                    }];
                     // Bounded: each poll may also write one queued reply.
                     let mut polls = 0;
                     while group.len() < GROUP_MAX && polls < 4 * GROUP_MAX {
                         polls += 1;
-                        match self.eventloop.poll().now_or_never() {
-                            Some(Ok(Event::Incoming(Packet::Publish(p)))) => group.push(p),
+                        match self.transport.poll().now_or_never() {
+                            Some(Ok(Incoming::Message {
+                                topic,
+                                payload,
+                                receipt,
+                            })) => group.push(Delivery {
+                                topic,
+                                payload,
+                                receipt,
+                            }),
                             // A reply of the last group going out: the group goes on.
-                            Some(Ok(Event::Outgoing(_))) => {}
+                            Some(Ok(Incoming::Other)) => {}
                             Some(other) => {
                                 carried = Some(other);
                                 break;
@@ -117,10 +146,10 @@ impl GatewayLink {
                         }
                         // PUBACK to the broker only now, in order: the batch is stored (or
                         // was refused).
-                        replies.push_back(Reply::PubAck(p));
+                        replies.push_back(Reply::PubAck(p.receipt));
                     }
                 }
-                Ok(_) => {}
+                Ok(Incoming::Other) => {}
                 Err(e) => {
                     // The new session gets everything unacknowledged again from the broker.
                     replies.clear();
@@ -136,7 +165,7 @@ impl GatewayLink {
                 }
             }
         }
-        let _ = self.client.try_disconnect();
+        self.transport.disconnect().await;
         m.link_connected.set(0);
         // What was stored is observed before the link is done.
         drop(observers);
@@ -149,27 +178,27 @@ enum Reply {
     /// An acknowledgement (or a content piece) to publish to a gateway.
     Ack(String, Vec<u8>),
     /// The PUBACK of a message that has been handled.
-    PubAck(Publish),
+    PubAck(Receipt),
 }
 
-impl GatewayLink {
+impl<T: Transport> GatewayLink<T> {
     /// Hands queued replies to the client while its request queue has room. The queue fills
     /// when a broker sends more at once than it holds (Mosquitto sends up to its
     /// `max_inflight_messages`), because rumqttc drains requests only between reads: dropping
     /// the overflow would leave gateways waiting out their ack timeout.
     fn send_replies(
-        &self,
+        &mut self,
         replies: &mut std::collections::VecDeque<Reply>,
         m: &crate::metrics::Metrics,
     ) {
         while let Some(r) = replies.front() {
             let sent = match r {
                 Reply::Ack(topic, payload) => self
-                    .client
-                    .try_publish(topic.clone(), QoS::AtLeastOnce, false, payload.clone())
+                    .transport
+                    .publish(topic.clone(), false, payload.clone())
                     .map(|()| m.acks_sent.inc())
                     .is_ok(),
-                Reply::PubAck(p) => self.client.try_ack(p).is_ok(),
+                Reply::PubAck(receipt) => self.transport.ack(*receipt).is_ok(),
             };
             if !sent {
                 return;
@@ -200,7 +229,7 @@ type Answer = Option<(String, Vec<u8>)>;
 /// returns each message's answer (an event batch's ack once it is stored).
 async fn handle_group(
     shared: &Arc<Shared>,
-    group: &[Publish],
+    group: &[Delivery],
     observers: &tokio::sync::mpsc::Sender<Vec<analysis::Fresh>>,
 ) -> Vec<Answer> {
     let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
@@ -238,7 +267,7 @@ enum Handled {
 }
 
 /// Checks one message and applies it; an event batch comes back to be stored.
-fn handle(shared: &Arc<Shared>, p: &Publish) -> Handled {
+fn handle(shared: &Arc<Shared>, p: &Delivery) -> Handled {
     const NONE: Handled = Handled::Answer(None);
     let m = &shared.metrics;
     let Ok(Topic::Gateway { gateway, channel }) = Topic::parse(&p.topic) else {

@@ -1,14 +1,16 @@
-//! `Transport`: the MQTT session under the gateway's uplink, as a seam.
+//! `Transport`: the MQTT session under the gateway's uplink and central's link, as a seam.
 //!
-//! The uplink decides what to send and what to believe; a transport only carries messages.
-//! [`MqttTransport`] is rumqttc on a real broker; [`memory::MemoryTransport`] is an in-process
-//! link a test holds the other end of, cuts and restores, so windowing, rewind,
+//! The uplink and the link decide what to send and what to believe; a transport only carries
+//! messages. [`MqttTransport`] is rumqttc on a real broker; [`memory::MemoryTransport`] is an
+//! in-process link a test holds the other end of, cuts and restores, so windowing, rewind,
 //! acknowledgement and dispatch run in unit tests without a broker (and under tokio's paused
 //! time, days of outage in seconds).
 
 pub mod memory;
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS};
@@ -18,10 +20,38 @@ use rumqttc::{AsyncClient, Event, EventLoop, LastWill, MqttOptions, Packet, QoS}
 pub enum Incoming {
     /// The broker accepted the connection.
     Connected { session_present: bool },
-    /// A message on a subscribed topic.
-    Message { topic: String, payload: Vec<u8> },
+    /// A message on a subscribed topic; with manual acknowledgement, [`Transport::ack`] its
+    /// receipt once it is handled.
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+        receipt: Receipt,
+    },
     /// Protocol traffic the caller need not see (pings, acks of its own publishes).
     Other,
+}
+
+/// What acknowledges one incoming message to the broker (its packet id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    qos: QoS,
+    pkid: u16,
+}
+
+/// A future a [`Publisher`] returns.
+pub type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), TransportError>> + Send + 'a>>;
+
+/// Publishes on a transport's session from any task (central's commands, say).
+pub trait Publisher: Send + Sync + 'static {
+    /// Queues a message; never waits.
+    fn try_publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), TransportError>;
+    /// Queues a message, waiting while the queue is full.
+    fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Sending<'_>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +85,10 @@ pub trait Transport: Send + 'static {
     fn disconnect(&mut self) -> impl Future<Output = ()> + Send;
     /// Presents this TLS configuration (a renewed client certificate) from the next connect.
     fn renew_tls(&mut self, tls: rustls::ClientConfig);
+    /// Acknowledges a message to the broker (sessions with manual acknowledgement).
+    fn ack(&mut self, receipt: Receipt) -> Result<(), TransportError>;
+    /// A handle that publishes on this session from other tasks.
+    fn publisher(&self) -> Arc<dyn Publisher>;
 }
 
 /// rumqttc on a real broker.
@@ -105,6 +139,10 @@ impl Transport for MqttTransport {
                 session_present: ack.session_present,
             }),
             Ok(Event::Incoming(Packet::Publish(p))) => Ok(Incoming::Message {
+                receipt: Receipt {
+                    qos: p.qos,
+                    pkid: p.pkid,
+                },
                 topic: p.topic,
                 payload: p.payload.to_vec(),
             }),
@@ -114,22 +152,54 @@ impl Transport for MqttTransport {
     }
 
     async fn disconnect(&mut self) {
-        let _ = self.client.disconnect().await;
-        let drain = async {
+        // Bounded as a whole: a full request queue would hold even the DISCONNECT back.
+        let goodbye = async {
+            let _ = self.client.disconnect().await;
             while let Ok(ev) = self.eventloop.poll().await {
                 if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
                     break;
                 }
             }
         };
-        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
     }
 
     fn renew_tls(&mut self, tls: rustls::ClientConfig) {
         self.eventloop
             .mqtt_options
             .set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
             ));
+    }
+
+    fn ack(&mut self, receipt: Receipt) -> Result<(), TransportError> {
+        // rumqttc acknowledges by packet id and QoS; topic and payload are not read.
+        let mut p = rumqttc::Publish::new("", receipt.qos, Vec::new());
+        p.pkid = receipt.pkid;
+        self.client.try_ack(&p).map_err(|_| TransportError::Full)
+    }
+
+    fn publisher(&self) -> Arc<dyn Publisher> {
+        Arc::new(self.client.clone())
+    }
+}
+
+impl Publisher for AsyncClient {
+    fn try_publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        AsyncClient::try_publish(self, topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|_| TransportError::Full)
+    }
+
+    fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Sending<'_> {
+        Box::pin(async move {
+            AsyncClient::publish(self, topic, QoS::AtLeastOnce, retain, payload)
+                .await
+                .map_err(|e| TransportError::Connection(e.to_string()))
+        })
     }
 }

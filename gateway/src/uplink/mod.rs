@@ -302,7 +302,7 @@ impl<T: Transport> Uplink<T> {
                         self.window.rewind();
                         self.send_pending(&shared);
                     }
-                    Ok(Incoming::Message { topic, payload }) => {
+                    Ok(Incoming::Message { topic, payload, .. }) => {
                         self.handle_downlink(&shared, &topic, &payload);
                         self.send_pending(&shared);
                     }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::Notify;
 
-use super::{Incoming, Transport, TransportError};
+use super::{Incoming, Publisher, Receipt, Sending, Transport, TransportError};
 
 /// One message the client published (or its last will, fired by a cut).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,9 @@ struct State {
     subscriptions: Vec<String>,
     /// Messages the client published while it had no session.
     lost: u64,
+    /// Messages delivered to the client, and those it acknowledged.
+    delivered: u16,
+    acked: u64,
 }
 
 #[derive(Debug, Default)]
@@ -49,6 +52,40 @@ struct Link {
 impl Link {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// What the client publishes reaches the broker while it has a session; else it is lost.
+    fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) {
+        let mut s = self.state();
+        if s.connected && s.up {
+            s.to_broker.push_back(Published {
+                topic,
+                retain,
+                payload,
+                will: false,
+            });
+            drop(s);
+            self.broker.notify_one();
+        } else {
+            s.lost += 1;
+        }
+    }
+}
+
+impl Publisher for Link {
+    fn try_publish(
+        &self,
+        topic: String,
+        retain: bool,
+        payload: Vec<u8>,
+    ) -> Result<(), TransportError> {
+        Link::publish(self, topic, retain, payload);
+        Ok(())
+    }
+
+    fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Sending<'_> {
+        Link::publish(self, topic, retain, payload);
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -93,19 +130,7 @@ impl Transport for MemoryTransport {
         retain: bool,
         payload: Vec<u8>,
     ) -> Result<(), TransportError> {
-        let mut s = self.link.state();
-        if s.connected && s.up {
-            s.to_broker.push_back(Published {
-                topic,
-                retain,
-                payload,
-                will: false,
-            });
-            drop(s);
-            self.link.broker.notify_one();
-        } else {
-            s.lost += 1;
-        }
+        self.link.publish(topic, retain, payload);
         Ok(())
     }
 
@@ -138,7 +163,16 @@ impl Transport for MemoryTransport {
                     });
                 }
                 if let Some((topic, payload)) = s.to_client.pop_front() {
-                    return Ok(Incoming::Message { topic, payload });
+                    s.delivered = s.delivered.wrapping_add(1);
+                    let receipt = Receipt {
+                        qos: rumqttc::QoS::AtLeastOnce,
+                        pkid: s.delivered,
+                    };
+                    return Ok(Incoming::Message {
+                        topic,
+                        payload,
+                        receipt,
+                    });
                 }
             }
             woken.await;
@@ -150,6 +184,15 @@ impl Transport for MemoryTransport {
     }
 
     fn renew_tls(&mut self, _tls: rustls::ClientConfig) {}
+
+    fn ack(&mut self, _receipt: Receipt) -> Result<(), TransportError> {
+        self.link.state().acked += 1;
+        Ok(())
+    }
+
+    fn publisher(&self) -> std::sync::Arc<dyn Publisher> {
+        self.link.clone()
+    }
 }
 
 impl MemoryBroker {
@@ -209,6 +252,11 @@ impl MemoryBroker {
     pub fn lost(&self) -> u64 {
         self.link.state().lost
     }
+
+    /// Messages the client acknowledged (with manual acknowledgement).
+    pub fn acked(&self) -> u64 {
+        self.link.state().acked
+    }
 }
 
 #[cfg(test)]
@@ -250,7 +298,11 @@ mod tests {
             client.poll().await.unwrap(),
             Incoming::Message {
                 topic: "gw/a/ack".into(),
-                payload: b"for later".to_vec()
+                payload: b"for later".to_vec(),
+                receipt: Receipt {
+                    qos: rumqttc::QoS::AtLeastOnce,
+                    pkid: 1
+                }
             }
         );
         assert_eq!(broker.lost(), 1);
