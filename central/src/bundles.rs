@@ -2,7 +2,7 @@
 //! gateway on its command topic, and recorded with what the gateway answered.
 //!
 //! Versions go up per target: a new bundle gets one more than the highest version central has
-//! sent to that target or seen it report. History is kept in the store (`bundles` tree).
+//! sent to that target or seen it report. History is kept in the state store (`bundles` table).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::link::commands::{CommandError, Commands};
+use crate::state::{StateError, StateStore, Table};
 
 /// How long central waits for a gateway to apply a bundle (it may stop cameras first).
 pub const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -27,7 +28,7 @@ pub enum BundleSendError {
     #[error("{0}")]
     Command(#[from] CommandError),
     #[error("store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] StateError),
     #[error("store: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -38,7 +39,7 @@ pub enum BundlesOpenError {
     #[error("bundle signing key: {0}")]
     Key(#[source] firmware_config::bundle::BundleError),
     #[error("bundle store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] StateError),
 }
 
 /// One bundle sent, and how it went.
@@ -58,7 +59,7 @@ pub struct Sent {
 
 pub struct Bundles {
     key: Option<SigningKey>,
-    tree: sled::Tree,
+    tree: Arc<dyn Table>,
 }
 
 fn target_key(t: &Target) -> String {
@@ -70,14 +71,14 @@ fn target_key(t: &Target) -> String {
 
 impl Bundles {
     pub fn open(
-        db: &sled::Db,
+        state: &dyn StateStore,
         key_file: Option<&std::path::Path>,
     ) -> Result<Self, BundlesOpenError> {
         let key = match key_file {
             Some(k) => Some(SigningKey::load(k).map_err(BundlesOpenError::Key)?),
             None => None,
         };
-        let tree = db.open_tree("bundles")?;
+        let tree = state.table("bundles")?;
         Ok(Self { key, tree })
     }
 
@@ -90,7 +91,7 @@ impl Bundles {
     fn last_version(&self, target: &Target) -> u64 {
         let prefix = format!("{}\0", target_key(target));
         self.tree
-            .scan_prefix(prefix.as_bytes())
+            .scan(prefix.as_bytes())
             .filter_map(Result::ok)
             .filter_map(|(_, v)| serde_json::from_slice::<Sent>(&v).ok())
             .map(|s| s.version)
@@ -109,7 +110,7 @@ impl Bundles {
     pub fn history(&self) -> Vec<Sent> {
         let mut all: Vec<Sent> = self
             .tree
-            .iter()
+            .scan(b"")
             .filter_map(Result::ok)
             .filter_map(|(_, v)| serde_json::from_slice(&v).ok())
             .collect();

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 
 use crate::masterdata::MasterData;
+use crate::state::{StateError, StateStore, Table};
 use crate::Shared;
 
 /// Statuses an operator may set.
@@ -45,7 +46,7 @@ pub struct Case {
 }
 
 pub struct Cases {
-    tree: sled::Tree,
+    tree: Arc<dyn Table>,
 }
 
 /// Why an operator's change of a case was not taken.
@@ -57,15 +58,15 @@ pub enum CaseError {
     #[error("no case {0:?}")]
     NotFound(String),
     #[error("cases store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] StateError),
     #[error("cases store: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
 impl Cases {
-    pub fn open(db: &sled::Db) -> Result<Self, CaseError> {
+    pub fn open(state: &dyn StateStore) -> Result<Self, CaseError> {
         Ok(Self {
-            tree: db.open_tree("cases")?,
+            tree: state.table("cases")?,
         })
     }
 
@@ -75,7 +76,7 @@ impl Cases {
 
     pub fn list(&self, status: Option<&str>) -> Vec<Case> {
         self.tree
-            .iter()
+            .scan(b"")
             .filter_map(Result::ok)
             .filter_map(|(_, v)| serde_json::from_slice::<Case>(&v).ok())
             .filter(|c| status.is_none_or(|s| c.status == s))

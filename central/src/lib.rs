@@ -19,6 +19,7 @@ pub mod operators;
 pub mod registry;
 pub mod replication;
 pub mod share;
+pub mod state;
 pub mod store;
 
 use firmware_config::runtime::clock::Instant;
@@ -46,7 +47,7 @@ pub enum CentralError {
     #[error("master data: {0}")]
     MasterData(#[from] masterdata::ImportError),
     #[error("alerts: {0}")]
-    Alerts(#[source] sled::Error),
+    Alerts(#[source] state::StateError),
     #[error("meetings: {0}")]
     Meetings(#[from] meetings::MeetingError),
     #[error("operators: {0}")]
@@ -249,8 +250,11 @@ pub async fn start_with<T: Transport>(
         path: config.storage.dir.display().to_string(),
         source,
     })?;
-    let bundles = bundles::Bundles::open(store.db(), Some(&key_file))?;
-    let masterdata = Arc::new(masterdata::MasterData::open(store.db())?);
+    // Everything else central keeps, in tables beside the events (one sled database, one
+    // lock); each part opens its own.
+    let state = state::SledState::new(store.db().clone());
+    let bundles = bundles::Bundles::open(&state, Some(&key_file))?;
+    let masterdata = Arc::new(masterdata::MasterData::open(&state)?);
     let registry = Arc::new(Mutex::new(GatewayRegistry::new(
         config.health.gateway_silence,
     )));
@@ -267,7 +271,7 @@ pub async fn start_with<T: Transport>(
         replication,
         alerts: Arc::new(
             alerts::Alerts::open(
-                store.db(),
+                &state,
                 alerts::Policy {
                     escalate_after: [
                         config.alerts.escalate_to_station,
@@ -279,9 +283,9 @@ pub async fn start_with<T: Transport>(
         ),
         outbox_seen: Mutex::default(),
         devices: Mutex::default(),
-        meetings: meetings::Meetings::open(store.db())?,
-        operators: operators::Operators::new(&config.operators, &config.api_tokens, store.db())?,
-        cases: Arc::new(cases::Cases::open(store.db())?),
+        meetings: meetings::Meetings::open(&state)?,
+        operators: operators::Operators::new(&config.operators, &config.api_tokens, &state)?,
+        cases: Arc::new(cases::Cases::open(&state)?),
         logins: logins::LoginGuard::default(),
         bundles,
         metrics,

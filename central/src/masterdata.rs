@@ -2,7 +2,7 @@
 //! versions. A data set with any problem is refused as a whole (nothing partial is published);
 //! importing the same data again makes no new version. Content files are kept once, by hash.
 //!
-//! sled trees: `md_versions` (version, big-endian → [`Version`] as JSON), `md_blobs`
+//! State tables: `md_versions` (version, big-endian → [`Version`] as JSON), `md_blobs`
 //! (SHA-256 hex → bytes). Each import is flushed before it is answered.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,13 +14,15 @@ use firmware_config::wire::ReplicaReport;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::state::{StateError, StateStore, Table};
+
 /// Why master data could not be opened or imported.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("{} problem(s) in the data set", .0.len())]
     Invalid(Vec<Problem>),
     #[error("store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] StateError),
     #[error("a stored master data version: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -65,8 +67,8 @@ pub struct Imported {
 }
 
 pub struct MasterData {
-    versions: sled::Tree,
-    blobs: sled::Tree,
+    versions: Arc<dyn Table>,
+    blobs: Arc<dyn Table>,
     current: RwLock<Option<Arc<Version>>>,
     /// One import at a time, so versions are numbered without gaps or races.
     importing: std::sync::Mutex<()>,
@@ -121,9 +123,9 @@ fn changes(old: Option<&Dataset>, new: &Dataset) -> BTreeMap<String, Changes> {
 }
 
 impl MasterData {
-    pub fn open(db: &sled::Db) -> Result<Self, ImportError> {
-        let versions = db.open_tree("md_versions")?;
-        let blobs = db.open_tree("md_blobs")?;
+    pub fn open(state: &dyn StateStore) -> Result<Self, ImportError> {
+        let versions = state.table("md_versions")?;
+        let blobs = state.table("md_blobs")?;
         let current = match versions.last()? {
             Some((_, v)) => Some(Arc::new(serde_json::from_slice::<Version>(&v)?)),
             None => None,
@@ -144,14 +146,13 @@ impl MasterData {
     }
 
     pub fn version(&self, n: u64) -> Option<Version> {
-        let v = self.versions.get(n.to_be_bytes()).ok()??;
+        let v = self.versions.get(&n.to_be_bytes()).ok()??;
         serde_json::from_slice(&v).ok()
     }
 
     pub fn versions(&self) -> Vec<VersionInfo> {
         self.versions
-            .iter()
-            .rev()
+            .scan_rev(b"")
             .filter_map(Result::ok)
             .filter_map(|(_, v)| serde_json::from_slice::<Version>(&v).ok())
             .map(|v| v.info)
@@ -192,7 +193,7 @@ impl MasterData {
 
     /// A content file's bytes by its SHA-256.
     pub fn blob(&self, sha256: &str) -> Option<Vec<u8>> {
-        self.blobs.get(sha256.as_bytes()).ok()?.map(|b| b.to_vec())
+        self.blobs.get(sha256.as_bytes()).ok()?
     }
 
     /// `len` bytes (or fewer, at the end) of a content file from `offset`, and the file's size.
@@ -204,7 +205,7 @@ impl MasterData {
         Some((total, blob[start..end].to_vec()))
     }
 
-    /// Reads, checks and publishes a data set; blocking (sled flushes), so call it off the
+    /// Reads, checks and publishes a data set; blocking (the store flushes), so call it off the
     /// async workers.
     pub fn import(&self, sources: &Sources, by: &str, note: &str) -> Result<Imported, ImportError> {
         let dataset = sources.read().map_err(ImportError::Invalid)?;
@@ -227,7 +228,7 @@ impl MasterData {
         for bytes in sources.blobs.values() {
             let sha = masterdata::sha256_hex(bytes);
             if dataset.content.iter().any(|c| c.sha256 == sha) {
-                self.blobs.insert(sha.as_bytes(), bytes.as_slice())?;
+                self.blobs.insert(sha.as_bytes(), bytes.clone())?;
             }
         }
         let info = VersionInfo {
@@ -242,7 +243,7 @@ impl MasterData {
         let version = Version { info, dataset };
         let json = serde_json::to_vec(&version)?;
         self.versions
-            .insert(version.info.version.to_be_bytes(), json)?;
+            .insert(&version.info.version.to_be_bytes(), json)?;
         self.versions.flush()?;
         self.blobs.flush()?;
         let i = &version.info;
@@ -266,7 +267,7 @@ mod tests {
     #[test]
     fn versions_only_for_changes_and_nothing_partial() {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::state::SledState::new(sled::Config::new().path(dir.path()).open().unwrap());
         let md = MasterData::open(&db).unwrap();
         let first = md.import(&sample(), "test", "first").unwrap();
         assert!(first.new);

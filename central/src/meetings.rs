@@ -13,6 +13,7 @@ use firmware_config::wire::{
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::state::{StateError, StateStore, Table};
 use crate::Shared;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,7 +62,7 @@ pub struct InviteeRef {
 }
 
 pub struct Meetings {
-    tree: sled::Tree,
+    tree: std::sync::Arc<dyn Table>,
     lock: std::sync::Mutex<()>,
 }
 
@@ -76,7 +77,7 @@ pub enum MeetingError {
     #[error("meeting {0:?} was cancelled")]
     Cancelled(String),
     #[error("meetings store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] StateError),
     #[error("meetings store: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -103,9 +104,9 @@ fn check_times(
 }
 
 impl Meetings {
-    pub fn open(db: &sled::Db) -> Result<Self, MeetingError> {
+    pub fn open(state: &dyn StateStore) -> Result<Self, MeetingError> {
         Ok(Self {
-            tree: db.open_tree("meetings")?,
+            tree: state.table("meetings")?,
             lock: std::sync::Mutex::new(()),
         })
     }
@@ -118,9 +119,8 @@ impl Meetings {
     pub fn list(&self) -> Vec<Meeting> {
         let mut v: Vec<Meeting> = self
             .tree
-            .iter()
-            .values()
-            .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
+            .scan(b"")
+            .filter_map(|e| e.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
             .collect();
         v.sort_by_key(|m| m.plan.starts);
         v

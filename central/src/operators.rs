@@ -12,6 +12,8 @@ use argon2::Argon2;
 use base64::Engine as _;
 use firmware_config::config::central::{ApiToken, OperatorAccount};
 use serde::{Deserialize, Serialize};
+
+use crate::state::{StateError, StateStore, Table};
 use time::OffsetDateTime;
 
 /// A session unused this long ends.
@@ -90,7 +92,7 @@ pub enum OperatorsError {
     #[error("password hashing: {0}")]
     Hash(argon2::password_hash::Error),
     #[error("operators' audit store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] StateError),
 }
 
 /// Hashes a password for central's config (`central operator hash`).
@@ -111,7 +113,7 @@ pub struct Operators {
     dummy: String,
     next: std::sync::atomic::AtomicU64,
     sessions: Mutex<HashMap<String, Session>>,
-    audit: sled::Tree,
+    audit: std::sync::Arc<dyn Table>,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -156,7 +158,7 @@ impl Operators {
     pub fn new(
         accounts: &[OperatorAccount],
         tokens: &[ApiToken],
-        db: &sled::Db,
+        state: &dyn StateStore,
     ) -> Result<Self, OperatorsError> {
         let tokens = tokens
             .iter()
@@ -183,7 +185,7 @@ impl Operators {
             dummy: hash_password(&token())?,
             next: std::sync::atomic::AtomicU64::new(0),
             sessions: Mutex::default(),
-            audit: db.open_tree("operator_audit")?,
+            audit: state.table("operator_audit")?,
         })
     }
 
@@ -351,8 +353,7 @@ impl Operators {
     /// The newest `limit` entries, newest first.
     pub fn audit(&self, limit: usize) -> Vec<AuditEntry> {
         self.audit
-            .iter()
-            .rev()
+            .scan_rev(b"")
             .take(limit)
             .filter_map(|kv| kv.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
             .collect()
@@ -365,7 +366,7 @@ mod tests {
 
     fn operators() -> (Operators, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = crate::state::SledState::new(sled::Config::new().path(dir.path()).open().unwrap());
         let accounts = vec![OperatorAccount {
             name: "wang".into(),
             role: "supervisor".into(),

@@ -1,16 +1,18 @@
 //! Sensing alerts at central: rules turn incoming facts into observations ([`rules`]), the
-//! engine keeps each alert's lifecycle ([`engine`]), and this module keeps both in sled and
-//! processes everything in order under one lock, so concurrent batches never duplicate an
-//! alert.
+//! engine keeps each alert's lifecycle ([`engine`]), and this module keeps both in central's
+//! state store and processes everything in order under one lock, so concurrent batches never
+//! duplicate an alert.
 
 pub mod engine;
 pub mod rules;
 
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
+
+use crate::state::{StateError, StateStore, Table};
 
 pub use engine::{
     Alert, AlertError, Change, Duty, Engine, Maintenance, Observation, Policy, Severity,
@@ -26,20 +28,19 @@ struct Extras {
 
 pub struct Alerts {
     engine: Mutex<Engine>,
-    tree: sled::Tree,
-    meta: sled::Tree,
+    tree: Arc<dyn Table>,
+    meta: Arc<dyn Table>,
     /// Every change, for the console's live feed.
     pub changes: broadcast::Sender<Change>,
 }
 
 impl Alerts {
-    pub fn open(db: &sled::Db, policy: Policy) -> Result<Self, sled::Error> {
-        let tree = db.open_tree("alerts")?;
-        let meta = db.open_tree("alerts_meta")?;
+    pub fn open(state: &dyn StateStore, policy: Policy) -> Result<Self, StateError> {
+        let tree = state.table("alerts")?;
+        let meta = state.table("alerts_meta")?;
         let alerts: Vec<Alert> = tree
-            .iter()
-            .values()
-            .filter_map(|v| v.ok().and_then(|v| serde_json::from_slice(&v).ok()))
+            .scan(b"")
+            .filter_map(|e| e.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
             .collect();
         let extras: Extras = meta
             .get(b"extras")
@@ -105,7 +106,7 @@ impl Alerts {
     fn store(&self, a: &Alert) {
         match serde_json::to_vec(a) {
             Ok(v) => {
-                if let Err(e) = self.tree.insert(a.id.to_be_bytes(), v) {
+                if let Err(e) = self.tree.insert(&a.id.to_be_bytes(), v) {
                     tracing::error!(alert = a.id, error = %e, "cannot store an alert");
                 }
             }
@@ -262,24 +263,22 @@ mod watch_tests {
     use crate::GatewayRegistry;
 
     struct Setup {
-        _dir: tempfile::TempDir,
         registry: Arc<Mutex<GatewayRegistry>>,
         alerts: Arc<Alerts>,
         token: tokio_util::sync::CancellationToken,
     }
 
-    /// The watch on its own handles, a gateway silent after 90 s, escalations after 10 and
-    /// 30 minutes.
+    /// The watch on its own handles, its state in memory, a gateway silent after 90 s,
+    /// escalations after 10 and 30 minutes.
     fn setup() -> Setup {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let state = crate::state::MemoryState::default();
         let settings: firmware_config::config::central::AlertPolicy = serde_json::from_value(
             serde_json::json!({ "escalate_to_station": "10m", "escalate_to_command": "30m" }),
         )
         .unwrap();
         let alerts = Arc::new(
             Alerts::open(
-                &db,
+                &state,
                 Policy {
                     escalate_after: [settings.escalate_to_station, settings.escalate_to_command],
                 },
@@ -291,14 +290,13 @@ mod watch_tests {
         let w = Watch {
             registry: registry.clone(),
             alerts: alerts.clone(),
-            cases: Arc::new(crate::cases::Cases::open(&db).unwrap()),
-            masterdata: Arc::new(crate::masterdata::MasterData::open(&db).unwrap()),
+            cases: Arc::new(crate::cases::Cases::open(&state).unwrap()),
+            masterdata: Arc::new(crate::masterdata::MasterData::open(&state).unwrap()),
             clock: Clock::following_tokio(time::macros::datetime!(2026-06-01 08:00 UTC)),
             settings,
         };
         tokio::spawn(watch(w, token.clone()));
         Setup {
-            _dir: dir,
             registry,
             alerts,
             token,

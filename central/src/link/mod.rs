@@ -364,7 +364,7 @@ fn handle(shared: &Arc<Shared>, p: &Delivery) -> Handled {
             NONE
         }
         (Channel::Fetch, Message::Fetch(fetch)) => {
-            // Reads one piece from sled: small and quick, no need to leave the loop.
+            // Reads one piece from the state store: small and quick, no need to leave the loop.
             let chunk = crate::replication::serve_fetch(shared, &gateway, &fetch);
             let topic = Topic::gateway(&gateway, Channel::Data).path();
             match shared
