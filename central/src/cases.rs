@@ -16,7 +16,6 @@ use time::OffsetDateTime;
 
 use crate::masterdata::MasterData;
 use crate::state::{StateError, StateStore, Table};
-use crate::Shared;
 
 /// Statuses an operator may set.
 pub const STATUSES: [&str; 3] = ["in_progress", "resolved", "closed"];
@@ -175,7 +174,7 @@ impl Cases {
 }
 
 /// Tells the case's gateway its status (queued by the broker while the gateway is away).
-pub fn tell_gateway(shared: &Arc<Shared>, c: &Case) {
+pub fn tell_gateway(commands: &crate::link::commands::Commands, c: &Case) {
     let Ok(gw) = GatewayId::new(c.gateway.clone()) else {
         return;
     };
@@ -196,7 +195,7 @@ pub fn tell_gateway(shared: &Arc<Shared>, c: &Case) {
         name: "submission.status".to_owned(),
         args,
     });
-    if let Err(e) = shared.commands.publish(&gw, Channel::Cmd, command) {
+    if let Err(e) = commands.publish(&gw, Channel::Cmd, command) {
         tracing::warn!(receipt = %c.receipt, error = %e, "cannot tell the gateway a case's status");
     }
 }

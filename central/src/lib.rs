@@ -101,7 +101,7 @@ pub struct Shared {
     /// Video sharing: grants, relays, audit.
     pub shares: share::Shares,
     /// Every terminal's last known health.
-    pub terminals: Mutex<registry::terminals::TerminalBoard>,
+    pub terminals: Arc<Mutex<registry::terminals::TerminalBoard>>,
     /// Configuration bundles sent to gateways.
     pub bundles: bundles::Bundles,
     /// The street's master data, by version.
@@ -109,7 +109,7 @@ pub struct Shared {
     /// Cases from residents' submissions.
     pub cases: Arc<cases::Cases>,
     /// What each gateway's replica was last sent.
-    pub replication: replication::Replication,
+    pub replication: Arc<replication::Replication>,
     /// Sensing alerts.
     pub alerts: Arc<alerts::Alerts>,
     /// Console logins, sessions and their audit trail.
@@ -117,12 +117,12 @@ pub struct Shared {
     /// Throttling of console logins, and the few password checks that may run at once.
     pub logins: logins::LoginGuard,
     /// Meetings dispatched to terminals.
-    pub meetings: meetings::Meetings,
+    pub meetings: Arc<meetings::Meetings>,
     /// Cameras, and the recent changes of every device.
-    pub devices: Mutex<registry::devices::DeviceBoard>,
+    pub devices: Arc<Mutex<registry::devices::DeviceBoard>>,
     /// Per gateway, for the outbox rules: evictions last reported, and when central last
     /// stored something of it.
-    pub outbox_seen: Mutex<std::collections::HashMap<String, (u64, Instant)>>,
+    pub outbox_seen: link::observers::OutboxSeen,
     /// Stops everything central started.
     pub token: CancellationToken,
     pub started: Instant,
@@ -266,9 +266,9 @@ pub async fn start_with<T: Transport>(
         registry.clone(),
     );
     let shared = Arc::new(Shared {
-        terminals: Mutex::default(),
+        terminals: Arc::default(),
         masterdata,
-        replication,
+        replication: Arc::new(replication),
         alerts: Arc::new(
             alerts::Alerts::open(
                 &state,
@@ -281,9 +281,9 @@ pub async fn start_with<T: Transport>(
             )
             .map_err(CentralError::Alerts)?,
         ),
-        outbox_seen: Mutex::default(),
-        devices: Mutex::default(),
-        meetings: meetings::Meetings::open(&state)?,
+        outbox_seen: Arc::default(),
+        devices: Arc::default(),
+        meetings: Arc::new(meetings::Meetings::open(&state)?),
         operators: operators::Operators::new(&config.operators, &config.api_tokens, &state)?,
         cases: Arc::new(cases::Cases::open(&state)?),
         logins: logins::LoginGuard::default(),
@@ -311,11 +311,25 @@ pub async fn start_with<T: Transport>(
         shared.config.http.max_connections,
         CentralError::Http,
     );
+    let observers = link::observers::Observers {
+        registry: shared.registry.clone(),
+        terminals: shared.terminals.clone(),
+        devices: shared.devices.clone(),
+        meetings: shared.meetings.clone(),
+        alerts: shared.alerts.clone(),
+        replication: shared.replication.clone(),
+        cases: shared.cases.clone(),
+        masterdata: shared.masterdata.clone(),
+        commands: shared.commands.clone(),
+        outbox_seen: shared.outbox_seen.clone(),
+        backlog: shared.metrics.observer_backlog.clone(),
+        clock: shared.clock,
+    };
     let (s, t) = (shared.clone(), parts.token().clone());
     parts.spawn(async move {
         match link {
-            Link::Mqtt(l) => l.run(s, t).await,
-            Link::Given(l) => l.run(s, t).await,
+            Link::Mqtt(l) => l.run(s, observers, t).await,
+            Link::Given(l) => l.run(s, observers, t).await,
         }
         Ok(())
     });

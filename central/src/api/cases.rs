@@ -63,7 +63,7 @@ pub async fn set_status(
     .await;
     match result {
         Ok(Ok(case)) => {
-            crate::cases::tell_gateway(&shared, &case);
+            crate::cases::tell_gateway(&shared.commands, &case);
             Json(json!(case)).into_response()
         }
         Ok(Err(e)) => {

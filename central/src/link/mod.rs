@@ -1,8 +1,9 @@
 //! The `GatewayLink`: central's own MQTT session, on which it hears every gateway.
 //!
 //! It subscribes to every gateway's status, health and events, checks each message's topic and
-//! envelope (a gateway may speak only for itself), feeds the registry, stores event batches
-//! durably and only then acknowledges them to their gateway. Events come through a shared
+//! envelope (a gateway may speak only for itself), stores event batches durably and only then
+//! acknowledges them to their gateway. Everything else — the registry, boards, alerts, cases,
+//! master data offers — is done by the [`observers`] with what the link hands them. Events come through a shared
 //! subscription (`$share/gridedge-central/…`), so several central replicas on one broker share
 //! the load. The broker's PUBACK to central is sent only after the batch is stored (manual acks),
 //! so a central that dies mid-batch gets it again from the broker.
@@ -20,9 +21,9 @@ use firmware_config::wire::{self, Ack, Message};
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
-pub mod analysis;
 pub mod commands;
 pub mod downlink;
+pub mod observers;
 pub mod replay;
 
 use crate::metrics::KindLabel;
@@ -71,13 +72,19 @@ impl<T: Transport> GatewayLink<T> {
         commands::Commands::new(self.transport.publisher(), downlink)
     }
 
-    pub async fn run(mut self, shared: Arc<Shared>, token: CancellationToken) {
+    /// Runs the session until `token` is cancelled, handing what it takes in to `observers`.
+    pub async fn run(
+        mut self,
+        shared: Arc<Shared>,
+        observers: observers::Observers,
+        token: CancellationToken,
+    ) {
         let m = &shared.metrics;
         let mut wait = Duration::from_millis(100);
         let mut replies = std::collections::VecDeque::new();
         // An event polled while gathering a group, handled next.
         let mut carried = None;
-        let (observers, observing) = analysis::spawn(shared.clone());
+        let (observers, observing) = observers::spawn(observers);
         loop {
             self.send_replies(&mut replies, m);
             let event = match carried.take() {
@@ -225,20 +232,30 @@ struct Batch {
 /// What to publish in answer to a message: topic and payload.
 type Answer = Option<(String, Vec<u8>)>;
 
-/// Checks and applies a group of messages in order, storing their event batches together;
-/// returns each message's answer (an event batch's ack once it is stored).
+/// Checks a group of messages in order and stores their event batches together; hands what
+/// they said to the observers, in order; returns each message's answer (an event batch's ack
+/// once it is stored).
 async fn handle_group(
     shared: &Arc<Shared>,
     group: &[Delivery],
-    observers: &tokio::sync::mpsc::Sender<Vec<analysis::Fresh>>,
+    observers: &tokio::sync::mpsc::Sender<Vec<observers::Observed>>,
 ) -> Vec<Answer> {
     let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+    let mut observed: Vec<Option<observers::Observed>> = Vec::with_capacity(group.len());
     let mut batches: Vec<(usize, Batch)> = Vec::new();
     for (i, p) in group.iter().enumerate() {
         match handle(shared, p) {
-            Handled::Answer(a) => answers.push(a),
+            Handled::Answer(a) => {
+                answers.push(a);
+                observed.push(None);
+            }
+            Handled::Observe(o) => {
+                answers.push(None);
+                observed.push(Some(o));
+            }
             Handled::Store(b) => {
                 answers.push(None);
+                observed.push(None);
                 batches.push((i, b));
             }
         }
@@ -246,22 +263,26 @@ async fn handle_group(
     if !batches.is_empty() {
         let (index, batches): (Vec<usize>, Vec<Batch>) = batches.into_iter().unzip();
         let (acks, fresh) = store_and_ack(shared, batches).await;
-        for (i, ack) in index.into_iter().zip(acks) {
+        for ((i, ack), fresh) in index.into_iter().zip(acks).zip(fresh) {
             answers[i] = ack;
+            observed[i] = fresh.map(observers::Observed::Stored);
         }
-        if !fresh.is_empty() {
-            if observers.send(fresh).await.is_err() {
-                tracing::error!("the event observers stopped; alerts and boards miss a group");
-            }
-            let waiting = observers.max_capacity() - observers.capacity();
-            shared.metrics.observer_backlog.set(waiting as i64);
+    }
+    let observed: Vec<observers::Observed> = observed.into_iter().flatten().collect();
+    if !observed.is_empty() {
+        if observers.send(observed).await.is_err() {
+            tracing::error!("the observers stopped; registry, alerts and boards miss a group");
         }
+        let waiting = observers.max_capacity() - observers.capacity();
+        shared.metrics.observer_backlog.set(waiting as i64);
     }
     answers
 }
 
 enum Handled {
     Answer(Answer),
+    /// Checked, for the observers.
+    Observe(observers::Observed),
     /// An event batch, to store before it is acknowledged.
     Store(Batch),
 }
@@ -324,34 +345,22 @@ fn handle(shared: &Arc<Shared>, p: &Delivery) -> Handled {
             kind: env.message.kind().to_owned(),
         })
         .inc();
-    let now = Instant::now();
+    let at = Instant::now();
     match (channel, env.message) {
-        (Channel::Status, Message::Status(s)) => {
-            tracing::info!(%gateway, state = ?s.state, site = %s.site, "gateway status");
-            shared
-                .registry()
-                .observe_status(&gateway, s.state, &s.site, &s.version, now);
-            NONE
+        (Channel::Status, Message::Status(status)) => {
+            Handled::Observe(observers::Observed::Status {
+                gateway,
+                status,
+                at,
+            })
         }
-        (Channel::Health, Message::Health(h)) => {
-            if let Some(t) = &h.terminals {
-                shared
-                    .terminal_board()
-                    .observe_summary(gateway.as_str(), t, env.time);
-            }
-            if let Some(report) = &h.masterdata {
-                shared.replication.offer(&gateway, report);
-            }
-            if let Some(o) = &h.outbox {
-                outbox_alerts(shared, gateway.as_str(), o, now);
-            }
-            if let Some(expires) = h.certificate_expires {
-                let at = shared.clock.now_utc();
-                let o = crate::alerts::rules::certificate(gateway.as_str(), expires, at);
-                shared.alerts.observe(vec![o], at);
-            }
-            shared.registry().observe_health(&gateway, h, now);
-            NONE
+        (Channel::Health, Message::Health(health)) => {
+            Handled::Observe(observers::Observed::Health {
+                gateway,
+                health: Box::new(health),
+                sent: env.time,
+                at,
+            })
         }
         (Channel::Events, Message::Events(batch)) => Handled::Store(Batch {
             gateway,
@@ -386,33 +395,12 @@ fn handle(shared: &Arc<Shared>, p: &Delivery) -> Handled {
     }
 }
 
-/// The outbox rules on a health report: evictions since the last one, a stalled backlog.
-fn outbox_alerts(shared: &Shared, gateway: &str, o: &wire::OutboxReport, now: Instant) {
-    let evicted: u64 = o.evicted.values().sum();
-    let (before, stalled_for) = {
-        let mut seen = shared
-            .outbox_seen
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let e = seen.entry(gateway.to_owned()).or_insert((evicted, now));
-        let before = e.0;
-        e.0 = evicted;
-        if o.pending == 0 {
-            e.1 = now;
-        }
-        (before, now.saturating_duration_since(e.1))
-    };
-    let observations = crate::alerts::rules::outbox(gateway, o, before, stalled_for);
-    shared.alerts.observe(observations, shared.clock.now_utc());
-}
-
-/// Stores a group's batches with one flush, then, batch by batch, makes cases of submissions;
-/// returns each batch's ack (none for a batch that could not be stored: its gateway sends it
-/// again) and the new events for the observers.
+/// Stores a group's batches with one flush; returns each batch's ack (none for a batch that
+/// could not be stored: its gateway sends it again) and what it added, for the observers.
 async fn store_and_ack(
     shared: &Arc<Shared>,
     batches: Vec<Batch>,
-) -> (Vec<Answer>, Vec<analysis::Fresh>) {
+) -> (Vec<Answer>, Vec<Option<observers::Fresh>>) {
     let n = batches.len();
     let store = shared.store.clone();
     let downlink = shared.downlink.clone();
@@ -438,17 +426,15 @@ async fn store_and_ack(
         Ok(done) => done,
         Err(e) => {
             tracing::error!(error = %e, "store task failed");
-            return (vec![None; n], Vec::new());
+            return (vec![None; n], (0..n).map(|_| None).collect());
         }
     };
-    let mut answers = Vec::with_capacity(n);
-    let mut fresh = Vec::new();
-    for ((b, r), ack) in batches.into_iter().zip(results).zip(acks) {
-        let new = after_store(shared, b, r).await;
-        answers.push(ack);
-        fresh.extend(new);
-    }
-    (answers, fresh)
+    let fresh = batches
+        .into_iter()
+        .zip(results)
+        .map(|(b, r)| after_store(shared, b, r))
+        .collect();
+    (acks, fresh)
 }
 
 /// The ack of a stored batch, sealed for its gateway: its topic and payload.
@@ -468,12 +454,12 @@ fn sealed_ack(downlink: &downlink::Downlink, b: &Batch, stored: &crate::store::S
     }
 }
 
-/// A stored batch's cases, and its new events for the observers.
-async fn after_store(
-    shared: &Arc<Shared>,
+/// What a stored batch added, for the observers.
+fn after_store(
+    shared: &Shared,
     b: Batch,
     stored: Result<crate::store::Stored, crate::store::StoreError>,
-) -> Option<analysis::Fresh> {
+) -> Option<observers::Fresh> {
     let m = &shared.metrics;
     let Batch {
         gateway, events, ..
@@ -501,33 +487,7 @@ async fn after_store(
             })
             .inc_by(disbelieved as u64);
     }
-    if events
-        .iter()
-        .any(|e| e.kind == "submission.created" && e.from_gateway())
-    {
-        // Stored first: a case is made only of what central holds (and again: nothing).
-        let submissions: Vec<wire::Event> = events
-            .iter()
-            .filter(|e| e.kind == "submission.created" && e.from_gateway())
-            .cloned()
-            .collect();
-        let (s, gw) = (shared.clone(), gateway.as_str().to_owned());
-        let made =
-            tokio::task::spawn_blocking(move || s.cases.observe(&s.masterdata, &gw, &submissions))
-                .await;
-        for case in made.unwrap_or_default() {
-            tracing::info!(receipt = %case.receipt, station = ?case.station, "case routed");
-            crate::cases::tell_gateway(shared, &case);
-        }
-    }
     m.events_stored.inc_by(stored.new);
-    if stored.new > 0 {
-        if let Ok(mut seen) = shared.outbox_seen.lock() {
-            if let Some(e) = seen.get_mut(gateway.as_str()) {
-                e.1 = Instant::now();
-            }
-        }
-    }
     // What the observers act on: new events, never telemetry.
     let all_fresh = stored.new as usize == events.len();
     let fresh: std::collections::HashSet<u64> = if all_fresh {
@@ -535,15 +495,24 @@ async fn after_store(
     } else {
         stored.fresh.iter().copied().collect()
     };
+    // Every submission of the batch, new or not: a case is made only once, and one the last
+    // attempt did not make (central stopped between store and case) is made now.
+    let submissions: Vec<wire::Event> = events
+        .iter()
+        .filter(|e| e.kind == "submission.created" && e.from_gateway())
+        .cloned()
+        .collect();
     let fresh_events: Vec<wire::Event> = events
         .into_iter()
         .filter(|e| e.class != wire::EventClass::Telemetry && e.kind != "submission.created")
         .filter(believed)
         .filter(|e| all_fresh || fresh.contains(&e.seq))
         .collect();
-    let observe = (!fresh_events.is_empty()).then(|| analysis::Fresh {
+    let observe = (stored.new > 0 || !submissions.is_empty()).then(|| observers::Fresh {
         gateway: gateway.clone(),
         events: fresh_events,
+        submissions,
+        new: stored.new,
     });
     m.events_duplicate.inc_by(stored.duplicates);
     m.batches.inc();
