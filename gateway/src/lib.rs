@@ -197,6 +197,47 @@ impl bundles::Host for Shared {
     }
 }
 
+/// The uplink sees the gateway through what it reports and where central's messages go.
+impl uplink::Gateway for Shared {
+    fn config(&self) -> Arc<GatewayConfig> {
+        Shared::config(self)
+    }
+    fn outbox(&self) -> &outbox::Outbox {
+        &self.outbox
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+    fn report_now(&self) -> &tokio::sync::Notify {
+        &self.report_now
+    }
+    fn connected(&self) {
+        self.content.wake.notify_one();
+    }
+    fn health(&self) -> firmware_config::wire::GatewayHealth {
+        let config = Shared::config(self);
+        firmware_config::wire::GatewayHealth {
+            version: VERSION.to_owned(),
+            site: config.site.id.clone(),
+            uptime_secs: self.clock.since(self.started).as_secs(),
+            cameras_configured: config.cameras.len() as u32,
+            terminals_configured: config.terminals.len() as u32,
+            outbox: Some(self.outbox.summary()),
+            terminals: Some(self.terminals.summary()),
+            config: Some(self.bundles.versions()),
+            masterdata: Some(self.replica.report()),
+            certificate_expires: None,
+        }
+    }
+    fn deliver(
+        self: &Arc<Self>,
+        channel: firmware_config::topics::Channel,
+        message: firmware_config::wire::Message,
+    ) -> Result<Option<firmware_config::wire::CommandReply>, dispatch::Misplaced> {
+        dispatch::deliver(self, channel, message)
+    }
+}
+
 /// A gateway running in this process.
 pub struct RunningGateway {
     /// Where its HTTP API listens (the real port when the config asked for port 0).

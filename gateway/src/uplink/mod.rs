@@ -38,7 +38,30 @@ pub use batches::{AckRefusal, BatchPlan, Window};
 use downlink::{DownlinkGuard, Refusal};
 
 use crate::metrics::KindLabel;
-use crate::Shared;
+use crate::outbox::Outbox;
+
+/// What the uplink needs of the rest of the gateway, and nothing more: what to report, where
+/// central's messages go. `lib.rs` lets the gateway's shared state provide it; the uplink only
+/// carries.
+pub trait Gateway: Send + Sync + 'static {
+    /// The config in force (a bundle may change the health interval).
+    fn config(&self) -> Arc<GatewayConfig>;
+    fn outbox(&self) -> &Outbox;
+    fn metrics(&self) -> &crate::Metrics;
+    /// Notified when a health report should go at once (the replica changed).
+    fn report_now(&self) -> &tokio::sync::Notify;
+    /// The uplink is up again (a content fetch waiting for it may go on).
+    fn connected(&self);
+    /// The health report, but for what the uplink knows itself (its certificate's expiry).
+    fn health(&self) -> GatewayHealth;
+    /// Hands a checked message from central to the part it is for; returns the reply to send
+    /// at once, if any.
+    fn deliver(
+        self: &Arc<Self>,
+        channel: Channel,
+        message: Message,
+    ) -> Result<Option<wire::CommandReply>, crate::dispatch::Misplaced>;
+}
 
 /// How long a batch may wait for central's ack before everything pending is resent.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(15);
@@ -212,28 +235,28 @@ impl<T: Transport> Uplink<T> {
     }
 
     /// Runs the session until `token` is cancelled; then says goodbye (retained `offline`).
-    pub async fn run(
+    pub async fn run<G: Gateway>(
         mut self,
-        shared: Arc<Shared>,
+        shared: Arc<G>,
         mut replies: tokio::sync::mpsc::UnboundedReceiver<wire::CommandReply>,
         mut fetches: tokio::sync::mpsc::UnboundedReceiver<wire::ContentFetch>,
         token: CancellationToken,
     ) {
-        let m = &shared.metrics;
+        let m = &shared.metrics();
         let mut every = shared.config().uplink.health_interval;
         let mut health = tokio::time::interval(every);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sessions = 0u64;
-        let appended = shared.outbox.appended.clone();
+        let appended = shared.outbox().appended.clone();
         loop {
             tokio::select! {
                 _ = token.cancelled() => break,
-                _ = appended.notified(), if self.connected && self.window.has_room() => self.send_pending(&shared),
-                _ = shared.report_now.notified() => {
+                _ = appended.notified(), if self.connected && self.window.has_room() => self.send_pending(&*shared),
+                _ = shared.report_now().notified() => {
                     if self.connected {
-                        self.publish_health(&shared);
+                        self.publish_health(&*shared);
                     }
                 }
                 Some(fetch) = fetches.recv() => {
@@ -242,14 +265,14 @@ impl<T: Transport> Uplink<T> {
                     if self.connected {
                         let env = self.envelope(Message::Fetch(fetch));
                         if let Ok(payload) = self.encode(Channel::Fetch, &env) {
-                            self.publish(&shared, Channel::Fetch, "fetch", payload, false);
+                            self.publish(&*shared, Channel::Fetch, "fetch", payload, false);
                         }
                     }
                 }
                 Some(reply) = replies.recv() => {
                     // A late reply while disconnected is lost; central's wait times out and
                     // the gateway's events still tell what happened.
-                    self.send_reply(&shared, reply);
+                    self.send_reply(&*shared, reply);
                 }
                 _ = tick.tick() => {
                     // A bundle may have changed the health interval.
@@ -271,12 +294,12 @@ impl<T: Transport> Uplink<T> {
                             m.uplink_rewinds.inc();
                             self.window.rewind();
                         }
-                        self.send_pending(&shared);
+                        self.send_pending(&*shared);
                     }
                 }
                 _ = health.tick() => {
                     if self.connected {
-                        self.publish_health(&shared);
+                        self.publish_health(&*shared);
                     }
                 }
                 event = self.transport.poll() => match event {
@@ -295,16 +318,16 @@ impl<T: Transport> Uplink<T> {
                                 tracing::error!(error = %e, "cannot subscribe");
                             }
                         }
-                        self.publish_status(&shared, LinkState::Online);
-                        self.publish_health(&shared);
-                        shared.content.wake.notify_one();
+                        self.publish_status(&*shared, LinkState::Online);
+                        self.publish_health(&*shared);
+                        shared.connected();
                         // Whatever was in flight before may be lost: send it all again.
                         self.window.rewind();
-                        self.send_pending(&shared);
+                        self.send_pending(&*shared);
                     }
                     Ok(Incoming::Message { topic, payload, .. }) => {
                         self.handle_downlink(&shared, &topic, &payload);
-                        self.send_pending(&shared);
+                        self.send_pending(&*shared);
                     }
                     Ok(Incoming::Other) => {}
                     Err(e) => {
@@ -327,7 +350,7 @@ impl<T: Transport> Uplink<T> {
                 },
             }
         }
-        self.goodbye(&shared).await;
+        self.goodbye(&*shared).await;
         self.persist_guard();
     }
 
@@ -339,9 +362,9 @@ impl<T: Transport> Uplink<T> {
     }
 
     /// Fills the window with batches of pending events.
-    fn send_pending(&mut self, shared: &Shared) {
+    fn send_pending<G: Gateway>(&mut self, shared: &G) {
         while self.window.has_room() {
-            let events = self.window.next_batch(&shared.outbox);
+            let events = self.window.next_batch(shared.outbox());
             if events.is_empty() {
                 return;
             }
@@ -363,8 +386,8 @@ impl<T: Transport> Uplink<T> {
                 Ok(()) => {
                     self.window
                         .sent(batch_id, &batch.events, self.clock.instant());
-                    shared.metrics.uplink_events_sent.inc_by(n);
-                    count(shared, "events");
+                    shared.metrics().uplink_events_sent.inc_by(n);
+                    count(shared.metrics(), "events");
                 }
                 // The request queue is full: try again on the next tick.
                 Err(_) => return,
@@ -372,8 +395,8 @@ impl<T: Transport> Uplink<T> {
         }
     }
 
-    fn handle_downlink(&mut self, shared: &Arc<Shared>, topic: &str, payload: &[u8]) {
-        let m = &shared.metrics;
+    fn handle_downlink<G: Gateway>(&mut self, shared: &Arc<G>, topic: &str, payload: &[u8]) {
+        let m = &shared.metrics();
         let refuse = |reason: Refusal, why: &dyn std::fmt::Display| {
             tracing::warn!(%topic, reason = reason.as_str(), %why, "refused a message from central");
             m.refuse_downlink(reason.as_str());
@@ -397,19 +420,19 @@ impl<T: Transport> Uplink<T> {
                         .map(|(a, b)| b.saturating_sub(*a).saturating_add(1))
                         .sum();
                     m.uplink_events_acked.inc_by(events);
-                    shared.outbox.acknowledge(ranges);
+                    shared.outbox().acknowledge(ranges);
                 }
                 Err(e) => refuse(Refusal::BadAck, &format_args!("{e:?}")),
             },
-            (channel, message) => match crate::dispatch::deliver(shared, channel, message) {
-                Ok(Some(reply)) => self.send_reply(shared, reply),
+            (channel, message) => match shared.deliver(channel, message) {
+                Ok(Some(reply)) => self.send_reply(&**shared, reply),
                 Ok(None) => {}
                 Err(misplaced) => refuse(Refusal::WrongKind, &misplaced),
             },
         }
     }
 
-    fn send_reply(&mut self, shared: &Shared, reply: wire::CommandReply) {
+    fn send_reply<G: Gateway>(&mut self, shared: &G, reply: wire::CommandReply) {
         let env = self.envelope(Message::Reply(reply));
         if let Ok(payload) = self.encode(Channel::Reply, &env) {
             self.publish(shared, Channel::Reply, "reply", payload, false);
@@ -418,18 +441,18 @@ impl<T: Transport> Uplink<T> {
 
     /// Publishes a retained `offline` (a clean disconnect does not fire the last will) and
     /// disconnects, within a bounded time.
-    async fn goodbye(&mut self, shared: &Shared) {
+    async fn goodbye<G: Gateway>(&mut self, shared: &G) {
         if !self.connected {
             return;
         }
         self.publish_status(shared, LinkState::Offline);
         self.transport.disconnect().await;
         self.connected = false;
-        shared.metrics.uplink_connected.set(0);
+        shared.metrics().uplink_connected.set(0);
         tracing::info!(gateway = %self.gateway, "uplink closed");
     }
 
-    fn publish_status(&mut self, shared: &Shared, state: LinkState) {
+    fn publish_status<G: Gateway>(&mut self, shared: &G, state: LinkState) {
         let will = (state == LinkState::Online).then_some(self.will_seq);
         let numbered = (self.next_seq(), self.clock.now_utc());
         let payload = status_message(
@@ -443,20 +466,10 @@ impl<T: Transport> Uplink<T> {
         self.publish(shared, Channel::Status, "status", payload, true);
     }
 
-    fn publish_health(&mut self, shared: &Shared) {
-        let config = shared.config();
-        let msg = Message::Health(GatewayHealth {
-            version: crate::VERSION.to_owned(),
-            site: config.site.id.clone(),
-            uptime_secs: self.clock.since(shared.started).as_secs(),
-            cameras_configured: config.cameras.len() as u32,
-            terminals_configured: config.terminals.len() as u32,
-            outbox: Some(shared.outbox.summary()),
-            terminals: Some(shared.terminals.summary()),
-            config: Some(shared.bundles.versions()),
-            masterdata: Some(shared.replica.report()),
-            certificate_expires: self.signer.as_ref().and_then(|s| s.not_after()),
-        });
+    fn publish_health<G: Gateway>(&mut self, shared: &G) {
+        let mut health = shared.health();
+        health.certificate_expires = self.signer.as_ref().and_then(|s| s.not_after());
+        let msg = Message::Health(health);
         let env = self.envelope(msg);
         match self.encode(Channel::Health, &env) {
             Ok(payload) => self.publish(shared, Channel::Health, "health", payload, false),
@@ -469,9 +482,9 @@ impl<T: Transport> Uplink<T> {
         sign_and_encode(channel, env, self.signer.as_ref())
     }
 
-    fn publish(
+    fn publish<G: Gateway>(
         &mut self,
-        shared: &Shared,
+        shared: &G,
         channel: Channel,
         kind: &str,
         payload: Vec<u8>,
@@ -480,15 +493,14 @@ impl<T: Transport> Uplink<T> {
         let topic = Topic::gateway(&self.gateway, channel).path();
         // try_publish: never block the session loop on a full request queue; health is periodic.
         match self.transport.publish(topic, retain, payload) {
-            Ok(()) => count(shared, kind),
+            Ok(()) => count(shared.metrics(), kind),
             Err(e) => tracing::warn!(kind, error = %e, "cannot queue message for central"),
         }
     }
 }
 
-fn count(shared: &Shared, kind: &str) {
-    shared
-        .metrics
+fn count(metrics: &crate::Metrics, kind: &str) {
+    metrics
         .uplink_published
         .get_or_create(&KindLabel {
             kind: kind.to_owned(),
