@@ -22,13 +22,13 @@ pub mod share;
 pub mod state;
 pub mod store;
 
-use firmware_config::runtime::clock::Instant;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use firmware_config::config::central::BrokerChoice;
 use firmware_config::config::CentralConfig;
 use firmware_config::runtime::clock::Clock;
+use firmware_config::runtime::clock::Instant;
 use firmware_config::runtime::transport::{MqttTransport, Transport};
 use firmware_config::runtime::{self, mqtt::MqttSetupError, Parts};
 use tokio_util::sync::CancellationToken;

@@ -11,11 +11,12 @@
 //! - **Failures aggregated in the audit.** A burst of failures for one name from one address
 //!   is one audit entry whose count and last time grow, not one entry per guess.
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use firmware_config::runtime::clock::Instant;
 
 /// Failures allowed before waits begin.
 pub const FREE_FAILURES: u32 = 5;

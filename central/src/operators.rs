@@ -2,7 +2,6 @@
 //! (a random cookie and a CSRF token each, ended after `IDLE` without use), roles, and the
 //! audit trail of everything they do.
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -11,6 +10,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use base64::Engine as _;
 use firmware_config::config::central::{ApiToken, OperatorAccount};
+use firmware_config::runtime::clock::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{StateError, StateStore, Table};

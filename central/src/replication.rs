@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use firmware_config::bundle::SigningKey;
-use firmware_config::runtime::clock::Instant;
-
 use firmware_config::ids::GatewayId;
 use firmware_config::masterdata::replica::SignedUpdate;
+use firmware_config::runtime::clock::Instant;
 use firmware_config::topics::Channel;
 use firmware_config::wire::{ContentChunk, ContentFetch, Message, ReplicaReport, MAX_CHUNK_BYTES};
 

@@ -21,7 +21,6 @@
 //! `staged.json` (while applying), `highest.json` (the highest version ever applied, per
 //! target).
 
-use firmware_config::runtime::clock::{Clock, Instant};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +31,7 @@ use firmware_config::config::GatewayConfig;
 use firmware_config::durable;
 use firmware_config::ids::GatewayId;
 use firmware_config::kinds::Kind;
+use firmware_config::runtime::clock::{Clock, Instant};
 use firmware_config::wire::{ConfigVersions, EventClass};
 use serde_json::{json, Value};
 

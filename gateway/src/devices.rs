@@ -6,11 +6,11 @@
 //! (device tokens, camera passwords); when one cannot be read, the apply fails and nothing has
 //! changed. Only then are the config, the tokens, the terminals and the tasks switched over.
 
-use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
 
 use firmware_config::config::gateway::Camera;
 use firmware_config::config::GatewayConfig;
+use firmware_config::runtime::clock::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 

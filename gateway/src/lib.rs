@@ -19,7 +19,6 @@ pub mod terminals;
 pub mod uplink;
 pub mod video;
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -27,7 +26,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
 use firmware_config::kinds::Kind;
-use firmware_config::runtime::clock::Clock;
+use firmware_config::runtime::clock::{Clock, Instant};
 use firmware_config::runtime::transport::Transport;
 use firmware_config::runtime::{self, mqtt::MqttSetupError, Parts};
 use tokio_util::sync::CancellationToken;

@@ -1,6 +1,5 @@
 //! Central's HTTP API: liveness, metrics and the gateway registry.
 
-use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -9,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::Instant;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

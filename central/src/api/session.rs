@@ -2,7 +2,6 @@
 //! endpoint uses — a live session cookie, the CSRF token on anything that changes state, and
 //! a role at least the one asked for.
 
-use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -11,6 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use firmware_config::runtime::clock::Instant;
 use serde::Deserialize;
 use serde_json::json;
 

@@ -1,6 +1,5 @@
 //! Terminals and configuration bundles on central's API.
 
-use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -9,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use firmware_config::bundle::SignedBundle;
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::Instant;
 use serde::Deserialize;
 use serde_json::json;
 

@@ -6,11 +6,11 @@ pub mod devices;
 pub mod health;
 pub mod terminals;
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::Instant;
 use firmware_config::wire::{GatewayHealth, LinkState};
 use serde::Serialize;
 

@@ -1,13 +1,13 @@
 //! The kiosk API: service items, grids and party organisations, answered from the master data
 //! replica — also when the WAN is down. Every request needs a terminal's token.
 
-use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use firmware_config::kinds::Kind;
+use firmware_config::runtime::clock::Instant;
 use serde::Deserialize;
 use serde_json::{json, Value};
 

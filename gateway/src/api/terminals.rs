@@ -1,7 +1,6 @@
 //! Terminals on the gateway's API: heartbeats in, health out, and each terminal's settings
 //! bundle for it to fetch.
 
-use firmware_config::runtime::clock::Instant;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -10,6 +9,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use firmware_config::kinds::Kind;
+use firmware_config::runtime::clock::Instant;
 
 use super::ApiError;
 use crate::terminals::{HeartbeatError, HeartbeatReply, TerminalView};

@@ -6,7 +6,6 @@
 //! keyframe in the pool: when decoding falls behind, keyframes are skipped, never queued, so
 //! a slow decoder can neither grow memory nor hold up an RTSP session.
 
-use firmware_config::runtime::clock::{Clock, Instant};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -15,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use firmware_config::config::gateway::Camera;
+use firmware_config::runtime::clock::{Clock, Instant};
 use serde::Serialize;
 use time::UtcOffset;
 

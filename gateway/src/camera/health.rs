@@ -1,8 +1,8 @@
 //! What the gateway knows about each camera at every moment.
 
-use firmware_config::runtime::clock::Instant;
 use std::time::Duration;
 
+use firmware_config::runtime::clock::Instant;
 use serde::Serialize;
 
 pub use firmware_config::kinds::CameraState;

@@ -12,7 +12,6 @@ pub mod sensing;
 mod session;
 pub mod source;
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -20,6 +19,7 @@ use std::time::SystemTime;
 use firmware_config::config::gateway::Camera;
 use firmware_config::config::GatewayConfig;
 use firmware_config::kinds::Kind;
+use firmware_config::runtime::clock::Instant;
 use time::UtcOffset;
 
 pub use analysis::{Analysis, Decoders, Snapshot};

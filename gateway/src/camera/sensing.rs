@@ -4,10 +4,10 @@
 //! stream carried between keyframes; the [`Sensor`] says which conditions were raised or
 //! cleared. Nothing here touches video, so every rule is tested without a camera.
 
-use firmware_config::runtime::clock::Instant;
 use std::time::Duration;
 
 use firmware_config::config::gateway::{parse_hhmm, MotionZone, Schedule, Sensing};
+use firmware_config::runtime::clock::Instant;
 use serde::Serialize;
 use time::{OffsetDateTime, Weekday};
 

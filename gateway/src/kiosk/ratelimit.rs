@@ -1,10 +1,11 @@
 //! Token buckets per terminal: each may make `burst` requests at once and `rate` per second
 //! after that. Pure, with the clock passed in, so tests never sleep.
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use firmware_config::runtime::clock::Instant;
 
 #[derive(Default)]
 pub struct RateLimits {

@@ -10,11 +10,11 @@
 //!   it flaps, its state changes are kept but not reported; once it has been steady for a whole
 //!   window, flapping clears and its current state is reported once.
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::VecDeque;
 use std::time::Duration;
 
 pub use firmware_config::kinds::TerminalState;
+use firmware_config::runtime::clock::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {

@@ -11,7 +11,6 @@ pub mod health;
 pub mod probe;
 pub mod report;
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use std::time::Duration;
 use firmware_config::config::gateway::{HealthSource, Terminal, TerminalKind, TerminalPolicy};
 use firmware_config::config::GatewayConfig;
 use firmware_config::kinds::Kind;
+use firmware_config::runtime::clock::Instant;
 use firmware_config::wire::TerminalsSummary;
 use serde::Serialize;
 use tokio::sync::mpsc;

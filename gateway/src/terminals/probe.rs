@@ -1,9 +1,9 @@
 //! Probes for terminals that cannot push: an HTTP GET expecting a status, or a TCP connect.
 
-use firmware_config::runtime::clock::Instant;
 use std::time::Duration;
 
 use firmware_config::config::gateway::{HealthSource, Terminal};
+use firmware_config::runtime::clock::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Terminals;

@@ -1,9 +1,9 @@
 //! Which pending events go into the next batch, and which batches await central's ack.
 
-use firmware_config::runtime::clock::Instant;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use firmware_config::runtime::clock::Instant;
 use firmware_config::wire::{Event, EventClass};
 
 use crate::outbox::{class_index, Outbox};
