@@ -24,7 +24,8 @@ pub enum Incoming {
     /// receipt once it is handled.
     Message {
         topic: String,
-        payload: Vec<u8>,
+        /// As the client read it, not copied.
+        payload: bytes::Bytes,
         receipt: Receipt,
     },
     /// Protocol traffic the caller need not see (pings, acks of its own publishes).
@@ -144,7 +145,7 @@ impl Transport for MqttTransport {
                     pkid: p.pkid,
                 },
                 topic: p.topic,
-                payload: p.payload.to_vec(),
+                payload: p.payload,
             }),
             Ok(_) => Ok(Incoming::Other),
             Err(e) => Err(TransportError::Connection(e.to_string())),

@@ -170,7 +170,7 @@ impl Transport for MemoryTransport {
                     };
                     return Ok(Incoming::Message {
                         topic,
-                        payload,
+                        payload: payload.into(),
                         receipt,
                     });
                 }
@@ -298,7 +298,7 @@ mod tests {
             client.poll().await.unwrap(),
             Incoming::Message {
                 topic: "gw/a/ack".into(),
-                payload: b"for later".to_vec(),
+                payload: bytes::Bytes::from_static(b"for later"),
                 receipt: Receipt {
                     qos: rumqttc::QoS::AtLeastOnce,
                     pkid: 1
