@@ -10,6 +10,7 @@ use std::time::Duration;
 use firmware_config::bundle::{BundleBody, Content, SignedBundle, SigningKey, Target};
 use firmware_config::config::TerminalSettings;
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::Clock;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -60,6 +61,8 @@ pub struct Sent {
 pub struct Bundles {
     key: Option<SigningKey>,
     tree: Arc<dyn Table>,
+    /// Dates bundles (gateways refuse one issued longer ago than their `max_age`).
+    clock: Clock,
 }
 
 fn target_key(t: &Target) -> String {
@@ -73,13 +76,14 @@ impl Bundles {
     pub fn open(
         state: &dyn StateStore,
         key_file: Option<&std::path::Path>,
+        clock: Clock,
     ) -> Result<Self, BundlesOpenError> {
         let key = match key_file {
             Some(k) => Some(SigningKey::load(k).map_err(BundlesOpenError::Key)?),
             None => None,
         };
         let tree = state.table("bundles")?;
-        Ok(Self { key, tree })
+        Ok(Self { key, tree, clock })
     }
 
     /// Central's signing key (it also signs master data updates).
@@ -132,7 +136,7 @@ impl Bundles {
         let body = BundleBody {
             target,
             version,
-            issued: OffsetDateTime::now_utc(),
+            issued: self.clock.now_utc(),
             note,
             content,
         };
@@ -167,7 +171,7 @@ impl Bundles {
             target: body.target,
             version: body.version,
             note: body.note,
-            sent: OffsetDateTime::now_utc(),
+            sent: self.clock.now_utc(),
             outcome: outcome.to_owned(),
             message,
             signed_here,

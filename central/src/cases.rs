@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::Clock;
 use firmware_config::topics::Channel;
 use firmware_config::wire::{Command, Event, Message};
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,8 @@ pub struct Case {
 
 pub struct Cases {
     tree: Arc<dyn Table>,
+    /// Stamps cases and their history.
+    clock: Clock,
 }
 
 /// Why an operator's change of a case was not taken.
@@ -63,9 +66,10 @@ pub enum CaseError {
 }
 
 impl Cases {
-    pub fn open(state: &dyn StateStore) -> Result<Self, CaseError> {
+    pub fn open(state: &dyn StateStore, clock: Clock) -> Result<Self, CaseError> {
         Ok(Self {
             tree: state.table("cases")?,
+            clock,
         })
     }
 
@@ -127,12 +131,12 @@ impl Cases {
                 station_name: grid.as_ref().map(|g| g.name.clone()),
                 station,
                 assignee,
-                created: OffsetDateTime::now_utc(),
+                created: self.clock.now_utc(),
                 history: vec![HistoryEntry {
                     status: "routed".to_owned(),
                     by: "central".to_owned(),
                     note: "received and routed to the grid's station".to_owned(),
-                    at: OffsetDateTime::now_utc(),
+                    at: self.clock.now_utc(),
                 }],
                 submission,
             };
@@ -166,7 +170,7 @@ impl Cases {
             status: status.to_owned(),
             by: by.to_owned(),
             note: note.to_owned(),
-            at: OffsetDateTime::now_utc(),
+            at: self.clock.now_utc(),
         });
         self.put(&c)?;
         Ok(c)
@@ -186,7 +190,8 @@ pub fn tell_gateway(commands: &crate::link::commands::Commands, c: &Case) {
         "note": note,
         "category": c.submission["category"],
         "title": c.submission["title"],
-        "updated": OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        // When it last changed: the newest entry of its history.
+        "updated": c.history.last().map_or(c.created, |h| h.at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         // Orders this status after the earlier ones, whatever order the gateway stores them in.
         "version": c.history.len(),
     });

@@ -85,17 +85,17 @@ pub enum CentralError {
 /// What every part of a running central shares.
 pub struct Shared {
     pub config: CentralConfig,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub registry: Arc<Mutex<GatewayRegistry>>,
     pub store: Arc<store::EventStore>,
     /// Checks gateways' signatures (when central knows the CA of their certificates).
-    pub verifier: Option<firmware_config::runtime::signing::Verifier>,
+    pub verifier: Option<Arc<firmware_config::runtime::signing::Verifier>>,
     /// Certificates revoked by the CA (`[identity] crl_file`), read again when it changes.
     pub revocations: Arc<firmware_config::revocation::Revocations>,
     /// Seals every message to gateways with central's signature.
     pub downlink: Arc<link::downlink::Downlink>,
     /// The last status and health accepted from each gateway, against replays.
-    pub replay: link::replay::UplinkReplay,
+    pub replay: Arc<link::replay::UplinkReplay>,
     /// Commands to gateways, sent on central's MQTT session.
     pub commands: Arc<link::commands::Commands>,
     /// Video sharing: grants, relays, audit.
@@ -195,16 +195,15 @@ pub async fn start_with<T: Transport>(
     let key_file = signing_key(&config)?;
     let load_key =
         || firmware_config::bundle::SigningKey::load(&key_file).map_err(CentralError::SigningKey);
-    let downlink = Arc::new(link::downlink::Downlink::new(load_key()?));
+    let downlink = Arc::new(link::downlink::Downlink::new(load_key()?, clock));
     let revocations = Arc::new(match (&config.identity.crl_file, config.gateway_ca()) {
         (Some(crl), Some(ca)) => firmware_config::revocation::Revocations::from_crl_file(crl, ca)?,
         _ => firmware_config::revocation::Revocations::none(),
     });
     let verifier = match config.gateway_ca() {
-        Some(ca) => Some(firmware_config::runtime::signing::Verifier::from_ca_file(
-            ca,
-            revocations.clone(),
-        )?),
+        Some(ca) => Some(Arc::new(
+            firmware_config::runtime::signing::Verifier::from_ca_file(ca, revocations.clone())?,
+        )),
         None => {
             tracing::warn!("no CA for gateway certificates (plain development broker): messages are not checked for their sender");
             None
@@ -253,8 +252,8 @@ pub async fn start_with<T: Transport>(
     // Everything else central keeps, in tables beside the events (one sled database, one
     // lock); each part opens its own.
     let state = state::SledState::new(store.db().clone());
-    let bundles = bundles::Bundles::open(&state, Some(&key_file))?;
-    let masterdata = Arc::new(masterdata::MasterData::open(&state)?);
+    let bundles = bundles::Bundles::open(&state, Some(&key_file), clock)?;
+    let masterdata = Arc::new(masterdata::MasterData::open(&state, clock)?);
     let registry = Arc::new(Mutex::new(GatewayRegistry::new(
         config.health.gateway_silence,
     )));
@@ -284,11 +283,11 @@ pub async fn start_with<T: Transport>(
         outbox_seen: Arc::default(),
         devices: Arc::default(),
         meetings: Arc::new(meetings::Meetings::open(&state)?),
-        operators: operators::Operators::new(&config.operators, &config.api_tokens, &state)?,
-        cases: Arc::new(cases::Cases::open(&state)?),
+        operators: operators::Operators::new(&config.operators, &config.api_tokens, &state, clock)?,
+        cases: Arc::new(cases::Cases::open(&state, clock)?),
         logins: logins::LoginGuard::default(),
         bundles,
-        metrics,
+        metrics: Arc::new(metrics),
         registry,
         config,
         store,
@@ -296,7 +295,7 @@ pub async fn start_with<T: Transport>(
         revocations,
         commands,
         downlink,
-        replay: link::replay::UplinkReplay::default(),
+        replay: Arc::default(),
         shares,
         token: token.clone(),
         started: clock.instant(),
@@ -325,11 +324,22 @@ pub async fn start_with<T: Transport>(
         backlog: shared.metrics.observer_backlog.clone(),
         clock: shared.clock,
     };
-    let (s, t) = (shared.clone(), parts.token().clone());
+    let ingest = link::Ingest {
+        metrics: shared.metrics.clone(),
+        verifier: shared.verifier.clone(),
+        replay: shared.replay.clone(),
+        message_max_age: shared.config.identity.message_max_age,
+        clock: shared.clock,
+        store: shared.store.clone(),
+        downlink: shared.downlink.clone(),
+        commands: shared.commands.clone(),
+        masterdata: shared.masterdata.clone(),
+    };
+    let t = parts.token().clone();
     parts.spawn(async move {
         match link {
-            Link::Mqtt(l) => l.run(s, observers, t).await,
-            Link::Given(l) => l.run(s, observers, t).await,
+            Link::Mqtt(l) => l.run(ingest, observers, t).await,
+            Link::Given(l) => l.run(ingest, observers, t).await,
         }
         Ok(())
     });

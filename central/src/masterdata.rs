@@ -10,6 +10,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use firmware_config::masterdata::replica::Update;
 use firmware_config::masterdata::{self, Dataset, Problem, Sources};
+use firmware_config::runtime::clock::Clock;
 use firmware_config::wire::ReplicaReport;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -70,6 +71,8 @@ pub struct MasterData {
     versions: Arc<dyn Table>,
     blobs: Arc<dyn Table>,
     current: RwLock<Option<Arc<Version>>>,
+    /// Dates versions.
+    clock: Clock,
     /// One import at a time, so versions are numbered without gaps or races.
     importing: std::sync::Mutex<()>,
 }
@@ -123,7 +126,7 @@ fn changes(old: Option<&Dataset>, new: &Dataset) -> BTreeMap<String, Changes> {
 }
 
 impl MasterData {
-    pub fn open(state: &dyn StateStore) -> Result<Self, ImportError> {
+    pub fn open(state: &dyn StateStore, clock: Clock) -> Result<Self, ImportError> {
         let versions = state.table("md_versions")?;
         let blobs = state.table("md_blobs")?;
         let current = match versions.last()? {
@@ -134,6 +137,7 @@ impl MasterData {
             versions,
             blobs,
             current: RwLock::new(current),
+            clock,
             importing: std::sync::Mutex::new(()),
         })
     }
@@ -234,7 +238,7 @@ impl MasterData {
         let info = VersionInfo {
             version: current.as_ref().map_or(1, |c| c.info.version + 1),
             hash,
-            published: OffsetDateTime::now_utc(),
+            published: self.clock.now_utc(),
             by: by.to_owned(),
             note: note.to_owned(),
             summary: dataset.summary(),
@@ -268,7 +272,7 @@ mod tests {
     fn versions_only_for_changes_and_nothing_partial() {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::state::SledState::new(sled::Config::new().path(dir.path()).open().unwrap());
-        let md = MasterData::open(&db).unwrap();
+        let md = MasterData::open(&db, Clock::system()).unwrap();
         let first = md.import(&sample(), "test", "first").unwrap();
         assert!(first.new);
         assert_eq!(first.info.version, 1);
@@ -302,7 +306,7 @@ mod tests {
         assert!(md.blob(sha).is_some());
         drop(md);
         // Reopened, the current version is the last one.
-        let md = MasterData::open(&db).unwrap();
+        let md = MasterData::open(&db, Clock::system()).unwrap();
         assert_eq!(md.current().unwrap().info.version, 2);
         assert_eq!(md.versions().len(), 2);
     }

@@ -10,7 +10,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use argon2::Argon2;
 use base64::Engine as _;
 use firmware_config::config::central::{ApiToken, OperatorAccount};
-use firmware_config::runtime::clock::Instant;
+use firmware_config::runtime::clock::{Clock, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::state::{StateError, StateStore, Table};
@@ -114,6 +114,8 @@ pub struct Operators {
     next: std::sync::atomic::AtomicU64,
     sessions: Mutex<HashMap<String, Session>>,
     audit: std::sync::Arc<dyn Table>,
+    /// Dates the audit trail.
+    clock: Clock,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -159,6 +161,7 @@ impl Operators {
         accounts: &[OperatorAccount],
         tokens: &[ApiToken],
         state: &dyn StateStore,
+        clock: Clock,
     ) -> Result<Self, OperatorsError> {
         let tokens = tokens
             .iter()
@@ -186,6 +189,7 @@ impl Operators {
             next: std::sync::atomic::AtomicU64::new(0),
             sessions: Mutex::default(),
             audit: state.table("operator_audit")?,
+            clock,
         })
     }
 
@@ -301,7 +305,7 @@ impl Operators {
     /// Appends to the operators' audit trail; returns the entry's key.
     pub fn record(&self, who: &str, action: &str, target: &str) -> Vec<u8> {
         let e = AuditEntry {
-            at: OffsetDateTime::now_utc(),
+            at: self.clock.now_utc(),
             who: who.to_owned(),
             action: action.to_owned(),
             target: target.to_owned(),
@@ -331,7 +335,7 @@ impl Operators {
                 .unwrap_or_default()
         );
         let e = AuditEntry {
-            at: OffsetDateTime::now_utc(),
+            at: self.clock.now_utc(),
             who: name.to_owned(),
             action: "login refused".to_owned(),
             target,
@@ -377,7 +381,10 @@ mod tests {
             role: "administrator".into(),
             token_sha256: api_token_sha256("ge_secret-token"),
         }];
-        (Operators::new(&accounts, &tokens, &db).unwrap(), dir)
+        (
+            Operators::new(&accounts, &tokens, &db, Clock::system()).unwrap(),
+            dir,
+        )
     }
 
     #[test]

@@ -17,7 +17,7 @@ use firmware_config::wire::{ContentChunk, ContentFetch, Message, ReplicaReport, 
 
 use crate::link::commands::Commands;
 use crate::masterdata::MasterData;
-use crate::{GatewayRegistry, Shared};
+use crate::GatewayRegistry;
 
 /// How long before the same version is offered to the same gateway again.
 pub const RESEND_AFTER: Duration = Duration::from_secs(15);
@@ -120,7 +120,12 @@ impl Replication {
 
 /// Answers a gateway's request for a piece of a content file. Any file central holds may be
 /// asked for by its hash; the piece carries its own hash, the file's size, or why there is none.
-pub fn serve_fetch(shared: &Shared, gateway: &GatewayId, fetch: &ContentFetch) -> ContentChunk {
+pub fn serve_fetch(
+    masterdata: &MasterData,
+    metrics: &crate::Metrics,
+    gateway: &GatewayId,
+    fetch: &ContentFetch,
+) -> ContentChunk {
     let mut chunk = ContentChunk {
         sha256: fetch.sha256.clone(),
         offset: fetch.offset,
@@ -130,10 +135,7 @@ pub fn serve_fetch(shared: &Shared, gateway: &GatewayId, fetch: &ContentFetch) -
         error: None,
     };
     let len = fetch.len.min(MAX_CHUNK_BYTES);
-    match shared
-        .masterdata
-        .blob_piece(&fetch.sha256, fetch.offset, len)
-    {
+    match masterdata.blob_piece(&fetch.sha256, fetch.offset, len) {
         None => {
             tracing::warn!(%gateway, sha256 = %fetch.sha256, "a gateway asked for a content file central does not hold");
             chunk.error = Some("no such content file".into());
@@ -150,7 +152,7 @@ pub fn serve_fetch(shared: &Shared, gateway: &GatewayId, fetch: &ContentFetch) -
             chunk.total = total;
             chunk.chunk_sha256 = firmware_config::masterdata::sha256_hex(&bytes);
             chunk.data = base64::engine::general_purpose::STANDARD.encode(&bytes);
-            shared.metrics.content_bytes_sent.inc_by(bytes.len() as u64);
+            metrics.content_bytes_sent.inc_by(bytes.len() as u64);
         }
     }
     chunk

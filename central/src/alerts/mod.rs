@@ -290,8 +290,10 @@ mod watch_tests {
         let w = Watch {
             registry: registry.clone(),
             alerts: alerts.clone(),
-            cases: Arc::new(crate::cases::Cases::open(&state).unwrap()),
-            masterdata: Arc::new(crate::masterdata::MasterData::open(&state).unwrap()),
+            cases: Arc::new(crate::cases::Cases::open(&state, Clock::system()).unwrap()),
+            masterdata: Arc::new(
+                crate::masterdata::MasterData::open(&state, Clock::system()).unwrap(),
+            ),
             clock: Clock::following_tokio(time::macros::datetime!(2026-06-01 08:00 UTC)),
             settings,
         };

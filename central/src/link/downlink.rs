@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use firmware_config::bundle::SigningKey;
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::Clock;
 use firmware_config::runtime::signing::DownlinkSigner;
 use firmware_config::topics::Channel;
 use firmware_config::wire::{Envelope, Message, WireError};
@@ -15,13 +16,16 @@ use firmware_config::wire::{Envelope, Message, WireError};
 pub struct Downlink {
     signer: DownlinkSigner,
     seq: DownlinkSeq,
+    /// Stamps every message (gateways refuse one older than their `downlink_max_age`).
+    clock: Clock,
 }
 
 impl Downlink {
-    pub fn new(key: SigningKey) -> Self {
+    pub fn new(key: SigningKey, clock: Clock) -> Self {
         Self {
             signer: DownlinkSigner::new(key),
             seq: DownlinkSeq::default(),
+            clock,
         }
     }
 
@@ -33,7 +37,8 @@ impl Downlink {
         channel: Channel,
         message: Message,
     ) -> Result<Vec<u8>, WireError> {
-        let env = Envelope::new(gateway.clone(), self.seq.next(), message);
+        let seq = self.seq.next(self.clock.unix_micros());
+        let env = Envelope::new(gateway.clone(), seq, message).at(self.clock.now_utc());
         self.signer.encode(channel, &env)
     }
 }
@@ -47,9 +52,8 @@ pub struct DownlinkSeq {
 }
 
 impl DownlinkSeq {
-    pub fn next(&self) -> u64 {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000;
-        let now = u64::try_from(now).unwrap_or(0);
+    /// The next number, given the time now in Unix microseconds.
+    pub fn next(&self, now: u64) -> u64 {
         let mut cur = self.last.load(Ordering::Relaxed);
         loop {
             let next = now.max(cur + 1);
@@ -74,7 +78,11 @@ mod tests {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let seq = seq.clone();
-                std::thread::spawn(move || (0..1000).map(|_| seq.next()).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..1000)
+                        .map(|_| seq.next(Clock::system().unix_micros()))
+                        .collect::<Vec<_>>()
+                })
             })
             .collect();
         let runs: Vec<Vec<u64>> = handles.into_iter().map(|h| h.join().unwrap()).collect();

@@ -3,8 +3,8 @@
 //! It subscribes to every gateway's status, health and events, checks each message's topic and
 //! envelope (a gateway may speak only for itself), stores event batches durably and only then
 //! acknowledges them to their gateway. Everything else — the registry, boards, alerts, cases,
-//! master data offers — is done by the [`observers`] with what the link hands them. Events come through a shared
-//! subscription (`$share/gridedge-central/…`), so several central replicas on one broker share
+//! master data offers — is done by the [`observers`] with what the link hands them. Events come
+//! through a shared subscription (`$share/gridedge-central/…`), so several central replicas on one broker share
 //! the load. The broker's PUBACK to central is sent only after the batch is stored (manual acks),
 //! so a central that dies mid-batch gets it again from the broker.
 
@@ -26,8 +26,26 @@ pub mod downlink;
 pub mod observers;
 pub mod replay;
 
-use crate::metrics::KindLabel;
-use crate::Shared;
+use crate::metrics::{KindLabel, Metrics};
+
+/// What the link checks, stores and acknowledges with, and nothing more: built in `lib.rs`.
+pub struct Ingest {
+    pub metrics: Arc<Metrics>,
+    /// Checks gateways' signatures (when central knows the CA of their certificates).
+    pub verifier: Option<Arc<firmware_config::runtime::signing::Verifier>>,
+    /// The last status and health accepted from each gateway, against replays.
+    pub replay: Arc<replay::UplinkReplay>,
+    /// `[identity] message_max_age`: an older health report is stale.
+    pub message_max_age: Duration,
+    pub clock: firmware_config::runtime::clock::Clock,
+    pub store: Arc<crate::store::EventStore>,
+    /// Seals acks and content pieces for their gateway.
+    pub downlink: Arc<downlink::Downlink>,
+    /// Waiting commands, completed by their replies.
+    pub commands: Arc<commands::Commands>,
+    /// Content files, for gateways' fetches.
+    pub masterdata: Arc<crate::masterdata::MasterData>,
+}
 
 /// Central's session on a [`Transport`]: rumqttc on the broker, or an in-memory link in tests.
 pub struct GatewayLink<T: Transport = MqttTransport> {
@@ -37,7 +55,7 @@ pub struct GatewayLink<T: Transport = MqttTransport> {
 /// One message from a gateway, to be acknowledged to the broker once handled.
 pub struct Delivery {
     pub topic: String,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     receipt: Receipt,
 }
 
@@ -75,7 +93,7 @@ impl<T: Transport> GatewayLink<T> {
     /// Runs the session until `token` is cancelled, handing what it takes in to `observers`.
     pub async fn run(
         mut self,
-        shared: Arc<Shared>,
+        shared: Ingest,
         observers: observers::Observers,
         token: CancellationToken,
     ) {
@@ -236,7 +254,7 @@ type Answer = Option<(String, Vec<u8>)>;
 /// they said to the observers, in order; returns each message's answer (an event batch's ack
 /// once it is stored).
 async fn handle_group(
-    shared: &Arc<Shared>,
+    shared: &Ingest,
     group: &[Delivery],
     observers: &tokio::sync::mpsc::Sender<Vec<observers::Observed>>,
 ) -> Vec<Answer> {
@@ -288,7 +306,7 @@ enum Handled {
 }
 
 /// Checks one message and applies it; an event batch comes back to be stored.
-fn handle(shared: &Arc<Shared>, p: &Delivery) -> Handled {
+fn handle(shared: &Ingest, p: &Delivery) -> Handled {
     const NONE: Handled = Handled::Answer(None);
     let m = &shared.metrics;
     let Ok(Topic::Gateway { gateway, channel }) = Topic::parse(&p.topic) else {
@@ -331,7 +349,7 @@ fn handle(shared: &Arc<Shared>, p: &Delivery) -> Handled {
             env.seq,
             env.time,
             shared.clock.now_utc(),
-            shared.config.identity.message_max_age,
+            shared.message_max_age,
         ),
         _ => Ok(()),
     };
@@ -374,7 +392,12 @@ fn handle(shared: &Arc<Shared>, p: &Delivery) -> Handled {
         }
         (Channel::Fetch, Message::Fetch(fetch)) => {
             // Reads one piece from the state store: small and quick, no need to leave the loop.
-            let chunk = crate::replication::serve_fetch(shared, &gateway, &fetch);
+            let chunk = crate::replication::serve_fetch(
+                &shared.masterdata,
+                &shared.metrics,
+                &gateway,
+                &fetch,
+            );
             let topic = Topic::gateway(&gateway, Channel::Data).path();
             match shared
                 .downlink
@@ -398,7 +421,7 @@ fn handle(shared: &Arc<Shared>, p: &Delivery) -> Handled {
 /// Stores a group's batches with one flush; returns each batch's ack (none for a batch that
 /// could not be stored: its gateway sends it again) and what it added, for the observers.
 async fn store_and_ack(
-    shared: &Arc<Shared>,
+    shared: &Ingest,
     batches: Vec<Batch>,
 ) -> (Vec<Answer>, Vec<Option<observers::Fresh>>) {
     let n = batches.len();
@@ -456,7 +479,7 @@ fn sealed_ack(downlink: &downlink::Downlink, b: &Batch, stored: &crate::store::S
 
 /// What a stored batch added, for the observers.
 fn after_store(
-    shared: &Shared,
+    shared: &Ingest,
     b: Batch,
     stored: Result<crate::store::Stored, crate::store::StoreError>,
 ) -> Option<observers::Fresh> {
