@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use firmware_config::wire::{Event, EventClass};
-use rig::{kiosk_token, video_token, Layout, Rig, SOURCE_TOKEN};
+use rig::{kiosk_token, video_token, Layout, Rig};
 use serde_json::{json, Value};
 
 const HOURS: u64 = 72;
@@ -53,6 +53,7 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
         disk_budget: "16 MiB",
         health_interval: "30s",
         reconnect_max: "60s",
+        bundles: None,
     })
     .await;
     // Master data first, while the link is up, as on any morning.
@@ -98,7 +99,7 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
             let events: Vec<Value> = (0..TELEMETRY_PER_MINUTE)
                 .map(|i| json!({ "class": "telemetry", "kind": "hall.air", "payload": { "t": secs, "i": i, "pad": padding } }))
                 .collect();
-            post_events(&rig, events).await;
+            rig.post_events(events).await;
             expect.telemetry += TELEMETRY_PER_MINUTE as u64;
         }
         if secs % 600 == 0 {
@@ -134,10 +135,9 @@ async fn seventy_two_hours_without_the_wan_lose_nothing_that_matters_and_drain_i
         }
         if secs % (6 * 3600) == 0 {
             let n = secs / (6 * 3600);
-            post_events(
-                &rig,
-                vec![json!({ "class": "alert", "kind": "hall.smoke", "payload": { "n": n } })],
-            )
+            rig.post_events(vec![
+                json!({ "class": "alert", "kind": "hall.smoke", "payload": { "n": n } }),
+            ])
             .await;
             expect.sensor_alerts.push(n);
         }
@@ -353,18 +353,6 @@ async fn beat_all(rig: &Rig, uptime: u64) {
         beat(rig, &kiosk_token(n), uptime).await;
     }
     beat(rig, &video_token(0), uptime).await;
-}
-
-async fn post_events(rig: &Rig, events: Vec<Value>) {
-    let (status, body) = rig
-        .call(
-            Method::POST,
-            "/api/v1/events",
-            Some(SOURCE_TOKEN),
-            Some(json!(events)),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// What a resident at kiosk `n` looks at: the catalogue, the grids, one item.

@@ -8,22 +8,14 @@ use std::time::Duration;
 use axum::http::{Method, StatusCode};
 use firmware_config::topics::Channel;
 use firmware_config::wire::{Ack, Command, LinkState, Message};
-use rig::{Layout, Rig, SOURCE_TOKEN};
+use rig::{Layout, Rig};
 use serde_json::json;
 
 async fn post_telemetry(rig: &Rig, n: usize) {
-    let events: Vec<_> = (0..n)
+    let events = (0..n)
         .map(|i| json!({ "class": "telemetry", "kind": "hall.temperature", "payload": { "i": i } }))
         .collect();
-    let (status, body) = rig
-        .call(
-            Method::POST,
-            "/api/v1/events",
-            Some(SOURCE_TOKEN),
-            Some(json!(events)),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    rig.post_events(events).await;
 }
 
 /// No terminals: none goes offline for want of heartbeats while time passes.

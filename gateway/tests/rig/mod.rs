@@ -17,7 +17,6 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use firmware_config::bundle::SigningKey;
-use firmware_config::config::GatewayConfig;
 use firmware_config::ids::GatewayId;
 use firmware_config::runtime::clock::Clock;
 use firmware_config::runtime::signing::DownlinkSigner;
@@ -51,6 +50,8 @@ pub struct Layout {
     pub disk_budget: &'static str,
     pub health_interval: &'static str,
     pub reconnect_max: &'static str,
+    /// `[bundles] confirm_within`: bundles from central are taken (without: refused).
+    pub bundles: Option<&'static str>,
 }
 
 impl Default for Layout {
@@ -62,6 +63,7 @@ impl Default for Layout {
             disk_budget: "64 MiB",
             health_interval: "30s",
             reconnect_max: "60s",
+            bundles: None,
         }
     }
 }
@@ -81,6 +83,23 @@ impl Central {
         let env = Envelope::new(GatewayId::new(GATEWAY).unwrap(), self.next, message)
             .at(self.clock.now_utc());
         self.signer.encode(channel, &env).unwrap()
+    }
+
+    /// A bundle of `version` making the gateway's config `toml`, signed, issued now.
+    pub fn bundle(&self, version: u64, toml: String) -> firmware_config::bundle::SignedBundle {
+        use firmware_config::bundle::{BundleBody, Content, Target};
+        self.key
+            .sign(&BundleBody {
+                target: Target {
+                    gateway: GATEWAY.to_owned(),
+                    terminal: None,
+                },
+                version,
+                issued: self.clock.now_utc(),
+                note: format!("version {version}"),
+                content: Content::Gateway { toml },
+            })
+            .unwrap()
     }
 
     /// The street's sample master data as a signed snapshot (content files left out: there
@@ -114,6 +133,8 @@ pub fn recording() -> gateway::camera::source::Recorded {
 }
 
 pub struct Rig {
+    /// The config file's text, to build bundles from.
+    pub config_text: String,
     /// What the cameras play; switch one off with `set_on`.
     pub cameras: gateway::camera::source::Recorded,
     /// Holds tokio's auto-advance off while it is there.
@@ -135,7 +156,8 @@ impl Rig {
         std::fs::write(&private_file, private).unwrap();
         let key_file = dir.path().join("central.pub");
         std::fs::write(&key_file, key.public_pem()).unwrap();
-        let config = config(dir.path(), &layout, &key_file);
+        let config_text = config_text(dir.path(), &layout, &key_file);
+        let config = firmware_config::config::parse(&config_text, dir.path()).unwrap();
         let clock = Clock::following_tokio(time::macros::datetime!(2026-06-01 08:00 UTC));
         let (transport, broker) = memory::link();
         let cameras = recording();
@@ -157,6 +179,7 @@ impl Rig {
             let _ = held.recv();
         });
         Rig {
+            config_text,
             hold: Some(hold),
             cameras,
             gateway: Some(gateway),
@@ -206,6 +229,19 @@ impl Rig {
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// Posts `events` as the hall's sensors (the rig's event source); they must be taken.
+    pub async fn post_events(&self, events: Vec<Value>) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/api/v1/events",
+                Some(SOURCE_TOKEN),
+                Some(Value::Array(events)),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 
     /// The gateway's `/metrics`, lines about the uplink and downlink.
@@ -338,7 +374,7 @@ pub fn ranges(seqs: &[u64]) -> Vec<(u64, u64)> {
     out
 }
 
-fn config(dir: &Path, layout: &Layout, key_file: &Path) -> GatewayConfig {
+fn config_text(dir: &Path, layout: &Layout, key_file: &Path) -> String {
     let secret = |name: &str, value: &str| {
         let p = dir.join(name);
         std::fs::write(&p, value).unwrap();
@@ -382,5 +418,8 @@ fn config(dir: &Path, layout: &Layout, key_file: &Path) -> GatewayConfig {
             secret(&format!("video-{n}.token"), &video_token(n)),
         );
     }
-    firmware_config::config::parse(&text, dir).unwrap()
+    if let Some(within) = layout.bundles {
+        text += &format!("[bundles]\nconfirm_within = \"{within}\"\n");
+    }
+    text
 }

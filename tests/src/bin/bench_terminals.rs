@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use gridedge_tests::bench::arg_value;
 use gridedge_tests::process::{cpu_seconds, ChildProcess};
-use gridedge_tests::services::{binary, central_toml};
+use gridedge_tests::services::{binary, central_toml, street_keys};
 use gridedge_tests::terminals::heartbeat_body;
 use gridedge_tests::{free_port, wait_for_port};
 
@@ -174,9 +174,10 @@ fn gateway_config(dir: &Path, n: usize, broker: &str, port: u16) -> anyhow::Resu
     let mut text = format!(
         "[site]\nid = \"bench-site\"\nname = \"Bench site\"\n\
          [gateway]\nid = \"gw-bench\"\n\
-         [uplink]\nbroker = \"{broker}\"\nhealth_interval = \"10s\"\n\
+         [uplink]\nbroker = \"{broker}\"\nhealth_interval = \"10s\"\ncentral_key_file = \"{}\"\n\
          [http]\nlisten = \"127.0.0.1:{port}\"\n\
          [storage]\ndir = \"{}\"\n",
+        street_keys().1.display(),
         dir.join("data").display()
     );
     for i in 0..n {
@@ -190,6 +191,12 @@ fn gateway_config(dir: &Path, n: usize, broker: &str, port: u16) -> anyhow::Resu
         ));
     }
     Ok(text)
+}
+
+/// The last `n` lines of a log.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// GET from central with its test API token.
@@ -211,8 +218,9 @@ async fn gridedge(
     std::fs::write(&c_conf, central_toml(&dir.join("central"), b_port, c_port))?;
     let mut cmd = Command::new(binary("central")?);
     cmd.arg("--config").arg(&c_conf).env("RUST_LOG", "warn");
-    let _central = ChildProcess::spawn("central", cmd, &dir.join("central.log"))?;
-    wait_for_port(([127, 0, 0, 1], c_port).into(), Duration::from_secs(20))?;
+    let central = ChildProcess::spawn("central", cmd, &dir.join("central.log"))?;
+    wait_for_port(([127, 0, 0, 1], c_port).into(), Duration::from_secs(20))
+        .with_context(|| format!("central's log:\n{}", tail(&central.log_text(), 20)))?;
 
     let g_port = free_port();
     let g_conf = dir.join("gateway.toml");
@@ -226,7 +234,8 @@ async fn gridedge(
         cmd.env("TOKIO_WORKER_THREADS", w.to_string());
     }
     let gateway = ChildProcess::spawn("gateway", cmd, &dir.join("gateway.log"))?;
-    wait_for_port(([127, 0, 0, 1], g_port).into(), Duration::from_secs(60))?;
+    wait_for_port(([127, 0, 0, 1], g_port).into(), Duration::from_secs(60))
+        .with_context(|| format!("the gateway's log:\n{}", tail(&gateway.log_text(), 20)))?;
     let pid = gateway.pid().context("gateway pid")?;
 
     // Central's fleet view, polled while the load runs.
