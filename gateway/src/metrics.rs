@@ -73,7 +73,7 @@ pub struct Metrics {
     /// stale, replayed, wrong_kind, bad_ack).
     pub downlink_refused: Family<ReasonLabel, Counter>,
     /// Events refused at `POST /api/v1/events`, by reason (gateway_kind, kind_not_allowed,
-    /// quota, not_a_source).
+    /// quota, not_a_source, disk_full).
     pub events_refused: Family<ReasonLabel, Counter>,
     cameras_configured: Gauge,
     terminals_configured: Gauge,

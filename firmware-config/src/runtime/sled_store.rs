@@ -27,6 +27,21 @@ pub fn open(config: &sled::Config) -> sled::Result<sled::Db> {
 }
 
 /// Whether opening failed because the database's file lock is held.
+/// True when `e` says the disk (or the user's quota) is full: a state of the disk, which
+/// passes when space is freed, never damage to the store.
+pub fn is_out_of_space(e: &sled::Error) -> bool {
+    if let sled::Error::Io(io) = e {
+        if matches!(io.raw_os_error(), Some(28) | Some(122)) {
+            return true;
+        }
+    }
+    // ENOSPC and EDQUOT; sled often keeps only the OS error's text (in `Unsupported` too).
+    let text = e.to_string();
+    ["os error 28", "os error 122", "No space left on device"]
+        .iter()
+        .any(|t| text.contains(t))
+}
+
 pub fn is_locked(e: &sled::Error) -> bool {
     match e {
         // sled reports it as `Other` with the OS error (EAGAIN) in its text.
@@ -41,6 +56,24 @@ pub fn is_locked(e: &sled::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_damage_and_from_a_lock() {
+        let enospc = sled::Error::Io(std::io::Error::from_raw_os_error(28));
+        let edquot = sled::Error::Io(std::io::Error::from_raw_os_error(122));
+        // What sled returned on a full tmpfs: the OS error only as text.
+        let as_text =
+            sled::Error::Unsupported("IO error: No space left on device (os error 28)".into());
+        for e in [&enospc, &edquot, &as_text] {
+            assert!(is_out_of_space(e), "{e}");
+            assert!(!is_locked(e), "{e}");
+        }
+        let damage = sled::Error::Corruption { at: None, bt: () };
+        let other_io = sled::Error::Io(std::io::Error::from_raw_os_error(5));
+        for e in [&damage, &other_io] {
+            assert!(!is_out_of_space(e), "{e}");
+        }
+    }
 
     #[test]
     fn a_database_closed_a_moment_ago_opens_again() {

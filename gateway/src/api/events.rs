@@ -188,6 +188,15 @@ async fn accept(
             OutboxError::Full { .. } => {
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
             }
+            e if e.is_out_of_space() => {
+                shared.metrics.refuse_event("disk_full");
+                tracing::warn!(error = %e, "the disk is full; events refused until there is space");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "the gateway's disk is full; nothing was stored (retry once central has taken the backlog, or space is freed)",
+                )
+                .retry_after(60)
+            }
             OutboxError::SourceQuota { .. } => {
                 shared.metrics.refuse_event("quota");
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()).retry_after(60)

@@ -106,6 +106,20 @@ pub enum OutboxError {
     Floor(#[source] std::io::Error),
     #[error("outbox store {0} is in use by another process")]
     Locked(String),
+    /// The disk is full: nothing was moved aside or lost; it works again once there is space.
+    #[error("outbox store {0}: the disk is full; nothing was moved or lost, it opens once there is space again")]
+    NoSpace(String),
+}
+
+impl OutboxError {
+    /// The disk (or the quota) is full: a state that passes, not damage.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            OutboxError::NoSpace(_) => true,
+            OutboxError::Store(e) => firmware_config::runtime::sled_store::is_out_of_space(e),
+            _ => false,
+        }
+    }
 }
 
 /// Counters, shared with metrics and the health report.

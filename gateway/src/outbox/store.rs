@@ -127,6 +127,11 @@ pub(super) fn open_or_quarantine(
         if sled_store::is_locked(e) {
             return Err(OutboxError::Locked(path.display().to_string()));
         }
+        // A full disk is a state of the disk: moving the store aside would strand what it
+        // holds, and the fresh one would not open either.
+        if sled_store::is_out_of_space(e) {
+            return Err(OutboxError::NoSpace(path.display().to_string()));
+        }
     }
     let reason = failure.to_string();
     tracing::error!(path = %path.display(), %reason, "outbox store is damaged; moving it aside");
