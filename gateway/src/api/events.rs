@@ -185,26 +185,11 @@ async fn accept(
         .append_from_source(new, quota)
         .await
         .map_err(|e| match e {
-            OutboxError::Full { .. } => {
-                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string())
-            }
-            e if e.is_out_of_space() => {
-                shared.metrics.refuse_event("disk_full");
-                tracing::warn!(error = %e, "the disk is full; events refused until there is space");
-                ApiError::new(
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    "the gateway's disk is full; nothing was stored (retry once central has taken the backlog, or space is freed)",
-                )
-                .retry_after(60)
-            }
             OutboxError::SourceQuota { .. } => {
                 shared.metrics.refuse_event("quota");
                 ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()).retry_after(60)
             }
-            other => {
-                tracing::error!(error = %other, "cannot append events");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, other.to_string())
-            }
+            other => super::not_stored(shared, other),
         })?;
     tracing::debug!(
         source,

@@ -239,10 +239,11 @@ pub async fn submit(
     payload["check"] = json!(check);
     let event = crate::outbox::NewEvent::own(Kind::SubmissionCreated, &payload)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let seqs =
-        shared.outbox.append(vec![event]).await.map_err(|e| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("not stored: {e}"))
-        })?;
+    let seqs = shared
+        .outbox
+        .append(vec![event])
+        .await
+        .map_err(|e| super::not_stored(&shared, e))?;
     let seq = seqs.first().copied().unwrap_or(0);
     let status = Status {
         receipt: receipt(shared.gateway_id.as_str(), seq, &check),

@@ -21,6 +21,33 @@ use crate::Shared;
 
 pub use firmware_config::runtime::api_error::ApiError;
 
+/// Why an append to the outbox was refused, as an HTTP answer: 507 when there is no room
+/// (the budget holds only what is never evicted, or the disk itself is full: counted, retried
+/// later), 503 otherwise. Nothing was stored either way.
+pub(crate) fn not_stored(shared: &Shared, e: crate::outbox::OutboxError) -> ApiError {
+    use crate::outbox::OutboxError;
+    use axum::http::StatusCode;
+    match e {
+        OutboxError::Full { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
+        e if e.is_out_of_space() => {
+            shared.metrics.refuse_event("disk_full");
+            tracing::warn!(error = %e, "the disk is full; refused until there is space");
+            ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "the gateway's disk is full; nothing was stored (retry once central has taken the backlog, or space is freed)",
+            )
+            .retry_after(60)
+        }
+        other => {
+            tracing::error!(error = %other, "cannot append to the outbox");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not stored: {other}"),
+            )
+        }
+    }
+}
+
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
