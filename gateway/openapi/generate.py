@@ -120,7 +120,8 @@ spec = {
         "400": err("A field is missing or invalid (named in the error)"),
         "413": err("Larger than 32 KiB"),
         "415": err("Not JSON"),
-        "503": retry("The outbox cannot take it (disk full)"),
+        "503": err("The outbox cannot take it; nothing was stored"),
+        "507": retry("No room: the gateway's disk, or its disk budget, is full; nothing was stored"),
       }, replica=False)}},
     "/api/v1/kiosk/submissions/{receipt}": {"get": {
       "summary": "Where a submission is, by its receipt", "operationId": "submissionStatus",
