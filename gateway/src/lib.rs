@@ -290,6 +290,7 @@ pub async fn start_with<T: Transport>(
         &config.storage.dir,
         config.storage.disk_budget.bytes(),
         config.storage.cache_size.bytes(),
+        config.storage.disk_reserve.bytes(),
     )?;
     let outbox = outbox.with_clock(clock);
     metrics.register_outbox(outbox.clone());
@@ -431,6 +432,15 @@ pub async fn start_with<T: Transport>(
     parts.spawn(async move {
         terminals::watch(tm, t).await;
         Ok(())
+    });
+    // sled cannot write again after the disk refused it a write: stop the whole gateway, so
+    // that its service manager starts it again on the reserve it gave back.
+    let (o, t) = (shared.outbox.clone(), parts.token().clone());
+    parts.spawn(async move {
+        tokio::select! {
+            _ = o.stopped() => Err(GatewayError::Outbox(outbox::OutboxError::Stopped)),
+            _ = t.cancelled() => Ok(()),
+        }
     });
     tracing::info!(gateway = %shared.gateway_id, site = %shared.config().site.id, %http_addr, "gateway started");
     Ok(RunningGateway {

@@ -359,6 +359,43 @@ impl Collector for OutboxCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.0.size_on_disk() as i64).encode(m)?;
+        let d = self.0.disk();
+        let gauges = [
+            (
+                "disk_free_bytes",
+                "Free bytes of the filesystem under the store",
+                d.free_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "disk_total_bytes",
+                "Size of the filesystem under the store",
+                d.total_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "disk_full",
+                "1 while the disk is full: the store keeps to what it holds",
+                u64::from(d.full()),
+            ),
+            (
+                "outbox_disk_limit_bytes",
+                "Most bytes the store may hold while the disk is full (0: no such limit)",
+                d.limit_bytes.load(Ordering::Relaxed),
+            ),
+            (
+                "disk_reserve_held",
+                "1 while the reserve file is set aside for a full disk",
+                u64::from(d.reserve_held.load(Ordering::Relaxed)),
+            ),
+            (
+                "outbox_stopped",
+                "1 once a write met a full disk; the gateway restarts the store",
+                u64::from(s.stopped.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(v as i64).encode(m)?;
+        }
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod backbone;
 pub mod bench;
 pub mod browser;
 pub mod camera;
+pub mod disk;
 pub mod live;
 pub mod mosquitto;
 pub mod pki;

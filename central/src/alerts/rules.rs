@@ -368,6 +368,17 @@ pub fn outbox(
             ),
         ));
     }
+    if let Some(d) = &o.disk {
+        out.push(m.gateway(
+            "gateway.disk_full",
+            d.full || d.store_stopped,
+            Severity::Major,
+            format!(
+                "网关磁盘已满（剩余 {} MiB），告警与办件暂不受理 {gateway}",
+                d.free_bytes >> 20
+            ),
+        ));
+    }
     out.push(m.gateway(
         "gateway.backlog",
         o.pending > 0 && stalled_for > BACKLOG_LIMIT,
@@ -560,6 +571,7 @@ mod tests {
             evicted: Default::default(),
             refused: 0,
             corrupt: 0,
+            disk: None,
         };
         o.evicted.insert("telemetry".into(), 5);
         let obs = outbox("gw-1", &o, 2, Duration::from_secs(601));

@@ -3,6 +3,7 @@
 
 pub mod api_error;
 pub mod clock;
+pub mod disk;
 pub mod mqtt;
 pub mod range;
 pub mod signing;

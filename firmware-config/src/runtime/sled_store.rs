@@ -26,7 +26,6 @@ pub fn open(config: &sled::Config) -> sled::Result<sled::Db> {
     }
 }
 
-/// Whether opening failed because the database's file lock is held.
 /// True when `e` says the disk (or the user's quota) is full: a state of the disk, which
 /// passes when space is freed, never damage to the store.
 pub fn is_out_of_space(e: &sled::Error) -> bool {
@@ -42,6 +41,7 @@ pub fn is_out_of_space(e: &sled::Error) -> bool {
         .any(|t| text.contains(t))
 }
 
+/// Whether opening failed because the database's file lock is held.
 pub fn is_locked(e: &sled::Error) -> bool {
     match e {
         // sled reports it as `Other` with the OS error (EAGAIN) in its text.

@@ -86,4 +86,20 @@ pub struct OutboxReport {
     pub refused: u64,
     /// Stored records that failed their checksum.
     pub corrupt: u64,
+    /// The disk under the store (absent from gateways that do not report it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskReport>,
+}
+
+/// The disk under a gateway's store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskReport {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// The disk is (nearly) full: the store takes more only as central acknowledges, and
+    /// refuses alerts and submissions it has no room for.
+    pub full: bool,
+    /// A write met the full disk: the gateway restarts its store.
+    #[serde(default)]
+    pub store_stopped: bool,
 }

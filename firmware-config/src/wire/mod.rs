@@ -20,7 +20,9 @@ pub use ack::Ack;
 pub use command::{Command, CommandReply, Invitation, MeetingAnswer, MeetingKind, MeetingPlan};
 pub use content::{ContentChunk, ContentFetch, MAX_CHUNK_BYTES};
 pub use events::{Event, EventBatch, EventClass};
-pub use health::{ConfigVersions, GatewayHealth, OutboxReport, ReplicaReport, TerminalsSummary};
+pub use health::{
+    ConfigVersions, DiskReport, GatewayHealth, OutboxReport, ReplicaReport, TerminalsSummary,
+};
 pub use receipt::{is_receipt_check, receipt, RECEIPT_CHECK_ALPHABET, RECEIPT_CHECK_LEN};
 pub use status::{LinkState, Status};
 

@@ -9,6 +9,7 @@ pub mod kiosk;
 pub mod live;
 pub mod terminals;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -31,7 +32,16 @@ pub(crate) fn not_stored(shared: &Shared, e: crate::outbox::OutboxError) -> ApiE
         OutboxError::Full { .. } => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string()),
         e if e.is_out_of_space() => {
             shared.metrics.refuse_event("disk_full");
-            tracing::warn!(error = %e, "the disk is full; refused until there is space");
+            // Sources retry all along: one line a minute (the count is in the metrics).
+            static LOGGED: std::sync::Mutex<Option<std::time::Instant>> =
+                std::sync::Mutex::new(None);
+            let mut logged = LOGGED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if logged.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+                *logged = Some(std::time::Instant::now());
+                tracing::warn!(error = %e, "the disk is full; appends refused until there is space");
+            }
             ApiError::new(
                 StatusCode::INSUFFICIENT_STORAGE,
                 "the gateway's disk is full; nothing was stored (retry once central has taken the backlog, or space is freed)",
@@ -114,6 +124,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// uplink is reported here but does not make the gateway unhealthy.
 async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let connected = shared.metrics.uplink_connected.get() == 1;
+    let disk = shared.outbox.disk();
     Json(json!({
         "status": "ok",
         "gateway": shared.gateway_id.as_str(),
@@ -122,6 +133,13 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "uptime_secs": shared.started.elapsed().as_secs(),
         "uplink": if connected { "connected" } else { "disconnected" },
         "outbox": shared.outbox.summary(),
+        "disk": {
+            "free_bytes": disk.free_bytes.load(Ordering::Relaxed),
+            "total_bytes": disk.total_bytes.load(Ordering::Relaxed),
+            "full": disk.full(),
+            "limit_bytes": disk.limit_bytes.load(Ordering::Relaxed),
+            "reserve_held": disk.reserve_held.load(Ordering::Relaxed),
+        },
     }))
 }
 

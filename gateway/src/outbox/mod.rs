@@ -23,11 +23,12 @@ mod store;
 mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use firmware_config::kinds::Kind;
 use firmware_config::runtime::clock::Clock;
+use firmware_config::runtime::disk::{DiskGuard, DiskState};
 use firmware_config::wire::{Event, EventClass};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -35,6 +36,12 @@ use tokio::sync::{mpsc, oneshot, Notify};
 pub use floor::SeqFloor;
 pub use record::RecordError;
 use store::Store;
+
+/// Longest a group commit may take before the store counts as stopped.
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Longest the last handle waits for the store to close.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most events one request may carry.
 pub const MAX_EVENTS_PER_APPEND: usize = 10_000;
@@ -109,13 +116,22 @@ pub enum OutboxError {
     /// The disk is full: nothing was moved aside or lost; it works again once there is space.
     #[error("outbox store {0}: the disk is full; nothing was moved or lost, it opens once there is space again")]
     NoSpace(String),
+    /// The disk is full and only alerts and submissions are left to shed.
+    #[error("the disk is full: {needed} more bytes do not fit; the store keeps to the {limit} bytes it holds until central takes the backlog or space is freed")]
+    DiskFull { needed: u64, limit: u64 },
+    /// A write met a full disk after all (something else took the space and the reserve):
+    /// the store takes nothing more until the gateway restarts it.
+    #[error(
+        "the outbox store stopped on a full disk; it takes nothing until the gateway restarts it"
+    )]
+    Stopped,
 }
 
 impl OutboxError {
     /// The disk (or the quota) is full: a state that passes, not damage.
     pub fn is_out_of_space(&self) -> bool {
         match self {
-            OutboxError::NoSpace(_) => true,
+            OutboxError::NoSpace(_) | OutboxError::DiskFull { .. } | OutboxError::Stopped => true,
             OutboxError::Store(e) => firmware_config::runtime::sled_store::is_out_of_space(e),
             _ => false,
         }
@@ -136,6 +152,21 @@ pub struct Stats {
     /// Bytes of alerts and submissions waiting, per event source (the gateway's own are not
     /// here): what source quotas are checked against.
     pub source_pending: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Set when a write met a full disk: see [`OutboxError::Stopped`].
+    pub stopped: AtomicBool,
+    /// When the writer's current group commit began ([`monotonic_ms`]); 0 while it waits.
+    pub busy_since_ms: AtomicU64,
+}
+
+/// Milliseconds since the first call, on the monotonic clock (a wall-clock step must not
+/// make a commit look stalled).
+pub(crate) fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 impl Stats {
@@ -220,29 +251,43 @@ pub struct Outbox {
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// Stamps events that come without a time.
     clock: Clock,
+    /// The disk under the store, as the writer last saw it.
+    disk: Arc<DiskState>,
+    /// Woken when the store stops on a full disk.
+    stopped: Arc<Notify>,
 }
 
 impl Outbox {
-    /// Opens (or creates) the outbox under `dir`, quarantining a damaged store.
+    /// Opens (or creates) the outbox under `dir`, quarantining a damaged store, and keeping
+    /// up to `reserve` bytes of the disk aside for the day it fills.
     pub fn open(
         dir: &Path,
         budget: u64,
         cache_bytes: u64,
+        reserve: u64,
     ) -> Result<(Self, OpenReport), OutboxError> {
+        std::fs::create_dir_all(dir).map_err(OutboxError::Folder)?;
+        let mut disk = DiskGuard::new(dir, reserve).map_err(OutboxError::Folder)?;
+        disk.before_open();
         let (store, mut report) = store::open_or_quarantine(dir, cache_bytes)?;
+        // Takes the reserve (or sees the disk full) now rather than at the first append.
+        disk.check(store.stats.pending_bytes.load(Ordering::Relaxed));
+        let disk_state = disk.state();
         let floor = floor::SeqFloor::open(dir);
         // The store may have been lost or started fresh: never reuse a number handed out.
         report.next_seq = report.next_seq.max(floor.floor()).max(1);
         let store = Arc::new(store);
         let appended = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(4096);
+        let stopped = Arc::new(Notify::new());
         let w = writer::Writer::new(
             store.clone(),
             budget,
             report.next_seq,
             floor,
             appended.clone(),
-        );
+        )
+        .on_disk(disk, stopped.clone());
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || w.run(rx))
@@ -255,6 +300,8 @@ impl Outbox {
                 appended,
                 writer,
                 clock: Clock::system(),
+                disk: disk_state,
+                stopped,
             },
             report,
         ))
@@ -337,6 +384,33 @@ impl Outbox {
         self.store.pending(class, after, limit)
     }
 
+    /// The disk under the store: free space, the limit while it is full, the reserve.
+    pub fn disk(&self) -> &DiskState {
+        &self.disk
+    }
+
+    /// Returns once the store has stopped: a write met a full disk, or one group commit has
+    /// not finished within [`STALL`] (sled waits forever on a write the disk refused). Only a
+    /// restart brings it back.
+    pub async fn stopped(&self) {
+        let s = &self.store.stats;
+        loop {
+            let woken = self.stopped.notified();
+            if s.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let since = s.busy_since_ms.load(Ordering::Relaxed);
+            if since != 0 && monotonic_ms().saturating_sub(since) > STALL.as_millis() as u64 {
+                tracing::error!(
+                    "an outbox write has not finished for {STALL:?}; the store has stopped"
+                );
+                s.stopped.store(true, Ordering::Relaxed);
+                return;
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), woken).await;
+        }
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.store.stats
     }
@@ -357,6 +431,12 @@ impl Outbox {
                 .collect(),
             refused: s.refused.load(Ordering::Relaxed),
             corrupt: s.corrupt.load(Ordering::Relaxed),
+            disk: Some(firmware_config::wire::DiskReport {
+                free_bytes: self.disk.free_bytes.load(Ordering::Relaxed),
+                total_bytes: self.disk.total_bytes.load(Ordering::Relaxed),
+                full: self.disk.full(),
+                store_stopped: s.stopped.load(Ordering::Relaxed),
+            }),
         }
     }
 
@@ -375,7 +455,18 @@ impl Outbox {
         }
         let handle = writer.lock().ok().and_then(|mut slot| slot.take());
         if let Some(handle) = handle {
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            // A store that met a full disk may never finish its last flush: what was
+            // acknowledged to callers is on disk already, so the wait is bounded.
+            let joined = tokio::time::timeout(
+                CLOSE_WAIT,
+                tokio::task::spawn_blocking(move || handle.join()),
+            )
+            .await;
+            if joined.is_err() {
+                tracing::error!(
+                    "the outbox store did not close within {CLOSE_WAIT:?}; leaving it (everything acknowledged is on disk)"
+                );
+            }
         }
         flushed
     }

@@ -87,7 +87,7 @@ struct Model {
 }
 
 fn open(dir: &Path) -> Outbox {
-    Outbox::open(dir, BUDGET, 1 << 20).unwrap().0
+    Outbox::open(dir, BUDGET, 1 << 20, 0).unwrap().0
 }
 
 fn all_pending(ob: &Outbox) -> BTreeMap<EventClass, Vec<u64>> {

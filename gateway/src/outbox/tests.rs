@@ -17,7 +17,7 @@ fn ev(class: EventClass, n: usize) -> NewEvent {
 }
 
 async fn open(dir: &Path, budget: u64) -> (Outbox, OpenReport) {
-    Outbox::open(dir, budget, 1 << 20).unwrap()
+    Outbox::open(dir, budget, 1 << 20, 0).unwrap()
 }
 
 #[tokio::test]
@@ -351,7 +351,7 @@ async fn many_concurrent_appends_share_flushes() {
 async fn a_store_in_use_is_refused_not_quarantined() {
     let dir = tempfile::tempdir().unwrap();
     let (ob, _) = open(dir.path(), 1 << 30).await;
-    let second = Outbox::open(dir.path(), 1 << 30, 1 << 20);
+    let second = Outbox::open(dir.path(), 1 << 30, 1 << 20, 0);
     assert!(
         matches!(second, Err(OutboxError::Locked(_))),
         "{:?}",

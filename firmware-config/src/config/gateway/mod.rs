@@ -300,6 +300,15 @@ pub struct Storage {
     /// Memory for the store's page cache. Default 16 MiB; at least 1 MiB.
     #[serde(default = "default_cache_size")]
     pub cache_size: ByteSize,
+    /// Disk set aside in a reserve file, given back to the store when the disk fills (so it
+    /// can still shed acknowledged events, and open after a restart). Default 64 MiB, never
+    /// more than an eighth of the filesystem; `0 B` keeps none.
+    #[serde(default = "default_disk_reserve")]
+    pub disk_reserve: ByteSize,
+}
+
+fn default_disk_reserve() -> ByteSize {
+    ByteSize::mib(64)
 }
 
 fn default_disk_budget() -> ByteSize {
