@@ -582,4 +582,25 @@ mod tests {
         assert_eq!(obs.len(), 1);
         assert!(!obs[0].raised);
     }
+
+    #[test]
+    fn a_full_disk_raises_an_alert_until_it_has_room() {
+        let mut o = OutboxReport {
+            disk: Some(firmware_config::wire::DiskReport {
+                free_bytes: 3 << 20,
+                total_bytes: 24 << 20,
+                full: true,
+                store_stopped: false,
+            }),
+            ..Default::default()
+        };
+        let obs = outbox("gw-1", &o, 0, Duration::ZERO);
+        let disk = obs.iter().find(|o| o.key() == "gw-1#gateway.disk_full").unwrap();
+        assert!(disk.raised && disk.title.contains("剩余 3 MiB"), "{}", disk.title);
+        if let Some(d) = o.disk.as_mut() {
+            d.full = false;
+        }
+        let obs = outbox("gw-1", &o, 0, Duration::ZERO);
+        assert!(obs.iter().any(|o| o.key() == "gw-1#gateway.disk_full" && !o.raised));
+    }
 }
