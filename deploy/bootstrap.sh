@@ -18,6 +18,8 @@ packages=(
   chromium fonts-wqy-microhei
   # benchmarks: the static file server (HLS and kiosk peers) and the HTTP load tool
   nginx wrk
+  # fault tests: a service's wall clock set wrong or stepped (LD_PRELOAD, monotonic left alone)
+  libfaketime
   # tools used by tests and benchmarks
   ffmpeg openssl curl ca-certificates iproute2 procps
 )

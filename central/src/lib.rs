@@ -10,6 +10,7 @@ pub mod assessment;
 pub mod broker;
 pub mod bundles;
 pub mod cases;
+pub mod disk;
 pub mod link;
 pub mod logins;
 pub mod masterdata;
@@ -96,6 +97,8 @@ pub struct Shared {
     pub downlink: Arc<link::downlink::Downlink>,
     /// The last status and health accepted from each gateway, against replays.
     pub replay: Arc<link::replay::UplinkReplay>,
+    /// Each gateway's clock offset, from its messages.
+    pub clocks: Arc<link::clocks::GatewayClocks>,
     /// Commands to gateways, sent on central's MQTT session.
     pub commands: Arc<link::commands::Commands>,
     /// Video sharing: grants, relays, audit.
@@ -138,6 +141,18 @@ impl Shared {
     }
 
     /// The registry; a panic elsewhere while it was held leaves it usable, not poisoned.
+    /// Every gateway as the registry sees it, with its clock offset.
+    pub fn gateway_views(
+        &self,
+        now: firmware_config::runtime::clock::Instant,
+    ) -> Vec<registry::GatewayView> {
+        let mut views = self.registry().views(now);
+        for v in &mut views {
+            v.clock_offset_ms = self.clocks.offset_ms(&v.id);
+        }
+        views
+    }
+
     pub fn registry(&self) -> std::sync::MutexGuard<'_, GatewayRegistry> {
         self.registry
             .lock()
@@ -191,7 +206,14 @@ pub async fn start_with<T: Transport>(
         path: config.storage.dir.display().to_string(),
         source,
     })?;
-    let store = Arc::new(store::EventStore::open(&config.storage.dir, 64 << 20)?);
+    let store = Arc::new(
+        store::EventStore::open(
+            &config.storage.dir,
+            64 << 20,
+            config.storage.disk_reserve.bytes(),
+        )?
+        .with_clock(clock),
+    );
     let key_file = signing_key(&config)?;
     let load_key =
         || firmware_config::bundle::SigningKey::load(&key_file).map_err(CentralError::SigningKey);
@@ -296,6 +318,7 @@ pub async fn start_with<T: Transport>(
         commands,
         downlink,
         replay: Arc::default(),
+        clocks: Arc::default(),
         shares,
         token: token.clone(),
         started: clock.instant(),
@@ -321,6 +344,8 @@ pub async fn start_with<T: Transport>(
         masterdata: shared.masterdata.clone(),
         commands: shared.commands.clone(),
         outbox_seen: shared.outbox_seen.clone(),
+        clocks: shared.clocks.clone(),
+        max_clock_offset: shared.config.health.max_clock_offset,
         backlog: shared.metrics.observer_backlog.clone(),
         clock: shared.clock,
     };
@@ -328,6 +353,7 @@ pub async fn start_with<T: Transport>(
         metrics: shared.metrics.clone(),
         verifier: shared.verifier.clone(),
         replay: shared.replay.clone(),
+        clocks: shared.clocks.clone(),
         message_max_age: shared.config.identity.message_max_age,
         clock: shared.clock,
         store: shared.store.clone(),
@@ -335,6 +361,14 @@ pub async fn start_with<T: Transport>(
         commands: shared.commands.clone(),
         masterdata: shared.masterdata.clone(),
     };
+    let (store, alerts, id, clock, t) = (
+        shared.store.clone(),
+        shared.alerts.clone(),
+        shared.config.central.id.clone(),
+        shared.clock,
+        parts.token().clone(),
+    );
+    parts.spawn(async move { Ok(disk::watch(store, alerts, id, clock, t).await?) });
     let t = parts.token().clone();
     parts.spawn(async move {
         match link {

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub gateways: Family<PresenceLabel, Gauge>,
     /// Events stored for the first time.
     pub events_stored: Counter,
+    /// Free bytes of the filesystem under the store, refreshed on every scrape.
+    pub disk_free_bytes: Gauge,
+    /// 1 while the disk is full: batches are neither stored nor acknowledged.
+    pub disk_full: Gauge,
+    /// 1 once a write met the full disk (central then exits for its unit to restart it).
+    pub store_stopped: Gauge,
     /// Events received again and dropped as duplicates of stored ones.
     pub events_duplicate: Counter,
     /// Event batches stored.
@@ -110,6 +116,24 @@ impl Metrics {
             "events_stored",
             "Events stored for the first time",
             events_stored.clone(),
+        );
+        let disk_free_bytes = Gauge::default();
+        registry.register(
+            "disk_free_bytes",
+            "Free bytes of the filesystem under central's store",
+            disk_free_bytes.clone(),
+        );
+        let disk_full = Gauge::default();
+        registry.register(
+            "disk_full",
+            "1 while the disk is full: batches are neither stored nor acknowledged",
+            disk_full.clone(),
+        );
+        let store_stopped = Gauge::default();
+        registry.register(
+            "store_stopped",
+            "1 once a write met the full disk; central exits for its unit to restart it",
+            store_stopped.clone(),
         );
         let events_duplicate = Counter::default();
         registry.register(
@@ -174,6 +198,9 @@ impl Metrics {
             messages_rejected,
             gateways,
             events_stored,
+            disk_free_bytes,
+            disk_full,
+            store_stopped,
             events_duplicate,
             batches,
             acks_sent,

@@ -40,6 +40,12 @@ pub struct Poster {
 
 impl Poster {
     pub fn start(addr: SocketAddr, gateway: &str, per_request: u64) -> Self {
+        Self::paced(addr, gateway, per_request, Duration::ZERO)
+    }
+
+    /// Like [`Self::start`], waiting `pause` after each request (a steady trickle rather than
+    /// all the gateway takes).
+    pub fn paced(addr: SocketAddr, gateway: &str, per_request: u64, pause: Duration) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(Mutex::new(Accepted::new()));
         let failures = Arc::new(AtomicU64::new(0));
@@ -79,6 +85,9 @@ impl Poster {
                 }
                 // Numbers are never reused, accepted or not.
                 next += per_request;
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
             }
         });
         Self {

@@ -58,6 +58,10 @@ fn identity_toml() -> String {
     )
 }
 
+/// The disk reserve of every test central and gateway: none, so that hundreds of test
+/// services do not each write one (the full-disk tests set theirs).
+pub const TEST_DISK_RESERVE: &str = "0 B";
+
 /// TOML of a central with the embedded broker on `broker_port` and HTTP on `http_port`. Its
 /// plain listener is open to gateways (the development switch), as the tests that need no
 /// certificates use it; the TLS listener's tests use [`TestCentral::embedded_tls`].
@@ -65,7 +69,7 @@ pub fn central_toml(dir: &Path, broker_port: u16, http_port: u16) -> String {
     format!(
         "[central]\nid = \"central-test\"\nname = \"Test central\"\n\
          [broker.embedded]\nlisten = \"127.0.0.1:{broker_port}\"\nallow_plain_gateways = true\n\
-         [storage]\ndir = \"{}\"\n\
+         [storage]\ndir = \"{}\"\ndisk_reserve = \"{TEST_DISK_RESERVE}\"\n\
          [http]\nlisten = \"127.0.0.1:{http_port}\"\n{}{}",
         dir.join("central-data").display(),
         identity_toml(),
@@ -204,7 +208,7 @@ pub fn central_external_toml(
     format!(
         "[central]\nid = \"central-test\"\nname = \"Test central\"\n\
          [broker.external]\nurl = \"{url}\"\n{}\
-         [storage]\ndir = \"{}\"\n\
+         [storage]\ndir = \"{}\"\ndisk_reserve = \"{TEST_DISK_RESERVE}\"\n\
          [http]\nlisten = \"127.0.0.1:{http_port}\"\n{}{}",
         tls_table("broker.external.tls", tls),
         dir.join("central-data").display(),
@@ -247,7 +251,7 @@ pub fn gateway_toml(
          [[sources]]\nid = \"tests\"\nname = \"The system tests\"\ntoken = {{ file = \"{}\" }}\n\
          [[terminals]]\nid = \"security-room\"\nname = \"Security room video terminal\"\nkind = \"video_terminal\"\n\
          health = {{ mode = \"heartbeat\", interval = \"1h\", misses_before_offline = 3 }}\ntoken = {{ file = \"{}\" }}\n\
-         [storage]\ndir = \"{}\"\n",
+         [storage]\ndir = \"{}\"\ndisk_reserve = \"{TEST_DISK_RESERVE}\"\n",
         street_keys().1.display(),
         tls_table("uplink.tls", tls),
         token_file.display(),
@@ -638,27 +642,45 @@ pub struct ServiceProcess {
     pub process: ChildProcess,
     pub config: PathBuf,
     role: String,
+    /// Environment the service runs with, again on every start.
+    env: Vec<(String, String)>,
     _dir: FixtureDir,
 }
 
 impl ServiceProcess {
     /// Writes `config_text` and starts `role` (`gateway` or `central`) on it.
     pub fn spawn(role: &str, config_text: &str) -> Result<Self> {
+        Self::spawn_with_env(role, config_text, &[])
+    }
+
+    /// Like [`Self::spawn`], with `env` set for the service (on every start).
+    pub fn spawn_with_env(role: &str, config_text: &str, env: &[(&str, &str)]) -> Result<Self> {
         let dir = FixtureDir::new(role)?;
         let config = dir.join(format!("{role}.toml"));
         std::fs::write(&config, config_text)?;
-        let process = Self::launch(role, &config, dir.path())?;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let process = Self::launch(role, &config, dir.path(), &env)?;
         Ok(Self {
             process,
             config,
             role: role.to_owned(),
+            env,
             _dir: dir,
         })
     }
 
-    fn launch(role: &str, config: &Path, dir: &Path) -> Result<ChildProcess> {
+    fn launch(
+        role: &str,
+        config: &Path,
+        dir: &Path,
+        env: &[(String, String)],
+    ) -> Result<ChildProcess> {
         let mut cmd = Command::new(binary(role)?);
         cmd.arg("--config").arg(config).env("RUST_LOG", "info");
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         ChildProcess::spawn(role, cmd, &dir.join(format!("{role}.log")))
     }
 
@@ -670,7 +692,7 @@ impl ServiceProcess {
     /// Starts the service again on the same config (after [`Self::kill`]); its log continues.
     pub fn start_again(&mut self) -> Result<()> {
         anyhow::ensure!(!self.process.is_running(), "{} is still running", self.role);
-        self.process = Self::launch(&self.role, &self.config, self._dir.path())?;
+        self.process = Self::launch(&self.role, &self.config, self._dir.path(), &self.env)?;
         Ok(())
     }
 

@@ -10,10 +10,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use firmware_config::bundle::SigningKey;
-use gridedge_tests::backbone::{assert_central_has, Accepted};
+use gridedge_tests::backbone::{assert_central_has, Accepted, Poster};
 use gridedge_tests::disk::Tmpfs;
 use gridedge_tests::proxy::FaultProxy;
-use gridedge_tests::services::{gateway_toml, source_token, ServiceProcess, TestCentral};
+use gridedge_tests::services::{
+    central_toml, gateway_toml, source_token, Console, ServiceProcess, TestCentral, TestGateway,
+    TEST_DISK_RESERVE,
+};
 use gridedge_tests::{eventually, free_port, init_test_logging};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -168,6 +171,10 @@ async fn a_full_disk_is_a_state_the_gateway_rides_out_and_never_damage() {
     gw.wait().await.unwrap();
 }
 
+fn reserve(size: &str) -> String {
+    format!("disk_reserve = \"{size}\"")
+}
+
 /// The release (or debug) gateway binary on `storage`, its uplink through `proxy`.
 fn gateway_process(
     fixture: &Path,
@@ -178,14 +185,19 @@ fn gateway_process(
     let port = free_port();
     let text = gateway_toml(fixture, id, &format!("mqtt://{}", proxy.addr), None, port);
     let default_dir = fixture.join(format!("{id}-data"));
-    let text = text.replace(
-        &format!("dir = \"{}\"", default_dir.display()),
-        &format!(
-            "dir = \"{}\"\ndisk_budget = \"1 GiB\"\ncache_size = \"4 MiB\"",
-            storage.display()
-        ),
+    let text = text
+        .replace(
+            &format!("dir = \"{}\"", default_dir.display()),
+            &format!(
+                "dir = \"{}\"\ndisk_budget = \"1 GiB\"\ncache_size = \"4 MiB\"",
+                storage.display()
+            ),
+        )
+        .replace(&reserve(TEST_DISK_RESERVE), &reserve("64 MiB"));
+    assert!(
+        text.contains("disk_budget") && text.contains("64 MiB"),
+        "{text}"
     );
-    assert!(text.contains("disk_budget"), "{text}");
     (
         ServiceProcess::spawn("gateway", &text).unwrap(),
         SocketAddr::from(([127, 0, 0, 1], port)),
@@ -294,7 +306,9 @@ async fn a_gateway_crashed_on_a_full_disk_comes_back_serving_and_central_drains_
     let (status, _, body) = post_alerts(addr, "gw-disk", 1_000_000).await;
     assert_eq!(status, 200, "{body}");
     assert!(gw.process.is_running());
-    drop(gw);
+    // Central stops before its folder goes (sled cannot write into a removed one).
+    gw.kill();
+    central.stop().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,4 +410,112 @@ async fn a_disk_taken_by_another_program_never_hangs_the_gateway_and_a_restart_l
     .await
     .unwrap();
     drop(gw);
+}
+
+/// The open alert with `key` at central, if any.
+async fn open_alert(console: &Console, key: &str) -> Option<Value> {
+    let (_, v) = console.get("/api/v1/alerts").await;
+    v["alerts"]
+        .as_array()?
+        .iter()
+        .find(|a| a["key"] == key)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrals_full_disk_stops_acknowledging_raises_an_alert_and_resumes_losing_nothing() {
+    init_test_logging();
+    let disk = Tmpfs::mount("64m").unwrap();
+    let fixture = tempfile::tempdir().unwrap();
+    let (broker_port, http_port) = (free_port(), free_port());
+    let central_addr = SocketAddr::from(([127, 0, 0, 1], http_port));
+    let text = central_toml(fixture.path(), broker_port, http_port)
+        .replace(
+            &format!(
+                "dir = \"{}\"",
+                fixture.path().join("central-data").display()
+            ),
+            &format!("dir = \"{}\"", disk.path().join("central").display()),
+        )
+        .replace(&reserve(TEST_DISK_RESERVE), &reserve("64 MiB"));
+    assert!(
+        text.contains(&disk.path().display().to_string()) && text.contains("64 MiB"),
+        "{text}"
+    );
+    let mut central = ServiceProcess::spawn("central", &text).unwrap();
+    healthz(central_addr).await;
+    let console = Console::login(&format!("http://{central_addr}"), "op")
+        .await
+        .unwrap();
+    let gw = TestGateway::start("gw-cfull", &format!("mqtt://127.0.0.1:{broker_port}"), None)
+        .await
+        .unwrap();
+    let pause = Duration::from_millis(20);
+    let mut poster = Poster::paced(gw.http_addr, "gw-cfull", 20, pause);
+
+    // Another program takes central's disk.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let filler = disk.fill("other-program.log").unwrap();
+    let key = "central-test#central.disk_full";
+    let alert = eventually("central's disk alert", Duration::from_secs(30), || async {
+        open_alert(&console, key).await
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", central.process.log_text()));
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    let health = healthz(central_addr).await;
+    assert_eq!(health["disk"]["full"], true, "{health}");
+    let metrics = gridedge_tests::get_text(format!("http://{central_addr}/metrics")).await;
+    assert!(
+        metrics.contains("gridedge_central_disk_full 1"),
+        "{metrics}"
+    );
+
+    // Nothing is acknowledged while it is full: the gateway keeps what it takes.
+    let pending = |gw: &TestGateway| {
+        let url = gw.url("/healthz");
+        async move {
+            gridedge_tests::try_json(url).await.unwrap()["outbox"]["pending"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = pending(&gw).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = pending(&gw).await;
+    assert!(before > 0 && after > before, "{before} → {after}");
+    let metrics = gridedge_tests::get_text(format!("http://{central_addr}/metrics")).await;
+    assert!(
+        metrics.contains("gridedge_central_messages_rejected_total{reason=\"disk_full\"}"),
+        "{metrics}"
+    );
+    assert!(central.process.is_running());
+
+    // Room again: it resumes by itself, the alert clears, every event is there once.
+    std::fs::remove_file(filler).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = poster.stop().await;
+    assert_central_has(
+        central_addr,
+        "gw-cfull",
+        &accepted,
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", central.process.log_text()));
+    eventually(
+        "the disk alert to clear",
+        Duration::from_secs(30),
+        || async { (open_alert(&console, key).await?["cleared"] == true).then_some(()) },
+    )
+    .await
+    .unwrap();
+    poster = Poster::paced(gw.http_addr, "gw-cfull", 20, pause);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let more = poster.stop().await;
+    assert_central_has(central_addr, "gw-cfull", &more, Duration::from_secs(60))
+        .await
+        .unwrap();
+    central.kill();
 }

@@ -341,6 +341,23 @@ pub fn certificate(
     )
 }
 
+/// A gateway's clock as its messages show it: further than `max` from central's either way.
+pub fn clock(gateway: &str, offset_ms: i64, max: Duration) -> Observation {
+    let payload = json!({ "offset_ms": offset_ms });
+    let off = Duration::from_millis(offset_ms.unsigned_abs());
+    let way = if offset_ms < 0 { "慢" } else { "快" };
+    Make {
+        gateway,
+        payload: &payload,
+    }
+    .gateway(
+        "gateway.clock_offset",
+        off > max,
+        Severity::Minor,
+        format!("网关时钟{way} {} 秒 {gateway}", off.as_secs()),
+    )
+}
+
 /// A gateway's outbox as its health report shows it: evictions since the last report, and
 /// events waiting while nothing from it has been stored for `stalled_for`.
 pub fn outbox(
@@ -595,12 +612,21 @@ mod tests {
             ..Default::default()
         };
         let obs = outbox("gw-1", &o, 0, Duration::ZERO);
-        let disk = obs.iter().find(|o| o.key() == "gw-1#gateway.disk_full").unwrap();
-        assert!(disk.raised && disk.title.contains("剩余 3 MiB"), "{}", disk.title);
+        let disk = obs
+            .iter()
+            .find(|o| o.key() == "gw-1#gateway.disk_full")
+            .unwrap();
+        assert!(
+            disk.raised && disk.title.contains("剩余 3 MiB"),
+            "{}",
+            disk.title
+        );
         if let Some(d) = o.disk.as_mut() {
             d.full = false;
         }
         let obs = outbox("gw-1", &o, 0, Duration::ZERO);
-        assert!(obs.iter().any(|o| o.key() == "gw-1#gateway.disk_full" && !o.raised));
+        assert!(obs
+            .iter()
+            .any(|o| o.key() == "gw-1#gateway.disk_full" && !o.raised));
     }
 }

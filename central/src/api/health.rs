@@ -16,9 +16,7 @@ use crate::Shared;
 /// and for the street.
 pub async fn health(State(shared): State<Arc<Shared>>, _op: Operator) -> Response {
     use crate::registry::health;
-    let gateways = shared
-        .registry()
-        .views(firmware_config::runtime::clock::Instant::now());
+    let gateways = shared.gateway_views(firmware_config::runtime::clock::Instant::now());
     let cameras = shared
         .devices
         .lock()

@@ -117,12 +117,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
+    let disk = shared.store.disk();
     Json(json!({
         "status": "ok",
         "central": shared.config.central.id,
         "version": crate::VERSION,
         "uptime_secs": shared.started.elapsed().as_secs(),
         "broker_link": if shared.metrics.link_connected.get() == 1 { "connected" } else { "disconnected" },
+        "disk": {
+            "free_bytes": disk.free_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            "total_bytes": disk.total_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            "full": disk.full(),
+            "reserve_held": disk.reserve_held.load(std::sync::atomic::Ordering::Relaxed),
+            "store_stopped": shared.store.stopped(),
+        },
     }))
 }
 
@@ -151,6 +159,11 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
             m.gateway_outbox_evicted.get_or_create(&label).set(n as i64);
         }
     }
+    let disk = shared.store.disk();
+    m.disk_free_bytes
+        .set(disk.free_bytes.load(std::sync::atomic::Ordering::Relaxed) as i64);
+    m.disk_full.set(i64::from(disk.full()));
+    m.store_stopped.set(i64::from(shared.store.stopped()));
     for (presence, n) in [("online", online), ("silent", silent), ("offline", offline)] {
         shared
             .metrics
@@ -164,7 +177,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn gateways(State(shared): State<Arc<Shared>>) -> Json<Vec<GatewayView>> {
-    Json(shared.registry().views(Instant::now()))
+    Json(shared.gateway_views(Instant::now()))
 }
 
 #[derive(Deserialize)]
@@ -183,6 +196,21 @@ fn default_limit() -> usize {
 const MAX_LIMIT: usize = 10_000;
 
 /// `GET /api/v1/events?gateway=ID&after=SEQ&limit=N`: stored events in sequence order.
+/// An event as the API gives it: the gateway's fields, when central received it, and a flag
+/// on a time implausible beside that (kept all the same).
+fn stored_event_json(e: &crate::store::StoredEvent) -> Value {
+    let mut v = serde_json::to_value(&e.event).unwrap_or(Value::Null);
+    if let (Some(at), Some(obj)) = (e.received, v.as_object_mut()) {
+        if let Ok(text) = at.format(&time::format_description::well_known::Rfc3339) {
+            obj.insert("received".into(), Value::String(text));
+        }
+        if e.time_suspect() {
+            obj.insert("time_suspect".into(), Value::Bool(true));
+        }
+    }
+    v
+}
+
 async fn events(
     State(shared): State<Arc<Shared>>,
     q: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -208,6 +236,7 @@ async fn events(
     match found {
         Ok(Ok(events)) => {
             let next = events.last().map(|e| e.seq);
+            let events: Vec<Value> = events.iter().map(stored_event_json).collect();
             Json(json!({ "events": events, "next_after": next })).into_response()
         }
         Ok(Err(e)) => {

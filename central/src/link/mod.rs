@@ -21,6 +21,7 @@ use firmware_config::wire::{self, Ack, Message};
 use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
 
+pub mod clocks;
 pub mod commands;
 pub mod downlink;
 pub mod observers;
@@ -35,6 +36,8 @@ pub struct Ingest {
     pub verifier: Option<Arc<firmware_config::runtime::signing::Verifier>>,
     /// The last status and health accepted from each gateway, against replays.
     pub replay: Arc<replay::UplinkReplay>,
+    /// Each gateway's clock offset, from its messages.
+    pub clocks: Arc<clocks::GatewayClocks>,
     /// `[identity] message_max_age`: an older health report is stale.
     pub message_max_age: Duration,
     pub clock: firmware_config::runtime::clock::Clock,
@@ -341,14 +344,21 @@ fn handle(shared: &Ingest, p: &Delivery) -> Handled {
             return NONE;
         }
     }
-    // A status or health report older than what central already heard: a replay.
+    // Every signed message says what the gateway's clock read (but a last will, made when
+    // its session began).
+    let now = shared.clock.now_utc();
+    if !matches!(&env.message, Message::Status(s) if s.state == wire::LinkState::Offline) {
+        shared.clocks.observe(&gateway, env.time, now);
+    }
+    // A status or health report older than what central already heard: a replay. A health
+    // report's age is judged on the gateway's own clock: one hours off is still heard.
     let fresh = match &env.message {
         Message::Status(s) => shared.replay.status(&gateway, env.seq, s),
         Message::Health(_) => shared.replay.health(
             &gateway,
             env.seq,
             env.time,
-            shared.clock.now_utc(),
+            shared.clocks.gateway_now(&gateway, now),
             shared.message_max_age,
         ),
         _ => Ok(()),
@@ -489,6 +499,11 @@ fn after_store(
     } = b;
     let stored = match stored {
         Ok(s) => s,
+        Err(crate::store::StoreError::DiskFull) => {
+            // Not acknowledged: the gateway keeps it and resends (the disk watch has said so).
+            m.reject("disk_full");
+            return None;
+        }
         Err(e) => {
             // Not acknowledged: the gateway resends after its ack timeout.
             tracing::error!(%gateway, error = %e, "cannot store a batch");

@@ -78,6 +78,9 @@ pub struct Observers {
     /// Tells a gateway its residents' cases' status.
     pub commands: Arc<Commands>,
     pub outbox_seen: OutboxSeen,
+    /// Each gateway's clock offset, and how far it may be before it is an alert.
+    pub clocks: Arc<super::clocks::GatewayClocks>,
+    pub max_clock_offset: std::time::Duration,
     /// Groups waiting (`gridedge_central_observer_backlog`).
     pub backlog: Gauge,
     pub clock: Clock,
@@ -141,6 +144,10 @@ impl Observers {
         }
         if let Some(o) = &h.outbox {
             self.outbox_rules(gateway.as_str(), o, at);
+        }
+        if let Some(offset) = self.clocks.offset_ms(gateway.as_str()) {
+            let o = crate::alerts::rules::clock(gateway.as_str(), offset, self.max_clock_offset);
+            self.alerts.observe(vec![o], self.clock.now_utc());
         }
         if let Some(expires) = h.certificate_expires {
             let now = self.clock.now_utc();

@@ -55,6 +55,9 @@ pub struct CentreView {
     pub site: String,
     pub presence: Presence,
     pub last_heard_secs_ago: u64,
+    /// The gateway's clock minus central's, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
     pub areas: Vec<String>,
     pub counts: Rollup,
     pub cameras: Vec<DeviceView>,
@@ -154,6 +157,7 @@ pub fn view(
             site: g.site,
             presence: g.presence,
             last_heard_secs_ago: g.last_heard_secs_ago,
+            clock_offset_ms: g.clock_offset_ms,
             areas,
             counts,
             cameras: cams,
@@ -195,6 +199,7 @@ mod tests {
             version: "0.1".into(),
             presence,
             last_heard_secs_ago: 1,
+            clock_offset_ms: None,
             health: Some(GatewayHealth {
                 version: "0.1".into(),
                 site: format!("site-{id}"),

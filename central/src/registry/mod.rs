@@ -41,6 +41,9 @@ pub struct GatewayView {
     pub presence: Presence,
     pub last_heard_secs_ago: u64,
     pub health: Option<GatewayHealth>,
+    /// The gateway's clock minus central's, in milliseconds, as its messages show it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clock_offset_ms: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -117,6 +120,7 @@ impl GatewayRegistry {
                 presence: self.presence(e, now),
                 last_heard_secs_ago: now.saturating_duration_since(e.last_heard).as_secs(),
                 health: e.health.clone(),
+                clock_offset_ms: None,
             })
             .collect()
     }

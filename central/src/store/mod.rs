@@ -6,6 +6,10 @@ use std::path::Path;
 
 use sled::Transactional;
 
+use firmware_config::runtime::clock::Clock;
+use firmware_config::runtime::disk::{DiskGuard, DiskState};
+use firmware_config::runtime::sled_store;
+
 use firmware_config::ids::GatewayId;
 use firmware_config::wire::Event;
 
@@ -31,6 +35,12 @@ pub enum StoreError {
     /// The group's flush failed: none of its batches is durable.
     #[error("event store flush: {0}")]
     Flush(String),
+    /// The disk is full: nothing stored, nothing acknowledged; gateways keep their backlog.
+    #[error("central's disk is full: batch not stored (the gateway keeps it and sends it again)")]
+    DiskFull,
+    /// A write met the full disk: sled cannot write again; central restarts.
+    #[error("the event store stopped on a full disk; central restarts it")]
+    Stopped,
 }
 
 /// One batch to store: its gateway, its events, and its payload as received.
@@ -47,6 +57,13 @@ pub struct EventStore {
     seen: sled::Tree,
     /// Cache of `seen`; only the ingest path (one task) changes it.
     seen_cache: std::sync::Mutex<std::collections::HashMap<GatewayId, Vec<(u64, u64)>>>,
+    /// Keeps the store off a full disk (sled does not come back from a refused write).
+    disk: std::sync::Mutex<DiskGuard>,
+    disk_state: std::sync::Arc<DiskState>,
+    /// Set once a write met the full disk anyway.
+    stopped: std::sync::atomic::AtomicBool,
+    /// Stamps each chunk with when it was received.
+    clock: Clock,
 }
 
 fn key(gateway: &GatewayId, seq: u64) -> Vec<u8> {
@@ -114,21 +131,76 @@ fn decode_ranges(bytes: &[u8]) -> Vec<(u64, u64)> {
 /// A chunk: `[min seq][max seq]` (8 bytes each, big-endian), then the events as an `events`
 /// payload (`{"events":[…]}`), so that reads can skip a chunk without parsing it. When every
 /// event of a batch is new, `raw` (the batch payload as received) is stored as it came.
-fn encode_chunk(events: &[&Event], raw: Option<&[u8]>) -> Result<Vec<u8>, serde_json::Error> {
+/// Marks a chunk that carries when central received it (8 bytes, Unix milliseconds) before its
+/// JSON; chunks stored before central kept the time go straight on with `{`.
+const RECEIVED_MARK: u8 = 0xFE;
+
+/// An event as central holds it: the gateway's event, and when central received it.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub event: Event,
+    /// None for events stored before central kept the time.
+    pub received: Option<time::OffsetDateTime>,
+}
+
+impl std::ops::Deref for StoredEvent {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// How far an event's own time may be ahead of its receipt, or behind it, before it is flagged
+/// as suspect: a clock a day fast, or years slow (a box booted without its clock). A WAN cut
+/// of weeks still delivers honest old events unflagged.
+pub const SUSPECT_AHEAD: time::Duration = time::Duration::days(1);
+pub const SUSPECT_BEHIND: time::Duration = time::Duration::days(365);
+
+impl StoredEvent {
+    /// Whether its time is implausible beside when central received it (kept all the same).
+    pub fn time_suspect(&self) -> bool {
+        self.received.is_some_and(|r| {
+            self.event.time > r + SUSPECT_AHEAD || self.event.time < r - SUSPECT_BEHIND
+        })
+    }
+}
+
+fn encode_chunk(
+    events: &[&Event],
+    raw: Option<&[u8]>,
+    received_ms: i64,
+) -> Result<Vec<u8>, serde_json::Error> {
     #[derive(serde::Serialize)]
     struct Batch<'a> {
         events: &'a [&'a Event],
     }
     let min = events.iter().map(|e| e.seq).min().unwrap_or(0);
     let max = events.iter().map(|e| e.seq).max().unwrap_or(0);
-    let mut out = Vec::with_capacity(16 + raw.map_or(events.len() * 256, <[u8]>::len));
+    let mut out = Vec::with_capacity(25 + raw.map_or(events.len() * 256, <[u8]>::len));
     out.extend_from_slice(&min.to_be_bytes());
     out.extend_from_slice(&max.to_be_bytes());
+    out.push(RECEIVED_MARK);
+    out.extend_from_slice(&received_ms.to_be_bytes());
     match raw {
         Some(raw) => out.extend_from_slice(raw),
         None => serde_json::to_writer(&mut out, &Batch { events })?,
     }
     Ok(out)
+}
+
+/// When a chunk was received (if it says) and its JSON.
+fn chunk_body(bytes: &[u8]) -> (Option<time::OffsetDateTime>, &[u8]) {
+    let rest = bytes.get(16..).unwrap_or_default();
+    match rest.split_first() {
+        Some((&RECEIVED_MARK, tail)) if tail.len() >= 8 => {
+            let (ms, json) = tail.split_at(8);
+            let ms = i64::from_be_bytes(ms.try_into().unwrap_or_default());
+            let at =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok();
+            (at, json)
+        }
+        _ => (None, rest),
+    }
 }
 
 fn chunk_max(bytes: &[u8]) -> u64 {
@@ -145,7 +217,13 @@ impl EventStore {
         &self.db
     }
 
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+    /// Opens the store under `dir`, keeping up to `reserve` bytes of its disk aside for the
+    /// day it fills.
+    pub fn open(dir: &Path, cache_bytes: u64, reserve: u64) -> Result<Self, StoreError> {
+        let mut disk = DiskGuard::new(dir, reserve).map_err(|e| {
+            StoreError::Flush(format!("cannot read the disk under {}: {e}", dir.display()))
+        })?;
+        disk.before_open();
         let db = firmware_config::runtime::sled_store::open(
             &sled::Config::new()
                 .path(dir.join("events"))
@@ -154,12 +232,47 @@ impl EventStore {
         )?;
         let chunks = db.open_tree("chunks")?;
         let seen = db.open_tree("seen")?;
+        disk.check(0);
+        let disk_state = disk.state();
         Ok(Self {
             db,
             chunks,
             seen,
             seen_cache: Default::default(),
+            disk: std::sync::Mutex::new(disk),
+            disk_state,
+            stopped: Default::default(),
+            clock: Clock::system(),
         })
+    }
+
+    /// The same store, stamping what it receives by `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The disk under the store, as last seen.
+    pub fn disk(&self) -> &DiskState {
+        &self.disk_state
+    }
+
+    /// Whether a write met the full disk (only a restart brings the store back).
+    pub fn stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Looks at the disk: whether `bytes` more may be written now. Under the guard's floor
+    /// nothing may, until there is room for its reserve again.
+    pub fn room_for(&self, bytes: u64) -> bool {
+        let mut disk = self
+            .disk
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Central keeps everything it stores: the limit is what half the room above the
+        // floor allows, and nothing at all once the floor is reached.
+        let limit = disk.check(0);
+        !self.disk_state.full() && bytes <= limit
     }
 
     fn seen_of(&self, gateway: &GatewayId) -> Result<Vec<(u64, u64)>, StoreError> {
@@ -201,6 +314,18 @@ impl EventStore {
     /// commit, so a burst costs one disk sync per group instead of one per batch. Each result
     /// is that batch's [`Self::store_batch_raw`]; a failed flush fails them all.
     pub fn store_batches(&self, batches: &[BatchIn<'_>]) -> Vec<Result<Stored, StoreError>> {
+        let refuse = |e: fn() -> StoreError| batches.iter().map(|_| Err(e())).collect();
+        if self.stopped() {
+            return refuse(|| StoreError::Stopped);
+        }
+        // Roughly what the group writes: its payloads, twice (sled's log, then its pages).
+        let bytes: u64 = batches
+            .iter()
+            .map(|(_, events, raw)| 2 * raw.map_or(events.len() * 512, <[u8]>::len) as u64)
+            .sum();
+        if !self.room_for(bytes) {
+            return refuse(|| StoreError::DiskFull);
+        }
         // Seen sets as this group leaves them: a gateway may have two batches in one group.
         let mut group: HashMap<GatewayId, SeenSet> = HashMap::new();
         let mut results: Vec<Result<Stored, StoreError>> = batches
@@ -219,6 +344,11 @@ impl EventStore {
             .collect();
         if !group.is_empty() {
             if let Err(e) = self.db.flush() {
+                if sled_store::is_out_of_space(&e) {
+                    tracing::error!(error = %e, "the event store met a full disk; central restarts it");
+                    self.stopped
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 let e = e.to_string();
                 return results
                     .drain(..)
@@ -254,7 +384,7 @@ impl EventStore {
         let mut changed = None;
         if let Some(first) = fresh.iter().map(|e| e.seq).min() {
             let raw = raw.filter(|_| fresh.len() == events.len());
-            let chunk = encode_chunk(&fresh, raw)?;
+            let chunk = encode_chunk(&fresh, raw, self.clock.unix_ms())?;
             set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
             // One atomic write: the chunk and the seen set together.
             (&self.chunks, &self.seen)
@@ -295,18 +425,24 @@ impl EventStore {
         gateway: &GatewayId,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut prefix = gateway.as_str().as_bytes().to_vec();
         prefix.push(b'/');
-        let mut found: Vec<Event> = Vec::new();
+        let mut found: Vec<StoredEvent> = Vec::new();
         for item in self.chunks.scan_prefix(&prefix) {
             let (_, v) = item?;
             if chunk_max(&v) <= after {
                 continue;
             }
-            let batch: firmware_config::wire::EventBatch =
-                serde_json::from_slice(v.get(16..).unwrap_or_default())?;
-            found.extend(batch.events.into_iter().filter(|e| e.seq > after));
+            let (received, json) = chunk_body(&v);
+            let batch: firmware_config::wire::EventBatch = serde_json::from_slice(json)?;
+            found.extend(
+                batch
+                    .events
+                    .into_iter()
+                    .filter(|e| e.seq > after)
+                    .map(|event| StoredEvent { event, received }),
+            );
         }
         found.sort_unstable_by_key(|e| e.seq);
         found.truncate(limit);
@@ -357,10 +493,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = GatewayId::new("a").unwrap();
         {
-            let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+            let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
             s.store_batch(&a, &[ev(1), ev(2), ev(5)]).unwrap();
         }
-        let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
         let r = s.store_batch(&a, &[ev(2), ev(3), ev(5)]).unwrap();
         assert_eq!((r.new, r.duplicates, r.high), (1, 2, 5));
         let seqs = stored_seqs(&s, &a);
@@ -373,7 +509,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (GatewayId::new("a").unwrap(), GatewayId::new("b").unwrap());
         {
-            let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+            let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
             let (first, again, other) = ([ev(1), ev(2)], [ev(2), ev(3)], [ev(1)]);
             let r = s.store_batches(&[
                 (&a, &first[..], None),
@@ -389,7 +525,7 @@ mod tests {
                 (1, 1, vec![3])
             );
         }
-        let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
         let seqs = stored_seqs(&s, &a);
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!(s.high(&b).unwrap(), 1);
@@ -407,7 +543,7 @@ mod tests {
     #[test]
     fn deduplicates_per_gateway_and_reads_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(dir.path(), 1 << 20).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
         let a = GatewayId::new("a").unwrap();
         let b = GatewayId::new("a-b").unwrap();
         let raw = serde_json::to_vec(&firmware_config::wire::EventBatch {
@@ -444,5 +580,31 @@ mod tests {
             s.events_after(&a, 0, 10).unwrap()[0].payload.get(),
             "{\"n\":1}"
         );
+    }
+
+    #[test]
+    fn each_event_says_when_it_was_received_and_an_absurd_time_is_kept_and_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+        let a = GatewayId::new("gw-a").unwrap();
+        let mut now = ev(2);
+        now.time = time::OffsetDateTime::now_utc();
+        // ev(1) happened in 1970: a box booted without its clock.
+        s.store_batch(&a, &[ev(1), now]).unwrap();
+        let got = s.events_after(&a, 0, 10).unwrap();
+        assert_eq!(got.len(), 2, "both kept");
+        assert!(got.iter().all(|e| e.received.is_some()));
+        assert!(got[0].time_suspect() && !got[1].time_suspect());
+        // A chunk stored before central kept the time still reads, unflagged.
+        let legacy = [
+            &3u64.to_be_bytes()[..],
+            &3u64.to_be_bytes()[..],
+            br#"{"events":[{"seq":3,"class":"telemetry","kind":"t","time":"1970-01-01T00:00:00Z","payload":{}}]}"#,
+        ]
+        .concat();
+        s.chunks.insert(key(&a, 3), legacy).unwrap();
+        let got = s.events_after(&a, 2, 10).unwrap();
+        assert_eq!(got[0].seq, 3);
+        assert!(got[0].received.is_none() && !got[0].time_suspect());
     }
 }

@@ -94,6 +94,54 @@ impl Clock {
     }
 }
 
+/// The other side's clock, as its signed messages show it: each carries the time it was made,
+/// and its difference from when it arrived is the other clock's offset less the time on the
+/// way. Transit only ever lowers a sample, so the estimate is the highest of the samples of
+/// the last [`OFFSET_WINDOW`] (at most [`OFFSET_SAMPLES`], always the newest): a forward step
+/// shows at once, a backward one within the window, and an old message resent after a cut (or
+/// replayed) among newer ones never drags it down.
+#[derive(Debug, Clone, Default)]
+pub struct PeerClock {
+    /// (when it arrived, on the monotonic clock; the offset it showed, ms)
+    samples: std::collections::VecDeque<(Instant, i64)>,
+}
+
+/// Most samples a [`PeerClock`] keeps.
+pub const OFFSET_SAMPLES: usize = 16;
+/// How long a sample counts.
+pub const OFFSET_WINDOW: Duration = Duration::from_secs(60);
+
+impl PeerClock {
+    /// A message made at `sent` (the other's clock) arrived at `now` (ours).
+    pub fn observe(&mut self, sent: OffsetDateTime, now: OffsetDateTime) {
+        self.observe_at(sent, now, Instant::now());
+    }
+
+    fn observe_at(&mut self, sent: OffsetDateTime, now: OffsetDateTime, at: Instant) {
+        let ms = (sent - now).whole_milliseconds();
+        let ms = ms.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64;
+        while self.samples.len() >= OFFSET_SAMPLES
+            || self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| at.saturating_duration_since(*t) > OFFSET_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        self.samples.push_back((at, ms));
+    }
+
+    /// The other clock minus ours, in milliseconds; None before its first message.
+    pub fn offset_ms(&self) -> Option<i64> {
+        self.samples.iter().map(|(_, ms)| *ms).max()
+    }
+
+    /// The time on the other clock at our `now` (`now` itself before it is known).
+    pub fn their_now(&self, now: OffsetDateTime) -> OffsetDateTime {
+        now + time::Duration::milliseconds(self.offset_ms().unwrap_or(0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +167,32 @@ mod tests {
             "{gap}"
         );
         assert!(clock.unix_ms() > 0);
+    }
+
+    #[test]
+    fn a_peer_clock_is_the_highest_recent_sample_and_follows_steps() {
+        let at = |secs: i64| OffsetDateTime::from_unix_timestamp(1_800_000_000 + secs).unwrap();
+        let t0 = Instant::now();
+        let mono = |secs: u64| t0 + Duration::from_secs(secs);
+        let mut c = PeerClock::default();
+        assert_eq!(c.offset_ms(), None);
+        // Three hours behind, with a little transit on each message.
+        for i in 0..10 {
+            let lag = time::Duration::milliseconds(i % 5);
+            c.observe_at(at(i - 3 * 3600), at(i) + lag, mono(i as u64));
+        }
+        assert_eq!(c.offset_ms(), Some(-3 * 3600 * 1000));
+        // An old message resent after a cut does not drag it down.
+        c.observe_at(at(-10 * 3600), at(20), mono(20));
+        assert_eq!(c.offset_ms(), Some(-3 * 3600 * 1000));
+        // Stepped right: seen at once.
+        c.observe_at(at(21), at(21), mono(21));
+        assert_eq!(c.offset_ms(), Some(0));
+        // Stepped back an hour: seen once the window has passed, and no sooner.
+        c.observe_at(at(30 - 3600), at(30), mono(30));
+        assert_eq!(c.offset_ms(), Some(0));
+        c.observe_at(at(90 - 3600), at(90), mono(90));
+        assert_eq!(c.offset_ms(), Some(-3600 * 1000));
+        assert_eq!(c.their_now(at(100)), at(100) - time::Duration::hours(1));
     }
 }

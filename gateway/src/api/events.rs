@@ -38,6 +38,11 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// How long a request's body may take to arrive, once its source is known.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The earliest and latest `time_ms` an event may carry: 0001-01-01 and 9999-12-31 (what an
+/// RFC 3339 time can say).
+const MIN_TIME_MS: i64 = -62_135_596_800_000;
+const MAX_TIME_MS: i64 = 253_402_300_799_999;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InEvent {
@@ -134,6 +139,15 @@ async fn accept(
             return Err(ApiError::bad_request(format!(
                 "[{i}].kind: 1 to {MAX_KIND_BYTES} bytes, no control characters"
             )));
+        }
+        // Any time a clock can show is kept (central flags the implausible ones); only one no
+        // timestamp can carry is refused.
+        if let Some(ms) = e.time_ms {
+            if !(MIN_TIME_MS..=MAX_TIME_MS).contains(&ms) {
+                return Err(ApiError::bad_request(format!(
+                    "[{i}].time_ms: {ms} is outside the years 0001 to 9999"
+                )));
+            }
         }
         if firmware_config::kinds::is_gateway_kind(&e.kind) {
             shared.metrics.refuse_event("gateway_kind");

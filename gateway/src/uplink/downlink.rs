@@ -1,8 +1,9 @@
 //! What the gateway believes of central: every message on its `ack`, `cmd` and `data` topics
 //! must carry central's signature (over direction, gateway, channel, kind, sequence number,
 //! time and payload), be addressed to this gateway, and be new — not older than
-//! `uplink.downlink_max_age`, and not a sequence number already taken. Anything else is
-//! refused and counted by reason, whatever the broker or the network let through.
+//! `uplink.downlink_max_age` on central's own clock (as its messages show it: a gateway whose
+//! clock is wrong still hears central), and not a sequence number already taken. Anything
+//! else is refused and counted by reason, whatever the broker or the network let through.
 //!
 //! Central numbers its messages with microseconds that only grow; messages of one channel may
 //! arrive a little out of order (several of central's tasks publish), so each channel keeps the
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::PeerClock;
 use firmware_config::runtime::signing::{DownlinkVerifier, SigningError};
 use firmware_config::topics::Channel;
 use firmware_config::wire::Envelope;
@@ -110,6 +112,9 @@ pub struct DownlinkGuard {
     windows: [ReplayWindow; 3],
     path: PathBuf,
     dirty: bool,
+    /// Central's clock, from its signed messages: ages are judged on it, so a gateway whose
+    /// own clock is wrong (booted without one, stepped) still takes central's messages.
+    central: PeerClock,
 }
 
 fn slot(channel: Channel) -> Option<usize> {
@@ -145,6 +150,7 @@ impl DownlinkGuard {
             ],
             path,
             dirty: false,
+            central: PeerClock::default(),
         }
     }
 
@@ -163,7 +169,8 @@ impl DownlinkGuard {
                 SigningError::WrongGateway { .. } => Refusal::OtherGateway,
                 _ => Refusal::BadSignature,
             })?;
-        let age = now - env.time;
+        self.central.observe(env.time, now);
+        let age = self.central.their_now(now) - env.time;
         if age > self.max_age || -age > self.max_age {
             return Err(Refusal::Stale);
         }
@@ -259,6 +266,25 @@ mod tests {
             },
             guard,
         )
+    }
+
+    #[test]
+    fn a_gateway_whose_clock_is_years_off_still_hears_central_and_refuses_what_is_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut central, mut guard) = setup(dir.path());
+        let real = OffsetDateTime::now_utc();
+        // Booted without its clock: 1970.
+        let ours = OffsetDateTime::UNIX_EPOCH + time::Duration::days(3);
+        let s = time::Duration::seconds;
+        let ack = central.send("gw-1", Channel::Ack, real);
+        assert_eq!(guard.check(Channel::Ack, &ack, ours), Ok(()));
+        let next = central.send("gw-1", Channel::Ack, real + s(1));
+        assert_eq!(guard.check(Channel::Ack, &next, ours + s(1)), Ok(()));
+        let old = central.send("gw-1", Channel::Ack, real - time::Duration::days(30));
+        assert_eq!(
+            guard.check(Channel::Ack, &old, ours + s(2)),
+            Err(Refusal::Stale)
+        );
     }
 
     #[test]

@@ -330,6 +330,15 @@ pub struct ExternalBroker {
 pub struct CentralStorage {
     /// Folder of central's store; created if missing. Relative to the config file.
     pub dir: PathBuf,
+    /// Disk set aside in a reserve file, given back to the store when the disk fills (room
+    /// for central's own state and to open after a restart). Default 64 MiB, never more than
+    /// an eighth of the filesystem; `0 B` keeps none.
+    #[serde(default = "default_disk_reserve")]
+    pub disk_reserve: crate::config::units::ByteSize,
+}
+
+fn default_disk_reserve() -> crate::config::units::ByteSize {
+    crate::config::units::ByteSize::mib(64)
 }
 
 /// When central considers a device gone.
@@ -339,14 +348,23 @@ pub struct HealthPolicy {
     /// A gateway silent for this long is shown as offline even without its last will. Default 90 s.
     #[serde(default = "default_gateway_silence", with = "humantime_serde")]
     pub gateway_silence: Duration,
+    /// A gateway whose clock is further than this from central's (either way, as its messages
+    /// show it) is an alert. Default 2 min.
+    #[serde(default = "default_max_clock_offset", with = "humantime_serde")]
+    pub max_clock_offset: Duration,
 }
 
 impl Default for HealthPolicy {
     fn default() -> Self {
         Self {
             gateway_silence: default_gateway_silence(),
+            max_clock_offset: default_max_clock_offset(),
         }
     }
+}
+
+fn default_max_clock_offset() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_gateway_silence() -> Duration {

@@ -218,5 +218,11 @@ impl Document for CentralConfig {
             Duration::from_secs(5),
             Duration::from_secs(86_400),
         );
+        v.duration_within(
+            "health.max_clock_offset",
+            self.health.max_clock_offset,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
     }
 }
