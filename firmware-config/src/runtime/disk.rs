@@ -94,6 +94,11 @@ impl DiskGuard {
         self.state.clone()
     }
 
+    /// Whether the disk was (nearly) full when last looked at.
+    pub fn is_full(&self) -> bool {
+        self.state.full()
+    }
+
     fn reserve_path(&self) -> PathBuf {
         self.dir.join(RESERVE_FILE)
     }

@@ -25,8 +25,10 @@ const MAX_CHUNK_RECORDS: usize = 20;
 /// How often evictions are logged while they go on.
 const EVICT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Most chunks deleted in one sled batch (see `Writer::delete`).
-const DELETE_BATCH_CHUNKS: usize = 8;
+/// Most chunks deleted in one sled batch (see `Writer::delete`): few while the disk is full,
+/// more otherwise (each batch costs the writer time that appends wait for).
+const DELETE_BATCH_CHUNKS_FULL: usize = 8;
+const DELETE_BATCH_CHUNKS: usize = 64;
 
 pub(super) struct Writer {
     store: Arc<Store>,
@@ -375,6 +377,10 @@ impl Writer {
         };
         let (lo, hi) = (ranges[0].0, ranges.iter().map(|r| r.1).max().unwrap_or(0));
         let s = &self.store.stats;
+        let per_batch = match &self.disk {
+            Some(d) if d.is_full() => DELETE_BATCH_CHUNKS_FULL,
+            _ => DELETE_BATCH_CHUNKS,
+        };
         for (i, tree) in self.store.trees.iter().enumerate() {
             // Small atomic batches (a crash never loses the records a chunk keeps): sled
             // deletes by writing, and one batch for a whole backlog wrote ~0.7 bytes for each
@@ -415,7 +421,7 @@ impl Writer {
                     batch.insert(&key(*first), chunk::encode(kept.iter().copied()));
                 }
                 in_batch += 1;
-                if in_batch == DELETE_BATCH_CHUNKS {
+                if in_batch == per_batch {
                     tree.apply_batch(std::mem::take(&mut batch))?;
                     in_batch = 0;
                 }
