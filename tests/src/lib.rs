@@ -7,6 +7,7 @@
 
 pub mod backbone;
 pub mod bench;
+pub mod bridge;
 pub mod browser;
 pub mod camera;
 pub mod live;
