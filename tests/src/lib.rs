@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bridge;
 pub mod browser;
 pub mod camera;
+pub mod chaos;
 pub mod live;
 pub mod mosquitto;
 pub mod pki;
