@@ -29,27 +29,101 @@ pub fn batch(start: u64, n: u64) -> Value {
 /// Accepted events: sequence number → the event's own number `n`.
 pub type Accepted = BTreeMap<u64, u64>;
 
+/// What the sender was told of one event it handed over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Acknowledged: the gateway answered 200 with its sequence number (the peer: PUBACK).
+    Acked,
+    /// Refused with an answer, or never taken (no connection): nothing should be stored.
+    Refused,
+    /// Handed over but never answered (the receiver died or the line broke mid-request): it
+    /// may or may not be stored.
+    Unanswered,
+}
+
+/// What became of every event number a sender handed out, numbers from 0 in order.
+#[derive(Clone, Debug, Default)]
+pub struct Ledger {
+    outcomes: Vec<Option<Outcome>>,
+    /// Events refused, by reason (`503`, `507`, `no connection`, …).
+    pub refused: BTreeMap<String, u64>,
+}
+
+impl Ledger {
+    /// Records `outcome` for events `first..first + n`; `reason` counts refusals.
+    pub fn record(&mut self, first: u64, n: u64, outcome: Outcome, reason: &str) {
+        let end = (first + n) as usize;
+        if self.outcomes.len() < end {
+            self.outcomes.resize(end, None);
+        }
+        for o in &mut self.outcomes[first as usize..end] {
+            *o = Some(outcome);
+        }
+        if outcome == Outcome::Refused {
+            *self.refused.entry(reason.to_owned()).or_default() += n;
+        }
+    }
+
+    /// What the sender was told of event `n`; `None` when it was never sent.
+    pub fn outcome(&self, n: u64) -> Option<Outcome> {
+        self.outcomes
+            .get(usize::try_from(n).ok()?)
+            .copied()
+            .flatten()
+    }
+
+    /// How many events had `outcome`.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|o| **o == Some(outcome))
+            .count() as u64
+    }
+
+    /// One past the highest event number handed out.
+    pub fn len(&self) -> u64 {
+        self.outcomes.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+}
+
 /// Posts batches to a gateway in a loop until stopped; failures (the gateway is down) are
-/// retried after a pause and are not counted as accepted.
+/// retried after a pause with the next numbers and are not counted as accepted.
 pub struct Poster {
     stop: Arc<AtomicBool>,
     accepted: Arc<Mutex<Accepted>>,
+    ledger: Arc<Mutex<Ledger>>,
     task: tokio::task::JoinHandle<()>,
     pub failures: Arc<AtomicU64>,
 }
 
 impl Poster {
+    /// Posts `per_request` events at a time, as fast as the gateway answers.
     pub fn start(addr: SocketAddr, gateway: &str, per_request: u64) -> Self {
-        Self::paced(addr, gateway, per_request, Duration::ZERO)
+        Self::spawn(addr, gateway, per_request, None)
     }
 
-    /// Like [`Self::start`], waiting `pause` after each request (a steady trickle rather than
-    /// all the gateway takes).
-    pub fn paced(addr: SocketAddr, gateway: &str, per_request: u64, pause: Duration) -> Self {
+    /// Posts `per_request` events at a time, `rate` events per second at most: a steady load
+    /// that does not grow to fill what the gateway can take.
+    pub fn start_paced(addr: SocketAddr, gateway: &str, per_request: u64, rate: f64) -> Self {
+        let every = Duration::from_secs_f64(per_request as f64 / rate.max(1.0));
+        Self::spawn(addr, gateway, per_request, Some(every))
+    }
+
+    fn spawn(addr: SocketAddr, gateway: &str, per_request: u64, every: Option<Duration>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(Mutex::new(Accepted::new()));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
         let failures = Arc::new(AtomicU64::new(0));
-        let (s, a, f) = (stop.clone(), accepted.clone(), failures.clone());
+        let (s, a, l, f) = (
+            stop.clone(),
+            accepted.clone(),
+            ledger.clone(),
+            failures.clone(),
+        );
         let token = source_token(gateway);
         let task = tokio::spawn(async move {
             let client = reqwest::Client::builder()
@@ -57,7 +131,13 @@ impl Poster {
                 .build()
                 .unwrap_or_default();
             let mut next = 0u64;
+            let mut slot = tokio::time::Instant::now();
             while !s.load(Ordering::SeqCst) {
+                if let Some(every) = every {
+                    tokio::time::sleep_until(slot).await;
+                    // After a stall, carry on at the pace instead of catching up in a burst.
+                    slot = (slot + every).max(tokio::time::Instant::now() - Duration::from_secs(1));
+                }
                 let body = batch(next, per_request);
                 let sent = client
                     .post(format!("http://{addr}/api/v1/events"))
@@ -65,11 +145,20 @@ impl Poster {
                     .json(&body)
                     .send()
                     .await;
-                let seqs = match sent {
-                    Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
-                    _ => None,
+                let (outcome, reason, seqs) = match sent {
+                    Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                        Ok(v) => (Outcome::Acked, String::new(), Some(v)),
+                        Err(_) => (Outcome::Unanswered, String::new(), None),
+                    },
+                    Ok(r) => (Outcome::Refused, r.status().as_u16().to_string(), None),
+                    Err(e) if e.is_connect() => (Outcome::Refused, "no connection".into(), None),
+                    Err(_) => (Outcome::Unanswered, String::new(), None),
                 };
-                match seqs.as_ref().and_then(|v| v["seqs"].as_array()) {
+                let seqs = seqs
+                    .as_ref()
+                    .and_then(|v| v["seqs"].as_array())
+                    .filter(|seqs| seqs.len() as u64 == per_request);
+                match seqs {
                     Some(seqs) => {
                         let mut acc = a.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                         for (i, seq) in seqs.iter().enumerate() {
@@ -80,19 +169,27 @@ impl Poster {
                     }
                     None => {
                         f.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
+                }
+                let outcome = match (outcome, seqs) {
+                    // A 200 without the numbers is no acknowledgement.
+                    (Outcome::Acked, None) => Outcome::Unanswered,
+                    (o, _) => o,
+                };
+                l.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .record(next, per_request, outcome, &reason);
+                if outcome != Outcome::Acked {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 // Numbers are never reused, accepted or not.
                 next += per_request;
-                if !pause.is_zero() {
-                    tokio::time::sleep(pause).await;
-                }
             }
         });
         Self {
             stop,
             accepted,
+            ledger,
             task,
             failures,
         }
@@ -102,15 +199,35 @@ impl Poster {
         self.accepted.lock().map(|a| a.len()).unwrap_or(0)
     }
 
+    /// What became of each event number so far.
+    pub fn ledger(&self) -> Ledger {
+        self.ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     /// Stops posting and returns everything the gateway acknowledged.
     pub async fn stop(self) -> Accepted {
+        self.stop_with_ledger().await.0
+    }
+
+    /// Stops posting; returns everything the gateway acknowledged, and what became of each
+    /// event number.
+    pub async fn stop_with_ledger(self) -> (Accepted, Ledger) {
         self.stop.store(true, Ordering::SeqCst);
         let _ = self.task.await;
         let acc = self
             .accepted
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        acc.clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let ledger = self
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        (acc, ledger)
     }
 }
 

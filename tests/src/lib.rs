@@ -7,8 +7,10 @@
 
 pub mod backbone;
 pub mod bench;
+pub mod bridge;
 pub mod browser;
 pub mod camera;
+pub mod chaos;
 pub mod disk;
 pub mod live;
 pub mod mosquitto;
@@ -122,6 +124,8 @@ where
 #[derive(Debug)]
 pub struct FixtureDir {
     dir: Option<tempfile::TempDir>,
+    /// Where the folder is once kept.
+    kept: Option<PathBuf>,
     what: String,
 }
 
@@ -132,19 +136,30 @@ impl FixtureDir {
             .tempdir()?;
         Ok(Self {
             dir: Some(dir),
+            kept: None,
             what: what.to_owned(),
         })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir
-            .as_ref()
-            .map(|d| d.path())
-            .unwrap_or(Path::new("/nonexistent"))
+        match (&self.dir, &self.kept) {
+            (Some(d), _) => d.path(),
+            (None, Some(kept)) => kept,
+            (None, None) => Path::new("/nonexistent"),
+        }
     }
 
     pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
         self.path().join(p)
+    }
+
+    /// Keeps the folder after the fixture is gone (a benchmark that found a fault keeps its
+    /// logs); its path.
+    pub fn keep(&mut self) -> PathBuf {
+        if let Some(d) = self.dir.take() {
+            self.kept = Some(d.keep());
+        }
+        self.path().to_owned()
     }
 }
 

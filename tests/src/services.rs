@@ -587,25 +587,39 @@ pub async fn central_events(
     gateway: &str,
 ) -> Result<Vec<serde_json::Value>> {
     let mut all = Vec::new();
+    central_events_by_page(central_http, gateway, |page| all.extend(page)).await?;
+    Ok(all)
+}
+
+/// Hands every event central stored for `gateway` to `each_page`, page by page in sequence
+/// order, holding no more than a page at a time (a long run stores millions).
+pub async fn central_events_by_page(
+    central_http: SocketAddr,
+    gateway: &str,
+    mut each_page: impl FnMut(Vec<serde_json::Value>),
+) -> Result<()> {
     let mut after = 0;
     loop {
         let url = format!(
             "http://{central_http}/api/v1/events?gateway={gateway}&after={after}&limit=10000"
         );
-        let page: serde_json::Value = api_client()
+        let mut page: serde_json::Value = api_client()
             .get(url)
             .send()
             .await?
             .error_for_status()?
             .json()
             .await?;
-        let events = page["events"].as_array().cloned().unwrap_or_default();
+        let events = match page["events"].take() {
+            serde_json::Value::Array(events) => events,
+            _ => Vec::new(),
+        };
         match page["next_after"].as_u64() {
             Some(n) if !events.is_empty() => {
                 after = n;
-                all.extend(events);
+                each_page(events);
             }
-            _ => return Ok(all),
+            _ => return Ok(()),
         }
     }
 }
@@ -699,6 +713,11 @@ impl ServiceProcess {
     /// The folder holding this service's config and log.
     pub fn dir(&self) -> &Path {
         self._dir.path()
+    }
+
+    /// Keeps the folder holding this service's config and log after it is gone; its path.
+    pub fn keep_files(&mut self) -> PathBuf {
+        self._dir.keep()
     }
 }
 

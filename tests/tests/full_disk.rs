@@ -409,7 +409,9 @@ async fn a_disk_taken_by_another_program_never_hangs_the_gateway_and_a_restart_l
     )
     .await
     .unwrap();
-    drop(gw);
+    // Central stops before its folder goes (sled cannot write into a removed one).
+    gw.kill();
+    central.stop().await.unwrap();
 }
 
 /// The open alert with `key` at central, if any.
@@ -450,8 +452,7 @@ async fn centrals_full_disk_stops_acknowledging_raises_an_alert_and_resumes_losi
     let gw = TestGateway::start("gw-cfull", &format!("mqtt://127.0.0.1:{broker_port}"), None)
         .await
         .unwrap();
-    let pause = Duration::from_millis(20);
-    let mut poster = Poster::paced(gw.http_addr, "gw-cfull", 20, pause);
+    let mut poster = Poster::start_paced(gw.http_addr, "gw-cfull", 20, 1_000.0);
 
     // Another program takes central's disk.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -511,7 +512,7 @@ async fn centrals_full_disk_stops_acknowledging_raises_an_alert_and_resumes_losi
     )
     .await
     .unwrap();
-    poster = Poster::paced(gw.http_addr, "gw-cfull", 20, pause);
+    poster = Poster::start_paced(gw.http_addr, "gw-cfull", 20, 1_000.0);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let more = poster.stop().await;
     assert_central_has(central_addr, "gw-cfull", &more, Duration::from_secs(60))

@@ -11,17 +11,18 @@
 //! drain rate of a backlog built while the line to central was cut, and the edge process's
 //! peak RSS; then prints the ratios. Build with `cargo build --release --workspace --bins`.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use gridedge_tests::bench::arg_value;
-use gridedge_tests::process::{peak_rss_mib, ChildProcess};
+use gridedge_tests::bridge::{
+    central_conf, durable_subscriber, edge_conf, mosquitto, SubscriberAcks,
+};
+use gridedge_tests::process::peak_rss_mib;
 use gridedge_tests::proxy::FaultProxy;
 use gridedge_tests::services::{central_toml, gateway_toml, source_token, ServiceProcess};
 use gridedge_tests::{free_port, wait_for_port};
@@ -178,14 +179,6 @@ async fn gridedge(events: u64, backlog: u64, dir: &Path) -> anyhow::Result<Figur
 
 // ---------------------------------------------------------------- Mosquitto bridge
 
-fn mosquitto(dir: &Path, name: &str, conf: &str) -> anyhow::Result<ChildProcess> {
-    let path = dir.join(format!("{name}.conf"));
-    std::fs::write(&path, conf)?;
-    let mut cmd = Command::new(gridedge_tests::mosquitto::MOSQUITTO);
-    cmd.arg("-c").arg(&path);
-    ChildProcess::spawn(name, cmd, &dir.join(format!("{name}.log")))
-}
-
 /// Publishes `n` QoS 1 messages from `CLIENTS` clients; returns when every PUBACK is in.
 async fn publish(port: u16, start: u64, n: u64, tag: &str) -> anyhow::Result<()> {
     let per_client = n / CLIENTS;
@@ -228,56 +221,12 @@ async fn publish(port: u16, start: u64, n: u64, tag: &str) -> anyhow::Result<()>
     Ok(())
 }
 
-/// A subscriber on the central broker that appends what it receives to a file and fsyncs at
-/// least every 1000 messages or 100 ms, counting what it has made durable.
-async fn durable_subscriber(
-    port: u16,
-    file: &Path,
-    received: Arc<AtomicU64>,
-) -> anyhow::Result<()> {
-    let mut opts = MqttOptions::new("central-subscriber", "127.0.0.1", port);
-    opts.set_clean_session(false);
-    opts.set_inflight(1000);
-    let (client, mut ev) = AsyncClient::new(opts, 1000);
-    client.subscribe("events/#", QoS::AtLeastOnce).await?;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
-    let mut unsynced = 0u64;
-    let mut last_sync = Instant::now();
-    tokio::spawn(async move {
-        loop {
-            let got = tokio::time::timeout(Duration::from_millis(100), ev.poll()).await;
-            if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) = &got {
-                let _ = out.write_all(&p.payload);
-                let _ = out.write_all(b"\n");
-                unsynced += 1;
-            }
-            if let Ok(Err(_)) = got {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            if unsynced > 0
-                && (unsynced >= 1000 || last_sync.elapsed() > Duration::from_millis(100))
-            {
-                let _ = out.flush();
-                let _ = out.get_ref().sync_data();
-                received.fetch_add(unsynced, Ordering::Relaxed);
-                unsynced = 0;
-                last_sync = Instant::now();
-            }
-        }
-    });
-    Ok(())
-}
-
 async fn mosquitto_bridge(events: u64, backlog: u64, dir: &Path) -> anyhow::Result<Figures> {
     let (edge_port, central_port) = (free_port(), free_port());
     let _central = mosquitto(
         dir,
         "central-mosquitto",
-        &format!(
-            "listener {central_port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-             max_queued_messages 0\nmax_inflight_messages 1000\n",
-            dir.join("central-db").display()
-        ),
+        &central_conf(central_port, &dir.join("central-db"), ""),
     )?;
     std::fs::create_dir_all(dir.join("central-db"))?;
     std::fs::create_dir_all(dir.join("edge-db"))?;
@@ -289,21 +238,20 @@ async fn mosquitto_bridge(events: u64, backlog: u64, dir: &Path) -> anyhow::Resu
     let edge = mosquitto(
         dir,
         "edge-mosquitto",
-        &format!(
-            "listener {edge_port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
-             autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 1000\n\
-             connection central\naddress {}\ntopic events/# out 1\ncleansession false\n\
-             notifications false\nrestart_timeout 1\nbridge_attempt_unsubscribe false\n",
-            dir.join("edge-db").display(),
-            proxy.addr
-        ),
+        &edge_conf(edge_port, &dir.join("edge-db"), proxy.addr, ""),
     )?;
     wait_for_port(
         SocketAddr::from(([127, 0, 0, 1], edge_port)),
         Duration::from_secs(10),
     )?;
     let received = Arc::new(AtomicU64::new(0));
-    durable_subscriber(central_port, &dir.join("received.log"), received.clone()).await?;
+    durable_subscriber(
+        central_port,
+        std::fs::File::create(dir.join("received.log"))?,
+        received.clone(),
+        SubscriberAcks::OnReceipt,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     eprintln!("mosquitto: {events} events live");
