@@ -180,6 +180,16 @@ impl Console {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
+    /// The alert with `key` (open, cleared or resolved), if any.
+    pub async fn alert(&self, key: &str) -> Option<serde_json::Value> {
+        let (_, v) = self.get("/api/v1/alerts?all=true").await;
+        v["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| a["key"] == key)
+            .cloned()
+    }
+
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         self.send(self.request(reqwest::Method::POST, path).json(&body))
             .await

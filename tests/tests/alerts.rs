@@ -5,20 +5,11 @@
 
 use std::time::Duration;
 
-use gridedge_tests::services::{Console, TestCentral, TestGateway};
+use gridedge_tests::services::{TestCentral, TestGateway};
 use gridedge_tests::{
     camera_toml, eventually, init_test_logging, CameraOptions, Pattern, TestCamera,
 };
 use serde_json::{json, Value};
-
-async fn alert_with_key(console: &Console, key: &str) -> Option<Value> {
-    let (_, v) = console.get("/api/v1/alerts?all=true").await;
-    v["alerts"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)
-        .cloned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_its_trail() {
@@ -64,7 +55,7 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     cam.stop();
     let t0 = std::time::Instant::now();
     let a = eventually("the camera's alert", Duration::from_secs(40), || {
-        alert_with_key(&op, key)
+        op.alert(key)
     })
     .await
     .unwrap();
@@ -118,7 +109,7 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
 
     cam.restart().unwrap();
     let cleared = eventually("the alert cleared", Duration::from_secs(40), || async {
-        let a = alert_with_key(&op, key).await?;
+        let a = op.alert(key).await?;
         (a["cleared"] == true).then_some(a)
     })
     .await
@@ -172,7 +163,7 @@ async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_it
     // The gateway goes away: one critical alert for it.
     gw.stop().await.unwrap();
     let g = eventually("the gateway's alert", Duration::from_secs(10), || {
-        alert_with_key(&op, "gw-alerts#gateway.offline")
+        op.alert("gw-alerts#gateway.offline")
     })
     .await
     .unwrap();
@@ -429,7 +420,7 @@ async fn a_report_not_handled_in_time_is_an_alert_until_it_is_resolved() {
         .to_owned();
     let key = format!("gw-late/case/{receipt}#case.overdue");
     let a = eventually("the overdue case's alert", Duration::from_secs(30), || {
-        alert_with_key(&op, &key)
+        op.alert(&key)
     })
     .await
     .unwrap();
@@ -449,7 +440,7 @@ async fn a_report_not_handled_in_time_is_an_alert_until_it_is_resolved() {
         "the signed-in operator is the author: {case}"
     );
     let cleared = eventually("the alert cleared", Duration::from_secs(30), || async {
-        let a = alert_with_key(&op, &key).await?;
+        let a = op.alert(&key).await?;
         (a["cleared"] == true).then_some(a)
     })
     .await

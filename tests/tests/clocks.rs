@@ -46,12 +46,7 @@ async fn offset_near(central: &TestCentral, hours: i64, within: Duration) -> Val
 }
 
 async fn alert(console: &Console) -> Option<Value> {
-    let (_, v) = console.get("/api/v1/alerts").await;
-    v["alerts"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == format!("{GW}#gateway.clock_offset"))
-        .cloned()
+    console.alert(&format!("{GW}#gateway.clock_offset")).await
 }
 
 /// Posts ten telemetry events (numbered from `n`, with `time_ms` when given).

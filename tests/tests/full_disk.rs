@@ -214,6 +214,43 @@ async fn healthz(addr: SocketAddr) -> Value {
     .unwrap()
 }
 
+/// A gateway process on a 24 MiB disk of its own, its WAN cut from central.
+struct Offline {
+    disk: Tmpfs,
+    central: TestCentral,
+    proxy: FaultProxy,
+    _fixture: tempfile::TempDir,
+    storage: PathBuf,
+    gw: ServiceProcess,
+    addr: SocketAddr,
+}
+
+impl Offline {
+    async fn start(id: &str) -> Self {
+        init_test_logging();
+        let disk = Tmpfs::mount("24m").unwrap();
+        let central = TestCentral::embedded().await.unwrap();
+        let broker: SocketAddr = central.broker_url.as_deref().unwrap()["mqtt://".len()..]
+            .parse()
+            .unwrap();
+        let proxy = FaultProxy::start(broker).await.unwrap();
+        proxy.cut();
+        let fixture = tempfile::tempdir().unwrap();
+        let storage = disk.path().join(id);
+        let (gw, addr) = gateway_process(fixture.path(), id, &proxy, &storage);
+        healthz(addr).await;
+        Self {
+            disk,
+            central,
+            proxy,
+            _fixture: fixture,
+            storage,
+            gw,
+            addr,
+        }
+    }
+}
+
 /// Posts ten alerts numbered from `n`: (status, Retry-After, body); status 0 when the
 /// gateway did not answer (it stopped).
 async fn post_alerts(addr: SocketAddr, id: &str, n: u64) -> (u16, Option<String>, Value) {
@@ -254,18 +291,15 @@ async fn fill(addr: SocketAddr, id: &str) -> (Accepted, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_crashed_on_a_full_disk_comes_back_serving_and_central_drains_it() {
-    init_test_logging();
-    let disk = Tmpfs::mount("24m").unwrap();
-    let central = TestCentral::embedded().await.unwrap();
-    let broker: SocketAddr = central.broker_url.as_deref().unwrap()["mqtt://".len()..]
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(broker).await.unwrap();
-    proxy.cut();
-    let fixture = tempfile::tempdir().unwrap();
-    let storage = disk.path().join("gw-disk");
-    let (mut gw, addr) = gateway_process(fixture.path(), "gw-disk", &proxy, &storage);
-    healthz(addr).await;
+    let Offline {
+        disk: _disk,
+        central,
+        proxy,
+        _fixture,
+        storage,
+        mut gw,
+        addr,
+    } = Offline::start("gw-disk").await;
 
     // The WAN is down and the centre goes on posting: the disk fills, appends answer 507.
     let (accepted, body) = fill(addr, "gw-disk").await;
@@ -313,18 +347,15 @@ async fn a_gateway_crashed_on_a_full_disk_comes_back_serving_and_central_drains_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_taken_by_another_program_never_hangs_the_gateway_and_a_restart_loses_nothing() {
-    init_test_logging();
-    let disk = Tmpfs::mount("24m").unwrap();
-    let central = TestCentral::embedded().await.unwrap();
-    let broker: SocketAddr = central.broker_url.as_deref().unwrap()["mqtt://".len()..]
-        .parse()
-        .unwrap();
-    let proxy = FaultProxy::start(broker).await.unwrap();
-    proxy.cut();
-    let fixture = tempfile::tempdir().unwrap();
-    let storage = disk.path().join("gw-taken");
-    let (mut gw, addr) = gateway_process(fixture.path(), "gw-taken", &proxy, &storage);
-    healthz(addr).await;
+    let Offline {
+        disk,
+        central,
+        proxy,
+        _fixture,
+        storage,
+        mut gw,
+        addr,
+    } = Offline::start("gw-taken").await;
     let mut accepted = Accepted::new();
     let client = reqwest::Client::new();
     for batch in 0..100u64 {
@@ -414,16 +445,6 @@ async fn a_disk_taken_by_another_program_never_hangs_the_gateway_and_a_restart_l
     central.stop().await.unwrap();
 }
 
-/// The open alert with `key` at central, if any.
-async fn open_alert(console: &Console, key: &str) -> Option<Value> {
-    let (_, v) = console.get("/api/v1/alerts").await;
-    v["alerts"]
-        .as_array()?
-        .iter()
-        .find(|a| a["key"] == key)
-        .cloned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn centrals_full_disk_stops_acknowledging_raises_an_alert_and_resumes_losing_nothing() {
     init_test_logging();
@@ -459,7 +480,7 @@ async fn centrals_full_disk_stops_acknowledging_raises_an_alert_and_resumes_losi
     let filler = disk.fill("other-program.log").unwrap();
     let key = "central-test#central.disk_full";
     let alert = eventually("central's disk alert", Duration::from_secs(30), || async {
-        open_alert(&console, key).await
+        console.alert(key).await
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", central.process.log_text()));
@@ -508,7 +529,7 @@ async fn centrals_full_disk_stops_acknowledging_raises_an_alert_and_resumes_losi
     eventually(
         "the disk alert to clear",
         Duration::from_secs(30),
-        || async { (open_alert(&console, key).await?["cleared"] == true).then_some(()) },
+        || async { (console.alert(key).await?["cleared"] == true).then_some(()) },
     )
     .await
     .unwrap();
