@@ -125,6 +125,18 @@ impl Writer {
                 Request::Flush(reply) => flush_waiters.push(reply),
             }
         }
+        if !acked.is_empty() && !self.store.stats.stopped.load(Ordering::Relaxed) {
+            // Deleting writes too: on a full disk, the reserve must be given back first.
+            if let Some(disk) = &mut self.disk {
+                disk.check(self.store.stats.pending_bytes.load(Ordering::Relaxed));
+            }
+            if let Err(e) = self.delete(acked) {
+                tracing::error!(error = %e, "cannot delete acknowledged events; they will be sent again");
+                if sled_store::is_out_of_space(&e) {
+                    self.stop();
+                }
+            }
+        }
         if self.store.stats.stopped.load(Ordering::Relaxed) {
             // sled cannot write again after a failed write: refuse rather than wait forever.
             for (events, _, reply) in appends {
@@ -138,15 +150,6 @@ impl Writer {
                 let _ = w.send(Err(OutboxError::Stopped));
             }
             return;
-        }
-        if !acked.is_empty() {
-            // Deleting writes too: on a full disk, the reserve must be given back first.
-            if let Some(disk) = &mut self.disk {
-                disk.check(self.store.stats.pending_bytes.load(Ordering::Relaxed));
-            }
-            if let Err(e) = self.delete(acked) {
-                tracing::error!(error = %e, "cannot delete acknowledged events; they will be sent again");
-            }
         }
         let limit = match (&mut self.disk, appends.is_empty()) {
             (Some(disk), false) => {
@@ -164,10 +167,8 @@ impl Writer {
         let result = self.write(staged, wrote);
         if let Err(e) = &result {
             if sled_store::is_out_of_space(e) {
-                tracing::error!(error = %e, "the outbox store met a full disk; it takes nothing more until the gateway restarts it");
-                self.store.stats.stopped.store(true, Ordering::Relaxed);
-                self.stopped.notify_waiters();
-                self.stopped.notify_one();
+                tracing::error!(error = %e, "the outbox store met a full disk");
+                self.stop();
             }
         }
         let failed = |e: &sled::Error| OutboxError::Store(sled::Error::Unsupported(e.to_string()));
@@ -203,6 +204,15 @@ impl Writer {
         self.store.db.flush()?;
         self.store.stats.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// A write met the full disk: sled cannot write again, so the store takes nothing more
+    /// until the gateway restarts it.
+    fn stop(&self) {
+        tracing::error!("the outbox store has stopped; the gateway restarts it");
+        self.store.stats.stopped.store(true, Ordering::Relaxed);
+        self.stopped.notify_waiters();
+        self.stopped.notify_one();
     }
 
     /// Makes room for and stages one request's events; nothing is staged if they cannot fit
