@@ -54,15 +54,18 @@ impl DiskState {
 /// store grow into half the room left above `stop`. When free space falls under `stop`, it
 /// gives the reserve back (room for the store to delete and compact in: sled writes to delete
 /// too) and the store's current size becomes its limit (sled reuses the room acknowledged
-/// records leave, so it can go on taking what it sheds); when free space falls under
-/// `stop / 2` all the same, the limit follows the store down. Once there is room for the
-/// reserve again above `stop`, the reserve is taken back and the limit lifted.
+/// records leave, so it can go on taking what it sheds); while free space stays under `stop`
+/// with the reserve given back, the store writes nothing at all ([`DiskGuard::critical`]: the
+/// last `stop` bytes are for the other stores and for opening after a restart). Once there
+/// is room for the reserve again above `stop`, the reserve is taken back and the limit lifted.
 #[derive(Debug)]
 pub struct DiskGuard {
     dir: PathBuf,
     reserve_bytes: u64,
     stop: u64,
     limit: Option<u64>,
+    /// Free space under `stop` at the last look, with the reserve already given back.
+    critical: bool,
     state: Arc<DiskState>,
 }
 
@@ -80,6 +83,7 @@ impl DiskGuard {
             reserve_bytes,
             stop: (reserve_bytes / 2).max(1 << 20),
             limit: None,
+            critical: false,
             state: Arc::default(),
         };
         guard.state.total_bytes.store(total, Ordering::Relaxed);
@@ -92,6 +96,13 @@ impl DiskGuard {
 
     pub fn state(&self) -> Arc<DiskState> {
         self.state.clone()
+    }
+
+    /// Whether the disk was nearly out of room at the last look, reserve given back and all:
+    /// the store must not write at all (shedding old records to take new ones writes too,
+    /// and sled does not always give the room back at once).
+    pub fn critical(&self) -> bool {
+        self.critical
     }
 
     /// Whether the disk was (nearly) full when last looked at.
@@ -161,6 +172,9 @@ impl DiskGuard {
             }
             _ => {}
         }
+        // The last `stop` bytes are the other stores' (a kiosk replica, a restart's opening):
+        // the guarded store never writes into them.
+        self.critical = free < self.stop;
         let limit = self
             .limit
             .unwrap_or_else(|| held + free.saturating_sub(self.stop) / 2);

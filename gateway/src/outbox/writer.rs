@@ -151,15 +151,27 @@ impl Writer {
             }
             return;
         }
-        let limit = match (&mut self.disk, appends.is_empty()) {
-            (Some(disk), false) => {
-                Some(disk.check(self.store.stats.pending_bytes.load(Ordering::Relaxed)))
-            }
-            _ => None,
+        let held = self.store.stats.pending_bytes.load(Ordering::Relaxed);
+        let (limit, critical) = match (&mut self.disk, appends.is_empty()) {
+            (Some(disk), false) => (Some(disk.check(held)), disk.critical()),
+            _ => (None, false),
         };
         let mut staged: Staged = Default::default();
         let mut wrote = false;
         for (events, quota, reply) in appends {
+            if critical {
+                // No room left to write in, not even by shedding: refuse until acks or
+                // someone else free some.
+                self.store
+                    .stats
+                    .refused
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                let _ = reply.send(Err(OutboxError::DiskFull {
+                    needed: 0,
+                    limit: held,
+                }));
+                continue;
+            }
             let outcome = self.stage(&events, quota, limit, &mut staged);
             wrote |= outcome.is_ok();
             replies.push((reply, outcome));
