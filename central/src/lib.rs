@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod operators;
 pub mod registry;
 pub mod replication;
+pub mod retention;
 pub mod share;
 pub mod state;
 pub mod store;
@@ -369,6 +370,13 @@ pub async fn start_with<T: Transport>(
         parts.token().clone(),
     );
     parts.spawn(async move { Ok(disk::watch(store, alerts, id, clock, t).await?) });
+    let (store, settings, metrics, t) = (
+        shared.store.clone(),
+        shared.config.retention.clone(),
+        shared.metrics.clone(),
+        parts.token().clone(),
+    );
+    parts.spawn(async move { Ok(retention::run(store, settings, metrics, clock, t).await?) });
     let t = parts.token().clone();
     parts.spawn(async move {
         match link {

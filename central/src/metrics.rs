@@ -78,6 +78,21 @@ pub struct Metrics {
     pub broker_refused: Family<crate::broker::acl::ActionLabel, Counter>,
     /// Certificates on the revocation list in force.
     pub certificates_revoked: Gauge,
+    /// Events deleted by retention, by class.
+    pub events_pruned: Family<ClassLabel, Counter>,
+    /// When the oldest kept event of each class was received (Unix seconds; absent: none kept).
+    pub events_oldest_received: Family<ClassLabel, Gauge>,
+    /// Bytes the event store takes on disk.
+    pub store_bytes: Gauge,
+    /// Compressed bytes of pruned events written to the archive.
+    pub archive_bytes: Counter,
+    /// Pruning passes that could not write the archive (nothing was deleted).
+    pub archive_failures: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: String,
 }
 
 impl Metrics {
@@ -187,7 +202,42 @@ impl Metrics {
             "Certificates on the revocation list in force",
             certificates_revoked.clone(),
         );
+        let events_pruned = Family::default();
+        registry.register(
+            "events_pruned",
+            "Events deleted by retention, by class",
+            events_pruned.clone(),
+        );
+        let events_oldest_received = Family::default();
+        registry.register(
+            "events_oldest_received_seconds",
+            "When the oldest kept event of each class was received, Unix seconds",
+            events_oldest_received.clone(),
+        );
+        let store_bytes = Gauge::default();
+        registry.register(
+            "store_bytes",
+            "Bytes central's event store takes on disk",
+            store_bytes.clone(),
+        );
+        let archive_bytes = Counter::default();
+        registry.register(
+            "archive_bytes",
+            "Compressed bytes of pruned events written to the archive",
+            archive_bytes.clone(),
+        );
+        let archive_failures = Counter::default();
+        registry.register(
+            "archive_failures",
+            "Pruning passes that could not write the archive (nothing was deleted)",
+            archive_failures.clone(),
+        );
         Self {
+            events_pruned,
+            events_oldest_received,
+            store_bytes,
+            archive_bytes,
+            archive_failures,
             broker_refused,
             certificates_revoked,
             observer_backlog,

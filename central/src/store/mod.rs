@@ -11,7 +11,10 @@ use firmware_config::runtime::disk::{DiskGuard, DiskState};
 use firmware_config::runtime::sled_store;
 
 use firmware_config::ids::GatewayId;
-use firmware_config::wire::Event;
+use firmware_config::wire::{Event, EventClass};
+
+mod retention;
+pub use retention::{Expired, ExpiredChunk, CLASSES};
 
 /// What storing a batch did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +56,12 @@ pub struct EventStore {
     db: sled::Db,
     /// `gateway/first_seq` → a chunk: the new events of one batch (see `encode_chunk`).
     chunks: sled::Tree,
-    /// `gateway` → the sequence numbers stored so far, as merged inclusive ranges.
+    /// `gateway` → the sequence numbers stored so far, as merged inclusive ranges. Pruned
+    /// events stay in it, so that a gateway sending them again is still told they are held.
     seen: sled::Tree,
+    /// `class/received/gateway/first_seq` → nothing: each chunk by when it was received, once
+    /// under each class it holds, for the pruner (see `retention`).
+    by_age: sled::Tree,
     /// Cache of `seen`; only the ingest path (one task) changes it.
     seen_cache: std::sync::Mutex<std::collections::HashMap<GatewayId, Vec<(u64, u64)>>>,
     /// Keeps the store off a full disk (sled does not come back from a refused write).
@@ -232,18 +239,22 @@ impl EventStore {
         )?;
         let chunks = db.open_tree("chunks")?;
         let seen = db.open_tree("seen")?;
+        let by_age = db.open_tree("chunks_by_age")?;
         disk.check(0);
         let disk_state = disk.state();
-        Ok(Self {
+        let store = Self {
             db,
             chunks,
             seen,
+            by_age,
             seen_cache: Default::default(),
             disk: std::sync::Mutex::new(disk),
             disk_state,
             stopped: Default::default(),
             clock: Clock::system(),
-        })
+        };
+        store.index_by_age()?;
+        Ok(store)
     }
 
     /// The same store, stamping what it receives by `clock`.
@@ -384,12 +395,24 @@ impl EventStore {
         let mut changed = None;
         if let Some(first) = fresh.iter().map(|e| e.seq).min() {
             let raw = raw.filter(|_| fresh.len() == events.len());
-            let chunk = encode_chunk(&fresh, raw, self.clock.unix_ms())?;
+            let received = self.clock.unix_ms();
+            let chunk = encode_chunk(&fresh, raw, received)?;
+            let chunk_key = key(gateway, first);
+            // A place by age under each class the chunk holds, for that class's pruning.
+            let classes: std::collections::BTreeSet<EventClass> =
+                fresh.iter().map(|e| e.class).collect();
+            let places: Vec<Vec<u8>> = classes
+                .into_iter()
+                .map(|c| retention::age_key(c, received, &chunk_key))
+                .collect();
             set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
-            // One atomic write: the chunk and the seen set together.
-            (&self.chunks, &self.seen)
-                .transaction(|(chunks, seen)| {
-                    chunks.insert(key(gateway, first), chunk.clone())?;
+            // One atomic write: the chunk, its places by age and the seen set together.
+            (&self.chunks, &self.seen, &self.by_age)
+                .transaction(|(chunks, seen, by_age)| {
+                    chunks.insert(chunk_key.as_slice(), chunk.as_slice())?;
+                    for place in &places {
+                        by_age.insert(place.as_slice(), &[] as &[u8])?;
+                    }
                     seen.insert(gateway.as_str().as_bytes(), encode_ranges(&set))?;
                     Ok(())
                 })

@@ -28,6 +28,8 @@ pub struct CentralConfig {
     pub relay: Relay,
     #[serde(default)]
     pub alerts: AlertPolicy,
+    #[serde(default)]
+    pub retention: Retention,
     /// Who may log in to the operator console.
     #[serde(default)]
     pub operators: Vec<OperatorAccount>,
@@ -339,6 +341,73 @@ pub struct CentralStorage {
 
 fn default_disk_reserve() -> crate::config::units::ByteSize {
     crate::config::units::ByteSize::mib(64)
+}
+
+/// How long central keeps each class of event, counted from when it received the event, and
+/// where what it prunes goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Retention {
+    /// Default 7 days.
+    #[serde(default = "default_keep_telemetry", with = "humantime_serde")]
+    pub telemetry: Duration,
+    /// Default 30 days.
+    #[serde(default = "default_keep_health", with = "humantime_serde")]
+    pub health: Duration,
+    /// Residents' submissions. Default 365 days.
+    #[serde(default = "default_keep_long", with = "humantime_serde")]
+    pub submission: Duration,
+    /// Default 365 days.
+    #[serde(default = "default_keep_long", with = "humantime_serde")]
+    pub alert: Duration,
+    /// How often the pruner looks for events past their time. Default 1 min.
+    #[serde(default = "default_prune_every", with = "humantime_serde")]
+    pub prune_every: Duration,
+    /// Where pruned events are written before they are deleted (gzip'd JSON lines, under
+    /// `class/date/` folders). Relative to the config file. Absent: pruned events are
+    /// discarded.
+    #[serde(default)]
+    pub archive_dir: Option<PathBuf>,
+}
+
+impl Retention {
+    /// How long events of `class` are kept.
+    pub fn keep(&self, class: crate::wire::EventClass) -> Duration {
+        use crate::wire::EventClass::*;
+        match class {
+            Telemetry => self.telemetry,
+            Health => self.health,
+            Submission => self.submission,
+            Alert => self.alert,
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            telemetry: default_keep_telemetry(),
+            health: default_keep_health(),
+            submission: default_keep_long(),
+            alert: default_keep_long(),
+            prune_every: default_prune_every(),
+            archive_dir: None,
+        }
+    }
+}
+
+const DAY: u64 = 86_400;
+fn default_keep_telemetry() -> Duration {
+    Duration::from_secs(7 * DAY)
+}
+fn default_keep_health() -> Duration {
+    Duration::from_secs(30 * DAY)
+}
+fn default_keep_long() -> Duration {
+    Duration::from_secs(365 * DAY)
+}
+fn default_prune_every() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// When central considers a device gone.

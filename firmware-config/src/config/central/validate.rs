@@ -47,6 +47,9 @@ impl Document for CentralConfig {
         if let Some(c) = &mut self.identity.crl_file {
             *c = crate::config::resolve(base, c);
         }
+        if let Some(a) = &mut self.retention.archive_dir {
+            *a = crate::config::resolve(base, a);
+        }
     }
 
     fn validate(&self, v: &mut Validator) {
@@ -224,5 +227,32 @@ impl Document for CentralConfig {
             Duration::from_secs(1),
             Duration::from_secs(86_400),
         );
+        for (class, keep) in [
+            ("telemetry", self.retention.telemetry),
+            ("health", self.retention.health),
+            ("submission", self.retention.submission),
+            ("alert", self.retention.alert),
+        ] {
+            v.duration_within(
+                &format!("retention.{class}"),
+                keep,
+                Duration::from_secs(10),
+                Duration::from_secs(100 * 365 * 86_400),
+            );
+        }
+        v.duration_within(
+            "retention.prune_every",
+            self.retention.prune_every,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+        );
+        if let Some(a) = &self.retention.archive_dir {
+            if a.exists() && !a.is_dir() {
+                v.error(
+                    "retention.archive_dir",
+                    format!("{} exists and is not a folder", a.display()),
+                );
+            }
+        }
     }
 }
