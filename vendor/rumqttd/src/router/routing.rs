@@ -506,11 +506,14 @@ impl Router {
                     request.cursor = *cursor;
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                        // GridEdge patch: the group is gone when this client was its last
+                        // member (removed just above); upstream's `expect` then panicked the
+                        // router thread, and every client of the broker with it. The
+                        // request keeps its own cursor, and the group is made again when the
+                        // session subscribes on its return.
+                        if let Some(group) = self.shared_subscriptions.get_mut(group_name) {
+                            group.cursor = *cursor;
+                        }
                     }
                 }
             }
