@@ -40,6 +40,9 @@ use gridedge_tests::{free_port, wait_for_port};
 use rumqttc::{AsyncClient, Event, LastWill, Packet, QoS};
 use tokio::sync::mpsc;
 
+#[path = "bench_central/soak.rs"]
+mod soak;
+
 const INTERVAL: Duration = Duration::from_secs(10);
 const BURST_BATCH: u64 = 100;
 const PROBE_CAMERA: &str = "cam-probe";
@@ -449,11 +452,11 @@ impl Server {
     }
 }
 
-async fn gridedge_server(dir: &Path) -> anyhow::Result<Server> {
+async fn gridedge_server(dir: &Path, extra: &str) -> anyhow::Result<Server> {
     let (broker, http) = (free_port(), free_port());
     let central = gridedge_tests::services::ServiceProcess::spawn(
         "central",
-        &central_toml(dir, broker, http),
+        &format!("{}\n{extra}", central_toml(dir, broker, http)),
     )?;
     wait_for_port(([127, 0, 0, 1], http).into(), Duration::from_secs(30))?;
     wait_for_port(([127, 0, 0, 1], broker).into(), Duration::from_secs(30))?;
@@ -520,11 +523,14 @@ fn mosquitto(dir: &Path) -> anyhow::Result<(ChildProcess, u16)> {
     Ok((broker, port))
 }
 
-async fn peer_server(dir: &Path) -> anyhow::Result<Server> {
+async fn peer_server(dir: &Path, retain: Option<Duration>) -> anyhow::Result<Server> {
     let (broker, port) = mosquitto(dir)?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["--peer-consumer", &port.to_string()])
         .arg(dir.join("received.log"));
+    if let Some(r) = retain {
+        cmd.arg(r.as_secs().to_string());
+    }
     let consumer = ChildProcess::spawn("consumer", cmd, &dir.join("consumer.log"))?;
     // The consumer subscribes before the fleet starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -541,8 +547,66 @@ async fn peer_server(dir: &Path) -> anyhow::Result<Server> {
     })
 }
 
+/// Where the peer's consumer appends: one file, or (with a retention) segment files, each
+/// deleted whole once its newest record is past the retention, the cheapest retention there is.
+struct PeerLog {
+    base: std::path::PathBuf,
+    retain: Option<Duration>,
+    out: std::io::BufWriter<std::fs::File>,
+    /// Segments written, oldest first: (path, when it was closed).
+    closed: std::collections::VecDeque<(std::path::PathBuf, Instant)>,
+    current: (std::path::PathBuf, Instant),
+    n: u64,
+}
+
+impl PeerLog {
+    fn open(base: &Path, retain: Option<Duration>) -> anyhow::Result<Self> {
+        let path = Self::segment(base, retain, 0);
+        Ok(Self {
+            out: std::io::BufWriter::new(std::fs::File::create(&path)?),
+            base: base.to_owned(),
+            retain,
+            closed: Default::default(),
+            current: (path, Instant::now()),
+            n: 0,
+        })
+    }
+
+    fn segment(base: &Path, retain: Option<Duration>, n: u64) -> std::path::PathBuf {
+        match retain {
+            Some(_) => base.with_extension(format!("{n:06}.log")),
+            None => base.to_owned(),
+        }
+    }
+
+    /// After a group is synced: starts a new segment every tenth of the retention and
+    /// deletes the segments past it.
+    fn roll(&mut self) -> anyhow::Result<()> {
+        let Some(retain) = self.retain else {
+            return Ok(());
+        };
+        if self.current.1.elapsed() >= retain / 10 {
+            self.n += 1;
+            let path = Self::segment(&self.base, self.retain, self.n);
+            self.out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+            let done = std::mem::replace(&mut self.current, (path, Instant::now()));
+            self.closed.push_back((done.0, Instant::now()));
+        }
+        while self
+            .closed
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() >= retain)
+        {
+            if let Some((path, _)) = self.closed.pop_front() {
+                std::fs::remove_file(path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The peer's consumer (run as its own process): decode, append, fsync, acknowledge.
-async fn peer_consumer(port: u16, file: &Path) -> anyhow::Result<()> {
+async fn peer_consumer(port: u16, file: &Path, retain: Option<Duration>) -> anyhow::Result<()> {
     let mut opts = client_options(
         &format!("mqtt://127.0.0.1:{port}"),
         None,
@@ -574,7 +638,7 @@ async fn peer_consumer(port: u16, file: &Path) -> anyhow::Result<()> {
             }
         }
     });
-    let mut out = std::io::BufWriter::new(std::fs::File::create(file)?);
+    let mut log = PeerLog::open(file, retain)?;
     let mut batch = Vec::new();
     while let Some(p) = rx.recv().await {
         batch.push(p);
@@ -589,8 +653,8 @@ async fn peer_consumer(port: u16, file: &Path) -> anyhow::Result<()> {
             let Ok(env) = wire::decode(&p.payload) else {
                 continue;
             };
-            out.write_all(&(p.payload.len() as u32).to_le_bytes())?;
-            out.write_all(&p.payload)?;
+            log.out.write_all(&(p.payload.len() as u32).to_le_bytes())?;
+            log.out.write_all(&p.payload)?;
             if let Message::Events(b) = &env.message {
                 let high = b.events.iter().map(|e| e.seq).max().unwrap_or(0);
                 let low = b.events.iter().map(|e| e.seq).min().unwrap_or(0);
@@ -603,8 +667,9 @@ async fn peer_consumer(port: u16, file: &Path) -> anyhow::Result<()> {
                 acks.push((topic, Envelope::new(env.gateway, env.seq, ack).encode()?));
             }
         }
-        out.flush()?;
-        out.get_ref().sync_data()?;
+        log.out.flush()?;
+        log.out.get_ref().sync_data()?;
+        log.roll()?;
         for (topic, payload) in acks {
             client
                 .publish(topic, QoS::AtLeastOnce, false, payload)
@@ -851,7 +916,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(i) = args.iter().position(|a| a == "--peer-consumer") {
         let port: u16 = args.get(i + 1).context("port")?.parse()?;
         let file = args.get(i + 2).context("file")?;
-        return peer_consumer(port, Path::new(file)).await;
+        let retain = args
+            .get(i + 3)
+            .map(|s| s.parse().map(Duration::from_secs))
+            .transpose()?;
+        return peer_consumer(port, Path::new(file), retain).await;
     }
     let quick = args.iter().any(|a| a == "--quick");
     let gateways = arg_value(&args, "--gateways").unwrap_or(1000) as usize;
@@ -876,8 +945,11 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&g_dir)?;
     std::fs::create_dir_all(&p_dir)?;
     let started = Instant::now();
+    if args.iter().any(|a| a == "--soak") {
+        return soak::main(&args, quick, gateways, devices, &g_dir, &p_dir).await;
+    }
     let g = run(
-        gridedge_server(&g_dir).await?,
+        gridedge_server(&g_dir, "").await?,
         gateways,
         devices,
         seconds,
@@ -901,7 +973,7 @@ async fn main() -> anyhow::Result<()> {
         e.tell("GridEdge on Mosquitto");
     }
     let p = run(
-        peer_server(&p_dir).await?,
+        peer_server(&p_dir, None).await?,
         gateways,
         devices,
         seconds,
