@@ -10,6 +10,7 @@ pub mod bench;
 pub mod bridge;
 pub mod browser;
 pub mod camera;
+pub mod cgroup;
 pub mod chaos;
 pub mod disk;
 pub mod live;

@@ -113,10 +113,15 @@ impl Writer {
         let mut replies: Vec<(Reply, Result<Vec<u64>, OutboxError>)> = Vec::new();
         let mut flush_waiters = Vec::new();
         let mut appends = Vec::new();
-        let mut acked = Vec::new();
+        let mut acked: [Vec<(u64, u64)>; 4] = Default::default();
         for r in group {
             match r {
-                Request::Ack(ranges) => acked.extend(ranges),
+                Request::Ack(ranges, Some(class)) => acked[class_index(class)].extend(ranges),
+                Request::Ack(ranges, None) => {
+                    for a in &mut acked {
+                        a.extend(ranges.iter().copied());
+                    }
+                }
                 Request::Append {
                     events,
                     quota,
@@ -125,7 +130,8 @@ impl Writer {
                 Request::Flush(reply) => flush_waiters.push(reply),
             }
         }
-        if !acked.is_empty() && !self.store.stats.stopped.load(Ordering::Relaxed) {
+        if acked.iter().any(|a| !a.is_empty()) && !self.store.stats.stopped.load(Ordering::Relaxed)
+        {
             // Deleting writes too: on a full disk, the reserve must be given back first.
             if let Some(disk) = &mut self.disk {
                 disk.check(self.store.stats.pending_bytes.load(Ordering::Relaxed));
@@ -387,23 +393,25 @@ impl Writer {
     }
 
     /// Deletes acknowledged records: each chunk touched is rewritten once, without them.
-    fn delete(&self, mut ranges: Vec<(u64, u64)>) -> Result<(), sled::Error> {
-        ranges.retain(|(a, b)| a <= b);
-        if ranges.is_empty() {
-            return Ok(());
-        }
-        ranges.sort_unstable();
-        let acked = |seq: u64| {
-            let i = ranges.partition_point(|(a, _)| *a <= seq);
-            i > 0 && ranges[i - 1].1 >= seq
-        };
-        let (lo, hi) = (ranges[0].0, ranges.iter().map(|r| r.1).max().unwrap_or(0));
+    fn delete(&self, mut per_class: [Vec<(u64, u64)>; 4]) -> Result<(), sled::Error> {
         let s = &self.store.stats;
         let per_batch = match &self.disk {
             Some(d) if d.is_full() => DELETE_BATCH_CHUNKS_FULL,
             _ => DELETE_BATCH_CHUNKS,
         };
         for (i, tree) in self.store.trees.iter().enumerate() {
+            let ranges = &mut per_class[i];
+            ranges.retain(|(a, b)| a <= b);
+            if ranges.is_empty() {
+                continue;
+            }
+            ranges.sort_unstable();
+            let ranges = &*ranges;
+            let acked = |seq: u64| {
+                let i = ranges.partition_point(|(a, _)| *a <= seq);
+                i > 0 && ranges[i - 1].1 >= seq
+            };
+            let (lo, hi) = (ranges[0].0, ranges.iter().map(|r| r.1).max().unwrap_or(0));
             // Small atomic batches (a crash never loses the records a chunk keeps): sled
             // deletes by writing, and one batch for a whole backlog wrote ~0.7 bytes for each
             // byte it deleted before any came back, where batches of a few chunks free room as

@@ -37,7 +37,12 @@ const SUPERSEDED: usize = 1024;
 struct Sent {
     at: Instant,
     ranges: Vec<(u64, u64)>,
+    /// The same, per class (a batch takes the next class when one runs out).
+    by_class: Vec<(EventClass, Vec<(u64, u64)>)>,
 }
+
+/// Acknowledged sequence numbers (inclusive ranges) of each class a batch carried.
+pub type AckedByClass = Vec<(EventClass, Vec<(u64, u64)>)>;
 
 /// Why an ack was not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +74,22 @@ fn ranges_of(mut seqs: Vec<u64>) -> Vec<(u64, u64)> {
             _ => out.push((s, s)),
         }
     }
+    out
+}
+
+/// The parts of `b` (any order) that lie within `a` (sorted, merged).
+fn intersect(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(lo, hi) in b {
+        let start = a.partition_point(|(_, end)| *end < lo);
+        for &(x, y) in &a[start..] {
+            if x > hi {
+                break;
+            }
+            out.push((x.max(lo), y.min(hi)));
+        }
+    }
+    out.sort_unstable();
     out
 }
 
@@ -118,16 +139,32 @@ impl Window {
             *c = (*c).max(e.seq);
         }
         let ranges = ranges_of(events.iter().map(|e| e.seq).collect());
-        self.inflight.insert(batch, Sent { at: now, ranges });
+        let by_class = EventClass::BY_URGENCY
+            .iter()
+            .map(|c| {
+                let seqs = events.iter().filter(|e| e.class == *c).map(|e| e.seq);
+                (*c, ranges_of(seqs.collect()))
+            })
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
+        self.inflight.insert(
+            batch,
+            Sent {
+                at: now,
+                ranges,
+                by_class,
+            },
+        );
     }
 
     /// Takes central's ack of `batch` naming `ranges`: the sequence numbers to delete, all of
-    /// them carried by that batch. Anything else is refused, and nothing is deleted for it.
+    /// them carried by that batch, by class. Anything else is refused, and nothing is deleted
+    /// for it.
     pub fn acked(
         &mut self,
         batch: Option<u64>,
         ranges: &[(u64, u64)],
-    ) -> Result<Vec<(u64, u64)>, AckRefusal> {
+    ) -> Result<AckedByClass, AckRefusal> {
         let id = batch.ok_or(AckRefusal::UnknownBatch(None))?;
         let sent = match self.inflight.get(&id) {
             Some(s) => s,
@@ -144,9 +181,15 @@ impl Window {
                 range: *r,
             });
         }
+        let by_class = sent
+            .by_class
+            .iter()
+            .map(|(class, sent)| (*class, intersect(sent, ranges)))
+            .filter(|(_, r)| !r.is_empty())
+            .collect();
         self.inflight.remove(&id);
         self.superseded.retain(|(b, _)| *b != id);
-        Ok(ranges.to_vec())
+        Ok(by_class)
     }
 
     /// True when, at `now`, the oldest batch in flight has waited longer than `timeout`.
@@ -216,7 +259,7 @@ mod tests {
         assert!(w.acked(Some(10), &[(3, 7)]).is_err(), "4..6 were not in it");
         assert_eq!(
             w.acked(Some(10), &[(1, 3), (7, 8)]),
-            Ok(vec![(1, 3), (7, 8)])
+            Ok(vec![(EventClass::Alert, vec![(1, 3), (7, 8)])])
         );
         assert!(!w.has_room() || w.inflight.is_empty());
         assert_eq!(
@@ -233,9 +276,31 @@ mod tests {
         w.rewind();
         assert!(w.has_room());
         w.sent(2, &[event(5, EventClass::Health)], Instant::now());
-        assert_eq!(w.acked(Some(1), &[(5, 5)]), Ok(vec![(5, 5)]));
+        assert_eq!(
+            w.acked(Some(1), &[(5, 5)]),
+            Ok(vec![(EventClass::Health, vec![(5, 5)])])
+        );
         // An empty ack (central stored none of them) is fine too.
         assert_eq!(w.acked(Some(2), &[]), Ok(vec![]));
+    }
+
+    #[test]
+    fn an_ack_of_a_batch_of_two_classes_is_split_by_class() {
+        let mut w = Window::new(BatchPlan::default());
+        let events: Vec<Event> = [(1, EventClass::Alert), (5, EventClass::Alert)]
+            .into_iter()
+            .chain([(2, EventClass::Submission), (6, EventClass::Submission)])
+            .map(|(s, c)| event(s, c))
+            .collect();
+        w.sent(3, &events, Instant::now());
+        assert_eq!(
+            w.acked(Some(3), &[(1, 2), (5, 6)]),
+            Ok(vec![
+                (EventClass::Alert, vec![(1, 1), (5, 5)]),
+                (EventClass::Submission, vec![(2, 2), (6, 6)]),
+            ])
+        );
+        assert_eq!(intersect(&[(1, 10)], &[(12, 14), (3, 4)]), vec![(3, 4)]);
     }
 
     #[test]

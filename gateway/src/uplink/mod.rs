@@ -414,13 +414,15 @@ impl<T: Transport> Uplink<T> {
         }
         match (channel, env.message) {
             (Channel::Ack, Message::Ack(ack)) => match self.window.acked(ack.batch, &ack.ranges) {
-                Ok(ranges) => {
-                    let events: u64 = ranges
-                        .iter()
-                        .map(|(a, b)| b.saturating_sub(*a).saturating_add(1))
-                        .sum();
-                    m.uplink_events_acked.inc_by(events);
-                    shared.outbox().acknowledge(ranges);
+                Ok(by_class) => {
+                    for (class, ranges) in by_class {
+                        let events: u64 = ranges
+                            .iter()
+                            .map(|(a, b)| b.saturating_sub(*a).saturating_add(1))
+                            .sum();
+                        m.uplink_events_acked.inc_by(events);
+                        shared.outbox().acknowledge_class(class, ranges);
+                    }
                 }
                 Err(e) => refuse(Refusal::BadAck, &format_args!("{e:?}")),
             },
