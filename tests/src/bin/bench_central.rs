@@ -19,6 +19,8 @@
 //! change reaches an operator's console feed (`/api/v1/alerts/stream`), for the peer until the
 //! event is stored and acknowledged. Then every gateway sends a burst (B/N events in batches
 //! of 100 at once), timed until the last acknowledgement.
+//!
+//! With `--soak`, an hour of the steady load with retention on instead (`bench_central/soak.rs`).
 
 use std::collections::HashMap;
 use std::io::Write;
