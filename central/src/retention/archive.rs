@@ -32,13 +32,6 @@ struct Line<'a> {
     event: &'a Event,
 }
 
-fn class_name(class: firmware_config::wire::EventClass) -> String {
-    serde_json::to_value(class)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| format!("{class:?}").to_lowercase())
-}
-
 /// Writes `expired` under `dir`; returns the file and its size.
 pub fn write(dir: &Path, expired: &Expired) -> Result<Option<(PathBuf, u64)>, ArchiveError> {
     let Some(name) = expired.name() else {
@@ -51,7 +44,7 @@ pub fn write(dir: &Path, expired: &Expired) -> Result<Option<(PathBuf, u64)>, Ar
     let day = time::OffsetDateTime::from_unix_timestamp(first / 1000)
         .map(|t| t.date().to_string())
         .unwrap_or_else(|_| "undated".into());
-    let folder = dir.join(class_name(expired.class)).join(day);
+    let folder = dir.join(expired.class.as_str()).join(day);
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| ArchiveError::Io { path, source }

@@ -23,10 +23,7 @@ const PASS_ON_FULL_DISK: usize = 8;
 
 fn label(class: EventClass) -> ClassLabel {
     ClassLabel {
-        class: serde_json::to_value(class)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
+        class: class.as_str().to_owned(),
     }
 }
 
@@ -186,20 +183,9 @@ async fn refresh_gauges(store: &Arc<EventStore>, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::retention_tests::ev;
     use firmware_config::ids::GatewayId;
-    use firmware_config::wire::Event;
     use std::io::Read;
-
-    fn ev(seq: u64, class: EventClass) -> Event {
-        Event {
-            seq,
-            class,
-            kind: "k".into(),
-            time: time::OffsetDateTime::UNIX_EPOCH,
-            payload: serde_json::value::RawValue::from_string(format!("{{\"n\":{seq}}}")).unwrap(),
-            source: None,
-        }
-    }
 
     fn metrics() -> Arc<Metrics> {
         let config: firmware_config::config::central::CentralConfig =

@@ -14,6 +14,8 @@ use firmware_config::ids::GatewayId;
 use firmware_config::wire::{Event, EventClass};
 
 mod retention;
+#[cfg(test)]
+pub(crate) use retention::tests as retention_tests;
 pub use retention::{Expired, ExpiredChunk, CLASSES};
 
 /// What storing a batch did.

@@ -16,20 +16,10 @@ use super::{chunk_body, encode_chunk, EventStore, StoreError};
 const INDEXED: &[u8] = b"chunks_by_age.v1";
 
 fn class_code(class: EventClass) -> u8 {
-    match class {
-        EventClass::Telemetry => 0,
-        EventClass::Health => 1,
-        EventClass::Submission => 2,
-        EventClass::Alert => 3,
-    }
+    class.index() as u8
 }
 
-pub const CLASSES: [EventClass; 4] = [
-    EventClass::Telemetry,
-    EventClass::Health,
-    EventClass::Submission,
-    EventClass::Alert,
-];
+pub const CLASSES: [EventClass; 4] = EventClass::ALL;
 
 /// `class, received (ms, big-endian, never negative), chunk key`: sorted by age within a class.
 pub(super) fn age_key(class: EventClass, received_ms: i64, chunk_key: &[u8]) -> Vec<u8> {
@@ -251,12 +241,13 @@ impl EventStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use firmware_config::ids::GatewayId;
     use firmware_config::runtime::clock::Clock;
 
-    fn ev(seq: u64, class: EventClass) -> Event {
+    /// An event of `class` numbered `seq`, its payload `{"n": seq}`.
+    pub(crate) fn ev(seq: u64, class: EventClass) -> Event {
         Event {
             seq,
             class,

@@ -53,6 +53,25 @@ impl Event {
 }
 
 impl EventClass {
+    /// Every class, first evicted first: the order of [`EventClass::index`].
+    pub const ALL: [EventClass; 4] = [
+        EventClass::Telemetry,
+        EventClass::Health,
+        EventClass::Submission,
+        EventClass::Alert,
+    ];
+
+    /// Its place in [`EventClass::ALL`]: per-class arrays, and stores keyed by class (never
+    /// renumber).
+    pub const fn index(self) -> usize {
+        match self {
+            EventClass::Telemetry => 0,
+            EventClass::Health => 1,
+            EventClass::Submission => 2,
+            EventClass::Alert => 3,
+        }
+    }
+
     /// Every class, in the order the uplink sends them (most urgent first).
     pub const BY_URGENCY: [EventClass; 4] = [
         EventClass::Alert,

@@ -195,21 +195,11 @@ impl Stats {
 
 /// Index of a class in per-class arrays.
 pub fn class_index(class: EventClass) -> usize {
-    match class {
-        EventClass::Telemetry => 0,
-        EventClass::Health => 1,
-        EventClass::Submission => 2,
-        EventClass::Alert => 3,
-    }
+    class.index()
 }
 
 /// The classes in `class_index` order.
-pub const CLASSES: [EventClass; 4] = [
-    EventClass::Telemetry,
-    EventClass::Health,
-    EventClass::Submission,
-    EventClass::Alert,
-];
+pub const CLASSES: [EventClass; 4] = EventClass::ALL;
 
 /// The summary reported to central and on `/healthz`.
 pub use firmware_config::wire::OutboxReport as OutboxSummary;
