@@ -1,4 +1,4 @@
-//! `bench-central --soak [--quick] [--seconds S] [--retain S]`: an hour (100 s with `--quick`)
+//! `bench-central --soak [--quick] [--seconds S] [--retain S]`: an hour (80 s with `--quick`)
 //! of the city's steady load into central with retention on, and the peer beside it at the
 //! same time with its own fleet, each keeping the fleet's events for `--retain` seconds (10
 //! min; 20 s with `--quick`).
@@ -105,7 +105,7 @@ pub async fn main(
     g_dir: &Path,
     p_dir: &Path,
 ) -> anyhow::Result<()> {
-    let seconds = arg_value(args, "--seconds").unwrap_or(if quick { 100 } else { 3600 });
+    let seconds = arg_value(args, "--seconds").unwrap_or(if quick { 80 } else { 3600 });
     let retain = arg_value(args, "--retain").unwrap_or(if quick { 20 } else { 600 });
     anyhow::ensure!(
         retain >= 10 && seconds >= 2 * retain,
