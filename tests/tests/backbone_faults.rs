@@ -19,20 +19,9 @@ use serde_json::{json, Value};
 const DRAIN: Duration = Duration::from_secs(90);
 
 async fn healthy(addr: SocketAddr) {
-    eventually(
-        &format!("{addr} to answer /healthz"),
-        Duration::from_secs(20),
-        || async {
-            reqwest::get(format!("http://{addr}/healthz"))
-                .await
-                .ok()?
-                .status()
-                .is_success()
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap();
+    gridedge_tests::chaos::answers_healthz(addr, Duration::from_secs(20))
+        .await
+        .unwrap();
 }
 
 async fn metrics(addr: SocketAddr) -> String {
