@@ -185,7 +185,7 @@ fn encode_chunk(
     }
     let min = events.iter().map(|e| e.seq).min().unwrap_or(0);
     let max = events.iter().map(|e| e.seq).max().unwrap_or(0);
-    let mut out = Vec::with_capacity(25 + raw.map_or(events.len() * 256, <[u8]>::len));
+    let mut out = Vec::with_capacity(CHUNK_HEADER + raw.map_or(events.len() * 256, <[u8]>::len));
     out.extend_from_slice(&min.to_be_bytes());
     out.extend_from_slice(&max.to_be_bytes());
     out.push(RECEIVED_MARK);
@@ -196,6 +196,93 @@ fn encode_chunk(
     }
     Ok(out)
 }
+
+/// The largest chunk written as one record. sled writes a tree page larger than a quarter of
+/// its 512 KiB segment to a file of its own, and under a steady insert-and-delete load (ingest
+/// and retention) it does not reclaim those files: the store's disk grows without end. A page
+/// holds at most 17 records before it splits, so records of at most 6 KiB keep every page in
+/// the log, where sled reuses the room that deleted records leave.
+pub(crate) const CHUNK_MAX: usize = 6 * 1024;
+
+/// How often sled's background thread flushes and then cleans segments.
+const CLEAN_EVERY_MS: u64 = 500;
+
+/// One chunk of a batch: its first sequence number (its key), its bytes, its classes.
+struct ChunkPart {
+    first: u64,
+    bytes: Vec<u8>,
+    classes: std::collections::BTreeSet<EventClass>,
+}
+
+/// The new events of one batch as chunks of at most [`CHUNK_MAX`] bytes (an event larger than
+/// that alone in its chunk), in batch order. A batch that fits is stored as one chunk, `raw`
+/// as it came when given; a larger one is cut between events, which are taken from `raw`
+/// without re-encoding when it holds them.
+fn split_chunks(
+    fresh: &[&Event],
+    raw: Option<&[u8]>,
+    received_ms: i64,
+) -> Result<Vec<ChunkPart>, serde_json::Error> {
+    let whole = |bytes| ChunkPart {
+        first: fresh.iter().map(|e| e.seq).min().unwrap_or(0),
+        bytes,
+        classes: fresh.iter().map(|e| e.class).collect(),
+    };
+    if let Some(raw) = raw.filter(|r| r.len() + CHUNK_HEADER <= CHUNK_MAX) {
+        return Ok(vec![whole(encode_chunk(fresh, Some(raw), received_ms)?)]);
+    }
+    // Each event's JSON: borrowed from the payload when it parses to the same events.
+    #[derive(serde::Deserialize)]
+    struct RawBatch<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a serde_json::value::RawValue>,
+    }
+    let from_raw: Option<Vec<&[u8]>> = raw
+        .and_then(|r| serde_json::from_slice::<RawBatch<'_>>(r).ok())
+        .filter(|b| b.events.len() == fresh.len())
+        .map(|b| b.events.iter().map(|e| e.get().as_bytes()).collect());
+    let jsons: Vec<std::borrow::Cow<'_, [u8]>> = match from_raw {
+        Some(v) => v.into_iter().map(std::borrow::Cow::Borrowed).collect(),
+        None => fresh
+            .iter()
+            .map(|e| serde_json::to_vec(e).map(std::borrow::Cow::Owned))
+            .collect::<Result<_, _>>()?,
+    };
+    let total: usize = jsons.iter().map(|j| j.len() + 1).sum();
+    if total + CHUNK_HEADER + 12 <= CHUNK_MAX {
+        return Ok(vec![whole(encode_chunk(fresh, None, received_ms)?)]);
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < fresh.len() {
+        let mut end = start;
+        let mut size = CHUNK_HEADER + 12;
+        while end < fresh.len() && (end == start || size + jsons[end].len() < CHUNK_MAX) {
+            size += jsons[end].len() + 1;
+            end += 1;
+        }
+        let group = &fresh[start..end];
+        let mut body = Vec::with_capacity(size);
+        body.extend_from_slice(b"{\"events\":[");
+        for (i, j) in jsons[start..end].iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(j);
+        }
+        body.extend_from_slice(b"]}");
+        parts.push(ChunkPart {
+            first: group.iter().map(|e| e.seq).min().unwrap_or(0),
+            bytes: encode_chunk(group, Some(&body), received_ms)?,
+            classes: group.iter().map(|e| e.class).collect(),
+        });
+        start = end;
+    }
+    Ok(parts)
+}
+
+/// The bytes before a chunk's JSON: min and max seq, the mark, when received.
+const CHUNK_HEADER: usize = 25;
 
 /// When a chunk was received (if it says) and its JSON.
 fn chunk_body(bytes: &[u8]) -> (Option<time::OffsetDateTime>, &[u8]) {
@@ -237,7 +324,11 @@ impl EventStore {
             &sled::Config::new()
                 .path(dir.join("events"))
                 .cache_capacity(cache_bytes)
-                .flush_every_ms(None),
+                // Not for durability (each group is flushed before its ack): sled's periodic
+                // thread is where it cleans most segments that deletions left part empty,
+                // spending up to half of each period on it. Without it the files creep up
+                // under retention's steady deletes.
+                .flush_every_ms(Some(CLEAN_EVERY_MS)),
         )?;
         let chunks = db.open_tree("chunks")?;
         let seen = db.open_tree("seen")?;
@@ -395,25 +486,29 @@ impl EventStore {
         let duplicates = events.len() as u64 - new;
         let mut set = seen;
         let mut changed = None;
-        if let Some(first) = fresh.iter().map(|e| e.seq).min() {
+        if !fresh.is_empty() {
             let raw = raw.filter(|_| fresh.len() == events.len());
             let received = self.clock.unix_ms();
-            let chunk = encode_chunk(&fresh, raw, received)?;
-            let chunk_key = key(gateway, first);
-            // A place by age under each class the chunk holds, for that class's pruning.
-            let classes: std::collections::BTreeSet<EventClass> =
-                fresh.iter().map(|e| e.class).collect();
-            let places: Vec<Vec<u8>> = classes
-                .into_iter()
-                .map(|c| retention::age_key(c, received, &chunk_key))
-                .collect();
+            let mut parts = Vec::new();
+            for part in split_chunks(&fresh, raw, received)? {
+                let chunk_key = key(gateway, part.first);
+                // A place by age under each class the chunk holds, for that class's pruning.
+                let places: Vec<Vec<u8>> = part
+                    .classes
+                    .iter()
+                    .map(|c| retention::age_key(*c, received, &chunk_key))
+                    .collect();
+                parts.push((chunk_key, part.bytes, places));
+            }
             set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
-            // One atomic write: the chunk, its places by age and the seen set together.
+            // One atomic write: the chunks, their places by age and the seen set together.
             (&self.chunks, &self.seen, &self.by_age)
                 .transaction(|(chunks, seen, by_age)| {
-                    chunks.insert(chunk_key.as_slice(), chunk.as_slice())?;
-                    for place in &places {
-                        by_age.insert(place.as_slice(), &[] as &[u8])?;
+                    for (chunk_key, chunk, places) in &parts {
+                        chunks.insert(chunk_key.as_slice(), chunk.as_slice())?;
+                        for place in places {
+                            by_age.insert(place.as_slice(), &[] as &[u8])?;
+                        }
                     }
                     seen.insert(gateway.as_str().as_bytes(), encode_ranges(&set))?;
                     Ok(())
@@ -563,6 +658,85 @@ mod tests {
             vec![(1, 3), (5, 5), (9, 10)]
         );
         assert!(ranges([]).is_empty());
+    }
+
+    /// An event whose payload is `pad` bytes of text, of the given class.
+    fn big(seq: u64, pad: usize, class: EventClass) -> Event {
+        let mut e = ev(seq);
+        e.class = class;
+        e.payload =
+            serde_json::value::RawValue::from_string(format!("{{\"s\":\"{}\"}}", "x".repeat(pad)))
+                .unwrap();
+        e
+    }
+
+    #[test]
+    fn a_large_batch_is_stored_in_chunks_small_enough_for_sleds_pages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+        let a = GatewayId::new("a").unwrap();
+        let classes = [EventClass::Telemetry, EventClass::Alert];
+        let events: Vec<Event> = (1..=60)
+            .map(|i| big(i, 700, classes[i as usize % 2]))
+            .collect();
+        let raw = serde_json::to_vec(&firmware_config::wire::EventBatch {
+            events: events.clone(),
+        })
+        .unwrap();
+        assert!(raw.len() > 6 * CHUNK_MAX);
+        s.store_batch_raw(&a, &events, Some(&raw)).unwrap();
+        // Part new, part already held: cut from the re-encoded events.
+        let more: Vec<Event> = (55..=100)
+            .map(|i| big(i, 700, EventClass::Health))
+            .collect();
+        assert_eq!(s.store_batch(&a, &more).unwrap().new, 40);
+        // One event larger than a chunk stands alone.
+        s.store_batch(&a, &[big(101, 3 * CHUNK_MAX, EventClass::Submission)])
+            .unwrap();
+
+        let sizes: Vec<usize> = s.chunks.iter().map(|r| r.unwrap().1.len()).collect();
+        assert!(sizes.len() >= 12, "{sizes:?}");
+        assert_eq!(
+            sizes.iter().filter(|n| **n > CHUNK_MAX).count(),
+            1,
+            "{sizes:?}"
+        );
+        let back = s.events_after(&a, 0, 1000).unwrap();
+        assert_eq!(
+            back.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=101).collect::<Vec<_>>()
+        );
+        for (got, want) in back.iter().zip(events.iter().chain(&more[6..])) {
+            assert_eq!((got.seq, got.class), (want.seq, want.class));
+            assert!(
+                got.payload.get() == want.payload.get(),
+                "payload of {}",
+                got.seq
+            );
+        }
+        // Every chunk has its place by age under each class it holds, and no other.
+        let mut places = 0;
+        for r in s.chunks.iter() {
+            let (k, v) = r.unwrap();
+            let (_, json) = chunk_body(&v);
+            let batch: firmware_config::wire::EventBatch = serde_json::from_slice(json).unwrap();
+            let held: std::collections::BTreeSet<EventClass> =
+                batch.events.iter().map(|e| e.class).collect();
+            for c in held {
+                let found = s
+                    .by_age
+                    .iter()
+                    .keys()
+                    .filter(|p| {
+                        p.as_ref().unwrap().ends_with(&k)
+                            && p.as_ref().unwrap()[0] == retention::class_code(c)
+                    })
+                    .count();
+                assert_eq!(found, 1, "chunk {k:?} class {c:?}");
+                places += 1;
+            }
+        }
+        assert_eq!(places, s.by_age.len());
     }
 
     #[test]
