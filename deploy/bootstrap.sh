@@ -10,6 +10,8 @@ packages=(
   libavfilter-dev libavdevice-dev
   # system tests: the real external broker
   mosquitto mosquitto-clients
+  # scale-out tests: PostgreSQL, started by the fixture in a temporary folder as nobody
+  postgresql-15 postgresql-client-15
   # system tests: the real RTSP test camera (GStreamer's RTSP server, driven from /usr/bin/python3)
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 gir1.2-gst-plugins-base-1.0
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good

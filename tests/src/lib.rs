@@ -16,6 +16,7 @@ pub mod disk;
 pub mod live;
 pub mod mosquitto;
 pub mod pki;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod services;
