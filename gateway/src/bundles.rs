@@ -14,7 +14,9 @@
 //! Replays and rollbacks: a bundle is taken only when its version is above every version
 //! ever applied to its target — also after an automatic rollback, so the bundle that was
 //! rolled back (or any older one) is never applied again — when it was issued within
-//! `[bundles] max_age`, and when its version is at most `MAX_VERSION`.
+//! `[bundles] max_age` on central's clock (as its signed messages show it, so a gateway whose
+//! own clock is hours off still judges rightly), and when its version is at most
+//! `MAX_VERSION`.
 //!
 //! Files in `<storage>/bundles/`: `gateway.json` (in force), `gateway.previous.json` (last
 //! good), `gateway.confirmed` (the version central confirmed), `terminal-<id>.json`,
@@ -46,6 +48,9 @@ pub trait Host: Send + Sync {
     fn config(&self) -> Arc<GatewayConfig>;
     fn outbox(&self) -> &Outbox;
     fn clock(&self) -> Clock;
+    /// The time on central's clock now (as its signed messages show it; this gateway's own
+    /// before central is heard): a bundle's issue time is central's, judged against it.
+    fn central_now(&self) -> time::OffsetDateTime;
     fn metrics(&self) -> &crate::Metrics;
     fn terminals(&self) -> &crate::terminals::Terminals;
     /// Switches the devices to `config` (all or nothing).
@@ -456,7 +461,9 @@ impl Bundles {
         if body.version > MAX_VERSION {
             return Err(BundleRefusal::TooLarge(body.version));
         }
-        let now = host.clock().now_utc();
+        // Central's clock, not this gateway's: a gateway booted without its clock, or stepped
+        // by hours, still takes a fresh bundle and still refuses an old one.
+        let now = host.central_now();
         let max_age = self.max_age;
         if now - body.issued > max_age {
             return Err(BundleRefusal::TooOld {

@@ -111,6 +111,8 @@ pub struct Shared {
     pub started: Instant,
     /// The time of day for every part (the system's, or a test's).
     pub clock: Clock,
+    /// Central's clock, as its signed messages show it: what times central wrote are judged on.
+    pub central_clock: uplink::downlink::CentralClock,
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -184,6 +186,10 @@ impl bundles::Host for Shared {
     }
     fn clock(&self) -> Clock {
         self.clock
+    }
+    fn central_now(&self) -> time::OffsetDateTime {
+        let now = self.clock.now_utc();
+        self.central_clock.lock().map_or(now, |c| c.their_now(now))
     }
     fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -387,6 +393,7 @@ pub async fn start_with<T: Transport>(
         device_sessions,
         started: clock.instant(),
         clock,
+        central_clock: uplink.central_clock(),
     });
 
     shared.bundles.resume(&shared.outbox).await;

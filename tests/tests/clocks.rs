@@ -89,13 +89,14 @@ async fn a_gateway_hours_off_is_heard_shown_and_alerted_and_steps_lose_nothing()
     set_clock(&clock, "-3h");
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // It takes config bundles from central.
     let text = gateway_toml(
         fixture.path(),
         GW,
         central.broker_url.as_deref().unwrap(),
         None,
         port,
-    );
+    ) + "\n[bundles]\nconfirm_within = \"5m\"\n";
     let clock_file = clock.display().to_string();
     let mut gw = ServiceProcess::spawn_with_env(
         "gateway",
@@ -135,6 +136,18 @@ async fn a_gateway_hours_off_is_heard_shown_and_alerted_and_steps_lose_nothing()
         health.to_string().contains("\"clock_offset_ms\":-10"),
         "{health}"
     );
+
+    // A config bundle central issues now is three hours in this gateway's future: judged on
+    // central's clock (as its signed messages show it), it is taken all the same.
+    let bundle = gridedge_tests::services::api_client()
+        .post(central.url("/api/v1/bundles"))
+        .json(&json!({ "gateway": GW, "toml": format!("{text}\n# from central\n"), "version": 1 }))
+        .send()
+        .await
+        .unwrap();
+    let status = bundle.status().as_u16();
+    let answer: Value = bundle.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{answer}\n{}", gw.process.log_text());
 
     // Its events carry its time beside central's receipt; one from a box that booted in 1975
     // is kept and flagged.

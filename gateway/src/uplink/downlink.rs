@@ -113,9 +113,13 @@ pub struct DownlinkGuard {
     path: PathBuf,
     dirty: bool,
     /// Central's clock, from its signed messages: ages are judged on it, so a gateway whose
-    /// own clock is wrong (booted without one, stepped) still takes central's messages.
-    central: PeerClock,
+    /// own clock is wrong (booted without one, stepped) still takes central's messages. Shared
+    /// with what judges the times inside them (a bundle's issue time).
+    central: CentralClock,
 }
+
+/// Central's clock as the gateway has seen it in central's signed messages.
+pub type CentralClock = std::sync::Arc<std::sync::Mutex<PeerClock>>;
 
 fn slot(channel: Channel) -> Option<usize> {
     match channel {
@@ -150,7 +154,7 @@ impl DownlinkGuard {
             ],
             path,
             dirty: false,
-            central: PeerClock::default(),
+            central: CentralClock::default(),
         }
     }
 
@@ -169,8 +173,15 @@ impl DownlinkGuard {
                 SigningError::WrongGateway { .. } => Refusal::OtherGateway,
                 _ => Refusal::BadSignature,
             })?;
-        self.central.observe(env.time, now);
-        let age = self.central.their_now(now) - env.time;
+        let central_now = {
+            let mut central = self
+                .central
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            central.observe(env.time, now);
+            central.their_now(now)
+        };
+        let age = central_now - env.time;
         if age > self.max_age || -age > self.max_age {
             return Err(Refusal::Stale);
         }
@@ -179,6 +190,11 @@ impl DownlinkGuard {
         }
         self.dirty = true;
         Ok(())
+    }
+
+    /// Central's clock as this guard sees it.
+    pub fn central_clock(&self) -> CentralClock {
+        self.central.clone()
     }
 
     /// Writes the highest numbers taken, if they changed.

@@ -125,6 +125,11 @@ pub fn mqtt_transport(
 }
 
 impl<T: Transport> Uplink<T> {
+    /// Central's clock as its signed messages show it (for times judged inside them).
+    pub fn central_clock(&self) -> downlink::CentralClock {
+        self.guard.central_clock()
+    }
+
     pub fn new(
         config: &GatewayConfig,
         gateway: GatewayId,
