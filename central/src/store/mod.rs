@@ -248,10 +248,6 @@ fn split_chunks(
             .map(|e| serde_json::to_vec(e).map(std::borrow::Cow::Owned))
             .collect::<Result<_, _>>()?,
     };
-    let total: usize = jsons.iter().map(|j| j.len() + 1).sum();
-    if total + CHUNK_HEADER + 12 <= CHUNK_MAX {
-        return Ok(vec![whole(encode_chunk(fresh, None, received_ms)?)]);
-    }
     let mut parts = Vec::new();
     let mut start = 0;
     while start < fresh.len() {
