@@ -212,6 +212,7 @@ pub async fn start_with<T: Transport>(
             &config.storage.dir,
             64 << 20,
             config.storage.disk_reserve.bytes(),
+            store::BucketWidths::for_retention(&config.retention),
         )?
         .with_clock(clock),
     );

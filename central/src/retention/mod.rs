@@ -1,8 +1,10 @@
 //! Retention: events are kept for their class's time (counted from when central received
-//! them), then written to the archive, if there is one, and deleted. The pruner runs in the
-//! background in bounded passes, off the ingest path: a pass reads at most a few hundred
-//! chunks (a handful while the disk is full), so batches and acknowledgements never wait long
-//! for it. Nothing is deleted that the archive could not take.
+//! them), then written to the archive, if there is one, and deleted a bucket at a time (see
+//! `store::buckets`). The pruner runs in the background, off the ingest path: it reads a
+//! bucket in pages of a few hundred chunks (a handful while the disk is full), each page its
+//! own blocking task, and dropping the tree is one short step, so batches and
+//! acknowledgements never wait long for it. Nothing is dropped that the archive could not
+//! take.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,13 +15,14 @@ use firmware_config::wire::EventClass;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{ClassLabel, Metrics};
-use crate::store::{EventStore, Expired, StoreError};
+use crate::store::{Bucket, EventStore, Expired, StoreError};
 
 pub mod archive;
 
-/// Chunks per pass while the disk has room, and while it is full (deleting writes too).
-const PASS: usize = 256;
-const PASS_ON_FULL_DISK: usize = 8;
+/// Chunks per archive page while the disk has room, and while it is full (each page is one
+/// file, written whole before anything is dropped).
+const PAGE: usize = 256;
+const PAGE_ON_FULL_DISK: usize = 8;
 
 fn label(class: EventClass) -> ClassLabel {
     ClassLabel {
@@ -74,7 +77,8 @@ impl From<PruneError> for StoreError {
     }
 }
 
-/// Prunes every class down to its time.
+/// Prunes every class down to its time: each bucket whose every event is past it is written
+/// to the archive page by page, then dropped whole.
 pub async fn prune_once(
     store: &Arc<EventStore>,
     settings: &Retention,
@@ -84,59 +88,24 @@ pub async fn prune_once(
     for class in crate::store::CLASSES {
         let keep = i64::try_from(settings.keep(class).as_millis()).unwrap_or(i64::MAX);
         let before = clock.unix_ms().saturating_sub(keep);
-        let (mut events, mut files) = (0usize, 0usize);
-        loop {
-            let max = if store.disk().full() {
-                PASS_ON_FULL_DISK
-            } else {
-                PASS
-            };
-            let (s, dir) = (store.clone(), settings.archive_dir.clone());
-            let pass = tokio::task::spawn_blocking(move || -> Result<_, PruneError> {
-                let expired: Expired = s.expired(class, before, max)?;
-                if expired.chunks.is_empty() {
-                    return Ok(None);
-                }
-                let file = match &dir {
-                    Some(dir) => archive::write(dir, &expired)?,
-                    None => None,
-                };
-                let forgotten = s.forget(&expired)?;
-                Ok(Some((
-                    expired.chunks.len(),
-                    expired.events(),
-                    file,
-                    forgotten,
-                )))
+        let (mut events, mut files) = (0u64, 0usize);
+        for bucket in store.expired_buckets(class, before) {
+            if let Some(dir) = &settings.archive_dir {
+                files += archive_bucket(store, &bucket, dir, metrics).await?;
+            }
+            let s = store.clone();
+            let (n, dropped) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let n = s.bucket_events(&bucket)?;
+                Ok((n, s.drop_bucket(&bucket)?))
             })
             .await
-            .map_err(|e| StoreError::Flush(format!("pruning task: {e}")))?;
-            let pass = match pass {
-                Err(PruneError::Archive(e)) => {
-                    metrics.archive_failures.inc();
-                    return Err(PruneError::Archive(e).into());
-                }
-                other => other?,
-            };
-            let Some((chunks, n, file, forgotten)) = pass else {
-                break;
-            };
-            if let Some((_, bytes)) = &file {
-                metrics.archive_bytes.inc_by(*bytes);
-                files += 1;
-            }
-            if !forgotten {
+            .map_err(|e| StoreError::Flush(format!("pruning task: {e}")))??;
+            if !dropped {
                 // The disk is at its last bytes: the next pass tries again.
                 break;
             }
-            metrics
-                .events_pruned
-                .get_or_create(&label(class))
-                .inc_by(n as u64);
+            metrics.events_pruned.get_or_create(&label(class)).inc_by(n);
             events += n;
-            if chunks < max {
-                break;
-            }
         }
         if events > 0 {
             tracing::info!(
@@ -149,6 +118,47 @@ pub async fn prune_once(
         }
     }
     Ok(())
+}
+
+/// Writes every page of `bucket` to the archive under `dir`; returns the files written.
+async fn archive_bucket(
+    store: &Arc<EventStore>,
+    bucket: &Bucket,
+    dir: &std::path::Path,
+    metrics: &Metrics,
+) -> Result<usize, StoreError> {
+    let mut after: Option<Vec<u8>> = None;
+    let mut files = 0;
+    loop {
+        let max = if store.disk().full() {
+            PAGE_ON_FULL_DISK
+        } else {
+            PAGE
+        };
+        let (s, dir, b, from) = (store.clone(), dir.to_owned(), *bucket, after.take());
+        let page = tokio::task::spawn_blocking(move || -> Result<_, PruneError> {
+            let page: Expired = s.read_bucket(&b, from.as_deref(), max)?;
+            let file = archive::write(&dir, &page)?;
+            Ok((page.chunks.len(), page.last_key().map(<[u8]>::to_vec), file))
+        })
+        .await
+        .map_err(|e| StoreError::Flush(format!("pruning task: {e}")))?;
+        let (chunks, last, file) = match page {
+            Err(PruneError::Archive(e)) => {
+                metrics.archive_failures.inc();
+                return Err(PruneError::Archive(e).into());
+            }
+            other => other?,
+        };
+        if let Some((_, bytes)) = &file {
+            metrics.archive_bytes.inc_by(*bytes);
+            files += 1;
+        }
+        if chunks < max {
+            return Ok(files);
+        }
+        after = last;
+    }
 }
 
 async fn refresh_gauges(store: &Arc<EventStore>, metrics: &Metrics) {
@@ -211,7 +221,7 @@ mod tests {
         let gw = GatewayId::new("gw-a").unwrap();
         std::fs::create_dir_all(dir).unwrap();
         {
-            let s = EventStore::open(dir, 1 << 20, 0)
+            let s = EventStore::open(dir, 1 << 20, 0, crate::store::retention_tests::hourly())
                 .unwrap()
                 .with_clock(Clock::system().skewed(-time::Duration::hours(2)));
             for i in 0..300 {
@@ -226,7 +236,7 @@ mod tests {
             }
             s.store_batch(&gw, &[ev(601, EventClass::Alert)]).unwrap();
         }
-        let s = EventStore::open(dir, 1 << 20, 0).unwrap();
+        let s = EventStore::open(dir, 1 << 20, 0, crate::store::retention_tests::hourly()).unwrap();
         s.store_batch(&gw, &[ev(602, EventClass::Telemetry)])
             .unwrap();
         Arc::new(s)

@@ -13,7 +13,9 @@ use firmware_config::runtime::sled_store;
 use firmware_config::ids::GatewayId;
 use firmware_config::wire::{Event, EventClass};
 
+mod buckets;
 mod retention;
+pub use buckets::{Bucket, BucketWidths};
 #[cfg(test)]
 pub(crate) use retention::tests as retention_tests;
 pub use retention::{Expired, ExpiredChunk, CLASSES};
@@ -56,14 +58,14 @@ type SeenSet = Vec<(u64, u64)>;
 
 pub struct EventStore {
     db: sled::Db,
-    /// `gateway/first_seq` → a chunk: the new events of one batch (see `encode_chunk`).
-    chunks: sled::Tree,
+    /// The time buckets (see `buckets`): in each, `gateway/first_seq` → a chunk of new events
+    /// of one class from one batch (see `encode_chunk`), and the bucket's header.
+    buckets: std::sync::Mutex<buckets::Buckets>,
+    /// The width of new buckets of each class.
+    widths: BucketWidths,
     /// `gateway` → the sequence numbers stored so far, as merged inclusive ranges. Pruned
     /// events stay in it, so that a gateway sending them again is still told they are held.
     seen: sled::Tree,
-    /// `class/received/gateway/first_seq` → nothing: each chunk by when it was received, once
-    /// under each class it holds, for the pruner (see `retention`).
-    by_age: sled::Tree,
     /// Cache of `seen`; only the ingest path (one task) changes it.
     seen_cache: std::sync::Mutex<std::collections::HashMap<GatewayId, Vec<(u64, u64)>>>,
     /// Keeps the store off a full disk (sled does not come back from a refused write).
@@ -82,6 +84,15 @@ fn key(gateway: &GatewayId, seq: u64) -> Vec<u8> {
     k.push(b'/');
     k.extend_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn transaction_error(e: sled::transaction::TransactionError<()>) -> StoreError {
+    match e {
+        sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
+        sled::transaction::TransactionError::Abort(()) => {
+            StoreError::Sled(sled::Error::Unsupported("aborted".into()))
+        }
+    }
 }
 
 /// Sorted, merged inclusive ranges of `seqs`.
@@ -207,29 +218,39 @@ pub(crate) const CHUNK_MAX: usize = 6 * 1024;
 /// How often sled's background thread flushes and then cleans segments.
 const CLEAN_EVERY_MS: u64 = 500;
 
-/// One chunk of a batch: its first sequence number (its key), its bytes, its classes.
+/// One chunk of a batch: its first sequence number (its key), its bytes, its one class and
+/// how many events it holds.
 struct ChunkPart {
     first: u64,
     bytes: Vec<u8>,
-    classes: std::collections::BTreeSet<EventClass>,
+    class: EventClass,
+    events: u64,
 }
 
-/// The new events of one batch as chunks of at most [`CHUNK_MAX`] bytes (an event larger than
-/// that alone in its chunk), in batch order. A batch that fits is stored as one chunk, `raw`
-/// as it came when given; a larger one is cut between events, which are taken from `raw`
-/// without re-encoding when it holds them.
+/// The new events of one batch as chunks of one class each (each class has its own buckets)
+/// of at most [`CHUNK_MAX`] bytes (an event larger than that alone in its chunk), in batch
+/// order within a class. A batch of one class that fits is stored as one chunk, `raw` as it
+/// came when given; others are cut between events, which are taken from `raw` without
+/// re-encoding when it holds them.
 fn split_chunks(
     fresh: &[&Event],
     raw: Option<&[u8]>,
     received_ms: i64,
 ) -> Result<Vec<ChunkPart>, serde_json::Error> {
-    let whole = |bytes| ChunkPart {
-        first: fresh.iter().map(|e| e.seq).min().unwrap_or(0),
-        bytes,
-        classes: fresh.iter().map(|e| e.class).collect(),
-    };
-    if let Some(raw) = raw.filter(|r| r.len() + CHUNK_HEADER <= CHUNK_MAX) {
-        return Ok(vec![whole(encode_chunk(fresh, Some(raw), received_ms)?)]);
+    let one_class = fresh
+        .first()
+        .map(|e| e.class)
+        .filter(|c| fresh.iter().all(|e| e.class == *c));
+    if let (Some(class), Some(raw)) = (
+        one_class,
+        raw.filter(|r| r.len() + CHUNK_HEADER <= CHUNK_MAX),
+    ) {
+        return Ok(vec![ChunkPart {
+            first: fresh.iter().map(|e| e.seq).min().unwrap_or(0),
+            bytes: encode_chunk(fresh, Some(raw), received_ms)?,
+            class,
+            events: fresh.len() as u64,
+        }]);
     }
     // Each event's JSON: borrowed from the payload when it parses to the same events.
     #[derive(serde::Deserialize)]
@@ -249,30 +270,38 @@ fn split_chunks(
             .collect::<Result<_, _>>()?,
     };
     let mut parts = Vec::new();
-    let mut start = 0;
-    while start < fresh.len() {
-        let mut end = start;
-        let mut size = CHUNK_HEADER + 12;
-        while end < fresh.len() && (end == start || size + jsons[end].len() < CHUNK_MAX) {
-            size += jsons[end].len() + 1;
-            end += 1;
-        }
-        let group = &fresh[start..end];
-        let mut body = Vec::with_capacity(size);
-        body.extend_from_slice(b"{\"events\":[");
-        for (i, j) in jsons[start..end].iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
+    for class in EventClass::ALL {
+        let of_class: Vec<usize> = (0..fresh.len())
+            .filter(|i| fresh[*i].class == class)
+            .collect();
+        let mut start = 0;
+        while start < of_class.len() {
+            let mut end = start;
+            let mut size = CHUNK_HEADER + 12;
+            while end < of_class.len()
+                && (end == start || size + jsons[of_class[end]].len() < CHUNK_MAX)
+            {
+                size += jsons[of_class[end]].len() + 1;
+                end += 1;
             }
-            body.extend_from_slice(j);
+            let group: Vec<&Event> = of_class[start..end].iter().map(|i| fresh[*i]).collect();
+            let mut body = Vec::with_capacity(size);
+            body.extend_from_slice(b"{\"events\":[");
+            for (n, i) in of_class[start..end].iter().enumerate() {
+                if n > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&jsons[*i]);
+            }
+            body.extend_from_slice(b"]}");
+            parts.push(ChunkPart {
+                first: group.iter().map(|e| e.seq).min().unwrap_or(0),
+                bytes: encode_chunk(&group, Some(&body), received_ms)?,
+                class,
+                events: group.len() as u64,
+            });
+            start = end;
         }
-        body.extend_from_slice(b"]}");
-        parts.push(ChunkPart {
-            first: group.iter().map(|e| e.seq).min().unwrap_or(0),
-            bytes: encode_chunk(group, Some(&body), received_ms)?,
-            classes: group.iter().map(|e| e.class).collect(),
-        });
-        start = end;
     }
     Ok(parts)
 }
@@ -310,8 +339,14 @@ impl EventStore {
     }
 
     /// Opens the store under `dir`, keeping up to `reserve` bytes of its disk aside for the
-    /// day it fills.
-    pub fn open(dir: &Path, cache_bytes: u64, reserve: u64) -> Result<Self, StoreError> {
+    /// day it fills, making new time buckets `widths` wide. A store an older central wrote
+    /// (one tree of chunks) is moved into buckets first.
+    pub fn open(
+        dir: &Path,
+        cache_bytes: u64,
+        reserve: u64,
+        widths: BucketWidths,
+    ) -> Result<Self, StoreError> {
         let mut disk = DiskGuard::new(dir, reserve).map_err(|e| {
             StoreError::Flush(format!("cannot read the disk under {}: {e}", dir.display()))
         })?;
@@ -321,28 +356,26 @@ impl EventStore {
                 .path(dir.join("events"))
                 .cache_capacity(cache_bytes)
                 // Not for durability (each group is flushed before its ack): sled's periodic
-                // thread is where it cleans most segments that deletions left part empty,
-                // spending up to half of each period on it. Without it the files creep up
-                // under retention's steady deletes.
+                // thread is where it cleans segments that rewritten records (the seen sets)
+                // left part empty, spending up to half of each period on it.
                 .flush_every_ms(Some(CLEAN_EVERY_MS)),
         )?;
-        let chunks = db.open_tree("chunks")?;
         let seen = db.open_tree("seen")?;
-        let by_age = db.open_tree("chunks_by_age")?;
+        let buckets = buckets::Buckets::load(&db)?;
         disk.check(0);
         let disk_state = disk.state();
         let store = Self {
             db,
-            chunks,
+            buckets: std::sync::Mutex::new(buckets),
+            widths,
             seen,
-            by_age,
             seen_cache: Default::default(),
             disk: std::sync::Mutex::new(disk),
             disk_state,
             stopped: Default::default(),
             clock: Clock::system(),
         };
-        store.index_by_age()?;
+        store.move_legacy_chunks()?;
         Ok(store)
     }
 
@@ -484,37 +517,48 @@ impl EventStore {
         let mut changed = None;
         if !fresh.is_empty() {
             let raw = raw.filter(|_| fresh.len() == events.len());
-            let received = self.clock.unix_ms();
-            let mut parts = Vec::new();
-            for part in split_chunks(&fresh, raw, received)? {
-                let chunk_key = key(gateway, part.first);
-                // A place by age under each class the chunk holds, for that class's pruning.
-                let places: Vec<Vec<u8>> = part
-                    .classes
-                    .iter()
-                    .map(|c| retention::age_key(*c, received, &chunk_key))
-                    .collect();
-                parts.push((chunk_key, part.bytes, places));
-            }
+            let received = self.clock.unix_ms().max(0);
+            let parts = split_chunks(&fresh, raw, received)?;
             set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
-            // One atomic write: the chunks, their places by age and the seen set together.
-            (&self.chunks, &self.seen, &self.by_age)
-                .transaction(|(chunks, seen, by_age)| {
-                    for (chunk_key, chunk, places) in &parts {
-                        chunks.insert(chunk_key.as_slice(), chunk.as_slice())?;
-                        for place in places {
-                            by_age.insert(place.as_slice(), &[] as &[u8])?;
-                        }
+            // Held while writing, so that the pruner cannot drop a tree this batch writes to.
+            let mut buckets = self.buckets();
+            // The trees this batch writes to: the seen sets, then each bucket once.
+            let mut trees: Vec<sled::Tree> = vec![self.seen.clone()];
+            let mut held: Vec<(Bucket, u64)> = Vec::new();
+            let mut writes: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::with_capacity(parts.len());
+            for part in parts {
+                let bucket = Bucket::of(part.class, received, self.widths.of(part.class));
+                let at = match held.iter().position(|(b, _)| *b == bucket) {
+                    Some(i) => i,
+                    None => {
+                        trees.push(buckets.tree(&self.db, bucket)?);
+                        held.push((bucket, 0));
+                        held.len() - 1
                     }
-                    seen.insert(gateway.as_str().as_bytes(), encode_ranges(&set))?;
+                };
+                held[at].1 += part.events;
+                writes.push((at + 1, key(gateway, part.first), part.bytes));
+            }
+            // One atomic write: the chunks, their buckets' headers and the seen set together.
+            trees
+                .as_slice()
+                .transaction(|t| {
+                    for (at, chunk_key, chunk) in &writes {
+                        t[*at].insert(chunk_key.as_slice(), chunk.as_slice())?;
+                    }
+                    for (i, (_, events)) in held.iter().enumerate() {
+                        let (first, before) = t[i + 1]
+                            .get(buckets::HEADER)?
+                            .and_then(|h| buckets::decode_header(&h))
+                            .unwrap_or((received, 0));
+                        let header = buckets::encode_header(first.min(received), before + events);
+                        t[i + 1].insert(buckets::HEADER, &header[..])?;
+                    }
+                    t[0].insert(gateway.as_str().as_bytes(), encode_ranges(&set))?;
                     Ok(())
                 })
-                .map_err(|e: sled::transaction::TransactionError<()>| match e {
-                    sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        StoreError::Sled(sled::Error::Unsupported("aborted".into()))
-                    }
-                })?;
+                .map_err(transaction_error)?;
+            drop(buckets);
             changed = Some(set.clone());
         }
         Ok((
@@ -527,6 +571,25 @@ impl EventStore {
             },
             changed,
         ))
+    }
+
+    fn buckets(&self) -> std::sync::MutexGuard<'_, buckets::Buckets> {
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Every chunk of every bucket, with its bucket and key.
+    #[cfg(test)]
+    fn chunks(&self) -> Vec<(Bucket, Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        for (bucket, tree) in self.buckets().all() {
+            for item in tree.range(vec![1u8]..) {
+                let (k, v) = item.unwrap();
+                out.push((bucket, k.to_vec(), v.to_vec()));
+            }
+        }
+        out
     }
 
     pub fn high(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
@@ -545,20 +608,27 @@ impl EventStore {
         let mut prefix = gateway.as_str().as_bytes().to_vec();
         prefix.push(b'/');
         let mut found: Vec<StoredEvent> = Vec::new();
-        for item in self.chunks.scan_prefix(&prefix) {
-            let (_, v) = item?;
-            if chunk_max(&v) <= after {
-                continue;
+        for (_, tree) in self.buckets().all() {
+            for item in tree.scan_prefix(&prefix) {
+                let v = match item {
+                    Ok((_, v)) => v,
+                    // Dropped by the pruner while this read it: past its time.
+                    Err(sled::Error::CollectionNotFound(_)) => break,
+                    Err(e) => return Err(e.into()),
+                };
+                if chunk_max(&v) <= after {
+                    continue;
+                }
+                let (received, json) = chunk_body(&v);
+                let batch: firmware_config::wire::EventBatch = serde_json::from_slice(json)?;
+                found.extend(
+                    batch
+                        .events
+                        .into_iter()
+                        .filter(|e| e.seq > after)
+                        .map(|event| StoredEvent { event, received }),
+                );
             }
-            let (received, json) = chunk_body(&v);
-            let batch: firmware_config::wire::EventBatch = serde_json::from_slice(json)?;
-            found.extend(
-                batch
-                    .events
-                    .into_iter()
-                    .filter(|e| e.seq > after)
-                    .map(|event| StoredEvent { event, received }),
-            );
         }
         found.sort_unstable_by_key(|e| e.seq);
         found.truncate(limit);
@@ -609,10 +679,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = GatewayId::new("a").unwrap();
         {
-            let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+            let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
             s.store_batch(&a, &[ev(1), ev(2), ev(5)]).unwrap();
         }
-        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
         let r = s.store_batch(&a, &[ev(2), ev(3), ev(5)]).unwrap();
         assert_eq!((r.new, r.duplicates, r.high), (1, 2, 5));
         let seqs = stored_seqs(&s, &a);
@@ -625,7 +695,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (GatewayId::new("a").unwrap(), GatewayId::new("b").unwrap());
         {
-            let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+            let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
             let (first, again, other) = ([ev(1), ev(2)], [ev(2), ev(3)], [ev(1)]);
             let r = s.store_batches(&[
                 (&a, &first[..], None),
@@ -641,7 +711,7 @@ mod tests {
                 (1, 1, vec![3])
             );
         }
-        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
         let seqs = stored_seqs(&s, &a);
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!(s.high(&b).unwrap(), 1);
@@ -669,7 +739,7 @@ mod tests {
     #[test]
     fn a_large_batch_is_stored_in_chunks_small_enough_for_sleds_pages() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
         let a = GatewayId::new("a").unwrap();
         let classes = [EventClass::Telemetry, EventClass::Alert];
         let events: Vec<Event> = (1..=60)
@@ -690,7 +760,8 @@ mod tests {
         s.store_batch(&a, &[big(101, 3 * CHUNK_MAX, EventClass::Submission)])
             .unwrap();
 
-        let sizes: Vec<usize> = s.chunks.iter().map(|r| r.unwrap().1.len()).collect();
+        let chunks = s.chunks();
+        let sizes: Vec<usize> = chunks.iter().map(|(_, _, v)| v.len()).collect();
         assert!(sizes.len() >= 12, "{sizes:?}");
         assert_eq!(
             sizes.iter().filter(|n| **n > CHUNK_MAX).count(),
@@ -710,35 +781,24 @@ mod tests {
                 got.seq
             );
         }
-        // Every chunk has its place by age under each class it holds, and no other.
-        let mut places = 0;
-        for r in s.chunks.iter() {
-            let (k, v) = r.unwrap();
-            let (_, json) = chunk_body(&v);
+        // Every chunk holds one class, and is in that class's bucket.
+        for (bucket, k, v) in &chunks {
+            let (_, json) = chunk_body(v);
             let batch: firmware_config::wire::EventBatch = serde_json::from_slice(json).unwrap();
-            let held: std::collections::BTreeSet<EventClass> =
-                batch.events.iter().map(|e| e.class).collect();
-            for c in held {
-                let found = s
-                    .by_age
-                    .iter()
-                    .keys()
-                    .filter(|p| {
-                        p.as_ref().unwrap().ends_with(&k)
-                            && p.as_ref().unwrap()[0] == retention::class_code(c)
-                    })
-                    .count();
-                assert_eq!(found, 1, "chunk {k:?} class {c:?}");
-                places += 1;
-            }
+            assert!(
+                batch.events.iter().all(|e| e.class == bucket.class),
+                "chunk {k:?} in {bucket:?}"
+            );
         }
-        assert_eq!(places, s.by_age.len());
+        let classes: std::collections::BTreeSet<EventClass> =
+            chunks.iter().map(|(b, ..)| b.class).collect();
+        assert_eq!(classes.len(), 4);
     }
 
     #[test]
     fn deduplicates_per_gateway_and_reads_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
         let a = GatewayId::new("a").unwrap();
         let b = GatewayId::new("a-b").unwrap();
         let raw = serde_json::to_vec(&firmware_config::wire::EventBatch {
@@ -780,7 +840,7 @@ mod tests {
     #[test]
     fn each_event_says_when_it_was_received_and_an_absurd_time_is_kept_and_flagged() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
         let a = GatewayId::new("gw-a").unwrap();
         let mut now = ev(2);
         now.time = time::OffsetDateTime::now_utc();
@@ -797,7 +857,12 @@ mod tests {
             br#"{"events":[{"seq":3,"class":"telemetry","kind":"t","time":"1970-01-01T00:00:00Z","payload":{}}]}"#,
         ]
         .concat();
-        s.chunks.insert(key(&a, 3), legacy).unwrap();
+        let (bucket, ..) = s.chunks()[0].clone();
+        s.buckets()
+            .tree(&s.db, bucket)
+            .unwrap()
+            .insert(key(&a, 3), legacy)
+            .unwrap();
         let got = s.events_after(&a, 2, 10).unwrap();
         assert_eq!(got[0].seq, 3);
         assert!(got[0].received.is_none() && !got[0].time_suspect());

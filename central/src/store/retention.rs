@@ -1,66 +1,34 @@
-//! Chunks by age, for retention: each chunk has a place in `chunks_by_age` under every class
-//! it holds and the time central received it, so that the pruner reads the oldest chunks of a
-//! class straight from the front of a range, never scanning the rest. Ingest stores a batch
-//! as it came (one chunk, classes mixed); the pruner, off the ingest path, takes a class out
-//! of a chunk by writing the chunk again without it, and deletes the chunk when nothing is left.
+//! Retention's side of the store: the buckets of a class past a time, read in pages for the
+//! archive, then dropped whole (see `buckets`). Nothing is dropped before it is archived: the
+//! pruner reads every page of a bucket and writes it away, then drops the tree, and a crash
+//! between makes it write the same files again. Only the pruner (one task) does either.
 //!
-//! Pruning is two steps, so that nothing is deleted before it is archived: [`EventStore::expired`]
-//! reads the oldest chunks of a class past a time, the caller writes them away, then
-//! [`EventStore::forget`] deletes them and flushes. Only the pruner (one task) does either.
+//! A store an older central wrote (one `chunks` tree of mixed classes, with `chunks_by_age`
+//! beside it) is moved into buckets once, when it opens.
 
 use firmware_config::wire::{Event, EventBatch, EventClass};
+use sled::Transactional;
 
-use super::{chunk_body, encode_chunk, EventStore, StoreError};
-
-/// Marks a store whose chunks all have their places by age.
-const INDEXED: &[u8] = b"chunks_by_age.v1";
-
-pub(super) fn class_code(class: EventClass) -> u8 {
-    class.index() as u8
-}
+use super::buckets::{self, Bucket, HEADER};
+use super::{chunk_body, split_chunks, EventStore, StoreError};
 
 pub const CLASSES: [EventClass; 4] = EventClass::ALL;
 
-/// `class, received (ms, big-endian, never negative), chunk key`: sorted by age within a class.
-pub(super) fn age_key(class: EventClass, received_ms: i64, chunk_key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(9 + chunk_key.len());
-    k.push(class_code(class));
-    k.extend_from_slice(&received_ms.max(0).to_be_bytes());
-    k.extend_from_slice(chunk_key);
-    k
-}
+/// Where an older central kept every chunk, and each chunk's places by age.
+const LEGACY_CHUNKS: &str = "chunks";
+const LEGACY_TREES: [&str; 2] = ["chunks_by_age", "store_meta"];
 
-fn received_of(age_key: &[u8]) -> i64 {
-    age_key
-        .get(1..9)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(i64::from_be_bytes)
-        .unwrap_or(0)
-}
-
-/// What becomes of a chunk once a class is taken out of it.
-#[derive(Debug)]
-enum Rest {
-    /// Nothing is left: delete it.
-    Nothing,
-    /// Other classes are left: the chunk as it is written again.
-    Chunk(Vec<u8>),
-    /// It was gone already (a prune stopped halfway): only its place is left to delete.
-    Gone,
-}
-
-/// The events of one class in one chunk, past their time.
+/// The events of one chunk, as the archive takes them.
 #[derive(Debug)]
 pub struct ExpiredChunk {
     pub gateway: String,
     /// When central received them (Unix ms).
     pub received_ms: i64,
     pub events: Vec<Event>,
-    age_key: Vec<u8>,
-    rest: Rest,
+    key: Vec<u8>,
 }
 
-/// The oldest chunks of a class past a time, in order of age.
+/// A page of a bucket past its time: chunks in key order.
 #[derive(Debug)]
 pub struct Expired {
     pub class: EventClass,
@@ -72,12 +40,17 @@ impl Expired {
         self.chunks.iter().map(|c| c.events.len()).sum()
     }
 
-    /// Names this batch by its first chunk: the same after a crash and a second try, so that
+    /// Names this page by its first chunk: the same after a crash and a second try, so that
     /// an archive file written twice is the same file, not a second copy.
     pub fn name(&self) -> Option<String> {
         let first = self.chunks.first()?;
         let seq = first.events.iter().map(|e| e.seq).min().unwrap_or(0);
         Some(format!("{}-{}-{seq}", first.received_ms, first.gateway))
+    }
+
+    /// Where the next page starts: just after this one's last chunk.
+    pub fn last_key(&self) -> Option<&[u8]> {
+        self.chunks.last().map(|c| c.key.as_slice())
     }
 }
 
@@ -85,101 +58,72 @@ fn gateway_of(chunk_key: &[u8]) -> Option<&[u8]> {
     chunk_key.len().checked_sub(9).map(|n| &chunk_key[..n])
 }
 
+fn unix_ms(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
 impl EventStore {
-    /// Gives every chunk its places by age once, for stores written before retention. A chunk
-    /// that does not say when it was received is counted from now.
-    pub(super) fn index_by_age(&self) -> Result<(), StoreError> {
-        let meta = self.db.open_tree("store_meta")?;
-        if meta.get(INDEXED)?.is_some() {
-            return Ok(());
-        }
-        let now = self.clock.unix_ms();
-        let (mut done, mut places) = (0u64, sled::Batch::default());
-        for item in self.chunks.iter() {
-            let (k, v) = item?;
-            let (received, json) = chunk_body(&v);
-            let received = received.map_or(now, |t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
-            let batch: EventBatch = serde_json::from_slice(json)?;
-            let classes: std::collections::BTreeSet<EventClass> =
-                batch.events.iter().map(|e| e.class).collect();
-            for class in classes {
-                places.insert(age_key(class, received, &k), &[] as &[u8]);
-            }
-            done += 1;
-            if done % 10_000 == 0 {
-                self.by_age.apply_batch(std::mem::take(&mut places))?;
-                if done % 100_000 == 0 {
-                    tracing::info!(chunks = done, "placing stored events by age for retention");
-                }
-            }
-        }
-        self.by_age.apply_batch(places)?;
-        meta.insert(INDEXED, &[1])?;
-        self.db.flush()?;
-        if done > 0 {
-            tracing::info!(chunks = done, "stored events placed by age for retention");
-        }
-        Ok(())
+    /// The buckets of `class` whose every event was received before `before_ms`, oldest
+    /// first.
+    pub fn expired_buckets(&self, class: EventClass, before_ms: i64) -> Vec<Bucket> {
+        self.buckets()
+            .of_class(class)
+            .map(|(b, _)| *b)
+            .filter(|b| b.end_ms() <= before_ms)
+            .collect()
     }
 
-    /// Up to `max_chunks` of the oldest chunks holding `class` received before `before_ms`,
-    /// with their events of that class.
-    pub fn expired(
+    /// Up to `max_chunks` chunks of `bucket` after the key `after` (from its start when None).
+    pub fn read_bucket(
         &self,
-        class: EventClass,
-        before_ms: i64,
+        bucket: &Bucket,
+        after: Option<&[u8]>,
         max_chunks: usize,
     ) -> Result<Expired, StoreError> {
-        let start = vec![class_code(class)];
-        let end = age_key(class, before_ms, &[]);
         let mut out = Expired {
-            class,
+            class: bucket.class,
             chunks: Vec::new(),
         };
-        for item in self.by_age.range(start..end).take(max_chunks) {
-            let (age_key, _) = item?;
-            let chunk_key = &age_key[9..];
-            let gateway = gateway_of(chunk_key)
-                .map(|g| String::from_utf8_lossy(g).into_owned())
-                .unwrap_or_default();
-            let Some(v) = self.chunks.get(chunk_key)? else {
-                out.chunks.push(ExpiredChunk {
-                    gateway,
-                    received_ms: received_of(&age_key),
-                    events: Vec::new(),
-                    age_key: age_key.to_vec(),
-                    rest: Rest::Gone,
-                });
-                continue;
-            };
+        let Some(tree) = self.buckets().tree_if_open(bucket) else {
+            return Ok(out);
+        };
+        let from = match after {
+            Some(k) => std::ops::Bound::Excluded(k.to_vec()),
+            None => std::ops::Bound::Excluded(HEADER.to_vec()),
+        };
+        for item in tree
+            .range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded))
+            .take(max_chunks)
+        {
+            let (k, v) = item?;
             let (received, json) = chunk_body(&v);
             let batch: EventBatch = serde_json::from_slice(json)?;
-            let (events, others): (Vec<Event>, Vec<Event>) =
-                batch.events.into_iter().partition(|e| e.class == class);
-            let rest = if others.is_empty() {
-                Rest::Nothing
-            } else {
-                let received = received.map_or(received_of(&age_key), |t| {
-                    (t.unix_timestamp_nanos() / 1_000_000) as i64
-                });
-                let others: Vec<&Event> = others.iter().collect();
-                Rest::Chunk(encode_chunk(&others, None, received)?)
-            };
             out.chunks.push(ExpiredChunk {
-                gateway,
-                received_ms: received_of(&age_key),
-                events,
-                age_key: age_key.to_vec(),
-                rest,
+                gateway: gateway_of(&k)
+                    .map(|g| String::from_utf8_lossy(g).into_owned())
+                    .unwrap_or_default(),
+                received_ms: received.map_or(bucket.start_ms, unix_ms),
+                events: batch.events,
+                key: k.to_vec(),
             });
         }
         Ok(out)
     }
 
-    /// Takes the events of `expired` out of the store (a chunk with other classes is written
-    /// again without them) and flushes. Writes nothing while the disk is at its last bytes
-    /// (sled writes to delete too): returns false then.
-    pub fn forget(&self, expired: &Expired) -> Result<bool, StoreError> {
+    /// How many events `bucket` holds, as its header counts them.
+    pub fn bucket_events(&self, bucket: &Bucket) -> Result<u64, StoreError> {
+        let Some(tree) = self.buckets().tree_if_open(bucket) else {
+            return Ok(0);
+        };
+        Ok(tree
+            .get(HEADER)?
+            .and_then(|h| buckets::decode_header(&h))
+            .map_or(0, |(_, n)| n))
+    }
+
+    /// Drops `bucket` with everything in it, and flushes. Writes nothing while the disk is at
+    /// its last bytes (dropping writes a little too): returns false then.
+    pub fn drop_bucket(&self, bucket: &Bucket) -> Result<bool, StoreError> {
         if self.stopped() {
             return Err(StoreError::Stopped);
         }
@@ -194,24 +138,11 @@ impl EventStore {
         if critical {
             return Ok(false);
         }
-        let (mut chunks, mut places) = (sled::Batch::default(), sled::Batch::default());
-        for c in &expired.chunks {
-            let chunk_key = &c.age_key[9..];
-            match &c.rest {
-                Rest::Nothing => chunks.remove(chunk_key),
-                Rest::Chunk(rest) => chunks.insert(chunk_key, rest.as_slice()),
-                Rest::Gone => {}
-            }
-            places.remove(c.age_key.as_slice());
-        }
-        // Chunks first: a crash between leaves places whose events are gone, which the next
-        // pass finds empty and clears; never events without their place.
-        let written = self
-            .chunks
-            .apply_batch(chunks)
-            .and_then(|()| self.by_age.apply_batch(places))
+        let dropped = self
+            .buckets()
+            .drop_bucket(&self.db, bucket)
             .and_then(|()| self.db.flush().map(drop));
-        if let Err(e) = written {
+        if let Err(e) = dropped {
             if firmware_config::runtime::sled_store::is_out_of_space(&e) {
                 tracing::error!(error = %e, "pruning met a full disk; central restarts the store");
                 self.stopped
@@ -224,19 +155,129 @@ impl EventStore {
 
     /// When the oldest kept event of `class` was received (Unix ms), if any is kept.
     pub fn oldest(&self, class: EventClass) -> Result<Option<i64>, StoreError> {
-        let start = vec![class_code(class)];
-        let end = vec![class_code(class) + 1];
-        Ok(self
-            .by_age
-            .range(start..end)
-            .next()
-            .transpose()?
-            .map(|(k, _)| received_of(&k)))
+        let trees: Vec<sled::Tree> = self
+            .buckets()
+            .of_class(class)
+            .map(|(_, t)| t.clone())
+            .collect();
+        let mut oldest: Option<i64> = None;
+        for tree in trees {
+            let header = match tree.get(HEADER) {
+                Ok(h) => h.and_then(|h| buckets::decode_header(&h)),
+                Err(sled::Error::CollectionNotFound(_)) => None,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some((first, _)) = header.filter(|(_, events)| *events > 0) {
+                oldest = Some(oldest.map_or(first, |o| o.min(first)));
+            }
+        }
+        Ok(oldest)
     }
 
     /// Bytes the store takes on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
+    }
+
+    /// Moves the chunks of a store an older central wrote into buckets, a page at a time,
+    /// each page one transaction (its chunks out of the old tree and into their buckets), so
+    /// that a crash halfway loses nothing and counts nothing twice. A chunk that does not say
+    /// when it was received is counted from now.
+    pub(super) fn move_legacy_chunks(&self) -> Result<(), StoreError> {
+        let names = self.db.tree_names();
+        let has = |n: &str| names.iter().any(|t| t.as_ref() == n.as_bytes());
+        if has(LEGACY_CHUNKS) {
+            let legacy = self.db.open_tree(LEGACY_CHUNKS)?;
+            let now = self.clock.unix_ms().max(0);
+            let total = legacy.len();
+            let mut moved = 0usize;
+            loop {
+                let page: Vec<(sled::IVec, sled::IVec)> =
+                    legacy.iter().take(1_000).collect::<Result<_, _>>()?;
+                if page.is_empty() {
+                    break;
+                }
+                self.move_page(&legacy, &page, now)?;
+                self.db.flush()?;
+                moved += page.len();
+                if moved % 100_000 < page.len() {
+                    tracing::info!(moved, total, "moving stored events into time buckets");
+                }
+            }
+            if moved > 0 {
+                tracing::info!(chunks = moved, "stored events moved into time buckets");
+            }
+            self.db.drop_tree(LEGACY_CHUNKS)?;
+        }
+        for name in LEGACY_TREES {
+            if has(name) {
+                self.db.drop_tree(name)?;
+            }
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn move_page(
+        &self,
+        legacy: &sled::Tree,
+        page: &[(sled::IVec, sled::IVec)],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut buckets = self.buckets();
+        let mut trees: Vec<sled::Tree> = vec![legacy.clone()];
+        // Per bucket: first receipt and events added.
+        let mut held: Vec<(Bucket, i64, u64)> = Vec::new();
+        let mut writes: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::new();
+        for (k, v) in page {
+            let (received, json) = chunk_body(v);
+            let timed = received.is_some();
+            let received = received.map_or(now, unix_ms).max(0);
+            let batch: EventBatch = serde_json::from_slice(json)?;
+            let events: Vec<&Event> = batch.events.iter().collect();
+            let gateway = gateway_of(k).unwrap_or_default();
+            for mut part in split_chunks(&events, None, received)? {
+                if !timed {
+                    // Not known when central received them: the chunk does not claim a time.
+                    part.bytes.drain(16..super::CHUNK_HEADER);
+                }
+                let bucket = Bucket::of(part.class, received, self.widths.of(part.class));
+                let at = match held.iter().position(|(b, ..)| *b == bucket) {
+                    Some(i) => i,
+                    None => {
+                        trees.push(buckets.tree(&self.db, bucket)?);
+                        held.push((bucket, received, 0));
+                        held.len() - 1
+                    }
+                };
+                held[at].1 = held[at].1.min(received);
+                held[at].2 += part.events;
+                let mut key = gateway.to_vec();
+                key.push(b'/');
+                key.extend_from_slice(&part.first.to_be_bytes());
+                writes.push((at + 1, key, part.bytes));
+            }
+        }
+        trees
+            .as_slice()
+            .transaction(|t| {
+                for (at, key, chunk) in &writes {
+                    t[*at].insert(key.as_slice(), chunk.as_slice())?;
+                }
+                for (i, (_, first, events)) in held.iter().enumerate() {
+                    let (f0, n0) = t[i + 1]
+                        .get(HEADER)?
+                        .and_then(|h| buckets::decode_header(&h))
+                        .unwrap_or((*first, 0));
+                    let header = buckets::encode_header(f0.min(*first), n0 + events);
+                    t[i + 1].insert(HEADER, &header[..])?;
+                }
+                for (k, _) in page {
+                    t[0].remove(k)?;
+                }
+                Ok(())
+            })
+            .map_err(super::transaction_error)
     }
 }
 
@@ -266,6 +307,32 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Buckets of a tenth of an hour for telemetry (an hour's retention), defaults otherwise.
+    pub(crate) fn hourly() -> super::super::BucketWidths {
+        super::super::BucketWidths::for_retention(&firmware_config::config::central::Retention {
+            telemetry: std::time::Duration::from_secs(3600),
+            ..Default::default()
+        })
+    }
+
+    /// Reads every page of `bucket` (pages of `page` chunks) and drops it; the events read.
+    fn prune(s: &EventStore, bucket: &Bucket, page: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let p = s.read_bucket(bucket, after.as_deref(), page).unwrap();
+            got.extend(p.chunks.iter().flat_map(|c| c.events.iter().map(|e| e.seq)));
+            if p.chunks.len() < page {
+                break;
+            }
+            after = p.last_key().map(<[u8]>::to_vec);
+        }
+        assert_eq!(s.bucket_events(bucket).unwrap(), got.len() as u64);
+        assert!(s.drop_bucket(bucket).unwrap());
+        got.sort_unstable();
+        got
+    }
+
     #[test]
     fn each_class_is_pruned_on_its_own_and_a_pruned_event_sent_again_is_still_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
@@ -273,7 +340,7 @@ pub(crate) mod tests {
         let hour = time::Duration::hours(1);
         {
             // Received two hours ago: a mixed batch.
-            let s = EventStore::open(dir.path(), 1 << 20, 0)
+            let s = EventStore::open(dir.path(), 1 << 20, 0, hourly())
                 .unwrap()
                 .with_clock(Clock::system().skewed(-2 * hour));
             let old = [
@@ -284,27 +351,17 @@ pub(crate) mod tests {
             ];
             s.store_batch(&gw, &old).unwrap();
         }
-        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0, hourly()).unwrap();
         s.store_batch(&gw, &[ev(5, EventClass::Telemetry)]).unwrap();
         let now = Clock::system().unix_ms();
         let cutoff = now - hour.whole_milliseconds() as i64;
         assert!(s.oldest(EventClass::Telemetry).unwrap().unwrap() < cutoff);
 
-        let expired = s.expired(EventClass::Telemetry, cutoff, 100).unwrap();
-        assert_eq!(
-            expired.chunks.len(),
-            1,
-            "one chunk of the old batch's telemetry"
-        );
-        let got: Vec<u64> = expired.chunks[0].events.iter().map(|e| e.seq).collect();
-        assert_eq!(got, vec![1, 3]);
-        assert!(s.forget(&expired).unwrap());
+        let expired = s.expired_buckets(EventClass::Telemetry, cutoff);
+        assert_eq!(expired.len(), 1, "the old batch's telemetry bucket");
+        assert_eq!(prune(&s, &expired[0], 100), vec![1, 3]);
         assert_eq!(seqs(&s, &gw), vec![2, 4, 5], "alerts and submissions kept");
-        assert!(s
-            .expired(EventClass::Telemetry, cutoff, 100)
-            .unwrap()
-            .chunks
-            .is_empty());
+        assert!(s.expired_buckets(EventClass::Telemetry, cutoff).is_empty());
         assert!(s.oldest(EventClass::Telemetry).unwrap().unwrap() >= cutoff);
 
         // Sent again after pruning: acknowledged as held, not stored a second time.
@@ -312,85 +369,150 @@ pub(crate) mod tests {
         assert_eq!((again.new, again.duplicates), (0, 1));
         assert_eq!(seqs(&s, &gw), vec![2, 4, 5]);
 
-        // The alert's time has not come at an hour; at its own cutoff it goes.
+        // The alert's time (a year) is not an hour: its bucket ends weeks from now.
+        assert!(s.expired_buckets(EventClass::Alert, cutoff).is_empty());
+        assert!(s.expired_buckets(EventClass::Alert, now).is_empty());
+        let alerts = s.expired_buckets(EventClass::Alert, i64::MAX);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].width_ms, 7 * 24 * 3600 * 1000);
+        // A page at a time, the last one short.
+        for n in 10..40 {
+            s.store_batch(&gw, &[ev(n, EventClass::Submission)])
+                .unwrap();
+        }
+        let subs = s.expired_buckets(EventClass::Submission, i64::MAX);
+        let want: Vec<u64> = std::iter::once(4).chain(10..40).collect();
         assert_eq!(
-            s.expired(EventClass::Alert, cutoff, 100).unwrap().events(),
-            1
+            subs.iter()
+                .flat_map(|b| prune(&s, b, 7))
+                .collect::<Vec<_>>(),
+            want
         );
-        assert!(s
-            .expired(EventClass::Alert, now - 3 * 3_600_000, 100)
-            .unwrap()
-            .chunks
-            .is_empty());
+        assert_eq!(seqs(&s, &gw), vec![2, 5]);
+        assert_eq!(s.oldest(EventClass::Submission).unwrap(), None);
     }
 
     #[test]
-    fn a_store_written_before_retention_is_placed_by_age_once() {
+    fn a_store_an_older_central_wrote_is_moved_into_buckets_once() {
         let dir = tempfile::tempdir().unwrap();
         let gw = GatewayId::new("gw-a").unwrap();
+        let an_hour_ago = Clock::system().unix_ms() - 3_600_000;
         {
-            let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
-            // As an older central wrote it: one mixed chunk, no time, no place by age.
-            let legacy = [
+            let db = sled::open(dir.path().join("events")).unwrap();
+            let chunks = db.open_tree(LEGACY_CHUNKS).unwrap();
+            // As the first central wrote it: one mixed chunk, no time.
+            let untimed = [
                 &1u64.to_be_bytes()[..],
                 &3u64.to_be_bytes()[..],
                 br#"{"events":[
                   {"seq":1,"class":"telemetry","kind":"t","time":"1970-01-01T00:00:00Z","payload":{}},
                   {"seq":2,"class":"alert","kind":"a","time":"1970-01-01T00:00:00Z","payload":{}},
-                  {"seq":3,"class":"telemetry","kind":"t","time":"1970-01-01T00:00:00Z","payload":{}}]}"#,
+                  {"seq":3,"class":"telemetry","kind":"t","time":"1970-01-01T00:00:00Z","payload":{"x":[1,2]}}]}"#,
             ]
             .concat();
-            s.chunks.insert(super::super::key(&gw, 1), legacy).unwrap();
-            s.by_age.clear().unwrap();
-            s.db.open_tree("store_meta").unwrap().clear().unwrap();
-            s.db.flush().unwrap();
+            chunks.insert(super::super::key(&gw, 1), untimed).unwrap();
+            // As a later one did: with when it was received, an hour ago.
+            let timed = super::super::encode_chunk(
+                &[&ev(4, EventClass::Telemetry), &ev(5, EventClass::Telemetry)],
+                None,
+                an_hour_ago,
+            )
+            .unwrap();
+            chunks.insert(super::super::key(&gw, 4), timed).unwrap();
+            db.open_tree("chunks_by_age")
+                .unwrap()
+                .insert(b"x", b"")
+                .unwrap();
+            db.open_tree("store_meta")
+                .unwrap()
+                .insert(b"chunks_by_age.v1", b"1")
+                .unwrap();
+            db.flush().unwrap();
         }
-        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
-        assert_eq!(seqs(&s, &gw), vec![1, 2, 3]);
-        assert_eq!((s.chunks.len(), s.by_age.len()), (1, 2));
-        let later = Clock::system().unix_ms() + 1_000;
-        let t = s.expired(EventClass::Telemetry, later, 100).unwrap();
-        assert_eq!(t.events(), 2);
-        let a = s.expired(EventClass::Alert, later, 100).unwrap();
-        assert_eq!(a.events(), 1);
-        // Counted from the upgrade, not from 1970.
-        assert!(s
-            .expired(EventClass::Telemetry, later - 60_000, 100)
-            .unwrap()
-            .chunks
-            .is_empty());
+        let s = EventStore::open(dir.path(), 1 << 20, 0, hourly()).unwrap();
+        let back = s.events_after(&gw, 0, 10).unwrap();
+        assert_eq!(
+            back.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+        assert_eq!(back[2].payload.get(), r#"{"x":[1,2]}"#);
+        // An untimed chunk stays untimed; a timed one keeps its time.
+        assert!(back[0].received.is_none() && back[1].received.is_none());
+        let at = back[3]
+            .received
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64);
+        assert_eq!(at, Some(an_hour_ago));
+        let names: Vec<String> =
+            s.db.tree_names()
+                .iter()
+                .map(|n| String::from_utf8_lossy(n).into_owned())
+                .collect();
+        for gone in [LEGACY_CHUNKS, "chunks_by_age", "store_meta"] {
+            assert!(!names.iter().any(|n| n == gone), "{gone} in {names:?}");
+        }
+        // The hour-old telemetry is past an hour; the untimed ones count from the upgrade.
+        let now = Clock::system().unix_ms();
+        let old = s.expired_buckets(EventClass::Telemetry, now - 3_600_000 + 400_000);
+        assert_eq!(
+            old.iter()
+                .flat_map(|b| prune(&s, b, 10))
+                .collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        assert_eq!(
+            s.oldest(EventClass::Alert)
+                .unwrap()
+                .map(|t| t >= now - 60_000),
+            Some(true)
+        );
         drop(s);
         // Once only: a second open finds the work done.
-        let s = EventStore::open(dir.path(), 1 << 20, 0).unwrap();
-        assert_eq!((s.chunks.len(), s.by_age.len()), (1, 2));
-        // Its telemetry pruned, its alert stays, in the chunk written again.
-        let t = s.expired(EventClass::Telemetry, later, 100).unwrap();
-        assert!(s.forget(&t).unwrap());
+        let s = EventStore::open(dir.path(), 1 << 20, 0, hourly()).unwrap();
+        assert_eq!(seqs(&s, &gw), vec![1, 2, 3]);
+        let later = s.expired_buckets(EventClass::Telemetry, i64::MAX);
+        assert_eq!(
+            later
+                .iter()
+                .flat_map(|b| prune(&s, b, 10))
+                .collect::<Vec<_>>(),
+            vec![1, 3]
+        );
         assert_eq!(seqs(&s, &gw), vec![2]);
-        let a = s.expired(EventClass::Alert, later, 100).unwrap();
-        assert_eq!(a.events(), 1);
-        assert!(s.forget(&a).unwrap());
-        assert_eq!((s.chunks.len(), s.by_age.len()), (0, 0));
     }
 
-    /// The steady state retention makes: each round every gateway sends a batch of ~10 KB and
-    /// the round from `window` rounds before is pruned, so the events kept stay the same. The
-    /// store's files must stop growing once the window has turned over (sled keeps pages over
-    /// 128 KiB in files of their own that this load never gives back: stored whole, such
-    /// batches grew the store by about what was written).
+    /// The steady state retention makes: each second every gateway sends a batch of ~10 KB and
+    /// what is past a minute is pruned, so the events kept stay about the same. The store's
+    /// files must stop growing once that minute has turned over (deleting chunks one by one,
+    /// sled kept growing: by about what was written with batches stored whole, and still
+    /// slowly with small chunks).
     #[test]
     fn the_store_stops_growing_when_retention_deletes_what_ingest_adds() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EventStore::open(dir.path(), 4 << 20, 0).unwrap();
+        let keep = firmware_config::config::central::Retention {
+            telemetry: std::time::Duration::from_secs(60),
+            ..Default::default()
+        };
+        let mut s = EventStore::open(
+            dir.path(),
+            4 << 20,
+            0,
+            super::super::BucketWidths::for_retention(&keep),
+        )
+        .unwrap();
         let gateways: Vec<GatewayId> = (0..50)
             .map(|i| GatewayId::new(format!("gw-{i:03}")).unwrap())
             .collect();
-        let (per_batch, window, rounds) = (40u64, 60usize, 240usize);
+        let (per_batch, window, rounds) = (40u64, 60i64, 240usize);
         let pad = "x".repeat(220);
-        let mut added = std::collections::VecDeque::new();
+        // Round r is received at `start + r` seconds.
+        let start = Clock::system().unix_ms() - 86_400_000;
         let mut sizes = Vec::new();
         for round in 0..rounds as u64 {
-            let before = s.by_age.len();
+            let at = start + round as i64 * 1000;
+            s = s.with_clock(
+                Clock::system()
+                    .skewed(time::Duration::milliseconds(at - Clock::system().unix_ms())),
+            );
             let batches: Vec<(Vec<Event>, Vec<u8>)> = gateways
                 .iter()
                 .map(|_| {
@@ -419,26 +541,28 @@ pub(crate) mod tests {
             for r in s.store_batches(&input) {
                 assert_eq!(r.unwrap().new, per_batch);
             }
-            added.push_back(s.by_age.len() - before);
-            if added.len() > window {
-                let n = added.pop_front().unwrap_or_default();
-                let expired = s.expired(EventClass::Telemetry, i64::MAX, n).unwrap();
-                assert_eq!(expired.chunks.len(), n);
-                assert!(s.forget(&expired).unwrap());
+            for b in s.expired_buckets(EventClass::Telemetry, at - window * 1000) {
+                assert!(s.drop_bucket(&b).unwrap());
             }
             sizes.push(s.size_on_disk().unwrap());
         }
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
-        let (steady, end) = (sizes[2 * window], sizes[rounds - 1]);
+        let steady_at = 2 * window as usize;
+        let (steady, end) = (sizes[steady_at], sizes[rounds - 1]);
         let written = mib(gateways.len() as u64 * per_batch * 250 * rounds as u64);
         assert!(
             mib(end) < 1.25 * mib(steady) + 2.0,
-            "the store grew from {:.1} MiB at round {} to {:.1} MiB at round {rounds} \
+            "the store grew from {:.1} MiB at round {steady_at} to {:.1} MiB at round {rounds} \
              ({written:.0} MiB written, {:.0} MiB kept)",
             mib(steady),
-            2 * window,
             mib(end),
             written * window as f64 / rounds as f64
+        );
+        // Nothing older than the minute and its bucket is left.
+        let oldest = s.oldest(EventClass::Telemetry).unwrap().unwrap();
+        assert!(
+            oldest >= start + (rounds as i64 - window - 7) * 1000,
+            "{oldest}"
         );
     }
 }
