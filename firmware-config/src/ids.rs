@@ -73,6 +73,13 @@ impl From<GatewayId> for String {
     }
 }
 
+/// Maps keyed by id can be looked up by a plain `&str` (the derived `Hash` is the string's).
+impl std::borrow::Borrow<str> for GatewayId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for GatewayId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -24,9 +24,7 @@ impl GatewayClocks {
     /// The gateway's clock minus central's, in milliseconds; None before its first message.
     pub fn offset_ms(&self, gateway: &str) -> Option<i64> {
         let all = self.clocks.lock().unwrap_or_else(PoisonError::into_inner);
-        all.iter()
-            .find(|(id, _)| id.as_str() == gateway)
-            .and_then(|(_, c)| c.offset_ms())
+        all.get(gateway).and_then(PeerClock::offset_ms)
     }
 
     /// The time on `gateway`'s clock at central's `now`.

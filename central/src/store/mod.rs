@@ -596,9 +596,11 @@ impl EventStore {
         Ok(self.seen_of(gateway)?.last().map(|r| r.1).unwrap_or(0))
     }
 
-    /// Up to `limit` stored events of `gateway` after `after`, in sequence order. Reads every
-    /// chunk of the gateway that may hold one (skipping the others by their header): meant for
-    /// audits and checks, not for bulk export.
+    /// Up to `limit` stored events of `gateway` after `after`, in sequence order. Reads the
+    /// gateway's chunks in each bucket in key order (by first sequence number), skipping those
+    /// that end at or before `after` by their header, and leaves a bucket once its next chunk
+    /// starts past the `limit` lowest found so far: meant for audits and paging, not for bulk
+    /// export.
     pub fn events_after(
         &self,
         gateway: &GatewayId,
@@ -608,14 +610,19 @@ impl EventStore {
         let mut prefix = gateway.as_str().as_bytes().to_vec();
         prefix.push(b'/');
         let mut found: Vec<StoredEvent> = Vec::new();
+        // The highest sequence number that can still make the page, once it is full.
+        let mut bound = u64::MAX;
         for (_, tree) in self.buckets().all() {
             for item in tree.scan_prefix(&prefix) {
-                let v = match item {
-                    Ok((_, v)) => v,
+                let (k, v) = match item {
+                    Ok(kv) => kv,
                     // Dropped by the pruner while this read it: past its time.
                     Err(sled::Error::CollectionNotFound(_)) => break,
                     Err(e) => return Err(e.into()),
                 };
+                if chunk_first(&k) > bound {
+                    break;
+                }
                 if chunk_max(&v) <= after {
                     continue;
                 }
@@ -625,15 +632,28 @@ impl EventStore {
                     batch
                         .events
                         .into_iter()
-                        .filter(|e| e.seq > after)
+                        .filter(|e| e.seq > after && e.seq <= bound)
                         .map(|event| StoredEvent { event, received }),
                 );
+                if limit > 0 && found.len() >= 2 * limit {
+                    found.sort_unstable_by_key(|e| e.seq);
+                    found.truncate(limit);
+                    bound = found.last().map_or(u64::MAX, |e| e.seq);
+                }
             }
         }
         found.sort_unstable_by_key(|e| e.seq);
         found.truncate(limit);
         Ok(found)
     }
+}
+
+/// A chunk's first sequence number, from its key (`gateway/first_seq`).
+fn chunk_first(key: &[u8]) -> u64 {
+    key.len()
+        .checked_sub(8)
+        .and_then(|n| <[u8; 8]>::try_from(&key[n..]).ok())
+        .map_or(0, u64::from_be_bytes)
 }
 
 #[cfg(test)]
@@ -793,6 +813,41 @@ mod tests {
         let classes: std::collections::BTreeSet<EventClass> =
             chunks.iter().map(|(b, ..)| b.class).collect();
         assert_eq!(classes.len(), 4);
+    }
+
+    #[test]
+    fn paging_through_every_bucket_reads_each_event_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
+        let (a, b) = (GatewayId::new("a").unwrap(), GatewayId::new("b").unwrap());
+        let classes = EventClass::ALL;
+        // Batches of mixed classes, out of order, from two gateways, some past a chunk's size.
+        for round in 0..30u64 {
+            let batch: Vec<Event> = (0..9)
+                .map(|i| {
+                    let seq = 1 + ((round * 9 + i) * 7) % 270;
+                    big(
+                        seq,
+                        if i == 4 { 900 } else { 10 },
+                        classes[(seq % 4) as usize],
+                    )
+                })
+                .collect();
+            s.store_batch(&a, &batch).unwrap();
+            s.store_batch(&b, &batch[..2]).unwrap();
+        }
+        let mut after = 0;
+        let mut read = Vec::new();
+        loop {
+            let page = s.events_after(&a, after, 7).unwrap();
+            assert!(page.len() <= 7);
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            read.extend(page.iter().map(|e| e.seq));
+        }
+        assert_eq!(read, (1..=270).collect::<Vec<_>>());
+        assert_eq!(s.events_after(&a, 0, 0).unwrap().len(), 0);
+        assert_eq!(s.events_after(&b, 0, 1000).unwrap().len(), 60);
     }
 
     #[test]
