@@ -17,8 +17,10 @@ use firmware_config::wire::EventClass;
 
 const PREFIX: &str = "events/";
 
-/// The key of a bucket's header, before every `gateway/seq` key (gateway ids are printable).
-pub(super) const HEADER: &[u8] = &[0];
+/// The tree of every bucket's header, keyed by the bucket's tree name. Apart from the buckets:
+/// a header changes with every batch, and in the bucket's first leaf (beside ~16 chunks) each
+/// tenth change would rewrite that whole leaf.
+const HEADERS: &str = "bucket_headers";
 
 /// One tree of chunks: a class, and the span of receipt times `[start, start + width)` in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,13 +115,13 @@ pub(super) fn decode_header(bytes: &[u8]) -> Option<(i64, u64)> {
 
 /// The open bucket trees. Ingest holds it while it writes and the pruner while it drops a
 /// tree, so that nothing is written to a tree being dropped.
-#[derive(Default)]
 pub(super) struct Buckets {
     open: BTreeMap<Bucket, sled::Tree>,
+    headers: sled::Tree,
 }
 
 impl Buckets {
-    /// Every bucket tree `db` holds.
+    /// Every bucket tree `db` holds; headers left by a drop that stopped halfway go.
     pub(super) fn load(db: &sled::Db) -> Result<Self, sled::Error> {
         let mut open = BTreeMap::new();
         for name in db.tree_names() {
@@ -127,7 +129,22 @@ impl Buckets {
                 open.insert(b, db.open_tree(&name)?);
             }
         }
-        Ok(Self { open })
+        let headers = db.open_tree(HEADERS)?;
+        for item in headers.iter().keys() {
+            let name = item?;
+            if Bucket::from_tree_name(&name).is_none_or(|b| !open.contains_key(&b)) {
+                headers.remove(name)?;
+            }
+        }
+        Ok(Self { open, headers })
+    }
+
+    /// When `bucket` received its first chunk (Unix ms) and how many events it holds.
+    pub(super) fn header(&self, bucket: &Bucket) -> Result<Option<(i64, u64)>, sled::Error> {
+        Ok(self
+            .headers
+            .get(bucket.tree_name())?
+            .and_then(|h| decode_header(&h)))
     }
 
     /// The tree of `bucket`, made when it is new.
@@ -161,7 +178,7 @@ impl Buckets {
         self.open.iter().filter(move |(b, _)| b.class == class)
     }
 
-    /// Drops `bucket`'s tree and everything in it.
+    /// Drops `bucket`'s tree and everything in it, then its header.
     pub(super) fn drop_bucket(
         &mut self,
         db: &sled::Db,
@@ -170,7 +187,84 @@ impl Buckets {
         if self.open.remove(bucket).is_some() {
             db.drop_tree(bucket.tree_name())?;
         }
+        self.headers.remove(bucket.tree_name())?;
         Ok(())
+    }
+}
+
+/// Chunks to write into buckets in one transaction with their headers and one more tree's
+/// change (the seen sets, or the old tree they are moved from).
+pub(super) struct BucketWrites {
+    /// The other tree, the headers, then each bucket written to.
+    trees: Vec<sled::Tree>,
+    /// Each bucket written to: its first receipt here and the events added.
+    held: Vec<(Bucket, i64, u64)>,
+    /// (index in `trees`, key, chunk)
+    writes: Vec<(usize, Vec<u8>, Vec<u8>)>,
+}
+
+/// What a change inside the transaction may fail with.
+pub(super) type TxResult = Result<(), sled::transaction::UnabortableTransactionError>;
+
+impl BucketWrites {
+    pub(super) fn new(other: sled::Tree, buckets: &Buckets) -> Self {
+        Self {
+            trees: vec![other, buckets.headers.clone()],
+            held: Vec::new(),
+            writes: Vec::new(),
+        }
+    }
+
+    /// Adds a chunk of `events` events received at `received` to `bucket` under `key`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn add(
+        &mut self,
+        buckets: &mut Buckets,
+        db: &sled::Db,
+        bucket: Bucket,
+        received: i64,
+        key: Vec<u8>,
+        chunk: Vec<u8>,
+        events: u64,
+    ) -> Result<(), sled::Error> {
+        let at = match self.held.iter().position(|(b, ..)| *b == bucket) {
+            Some(i) => i,
+            None => {
+                self.trees.push(buckets.tree(db, bucket)?);
+                self.held.push((bucket, received, 0));
+                self.held.len() - 1
+            }
+        };
+        self.held[at].1 = self.held[at].1.min(received);
+        self.held[at].2 += events;
+        self.writes.push((at + 2, key, chunk));
+        Ok(())
+    }
+
+    /// Writes everything, `other` changing the first tree, as one transaction.
+    pub(super) fn commit(
+        &self,
+        other: impl Fn(&sled::transaction::TransactionalTree) -> TxResult,
+    ) -> Result<(), sled::transaction::TransactionError<()>> {
+        use sled::Transactional;
+        self.trees.as_slice().transaction(|t| {
+            for (at, key, chunk) in &self.writes {
+                t[*at].insert(key.as_slice(), chunk.as_slice())?;
+            }
+            for (bucket, first, events) in &self.held {
+                let name = bucket.tree_name();
+                let (f0, n0) = t[1]
+                    .get(name.as_bytes())?
+                    .and_then(|h| decode_header(&h))
+                    .unwrap_or((*first, 0));
+                t[1].insert(
+                    name.as_bytes(),
+                    &encode_header(f0.min(*first), n0 + events)[..],
+                )?;
+            }
+            other(&t[0])?;
+            Ok(())
+        })
     }
 }
 
@@ -198,6 +292,39 @@ mod tests {
         // Names sort by start within a class, so that trees list oldest first.
         let later = Bucket::of(EventClass::Submission, 1_800_000_000_000, 60_000);
         assert!(b.tree_name() < later.tree_name() && b < later);
+    }
+
+    #[test]
+    fn a_header_whose_bucket_was_dropped_goes_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let (kept, dropped) = (
+            Bucket::of(EventClass::Alert, 10_000, 1_000),
+            Bucket::of(EventClass::Alert, 20_000, 1_000),
+        );
+        let mut b = Buckets::load(&db).unwrap();
+        for bucket in [kept, dropped] {
+            let mut w = BucketWrites::new(db.open_tree("other").unwrap(), &b);
+            w.add(
+                &mut b,
+                &db,
+                bucket,
+                bucket.start_ms,
+                b"gw/1".to_vec(),
+                b"x".to_vec(),
+                3,
+            )
+            .unwrap();
+            w.commit(|_| Ok(())).unwrap();
+        }
+        assert_eq!(b.header(&kept).unwrap(), Some((10_000, 3)));
+        // As a drop that stopped between the tree and its header leaves it.
+        db.drop_tree(dropped.tree_name()).unwrap();
+        let b = Buckets::load(&db).unwrap();
+        assert_eq!(b.all().len(), 1);
+        assert_eq!(b.header(&kept).unwrap(), Some((10_000, 3)));
+        assert_eq!(b.header(&dropped).unwrap(), None);
+        assert_eq!(b.headers.len(), 1);
     }
 
     #[test]

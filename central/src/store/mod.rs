@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use sled::Transactional;
-
 use firmware_config::runtime::clock::Clock;
 use firmware_config::runtime::disk::{DiskGuard, DiskState};
 use firmware_config::runtime::sled_store;
@@ -522,40 +520,26 @@ impl EventStore {
             set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
             // Held while writing, so that the pruner cannot drop a tree this batch writes to.
             let mut buckets = self.buckets();
-            // The trees this batch writes to: the seen sets, then each bucket once.
-            let mut trees: Vec<sled::Tree> = vec![self.seen.clone()];
-            let mut held: Vec<(Bucket, u64)> = Vec::new();
-            let mut writes: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::with_capacity(parts.len());
+            let mut writes = self::buckets::BucketWrites::new(self.seen.clone(), &buckets);
             for part in parts {
                 let bucket = Bucket::of(part.class, received, self.widths.of(part.class));
-                let at = match held.iter().position(|(b, _)| *b == bucket) {
-                    Some(i) => i,
-                    None => {
-                        trees.push(buckets.tree(&self.db, bucket)?);
-                        held.push((bucket, 0));
-                        held.len() - 1
-                    }
-                };
-                held[at].1 += part.events;
-                writes.push((at + 1, key(gateway, part.first), part.bytes));
+                let chunk_key = key(gateway, part.first);
+                writes.add(
+                    &mut buckets,
+                    &self.db,
+                    bucket,
+                    received,
+                    chunk_key,
+                    part.bytes,
+                    part.events,
+                )?;
             }
             // One atomic write: the chunks, their buckets' headers and the seen set together.
-            trees
-                .as_slice()
-                .transaction(|t| {
-                    for (at, chunk_key, chunk) in &writes {
-                        t[*at].insert(chunk_key.as_slice(), chunk.as_slice())?;
-                    }
-                    for (i, (_, events)) in held.iter().enumerate() {
-                        let (first, before) = t[i + 1]
-                            .get(buckets::HEADER)?
-                            .and_then(|h| buckets::decode_header(&h))
-                            .unwrap_or((received, 0));
-                        let header = buckets::encode_header(first.min(received), before + events);
-                        t[i + 1].insert(buckets::HEADER, &header[..])?;
-                    }
-                    t[0].insert(gateway.as_str().as_bytes(), encode_ranges(&set))?;
-                    Ok(())
+            let ranges = encode_ranges(&set);
+            writes
+                .commit(|seen| {
+                    seen.insert(gateway.as_str().as_bytes(), ranges.as_slice())
+                        .map(drop)
                 })
                 .map_err(transaction_error)?;
             drop(buckets);
@@ -584,7 +568,7 @@ impl EventStore {
     fn chunks(&self) -> Vec<(Bucket, Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
         for (bucket, tree) in self.buckets().all() {
-            for item in tree.range(vec![1u8]..) {
+            for item in tree.iter() {
                 let (k, v) = item.unwrap();
                 out.push((bucket, k.to_vec(), v.to_vec()));
             }

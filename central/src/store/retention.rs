@@ -7,9 +7,8 @@
 //! beside it) is moved into buckets once, when it opens.
 
 use firmware_config::wire::{Event, EventBatch, EventClass};
-use sled::Transactional;
 
-use super::buckets::{self, Bucket, HEADER};
+use super::buckets::Bucket;
 use super::{chunk_body, split_chunks, EventStore, StoreError};
 
 pub const CLASSES: [EventClass; 4] = EventClass::ALL;
@@ -89,7 +88,7 @@ impl EventStore {
         };
         let from = match after {
             Some(k) => std::ops::Bound::Excluded(k.to_vec()),
-            None => std::ops::Bound::Excluded(HEADER.to_vec()),
+            None => std::ops::Bound::Unbounded,
         };
         for item in tree
             .range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded))
@@ -112,13 +111,7 @@ impl EventStore {
 
     /// How many events `bucket` holds, as its header counts them.
     pub fn bucket_events(&self, bucket: &Bucket) -> Result<u64, StoreError> {
-        let Some(tree) = self.buckets().tree_if_open(bucket) else {
-            return Ok(0);
-        };
-        Ok(tree
-            .get(HEADER)?
-            .and_then(|h| buckets::decode_header(&h))
-            .map_or(0, |(_, n)| n))
+        Ok(self.buckets().header(bucket)?.map_or(0, |(_, n)| n))
     }
 
     /// Drops `bucket` with everything in it, and flushes. Writes nothing while the disk is at
@@ -155,19 +148,10 @@ impl EventStore {
 
     /// When the oldest kept event of `class` was received (Unix ms), if any is kept.
     pub fn oldest(&self, class: EventClass) -> Result<Option<i64>, StoreError> {
-        let trees: Vec<sled::Tree> = self
-            .buckets()
-            .of_class(class)
-            .map(|(_, t)| t.clone())
-            .collect();
+        let buckets = self.buckets();
         let mut oldest: Option<i64> = None;
-        for tree in trees {
-            let header = match tree.get(HEADER) {
-                Ok(h) => h.and_then(|h| buckets::decode_header(&h)),
-                Err(sled::Error::CollectionNotFound(_)) => None,
-                Err(e) => return Err(e.into()),
-            };
-            if let Some((first, _)) = header.filter(|(_, events)| *events > 0) {
+        for (bucket, _) in buckets.of_class(class) {
+            if let Some((first, _)) = buckets.header(bucket)?.filter(|(_, n)| *n > 0) {
                 oldest = Some(oldest.map_or(first, |o| o.min(first)));
             }
         }
@@ -225,10 +209,7 @@ impl EventStore {
         now: i64,
     ) -> Result<(), StoreError> {
         let mut buckets = self.buckets();
-        let mut trees: Vec<sled::Tree> = vec![legacy.clone()];
-        // Per bucket: first receipt and events added.
-        let mut held: Vec<(Bucket, i64, u64)> = Vec::new();
-        let mut writes: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::new();
+        let mut writes = super::buckets::BucketWrites::new(legacy.clone(), &buckets);
         for (k, v) in page {
             let (received, json) = chunk_body(v);
             let timed = received.is_some();
@@ -242,38 +223,24 @@ impl EventStore {
                     part.bytes.drain(16..super::CHUNK_HEADER);
                 }
                 let bucket = Bucket::of(part.class, received, self.widths.of(part.class));
-                let at = match held.iter().position(|(b, ..)| *b == bucket) {
-                    Some(i) => i,
-                    None => {
-                        trees.push(buckets.tree(&self.db, bucket)?);
-                        held.push((bucket, received, 0));
-                        held.len() - 1
-                    }
-                };
-                held[at].1 = held[at].1.min(received);
-                held[at].2 += part.events;
                 let mut key = gateway.to_vec();
                 key.push(b'/');
                 key.extend_from_slice(&part.first.to_be_bytes());
-                writes.push((at + 1, key, part.bytes));
+                writes.add(
+                    &mut buckets,
+                    &self.db,
+                    bucket,
+                    received,
+                    key,
+                    part.bytes,
+                    part.events,
+                )?;
             }
         }
-        trees
-            .as_slice()
-            .transaction(|t| {
-                for (at, key, chunk) in &writes {
-                    t[*at].insert(key.as_slice(), chunk.as_slice())?;
-                }
-                for (i, (_, first, events)) in held.iter().enumerate() {
-                    let (f0, n0) = t[i + 1]
-                        .get(HEADER)?
-                        .and_then(|h| buckets::decode_header(&h))
-                        .unwrap_or((*first, 0));
-                    let header = buckets::encode_header(f0.min(*first), n0 + events);
-                    t[i + 1].insert(HEADER, &header[..])?;
-                }
+        writes
+            .commit(|old| {
                 for (k, _) in page {
-                    t[0].remove(k)?;
+                    old.remove(k)?;
                 }
                 Ok(())
             })

@@ -9,7 +9,8 @@
 //!   deleting each whole once it is past it: the cheapest retention there is.
 //!
 //! Sampled every 30 s (5 s with `--quick`): each side's resident memory (all its processes)
-//! and its data on disk (blocks taken, not file lengths). Reported: events stored and
+//! and its data on disk (blocks taken, not file lengths); and the bytes its processes had
+//! written to storage (write amplification: the event is ~200 bytes). Reported: events stored and
 //! acknowledged per second, memory and disk at the end, their peaks, and their growth over the
 //! second half of the run (once the retention has passed at least once, the part that must be
 //! flat).
@@ -51,6 +52,8 @@ struct Side {
     /// (seconds, MiB resident, MiB on disk)
     series: Vec<(f64, f64, f64)>,
     events0: u64,
+    /// Bytes written to storage at the start of the window.
+    written0: u64,
 }
 
 impl Side {
@@ -72,6 +75,8 @@ struct Figures {
     disk_end: f64,
     disk_peak: f64,
     disk_growth_per_h: f64,
+    /// Bytes written to storage per event stored, over the window.
+    written_per_event: f64,
     errors: u64,
 }
 
@@ -93,6 +98,8 @@ fn figures(side: &Side, window: f64) -> Figures {
         disk_end: last(&disk),
         disk_peak: peak(&disk),
         disk_growth_per_h: 60.0 * growth_per_min(&disk),
+        written_per_event: side.server.disk_writes().saturating_sub(side.written0) as f64
+            / (side.events() - side.events0).max(1) as f64,
         errors: side.fleet.stats.errors.load(Ordering::Relaxed),
     }
 }
@@ -135,6 +142,7 @@ pub async fn main(
             dir,
             series: Vec::new(),
             events0: 0,
+            written0: 0,
         });
     }
     // Warm up: every gateway has reported once.
@@ -142,6 +150,7 @@ pub async fn main(
     let t0 = Instant::now();
     for s in &mut sides {
         s.events0 = s.events();
+        s.written0 = s.server.disk_writes();
         s.sample(0.0);
     }
     let mut told = Instant::now();
@@ -197,7 +206,7 @@ pub async fn main(
         "{:<46} {:>12} {:>12} {:>8}",
         "figure", "GridEdge", "peer", "ratio"
     );
-    let rows: [(&str, f64, f64, bool); 7] = [
+    let rows: [(&str, f64, f64, bool); 8] = [
         ("events/s stored and acked", g.per_s, p.per_s, true),
         ("RSS at the end, MiB", g.rss_end, p.rss_end, false),
         ("peak RSS, MiB", g.rss_peak, p.rss_peak, false),
@@ -218,6 +227,12 @@ pub async fn main(
             "disk growth, 2nd half, MiB/h",
             g.disk_growth_per_h,
             p.disk_growth_per_h,
+            false,
+        ),
+        (
+            "bytes written to disk per event",
+            g.written_per_event,
+            p.written_per_event,
             false,
         ),
     ];
