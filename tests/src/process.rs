@@ -131,24 +131,27 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// Resident memory now (VmRSS) of a process, in MiB; 0 when it is gone.
 pub fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    proc_field(pid, "status", "VmRSS:").unwrap_or(0.0) / 1024.0
 }
 
 /// The most resident memory a process has used (VmHWM), in MiB; NaN when unknown.
 pub fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
+    proc_field(pid, "status", "VmHWM:").map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// Bytes a process has had written to storage (`write_bytes` in `/proc/PID/io`: what reached
+/// the block layer, a store's log rewrites and compaction included); 0 when unknown.
+pub fn written_bytes(pid: u32) -> u64 {
+    proc_field(pid, "io", "write_bytes:").map_or(0, |b| b as u64)
+}
+
+/// The number after `label` in `/proc/PID/file` (a trailing `kB` dropped).
+fn proc_field(pid: u32, file: &str, label: &str) -> Option<f64> {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+        .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(label))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
 }
 
 #[cfg(test)]

@@ -798,17 +798,6 @@ async fn silent_connections_to_every_listener_starve_no_one() {
     );
 }
 
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Threat: hundreds of password guesses, many at once, to guess a login and to exhaust central
 /// (each check costs ~19 MiB). Against the real binary: a few are checked, the rest are
 /// answered 429 with `Retry-After` before any check, memory stays flat, and the audit holds
@@ -823,13 +812,13 @@ async fn five_hundred_wrong_logins_are_throttled_and_cost_little_memory() {
     let central = gridedge_tests::services::ServiceProcess::spawn("central", &text).unwrap();
     gridedge_tests::wait_for_port(([127, 0, 0, 1], http).into(), Duration::from_secs(20)).unwrap();
     let pid = central.process.pid().unwrap();
-    let before = rss_mib(pid);
+    let before = gridedge_tests::process::rss_mib(pid);
     let peak = std::sync::Arc::new(std::sync::Mutex::new(before));
     let sampler = {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
-                let now = rss_mib(pid);
+                let now = gridedge_tests::process::rss_mib(pid);
                 if let Ok(mut p) = peak.lock() {
                     *p = p.max(now);
                 }

@@ -456,19 +456,11 @@ impl Server {
     /// Bytes its processes have had written to storage (`write_bytes` of `/proc/PID/io`:
     /// what reached the block layer, log rewrites and compaction included).
     fn disk_writes(&self) -> u64 {
-        self.pids.iter().map(|p| written_bytes(*p)).sum()
+        self.pids
+            .iter()
+            .map(|p| gridedge_tests::process::written_bytes(*p))
+            .sum()
     }
-}
-
-fn written_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("write_bytes:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn gridedge_server(dir: &Path, extra: &str) -> anyhow::Result<Server> {
