@@ -9,11 +9,15 @@
 //! eleven trees live. A bucket's width is in its name: changing retention makes new buckets of
 //! the new width beside the old ones, which go when their own time is up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use firmware_config::config::central::Retention;
 use firmware_config::wire::EventClass;
+
+use super::segments::{Segment, SegmentDir};
 
 const PREFIX: &str = "events/";
 
@@ -113,16 +117,28 @@ pub(super) fn decode_header(bytes: &[u8]) -> Option<(i64, u64)> {
     Some((first, events))
 }
 
-/// The open bucket trees. Ingest holds it while it writes and the pruner while it drops a
-/// tree, so that nothing is written to a tree being dropped.
+/// A bucket as a reader takes it: its tree of chunk entries, and its segment file (None for a
+/// bucket whose chunks are all kept whole in its tree, as a store moved from an older central
+/// has them).
+#[derive(Clone)]
+pub(super) struct OpenBucket {
+    pub tree: sled::Tree,
+    pub segment: Option<Arc<Segment>>,
+}
+
+/// The open bucket trees and their segment files. Ingest holds it while it writes and the
+/// pruner while it drops a bucket, so that nothing is written to a bucket being dropped.
 pub(super) struct Buckets {
     open: BTreeMap<Bucket, sled::Tree>,
+    segments: HashMap<Bucket, Arc<Segment>>,
+    dir: SegmentDir,
     headers: sled::Tree,
 }
 
 impl Buckets {
-    /// Every bucket tree `db` holds; headers left by a drop that stopped halfway go.
-    pub(super) fn load(db: &sled::Db) -> Result<Self, sled::Error> {
+    /// Every bucket tree `db` holds, with its segment file under `segments`; headers and
+    /// files left by a drop that stopped halfway go.
+    pub(super) fn load(db: &sled::Db, segments: &Path) -> Result<Self, sled::Error> {
         let mut open = BTreeMap::new();
         for name in db.tree_names() {
             if let Some(b) = Bucket::from_tree_name(&name) {
@@ -136,7 +152,42 @@ impl Buckets {
                 headers.remove(name)?;
             }
         }
-        Ok(Self { open, headers })
+        let dir = SegmentDir::new(segments)?;
+        let removed = dir.remove_unless(|b| open.contains_key(b))?;
+        if removed > 0 {
+            tracing::info!(
+                files = removed,
+                "removed the segment files of buckets already dropped"
+            );
+        }
+        let mut files = HashMap::new();
+        for bucket in open.keys() {
+            if let Some(segment) = dir.existing(bucket)? {
+                files.insert(*bucket, Arc::new(segment));
+            }
+        }
+        Ok(Self {
+            open,
+            segments: files,
+            dir,
+            headers,
+        })
+    }
+
+    /// The segment file of `bucket`, made when it is new (its tree is made when its first
+    /// entry is written).
+    pub(super) fn segment(&mut self, bucket: Bucket) -> std::io::Result<Arc<Segment>> {
+        if let Some(s) = self.segments.get(&bucket) {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(self.dir.create(&bucket)?);
+        self.segments.insert(bucket, s.clone());
+        Ok(s)
+    }
+
+    /// Bytes in every segment file.
+    pub(super) fn segment_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.size()).sum()
     }
 
     /// When `bucket` received its first chunk (Unix ms) and how many events it holds.
@@ -161,14 +212,20 @@ impl Buckets {
         Ok(t)
     }
 
-    /// The tree of `bucket` if it is there (not dropped).
-    pub(super) fn tree_if_open(&self, bucket: &Bucket) -> Option<sled::Tree> {
-        self.open.get(bucket).cloned()
+    /// `bucket` if it is there (not dropped).
+    pub(super) fn get(&self, bucket: &Bucket) -> Option<OpenBucket> {
+        self.open.get(bucket).map(|tree| OpenBucket {
+            tree: tree.clone(),
+            segment: self.segments.get(bucket).cloned(),
+        })
     }
 
-    /// The buckets and their trees, oldest first within each class.
-    pub(super) fn all(&self) -> Vec<(Bucket, sled::Tree)> {
-        self.open.iter().map(|(b, t)| (*b, t.clone())).collect()
+    /// The buckets, oldest first within each class.
+    pub(super) fn all(&self) -> Vec<(Bucket, OpenBucket)> {
+        self.open
+            .keys()
+            .filter_map(|b| Some((*b, self.get(b)?)))
+            .collect()
     }
 
     pub(super) fn of_class(
@@ -178,7 +235,9 @@ impl Buckets {
         self.open.iter().filter(move |(b, _)| b.class == class)
     }
 
-    /// Drops `bucket`'s tree and everything in it, then its header.
+    /// Drops `bucket`'s tree and everything in it and its header, flushes, then removes its
+    /// segment file: never a pointer to a file that is gone (a crash before the removal leaves
+    /// a file that the next load removes).
     pub(super) fn drop_bucket(
         &mut self,
         db: &sled::Db,
@@ -188,6 +247,10 @@ impl Buckets {
             db.drop_tree(bucket.tree_name())?;
         }
         self.headers.remove(bucket.tree_name())?;
+        db.flush()?;
+        if let Some(segment) = self.segments.remove(bucket) {
+            self.dir.remove(&segment)?;
+        }
         Ok(())
     }
 }
@@ -302,7 +365,8 @@ mod tests {
             Bucket::of(EventClass::Alert, 10_000, 1_000),
             Bucket::of(EventClass::Alert, 20_000, 1_000),
         );
-        let mut b = Buckets::load(&db).unwrap();
+        let segments = dir.path().join("segments");
+        let mut b = Buckets::load(&db, &segments).unwrap();
         for bucket in [kept, dropped] {
             let mut w = BucketWrites::new(db.open_tree("other").unwrap(), &b);
             w.add(
@@ -320,7 +384,7 @@ mod tests {
         assert_eq!(b.header(&kept).unwrap(), Some((10_000, 3)));
         // As a drop that stopped between the tree and its header leaves it.
         db.drop_tree(dropped.tree_name()).unwrap();
-        let b = Buckets::load(&db).unwrap();
+        let b = Buckets::load(&db, &segments).unwrap();
         assert_eq!(b.all().len(), 1);
         assert_eq!(b.header(&kept).unwrap(), Some((10_000, 3)));
         assert_eq!(b.header(&dropped).unwrap(), None);

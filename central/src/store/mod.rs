@@ -13,6 +13,7 @@ use firmware_config::wire::{Event, EventClass};
 
 mod buckets;
 mod retention;
+mod segments;
 pub use buckets::{Bucket, BucketWidths};
 #[cfg(test)]
 pub(crate) use retention::tests as retention_tests;
@@ -46,6 +47,19 @@ pub enum StoreError {
     /// A write met the full disk: sled cannot write again; central restarts.
     #[error("the event store stopped on a full disk; central restarts it")]
     Stopped,
+    #[error("event store segment file: {0}")]
+    Segment(std::io::Error),
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        // ENOSPC: a refused append leaves nothing pointing at it, so this is only a full disk.
+        if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull {
+            StoreError::DiskFull
+        } else {
+            StoreError::Segment(e)
+        }
+    }
 }
 
 /// One batch to store: its gateway, its events, and its payload as received.
@@ -56,8 +70,9 @@ type SeenSet = Vec<(u64, u64)>;
 
 pub struct EventStore {
     db: sled::Db,
-    /// The time buckets (see `buckets`): in each, `gateway/first_seq` → a chunk of new events
-    /// of one class from one batch (see `encode_chunk`), and the bucket's header.
+    /// The time buckets (see `buckets`): in each, `gateway/first_seq` → where a chunk of new
+    /// events of one class from one batch (see `encode_chunk`) is in the bucket's segment file
+    /// (see `segments`), and the bucket's header.
     buckets: std::sync::Mutex<buckets::Buckets>,
     /// The width of new buckets of each class.
     widths: BucketWidths,
@@ -206,11 +221,10 @@ fn encode_chunk(
     Ok(out)
 }
 
-/// The largest chunk written as one record. sled writes a tree page larger than a quarter of
-/// its 512 KiB segment to a file of its own, and under a steady insert-and-delete load (ingest
-/// and retention) it does not reclaim those files: the store's disk grows without end. A page
-/// holds at most 17 records before it splits, so records of at most 6 KiB keep every page in
-/// the log, where sled reuses the room that deleted records leave.
+/// The largest chunk written as one piece: what a page of a gateway's events reads past what it
+/// needs, at most. Chunks moved whole into a tree (from an older central's store) also stay
+/// this small: sled writes a page larger than a quarter of its 512 KiB segment to a file of
+/// its own, which it does not reclaim under a steady insert-and-delete load.
 pub(crate) const CHUNK_MAX: usize = 6 * 1024;
 
 /// How often sled's background thread flushes and then cleans segments.
@@ -359,7 +373,7 @@ impl EventStore {
                 .flush_every_ms(Some(CLEAN_EVERY_MS)),
         )?;
         let seen = db.open_tree("seen")?;
-        let buckets = buckets::Buckets::load(&db)?;
+        let buckets = buckets::Buckets::load(&db, &dir.join("segments"))?;
         disk.check(0);
         let disk_state = disk.state();
         let store = Self {
@@ -444,12 +458,18 @@ impl EventStore {
     /// Stores several batches (gateway, events, raw payload) with one flush for all: a group
     /// commit, so a burst costs one disk sync per group instead of one per batch. Each result
     /// is that batch's [`Self::store_batch_raw`]; a failed flush fails them all.
+    ///
+    /// The chunks of every batch are appended to their buckets' segment files and synced
+    /// first; then each batch's entries, bucket headers and seen set are written in one sled
+    /// transaction; then sled is flushed. A batch whose transaction fails fails every later
+    /// one: a later batch of the same gateway was checked against a seen set holding it.
     pub fn store_batches(&self, batches: &[BatchIn<'_>]) -> Vec<Result<Stored, StoreError>> {
         let refuse = |e: fn() -> StoreError| batches.iter().map(|_| Err(e())).collect();
         if self.stopped() {
             return refuse(|| StoreError::Stopped);
         }
-        // Roughly what the group writes: its payloads, twice (sled's log, then its pages).
+        // Roughly what the group writes: its payloads once in segment files, and as much
+        // again for margin and sled's entries.
         let bytes: u64 = batches
             .iter()
             .map(|(_, events, raw)| 2 * raw.map_or(events.len() * 512, <[u8]>::len) as u64)
@@ -457,23 +477,59 @@ impl EventStore {
         if !self.room_for(bytes) {
             return refuse(|| StoreError::DiskFull);
         }
+        // Held from the first append to the last entry, so that the pruner cannot drop a
+        // bucket this group writes to.
+        let mut buckets = self.buckets();
         // Seen sets as this group leaves them: a gateway may have two batches in one group.
         let mut group: HashMap<GatewayId, SeenSet> = HashMap::new();
-        let mut results: Vec<Result<Stored, StoreError>> = batches
+        let mut touched: Vec<(Bucket, std::sync::Arc<segments::Segment>)> = Vec::new();
+        let prepared: Vec<Result<Prepared<'_>, StoreError>> = batches
             .iter()
             .map(|(gateway, events, raw)| {
                 let seen = match group.get(*gateway) {
                     Some(set) => set.clone(),
                     None => self.seen_of(gateway)?,
                 };
-                let (stored, set) = self.write_batch(gateway, seen, events, *raw)?;
-                if let Some(set) = set {
-                    group.insert((*gateway).clone(), set);
+                let p = self.prepare(&mut buckets, &mut touched, gateway, seen, events, *raw)?;
+                if let Some(set) = &p.set {
+                    group.insert((*gateway).clone(), set.clone());
                 }
-                Ok(stored)
+                Ok(p)
             })
             .collect();
-        if !group.is_empty() {
+        for (_, segment) in &touched {
+            if let Err(e) = segment.sync() {
+                tracing::error!(error = %e, "syncing a segment file failed: the group is not stored");
+                let e = StoreError::from(e);
+                return batches
+                    .iter()
+                    .map(|_| Err(StoreError::Flush(e.to_string())))
+                    .collect();
+            }
+        }
+        let mut committed: HashMap<GatewayId, SeenSet> = HashMap::new();
+        let mut failed: Option<String> = None;
+        let mut results: Vec<Result<Stored, StoreError>> = prepared
+            .into_iter()
+            .map(|p| {
+                if let Some(e) = &failed {
+                    return Err(StoreError::Flush(format!(
+                        "an earlier batch of its group failed: {e}"
+                    )));
+                }
+                let p = p?;
+                if let Some(set) = p.set {
+                    if let Err(e) = self.commit(&mut buckets, p.gateway, &set, p.entries) {
+                        failed = Some(e.to_string());
+                        return Err(e);
+                    }
+                    committed.insert(p.gateway.clone(), set);
+                }
+                Ok(p.stored)
+            })
+            .collect();
+        drop(buckets);
+        if !committed.is_empty() {
             if let Err(e) = self.db.flush() {
                 if sled_store::is_out_of_space(&e) {
                     tracing::error!(error = %e, "the event store met a full disk; central restarts it");
@@ -487,21 +543,23 @@ impl EventStore {
                     .collect();
             }
             if let Ok(mut cache) = self.seen_cache.lock() {
-                cache.extend(group);
+                cache.extend(committed);
             }
         }
         results
     }
 
-    /// Writes the new events of one batch and its seen set, unflushed; returns the new set
-    /// when it changed.
-    fn write_batch(
+    /// Finds the new events of one batch and appends their chunks to their buckets' segment
+    /// files (unsynced), noting each file in `touched`.
+    fn prepare<'g>(
         &self,
-        gateway: &GatewayId,
+        buckets: &mut buckets::Buckets,
+        touched: &mut Vec<(Bucket, std::sync::Arc<segments::Segment>)>,
+        gateway: &'g GatewayId,
         seen: SeenSet,
         events: &[Event],
         raw: Option<&[u8]>,
-    ) -> Result<(Stored, Option<SeenSet>), StoreError> {
+    ) -> Result<Prepared<'g>, StoreError> {
         let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
         let mut batch_seqs = std::collections::HashSet::with_capacity(events.len());
         for e in events {
@@ -513,48 +571,64 @@ impl EventStore {
         let duplicates = events.len() as u64 - new;
         let mut set = seen;
         let mut changed = None;
+        let mut entries = Vec::new();
         if !fresh.is_empty() {
             let raw = raw.filter(|_| fresh.len() == events.len());
             let received = self.clock.unix_ms().max(0);
-            let parts = split_chunks(&fresh, raw, received)?;
-            set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
-            // Held while writing, so that the pruner cannot drop a tree this batch writes to.
-            let mut buckets = self.buckets();
-            let mut writes = self::buckets::BucketWrites::new(self.seen.clone(), &buckets);
-            for part in parts {
+            for part in split_chunks(&fresh, raw, received)? {
                 let bucket = Bucket::of(part.class, received, self.widths.of(part.class));
-                let chunk_key = key(gateway, part.first);
-                writes.add(
-                    &mut buckets,
-                    &self.db,
+                let segment = buckets.segment(bucket)?;
+                let place = segment.append(&part.bytes)?;
+                if !touched.iter().any(|(b, _)| *b == bucket) {
+                    touched.push((bucket, segment));
+                }
+                entries.push(Entry {
                     bucket,
                     received,
-                    chunk_key,
-                    part.bytes,
-                    part.events,
-                )?;
+                    key: key(gateway, part.first),
+                    pointer: segments::encode_pointer(&part.bytes, place),
+                    events: part.events,
+                });
             }
-            // One atomic write: the chunks, their buckets' headers and the seen set together.
-            let ranges = encode_ranges(&set);
-            writes
-                .commit(|seen| {
-                    seen.insert(gateway.as_str().as_bytes(), ranges.as_slice())
-                        .map(drop)
-                })
-                .map_err(transaction_error)?;
-            drop(buckets);
+            set = merge(&set, &ranges(fresh.iter().map(|e| e.seq)));
             changed = Some(set.clone());
         }
-        Ok((
-            Stored {
+        Ok(Prepared {
+            gateway,
+            stored: Stored {
                 fresh: fresh.iter().map(|e| e.seq).collect(),
                 new,
                 duplicates,
                 ranges: ranges(events.iter().map(|e| e.seq)),
                 high: set.last().map(|r| r.1).unwrap_or(0),
             },
-            changed,
-        ))
+            set: changed,
+            entries,
+        })
+    }
+
+    /// Writes a batch's entries, their buckets' headers and its gateway's seen set as one
+    /// transaction, unflushed.
+    fn commit(
+        &self,
+        buckets: &mut buckets::Buckets,
+        gateway: &GatewayId,
+        set: &SeenSet,
+        entries: Vec<Entry>,
+    ) -> Result<(), StoreError> {
+        let mut writes = self::buckets::BucketWrites::new(self.seen.clone(), buckets);
+        for e in entries {
+            writes.add(
+                buckets, &self.db, e.bucket, e.received, e.key, e.pointer, e.events,
+            )?;
+        }
+        let ranges = encode_ranges(set);
+        writes
+            .commit(|seen| {
+                seen.insert(gateway.as_str().as_bytes(), ranges.as_slice())
+                    .map(drop)
+            })
+            .map_err(transaction_error)
     }
 
     fn buckets(&self) -> std::sync::MutexGuard<'_, buckets::Buckets> {
@@ -567,10 +641,11 @@ impl EventStore {
     #[cfg(test)]
     fn chunks(&self) -> Vec<(Bucket, Vec<u8>, Vec<u8>)> {
         let mut out = Vec::new();
-        for (bucket, tree) in self.buckets().all() {
-            for item in tree.iter() {
+        for (bucket, open) in self.buckets().all() {
+            for item in open.tree.iter() {
                 let (k, v) = item.unwrap();
-                out.push((bucket, k.to_vec(), v.to_vec()));
+                let chunk = chunk_bytes(&v, open.segment.as_deref()).unwrap();
+                out.push((bucket, k.to_vec(), chunk.into_owned()));
             }
         }
         out
@@ -596,8 +671,11 @@ impl EventStore {
         let mut found: Vec<StoredEvent> = Vec::new();
         // The highest sequence number that can still make the page, once it is full.
         let mut bound = u64::MAX;
-        for (_, tree) in self.buckets().all() {
-            for item in tree.scan_prefix(&prefix) {
+        // Taken apart from the lock: ingest goes on while this reads, and a bucket the pruner
+        // drops meanwhile reads as gone (its open file still reads).
+        let open = self.buckets().all();
+        for (_, bucket) in open {
+            for item in bucket.tree.scan_prefix(&prefix) {
                 let (k, v) = match item {
                     Ok(kv) => kv,
                     // Dropped by the pruner while this read it: past its time.
@@ -610,7 +688,8 @@ impl EventStore {
                 if chunk_max(&v) <= after {
                     continue;
                 }
-                let (received, json) = chunk_body(&v);
+                let chunk = chunk_bytes(&v, bucket.segment.as_deref())?;
+                let (received, json) = chunk_body(&chunk);
                 let batch: firmware_config::wire::EventBatch = serde_json::from_slice(json)?;
                 found.extend(
                     batch
@@ -629,6 +708,40 @@ impl EventStore {
         found.sort_unstable_by_key(|e| e.seq);
         found.truncate(limit);
         Ok(found)
+    }
+}
+
+/// A batch's new events, appended to segment files, ready for its transaction.
+struct Prepared<'g> {
+    gateway: &'g GatewayId,
+    stored: Stored,
+    /// The gateway's seen set with this batch; None when it holds nothing new.
+    set: Option<SeenSet>,
+    entries: Vec<Entry>,
+}
+
+/// A chunk's entry in its bucket's tree.
+struct Entry {
+    bucket: Bucket,
+    received: i64,
+    key: Vec<u8>,
+    pointer: Vec<u8>,
+    events: u64,
+}
+
+/// The chunk a tree entry stands for: read from the bucket's segment file when the entry
+/// points there, the entry itself when the chunk is kept whole in the tree.
+fn chunk_bytes<'e>(
+    entry: &'e [u8],
+    segment: Option<&segments::Segment>,
+) -> Result<std::borrow::Cow<'e, [u8]>, StoreError> {
+    match (segments::decode_pointer(entry), segment) {
+        (None, _) => Ok(std::borrow::Cow::Borrowed(entry)),
+        (Some(place), Some(segment)) => Ok(std::borrow::Cow::Owned(segment.read(place)?)),
+        (Some(_), None) => Err(StoreError::Segment(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "a chunk points into a segment file that is not there",
+        ))),
     }
 }
 
@@ -741,7 +854,7 @@ mod tests {
     }
 
     #[test]
-    fn a_large_batch_is_stored_in_chunks_small_enough_for_sleds_pages() {
+    fn a_large_batch_is_stored_in_chunks_of_one_class_of_at_most_chunk_max() {
         let dir = tempfile::tempdir().unwrap();
         let s = EventStore::open(dir.path(), 1 << 20, 0, BucketWidths::default()).unwrap();
         let a = GatewayId::new("a").unwrap();

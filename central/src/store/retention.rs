@@ -9,7 +9,7 @@
 use firmware_config::wire::{Event, EventBatch, EventClass};
 
 use super::buckets::Bucket;
-use super::{chunk_body, split_chunks, EventStore, StoreError};
+use super::{chunk_body, chunk_bytes, split_chunks, EventStore, StoreError};
 
 pub const CLASSES: [EventClass; 4] = EventClass::ALL;
 
@@ -83,19 +83,21 @@ impl EventStore {
             class: bucket.class,
             chunks: Vec::new(),
         };
-        let Some(tree) = self.buckets().tree_if_open(bucket) else {
+        let Some(open) = self.buckets().get(bucket) else {
             return Ok(out);
         };
         let from = match after {
             Some(k) => std::ops::Bound::Excluded(k.to_vec()),
             None => std::ops::Bound::Unbounded,
         };
-        for item in tree
+        for item in open
+            .tree
             .range::<Vec<u8>, _>((from, std::ops::Bound::Unbounded))
             .take(max_chunks)
         {
             let (k, v) = item?;
-            let (received, json) = chunk_body(&v);
+            let chunk = chunk_bytes(&v, open.segment.as_deref())?;
+            let (received, json) = chunk_body(&chunk);
             let batch: EventBatch = serde_json::from_slice(json)?;
             out.chunks.push(ExpiredChunk {
                 gateway: gateway_of(&k)
@@ -131,11 +133,7 @@ impl EventStore {
         if critical {
             return Ok(false);
         }
-        let dropped = self
-            .buckets()
-            .drop_bucket(&self.db, bucket)
-            .and_then(|()| self.db.flush().map(drop));
-        if let Err(e) = dropped {
+        if let Err(e) = self.buckets().drop_bucket(&self.db, bucket) {
             if firmware_config::runtime::sled_store::is_out_of_space(&e) {
                 tracing::error!(error = %e, "pruning met a full disk; central restarts the store");
                 self.stopped
@@ -158,9 +156,10 @@ impl EventStore {
         Ok(oldest)
     }
 
-    /// Bytes the store takes on disk.
+    /// Bytes the store takes on disk: sled's files and the segment files.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        let segments = self.buckets().segment_bytes();
+        Ok(self.db.size_on_disk()? + segments)
     }
 
     /// Moves the chunks of a store an older central wrote into buckets, a page at a time,
@@ -357,6 +356,83 @@ pub(crate) mod tests {
         );
         assert_eq!(seqs(&s, &gw), vec![2, 5]);
         assert_eq!(s.oldest(EventClass::Submission).unwrap(), None);
+    }
+
+    /// The segment files under `dir`, by name.
+    fn segment_files(dir: &std::path::Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join("segments"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_buckets_events_are_in_its_segment_file_which_goes_when_the_bucket_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let gw = GatewayId::new("gw-a").unwrap();
+        let two_hours_ago = Clock::system().skewed(-time::Duration::hours(2));
+        let old_file = {
+            let s = EventStore::open(dir.path(), 1 << 20, 0, hourly())
+                .unwrap()
+                .with_clock(two_hours_ago);
+            s.store_batch(
+                &gw,
+                &[ev(1, EventClass::Telemetry), ev(2, EventClass::Telemetry)],
+            )
+            .unwrap();
+            let files = segment_files(dir.path());
+            assert_eq!(files.len(), 1, "{files:?}");
+            // The tree holds where the chunk is, not the chunk.
+            let (_, open) = s.buckets().all().pop().unwrap();
+            let (_, entry) = open.tree.iter().next().unwrap().unwrap();
+            assert!(super::super::segments::decode_pointer(&entry).is_some());
+            let on_disk = std::fs::metadata(dir.path().join("segments").join(&files[0]))
+                .unwrap()
+                .len();
+            assert!(on_disk > 40, "the chunk is in the file: {on_disk} bytes");
+            files[0].clone()
+        };
+        // What a crash leaves: bytes past the last pointer in the old file, and the file of a
+        // bucket whose tree was dropped before its file went.
+        let old_path = dir.path().join("segments").join(&old_file);
+        let mut torn = std::fs::read(&old_path).unwrap();
+        torn.extend_from_slice(b"torn write");
+        std::fs::write(&old_path, &torn).unwrap();
+        std::fs::write(
+            dir.path()
+                .join("segments")
+                .join("telemetry-0000000000000000-57e40"),
+            b"left by a crash",
+        )
+        .unwrap();
+
+        let s = EventStore::open(dir.path(), 1 << 20, 0, hourly())
+            .unwrap()
+            .with_clock(two_hours_ago);
+        assert_eq!(segment_files(dir.path()), vec![old_file.clone()]);
+        // The same bucket again: appended after the torn bytes, all read back.
+        s.store_batch(&gw, &[ev(3, EventClass::Telemetry)]).unwrap();
+        assert_eq!(seqs(&s, &gw), vec![1, 2, 3]);
+        let s = s.with_clock(Clock::system());
+        s.store_batch(&gw, &[ev(4, EventClass::Alert)]).unwrap();
+        assert_eq!(segment_files(dir.path()).len(), 2);
+        let size = s.size_on_disk().unwrap();
+
+        let cutoff = Clock::system().unix_ms() - 3_600_000;
+        let expired = s.expired_buckets(EventClass::Telemetry, cutoff);
+        assert_eq!(expired.len(), 1);
+        assert_eq!(prune(&s, &expired[0], 1), vec![1, 2, 3]);
+        assert!(
+            !segment_files(dir.path()).contains(&old_file),
+            "the file went"
+        );
+        assert!(s.size_on_disk().unwrap() < size);
+        assert_eq!(seqs(&s, &gw), vec![4]);
+        // A pruned event sent again is still known.
+        let again = s.store_batch(&gw, &[ev(2, EventClass::Telemetry)]).unwrap();
+        assert_eq!(again.new, 0);
     }
 
     #[test]

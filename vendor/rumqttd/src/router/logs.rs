@@ -379,9 +379,11 @@ pub struct AckLog {
 impl AckLog {
     /// New log
     pub fn new() -> AckLog {
+        // GridEdge patch: the queues grow as used. Each connection reserved room for 100 acks
+        // and 100 QoS 2 publishes (~45 KiB), which a gateway's link never comes near.
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 
