@@ -153,8 +153,10 @@ fn retention() -> HashMap<String, rumqttd::SegmentConfig> {
         max_segment_count: count,
     };
     let mut m = HashMap::new();
-    // Downlink to one gateway: acks, commands, data pieces — read at once; 16 KiB holds
-    // a hundred acks, and a segment always holds at least one message (a content piece).
+    // Downlink to one gateway: acks, commands, data pieces — read at once. A message counts
+    // its ~500 bytes in memory against the size (vendor/README.md), so 16 KiB holds a few
+    // dozen acks, several times a gateway's window of batches in flight; a segment always
+    // holds at least one message (a content piece).
     for ch in [Channel::Ack, Channel::Cmd, Channel::Data] {
         m.insert(all_gateways(ch), segments(16 << 10, 2));
     }
