@@ -17,6 +17,7 @@ pub mod masterdata;
 pub mod meetings;
 pub mod metrics;
 pub mod operators;
+pub mod pg;
 pub mod registry;
 pub mod replication;
 pub mod retention;
@@ -72,6 +73,10 @@ pub enum CentralError {
     Mqtt(#[from] MqttSetupError),
     #[error("{0}")]
     Store(#[from] store::StoreError),
+    #[error("{0}")]
+    Postgres(#[from] pg::PgError),
+    #[error("storage.postgres.url: {0}")]
+    PostgresUrl(#[source] firmware_config::config::secret::SecretError),
     #[error("identity: {0}")]
     Identity(#[from] firmware_config::runtime::signing::SigningError),
     #[error("signing key: {0}")]
@@ -89,7 +94,11 @@ pub struct Shared {
     pub config: CentralConfig,
     pub metrics: Arc<Metrics>,
     pub registry: Arc<Mutex<GatewayRegistry>>,
+    /// Central's own store on this machine (sled): the events unless they are in PostgreSQL,
+    /// and the disk it watches.
     pub store: Arc<store::EventStore>,
+    /// Where gateways' events are kept.
+    pub events: store::EventBackend,
     /// Checks gateways' signatures (when central knows the CA of their certificates).
     pub verifier: Option<Arc<firmware_config::runtime::signing::Verifier>>,
     /// Certificates revoked by the CA (`[identity] crl_file`), read again when it changes.
@@ -216,6 +225,13 @@ pub async fn start_with<T: Transport>(
         )?
         .with_clock(clock),
     );
+    let events = match &config.storage.postgres {
+        None => store::EventBackend::Sled(store.clone()),
+        Some(pg) => store::EventBackend::Postgres(Arc::new(pg::events::PgEvents::new(
+            connect_postgres(pg, &token).await?,
+            clock,
+        ))),
+    };
     let key_file = signing_key(&config)?;
     let load_key =
         || firmware_config::bundle::SigningKey::load(&key_file).map_err(CentralError::SigningKey);
@@ -315,6 +331,7 @@ pub async fn start_with<T: Transport>(
         registry,
         config,
         store,
+        events,
         verifier,
         revocations,
         commands,
@@ -358,7 +375,7 @@ pub async fn start_with<T: Transport>(
         clocks: shared.clocks.clone(),
         message_max_age: shared.config.identity.message_max_age,
         clock: shared.clock,
-        store: shared.store.clone(),
+        events: shared.events.clone(),
         downlink: shared.downlink.clone(),
         commands: shared.commands.clone(),
         masterdata: shared.masterdata.clone(),
@@ -372,7 +389,7 @@ pub async fn start_with<T: Transport>(
     );
     parts.spawn(async move { Ok(disk::watch(store, alerts, id, clock, t).await?) });
     let (store, settings, metrics, t) = (
-        shared.store.clone(),
+        shared.events.clone(),
         shared.config.retention.clone(),
         shared.metrics.clone(),
         parts.token().clone(),
@@ -481,5 +498,37 @@ impl RunningCentral {
     /// Waits until every part has stopped; when one fails, the others are stopped too.
     pub async fn wait(self) -> Result<(), CentralError> {
         self.parts.wait(CentralError::Task).await
+    }
+}
+
+/// A pool of connections to PostgreSQL, its schema brought up to date. Waits for the database
+/// (a replica may start before it, or while it restarts), trying again with a growing pause
+/// until `token` is cancelled; a schema newer than this central, or a step that fails, stops
+/// it at once.
+async fn connect_postgres(
+    settings: &firmware_config::config::central::PostgresStorage,
+    token: &CancellationToken,
+) -> Result<pg::Pool, CentralError> {
+    let url = settings.url.read().map_err(CentralError::PostgresUrl)?;
+    let pool = pg::pool(&url, settings.ca_file.as_deref(), settings.pool_size)?;
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match pg::migrate(&pool).await {
+            Ok(applied) => {
+                tracing::info!(applied, "postgres ready");
+                return Ok(pool);
+            }
+            Err(e @ (pg::PgError::SchemaTooNew { .. } | pg::PgError::Migration { .. })) => {
+                return Err(e.into())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "postgres not reachable yet");
+                tokio::select! {
+                    _ = token.cancelled() => return Err(e.into()),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
     }
 }

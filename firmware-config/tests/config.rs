@@ -288,3 +288,30 @@ fn an_api_token_entry_keeps_a_hash_and_a_real_role() {
         "the duplicate name: {issues:?}"
     );
 }
+
+#[test]
+fn central_on_postgres_names_its_url_as_a_secret_and_a_real_pool() {
+    let base = "[central]\nid = \"c\"\nname = \"C\"\n[broker.embedded]\n[storage]\ndir = \"d\"\n";
+    let good = format!("{base}postgres = {{ url = {{ env = \"GRIDEDGE_PG_URL\" }} }}\n");
+    let c = config::parse::<CentralConfig>(&good, Path::new("/etc/gridedge")).unwrap();
+    let pg = c.storage.postgres.unwrap();
+    assert_eq!(pg.url.env.as_deref(), Some("GRIDEDGE_PG_URL"));
+    assert_eq!((pg.pool_size, pg.ca_file), (16, None));
+    // A URL written into the file (it may hold a password) is not a secret reference.
+    let inline = format!("{base}postgres = {{ url = \"postgres://u:pw@h/db\" }}\n");
+    assert!(config::parse::<CentralConfig>(&inline, Path::new("/")).is_err());
+    let bad = format!(
+        "{base}postgres = {{ url = {{ file = \"pg-url\" }}, pool_size = 0, ca_file = \"/nonexistent/ca.pem\" }}\n"
+    );
+    let issues = config::parse::<CentralConfig>(&bad, Path::new("/"))
+        .unwrap_err()
+        .issues();
+    assert_eq!(
+        issues,
+        vec![
+            "storage.postgres.url.file: /pg-url: No such file or directory (os error 2)",
+            "storage.postgres.pool_size: must be 1 to 256",
+            "storage.postgres.ca_file: /nonexistent/ca.pem is not a file"
+        ]
+    );
+}

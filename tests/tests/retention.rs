@@ -3,7 +3,8 @@
 //! load, and is killed (-9) while it prunes. Every event a kiosk had acknowledged is in
 //! exactly one place at the end, the store or the archive; the long-kept classes are all
 //! still in the store; metrics show what was pruned, the oldest kept event and the store's
-//! size; ingest and acknowledgements went on throughout.
+//! size; ingest and acknowledgements went on throughout. The same on PostgreSQL (central's
+//! events there, pruned a page per transaction).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use gridedge_tests::backbone::{Poster, CLASSES};
+use gridedge_tests::postgres::Postgres;
 use gridedge_tests::services::{central_events, central_toml, ServiceProcess, TestGateway};
 use gridedge_tests::{eventually, free_port, get_text, init_test_logging, try_json};
 use serde_json::Value;
@@ -53,17 +55,42 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn central_prunes_each_class_on_time_into_its_archive_under_load_and_through_a_crash() {
+    prunes_on_time_under_load_through_a_crash(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_on_postgres_prunes_each_class_on_time_into_its_archive_under_load_and_through_a_crash(
+) {
+    let pg = Postgres::start().unwrap();
+    prunes_on_time_under_load_through_a_crash(Some(&pg)).await;
+    // The events were in the database, not in central's own folder.
+    assert_ne!(
+        pg.psql("SELECT count(*) FROM events WHERE class = 'alert'")
+            .unwrap(),
+        "0"
+    );
+}
+
+async fn prunes_on_time_under_load_through_a_crash(pg: Option<&Postgres>) {
     init_test_logging();
     let fixture = tempfile::tempdir().unwrap();
     let archive = fixture.path().join("archive");
     let (broker_port, http_port) = (free_port(), free_port());
     let central_addr = SocketAddr::from(([127, 0, 0, 1], http_port));
-    let text = format!(
+    let mut text = format!(
         "{}\n[retention]\ntelemetry = \"10s\"\nhealth = \"10s\"\nprune_every = \"1s\"\narchive_dir = \"{}\"\n",
         central_toml(fixture.path(), broker_port, http_port),
         archive.display()
     );
-    let mut central = ServiceProcess::spawn("central", &text).unwrap();
+    let url = pg.map(Postgres::url).unwrap_or_default();
+    if pg.is_some() {
+        text = text.replace(
+            "[storage]\n",
+            "[storage]\npostgres = { url = { env = \"GRIDEDGE_PG_URL\" } }\n",
+        );
+    }
+    let mut central =
+        ServiceProcess::spawn_with_env("central", &text, &[("GRIDEDGE_PG_URL", &url)]).unwrap();
     let health = || try_json(format!("http://{central_addr}/healthz"));
     eventually("central up", Duration::from_secs(30), || async {
         health().await

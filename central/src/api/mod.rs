@@ -230,17 +230,11 @@ async fn events(
             q.limit
         ));
     }
-    let store = shared.store.clone();
-    let found =
-        tokio::task::spawn_blocking(move || store.events_after(&gateway, q.after, q.limit)).await;
-    match found {
-        Ok(Ok(events)) => {
+    match shared.events.events_after(gateway, q.after, q.limit).await {
+        Ok(events) => {
             let next = events.last().map(|e| e.seq);
             let events: Vec<Value> = events.iter().map(stored_event_json).collect();
             Json(json!({ "events": events, "next_after": next })).into_response()
-        }
-        Ok(Err(e)) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
         }
         Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

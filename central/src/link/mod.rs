@@ -41,7 +41,8 @@ pub struct Ingest {
     /// `[identity] message_max_age`: an older health report is stale.
     pub message_max_age: Duration,
     pub clock: firmware_config::runtime::clock::Clock,
-    pub store: Arc<crate::store::EventStore>,
+    /// Where batches are stored: sled, or PostgreSQL shared with other replicas.
+    pub events: crate::store::EventBackend,
     /// Seals acks and content pieces for their gateway.
     pub downlink: Arc<downlink::Downlink>,
     /// Waiting commands, completed by their replies.
@@ -435,26 +436,28 @@ async fn store_and_ack(
     batches: Vec<Batch>,
 ) -> (Vec<Answer>, Vec<Option<observers::Fresh>>) {
     let n = batches.len();
-    let store = shared.store.clone();
     let downlink = shared.downlink.clone();
-    // The batches go to the blocking thread and come back with their results and their acks,
-    // signed there too: signing a group's acks one by one would hold the link's task.
-    let stored = tokio::task::spawn_blocking(move || {
-        let results = {
-            let input: Vec<_> = batches
-                .iter()
-                .map(|b| (&b.gateway, b.events.as_slice(), Some(b.raw.as_slice())))
-                .collect();
-            store.store_batches(&input)
-        };
-        let acks: Vec<Answer> = batches
-            .iter()
-            .zip(&results)
-            .map(|(b, r)| sealed_ack(&downlink, b, r.as_ref().ok()?))
-            .collect();
-        (batches, results, acks)
-    })
-    .await;
+    let stored = match &shared.events {
+        // The batches go to the blocking thread and come back with their results and their
+        // acks, signed there too: signing a group's acks one by one would hold the link's task.
+        crate::store::EventBackend::Sled(store) => {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || {
+                let results = store.store_batches(&inputs(&batches));
+                let acks = sealed_acks(&downlink, &batches, &results);
+                (batches, results, acks)
+            })
+            .await
+        }
+        crate::store::EventBackend::Postgres(pg) => {
+            let results = pg.store_batches(&inputs(&batches)).await;
+            tokio::task::spawn_blocking(move || {
+                let acks = sealed_acks(&downlink, &batches, &results);
+                (batches, results, acks)
+            })
+            .await
+        }
+    };
     let (batches, results, acks) = match stored {
         Ok(done) => done,
         Err(e) => {
@@ -468,6 +471,27 @@ async fn store_and_ack(
         .map(|(b, r)| after_store(shared, b, r))
         .collect();
     (acks, fresh)
+}
+
+/// A group's batches as the store takes them.
+fn inputs(batches: &[Batch]) -> Vec<crate::store::BatchIn<'_>> {
+    batches
+        .iter()
+        .map(|b| (&b.gateway, b.events.as_slice(), Some(b.raw.as_slice())))
+        .collect()
+}
+
+/// The ack of each stored batch (none for one that failed).
+fn sealed_acks(
+    downlink: &downlink::Downlink,
+    batches: &[Batch],
+    results: &[Result<crate::store::Stored, crate::store::StoreError>],
+) -> Vec<Answer> {
+    batches
+        .iter()
+        .zip(results)
+        .map(|(b, r)| sealed_ack(downlink, b, r.as_ref().ok()?))
+        .collect()
 }
 
 /// The ack of a stored batch, sealed for its gateway: its topic and payload.

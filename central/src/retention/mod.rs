@@ -15,7 +15,8 @@ use firmware_config::wire::EventClass;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{ClassLabel, Metrics};
-use crate::store::{Bucket, EventStore, Expired, StoreError};
+use crate::pg::events::{self as pg_events, PgEvents};
+use crate::store::{Bucket, EventBackend, EventStore, Expired, StoreError};
 
 pub mod archive;
 
@@ -33,7 +34,7 @@ fn label(class: EventClass) -> ClassLabel {
 /// Prunes every `settings.prune_every` until `token` is cancelled; fails when the store has
 /// stopped on a full disk.
 pub async fn run(
-    store: Arc<EventStore>,
+    events: EventBackend,
     settings: Retention,
     metrics: Arc<Metrics>,
     clock: Clock,
@@ -41,7 +42,11 @@ pub async fn run(
 ) -> Result<(), StoreError> {
     let mut last_failure: Option<std::time::Instant> = None;
     loop {
-        match prune_once(&store, &settings, &metrics, clock).await {
+        let pruned = match &events {
+            EventBackend::Sled(store) => prune_once(store, &settings, &metrics, clock).await,
+            EventBackend::Postgres(pg) => prune_once_pg(pg, &settings, &metrics, clock).await,
+        };
+        match pruned {
             Ok(()) => last_failure = None,
             Err(StoreError::Stopped) => return Err(StoreError::Stopped),
             Err(e) => {
@@ -52,7 +57,10 @@ pub async fn run(
                 }
             }
         }
-        refresh_gauges(&store, &metrics).await;
+        match &events {
+            EventBackend::Sled(store) => refresh_gauges(store, &metrics).await,
+            EventBackend::Postgres(pg) => refresh_gauges_pg(pg, &metrics).await,
+        }
         tokio::select! {
             _ = token.cancelled() => return Ok(()),
             _ = tokio::time::sleep(settings.prune_every) => {}
@@ -118,6 +126,78 @@ pub async fn prune_once(
         }
     }
     Ok(())
+}
+
+/// Prunes every class down to its time in PostgreSQL, a page of rows per transaction, each
+/// page archived before its delete commits.
+pub async fn prune_once_pg(
+    pg: &PgEvents,
+    settings: &Retention,
+    metrics: &Metrics,
+    clock: Clock,
+) -> Result<(), StoreError> {
+    for class in crate::store::CLASSES {
+        let keep = i64::try_from(settings.keep(class).as_millis()).unwrap_or(i64::MAX);
+        let before = clock.unix_ms().saturating_sub(keep);
+        let (mut events, mut files) = (0usize, 0usize);
+        loop {
+            let page = match pg
+                .prune_page(class, before, PAGE, settings.archive_dir.as_deref())
+                .await
+            {
+                Ok(page) => page,
+                Err(pg_events::PruneError::Archive(e)) => {
+                    metrics.archive_failures.inc();
+                    return Err(StoreError::Flush(e.to_string()));
+                }
+                Err(pg_events::PruneError::Store(e)) => return Err(e),
+            };
+            if let Some((_, bytes)) = &page.file {
+                metrics.archive_bytes.inc_by(*bytes);
+                files += 1;
+            }
+            metrics
+                .events_pruned
+                .get_or_create(&label(class))
+                .inc_by(page.events as u64);
+            events += page.events;
+            if page.events < PAGE {
+                break;
+            }
+        }
+        if events > 0 {
+            tracing::info!(
+                class = %label(class).class,
+                events,
+                archive_files = files,
+                kept_for = %format!("{:?}", settings.keep(class)),
+                "retention: pruned events past their time"
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn refresh_gauges_pg(pg: &PgEvents, metrics: &Metrics) {
+    for class in crate::store::CLASSES {
+        match pg.oldest(class).await {
+            Ok(Some(ms)) => {
+                metrics
+                    .events_oldest_received
+                    .get_or_create(&label(class))
+                    .set(ms / 1000);
+            }
+            Ok(None) => {
+                metrics.events_oldest_received.remove(&label(class));
+            }
+            Err(_) => return,
+        }
+    }
+    if let Ok(bytes) = pg.size_on_disk().await {
+        metrics
+            .store_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
 }
 
 /// Writes every page of `bucket` to the archive under `dir`; returns the files written.

@@ -11,9 +11,11 @@ use firmware_config::runtime::sled_store;
 use firmware_config::ids::GatewayId;
 use firmware_config::wire::{Event, EventClass};
 
+mod backend;
 mod buckets;
 mod retention;
 mod segments;
+pub use backend::EventBackend;
 pub use buckets::{Bucket, BucketWidths};
 #[cfg(test)]
 pub(crate) use retention::tests as retention_tests;
@@ -49,6 +51,8 @@ pub enum StoreError {
     Stopped,
     #[error("event store segment file: {0}")]
     Segment(std::io::Error),
+    #[error(transparent)]
+    Postgres(#[from] crate::pg::PgError),
 }
 
 impl From<std::io::Error> for StoreError {
@@ -66,7 +70,7 @@ impl From<std::io::Error> for StoreError {
 pub type BatchIn<'a> = (&'a GatewayId, &'a [Event], Option<&'a [u8]>);
 
 /// The sequence numbers held of one gateway, as sorted inclusive ranges.
-type SeenSet = Vec<(u64, u64)>;
+pub(crate) type SeenSet = Vec<(u64, u64)>;
 
 pub struct EventStore {
     db: sled::Db,
@@ -124,7 +128,7 @@ pub fn ranges(seqs: impl IntoIterator<Item = u64>) -> Vec<(u64, u64)> {
 }
 
 /// Merges two sorted lists of inclusive ranges.
-fn merge(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub(crate) fn merge(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut all: Vec<(u64, u64)> = a.iter().chain(b.iter()).copied().collect();
     all.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(all.len());
@@ -142,13 +146,13 @@ fn contains(set: &[(u64, u64)], seq: u64) -> bool {
     i > 0 && set[i - 1].1 >= seq
 }
 
-fn encode_ranges(set: &[(u64, u64)]) -> Vec<u8> {
+pub(crate) fn encode_ranges(set: &[(u64, u64)]) -> Vec<u8> {
     set.iter()
         .flat_map(|(a, b)| a.to_be_bytes().into_iter().chain(b.to_be_bytes()))
         .collect()
 }
 
-fn decode_ranges(bytes: &[u8]) -> Vec<(u64, u64)> {
+pub(crate) fn decode_ranges(bytes: &[u8]) -> Vec<(u64, u64)> {
     bytes
         .chunks_exact(16)
         .map(|c| {
@@ -560,13 +564,7 @@ impl EventStore {
         events: &[Event],
         raw: Option<&[u8]>,
     ) -> Result<Prepared<'g>, StoreError> {
-        let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
-        let mut batch_seqs = std::collections::HashSet::with_capacity(events.len());
-        for e in events {
-            if batch_seqs.insert(e.seq) && !contains(&seen, e.seq) {
-                fresh.push(e);
-            }
-        }
+        let fresh = fresh_events(&seen, events);
         let new = fresh.len() as u64;
         let duplicates = events.len() as u64 - new;
         let mut set = seen;
@@ -709,6 +707,18 @@ impl EventStore {
         found.truncate(limit);
         Ok(found)
     }
+}
+
+/// The events of a batch not in `seen`, each sequence number once, in batch order.
+pub(crate) fn fresh_events<'e>(seen: &[(u64, u64)], events: &'e [Event]) -> Vec<&'e Event> {
+    let mut fresh: Vec<&Event> = Vec::with_capacity(events.len());
+    let mut batch_seqs = std::collections::HashSet::with_capacity(events.len());
+    for e in events {
+        if batch_seqs.insert(e.seq) && !contains(seen, e.seq) {
+            fresh.push(e);
+        }
+    }
+    fresh
 }
 
 /// A batch's new events, appended to segment files, ready for its transaction.

@@ -34,6 +34,18 @@ pub struct Expired {
     pub chunks: Vec<ExpiredChunk>,
 }
 
+impl ExpiredChunk {
+    /// Events of `gateway` received at `received_ms`, from a store without chunk keys.
+    pub(crate) fn new(gateway: String, received_ms: i64, events: Vec<Event>) -> Self {
+        Self {
+            gateway,
+            received_ms,
+            events,
+            key: Vec::new(),
+        }
+    }
+}
+
 impl Expired {
     pub fn events(&self) -> usize {
         self.chunks.iter().map(|c| c.events.len()).sum()

@@ -337,6 +337,31 @@ pub struct CentralStorage {
     /// an eighth of the filesystem; `0 B` keeps none.
     #[serde(default = "default_disk_reserve")]
     pub disk_reserve: crate::config::units::ByteSize,
+    /// PostgreSQL, where central replicas keep what they share. Absent: everything is in
+    /// `dir` (sled), for central on one machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresStorage>,
+}
+
+/// How central reaches PostgreSQL.
+/// In TOML: `postgres = { url = { env = "GRIDEDGE_PG_URL" }, ca_file = "pg-ca.pem" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresStorage {
+    /// The connection string (`postgresql://user:password@host:port/db` or `key=value`
+    /// pairs): a secret, as it may hold the password.
+    pub url: crate::config::secret::SecretRef,
+    /// CA certificate(s) to verify the server with; given, every connection uses TLS.
+    /// Relative to the config file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// Connections each replica keeps at most. Default 16.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+fn default_pool_size() -> usize {
+    16
 }
 
 fn default_disk_reserve() -> crate::config::units::ByteSize {

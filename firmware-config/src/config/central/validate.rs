@@ -30,6 +30,12 @@ impl Document for CentralConfig {
 
     fn resolve_paths(&mut self, base: &Path) {
         self.storage.dir = crate::config::resolve(base, &self.storage.dir);
+        if let Some(pg) = &mut self.storage.postgres {
+            pg.url.resolve_paths(base);
+            if let Some(ca) = &mut pg.ca_file {
+                *ca = crate::config::resolve(base, ca);
+            }
+        }
         self.http.resolve_paths(base);
         let tls = [
             self.broker.embedded.as_mut().and_then(|e| e.tls.as_mut()),
@@ -207,6 +213,20 @@ impl Document for CentralConfig {
             }
             if let Some(t) = &x.tls {
                 t.validate("broker.external.tls", v);
+            }
+        }
+        if let Some(pg) = &self.storage.postgres {
+            pg.url.validate("storage.postgres.url", v);
+            if !(1..=256).contains(&pg.pool_size) {
+                v.error("storage.postgres.pool_size", "must be 1 to 256");
+            }
+            if let Some(ca) = &pg.ca_file {
+                if !ca.is_file() {
+                    v.error(
+                        "storage.postgres.ca_file",
+                        format!("{} is not a file", ca.display()),
+                    );
+                }
             }
         }
         if self.storage.dir.exists() && !self.storage.dir.is_dir() {

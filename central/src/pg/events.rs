@@ -1,0 +1,313 @@
+//! Gateways' events in PostgreSQL: one row per `(gateway, seq)`, and per gateway the set of
+//! sequence numbers held (pruned ones included), the same deduplication as the sled store's.
+//!
+//! A group of batches is one transaction. It locks the seen sets of the group's gateways (in
+//! name order, so two replicas never wait on each other in a circle), keeps the events they do
+//! not hold, inserts those, writes the sets back and commits; only then are the batches
+//! acknowledged. Two replicas given the same batch (a gateway that sent it again after a
+//! failover) take turns on the gateway's row: the second finds every event held. The primary
+//! key catches anything that would slip past.
+
+use std::collections::HashMap;
+
+use firmware_config::ids::GatewayId;
+use firmware_config::runtime::clock::Clock;
+use firmware_config::wire::{Event, EventClass};
+
+use super::{PgError, Pool};
+use crate::retention::archive::{self, ArchiveError};
+use crate::store::{self, BatchIn, Expired, ExpiredChunk, StoreError, Stored, StoredEvent};
+
+pub struct PgEvents {
+    pool: Pool,
+    clock: Clock,
+}
+
+/// The columns of the events a group inserts.
+#[derive(Default)]
+struct Rows {
+    gateway: Vec<String>,
+    seq: Vec<i64>,
+    class: Vec<&'static str>,
+    kind: Vec<String>,
+    body: Vec<String>,
+}
+
+impl PgEvents {
+    pub fn new(pool: Pool, clock: Clock) -> Self {
+        Self { pool, clock }
+    }
+
+    /// Stores several batches in one transaction; each result says what to acknowledge. When
+    /// the transaction fails, every batch fails (nothing of the group is stored) and is not
+    /// acknowledged: its gateway sends it again.
+    pub async fn store_batches(&self, batches: &[BatchIn<'_>]) -> Vec<Result<Stored, StoreError>> {
+        match self.store_group(batches).await {
+            Ok(stored) => stored.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let e = e.to_string();
+                batches
+                    .iter()
+                    .map(|_| Err(StoreError::Flush(e.clone())))
+                    .collect()
+            }
+        }
+    }
+
+    async fn store_group(&self, batches: &[BatchIn<'_>]) -> Result<Vec<Stored>, PgError> {
+        let mut gateways: Vec<&str> = batches.iter().map(|(g, ..)| g.as_str()).collect();
+        gateways.sort_unstable();
+        gateways.dedup();
+        let received = time::OffsetDateTime::from_unix_timestamp_nanos(
+            i128::from(self.clock.unix_ms()) * 1_000_000,
+        )
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "INSERT INTO event_seen (gateway, ranges)
+             SELECT g, ''::bytea FROM unnest($1::text[]) AS g ORDER BY g
+             ON CONFLICT DO NOTHING",
+            &[&gateways],
+        )
+        .await?;
+        let mut seen: HashMap<String, store::SeenSet> = tx
+            .query(
+                "SELECT gateway, ranges FROM event_seen WHERE gateway = ANY($1)
+                 ORDER BY gateway FOR UPDATE",
+                &[&gateways],
+            )
+            .await?
+            .into_iter()
+            .map(|row| {
+                let ranges: Vec<u8> = row.get(1);
+                (row.get(0), store::decode_ranges(&ranges))
+            })
+            .collect();
+
+        let mut rows = Rows::default();
+        let mut changed: Vec<String> = Vec::new();
+        let mut out = Vec::with_capacity(batches.len());
+        for (gateway, events, _) in batches {
+            let set = seen.entry(gateway.as_str().to_owned()).or_default();
+            let fresh = store::fresh_events(set, events);
+            for e in &fresh {
+                rows.push(gateway, e)?;
+            }
+            let new = fresh.len() as u64;
+            if new > 0 {
+                *set = store::merge(set, &store::ranges(fresh.iter().map(|e| e.seq)));
+                changed.push(gateway.as_str().to_owned());
+            }
+            out.push(Stored {
+                fresh: fresh.iter().map(|e| e.seq).collect(),
+                new,
+                duplicates: events.len() as u64 - new,
+                ranges: store::ranges(events.iter().map(|e| e.seq)),
+                high: set.last().map_or(0, |r| r.1),
+            });
+        }
+        if !rows.seq.is_empty() {
+            tx.execute(
+                "INSERT INTO events (gateway, seq, class, kind, received, body)
+                 SELECT g, s, c, k, $5, b::json
+                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $6::text[])
+                     AS t(g, s, c, k, b)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &rows.gateway,
+                    &rows.seq,
+                    &rows.class,
+                    &rows.kind,
+                    &received,
+                    &rows.body,
+                ],
+            )
+            .await?;
+            changed.sort_unstable();
+            changed.dedup();
+            let sets: Vec<Vec<u8>> = changed
+                .iter()
+                .map(|g| store::encode_ranges(seen.get(g).map_or(&[][..], Vec::as_slice)))
+                .collect();
+            tx.execute(
+                "UPDATE event_seen SET ranges = t.r
+                 FROM unnest($1::text[], $2::bytea[]) AS t(g, r)
+                 WHERE event_seen.gateway = t.g",
+                &[&changed, &sets],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    /// Up to `limit` stored events of `gateway` after `after`, in sequence order.
+    pub async fn events_after(
+        &self,
+        gateway: &GatewayId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let client = self.pool.get().await.map_err(PgError::from)?;
+        let rows = client
+            .query(
+                "SELECT body::text, received FROM events
+                 WHERE gateway = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                &[&gateway.as_str(), &after, &limit],
+            )
+            .await
+            .map_err(PgError::from)?;
+        rows.into_iter()
+            .map(|row| {
+                let body: String = row.get(0);
+                let received: time::OffsetDateTime = row.get(1);
+                Ok(StoredEvent {
+                    event: serde_json::from_str(&body)?,
+                    received: Some(received),
+                })
+            })
+            .collect()
+    }
+
+    /// The highest sequence number held of `gateway` (0 when none).
+    pub async fn high(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(PgError::from)?;
+        let row = client
+            .query_opt(
+                "SELECT ranges FROM event_seen WHERE gateway = $1",
+                &[&gateway.as_str()],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(row
+            .map(|r| store::decode_ranges(&r.get::<_, Vec<u8>>(0)))
+            .and_then(|set| set.last().map(|r| r.1))
+            .unwrap_or(0))
+    }
+}
+
+/// One page of pruning: how many events went, and the archive file written for them.
+pub struct Pruned {
+    pub events: usize,
+    pub file: Option<(std::path::PathBuf, u64)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+}
+
+impl From<PgError> for PruneError {
+    fn from(e: PgError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+fn unix_ms(t: time::OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl PgEvents {
+    /// Deletes up to `max` events of `class` received before `before_ms`, oldest first, and
+    /// writes them to the archive under `archive_dir` (when there is one) before the delete
+    /// commits: a crash between writes the same file again. Replicas pruning at once take
+    /// different rows (`SKIP LOCKED`).
+    pub async fn prune_page(
+        &self,
+        class: EventClass,
+        before_ms: i64,
+        max: usize,
+        archive_dir: Option<&std::path::Path>,
+    ) -> Result<Pruned, PruneError> {
+        let before =
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(before_ms) * 1_000_000)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let mut client = self.pool.get().await.map_err(PgError::from)?;
+        let tx = client.transaction().await.map_err(PgError::from)?;
+        let rows = tx
+            .query(
+                "DELETE FROM events WHERE (gateway, seq) IN (
+                     SELECT gateway, seq FROM events WHERE class = $1 AND received < $2
+                     ORDER BY received, gateway, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING gateway, seq, received, body::text",
+                &[&class.as_str(), &before, &limit],
+            )
+            .await
+            .map_err(PgError::from)?;
+        let mut found: Vec<(i64, String, i64, String)> = rows
+            .into_iter()
+            .map(|r| {
+                let received: time::OffsetDateTime = r.get(2);
+                (unix_ms(received), r.get(0), r.get(1), r.get(3))
+            })
+            .collect();
+        found.sort_unstable_by(|a, b| (a.0, &a.1, a.2).cmp(&(b.0, &b.1, b.2)));
+        let events = found.len();
+        let mut file = None;
+        if let (Some(dir), false) = (archive_dir, found.is_empty()) {
+            let mut expired = Expired {
+                class,
+                chunks: Vec::with_capacity(found.len()),
+            };
+            for (received_ms, gateway, _, body) in found {
+                let event: Event = serde_json::from_str(&body).map_err(StoreError::from)?;
+                expired
+                    .chunks
+                    .push(ExpiredChunk::new(gateway, received_ms, vec![event]));
+            }
+            let dir = dir.to_owned();
+            file = tokio::task::spawn_blocking(move || archive::write(&dir, &expired))
+                .await
+                .map_err(|e| StoreError::Flush(format!("archive task: {e}")))??;
+        }
+        tx.commit().await.map_err(PgError::from)?;
+        Ok(Pruned { events, file })
+    }
+
+    /// When the oldest kept event of `class` was received (Unix ms), if any is kept.
+    pub async fn oldest(&self, class: EventClass) -> Result<Option<i64>, StoreError> {
+        let client = self.pool.get().await.map_err(PgError::from)?;
+        let row = client
+            .query_one(
+                "SELECT min(received) FROM events WHERE class = $1",
+                &[&class.as_str()],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(row.get::<_, Option<time::OffsetDateTime>>(0).map(unix_ms))
+    }
+
+    /// Bytes the events take in the database, with their indexes.
+    pub async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let client = self.pool.get().await.map_err(PgError::from)?;
+        let row = client
+            .query_one(
+                "SELECT pg_total_relation_size('events') + pg_total_relation_size('event_seen')",
+                &[],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+}
+
+impl Rows {
+    fn push(&mut self, gateway: &GatewayId, e: &Event) -> Result<(), PgError> {
+        self.seq
+            .push(i64::try_from(e.seq).map_err(|_| PgError::SeqTooLarge(e.seq))?);
+        self.gateway.push(gateway.as_str().to_owned());
+        self.class.push(e.class.as_str());
+        self.kind.push(e.kind.clone());
+        self.body
+            .push(serde_json::to_string(e).map_err(|e| PgError::Encode(e.to_string()))?);
+        Ok(())
+    }
+}
