@@ -75,6 +75,8 @@ pub enum CentralError {
     Store(#[from] store::StoreError),
     #[error("{0}")]
     Postgres(#[from] pg::PgError),
+    #[error("{0}")]
+    State(#[source] state::StateError),
     #[error("storage.postgres.url: {0}")]
     PostgresUrl(#[source] firmware_config::config::secret::SecretError),
     #[error("identity: {0}")]
@@ -225,12 +227,22 @@ pub async fn start_with<T: Transport>(
         )?
         .with_clock(clock),
     );
-    let events = match &config.storage.postgres {
-        None => store::EventBackend::Sled(store.clone()),
-        Some(pg) => store::EventBackend::Postgres(Arc::new(pg::events::PgEvents::new(
-            connect_postgres(pg, &token).await?,
-            clock,
-        ))),
+    // On PostgreSQL, the events and every state table are there; otherwise all is in sled.
+    let (events, state): (store::EventBackend, Box<dyn state::StateStore>) = match &config
+        .storage
+        .postgres
+    {
+        None => (
+            store::EventBackend::Sled(store.clone()),
+            Box::new(state::SledState::new(store.db().clone())),
+        ),
+        Some(pg) => {
+            let (events, tables) = connect_postgres(pg, &token).await?;
+            (
+                store::EventBackend::Postgres(Arc::new(pg::events::PgEvents::new(events, clock))),
+                Box::new(pg::state::PgState::new(tables).map_err(CentralError::State)?),
+            )
+        }
     };
     let key_file = signing_key(&config)?;
     let load_key =
@@ -289,11 +301,10 @@ pub async fn start_with<T: Transport>(
         path: config.storage.dir.display().to_string(),
         source,
     })?;
-    // Everything else central keeps, in tables beside the events (one sled database, one
-    // lock); each part opens its own.
-    let state = state::SledState::new(store.db().clone());
-    let bundles = bundles::Bundles::open(&state, Some(&key_file), clock)?;
-    let masterdata = Arc::new(masterdata::MasterData::open(&state, clock)?);
+    // Everything else central keeps, in tables beside the events; each part opens its own.
+    let state = state.as_ref();
+    let bundles = bundles::Bundles::open(state, Some(&key_file), clock)?;
+    let masterdata = Arc::new(masterdata::MasterData::open(state, clock)?);
     let registry = Arc::new(Mutex::new(GatewayRegistry::new(
         config.health.gateway_silence,
     )));
@@ -310,7 +321,7 @@ pub async fn start_with<T: Transport>(
         replication: Arc::new(replication),
         alerts: Arc::new(
             alerts::Alerts::open(
-                &state,
+                state,
                 alerts::Policy {
                     escalate_after: [
                         config.alerts.escalate_to_station,
@@ -322,9 +333,9 @@ pub async fn start_with<T: Transport>(
         ),
         outbox_seen: Arc::default(),
         devices: Arc::default(),
-        meetings: Arc::new(meetings::Meetings::open(&state)?),
-        operators: operators::Operators::new(&config.operators, &config.api_tokens, &state, clock)?,
-        cases: Arc::new(cases::Cases::open(&state, clock)?),
+        meetings: Arc::new(meetings::Meetings::open(state)?),
+        operators: operators::Operators::new(&config.operators, &config.api_tokens, state, clock)?,
+        cases: Arc::new(cases::Cases::open(state, clock)?),
         logins: logins::LoginGuard::default(),
         bundles,
         metrics: Arc::new(metrics),
@@ -501,22 +512,24 @@ impl RunningCentral {
     }
 }
 
-/// A pool of connections to PostgreSQL, its schema brought up to date. Waits for the database
+/// Two pools of connections to PostgreSQL (the events', and the state tables' on their own
+/// runtime: see `pg::state`), the schema brought up to date. Waits for the database
 /// (a replica may start before it, or while it restarts), trying again with a growing pause
 /// until `token` is cancelled; a schema newer than this central, or a step that fails, stops
 /// it at once.
 async fn connect_postgres(
     settings: &firmware_config::config::central::PostgresStorage,
     token: &CancellationToken,
-) -> Result<pg::Pool, CentralError> {
+) -> Result<(pg::Pool, pg::Pool), CentralError> {
     let url = settings.url.read().map_err(CentralError::PostgresUrl)?;
     let pool = pg::pool(&url, settings.ca_file.as_deref(), settings.pool_size)?;
+    let tables = pg::pool(&url, settings.ca_file.as_deref(), 4)?;
     let mut pause = std::time::Duration::from_millis(200);
     loop {
         match pg::migrate(&pool).await {
             Ok(applied) => {
                 tracing::info!(applied, "postgres ready");
-                return Ok(pool);
+                return Ok((pool, tables));
             }
             Err(e @ (pg::PgError::SchemaTooNew { .. } | pg::PgError::Migration { .. })) => {
                 return Err(e.into())

@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub enum StateError {
     #[error("state store: {0}")]
     Sled(#[from] sled::Error),
+    #[error("state store (postgres): {0}")]
+    Postgres(String),
 }
 
 /// One entry: key and value.

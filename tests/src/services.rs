@@ -358,6 +358,20 @@ impl TestCentral {
         Self::from_toml(dir, &text).await
     }
 
+    /// Central with its embedded broker, its events and state in PostgreSQL at `pg_url`, and
+    /// `extra` lines in its config.
+    pub async fn embedded_on_postgres(pg_url: &str, extra: &str) -> Result<Self> {
+        let dir = FixtureDir::new("central")?;
+        std::fs::write(dir.path().join("pg-url"), pg_url)?;
+        let text = central_toml(dir.path(), free_port(), 0)
+            .replace("[storage]", &format!("{extra}\n[storage]"))
+            .replace(
+                "[storage]\n",
+                "[storage]\npostgres = { url = { file = \"pg-url\" } }\n",
+            );
+        Self::from_toml(dir, &text).await
+    }
+
     /// Central on an external broker.
     pub async fn external(url: &str, tls: Option<&TlsFiles>) -> Result<Self> {
         Self::external_config(url, tls, "").await

@@ -1,20 +1,48 @@
 //! Sensing alerts at central from real devices: a camera that stops is one alert (after its
 //! hold-down), acknowledged by an operator, cleared when the camera is back, resolved with a
 //! note, every step in its audit trail; a gateway that goes away is a critical alert; bad
-//! operator input gets a clear 4xx.
+//! operator input gets a clear 4xx. The camera's alert and the late report also with central's
+//! state in PostgreSQL.
 
 use std::time::Duration;
 
+use gridedge_tests::postgres::Postgres;
 use gridedge_tests::services::{TestCentral, TestGateway};
 use gridedge_tests::{
     camera_toml, eventually, init_test_logging, CameraOptions, Pattern, TestCamera,
 };
 use serde_json::{json, Value};
 
+/// Central on sled, or on PostgreSQL when `pg` is given, with `extra` config lines.
+async fn central(pg: Option<&Postgres>, extra: &str) -> TestCentral {
+    match pg {
+        None => TestCentral::embedded_with(extra).await.unwrap(),
+        Some(pg) => TestCentral::embedded_on_postgres(&pg.url(), extra)
+            .await
+            .unwrap(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_its_trail() {
+    stopped_camera_alert(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_stopped_camera_is_one_alert_acknowledged_cleared_and_resolved_with_its_trail(
+) {
+    let pg = Postgres::start().unwrap();
+    stopped_camera_alert(Some(&pg)).await;
+    assert_ne!(
+        pg.psql("SELECT count(*) FROM state WHERE tbl = 'alerts'")
+            .unwrap(),
+        "0"
+    );
+}
+
+async fn stopped_camera_alert(pg: Option<&Postgres>) {
     init_test_logging();
-    let central = TestCentral::embedded().await.unwrap();
+    let central = central(pg, "").await;
     let op = central.console("op").await.unwrap();
     let mut cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
     let gw = TestGateway::start_with(
@@ -386,10 +414,23 @@ async fn operators_log_in_with_roles_and_csrf_and_get_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_not_handled_in_time_is_an_alert_until_it_is_resolved() {
+    late_report_alert(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_report_not_handled_in_time_is_an_alert_until_it_is_resolved() {
+    let pg = Postgres::start().unwrap();
+    late_report_alert(Some(&pg)).await;
+    assert_ne!(
+        pg.psql("SELECT count(*) FROM state WHERE tbl = 'cases'")
+            .unwrap(),
+        "0"
+    );
+}
+
+async fn late_report_alert(pg: Option<&Postgres>) {
     init_test_logging();
-    let central = TestCentral::embedded_with("[alerts]\ncase_limit = \"2s\"\n")
-        .await
-        .unwrap();
+    let central = central(pg, "[alerts]\ncase_limit = \"2s\"\n").await;
     let op = central.console("op").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let extra = gridedge_tests::terminals::terminal_toml(

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod events;
+pub mod state;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -44,11 +45,18 @@ pub struct Migration {
 }
 
 /// Every step, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events",
-    sql: include_str!("../../migrations/0001_events.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events",
+        sql: include_str!("../../migrations/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "state",
+        sql: include_str!("../../migrations/0002_state.sql"),
+    },
+];
 
 /// Any number, as long as nothing else takes the same advisory lock.
 const MIGRATION_LOCK: i64 = 0x6772_6964_6564_6765; // "gridedge"
