@@ -43,7 +43,22 @@ async fn central_waits_out_a_database_restart_under_load_and_stores_every_event_
     };
     tokio::time::sleep(Duration::from_secs(4)).await;
 
+    let health = || try_json(format!("http://{central_addr}/healthz"));
+    let h = health().await.unwrap();
+    assert_eq!(
+        (
+            h["store"]["backend"].as_str(),
+            h["store"]["reachable"].as_bool()
+        ),
+        (Some("postgres"), Some(true))
+    );
     pg.kill();
+    // /healthz says the database is out of reach.
+    eventually("healthz says so", Duration::from_secs(10), || async {
+        (health().await?["store"]["reachable"] == false).then_some(())
+    })
+    .await
+    .unwrap();
     // Nothing is acknowledged while the database is down: the backlog grows at the gateway.
     eventually(
         "a backlog at the gateway",
@@ -68,6 +83,7 @@ async fn central_waits_out_a_database_restart_under_load_and_stores_every_event_
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", central.process.log_text()));
 
+    assert_eq!(health().await.unwrap()["store"]["reachable"], true);
     let stored = central_events(central_addr, GW).await.unwrap();
     let seqs: Vec<u64> = stored.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     let unique: BTreeSet<u64> = seqs.iter().copied().collect();

@@ -118,12 +118,20 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let disk = shared.store.disk();
+    let store = match &shared.events {
+        crate::store::EventBackend::Sled(_) => json!({ "backend": "sled", "reachable": true }),
+        crate::store::EventBackend::Postgres(pg) => json!({
+            "backend": "postgres",
+            "reachable": pg.reachable(std::time::Duration::from_secs(1)).await,
+        }),
+    };
     Json(json!({
         "status": "ok",
         "central": shared.config.central.id,
         "version": crate::VERSION,
         "uptime_secs": shared.started.elapsed().as_secs(),
         "broker_link": if shared.metrics.link_connected.get() == 1 { "connected" } else { "disconnected" },
+        "store": store,
         "disk": {
             "free_bytes": disk.free_bytes.load(std::sync::atomic::Ordering::Relaxed),
             "total_bytes": disk.total_bytes.load(std::sync::atomic::Ordering::Relaxed),

@@ -143,6 +143,15 @@ impl PgEvents {
         Ok(out)
     }
 
+    /// Whether the database answers within `within`.
+    pub async fn reachable(&self, within: std::time::Duration) -> bool {
+        let ping = async {
+            let client = self.pool.get().await.ok()?;
+            client.simple_query("SELECT 1").await.ok()
+        };
+        matches!(tokio::time::timeout(within, ping).await, Ok(Some(_)))
+    }
+
     /// Up to `limit` stored events of `gateway` after `after`, in sequence order.
     pub async fn events_after(
         &self,
