@@ -281,7 +281,7 @@ pub async fn start_with<T: Transport>(
         }
         BrokerChoice::External(x) => (
             None,
-            link::GatewayLink::new(&x.url, x.tls.as_ref(), &config.central.id, None)?,
+            link::GatewayLink::new(&x.url, x.tls.as_ref(), &config.central.client_id(), None)?,
         ),
     };
     let link = match transport {

@@ -253,6 +253,20 @@ pub struct CentralIdentity {
     pub id: String,
     /// Human name, shown in the operator console.
     pub name: String,
+    /// This replica's name, when several centrals share one PostgreSQL and one broker: each
+    /// needs a broker session of its own (client id `<id>-<replica>`). Absent: one central.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+}
+
+impl CentralIdentity {
+    /// The MQTT client id of this central (or replica).
+    pub fn client_id(&self) -> String {
+        match &self.replica {
+            Some(r) => format!("{}-{r}", self.id),
+            None => self.id.clone(),
+        }
+    }
 }
 
 /// The MQTT broker: exactly one of `[broker.embedded]` or `[broker.external]`.

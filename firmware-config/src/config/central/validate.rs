@@ -61,6 +61,9 @@ impl Document for CentralConfig {
     fn validate(&self, v: &mut Validator) {
         v.id("central.id", &self.central.id);
         v.non_empty("central.name", &self.central.name);
+        if let Some(r) = &self.central.replica {
+            v.id("central.replica", r);
+        }
         self.http.validate(v);
         if let Some(u) = &self.relay.public_url {
             match url::Url::parse(u) {
