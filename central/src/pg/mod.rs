@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod events;
+pub mod leases;
 pub mod state;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "state",
         sql: include_str!("../../migrations/0002_state.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "leases",
+        sql: include_str!("../../migrations/0003_leases.sql"),
     },
 ];
 

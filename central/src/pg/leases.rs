@@ -1,0 +1,103 @@
+//! Per-gateway leases in PostgreSQL: which live replica does a gateway's single-writer work.
+//!
+//! A replica takes the lease of a gateway that has none, or whose holder let it expire, and
+//! renews its own well before they expire; all of it in one statement, timed by the database's
+//! clock alone (replicas' clocks may disagree). A replica counts a lease as its own only until
+//! the moment it sent the renewal plus the lease's time, by its own monotonic clock: never
+//! later than the database lets another take it. When a replica dies, its gateways are taken by
+//! another within the lease time plus one renewal period. `generation` grows each time a lease
+//! changes hands, a fencing token for what the holder writes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{PgError, Pool};
+
+/// A lease this replica holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub generation: i64,
+    /// Until when (this replica's monotonic clock) it counts as held.
+    pub until: Instant,
+}
+
+pub struct Leases {
+    pool: Pool,
+    owner: String,
+    ttl: Duration,
+    held: Mutex<HashMap<String, Held>>,
+}
+
+impl Leases {
+    /// Leases taken as `owner` (the replica's name), each lasting `ttl` from its last renewal.
+    pub fn new(pool: Pool, owner: &str, ttl: Duration) -> Self {
+        Self {
+            pool,
+            owner: owner.to_owned(),
+            ttl,
+            held: Mutex::default(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Renews the leases held among `gateways` and takes those nobody holds; returns how many
+    /// this replica holds now. The rest are another live replica's.
+    pub async fn refresh(&self, gateways: &[String]) -> Result<usize, PgError> {
+        let sent = Instant::now();
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "INSERT INTO leases (gateway, owner, generation, expires_at)
+                 SELECT g, $2, 1, now() + make_interval(secs => $3::bigint / 1000.0)
+                 FROM unnest($1::text[]) AS g ORDER BY g
+                 ON CONFLICT (gateway) DO UPDATE SET
+                     owner = excluded.owner,
+                     generation = CASE WHEN leases.owner = excluded.owner
+                                       THEN leases.generation
+                                       ELSE leases.generation + 1 END,
+                     expires_at = excluded.expires_at
+                 WHERE leases.owner = excluded.owner OR leases.expires_at < now()
+                 RETURNING gateway, generation",
+                &[&gateways, &self.owner, &ttl_ms],
+            )
+            .await?;
+        let until = sent + self.ttl;
+        let mut held = self.held();
+        held.retain(|_, h| h.until > Instant::now());
+        for row in rows {
+            let (gateway, generation): (String, i64) = (row.get(0), row.get(1));
+            held.insert(gateway, Held { generation, until });
+        }
+        Ok(held.len())
+    }
+
+    /// The lease of `gateway`, if this replica holds it now.
+    pub fn owns(&self, gateway: &str) -> Option<Held> {
+        self.held()
+            .get(gateway)
+            .copied()
+            .filter(|h| h.until > Instant::now())
+    }
+
+    /// Gives every lease back at once (a replica stopping cleanly), so that another takes its
+    /// gateways without waiting for them to expire.
+    pub async fn release_all(&self) -> Result<(), PgError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE leases SET expires_at = now() - interval '1 millisecond'
+                 WHERE owner = $1",
+                &[&self.owner],
+            )
+            .await?;
+        self.held().clear();
+        Ok(())
+    }
+}
