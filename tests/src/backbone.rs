@@ -294,3 +294,22 @@ pub fn forged_batch(
     let channel = firmware_config::topics::Channel::Events;
     Ok(env.encode_signed(|p| signer.map(|s| s.sign(channel, &env, p)))?)
 }
+
+/// Checks that central's `stored` events (as its events API gives them) hold each sequence
+/// number once and every one in `accepted`; returns the set stored.
+pub fn assert_stored_once(
+    stored: &[serde_json::Value],
+    accepted: &Accepted,
+) -> std::collections::BTreeSet<u64> {
+    let seqs: Vec<u64> = stored.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let unique: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(seqs.len(), unique.len(), "stored twice");
+    let missing: Vec<_> = accepted.keys().filter(|s| !unique.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    unique
+}

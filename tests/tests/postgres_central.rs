@@ -3,11 +3,10 @@
 //! the gateway keeps its backlog, and once the database is back every event the kiosk had
 //! acknowledged is stored exactly once.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use gridedge_tests::backbone::Poster;
+use gridedge_tests::backbone::{assert_stored_once, Poster};
 use gridedge_tests::postgres::Postgres;
 use gridedge_tests::services::{central_events, central_toml, ServiceProcess, TestGateway};
 use gridedge_tests::{eventually, free_port, init_test_logging, try_json};
@@ -85,16 +84,7 @@ async fn central_waits_out_a_database_restart_under_load_and_stores_every_event_
 
     assert_eq!(health().await.unwrap()["store"]["reachable"], true);
     let stored = central_events(central_addr, GW).await.unwrap();
-    let seqs: Vec<u64> = stored.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
-    assert_eq!(seqs.len(), unique.len(), "stored twice");
-    let missing: Vec<_> = accepted.keys().filter(|s| !unique.contains(s)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    let unique = assert_stored_once(&stored, &accepted);
     assert_eq!(
         pg.psql(&format!(
             "SELECT count(*) FROM events WHERE gateway = '{GW}'"

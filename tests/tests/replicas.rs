@@ -3,12 +3,11 @@
 //! replica is killed (-9) mid-stream. Every event the kiosk had acknowledged is stored exactly
 //! once, and the survivor still shows the gateway.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use gridedge_tests::backbone::Poster;
+use gridedge_tests::backbone::{assert_stored_once, Poster};
 use gridedge_tests::mosquitto::Mosquitto;
 use gridedge_tests::postgres::Postgres;
 use gridedge_tests::services::{
@@ -95,16 +94,7 @@ async fn two_replicas_share_ingest_and_when_one_is_killed_every_event_is_stored_
     .unwrap_or_else(|e| panic!("{e}\n{}", b.process.log_text()));
 
     let stored = central_events(b_addr, GW).await.unwrap();
-    let seqs: Vec<u64> = stored.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
-    assert_eq!(seqs.len(), unique.len(), "stored twice");
-    let missing: Vec<_> = accepted.keys().filter(|s| !unique.contains(s)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_stored_once(&stored, &accepted);
     // The survivor shows the gateway (statuses reach every replica).
     let gateways = get_text(format!("http://{b_addr}/metrics")).await;
     assert!(

@@ -94,8 +94,7 @@ pub async fn prune_once(
     clock: Clock,
 ) -> Result<(), StoreError> {
     for class in crate::store::CLASSES {
-        let keep = i64::try_from(settings.keep(class).as_millis()).unwrap_or(i64::MAX);
-        let before = clock.unix_ms().saturating_sub(keep);
+        let before = cutoff(settings, class, clock);
         let (mut events, mut files) = (0u64, 0usize);
         for bucket in store.expired_buckets(class, before) {
             if let Some(dir) = &settings.archive_dir {
@@ -115,17 +114,27 @@ pub async fn prune_once(
             metrics.events_pruned.get_or_create(&label(class)).inc_by(n);
             events += n;
         }
-        if events > 0 {
-            tracing::info!(
-                class = %label(class).class,
-                events,
-                archive_files = files,
-                kept_for = %format!("{:?}", settings.keep(class)),
-                "retention: pruned events past their time"
-            );
-        }
+        log_pruned(class, events, files, settings);
     }
     Ok(())
+}
+
+/// When the newest event of `class` past its time was received (Unix ms).
+fn cutoff(settings: &Retention, class: EventClass, clock: Clock) -> i64 {
+    let keep = i64::try_from(settings.keep(class).as_millis()).unwrap_or(i64::MAX);
+    clock.unix_ms().saturating_sub(keep)
+}
+
+fn log_pruned(class: EventClass, events: u64, files: usize, settings: &Retention) {
+    if events > 0 {
+        tracing::info!(
+            class = %label(class).class,
+            events,
+            archive_files = files,
+            kept_for = %format!("{:?}", settings.keep(class)),
+            "retention: pruned events past their time"
+        );
+    }
 }
 
 /// Prunes every class down to its time in PostgreSQL, a page of rows per transaction, each
@@ -137,8 +146,7 @@ pub async fn prune_once_pg(
     clock: Clock,
 ) -> Result<(), StoreError> {
     for class in crate::store::CLASSES {
-        let keep = i64::try_from(settings.keep(class).as_millis()).unwrap_or(i64::MAX);
-        let before = clock.unix_ms().saturating_sub(keep);
+        let before = cutoff(settings, class, clock);
         let (mut events, mut files) = (0usize, 0usize);
         loop {
             let page = match pg
@@ -165,15 +173,7 @@ pub async fn prune_once_pg(
                 break;
             }
         }
-        if events > 0 {
-            tracing::info!(
-                class = %label(class).class,
-                events,
-                archive_files = files,
-                kept_for = %format!("{:?}", settings.keep(class)),
-                "retention: pruned events past their time"
-            );
-        }
+        log_pruned(class, events as u64, files, settings);
     }
     Ok(())
 }
