@@ -142,6 +142,11 @@ impl Postgres {
         Ok(())
     }
 
+    /// The postmaster's process id (its backends are its children).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(ChildProcess::pid)
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }

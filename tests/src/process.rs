@@ -129,6 +129,41 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / ticks.max(1.0))
 }
 
+/// CPU seconds of a process and of its children, living (each read now) and gone (what the
+/// process waited for): a server that forks a process per connection, such as PostgreSQL.
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    let waited = (|| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let f: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+        let (cu, cs): (f64, f64) = (f.get(13)?.parse().ok()?, f.get(14)?.parse().ok()?);
+        // SAFETY: sysconf only reads a constant of the system.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some((cu + cs) / ticks.max(1.0))
+    })()
+    .unwrap_or(0.0);
+    let children: f64 = children_of(pid).into_iter().filter_map(cpu_seconds).sum();
+    cpu_seconds(pid).unwrap_or(0.0) + waited + children
+}
+
+/// The processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
 /// Resident memory now (VmRSS) of a process, in MiB; 0 when it is gone.
 pub fn rss_mib(pid: u32) -> f64 {
     proc_field(pid, "status", "VmRSS:").unwrap_or(0.0) / 1024.0

@@ -228,6 +228,30 @@ pub fn central_external_toml(
 }
 
 /// The bearer token of the test event source of gateway `id`.
+/// TOML of a central replica named `replica` on the external broker at `url` (plain), its
+/// events and state in the PostgreSQL whose connection string is in the file `pg_url_file`,
+/// its HTTP on `http_port`.
+pub fn central_replica_toml(
+    dir: &Path,
+    url: &str,
+    http_port: u16,
+    replica: &str,
+    pg_url_file: &Path,
+) -> String {
+    central_external_toml(dir, url, None, http_port)
+        .replace(
+            "name = \"Test central\"\n",
+            &format!("name = \"Test central\"\nreplica = \"{replica}\"\n"),
+        )
+        .replace(
+            "[storage]\n",
+            &format!(
+                "[storage]\npostgres = {{ url = {{ file = \"{}\" }} }}\n",
+                pg_url_file.display()
+            ),
+        )
+}
+
 pub fn source_token(id: &str) -> String {
     format!("token-of-source-{id}")
 }

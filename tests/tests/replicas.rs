@@ -10,9 +10,7 @@ use std::time::Duration;
 use gridedge_tests::backbone::{assert_stored_once, Poster};
 use gridedge_tests::mosquitto::Mosquitto;
 use gridedge_tests::postgres::Postgres;
-use gridedge_tests::services::{
-    central_events, central_external_toml, ServiceProcess, TestGateway,
-};
+use gridedge_tests::services::{central_events, central_replica_toml, ServiceProcess, TestGateway};
 use gridedge_tests::{eventually, free_port, get_text, init_test_logging, try_json};
 
 const GW: &str = "gw-replicas";
@@ -20,19 +18,9 @@ const GW: &str = "gw-replicas";
 /// A replica named `name` on `broker` and `pg`, its HTTP on a free port.
 fn replica(dir: &Path, name: &str, broker: &str, pg: &Postgres) -> (ServiceProcess, SocketAddr) {
     let port = free_port();
-    std::fs::write(dir.join("pg-url"), pg.url()).unwrap();
-    let text = central_external_toml(dir, broker, None, port)
-        .replace(
-            "name = \"Test central\"\n",
-            &format!("name = \"Test central\"\nreplica = \"{name}\"\n"),
-        )
-        .replace(
-            "[storage]\n",
-            &format!(
-                "[storage]\npostgres = {{ url = {{ file = \"{}\" }} }}\n",
-                dir.join("pg-url").display()
-            ),
-        );
+    let url_file = dir.join("pg-url");
+    std::fs::write(&url_file, pg.url()).unwrap();
+    let text = central_replica_toml(dir, broker, port, name, &url_file);
     let process = ServiceProcess::spawn("central", &text).unwrap();
     (process, SocketAddr::from(([127, 0, 0, 1], port)))
 }

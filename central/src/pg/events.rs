@@ -33,6 +33,24 @@ struct Rows {
     body: Vec<String>,
 }
 
+/// An upsert that changes nothing: it makes the rows of new gateways and locks every row of
+/// the group (in name order), returning what each holds.
+const LOCK_SEEN: &str = "INSERT INTO event_seen (gateway, ranges)
+     SELECT g, ''::bytea FROM unnest($1::text[]) AS g ORDER BY g
+     ON CONFLICT (gateway) DO UPDATE SET ranges = event_seen.ranges
+     RETURNING gateway, ranges";
+
+/// The new events and the seen sets they change, in one statement.
+const WRITE_EVENTS: &str = "WITH stored AS (
+         INSERT INTO events (gateway, seq, class, kind, received, body)
+         SELECT g, s, c, k, $5, b::json
+         FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $6::text[])
+             AS t(g, s, c, k, b)
+         ON CONFLICT DO NOTHING)
+     UPDATE event_seen SET ranges = t.r
+     FROM unnest($7::text[], $8::bytea[]) AS t(g, r)
+     WHERE event_seen.gateway = t.g";
+
 impl PgEvents {
     pub fn new(pool: Pool, clock: Clock) -> Self {
         Self { pool, clock }
@@ -63,22 +81,24 @@ impl PgEvents {
         )
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
 
-        let mut client = self.pool.get().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            "INSERT INTO event_seen (gateway, ranges)
-             SELECT g, ''::bytea FROM unnest($1::text[]) AS g ORDER BY g
-             ON CONFLICT DO NOTHING",
-            &[&gateways],
+        let client = self.pool.get().await?;
+        // Prepared once per connection: a prepared statement is sent on its first poll, so
+        // each pair below (polled in order: `biased`) leaves together and in order; an
+        // unprepared one would wait for its own round trip first, and the COMMIT behind it
+        // would overtake it.
+        let (lock, write) = tokio::try_join!(
+            client.prepare_cached(LOCK_SEEN),
+            client.prepare_cached(WRITE_EVENTS),
+        )?;
+        // Two round trips in all: BEGIN with the locking read, then the writes with COMMIT.
+        let lock_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&gateways];
+        let (_, locked) = tokio::try_join!(
+            biased;
+            client.batch_execute("BEGIN"),
+            client.query(&lock, &lock_params),
         )
-        .await?;
-        let mut seen: HashMap<String, store::SeenSet> = tx
-            .query(
-                "SELECT gateway, ranges FROM event_seen WHERE gateway = ANY($1)
-                 ORDER BY gateway FOR UPDATE",
-                &[&gateways],
-            )
-            .await?
+        .inspect_err(|_| rollback(&client))?;
+        let mut seen: HashMap<String, store::SeenSet> = locked
             .into_iter()
             .map(|row| {
                 let ranges: Vec<u8> = row.get(1);
@@ -108,38 +128,37 @@ impl PgEvents {
                 high: set.last().map_or(0, |r| r.1),
             });
         }
-        if !rows.seq.is_empty() {
-            tx.execute(
-                "INSERT INTO events (gateway, seq, class, kind, received, body)
-                 SELECT g, s, c, k, $5, b::json
-                 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $6::text[])
-                     AS t(g, s, c, k, b)
-                 ON CONFLICT DO NOTHING",
-                &[
-                    &rows.gateway,
-                    &rows.seq,
-                    &rows.class,
-                    &rows.kind,
-                    &received,
-                    &rows.body,
-                ],
-            )
-            .await?;
-            changed.sort_unstable();
-            changed.dedup();
-            let sets: Vec<Vec<u8>> = changed
-                .iter()
-                .map(|g| store::encode_ranges(seen.get(g).map_or(&[][..], Vec::as_slice)))
-                .collect();
-            tx.execute(
-                "UPDATE event_seen SET ranges = t.r
-                 FROM unnest($1::text[], $2::bytea[]) AS t(g, r)
-                 WHERE event_seen.gateway = t.g",
-                &[&changed, &sets],
-            )
-            .await?;
+        if rows.seq.is_empty() {
+            client
+                .batch_execute("COMMIT")
+                .await
+                .inspect_err(|_| rollback(&client))?;
+            return Ok(out);
         }
-        tx.commit().await?;
+        changed.sort_unstable();
+        changed.dedup();
+        let sets: Vec<Vec<u8>> = changed
+            .iter()
+            .map(|g| store::encode_ranges(seen.get(g).map_or(&[][..], Vec::as_slice)))
+            .collect();
+        // The events and the seen sets in one statement, COMMIT right behind it. Should the
+        // statement fail, the COMMIT ends the failed transaction as a rollback.
+        let write_params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+            &rows.gateway,
+            &rows.seq,
+            &rows.class,
+            &rows.kind,
+            &received,
+            &rows.body,
+            &changed,
+            &sets,
+        ];
+        let (written, committed) = tokio::join!(
+            biased;
+            client.execute(&write, &write_params),
+            client.batch_execute("COMMIT"),
+        );
+        written.and(committed).inspect_err(|_| rollback(&client))?;
         Ok(out)
     }
 
@@ -197,6 +216,19 @@ impl PgEvents {
             .and_then(|set| set.last().map(|r| r.1))
             .unwrap_or(0))
     }
+}
+
+/// Ends whatever transaction a failed group left open on `client`, so that the pool hands out
+/// a connection in no transaction (a connection that cannot even do that is broken, and the
+/// pool drops it).
+fn rollback(client: &deadpool_postgres::Object) {
+    if client.is_closed() {
+        return;
+    }
+    // Sent now (the request is queued on the connection when first polled); the answer does
+    // not matter.
+    let rollback = client.batch_execute("ROLLBACK");
+    futures::FutureExt::now_or_never(rollback);
 }
 
 /// One page of pruning: how many events went, and the archive file written for them.

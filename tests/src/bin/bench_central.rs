@@ -428,18 +428,28 @@ impl Fleet {
 
 /// The server side under test: its processes and where the fleet connects.
 struct Server {
-    name: &'static str,
+    name: String,
     pids: Vec<u32>,
+    /// Processes whose children count too (PostgreSQL's postmaster and its backends).
+    trees: Vec<u32>,
     mqtt_port: u16,
     /// The console of a GridEdge central, for the live alert feed.
     console: Option<Console>,
     _processes: Vec<ChildProcess>,
-    _central: Option<gridedge_tests::services::ServiceProcess>,
+    _centrals: Vec<gridedge_tests::services::ServiceProcess>,
 }
 
 impl Server {
     fn cpu(&self) -> f64 {
-        self.pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
+        self.pids
+            .iter()
+            .filter_map(|p| cpu_seconds(*p))
+            .sum::<f64>()
+            + self
+                .trees
+                .iter()
+                .map(|p| gridedge_tests::process::tree_cpu_seconds(*p))
+                .sum::<f64>()
     }
 
     fn rss_mib(&self) -> f64 {
@@ -473,12 +483,13 @@ async fn gridedge_server(dir: &Path, extra: &str) -> anyhow::Result<Server> {
     wait_for_port(([127, 0, 0, 1], broker).into(), Duration::from_secs(30))?;
     let console = Console::login(&format!("http://127.0.0.1:{http}"), "op").await?;
     Ok(Server {
-        name: "GridEdge",
+        name: "GridEdge".into(),
+        trees: Vec::new(),
         pids: central.process.pid().into_iter().collect(),
         mqtt_port: broker,
         console: Some(console),
         _processes: Vec::new(),
-        _central: Some(central),
+        _centrals: vec![central],
     })
 }
 
@@ -500,7 +511,8 @@ async fn gridedge_on_mosquitto(dir: &Path) -> anyhow::Result<Server> {
     // Central subscribes before the fleet starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(Server {
-        name: "GridEdge on Mosquitto",
+        name: "GridEdge on Mosquitto".into(),
+        trees: Vec::new(),
         pids: [central.process.pid(), broker.pid()]
             .into_iter()
             .flatten()
@@ -508,8 +520,171 @@ async fn gridedge_on_mosquitto(dir: &Path) -> anyhow::Result<Server> {
         mqtt_port: port,
         console: Some(console),
         _processes: vec![broker],
-        _central: Some(central),
+        _centrals: vec![central],
     })
+}
+
+/// `replicas` centrals on one Mosquitto, their events and state in `pg`, sharing the fleet's
+/// batches through the broker's shared subscription. The server is the replicas, the broker
+/// and PostgreSQL with its backends; no console (an alert is raised by whichever replica
+/// stored its batch).
+async fn gridedge_on_postgres(
+    dir: &Path,
+    replicas: usize,
+    pg: &gridedge_tests::postgres::Postgres,
+) -> anyhow::Result<Server> {
+    let (broker, port) = mosquitto(dir)?;
+    let url_file = dir.join("pg-url");
+    std::fs::write(&url_file, pg.url())?;
+    let mut centrals = Vec::new();
+    for r in 0..replicas {
+        let (http, rdir) = (free_port(), dir.join(format!("replica-{r}")));
+        std::fs::create_dir_all(&rdir)?;
+        let text = gridedge_tests::services::central_replica_toml(
+            &rdir,
+            &format!("mqtt://127.0.0.1:{port}"),
+            http,
+            &format!("r{r}"),
+            &url_file,
+        );
+        centrals.push(gridedge_tests::services::ServiceProcess::spawn(
+            "central", &text,
+        )?);
+        wait_for_port(([127, 0, 0, 1], http).into(), Duration::from_secs(30))?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut pids: Vec<u32> = centrals.iter().filter_map(|c| c.process.pid()).collect();
+    pids.extend(broker.pid());
+    Ok(Server {
+        name: format!("PostgreSQL x{replicas}"),
+        trees: pg.pid().into_iter().collect(),
+        pids,
+        mqtt_port: port,
+        console: None,
+        _processes: vec![broker],
+        _centrals: centrals,
+    })
+}
+
+/// `--store postgres`: central on sled (one process, its embedded broker; then on Mosquitto)
+/// beside central on PostgreSQL with 1, 2 and 3 replicas (`--replicas 1,2,3`) on one
+/// Mosquitto, the same fleet and load each.
+async fn store_comparison(
+    args: &[String],
+    quick: bool,
+    (gateways, devices, seconds, burst): (usize, usize, u64, u64),
+    root: &Path,
+) -> anyhow::Result<()> {
+    let replicas: Vec<usize> = match args.iter().position(|a| a == "--replicas") {
+        Some(i) => args
+            .get(i + 1)
+            .context("--replicas N,M,…")?
+            .split(',')
+            .map(|n| n.parse().context("--replicas N,M,…"))
+            .collect::<anyhow::Result<_>>()?,
+        None if quick => vec![1, 2],
+        None => vec![1, 2, 3],
+    };
+    anyhow::ensure!(
+        replicas.iter().all(|n| (1..=8).contains(n)),
+        "--replicas: 1 to 8 each"
+    );
+    let started = Instant::now();
+    let sled_dir = root.join("sled");
+    std::fs::create_dir_all(&sled_dir)?;
+    let mut runs = vec![(
+        "sled (1 process)".to_owned(),
+        1,
+        run(
+            gridedge_server(&sled_dir, "").await?,
+            gateways,
+            devices,
+            seconds,
+            burst,
+        )
+        .await
+        .context("sled run")?,
+    )];
+    // The same single central on Mosquitto: what the broker alone changes.
+    let mosquitto_dir = root.join("sled-mosquitto");
+    std::fs::create_dir_all(&mosquitto_dir)?;
+    runs.push((
+        "sled on Mosquitto".to_owned(),
+        1,
+        run(
+            gridedge_on_mosquitto(&mosquitto_dir).await?,
+            gateways,
+            devices,
+            seconds,
+            burst,
+        )
+        .await
+        .context("sled on Mosquitto run")?,
+    ));
+    for n in replicas {
+        let dir = root.join(format!("postgres-{n}"));
+        std::fs::create_dir_all(&dir)?;
+        let pg = gridedge_tests::postgres::Postgres::start()?;
+        let server = gridedge_on_postgres(&dir, n, &pg).await?;
+        let f = run(server, gateways, devices, seconds, burst)
+            .await
+            .with_context(|| format!("PostgreSQL x{n} run"))?;
+        runs.push((format!("PostgreSQL x{n}"), n, f));
+    }
+    println!();
+    println!(
+        "central on sled and on PostgreSQL: {gateways} gateways x {devices} devices every 10 s ({:.0} events/s), \
+         a {seconds} s steady window, then a burst of {} events; one machine, 2 cores ({} s)",
+        runs[0].2.expected_per_s,
+        burst / gateways as u64 * gateways as u64,
+        started.elapsed().as_secs()
+    );
+    println!(
+        "sled: central with its embedded broker, then the same on Mosquitto. PostgreSQL xN: N replicas on one Mosquitto, sharing batches \
+         through its shared subscription; CPU counts the replicas, Mosquitto and PostgreSQL's backends, \
+         RSS the replicas and Mosquitto."
+    );
+    print!("{:<44}", "figure");
+    for (name, ..) in &runs {
+        print!(" {name:>18}");
+    }
+    println!();
+    let sled = runs[0].2.burst_per_s;
+    type Row = (&'static str, fn(&Figures, usize) -> f64);
+    let rows: [Row; 7] = [
+        ("steady ingest, events/s stored and acked", |f, _| {
+            f.steady_per_s
+        }),
+        ("steady ack latency p99, ms", |f, _| f.ack_p99),
+        ("burst ingest, events/s", |f, _| f.burst_per_s),
+        ("server CPU, % of one core (steady)", |f, _| f.cpu_pct),
+        ("CPU % of one core per 1,000 events/s", |f, _| {
+            f.cpu_pct / (f.steady_per_s / 1000.0).max(1e-9)
+        }),
+        ("  the same per replica", |f, n| {
+            f.cpu_pct / (f.steady_per_s / 1000.0).max(1e-9) / n as f64
+        }),
+        ("server RSS, MiB (steady)", |f, _| f.rss_mib),
+    ];
+    for (label, value) in rows {
+        print!("{label:<44}");
+        for (_, n, f) in &runs {
+            print!(" {:>18.1}", value(f, *n));
+        }
+        println!();
+    }
+    print!("{:<44}", "burst ratio to sled (goal >= 0.50 for x1)");
+    for (_, _, f) in &runs {
+        print!(" {:>17.2}x", f.burst_per_s / sled.max(1e-9));
+    }
+    println!();
+    for (name, _, f) in &runs {
+        println!(
+            "{name}: {} client errors; {} of the burst acknowledged",
+            f.errors, f.burst_events
+        );
+    }
+    Ok(())
 }
 
 /// Mosquitto with persistence, on a free port.
@@ -546,7 +721,8 @@ async fn peer_server(dir: &Path, retain: Option<Duration>) -> anyhow::Result<Ser
     // The consumer subscribes before the fleet starts.
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(Server {
-        name: "Mosquitto + consumer",
+        name: "Mosquitto + consumer".into(),
+        trees: Vec::new(),
         pids: [broker.pid(), consumer.pid()]
             .into_iter()
             .flatten()
@@ -554,7 +730,7 @@ async fn peer_server(dir: &Path, retain: Option<Duration>) -> anyhow::Result<Ser
         mqtt_port: port,
         console: None,
         _processes: vec![broker, consumer],
-        _central: None,
+        _centrals: Vec::new(),
     })
 }
 
@@ -804,7 +980,7 @@ async fn run(
     seconds: u64,
     burst: u64,
 ) -> anyhow::Result<Figures> {
-    let name = server.name;
+    let name = server.name.clone();
     eprintln!("{name}: connecting {gateways} gateways of {devices} devices");
     let fleet = Fleet::start(gateways, devices, server.mqtt_port).await?;
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -921,6 +1097,11 @@ async fn run(
     })
 }
 
+fn arg_text<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -958,6 +1139,23 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     if args.iter().any(|a| a == "--soak") {
         return soak::main(&args, quick, gateways, devices, &g_dir, &p_dir).await;
+    }
+    match arg_text(&args, "--store") {
+        None | Some("sled") => {}
+        Some("postgres") => {
+            let (gateways, seconds, burst) = if quick {
+                (
+                    arg_value(&args, "--gateways").unwrap_or(200) as usize,
+                    arg_value(&args, "--seconds").unwrap_or(10),
+                    arg_value(&args, "--burst").unwrap_or(20_000),
+                )
+            } else {
+                (gateways, seconds, burst)
+            };
+            return store_comparison(&args, quick, (gateways, devices, seconds, burst), &root)
+                .await;
+        }
+        Some(other) => anyhow::bail!("--store {other}: sled or postgres"),
     }
     let g = run(
         gridedge_server(&g_dir, "").await?,
