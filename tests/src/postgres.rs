@@ -172,11 +172,31 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Kills the postmaster and every backend at once (SIGKILL), as a power cut would; what was
-    /// committed survives a restart.
+    /// Kills the postmaster and every backend at once (SIGKILL), as a power cut would, and
+    /// waits until they are gone; what was committed survives a restart. PostgreSQL puts each
+    /// child in a session of its own, so killing the postmaster's group alone would leave
+    /// backends serving their connections for a moment: the postmaster is stopped (it forks no
+    /// more), then its children are killed, then it is.
     pub fn kill(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.kill();
+        let Some(mut p) = self.process.take() else {
+            return;
+        };
+        let children = match p.pid() {
+            Some(pid) => {
+                // SAFETY: kill(2) on our own child; no memory is involved.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+                crate::process::children_of(pid)
+            }
+            None => Vec::new(),
+        };
+        for child in &children {
+            // SAFETY: as above, on the postmaster's own children.
+            unsafe { libc::kill(*child as libc::pid_t, libc::SIGKILL) };
+        }
+        p.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children.iter().any(|c| crate::process::is_alive(*c)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

@@ -145,6 +145,17 @@ pub fn tree_cpu_seconds(pid: u32) -> f64 {
     cpu_seconds(pid).unwrap_or(0.0) + waited + children
 }
 
+/// Whether process `pid` still runs (a zombie, dead but not yet reaped, does not).
+pub fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat[stat.rfind(')')? + 2..].chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
 /// The processes whose parent is `pid`.
 pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {

@@ -16,7 +16,9 @@ async fn one_replica_holds_each_gateway_and_another_takes_them_when_it_dies() {
     let (a, b) = (Leases::new(pool(), "a", ttl), Leases::new(pool(), "b", ttl));
     let gateways: Vec<String> = (0..6).map(|i| format!("gw-{i}")).collect();
 
-    // Both ask at once, again and again: each gateway has exactly one holder.
+    // a asks first and takes them all; then both ask at once, again and again: each gateway
+    // keeps exactly one holder.
+    assert_eq!(a.refresh(&gateways).await.unwrap(), 6);
     for _ in 0..3 {
         let (ha, hb) = tokio::join!(a.refresh(&gateways), b.refresh(&gateways));
         assert_eq!(ha.unwrap() + hb.unwrap(), 6);
@@ -31,6 +33,8 @@ async fn one_replica_holds_each_gateway_and_another_takes_them_when_it_dies() {
         .iter()
         .filter_map(|g| a.owns(g).map(|h| (g.clone(), h.generation)))
         .unzip();
+
+    assert_eq!(mine_a.len(), 6, "a keeps what it holds while it renews");
 
     // a dies (stops renewing): b takes every gateway once a's leases are past their time.
     let died = Instant::now();
