@@ -6,8 +6,8 @@ CREATE TABLE events (
     kind     text        NOT NULL,
     -- When central received it (the gateway's own time is in the body, and may be years off).
     received timestamptz NOT NULL,
-    -- The event's JSON exactly as the gateway sent it.
-    body     json        NOT NULL,
+    -- The event's JSON exactly as the gateway sent it (checked by central, not again here).
+    body     text        NOT NULL,
     PRIMARY KEY (gateway, seq)
 );
 

@@ -43,7 +43,7 @@ const LOCK_SEEN: &str = "INSERT INTO event_seen (gateway, ranges)
 /// The new events and the seen sets they change, in one statement.
 const WRITE_EVENTS: &str = "WITH stored AS (
          INSERT INTO events (gateway, seq, class, kind, received, body)
-         SELECT g, s, c, k, $5, b::json
+         SELECT g, s, c, k, $5, b
          FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $6::text[])
              AS t(g, s, c, k, b)
          ON CONFLICT DO NOTHING)
@@ -109,11 +109,19 @@ impl PgEvents {
         let mut rows = Rows::default();
         let mut changed: Vec<String> = Vec::new();
         let mut out = Vec::with_capacity(batches.len());
-        for (gateway, events, _) in batches {
+        for (gateway, events, raw) in batches {
             let set = seen.entry(gateway.as_str().to_owned()).or_default();
             let fresh = store::fresh_events(set, events);
-            for e in &fresh {
-                rows.push(gateway, e)?;
+            // Each event's JSON as the gateway sent it, when the payload holds exactly these
+            // events: no encoding again.
+            let sent = raw.and_then(|r| raw_events(r, events.len()));
+            // `fresh` is a subsequence of `events`, in order.
+            let mut next = fresh.iter().peekable();
+            for (i, e) in events.iter().enumerate() {
+                if next.next_if(|f| std::ptr::eq(**f, e)).is_some() {
+                    let json = sent.as_ref().and_then(|sent| sent.get(i).copied());
+                    rows.push(gateway, e, json)?;
+                }
             }
             let new = fresh.len() as u64;
             if new > 0 {
@@ -183,7 +191,7 @@ impl PgEvents {
         let client = self.pool.get().await.map_err(PgError::from)?;
         let rows = client
             .query(
-                "SELECT body::text, received FROM events
+                "SELECT body, received FROM events
                  WHERE gateway = $1 AND seq > $2 ORDER BY seq LIMIT $3",
                 &[&gateway.as_str(), &after, &limit],
             )
@@ -278,7 +286,7 @@ impl PgEvents {
                 "DELETE FROM events WHERE (gateway, seq) IN (
                      SELECT gateway, seq FROM events WHERE class = $1 AND received < $2
                      ORDER BY received, gateway, seq LIMIT $3 FOR UPDATE SKIP LOCKED)
-                 RETURNING gateway, seq, received, body::text",
+                 RETURNING gateway, seq, received, body",
                 &[&class.as_str(), &before, &limit],
             )
             .await
@@ -341,14 +349,28 @@ impl PgEvents {
 }
 
 impl Rows {
-    fn push(&mut self, gateway: &GatewayId, e: &Event) -> Result<(), PgError> {
+    fn push(&mut self, gateway: &GatewayId, e: &Event, json: Option<&str>) -> Result<(), PgError> {
         self.seq
             .push(i64::try_from(e.seq).map_err(|_| PgError::SeqTooLarge(e.seq))?);
         self.gateway.push(gateway.as_str().to_owned());
         self.class.push(e.class.as_str());
         self.kind.push(e.kind.clone());
-        self.body
-            .push(serde_json::to_string(e).map_err(|e| PgError::Encode(e.to_string()))?);
+        self.body.push(match json {
+            Some(json) => json.to_owned(),
+            None => serde_json::to_string(e).map_err(|e| PgError::Encode(e.to_string()))?,
+        });
         Ok(())
     }
+}
+
+/// The JSON of each event in a batch payload (`{"events":[…]}`), as sent; None unless it holds
+/// exactly `n`.
+fn raw_events(raw: &[u8], n: usize) -> Option<Vec<&str>> {
+    #[derive(serde::Deserialize)]
+    struct RawBatch<'a> {
+        #[serde(borrow)]
+        events: Vec<&'a serde_json::value::RawValue>,
+    }
+    let batch: RawBatch<'_> = serde_json::from_slice(raw).ok()?;
+    (batch.events.len() == n).then(|| batch.events.iter().map(|e| e.get()).collect())
 }
