@@ -95,6 +95,13 @@ impl Segment {
 
     /// The chunk at `place`; an error when the file does not hold it (it was cut short).
     pub(super) fn read(&self, place: Place) -> io::Result<Vec<u8>> {
+        // Checked before allocating: a damaged pointer must not ask for gigabytes.
+        if place.offset.saturating_add(u64::from(place.len)) > self.size() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a chunk points past the end of its segment file",
+            ));
+        }
         let mut buf = vec![0; place.len as usize];
         self.file.read_exact_at(&mut buf, place.offset)?;
         Ok(buf)
@@ -210,6 +217,14 @@ mod tests {
             len: 4,
         };
         assert!(seg.read(past).is_err());
+        let huge = Place {
+            offset: 0,
+            len: u32::MAX,
+        };
+        assert_eq!(
+            seg.read(huge).unwrap_err().kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
         assert_eq!(
             SegmentDir::bucket_of("alert-0000000000001388-3e8"),
             Some(bucket)
