@@ -78,6 +78,44 @@ async fn an_overdue_ack_resends_everything_pending_once_and_counts_it() {
     rig.stop().await;
 }
 
+/// A central replica that has just taken the gateway over asks for everything pending: it
+/// goes again at once, not after the ack timeout. An unsigned request (anyone on the broker)
+/// moves nothing.
+#[tokio::test(start_paused = true)]
+async fn centrals_resend_request_resends_everything_pending_at_once_and_a_forged_one_does_not() {
+    let mut rig = Rig::start(no_terminals()).await;
+    connected(&rig).await;
+    post_telemetry(&rig, 2).await;
+    let (first, events) = rig.next_batch().await;
+    let gateway = firmware_config::ids::GatewayId::new(rig::GATEWAY).unwrap();
+    let topic = firmware_config::topics::Topic::gateway(&gateway, Channel::Ack).path();
+    let forged =
+        firmware_config::wire::Envelope::new(gateway, 99_999, Message::Ack(Ack::resend_request(0)))
+            .encode()
+            .unwrap();
+    rig.broker.deliver(topic, forged);
+    rig.pass(Duration::from_secs(2)).await;
+    assert_eq!(
+        rig.shared().metrics.uplink_rewinds.get(),
+        0,
+        "unsigned: refused"
+    );
+    rig.send(Channel::Ack, Message::Ack(Ack::resend_request(0)));
+    let (again, resent) = tokio::time::timeout(Duration::from_secs(2), rig.next_batch())
+        .await
+        .expect("resent well before the ack timeout");
+    assert_ne!(first, again);
+    let seqs = |e: &[firmware_config::wire::Event]| e.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(&resent), seqs(&events));
+    assert_eq!(rig.shared().metrics.uplink_rewinds.get(), 1);
+    rig.ack(again, &resent);
+    assert!(
+        rig.until(Duration::from_secs(5), || pending(&rig) == 0)
+            .await
+    );
+    rig.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cut_fires_the_will_and_everything_pending_goes_again_after_reconnect() {
     let mut rig = Rig::start(no_terminals()).await;

@@ -73,6 +73,12 @@ pub trait Transport: Send + 'static {
     fn set_last_will(&mut self, topic: String, payload: Vec<u8>);
     /// Subscribes for this session.
     fn subscribe(&mut self, filter: String) -> Result<(), TransportError>;
+    /// Subscribes to several filters in one request (one queue slot however many).
+    fn subscribe_many(&mut self, filters: Vec<String>) -> Result<(), TransportError> {
+        filters.into_iter().try_for_each(|f| self.subscribe(f))
+    }
+    /// Ends a subscription of this session.
+    fn unsubscribe(&mut self, filter: String) -> Result<(), TransportError>;
     /// Queues a message; never waits.
     fn publish(
         &mut self,
@@ -120,6 +126,24 @@ impl Transport for MqttTransport {
     fn subscribe(&mut self, filter: String) -> Result<(), TransportError> {
         self.client
             .try_subscribe(filter, QoS::AtLeastOnce)
+            .map_err(|_| TransportError::Full)
+    }
+
+    fn subscribe_many(&mut self, filters: Vec<String>) -> Result<(), TransportError> {
+        if filters.is_empty() {
+            return Ok(());
+        }
+        let filters = filters
+            .into_iter()
+            .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+        self.client
+            .try_subscribe_many(filters)
+            .map_err(|_| TransportError::Full)
+    }
+
+    fn unsubscribe(&mut self, filter: String) -> Result<(), TransportError> {
+        self.client
+            .try_unsubscribe(filter)
             .map_err(|_| TransportError::Full)
     }
 

@@ -15,3 +15,21 @@ pub struct Ack {
     #[serde(default)]
     pub batch: Option<u64>,
 }
+
+impl Ack {
+    /// An ack of no batch and no events: a central replica that has just taken the gateway
+    /// over asks it to send everything pending again (what the last owner had in hand may be
+    /// lost). A gateway that predates it refuses it as an ack of no batch, and resends after
+    /// its ack timeout instead.
+    pub fn resend_request(watermark: u64) -> Self {
+        Self {
+            watermark,
+            ranges: Vec::new(),
+            batch: None,
+        }
+    }
+
+    pub fn is_resend_request(&self) -> bool {
+        self.batch.is_none() && self.ranges.is_empty()
+    }
+}

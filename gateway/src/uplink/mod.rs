@@ -5,8 +5,9 @@
 //! - Sends the outbox to central in batches, most urgent class first and in order within a
 //!   class, with a bounded window of batches awaiting central's acknowledgement. Records are
 //!   deleted only when central's ack names them — never on the broker's PUBACK.
-//! - After a reconnect, or when an ack is overdue, it rewinds and resends everything still
-//!   pending (central deduplicates on `(gateway, seq)`).
+//! - After a reconnect, when an ack is overdue, or when central asks (a replica that has just
+//!   taken the gateway over), it rewinds and resends everything still pending (central
+//!   deduplicates on `(gateway, seq)`).
 //! - Reconnects with exponential backoff and jitter (rumqttc alone would retry at once).
 //! - Carries nothing itself: a [`Transport`] does (rumqttc on a broker, or an in-memory link
 //!   in tests), and a [`Clock`] tells it the time.
@@ -418,6 +419,14 @@ impl<T: Transport> Uplink<T> {
             return refuse(r, &format_args!("{} seq {}", env.message.kind(), env.seq));
         }
         match (channel, env.message) {
+            (Channel::Ack, Message::Ack(ack)) if ack.is_resend_request() => {
+                // A central replica that has just taken this gateway over: what the last one
+                // had in hand may be lost, so everything pending goes again now rather than
+                // after the ack timeout.
+                tracing::info!(gateway = %self.gateway, "central asks for everything pending again");
+                m.uplink_rewinds.inc();
+                self.window.rewind();
+            }
             (Channel::Ack, Message::Ack(ack)) => match self.window.acked(ack.batch, &ack.ranges) {
                 Ok(by_class) => {
                     for (class, ranges) in by_class {

@@ -124,6 +124,11 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
+    fn unsubscribe(&mut self, filter: String) -> Result<(), TransportError> {
+        self.link.state().subscriptions.retain(|f| *f != filter);
+        Ok(())
+    }
+
     fn publish(
         &mut self,
         topic: String,
