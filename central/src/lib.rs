@@ -17,6 +17,7 @@ pub mod masterdata;
 pub mod meetings;
 pub mod metrics;
 pub mod operators;
+pub mod ownership;
 pub mod pg;
 pub mod registry;
 pub mod replication;
@@ -228,6 +229,7 @@ pub async fn start_with<T: Transport>(
         .with_clock(clock),
     );
     // On PostgreSQL, the events and every state table are there; otherwise all is in sled.
+    let mut on_postgres = None;
     let (events, state): (store::EventBackend, Box<dyn state::StateStore>) = match &config
         .storage
         .postgres
@@ -237,7 +239,8 @@ pub async fn start_with<T: Transport>(
             Box::new(state::SledState::new(store.db().clone())),
         ),
         Some(pg) => {
-            let (events, tables) = connect_postgres(pg, &token).await?;
+            let (connect, events, tables) = connect_postgres(pg, &token).await?;
+            on_postgres = Some((connect, events.clone()));
             (
                 store::EventBackend::Postgres(Arc::new(pg::events::PgEvents::new(events, clock))),
                 Box::new(pg::state::PgState::new(tables).map_err(CentralError::State)?),
@@ -309,6 +312,7 @@ pub async fn start_with<T: Transport>(
         config.health.gateway_silence,
     )));
     let commands = Arc::new(link.commands(downlink.clone()));
+    let publisher = link.publisher();
     let replication = replication::Replication::new(
         masterdata.clone(),
         load_key()?,
@@ -334,7 +338,14 @@ pub async fn start_with<T: Transport>(
         outbox_seen: Arc::default(),
         devices: Arc::default(),
         meetings: Arc::new(meetings::Meetings::open(state)?),
-        operators: operators::Operators::new(&config.operators, &config.api_tokens, state, clock)?,
+        operators: {
+            let mut o =
+                operators::Operators::new(&config.operators, &config.api_tokens, state, clock)?;
+            if config.storage.postgres.is_some() {
+                o.share_sessions(state.table("sessions").map_err(CentralError::State)?);
+            }
+            o
+        },
         cases: Arc::new(cases::Cases::open(state, clock)?),
         logins: logins::LoginGuard::default(),
         bundles,
@@ -355,6 +366,45 @@ pub async fn start_with<T: Transport>(
         clock,
     });
     let mut parts = Parts::new("central", token);
+    // One of several replicas: leases say which gateways are this one's; alerts are told
+    // between replicas.
+    let owned = match (&shared.config.central.replica, on_postgres) {
+        (Some(_), Some((connect, pool))) => {
+            let name = shared.config.central.client_id();
+            let leases = Arc::new(pg::leases::Leases::new(pool.clone(), &name, ownership::TTL));
+            let owner: alerts::OwnerCheck = {
+                let l = leases.clone();
+                Arc::new(move |g: &str| l.owns(g).is_some())
+            };
+            let announcer = pg::feed::start(
+                pool,
+                connect,
+                &name,
+                Arc::new(ownership::Mirror {
+                    alerts: shared.alerts.clone(),
+                }),
+                parts.token().clone(),
+            );
+            if let Some(ids) = state.ids("alert_ids") {
+                shared.alerts.share(ids, owner, announcer);
+            }
+            let keeper = ownership::Keeper {
+                leases: leases.clone(),
+                registry: shared.registry.clone(),
+                publisher,
+                downlink: shared.downlink.clone(),
+                alerts: shared.alerts.clone(),
+                metrics: shared.metrics.clone(),
+            };
+            let t = parts.token().clone();
+            parts.spawn(async move {
+                ownership::keep(keeper, t).await;
+                Ok(())
+            });
+            Some(leases)
+        }
+        _ => None,
+    };
     let tls = runtime::http_tls(&shared.config.http).map_err(CentralError::Http)?;
     parts.spawn_http(
         listener,
@@ -390,6 +440,7 @@ pub async fn start_with<T: Transport>(
         downlink: shared.downlink.clone(),
         commands: shared.commands.clone(),
         masterdata: shared.masterdata.clone(),
+        owned,
     };
     let (store, alerts, id, clock, t) = (
         shared.store.clone(),
@@ -454,6 +505,13 @@ impl<T: Transport> Link<T> {
             Link::Given(l) => l.commands(downlink),
         }
     }
+
+    fn publisher(&self) -> Arc<dyn firmware_config::runtime::transport::Publisher> {
+        match self {
+            Link::Mqtt(l) => l.publisher(),
+            Link::Given(l) => l.publisher(),
+        }
+    }
 }
 
 /// Central's signing key: the configured file, or one made in the storage folder at the first
@@ -512,24 +570,25 @@ impl RunningCentral {
     }
 }
 
-/// Two pools of connections to PostgreSQL (the events', and the state tables' on their own
-/// runtime: see `pg::state`), the schema brought up to date. Waits for the database
+/// How to reach PostgreSQL, and two pools of connections to it (the events', and the state
+/// tables' on their own runtime: see `pg::state`), the schema brought up to date. Waits for the database
 /// (a replica may start before it, or while it restarts), trying again with a growing pause
 /// until `token` is cancelled; a schema newer than this central, or a step that fails, stops
 /// it at once.
 async fn connect_postgres(
     settings: &firmware_config::config::central::PostgresStorage,
     token: &CancellationToken,
-) -> Result<(pg::Pool, pg::Pool), CentralError> {
+) -> Result<(pg::feed::Connect, pg::Pool, pg::Pool), CentralError> {
     let url = settings.url.read().map_err(CentralError::PostgresUrl)?;
-    let pool = pg::pool(&url, settings.ca_file.as_deref(), settings.pool_size)?;
-    let tables = pg::pool(&url, settings.ca_file.as_deref(), 4)?;
+    let connect = pg::connect(&url, settings.ca_file.as_deref())?;
+    let pool = pg::pool(&connect, settings.pool_size)?;
+    let tables = pg::pool(&connect, 4)?;
     let mut pause = std::time::Duration::from_millis(200);
     loop {
         match pg::migrate(&pool).await {
             Ok(applied) => {
                 tracing::info!(applied, "postgres ready");
-                return Ok((pool, tables));
+                return Ok((connect, pool, tables));
             }
             Err(e @ (pg::PgError::SchemaTooNew { .. } | pg::PgError::Migration { .. })) => {
                 return Err(e.into())

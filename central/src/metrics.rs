@@ -38,6 +38,8 @@ pub struct GatewayClassLabel {
 struct BuildLabels {
     version: String,
     central: String,
+    /// This replica's name; empty on one central.
+    replica: String,
 }
 
 pub struct Metrics {
@@ -74,6 +76,10 @@ pub struct Metrics {
     pub content_bytes_sent: Counter,
     /// Groups of stored batches waiting for the boards and alert rules.
     pub observer_backlog: Gauge,
+    /// Gateways whose lease this replica holds (with replicas).
+    pub leases_held: Gauge,
+    /// Gateways this replica took over from none or from another replica.
+    pub leases_taken: Counter,
     /// What the embedded broker refused, by action (connect, publish, subscribe).
     pub broker_refused: Family<crate::broker::acl::ActionLabel, Counter>,
     /// Certificates on the revocation list in force.
@@ -103,6 +109,7 @@ impl Metrics {
             .get_or_create(&BuildLabels {
                 version: crate::VERSION.to_owned(),
                 central: config.central.id.clone(),
+                replica: config.central.replica.clone().unwrap_or_default(),
             })
             .set(1);
         registry.register("build_info", "Central version and identity", build);
@@ -190,6 +197,18 @@ impl Metrics {
             "Groups of stored event batches waiting for the boards and alert rules",
             observer_backlog.clone(),
         );
+        let leases_held = Gauge::default();
+        registry.register(
+            "leases_held",
+            "Gateways whose lease this replica holds (replicas on PostgreSQL)",
+            leases_held.clone(),
+        );
+        let leases_taken = Counter::default();
+        registry.register(
+            "leases_taken",
+            "Gateways this replica took over, from no holder or another replica",
+            leases_taken.clone(),
+        );
         let broker_refused = Family::default();
         registry.register(
             "broker_refused",
@@ -241,6 +260,8 @@ impl Metrics {
             broker_refused,
             certificates_revoked,
             observer_backlog,
+            leases_held,
+            leases_taken,
             content_bytes_sent,
             registry,
             link_connected,

@@ -1,6 +1,10 @@
 //! Operators of the console: their logins (Argon2id hashes from central's config), sessions
 //! (a random cookie and a CSRF token each, ended after `IDLE` without use), roles, and the
 //! audit trail of everything they do.
+//!
+//! Sessions live in memory on one central. On PostgreSQL they are rows of a shared table, so
+//! that any replica takes a session another opened, and a logout ends it everywhere at once.
+//! A row is keyed by the SHA-256 of its cookie: whoever reads the database cannot present it.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -50,7 +54,7 @@ impl Role {
 }
 
 /// Who is signed in on a request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Signed {
     pub name: String,
     pub role: Role,
@@ -68,6 +72,49 @@ impl Session {
     fn live(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last_used) < IDLE
             && now.saturating_duration_since(self.created) < LIFETIME
+    }
+}
+
+/// A session as replicas share it: its times on the wall clock (replicas share no other).
+#[derive(Debug, Serialize, Deserialize)]
+struct SharedSession {
+    signed: Signed,
+    /// Unix seconds.
+    created: i64,
+    last_used: i64,
+}
+
+fn session_key(cookie: &str) -> [u8; 32] {
+    sha256(cookie.as_bytes())
+}
+
+impl SharedSession {
+    fn live(&self, now: i64) -> bool {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        now - self.last_used < secs(IDLE) && now - self.created < secs(LIFETIME)
+    }
+
+    fn get(table: &dyn Table, cookie: &str) -> Option<Self> {
+        match table.get(&session_key(cookie)) {
+            Ok(v) => serde_json::from_slice(&v?).ok(),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a session");
+                None
+            }
+        }
+    }
+
+    fn put(&self, table: &dyn Table, cookie: &str) {
+        let stored = serde_json::to_vec(self)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                table
+                    .insert(&session_key(cookie), v)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = stored {
+            tracing::error!(error = %e, "cannot keep a session");
+        }
     }
 }
 
@@ -113,6 +160,8 @@ pub struct Operators {
     dummy: String,
     next: std::sync::atomic::AtomicU64,
     sessions: Mutex<HashMap<String, Session>>,
+    /// Sessions shared by replicas, instead of `sessions`.
+    shared: Option<std::sync::Arc<dyn Table>>,
     audit: std::sync::Arc<dyn Table>,
     /// Dates the audit trail.
     clock: Clock,
@@ -186,8 +235,10 @@ impl Operators {
             accounts,
             tokens,
             dummy: hash_password(&token())?,
-            next: std::sync::atomic::AtomicU64::new(0),
+            // From a random point: two replicas' entries in the same nanosecond differ.
+            next: std::sync::atomic::AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
             sessions: Mutex::default(),
+            shared: None,
             audit: state.table("operator_audit")?,
             clock,
         })
@@ -239,6 +290,11 @@ impl Operators {
         }
     }
 
+    /// Keeps sessions in `table`, shared with other replicas, rather than in memory.
+    pub fn share_sessions(&mut self, table: std::sync::Arc<dyn Table>) {
+        self.shared = Some(table);
+    }
+
     /// Opens a session for `name`, checked: its cookie value and who it is.
     pub fn open_session(&self, name: &str, role: Role, now: Instant) -> (String, Signed) {
         let signed = Signed {
@@ -247,6 +303,18 @@ impl Operators {
             csrf: token(),
         };
         let cookie = token();
+        if let Some(table) = &self.shared {
+            let now = self.clock.now_utc().unix_timestamp();
+            self.sweep(table.as_ref(), now);
+            let row = SharedSession {
+                signed: signed.clone(),
+                created: now,
+                last_used: now,
+            };
+            row.put(table.as_ref(), &cookie);
+            self.record(name, "login", role.as_str());
+            return (cookie, signed);
+        }
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         sessions.retain(|_, s| s.live(now));
         sessions.insert(
@@ -281,6 +349,20 @@ impl Operators {
 
     /// The session of a cookie value, if it is live (and marks it used).
     pub fn session(&self, cookie: &str, now: Instant) -> Option<Signed> {
+        if let Some(table) = &self.shared {
+            let now = self.clock.now_utc().unix_timestamp();
+            let mut row = SharedSession::get(table.as_ref(), cookie)?;
+            if !row.live(now) {
+                let _ = table.remove(&session_key(cookie));
+                return None;
+            }
+            // Marked used once a minute, not on every request.
+            if now - row.last_used >= 60 {
+                row.last_used = now;
+                row.put(table.as_ref(), cookie);
+            }
+            return Some(row.signed);
+        }
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         let s = sessions.get_mut(cookie)?;
         if !s.live(now) {
@@ -292,6 +374,15 @@ impl Operators {
     }
 
     pub fn logout(&self, cookie: &str) {
+        if let Some(table) = &self.shared {
+            if let Some(row) = SharedSession::get(table.as_ref(), cookie) {
+                if let Err(e) = table.remove(&session_key(cookie)) {
+                    tracing::error!(error = %e, "cannot end a session");
+                }
+                self.record(&row.signed.name, "logout", "");
+            }
+            return;
+        }
         let removed = self
             .sessions
             .lock()
@@ -299,6 +390,21 @@ impl Operators {
             .remove(cookie);
         if let Some(s) = removed {
             self.record(&s.signed.name, "logout", "");
+        }
+    }
+
+    /// Removes the shared sessions that have ended.
+    fn sweep(&self, table: &dyn Table, now: i64) {
+        let ended: Vec<Vec<u8>> = table
+            .scan(b"")
+            .filter_map(Result::ok)
+            .filter(|(_, v)| {
+                serde_json::from_slice::<SharedSession>(v).map_or(true, |s| !s.live(now))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        for k in ended {
+            let _ = table.remove(&k);
         }
     }
 
@@ -447,5 +553,54 @@ mod tests {
             ]
         );
         assert!(Role::Administrator > Role::Supervisor && Role::Supervisor > Role::Operator);
+    }
+
+    /// Two replicas on one table of sessions: a session opened on one is taken by the other,
+    /// ends when idle on either, and a logout on one ends it on both. The table holds no
+    /// cookie.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_kept_in_a_shared_table_works_on_every_replica_and_ends_on_all() {
+        let state = crate::state::MemoryState::default();
+        let clock = Clock::following_tokio(time::macros::datetime!(2026-06-01 08:00 UTC));
+        let accounts = vec![OperatorAccount {
+            name: "wang".into(),
+            role: "operator".into(),
+            password_hash: hash_password("correct horse").unwrap(),
+        }];
+        let replica = || {
+            let mut o = Operators::new(&accounts, &[], &state, clock).unwrap();
+            o.share_sessions(state.table("sessions").unwrap());
+            o
+        };
+        let (a, b) = (replica(), replica());
+        let now = Instant::now();
+        let (cookie, signed) = a.login("wang", "correct horse", now).unwrap();
+        let on_b = b.session(&cookie, now).expect("b takes a's session");
+        assert_eq!(
+            (on_b.name.as_str(), on_b.csrf.as_str()),
+            ("wang", signed.csrf.as_str())
+        );
+        let table = state.table("sessions").unwrap();
+        assert!(
+            table
+                .scan(b"")
+                .filter_map(Result::ok)
+                .all(|(k, v)| k != cookie.as_bytes()
+                    && !String::from_utf8_lossy(&v).contains(&cookie))
+        );
+        // Used on b within the idle time, it lives on a past a's idle time.
+        tokio::time::advance(IDLE - Duration::from_secs(120)).await;
+        assert!(b.session(&cookie, Instant::now()).is_some());
+        tokio::time::advance(Duration::from_secs(240)).await;
+        assert!(a.session(&cookie, Instant::now()).is_some());
+        tokio::time::advance(IDLE).await;
+        assert!(a.session(&cookie, Instant::now()).is_none(), "idle on both");
+        let (cookie, _) = a.login("wang", "correct horse", Instant::now()).unwrap();
+        b.logout(&cookie);
+        assert!(
+            a.session(&cookie, Instant::now()).is_none(),
+            "logged out on b"
+        );
+        assert!(b.session("not-a-cookie", Instant::now()).is_none());
     }
 }

@@ -48,6 +48,11 @@ pub trait Table: Send + Sync {
 pub trait StateStore: Send + Sync {
     /// The table `name`, created empty the first time.
     fn table(&self, name: &str) -> Result<Arc<dyn Table>, StateError>;
+    /// Draws ids from the sequence `name`, shared by every replica on this store; none on a
+    /// store of one machine (its parts count for themselves).
+    fn ids(&self, _name: &str) -> Option<crate::alerts::engine::IdSource> {
+        None
+    }
 }
 
 /// Tables as trees of a sled database.

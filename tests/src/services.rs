@@ -152,6 +152,21 @@ impl Console {
         })
     }
 
+    /// The same session, its requests sent to the central (replica) at `base`.
+    pub fn on(&self, base: &str) -> Self {
+        Self {
+            base: base.to_owned(),
+            cookie: self.cookie.clone(),
+            csrf: self.csrf.clone(),
+            client: self.client.clone(),
+        }
+    }
+
+    /// A copy of this session's handle, to the same central.
+    pub fn clone_on_self(&self) -> Self {
+        self.on(&self.base)
+    }
+
     /// A request with the session cookie and (for changes) the CSRF token.
     pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let r = self

@@ -28,7 +28,7 @@ fn ev(seq: u64) -> Event {
 }
 
 async fn replica(pg: &Postgres) -> PgEvents {
-    let pool = pg::pool(&pg.url(), None, 4).unwrap();
+    let pool = pg::pool(&pg::connect(&pg.url(), None).unwrap(), 4).unwrap();
     PgEvents::new(pool, Clock::system())
 }
 
@@ -41,8 +41,8 @@ async fn two_replicas_store_the_same_batches_at_once_and_each_event_is_stored_on
     let pg = Postgres::start().unwrap();
     // Both replicas start together: the schema is made once.
     let (a_pool, b_pool) = (
-        pg::pool(&pg.url(), None, 4).unwrap(),
-        pg::pool(&pg.url(), None, 4).unwrap(),
+        pg::pool(&pg::connect(&pg.url(), None).unwrap(), 4).unwrap(),
+        pg::pool(&pg::connect(&pg.url(), None).unwrap(), 4).unwrap(),
     );
     let (ma, mb) = tokio::join!(pg::migrate(&a_pool), pg::migrate(&b_pool));
     assert_eq!(ma.unwrap() + mb.unwrap(), pg::MIGRATIONS.len());
@@ -107,7 +107,7 @@ async fn two_replicas_store_the_same_batches_at_once_and_each_event_is_stored_on
 async fn a_batch_is_acknowledged_only_once_committed_and_the_store_comes_back_after_the_database_restarts(
 ) {
     let mut pg = Postgres::start().unwrap();
-    let pool = pg::pool(&pg.url(), None, 2).unwrap();
+    let pool = pg::pool(&pg::connect(&pg.url(), None).unwrap(), 2).unwrap();
     pg::migrate(&pool).await.unwrap();
     let store = PgEvents::new(pool, Clock::system());
     let gw = GatewayId::new("gw-restart").unwrap();

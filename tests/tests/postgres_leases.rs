@@ -1,6 +1,7 @@
-//! Per-gateway leases in a real PostgreSQL: one replica holds each gateway; when it stops
-//! renewing (it died), another takes its gateways within the lease time, with a new
-//! generation; a replica that stops cleanly hands them over at once.
+//! Per-gateway leases in a real PostgreSQL: one replica holds each gateway, and two live
+//! replicas hold half each; when one stops renewing (it died), the other takes its gateways
+//! within the lease time, with a new generation; a replica that stops cleanly hands them over
+//! at once.
 
 use std::time::{Duration, Instant};
 
@@ -10,31 +11,40 @@ use gridedge_tests::postgres::Postgres;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_holds_each_gateway_and_another_takes_them_when_it_dies() {
     let pg = Postgres::start().unwrap();
-    let pool = || pg::pool(&pg.url(), None, 2).unwrap();
+    let pool = || pg::pool(&pg::connect(&pg.url(), None).unwrap(), 2).unwrap();
     pg::migrate(&pool()).await.unwrap();
     let ttl = Duration::from_millis(1500);
     let (a, b) = (Leases::new(pool(), "a", ttl), Leases::new(pool(), "b", ttl));
     let gateways: Vec<String> = (0..6).map(|i| format!("gw-{i}")).collect();
 
-    // a asks first and takes them all; then both ask at once, again and again: each gateway
-    // keeps exactly one holder.
+    // a asks alone and takes them all.
     assert_eq!(a.refresh(&gateways).await.unwrap(), 6);
-    for _ in 0..3 {
+    let exactly_one = |a: &Leases, b: &Leases| {
+        for g in &gateways {
+            assert!(
+                !(a.owns(g).is_some() && b.owns(g).is_some()),
+                "{g}: never two holders"
+            );
+        }
+    };
+    // b comes: a gives back what is above its half and b takes it, never two holders at once.
+    for _ in 0..4 {
         let (ha, hb) = tokio::join!(a.refresh(&gateways), b.refresh(&gateways));
-        assert_eq!(ha.unwrap() + hb.unwrap(), 6);
+        assert!(ha.unwrap() + hb.unwrap() <= 6);
+        exactly_one(&a, &b);
     }
-    for g in &gateways {
-        assert!(
-            a.owns(g).is_some() != b.owns(g).is_some(),
-            "{g}: exactly one holder"
-        );
-    }
+    let (ha, hb) = (
+        a.refresh(&gateways).await.unwrap(),
+        b.refresh(&gateways).await.unwrap(),
+    );
+    assert_eq!((ha, hb), (3, 3), "half each");
+    exactly_one(&a, &b);
     let (mine_a, gen_before): (Vec<String>, Vec<i64>) = gateways
         .iter()
         .filter_map(|g| a.owns(g).map(|h| (g.clone(), h.generation)))
         .unzip();
-
-    assert_eq!(mine_a.len(), 6, "a keeps what it holds while it renews");
+    assert_eq!(mine_a.len(), 3, "a keeps its half while it renews");
+    assert_eq!(a.refresh(&gateways).await.unwrap(), 3);
 
     // a dies (stops renewing): b takes every gateway once a's leases are past their time.
     let died = Instant::now();
@@ -58,7 +68,7 @@ async fn one_replica_holds_each_gateway_and_another_takes_them_when_it_dies() {
             "{g}: a new generation"
         );
     }
-    // a comes back: b holds them, a gets none.
+    // a comes back: b holds them all, a gets none until b gives half back.
     assert_eq!(a.refresh(&gateways).await.unwrap(), 0);
 
     // b stops cleanly: a takes them at once.

@@ -13,10 +13,12 @@ fn keys(t: &dyn central::state::Table, prefix: &[u8]) -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn tables_keep_keys_in_order_and_apart_and_a_second_central_reads_what_the_first_wrote() {
     let pg = Postgres::start().unwrap();
-    let pool = pg::pool(&pg.url(), None, 2).unwrap();
+    let pool = pg::pool(&pg::connect(&pg.url(), None).unwrap(), 2).unwrap();
     pg::migrate(&pool).await.unwrap();
     // Called from inside this (single-threaded) runtime, as central's tasks call it.
-    let store = pg::state::PgState::new(pg::pool(&pg.url(), None, 2).unwrap()).unwrap();
+    let store =
+        pg::state::PgState::new(pg::pool(&pg::connect(&pg.url(), None).unwrap(), 2).unwrap())
+            .unwrap();
     let t = store.table("cases").unwrap();
     assert!(t.is_empty());
     t.insert(b"b/2", b"two".to_vec()).unwrap();
@@ -51,7 +53,7 @@ async fn tables_keep_keys_in_order_and_apart_and_a_second_central_reads_what_the
     let url = pg.url();
     let other = std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let pool = rt.block_on(async { pg::pool(&url, None, 1).unwrap() });
+        let pool = rt.block_on(async { pg::pool(&pg::connect(&url, None).unwrap(), 1).unwrap() });
         let store = pg::state::PgState::new(pool).unwrap();
         let t = store.table("cases").unwrap();
         let got = (t.get(b"a/1").unwrap(), t.len());

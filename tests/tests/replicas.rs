@@ -1,96 +1,271 @@
-//! Two central replicas (central's binary) on one PostgreSQL and one Mosquitto, sharing a
-//! gateway's event batches through the broker's shared subscription, under a steady load; one
-//! replica is killed (-9) mid-stream. Every event the kiosk had acknowledged is stored exactly
-//! once, and the survivor still shows the gateway.
+//! Three central replicas (central's binary) on one PostgreSQL and one Mosquitto, three
+//! gateways under a steady load. Each replica holds the lease of one gateway: it alone takes
+//! that gateway's batches and raises and escalates its alerts, and every replica shows every
+//! alert. The replica holding one gateway is killed (-9) mid-stream; another takes the gateway
+//! over within 10 s, every event the kiosks had acknowledged is stored exactly once, each
+//! alert was raised once, the dead replica's alert still escalates (once), and an operator's
+//! console session opened on the dead replica goes on working on the others.
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gridedge_tests::backbone::{assert_stored_once, Poster};
 use gridedge_tests::mosquitto::Mosquitto;
 use gridedge_tests::postgres::Postgres;
-use gridedge_tests::services::{central_events, central_replica_toml, ServiceProcess, TestGateway};
-use gridedge_tests::{eventually, free_port, get_text, init_test_logging, try_json};
+use gridedge_tests::services::{
+    central_events, central_replica_toml, Console, ServiceProcess, TestGateway,
+};
+use gridedge_tests::{eventually, free_port, init_test_logging, try_json};
+use serde_json::{json, Value};
 
-const GW: &str = "gw-replicas";
+const GATEWAYS: [&str; 3] = ["gw-r1", "gw-r2", "gw-r3"];
+const REPLICAS: [&str; 3] = ["a", "b", "c"];
+/// How long after opening an unacknowledged alert escalates to the grid station.
+const ESCALATE_AFTER: Duration = Duration::from_secs(30);
 
 /// A replica named `name` on `broker` and `pg`, its HTTP on a free port.
 fn replica(dir: &Path, name: &str, broker: &str, pg: &Postgres) -> (ServiceProcess, SocketAddr) {
     let port = free_port();
     let url_file = dir.join("pg-url");
     std::fs::write(&url_file, pg.url()).unwrap();
-    let text = central_replica_toml(dir, broker, port, name, &url_file);
+    let text = central_replica_toml(dir, broker, port, name, &url_file)
+        + &format!(
+            "\n[alerts]\nescalate_to_station = \"{}s\"\n",
+            ESCALATE_AFTER.as_secs()
+        );
     let process = ServiceProcess::spawn("central", &text).unwrap();
     (process, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
-fn stored_total(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .find(|l| l.starts_with("gridedge_central_events_stored_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
+/// The replica holding `gateway`'s live lease (its name as `central-test-<replica>`).
+fn owner(pg: &Postgres, gateway: &str) -> Option<String> {
+    let o = pg
+        .psql(&format!(
+            "SELECT owner FROM leases WHERE gateway = '{gateway}' AND expires_at > now()"
+        ))
+        .ok()?;
+    (!o.is_empty()).then_some(o)
+}
+
+/// Every alert a console lists.
+async fn alerts(console: &Console) -> Vec<Value> {
+    let (_, v) = console.get("/api/v1/alerts?all=true").await;
+    v["alerts"].as_array().cloned().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_share_ingest_and_when_one_is_killed_every_event_is_stored_once() {
+async fn replicas_share_the_gateways_and_when_one_is_killed_nothing_is_lost_or_doubled() {
     init_test_logging();
     let pg = Postgres::start().unwrap();
     let broker = Mosquitto::start().unwrap();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut a, a_addr) = replica(dir_a.path(), "a", &broker.url(), &pg);
-    let (mut b, b_addr) = replica(dir_b.path(), "b", &broker.url(), &pg);
-    for addr in [a_addr, b_addr] {
+    let dirs: Vec<_> = REPLICAS
+        .iter()
+        .map(|_| tempfile::tempdir().unwrap())
+        .collect();
+    let mut replicas: Vec<(String, ServiceProcess, SocketAddr)> = REPLICAS
+        .iter()
+        .zip(&dirs)
+        .map(|(name, dir)| {
+            let (p, addr) = replica(dir.path(), name, &broker.url(), &pg);
+            (format!("central-test-{name}"), p, addr)
+        })
+        .collect();
+    for (_, _, addr) in &replicas {
         eventually("replica up", Duration::from_secs(30), || async {
             try_json(format!("http://{addr}/healthz")).await
         })
         .await
         .unwrap();
     }
-    let gw = TestGateway::start(GW, &broker.url(), None).await.unwrap();
-    let poster = Poster::start_paced(gw.http_addr, GW, 20, 300.0);
+    let mut gateways = Vec::new();
+    let mut posters = Vec::new();
+    for id in GATEWAYS {
+        let gw = TestGateway::start(id, &broker.url(), None).await.unwrap();
+        posters.push(Poster::start_paced(gw.http_addr, id, 10, 100.0));
+        gateways.push(gw);
+    }
+    let logs = |replicas: &[(String, ServiceProcess, SocketAddr)]| {
+        replicas
+            .iter()
+            .map(|(n, p, _)| format!("--- {n}\n{}", p.process.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
 
-    // Both replicas take a share of the batches.
-    eventually("both replicas storing", Duration::from_secs(30), || async {
-        let (ma, mb) = (
-            get_text(format!("http://{a_addr}/metrics")).await,
-            get_text(format!("http://{b_addr}/metrics")).await,
-        );
-        (stored_total(&ma) > 100.0 && stored_total(&mb) > 100.0).then_some(())
+    // Each replica holds one gateway, and stores its events.
+    eventually("one gateway each", Duration::from_secs(40), || async {
+        let owners: std::collections::BTreeSet<String> =
+            GATEWAYS.iter().filter_map(|g| owner(&pg, g)).collect();
+        (owners.len() == 3).then_some(())
     })
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.process.log_text(), b.process.log_text()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    for gw in &gateways {
+        eventually("events stored", Duration::from_secs(30), || async {
+            let n: u64 = pg
+                .psql(&format!(
+                    "SELECT count(*) FROM events WHERE gateway = '{}'",
+                    gw.id
+                ))
+                .ok()?
+                .parse()
+                .ok()?;
+            (n > 0).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", gw.id, logs(&replicas)));
+    }
 
-    a.kill();
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let accepted = poster.stop().await;
-    assert!(
-        accepted.len() > 1_500,
-        "the load went on: {}",
-        accepted.len()
+    // The victim: the replica holding the first gateway. An operator logs in there.
+    let victim_name = owner(&pg, GATEWAYS[0]).unwrap();
+    let victim = replicas.iter().position(|r| r.0 == victim_name).unwrap();
+    let base = |addr: SocketAddr| format!("http://{addr}");
+    let console = Console::login(&base(replicas[victim].2), "op")
+        .await
+        .unwrap();
+    let consoles: Vec<Console> = replicas.iter().map(|r| console.on(&base(r.2))).collect();
+
+    // A door forced at the first gateway: raised by its owner, on every console within 1 s.
+    let key = format!("{}/source/tests#door.forced", GATEWAYS[0]);
+    let posted = Instant::now();
+    gridedge_tests::services::post_events(
+        gateways[0].http_addr,
+        GATEWAYS[0],
+        &json!([{ "class": "alert", "kind": "door.forced", "payload": { "door": "vault" } }]),
+    )
+    .await
+    .unwrap();
+    let seen = futures::future::join_all(consoles.iter().map(|c| {
+        let key = key.clone();
+        async move {
+            while posted.elapsed() < Duration::from_secs(30) {
+                if alerts(c).await.iter().any(|a| a["key"] == key) {
+                    return Some(Instant::now());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            None
+        }
+    }))
+    .await;
+    let seen: Vec<Instant> = seen
+        .into_iter()
+        .map(|s| s.unwrap_or_else(|| panic!("{key} on every replica\n{}", logs(&replicas))))
+        .collect();
+    let first = *seen.iter().min().unwrap();
+    let spread = seen.iter().map(|t| *t - first).max().unwrap();
+    eprintln!(
+        "door alert: first on a console {:?} after the post, on every console within {spread:?}",
+        first - posted
     );
-    eventually(
-        "the gateway's outbox drained through the survivor",
-        Duration::from_secs(90),
+    assert!(spread <= Duration::from_secs(1), "{spread:?}");
+
+    // The kill, mid-stream.
+    let killed = Instant::now();
+    replicas[victim].1.kill();
+    let taken_over = eventually(
+        "the gateway taken over",
+        Duration::from_secs(20),
         || async {
-            let h = try_json(gw.url("/healthz")).await?;
-            (h["outbox"]["pending"].as_u64()? == 0).then_some(())
+            owner(&pg, GATEWAYS[0])
+                .filter(|o| *o != victim_name)
+                .map(|_| killed.elapsed())
         },
     )
     .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", b.process.log_text()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    eprintln!("{} taken over {taken_over:?} after the kill", GATEWAYS[0]);
+    assert!(taken_over <= Duration::from_secs(10), "{taken_over:?}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut accepted = Vec::new();
+    for p in posters {
+        accepted.push(p.stop().await);
+    }
+    let live: Vec<usize> = (0..replicas.len()).filter(|i| *i != victim).collect();
+    let survivor = consoles[live[0]].clone_on_self();
 
-    let stored = central_events(b_addr, GW).await.unwrap();
-    assert_stored_once(&stored, &accepted);
-    // The survivor shows the gateway (statuses reach every replica).
-    let gateways = get_text(format!("http://{b_addr}/metrics")).await;
-    assert!(
-        gateways
-            .lines()
-            .any(|l| l.starts_with("gridedge_central_gateways{presence=\"online\"} 1")),
-        "{gateways}"
-    );
-    gw.stop().await.unwrap();
-    b.kill();
+    // The operator's session, opened on the dead replica, works on the others.
+    let (status, _) = survivor.get("/api/v1/alerts").await;
+    assert_eq!(status, 200, "the session lives on");
+
+    // The door alert escalates once, by the gateway's new owner.
+    let escalated = eventually(
+        "the dead replica's alert escalated",
+        ESCALATE_AFTER + Duration::from_secs(20),
+        || async {
+            let a = alerts(&survivor)
+                .await
+                .into_iter()
+                .find(|a| a["key"] == key)?;
+            (a["escalation"].as_u64()? >= 1).then_some(a)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    let escalations = |a: &Value| {
+        a["audit"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .filter(|e| e["action"].as_str().unwrap_or("").starts_with("escalated"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(escalations(&escalated), 1, "{escalated}");
+    // Acknowledged through the session (its CSRF token) on another replica.
+    let id = escalated["id"].as_u64().unwrap();
+    let (status, body) = survivor
+        .post(&format!("/api/v1/alerts/{id}/ack"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    for (gw, accepted) in gateways.iter().zip(&accepted) {
+        eventually(
+            "the gateway's outbox drained",
+            Duration::from_secs(90),
+            || async {
+                let h = try_json(gw.url("/healthz")).await?;
+                (h["outbox"]["pending"].as_u64()? == 0).then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", gw.id, logs(&replicas)));
+        let stored = central_events(replicas[live[0]].2, &gw.id).await.unwrap();
+        assert_stored_once(&stored, accepted);
+    }
+    // Each alert was raised once: one row per key, the same list on every live replica.
+    let rows = pg
+        .psql("SELECT count(*), count(DISTINCT convert_from(value, 'UTF8')::json->>'key') FROM state WHERE tbl = 'alerts'")
+        .unwrap();
+    let (n, distinct) = rows.split_once('|').unwrap();
+    assert_eq!(n, distinct, "one alert per key: {rows}");
+    let listed = |c: &Console| {
+        let c = c.clone_on_self();
+        async move {
+            let mut keys: Vec<String> = alerts(&c)
+                .await
+                .iter()
+                .filter_map(|a| a["key"].as_str().map(str::to_owned))
+                .collect();
+            keys.sort();
+            keys
+        }
+    };
+    let on_first = listed(&consoles[live[0]]).await;
+    assert_eq!(on_first.len().to_string(), n, "{on_first:?}");
+    eventually(
+        "the same alerts on every replica",
+        Duration::from_secs(5),
+        || async { (listed(&consoles[live[1]]).await == on_first).then_some(()) },
+    )
+    .await
+    .unwrap();
+    for gw in gateways {
+        gw.stop().await.unwrap();
+    }
+    for r in &mut replicas {
+        r.1.kill();
+    }
 }

@@ -14,6 +14,7 @@
 //! - Every change is in the alert's audit trail, with who and when.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -232,9 +233,34 @@ struct Pending {
     observation: Observation,
 }
 
+/// Where new alert and window ids come from when several replicas make them (a database
+/// sequence); without one, the engine counts from the highest it holds.
+pub type IdSource = Arc<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// Whether this replica does a gateway's timed work (escalations, the end of maintenance);
+/// without one, every gateway's.
+pub type OwnerCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// The engine's links to other replicas, both absent on one central.
+#[derive(Default, Clone)]
+struct Shared {
+    ids: Option<IdSource>,
+    owner: Option<OwnerCheck>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("ids", &self.ids.is_some())
+            .field("owner", &self.owner.is_some())
+            .finish()
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Engine {
     policy: Policy,
+    shared: Shared,
     alerts: BTreeMap<u64, Alert>,
     /// key → the open (unresolved) alert.
     open: HashMap<String, u64>,
@@ -282,6 +308,48 @@ impl Engine {
         e
     }
 
+    /// Takes ids from `ids` and does timed work only for gateways `owner` accepts: one of
+    /// several replicas.
+    pub fn share(&mut self, ids: IdSource, owner: OwnerCheck) {
+        self.shared = Shared {
+            ids: Some(ids),
+            owner: Some(owner),
+        };
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let shared = self.shared.ids.as_ref().and_then(|ids| ids());
+        let id = shared.unwrap_or(self.next_id);
+        self.next_id = self.next_id.max(id + 1);
+        id
+    }
+
+    pub fn owns(&self, gateway: &str) -> bool {
+        self.shared.owner.as_ref().is_none_or(|o| o(gateway))
+    }
+
+    /// An alert as another replica stored it: taken as it is. Returns the change it makes
+    /// here (opened when it is new to this replica), none when it holds it already.
+    pub fn upsert(&mut self, a: Alert) -> Option<Change> {
+        let id = a.id;
+        let known = match self.alerts.get(&id) {
+            Some(held) if *held == a => return None,
+            held => held.is_some(),
+        };
+        if a.active() {
+            self.open.insert(a.key.clone(), id);
+        } else if self.open.get(&a.key) == Some(&id) {
+            self.open.remove(&a.key);
+        }
+        self.next_id = self.next_id.max(id + 1);
+        self.alerts.insert(id, a);
+        Some(if known {
+            Change::Updated { id }
+        } else {
+            Change::Opened { id }
+        })
+    }
+
     /// Whether an alert with this key is open (not resolved).
     pub fn is_open(&self, key: &str) -> bool {
         self.open.contains_key(key)
@@ -306,6 +374,14 @@ impl Engine {
 
     pub fn roster(&self) -> &[Duty] {
         &self.roster
+    }
+
+    /// Maintenance windows as another replica stored them.
+    pub fn set_maintenance(&mut self, maintenance: Vec<Maintenance>) {
+        self.next_id = self
+            .next_id
+            .max(maintenance.iter().map(|m| m.id + 1).max().unwrap_or(1));
+        self.maintenance = maintenance;
     }
 
     pub fn set_roster(&mut self, roster: Vec<Duty>) {
@@ -363,8 +439,7 @@ impl Engine {
     }
 
     fn open_alert(&mut self, o: Observation, now: OffsetDateTime) -> Vec<Change> {
-        let id = self.next_id;
-        self.next_id += 1;
+        let id = self.take_id();
         let silenced_by = self
             .maintenance
             .iter()
@@ -470,7 +545,13 @@ impl Engine {
             }
         }
         self.maintenance.retain(|m| m.until > now);
+        let shared = self.shared.clone();
+        let owns = |g: &str| shared.owner.as_ref().is_none_or(|o| o(g));
         for a in self.alerts.values_mut() {
+            // Another replica's gateway: its owner escalates it.
+            if !owns(&a.gateway) {
+                continue;
+            }
             if a.silenced_by
                 .is_some_and(|m| !self.maintenance.iter().any(|w| w.id == m))
             {
@@ -619,14 +700,13 @@ impl Engine {
             return Err(AlertError::Invalid("until must come after from".into()));
         }
         let m = Maintenance {
-            id: self.next_id,
+            id: self.take_id(),
             scope: scope.to_owned(),
             from,
             until,
             reason: reason.trim().to_owned(),
             by: by.to_owned(),
         };
-        self.next_id += 1;
         self.maintenance.push(m.clone());
         // Alerts already open under it are silenced too.
         for a in self.alerts.values_mut() {
@@ -913,5 +993,42 @@ mod tests {
             r.observe(o, t0() + secs(2)),
             vec![Change::Repeated { id: id2 }]
         );
+    }
+
+    /// Two replicas' engines: ids come from the shared source, each escalates only the
+    /// gateways it owns, and one takes the other's alerts as stored without escalating them.
+    #[test]
+    fn replicas_take_ids_from_one_source_and_escalate_only_their_own_gateways() {
+        let policy = Policy {
+            escalate_after: [secs(600), secs(1800)],
+        };
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(100));
+        let ids: IdSource = {
+            let c = counter.clone();
+            Arc::new(move || Some(c.fetch_add(1, std::sync::atomic::Ordering::SeqCst)))
+        };
+        let (mut a, mut b) = (Engine::new(policy.clone()), Engine::new(policy));
+        a.share(ids.clone(), Arc::new(|g: &str| g == "gw-1"));
+        b.share(ids, Arc::new(|g: &str| g == "gw-2"));
+        let mut on_2 = gateway(true);
+        on_2.originator = "gw-2".into();
+        on_2.gateway = "gw-2".into();
+        let id_a = opened(&a.observe(gateway(true), t0()))[0];
+        let id_b = opened(&b.observe(on_2, t0()))[0];
+        assert_eq!((id_a, id_b), (100, 101), "one sequence, no id twice");
+        // Each takes the other's as stored: new to it, then already held.
+        let from_b = b.get(id_b).unwrap().clone();
+        assert_eq!(a.upsert(from_b.clone()), Some(Change::Opened { id: id_b }));
+        assert_eq!(a.upsert(from_b), None);
+        assert!(a.is_open("gw-2#gateway.offline"));
+        // Past the first escalation: a escalates its own alone.
+        let changes = a.tick(t0() + secs(601), 600);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(matches!(changes[0], Change::Escalated { id, level: 1, .. } if id == id_a));
+        assert_eq!(a.get(id_b).unwrap().escalation, 0);
+        // b's own, resolved there, reaches a: no longer open on a.
+        b.resolve(id_b, "op", "fixed", t0() + secs(700)).unwrap();
+        a.upsert(b.get(id_b).unwrap().clone());
+        assert!(!a.is_open("gw-2#gateway.offline"));
     }
 }

@@ -14,8 +14,10 @@ use tokio::sync::broadcast;
 
 use crate::state::{StateError, StateStore, Table};
 
+use crate::pg::feed::{Announcer, Note};
 pub use engine::{
-    Alert, AlertError, Change, Duty, Engine, Maintenance, Observation, Policy, Severity,
+    Alert, AlertError, Change, Duty, Engine, IdSource, Maintenance, Observation, OwnerCheck,
+    Policy, Severity,
 };
 
 const ROSTER_KEY: &[u8] = b"roster";
@@ -32,6 +34,9 @@ pub struct Alerts {
     meta: Arc<dyn Table>,
     /// Every change, for the console's live feed.
     pub changes: broadcast::Sender<Change>,
+    /// With other replicas: which gateways are this one's, and who to tell what it stored.
+    owner: std::sync::OnceLock<OwnerCheck>,
+    announcer: std::sync::OnceLock<Announcer>,
 }
 
 impl Alerts {
@@ -60,7 +65,74 @@ impl Alerts {
             tree,
             meta,
             changes,
+            owner: Default::default(),
+            announcer: Default::default(),
         })
+    }
+
+    /// One of several replicas: ids from the shared sequence, timed work only for the gateways
+    /// `owner` accepts, and every stored change announced to the other replicas.
+    pub fn share(&self, ids: IdSource, owner: OwnerCheck, announcer: Announcer) {
+        self.engine().share(ids, owner.clone());
+        let _ = self.owner.set(owner);
+        let _ = self.announcer.set(announcer);
+    }
+
+    /// Whether this replica does `gateway`'s alert work (always, on one central).
+    pub fn owns(&self, gateway: &str) -> bool {
+        self.owner.get().is_none_or(|o| o(gateway))
+    }
+
+    /// Another replica stored alert `id`: reads it and takes it as it is.
+    pub fn mirror(&self, id: u64) {
+        let Some(a) = self
+            .tree
+            .get(&id.to_be_bytes())
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_slice::<Alert>(&v).ok())
+        else {
+            return;
+        };
+        let change = self.engine().upsert(a);
+        if let Some(c) = change {
+            let _ = self.changes.send(c);
+        }
+    }
+
+    /// Reads the stored alerts again (only those of `gateways`, when given): a replica that
+    /// takes gateways over, or that may have missed other replicas' notes.
+    pub fn reload(&self, gateways: Option<&std::collections::HashSet<String>>) {
+        let alerts: Vec<Alert> = self
+            .tree
+            .scan(b"")
+            .filter_map(|e| e.ok().and_then(|(_, v)| serde_json::from_slice(&v).ok()))
+            .filter(|a: &Alert| gateways.is_none_or(|g| g.contains(&a.gateway)))
+            .collect();
+        let changes: Vec<Change> = {
+            let mut engine = self.engine();
+            alerts
+                .into_iter()
+                .filter_map(|a| engine.upsert(a))
+                .collect()
+        };
+        for c in changes {
+            let _ = self.changes.send(c);
+        }
+    }
+
+    /// Reads the maintenance windows and the roster again (another replica changed them).
+    pub fn reload_settings(&self) {
+        let read = |k: &[u8]| self.meta.get(k).ok().flatten();
+        let extras: Extras = read(b"extras")
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        let roster: Vec<Duty> = read(ROSTER_KEY)
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or_default();
+        let mut engine = self.engine();
+        engine.set_maintenance(extras.maintenance);
+        engine.set_roster(roster);
     }
 
     pub fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -105,11 +177,14 @@ impl Alerts {
 
     fn store(&self, a: &Alert) {
         match serde_json::to_vec(a) {
-            Ok(v) => {
-                if let Err(e) = self.tree.insert(&a.id.to_be_bytes(), v) {
-                    tracing::error!(alert = a.id, error = %e, "cannot store an alert");
+            Ok(v) => match self.tree.insert(&a.id.to_be_bytes(), v) {
+                Ok(()) => {
+                    if let Some(an) = self.announcer.get() {
+                        an.send(Note::Alert { id: a.id });
+                    }
                 }
-            }
+                Err(e) => tracing::error!(alert = a.id, error = %e, "cannot store an alert"),
+            },
             Err(e) => tracing::error!(alert = a.id, error = %e, "cannot encode an alert"),
         }
     }
@@ -133,6 +208,9 @@ impl Alerts {
         put(b"extras", serde_json::to_vec(&extras));
         put(ROSTER_KEY, serde_json::to_vec(&roster));
         let _ = self.meta.flush();
+        if let Some(an) = self.announcer.get() {
+            an.send(Note::AlertSettings);
+        }
     }
 }
 
@@ -203,6 +281,12 @@ pub async fn watch(w: Watch, token: tokio_util::sync::CancellationToken) {
             .views(w.clock.instant());
         let mut observations = Vec::new();
         for v in views {
+            // Another replica's gateway: its owner watches it. Forgotten here, so that taking
+            // it over looks at its presence afresh.
+            if !w.alerts.owns(&v.id) {
+                seen.remove(&v.id);
+                continue;
+            }
             if seen.insert(v.id.clone(), v.presence) == Some(v.presence) {
                 continue;
             }
@@ -225,7 +309,7 @@ pub async fn watch(w: Watch, token: tokio_util::sync::CancellationToken) {
             })
             .await
             .unwrap_or_default();
-            for o in found {
+            for o in found.into_iter().filter(|o| w.alerts.owns(&o.gateway)) {
                 let receipt = o
                     .originator
                     .rsplit('/')

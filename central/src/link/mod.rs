@@ -3,10 +3,11 @@
 //! It subscribes to every gateway's status, health and events, checks each message's topic and
 //! envelope (a gateway may speak only for itself), stores event batches durably and only then
 //! acknowledges them to their gateway. Everything else — the registry, boards, alerts, cases,
-//! master data offers — is done by the [`observers`] with what the link hands them. Events come
-//! through a shared subscription (`$share/gridedge-central/…`), so several central replicas on one broker share
-//! the load. The broker's PUBACK to central is sent only after the batch is stored (manual acks),
-//! so a central that dies mid-batch gets it again from the broker.
+//! master data offers — is done by the [`observers`] with what the link hands them. One central
+//! takes every gateway's batches; each of several replicas takes those of the gateways whose
+//! lease it holds ([`crate::ownership`]). The broker's PUBACK to central is sent only after the
+//! batch is stored (manual acks), so a central that dies mid-batch gets it again from the
+//! broker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +50,8 @@ pub struct Ingest {
     pub commands: Arc<commands::Commands>,
     /// Content files, for gateways' fetches.
     pub masterdata: Arc<crate::masterdata::MasterData>,
+    /// With replicas: the gateways this one holds, whose batches and fetches it takes.
+    pub owned: Option<Arc<crate::pg::leases::Leases>>,
 }
 
 /// Central's session on a [`Transport`]: rumqttc on the broker, or an in-memory link in tests.
@@ -121,18 +124,7 @@ impl<T: Transport> GatewayLink<T> {
                     m.link_connected.set(1);
                     wait = Duration::from_millis(100);
                     tracing::info!("central connected to the broker");
-                    let filters = [
-                        all_gateways(Channel::Status),
-                        all_gateways(Channel::Health),
-                        format!("{SHARE}/{}", all_gateways(Channel::Events)),
-                        all_gateways(Channel::Reply),
-                        all_gateways(Channel::Fetch),
-                    ];
-                    for f in filters {
-                        if let Err(e) = self.transport.subscribe(f) {
-                            tracing::error!(error = %e, "cannot subscribe");
-                        }
-                    }
+                    self.subscribe(&shared, &mut replies);
                 }
                 Ok(Incoming::Message {
                     topic,
@@ -211,6 +203,52 @@ enum Reply {
 }
 
 impl<T: Transport> GatewayLink<T> {
+    /// Subscribes a new session: to every gateway, or (a replica) to the gateways it holds,
+    /// which are asked to send everything pending again (the last session's may be lost).
+    fn subscribe(&mut self, shared: &Ingest, replies: &mut std::collections::VecDeque<Reply>) {
+        let filters: Vec<String> = match &shared.owned {
+            None => [
+                Channel::Status,
+                Channel::Health,
+                Channel::Events,
+                Channel::Reply,
+                Channel::Fetch,
+            ]
+            .into_iter()
+            .map(all_gateways)
+            .collect(),
+            Some(leases) => {
+                let owned: Vec<GatewayId> = leases
+                    .held_set()
+                    .iter()
+                    .filter_map(|g| GatewayId::new(g).ok())
+                    .collect();
+                for gw in &owned {
+                    if let Some((topic, payload)) =
+                        crate::ownership::resend_request(&shared.downlink, gw)
+                    {
+                        replies.push_back(Reply::Ack(topic, payload));
+                    }
+                }
+                crate::ownership::shared_filters()
+                    .into_iter()
+                    .chain(owned.iter().flat_map(crate::ownership::owned_filters))
+                    .collect()
+            }
+        };
+        // Before the resend requests: subscriptions leave first.
+        for chunk in filters.chunks(128) {
+            if let Err(e) = self.transport.subscribe_many(chunk.to_vec()) {
+                tracing::error!(error = %e, "cannot subscribe");
+            }
+        }
+    }
+
+    /// A handle that publishes and subscribes on this session from other tasks.
+    pub fn publisher(&self) -> Arc<dyn firmware_config::runtime::transport::Publisher> {
+        self.transport.publisher()
+    }
+
     /// Hands queued replies to the client while its request queue has room. The queue fills
     /// when a broker sends more at once than it holds (Mosquitto sends up to its
     /// `max_inflight_messages`), because rumqttc drains requests only between reads: dropping
@@ -236,9 +274,6 @@ impl<T: Transport> GatewayLink<T> {
         }
     }
 }
-
-/// The consumer group of central replicas for event batches.
-pub const SHARE: &str = "$share/gridedge-central";
 
 /// Most messages handled as one group (one flush for their event batches).
 const GROUP_MAX: usize = 256;

@@ -142,14 +142,16 @@ impl Observers {
         if let Some(report) = &h.masterdata {
             self.replication.offer(gateway, report);
         }
-        if let Some(o) = &h.outbox {
+        // Every replica hears every health report; the gateway's owner raises its alerts.
+        let owned = self.alerts.owns(gateway.as_str());
+        if let Some(o) = h.outbox.as_ref().filter(|_| owned) {
             self.outbox_rules(gateway.as_str(), o, at);
         }
-        if let Some(offset) = self.clocks.offset_ms(gateway.as_str()) {
+        if let Some(offset) = self.clocks.offset_ms(gateway.as_str()).filter(|_| owned) {
             let o = crate::alerts::rules::clock(gateway.as_str(), offset, self.max_clock_offset);
             self.alerts.observe(vec![o], self.clock.now_utc());
         }
-        if let Some(expires) = h.certificate_expires {
+        if let Some(expires) = h.certificate_expires.filter(|_| owned) {
             let now = self.clock.now_utc();
             let o = crate::alerts::rules::certificate(gateway.as_str(), expires, now);
             self.alerts.observe(vec![o], now);

@@ -1,8 +1,9 @@
 //! Per-gateway leases in PostgreSQL: which live replica does a gateway's single-writer work.
 //!
 //! A replica takes the lease of a gateway that has none, or whose holder let it expire, and
-//! renews its own well before they expire; all of it in one statement, timed by the database's
-//! clock alone (replicas' clocks may disagree). A replica counts a lease as its own only until
+//! renews its own well before they expire, timed by the database's clock alone (replicas'
+//! clocks may disagree). Each replica holds its share: the gateways divided by the live
+//! replicas (those that renewed their row in `replicas` within the lease time). A replica counts a lease as its own only until
 //! the moment it sent the renewal plus the lease's time, by its own monotonic clock: never
 //! later than the database lets another take it. When a replica dies, its gateways are taken by
 //! another within the lease time plus one renewal period. `generation` grows each time a lease
@@ -46,12 +47,78 @@ impl Leases {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Renews the leases held among `gateways` and takes those nobody holds; returns how many
-    /// this replica holds now. The rest are another live replica's.
+    /// Renews this replica's row among the live replicas and its leases among `gateways`;
+    /// gives back those above its share (the gateways divided by the live replicas, rounded
+    /// up) and takes gateways nobody holds up to it. Returns how many this replica holds now.
+    /// A replica that starts beside others thus takes gateways as they give them back, and
+    /// one that is left alone takes them all once the others' leases run out.
     pub async fn refresh(&self, gateways: &[String]) -> Result<usize, PgError> {
         let sent = Instant::now();
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
         let client = self.pool.get().await?;
+        let live: i64 = client
+            .query_one(
+                "WITH beat AS (
+                     INSERT INTO replicas (name, expires_at)
+                     VALUES ($1, now() + make_interval(secs => $2::bigint / 1000.0))
+                     ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at)
+                 SELECT count(*) FROM replicas WHERE expires_at > now() AND name <> $1",
+                &[&self.owner, &ttl_ms],
+            )
+            .await?
+            .get(0);
+        let share = gateways
+            .len()
+            .div_ceil(usize::try_from(live).unwrap_or(0) + 1);
+        let mut mine: Vec<String> = {
+            let held = self.held();
+            gateways
+                .iter()
+                .filter(|g| held.get(*g).is_some_and(|h| h.until > sent))
+                .cloned()
+                .collect()
+        };
+        if mine.len() > share {
+            let excess = mine.split_off(share);
+            client
+                .execute(
+                    "UPDATE leases SET expires_at = now() - interval '1 millisecond'
+                     WHERE owner = $1 AND gateway = ANY($2)",
+                    &[&self.owner, &excess],
+                )
+                .await?;
+            let mut held = self.held();
+            for g in &excess {
+                held.remove(g);
+            }
+        } else if mine.len() < share {
+            // Spread over the replicas: each looks at the free ones in its own order.
+            let free: Vec<String> = client
+                .query(
+                    "SELECT g FROM unnest($1::text[]) AS g
+                     LEFT JOIN leases l ON l.gateway = g
+                     WHERE l.gateway IS NULL OR (l.expires_at < now() AND l.owner <> $2)
+                        OR l.owner = $2
+                     ORDER BY md5(g || $2) LIMIT $3",
+                    &[
+                        &gateways,
+                        &self.owner,
+                        &i64::try_from(share).unwrap_or(i64::MAX),
+                    ],
+                )
+                .await?
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+            for g in free {
+                if mine.len() >= share {
+                    break;
+                }
+                if !mine.contains(&g) {
+                    mine.push(g);
+                }
+            }
+        }
         let rows = client
             .query(
                 "INSERT INTO leases (gateway, owner, generation, expires_at)
@@ -65,7 +132,7 @@ impl Leases {
                      expires_at = excluded.expires_at
                  WHERE leases.owner = excluded.owner OR leases.expires_at < now()
                  RETURNING gateway, generation",
-                &[&gateways, &self.owner, &ttl_ms],
+                &[&mine, &self.owner, &ttl_ms],
             )
             .await?;
         let until = sent + self.ttl;
@@ -86,6 +153,16 @@ impl Leases {
             .filter(|h| h.until > Instant::now())
     }
 
+    /// The gateways whose lease this replica holds now.
+    pub fn held_set(&self) -> std::collections::BTreeSet<String> {
+        let now = Instant::now();
+        self.held()
+            .iter()
+            .filter(|(_, h)| h.until > now)
+            .map(|(g, _)| g.clone())
+            .collect()
+    }
+
     /// Gives every lease back at once (a replica stopping cleanly), so that another takes its
     /// gateways without waiting for them to expire.
     pub async fn release_all(&self) -> Result<(), PgError> {
@@ -96,6 +173,9 @@ impl Leases {
                  WHERE owner = $1",
                 &[&self.owner],
             )
+            .await?;
+        client
+            .execute("DELETE FROM replicas WHERE name = $1", &[&self.owner])
             .await?;
         self.held().clear();
         Ok(())

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod events;
+pub mod feed;
 pub mod leases;
 pub mod state;
 
@@ -62,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "leases",
         sql: include_str!("../../migrations/0003_leases.sql"),
     },
+    Migration {
+        version: 4,
+        name: "replicas",
+        sql: include_str!("../../migrations/0004_replicas.sql"),
+    },
 ];
 
 /// Any number, as long as nothing else takes the same advisory lock.
@@ -73,19 +79,26 @@ pub type Pool = deadpool_postgres::Pool;
 /// is then not acknowledged and its gateway sends it again).
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A pool of up to `size` connections to `url` (a `postgresql://` URL or `key=value` pairs).
-/// With `ca_file`, connections use TLS and verify the server against it; without, they are
-/// plain (for a database on the same host or a private link).
-pub fn pool(url: &str, ca_file: Option<&Path>, size: usize) -> Result<Pool, PgError> {
+/// How to reach the database at `url` (a `postgresql://` URL or `key=value` pairs). With
+/// `ca_file`, connections use TLS and verify the server against it; without, they are plain
+/// (for a database on the same host or a private link).
+pub fn connect(url: &str, ca_file: Option<&Path>) -> Result<feed::Connect, PgError> {
     // The parser's message never repeats the string, which may hold a password.
     let config: tokio_postgres::Config = url
         .parse()
         .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
+    let tls = ca_file.map(tls).transpose()?;
+    Ok(feed::Connect { config, tls })
+}
+
+/// A pool of up to `size` connections made as `connect` says.
+pub fn pool(connect: &feed::Connect, size: usize) -> Result<Pool, PgError> {
     let manager_config = deadpool_postgres::ManagerConfig {
         recycling_method: deadpool_postgres::RecyclingMethod::Fast,
     };
-    let manager = match ca_file {
-        Some(ca) => deadpool_postgres::Manager::from_config(config, tls(ca)?, manager_config),
+    let config = connect.config.clone();
+    let manager = match &connect.tls {
+        Some(tls) => deadpool_postgres::Manager::from_config(config, tls.clone(), manager_config),
         None => {
             deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config)
         }

@@ -66,6 +66,29 @@ impl StateStore for PgState {
             runtime: self.runtime.clone(),
         }))
     }
+
+    fn ids(&self, name: &str) -> Option<crate::alerts::engine::IdSource> {
+        let sequence = PgTable {
+            name: name.to_owned(),
+            pool: self.pool.clone(),
+            runtime: self.runtime.clone(),
+        };
+        Some(Arc::new(move || {
+            let id = sequence.call(|c, name| async move {
+                let row = c
+                    .query_one("SELECT nextval($1::text::regclass)", &[&name])
+                    .await?;
+                Ok(row.get::<_, i64>(0))
+            });
+            match id {
+                Ok(id) => u64::try_from(id).ok(),
+                Err(e) => {
+                    tracing::error!(sequence = %sequence.name, error = %e, "cannot draw an id");
+                    None
+                }
+            }
+        }))
+    }
 }
 
 struct PgTable {

@@ -110,6 +110,11 @@ impl GatewayRegistry {
         }
     }
 
+    /// Every gateway heard of.
+    pub fn ids(&self) -> Vec<String> {
+        self.gateways.keys().map(|id| id.to_string()).collect()
+    }
+
     pub fn views(&self, now: Instant) -> Vec<GatewayView> {
         self.gateways
             .iter()

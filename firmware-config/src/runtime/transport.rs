@@ -53,6 +53,12 @@ pub trait Publisher: Send + Sync + 'static {
     ) -> Result<(), TransportError>;
     /// Queues a message, waiting while the queue is full.
     fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Sending<'_>;
+    /// Subscribes the session to several filters in one request, waiting while the queue is
+    /// full. Requests go out in the order they were made: a message published after this call
+    /// leaves after the subscription.
+    fn subscribe_many(&self, filters: Vec<String>) -> Sending<'_>;
+    /// Ends a subscription of the session, waiting while the queue is full.
+    fn unsubscribe(&self, filter: String) -> Sending<'_>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +229,28 @@ impl Publisher for AsyncClient {
     fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> Sending<'_> {
         Box::pin(async move {
             AsyncClient::publish(self, topic, QoS::AtLeastOnce, retain, payload)
+                .await
+                .map_err(|e| TransportError::Connection(e.to_string()))
+        })
+    }
+
+    fn subscribe_many(&self, filters: Vec<String>) -> Sending<'_> {
+        Box::pin(async move {
+            if filters.is_empty() {
+                return Ok(());
+            }
+            let filters = filters
+                .into_iter()
+                .map(|f| rumqttc::SubscribeFilter::new(f, QoS::AtLeastOnce));
+            AsyncClient::subscribe_many(self, filters)
+                .await
+                .map_err(|e| TransportError::Connection(e.to_string()))
+        })
+    }
+
+    fn unsubscribe(&self, filter: String) -> Sending<'_> {
+        Box::pin(async move {
+            AsyncClient::unsubscribe(self, filter)
                 .await
                 .map_err(|e| TransportError::Connection(e.to_string()))
         })

@@ -63,6 +63,19 @@ impl Document for CentralConfig {
         v.non_empty("central.name", &self.central.name);
         if let Some(r) = &self.central.replica {
             v.id("central.replica", r);
+            // Replicas share what they keep and the gateways they hear from.
+            if self.storage.postgres.is_none() {
+                v.error(
+                    "central.replica",
+                    "replicas keep what they share in PostgreSQL: set storage.postgres",
+                );
+            }
+            if self.broker.external.is_none() {
+                v.error(
+                    "central.replica",
+                    "replicas share one broker: set broker.external",
+                );
+            }
         }
         self.http.validate(v);
         if let Some(u) = &self.relay.public_url {

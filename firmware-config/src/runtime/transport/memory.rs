@@ -87,6 +87,21 @@ impl Publisher for Link {
         Link::publish(self, topic, retain, payload);
         Box::pin(async { Ok(()) })
     }
+
+    fn subscribe_many(&self, filters: Vec<String>) -> Sending<'_> {
+        let mut s = self.state();
+        for f in filters {
+            if !s.subscriptions.contains(&f) {
+                s.subscriptions.push(f);
+            }
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn unsubscribe(&self, filter: String) -> Sending<'_> {
+        self.state().subscriptions.retain(|f| *f != filter);
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A link that is up; the client connects at its first poll.
