@@ -382,9 +382,11 @@ pub async fn start_with<T: Transport>(
                 &name,
                 Arc::new(ownership::Mirror {
                     alerts: shared.alerts.clone(),
+                    masterdata: shared.masterdata.clone(),
                 }),
                 parts.token().clone(),
             );
+            shared.masterdata.share(announcer.clone());
             if let Some(ids) = state.ids("alert_ids") {
                 shared.alerts.share(ids, owner, announcer);
             }

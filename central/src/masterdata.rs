@@ -71,6 +71,8 @@ pub struct MasterData {
     versions: Arc<dyn Table>,
     blobs: Arc<dyn Table>,
     current: RwLock<Option<Arc<Version>>>,
+    /// With other replicas: who to tell of a new version.
+    announcer: std::sync::OnceLock<crate::pg::feed::Announcer>,
     /// Dates versions.
     clock: Clock,
     /// One import at a time, so versions are numbered without gaps or races.
@@ -139,7 +141,28 @@ impl MasterData {
             current: RwLock::new(current),
             clock,
             importing: std::sync::Mutex::new(()),
+            announcer: Default::default(),
         })
+    }
+
+    /// One of several replicas: each version this one publishes is announced to the others.
+    pub fn share(&self, announcer: crate::pg::feed::Announcer) {
+        let _ = self.announcer.set(announcer);
+    }
+
+    /// Reads the current version again (another replica published one).
+    pub fn reload(&self) {
+        match self.versions.last() {
+            Ok(Some((_, v))) => match serde_json::from_slice::<Version>(&v) {
+                Ok(v) => {
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Arc::new(v));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read the current master data"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "cannot read the current master data"),
+        }
     }
 
     pub fn current(&self) -> Option<Arc<Version>> {
@@ -254,6 +277,9 @@ impl MasterData {
         tracing::info!(version = i.version, hash = %i.hash, summary = %i.summary, "master data published");
         let info = version.info.clone();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(version));
+        if let Some(a) = self.announcer.get() {
+            a.send(crate::pg::feed::Note::MasterData);
+        }
         Ok(Imported { new: true, info })
     }
 }

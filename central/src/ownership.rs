@@ -156,9 +156,11 @@ async fn take(k: &Keeper, gateways: &[String]) {
     }
 }
 
-/// Takes other replicas' notes into this one's memory: their alerts and alert settings.
+/// Takes other replicas' notes into this one's memory: their alerts, alert settings and
+/// master data versions.
 pub struct Mirror {
     pub alerts: Arc<Alerts>,
+    pub masterdata: Arc<crate::masterdata::MasterData>,
 }
 
 impl crate::pg::feed::Receiver for Mirror {
@@ -167,11 +169,13 @@ impl crate::pg::feed::Receiver for Mirror {
         match note {
             Note::Alert { id } => self.alerts.mirror(id),
             Note::AlertSettings => self.alerts.reload_settings(),
+            Note::MasterData => self.masterdata.reload(),
         }
     }
 
     fn resync(&self) {
         self.alerts.reload(None);
         self.alerts.reload_settings();
+        self.masterdata.reload();
     }
 }

@@ -139,11 +139,12 @@ impl Observers {
         if let Some(t) = &h.terminals {
             lock(&self.terminals).observe_summary(gateway.as_str(), t, sent);
         }
-        if let Some(report) = &h.masterdata {
+        // Every replica hears every health report; the gateway's owner offers it master data
+        // and raises its alerts.
+        let owned = self.alerts.owns(gateway.as_str());
+        if let Some(report) = h.masterdata.as_ref().filter(|_| owned) {
             self.replication.offer(gateway, report);
         }
-        // Every replica hears every health report; the gateway's owner raises its alerts.
-        let owned = self.alerts.owns(gateway.as_str());
         if let Some(o) = h.outbox.as_ref().filter(|_| owned) {
             self.outbox_rules(gateway.as_str(), o, at);
         }

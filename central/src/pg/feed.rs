@@ -1,6 +1,6 @@
 //! Live changes between replicas, through PostgreSQL's LISTEN/NOTIFY: what one replica changed
-//! in a shared table that the others hold in memory (an alert, the alert settings), so an
-//! operator on any replica sees it within a second.
+//! in a shared table that the others hold in memory (an alert, the alert settings, the current
+//! master data version), so an operator on any replica sees it within a second.
 //!
 //! A note names what changed, never its content: the receiver reads the row, so a note never
 //! carries more than the database holds, and notes fit NOTIFY's 8,000 bytes. A note is sent
@@ -28,6 +28,8 @@ pub enum Note {
     Alert { id: u64 },
     /// Maintenance windows and the duty roster.
     AlertSettings,
+    /// A new master data version.
+    MasterData,
 }
 
 #[derive(Serialize, Deserialize)]

@@ -284,20 +284,7 @@ async fn run_gateway(
                     if sessions == 1 {
                         s.connected.fetch_add(1, Ordering::Relaxed);
                     } else {
-                        let pending: Vec<Vec<u8>> = ack_sent
-                            .lock()
-                            .unwrap()
-                            .values()
-                            .map(|v| v.3.clone())
-                            .collect();
-                        for p in pending {
-                            let _ = c.try_publish(
-                                Topic::gateway(&ack_id, Channel::Events).path(),
-                                QoS::AtLeastOnce,
-                                false,
-                                p,
-                            );
-                        }
+                        resend_pending(&c, &ack_id, &ack_sent);
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -308,6 +295,12 @@ async fn run_gateway(
                     let Message::Ack(ack) = env.message else {
                         continue;
                     };
+                    if ack.is_resend_request() {
+                        // A replica that took this gateway over: as a gateway does, send
+                        // everything unacknowledged again.
+                        resend_pending(&c, &ack_id, &ack_sent);
+                        continue;
+                    }
                     let Some(batch) = ack.batch else { continue };
                     let Some((at, k, tag, _)) = ack_sent.lock().unwrap().remove(&batch) else {
                         continue;
@@ -366,6 +359,19 @@ async fn run_gateway(
     let _ = client.disconnect().await;
     poller.abort();
     Ok(())
+}
+
+/// Publishes every batch not yet acknowledged again (central keeps each event once).
+fn resend_pending(client: &AsyncClient, id: &GatewayId, sent: &Sent) {
+    let pending: Vec<Vec<u8>> = sent.lock().unwrap().values().map(|v| v.3.clone()).collect();
+    for p in pending {
+        let _ = client.try_publish(
+            Topic::gateway(id, Channel::Events).path(),
+            QoS::AtLeastOnce,
+            false,
+            p,
+        );
+    }
 }
 
 struct Fleet {
@@ -524,10 +530,10 @@ async fn gridedge_on_mosquitto(dir: &Path) -> anyhow::Result<Server> {
     })
 }
 
-/// `replicas` centrals on one Mosquitto, their events and state in `pg`, sharing the fleet's
-/// batches through the broker's shared subscription. The server is the replicas, the broker
-/// and PostgreSQL with its backends; no console (an alert is raised by whichever replica
-/// stored its batch).
+/// `replicas` centrals on one Mosquitto, their events and state in `pg`, each taking the
+/// batches of the gateways whose lease it holds (the fleet shared out between them during the
+/// warm-up). The server is the replicas, the broker and PostgreSQL with its backends; no
+/// console.
 async fn gridedge_on_postgres(
     dir: &Path,
     replicas: usize,
