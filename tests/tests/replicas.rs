@@ -4,7 +4,8 @@
 //! alert. The replica holding one gateway is killed (-9) mid-stream; another takes the gateway
 //! over within 10 s, every event the kiosks had acknowledged is stored exactly once, each
 //! alert was raised once, the dead replica's alert still escalates (once), and an operator's
-//! console session opened on the dead replica goes on working on the others.
+//! console session opened on the dead replica goes on working on the others. And two replicas
+//! wait out a restart of PostgreSQL under load.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -267,5 +268,96 @@ async fn replicas_share_the_gateways_and_when_one_is_killed_nothing_is_lost_or_d
     }
     for r in &mut replicas {
         r.1.kill();
+    }
+}
+
+/// Two replicas, two gateways under load, PostgreSQL killed (-9) and started again: while it
+/// is down nothing is acknowledged and the leases run out; once it is back the replicas take
+/// the gateways again, ask them to resend, and every acknowledged event is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_wait_out_a_database_restart_and_take_their_gateways_again() {
+    init_test_logging();
+    let mut pg = Postgres::start().unwrap();
+    let broker = Mosquitto::start().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas: Vec<(ServiceProcess, SocketAddr)> = ["a", "b"]
+        .iter()
+        .zip(&dirs)
+        .map(|(name, dir)| replica(dir.path(), name, &broker.url(), &pg))
+        .collect();
+    for (_, addr) in &replicas {
+        eventually("replica up", Duration::from_secs(30), || async {
+            try_json(format!("http://{addr}/healthz")).await
+        })
+        .await
+        .unwrap();
+    }
+    let logs = |replicas: &[(ServiceProcess, SocketAddr)]| {
+        replicas
+            .iter()
+            .map(|(p, _)| p.process.log_text())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    let mut gateways = Vec::new();
+    let mut posters = Vec::new();
+    for id in ["gw-pr1", "gw-pr2"] {
+        let gw = TestGateway::start(id, &broker.url(), None).await.unwrap();
+        posters.push(Poster::start_paced(gw.http_addr, id, 10, 100.0));
+        gateways.push(gw);
+    }
+    eventually("both gateways held", Duration::from_secs(30), || async {
+        let n: usize = pg
+            .psql("SELECT count(DISTINCT owner) FROM leases WHERE expires_at > now()")
+            .ok()?
+            .parse()
+            .ok()?;
+        (n == 2).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    pg.kill();
+    // Down past the leases' time: both replicas let their gateways go.
+    let pending = |gw: &TestGateway| {
+        let url = gw.url("/healthz");
+        async move { try_json(url).await?["outbox"]["pending"].as_u64() }
+    };
+    eventually(
+        "a backlog at each gateway",
+        Duration::from_secs(30),
+        || async {
+            for gw in &gateways {
+                if pending(gw).await? < 500 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pg.start_again().unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut accepted = Vec::new();
+    for p in posters {
+        accepted.push(p.stop().await);
+    }
+    for (gw, accepted) in gateways.iter().zip(&accepted) {
+        eventually("the backlog drained", Duration::from_secs(90), || async {
+            (pending(gw).await? == 0).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}\n{}", gw.id, logs(&replicas)));
+        let stored = central_events(replicas[1].1, &gw.id).await.unwrap();
+        assert_stored_once(&stored, accepted);
+    }
+    for gw in gateways {
+        gw.stop().await.unwrap();
+    }
+    for (p, _) in &mut replicas {
+        p.kill();
     }
 }

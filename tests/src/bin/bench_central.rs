@@ -646,8 +646,8 @@ async fn store_comparison(
         started.elapsed().as_secs()
     );
     println!(
-        "sled: central with its embedded broker, then the same on Mosquitto. PostgreSQL xN: N replicas on one Mosquitto, sharing batches \
-         through its shared subscription; CPU counts the replicas, Mosquitto and PostgreSQL's backends, \
+        "sled: central with its embedded broker, then the same on Mosquitto. PostgreSQL xN: N replicas on one Mosquitto, each taking the \
+         batches of the gateways whose lease it holds; CPU counts the replicas, Mosquitto and PostgreSQL's backends, \
          RSS the replicas and Mosquitto."
     );
     print!("{:<44}", "figure");
