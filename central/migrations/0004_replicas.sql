@@ -1,8 +1,10 @@
 -- The live replicas, each renewing its row as it renews its leases: how many share the
--- gateways, so that each takes its part and no more.
+-- gateways, so that each takes its part and no more, and where each serves its video relays
+-- (another replica follows the relay of a gateway's holder).
 CREATE TABLE replicas (
     name       text        PRIMARY KEY,
-    expires_at timestamptz NOT NULL
+    expires_at timestamptz NOT NULL,
+    relay_url  text        NOT NULL DEFAULT ''
 );
 
 -- Ids that several replicas take without meeting twice: alerts and maintenance windows.

@@ -116,6 +116,8 @@ pub struct Shared {
     pub commands: Arc<link::commands::Commands>,
     /// Video sharing: grants, relays, audit.
     pub shares: share::Shares,
+    /// With replicas: the leases of this one, which say which gateways it holds.
+    pub leases: std::sync::OnceLock<Arc<pg::leases::Leases>>,
     /// Every terminal's last known health.
     pub terminals: Arc<Mutex<registry::terminals::TerminalBoard>>,
     /// Configuration bundles sent to gateways.
@@ -295,7 +297,7 @@ pub async fn start_with<T: Transport>(
         .await
         .map_err(CentralError::Http)?;
     let http_addr = listener.local_addr().map_err(CentralError::Http)?;
-    let shares = share::Shares::open(
+    let mut shares = share::Shares::open(
         &config.storage.dir,
         config.relay_url(http_addr),
         config.relay.max_share,
@@ -306,6 +308,12 @@ pub async fn start_with<T: Transport>(
     })?;
     // Everything else central keeps, in tables beside the events; each part opens its own.
     let state = state.as_ref();
+    // On PostgreSQL, shares are granted for every replica: one key, the grants in a table.
+    if config.storage.postgres.is_some() {
+        shares
+            .keep_in(state.table("shares").map_err(CentralError::State)?)
+            .map_err(CentralError::State)?;
+    }
     let bundles = bundles::Bundles::open(state, Some(&key_file), clock)?;
     let masterdata = Arc::new(masterdata::MasterData::open(state, clock)?);
     let registry = Arc::new(Mutex::new(GatewayRegistry::new(
@@ -361,6 +369,7 @@ pub async fn start_with<T: Transport>(
         replay: Arc::default(),
         clocks: Arc::default(),
         shares,
+        leases: Default::default(),
         token: token.clone(),
         started: clock.instant(),
         clock,
@@ -371,7 +380,11 @@ pub async fn start_with<T: Transport>(
     let owned = match (&shared.config.central.replica, on_postgres) {
         (Some(_), Some((connect, pool))) => {
             let name = shared.config.central.client_id();
-            let leases = Arc::new(pg::leases::Leases::new(pool.clone(), &name, ownership::TTL));
+            let leases = Arc::new(
+                pg::leases::Leases::new(pool.clone(), &name, ownership::TTL)
+                    .with_relay_url(&shared.shares.relay_url),
+            );
+            let _ = shared.leases.set(leases.clone());
             let owner: alerts::OwnerCheck = {
                 let l = leases.clone();
                 Arc::new(move |g: &str| l.owns(g).is_some())
@@ -381,12 +394,12 @@ pub async fn start_with<T: Transport>(
                 connect,
                 &name,
                 Arc::new(ownership::Mirror {
-                    alerts: shared.alerts.clone(),
-                    masterdata: shared.masterdata.clone(),
+                    shared: shared.clone(),
                 }),
                 parts.token().clone(),
             );
             shared.masterdata.share(announcer.clone());
+            shared.shares.share(announcer.clone());
             if let Some(ids) = state.ids("alert_ids") {
                 shared.alerts.share(ids, owner, announcer);
             }

@@ -156,26 +156,28 @@ async fn take(k: &Keeper, gateways: &[String]) {
     }
 }
 
-/// Takes other replicas' notes into this one's memory: their alerts, alert settings and
-/// master data versions.
+/// Takes other replicas' notes into this one's memory: their alerts, alert settings, master
+/// data versions and share revocations.
 pub struct Mirror {
-    pub alerts: Arc<Alerts>,
-    pub masterdata: Arc<crate::masterdata::MasterData>,
+    pub shared: Arc<crate::Shared>,
 }
 
 impl crate::pg::feed::Receiver for Mirror {
     fn changed(&self, note: crate::pg::feed::Note) {
         use crate::pg::feed::Note;
+        let s = &self.shared;
         match note {
-            Note::Alert { id } => self.alerts.mirror(id),
-            Note::AlertSettings => self.alerts.reload_settings(),
-            Note::MasterData => self.masterdata.reload(),
+            Note::Alert { id } => s.alerts.mirror(id),
+            Note::AlertSettings => s.alerts.reload_settings(),
+            Note::MasterData => s.masterdata.reload(),
+            Note::ShareRevoked { id } => s.shares.revoked_elsewhere(&id),
         }
     }
 
     fn resync(&self) {
-        self.alerts.reload(None);
-        self.alerts.reload_settings();
-        self.masterdata.reload();
+        let s = &self.shared;
+        s.alerts.reload(None);
+        s.alerts.reload_settings();
+        s.masterdata.reload();
     }
 }

@@ -42,6 +42,15 @@ pub trait Table: Send + Sync {
     }
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StateError>;
+    /// Writes `value` unless `key` holds one already; returns what `key` holds after. Atomic
+    /// where several replicas share the table (the first writer wins).
+    fn insert_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, StateError> {
+        if let Some(held) = self.get(key)? {
+            return Ok(held);
+        }
+        self.insert(key, value.clone())?;
+        Ok(value)
+    }
 }
 
 /// Where central's state tables live.

@@ -5,19 +5,24 @@
 //! over within 10 s, every event the kiosks had acknowledged is stored exactly once, each
 //! alert was raised once, the dead replica's alert still escalates (once), and an operator's
 //! console session opened on the dead replica goes on working on the others. And two replicas
-//! wait out a restart of PostgreSQL under load.
+//! wait out a restart of PostgreSQL under load, and a shared camera plays on both with one push
+//! and goes on when the replica relaying it dies.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gridedge_tests::backbone::{assert_stored_once, Poster};
+use gridedge_tests::live::Viewer;
 use gridedge_tests::mosquitto::Mosquitto;
 use gridedge_tests::postgres::Postgres;
 use gridedge_tests::services::{
-    central_events, central_replica_toml, Console, ServiceProcess, TestGateway,
+    api_client, central_events, central_replica_toml, Console, ServiceProcess, TestGateway,
 };
-use gridedge_tests::{eventually, free_port, init_test_logging, try_json};
+use gridedge_tests::{
+    camera_toml, eventually, free_port, init_test_logging, try_json, CameraOptions, Pattern,
+    TestCamera,
+};
 use serde_json::{json, Value};
 
 const GATEWAYS: [&str; 3] = ["gw-r1", "gw-r2", "gw-r3"];
@@ -359,5 +364,129 @@ async fn replicas_wait_out_a_database_restart_and_take_their_gateways_again() {
     }
     for (p, _) in &mut replicas {
         p.kill();
+    }
+}
+
+/// A camera shared on one replica plays on both: the replica holding the gateway has it
+/// pushed, the other follows that relay, and the gateway pushes once. A viewer's token is no
+/// key to the replicas' own relay endpoint. The holder is killed (-9): the survivor takes the
+/// gateway, has it push there, and its viewer's video goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_plays_on_every_replica_with_one_push_and_resumes_when_the_relay_dies() {
+    init_test_logging();
+    let pg = Postgres::start().unwrap();
+    let broker = Mosquitto::start().unwrap();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut replicas: Vec<(String, ServiceProcess, SocketAddr)> = ["a", "b"]
+        .iter()
+        .zip(&dirs)
+        .map(|(name, dir)| {
+            let (p, addr) = replica(dir.path(), name, &broker.url(), &pg);
+            (format!("central-test-{name}"), p, addr)
+        })
+        .collect();
+    for (_, _, addr) in &replicas {
+        eventually("replica up", Duration::from_secs(30), || async {
+            try_json(format!("http://{addr}/healthz")).await
+        })
+        .await
+        .unwrap();
+    }
+    let logs = |replicas: &[(String, ServiceProcess, SocketAddr)]| {
+        replicas
+            .iter()
+            .map(|(n, p, _)| format!("--- {n}\n{}", p.process.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
+    let gw = TestGateway::start_with(
+        "gw-video",
+        &broker.url(),
+        None,
+        &camera_toml("hall", cam.url().as_str(), ""),
+    )
+    .await
+    .unwrap();
+    let holder = eventually("the gateway held", Duration::from_secs(30), || async {
+        owner(&pg, "gw-video")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    let o = replicas.iter().position(|r| r.0 == holder).unwrap();
+    let n = 1 - o;
+    let (owner_addr, other_addr) = (replicas[o].2, replicas[n].2);
+
+    // Granted on the replica that does not hold the gateway.
+    let r = api_client()
+        .post(format!("http://{other_addr}/api/v1/shares"))
+        .json(&json!({"gateway": "gw-video", "camera": "hall", "viewers": ["on-owner", "on-other"], "minutes": 5, "by": "supervisor-li"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let granted: Value = r.json().await.unwrap();
+    let live = |i: usize| granted["viewers"][i]["live"].as_str().unwrap().to_owned();
+    let on_owner = Viewer::connect(&format!("ws://{owner_addr}{}", live(0)))
+        .await
+        .unwrap();
+    let on_other = Viewer::connect(&format!("ws://{other_addr}{}", live(1)))
+        .await
+        .unwrap();
+    eventually(
+        "both viewers get video",
+        Duration::from_secs(30),
+        || async {
+            (on_owner.received.binary() > 25 && on_other.received.binary() > 25).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    let pushes = || async {
+        try_json(gw.url("/api/v1/cameras/hall"))
+            .await
+            .and_then(|c| c["viewers"].as_u64())
+    };
+    assert_eq!(pushes().await, Some(1), "one push for both replicas");
+
+    // An attacker with a viewer's token, at the replicas' relay endpoint.
+    let token = live(1).split("token=").nth(1).unwrap().to_owned();
+    for url in [
+        format!("ws://{owner_addr}/api/v1/relay/pull/gw-video/hall?token={token}"),
+        format!("ws://{owner_addr}/api/v1/relay/pull/gw-video/hall?token=forged.token"),
+    ] {
+        let refused = Viewer::connect(&url).await;
+        assert!(refused.is_err(), "{url}: a viewer's token is no replica's");
+    }
+
+    // The holder dies: the survivor takes the gateway and its viewer's video goes on.
+    let before = on_other.received.binary();
+    replicas[o].1.kill();
+    let killed = Instant::now();
+    let resumed = eventually(
+        "the survivor's viewer sees video again",
+        Duration::from_secs(40),
+        || async { (on_other.received.binary() > before + 50).then_some(killed.elapsed()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    eprintln!("video on the survivor resumed within {resumed:?} of the kill");
+    eventually(
+        "the survivor holds the gateway",
+        Duration::from_secs(10),
+        || async { (owner(&pg, "gw-video")? == replicas[n].0).then_some(()) },
+    )
+    .await
+    .unwrap();
+    eventually("one push again", Duration::from_secs(20), || async {
+        (pushes().await? == 1).then_some(())
+    })
+    .await
+    .unwrap();
+    drop(on_owner);
+    drop(on_other);
+    gw.stop().await.unwrap();
+    for r in &mut replicas {
+        r.1.kill();
     }
 }

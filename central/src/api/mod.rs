@@ -47,6 +47,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/console", get(console_page))
         .route("/api/v1/shares/live", get(shares::live))
         .route("/api/v1/relay/push/{gateway}/{camera}", get(shares::push))
+        .route("/api/v1/relay/pull/{gateway}/{camera}", get(shares::pull))
         .route("/share", get(shares::page))
         .route("/player.js", get(shares::player_js));
     // The console's own endpoints check the operator and role themselves.

@@ -219,6 +219,34 @@ pub async fn push(
     })
 }
 
+/// `GET /api/v1/relay/pull/{gateway}/{camera}?token=…` (WebSocket): another central replica
+/// follows this one's relay of the camera, to fan it out to its own viewers. Only replicas can
+/// make the token (the key they share); a viewer's token is refused.
+pub async fn pull(
+    State(shared): State<Arc<Shared>>,
+    Path((gateway, camera)): Path<(String, String)>,
+    Query(q): Query<TokenQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if let Err(e) = shared.shares.check_pull(&q.token, &gateway, &camera) {
+        tracing::warn!(%gateway, %camera, error = %e, "refused a relay follower");
+        return share_error(e);
+    }
+    let relay = shared.shares.relay(&gateway, &camera);
+    ws.on_upgrade(move |socket| async move {
+        shared.shares.audit.record(
+            "share.follower_joined",
+            json!({ "gateway": gateway, "camera": camera }),
+        );
+        share::keep(shared.clone(), relay.clone(), shared.token.clone());
+        video_hub::serve_follower(socket, relay.hub.clone()).await;
+        shared.shares.audit.record(
+            "share.follower_left",
+            json!({ "gateway": gateway, "camera": camera }),
+        );
+    })
+}
+
 #[derive(Debug, Deserialize)]
 pub struct Limit {
     #[serde(default = "default_limit")]

@@ -30,6 +30,8 @@ pub enum Note {
     AlertSettings,
     /// A new master data version.
     MasterData,
+    /// A video share revoked: its viewers on every replica are cut off.
+    ShareRevoked { id: String },
 }
 
 #[derive(Serialize, Deserialize)]

@@ -26,6 +26,8 @@ pub struct Held {
 pub struct Leases {
     pool: Pool,
     owner: String,
+    /// Where other replicas reach this one's video relays.
+    relay_url: String,
     ttl: Duration,
     held: Mutex<HashMap<String, Held>>,
 }
@@ -36,9 +38,30 @@ impl Leases {
         Self {
             pool,
             owner: owner.to_owned(),
+            relay_url: String::new(),
             ttl,
             held: Mutex::default(),
         }
+    }
+
+    /// Tells the other replicas where this one's video relays are.
+    pub fn with_relay_url(mut self, url: &str) -> Self {
+        url.clone_into(&mut self.relay_url);
+        self
+    }
+
+    /// Where the replica holding `gateway` serves its video relays, if a live one holds it.
+    pub async fn owner_relay_url(&self, gateway: &str) -> Option<String> {
+        let client = self.pool.get().await.ok()?;
+        let row = client
+            .query_opt(
+                "SELECT r.relay_url FROM leases l JOIN replicas r ON r.name = l.owner
+                 WHERE l.gateway = $1 AND l.expires_at > now() AND r.relay_url <> ''",
+                &[&gateway],
+            )
+            .await
+            .ok()??;
+        Some(row.get(0))
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
@@ -59,11 +82,12 @@ impl Leases {
         let live: i64 = client
             .query_one(
                 "WITH beat AS (
-                     INSERT INTO replicas (name, expires_at)
-                     VALUES ($1, now() + make_interval(secs => $2::bigint / 1000.0))
-                     ON CONFLICT (name) DO UPDATE SET expires_at = excluded.expires_at)
+                     INSERT INTO replicas (name, expires_at, relay_url)
+                     VALUES ($1, now() + make_interval(secs => $2::bigint / 1000.0), $3)
+                     ON CONFLICT (name) DO UPDATE
+                     SET expires_at = excluded.expires_at, relay_url = excluded.relay_url)
                  SELECT count(*) FROM replicas WHERE expires_at > now() AND name <> $1",
-                &[&self.owner, &ttl_ms],
+                &[&self.owner, &ttl_ms, &self.relay_url],
             )
             .await?
             .get(0);

@@ -154,6 +154,25 @@ impl PgTable {
 }
 
 impl Table for PgTable {
+    fn insert_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, StateError> {
+        let key = key.to_vec();
+        self.call(move |c, name| async move {
+            let row = c
+                .query_one(
+                    "WITH put AS (
+                         INSERT INTO state (tbl, key, value) VALUES ($1, $2, $3)
+                         ON CONFLICT (tbl, key) DO NOTHING RETURNING value)
+                     SELECT value FROM put
+                     UNION ALL
+                     SELECT value FROM state WHERE tbl = $1 AND key = $2
+                     LIMIT 1",
+                    &[&name, &key, &value],
+                )
+                .await?;
+            Ok(row.get(0))
+        })
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         let key = key.to_vec();
         self.call(move |c, name| async move {

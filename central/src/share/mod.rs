@@ -7,6 +7,13 @@
 //! gateway opens. The keeper asks again whenever the push drops while viewers remain (a camera
 //! or gateway that reconnects), and ends the push 10 s after the last viewer left. Viewers of
 //! the camera — under any grant — share one push.
+//!
+//! With replicas, grants and the token key are kept in a shared table, so a share granted on
+//! one replica plays on any other, and a revocation reaches every replica at once (a note on the
+//! feed). Only the replica holding the gateway's lease has it push; another replica with
+//! viewers of the camera pulls the owner's relay (`/api/v1/relay/pull/…`, with a token only
+//! replicas can make) and fans it out to its own viewers. When the owner dies, the pull ends,
+//! and the keeper pulls from the new owner or, holding the gateway now, has it push here.
 
 pub mod audit;
 pub mod grant;
@@ -18,7 +25,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use firmware_config::ids::GatewayId;
-use firmware_config::runtime::video_hub::Hub;
+use firmware_config::runtime::video_hub::{Hub, WsMessage};
 use ring::rand::SecureRandom;
 use serde::Serialize;
 use serde_json::json;
@@ -70,12 +77,18 @@ impl Relay {
             return None;
         }
         *expected = None;
+        Some(self.begin())
+    }
+
+    /// A new upstream (a push, or a pull from another replica) replaces any other: its number
+    /// and what ends it.
+    fn begin(&self) -> (u64, CancellationToken) {
         let n = self.pushes.fetch_add(1, Ordering::Relaxed) + 1;
         let end = CancellationToken::new();
         if let Some((_, old)) = Self::lock(&self.push).replace((n, end.clone())) {
             old.cancel();
         }
-        Some((n, end))
+        (n, end)
     }
 
     /// Push `n` ended; a newer one, if any, stays.
@@ -112,7 +125,20 @@ pub struct Shares {
     pub max_share: Duration,
     grants: Mutex<HashMap<String, GrantState>>,
     relays: Mutex<HashMap<(String, String), Arc<Relay>>>,
+    /// With replicas: grants kept for all of them, and who to tell of a revocation.
+    table: Option<Arc<dyn crate::state::Table>>,
+    announcer: std::sync::OnceLock<crate::pg::feed::Announcer>,
 }
+
+/// A grant as replicas keep it.
+#[derive(Serialize, serde::Deserialize)]
+struct StoredGrant {
+    grant: Grant,
+    revoked: bool,
+}
+
+/// How long a replica's pull token lasts: it is made for each pull.
+const PULL_TOKEN_LIFE: i64 = 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ShareError {
@@ -167,7 +193,84 @@ impl Shares {
             max_share,
             grants: Mutex::default(),
             relays: Mutex::default(),
+            table: None,
+            announcer: Default::default(),
         })
+    }
+
+    /// Keeps grants in `table`, shared with other replicas, and signs tokens with the key
+    /// kept there (the first replica's).
+    pub fn keep_in(
+        &mut self,
+        table: Arc<dyn crate::state::Table>,
+    ) -> Result<(), crate::state::StateError> {
+        let mine = random_hex(32).into_bytes();
+        let key = table.insert_if_absent(b"key", mine)?;
+        self.signer = Signer::new(&key);
+        self.table = Some(table);
+        Ok(())
+    }
+
+    /// Tells the other replicas of revocations.
+    pub fn share(&self, announcer: crate::pg::feed::Announcer) {
+        let _ = self.announcer.set(announcer);
+    }
+
+    fn store_grant(&self, grant: &Grant, revoked: bool) {
+        let Some(table) = &self.table else { return };
+        let row = StoredGrant {
+            grant: grant.clone(),
+            revoked,
+        };
+        let stored = serde_json::to_vec(&row)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                table
+                    .insert(format!("grant/{}", grant.id).as_bytes(), v)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = stored {
+            tracing::error!(grant = %grant.id, error = %e, "cannot keep a share grant");
+        }
+    }
+
+    /// A grant another replica made, read into this one's.
+    fn load_grant(&self, id: &str) -> Option<()> {
+        let table = self.table.as_ref()?;
+        let v = table.get(format!("grant/{id}").as_bytes()).ok()??;
+        let row: StoredGrant = serde_json::from_slice(&v).ok()?;
+        self.grants()
+            .entry(id.to_owned())
+            .or_insert_with(|| GrantState {
+                grant: row.grant,
+                revoked: watch::channel(row.revoked).0,
+            });
+        Some(())
+    }
+
+    /// Another replica revoked grant `id`: its viewers here are cut off too.
+    pub fn revoked_elsewhere(&self, id: &str) {
+        if let Some(state) = self.grants().get(id) {
+            state.revoked.send_replace(true);
+        }
+    }
+
+    /// A token with which another replica pulls this one's relay of `camera` of `gateway`.
+    pub fn pull_token(&self, gateway: &str, camera: &str) -> String {
+        self.signer.token(&Claims {
+            g: format!("relay:{gateway}/{camera}"),
+            v: "replica".to_owned(),
+            e: now() + PULL_TOKEN_LIFE,
+        })
+    }
+
+    /// Checks a replica's pull token for `camera` of `gateway`.
+    pub fn check_pull(&self, token: &str, gateway: &str, camera: &str) -> Result<(), ShareError> {
+        let claims = self.signer.verify(token, now())?;
+        if claims.g != format!("relay:{gateway}/{camera}") || claims.v != "replica" {
+            return Err(ShareError::Token(TokenError::Malformed));
+        }
+        Ok(())
     }
 
     fn grants(&self) -> std::sync::MutexGuard<'_, HashMap<String, GrantState>> {
@@ -227,6 +330,7 @@ impl Shares {
             .collect();
         self.audit
             .record("share.granted", json!({ "grant": grant }));
+        self.store_grant(&grant, false);
         self.grants().insert(
             grant.id.clone(),
             GrantState {
@@ -239,19 +343,29 @@ impl Shares {
 
     /// Revokes a grant: its viewers are cut off at once.
     pub fn revoke(&self, id: &str, by: &str) -> Result<Grant, ShareError> {
+        self.load_grant(id);
         let grants = self.grants();
         let state = grants
             .get(id)
             .ok_or_else(|| ShareError::Unknown(id.to_owned()))?;
         state.revoked.send_replace(true);
+        let grant = state.grant.clone();
+        drop(grants);
+        self.store_grant(&grant, true);
+        if let Some(a) = self.announcer.get() {
+            a.send(crate::pg::feed::Note::ShareRevoked { id: id.to_owned() });
+        }
         self.audit
             .record("share.revoked", json!({ "grant": id, "by": by }));
-        Ok(state.grant.clone())
+        Ok(grant)
     }
 
     /// Checks a viewer's token: the grant, and a signal that fires when it is revoked.
     pub fn admit(&self, token: &str) -> Result<(Grant, String, watch::Receiver<bool>), ShareError> {
         let claims = self.signer.verify(token, now())?;
+        if !self.grants().contains_key(&claims.g) {
+            self.load_grant(&claims.g);
+        }
         let grants = self.grants();
         let state = grants
             .get(&claims.g)
@@ -294,6 +408,20 @@ impl Shares {
     }
 
     pub fn list(&self) -> Vec<GrantView> {
+        // Those other replicas made, too.
+        if let Some(table) = &self.table {
+            let ids: Vec<String> = table
+                .scan(b"grant/")
+                .filter_map(Result::ok)
+                .filter_map(|(k, _)| String::from_utf8(k).ok())
+                .filter_map(|k| k.strip_prefix("grant/").map(str::to_owned))
+                .collect();
+            for id in ids {
+                if !self.grants().contains_key(&id) {
+                    self.load_grant(&id);
+                }
+            }
+        }
         let grants = self.grants();
         let mut v: Vec<GrantView> = grants
             .values()
@@ -336,6 +464,22 @@ pub fn keep(shared: Arc<crate::Shared>, relay: Arc<Relay>, stop: CancellationTok
                 }
             } else {
                 idle_since = None;
+                let here = shared
+                    .leases
+                    .get()
+                    .is_none_or(|l| l.owns(&relay.gateway).is_some());
+                if !relay.pushing() && !here {
+                    // Another replica holds the gateway: follow its relay.
+                    match follow(&shared, &relay).await {
+                        Ok(()) => wait = Duration::from_millis(500),
+                        Err(e) => {
+                            tracing::warn!(gateway = %relay.gateway, camera = %relay.camera, error = %e, "cannot follow the owner's relay");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                    continue;
+                }
                 if !relay.pushing() {
                     let token = random_hex(16);
                     *Relay::lock(&relay.expected) = Some(token.clone());
@@ -375,15 +519,22 @@ pub fn keep(shared: Arc<crate::Shared>, relay: Arc<Relay>, stop: CancellationTok
         if let Some((_, p)) = Relay::lock(&relay.push).take() {
             p.cancel();
         }
-        let _ = shared
-            .commands
-            .send(
-                &gateway,
-                "video.upstream.stop",
-                json!({ "camera": relay.camera }),
-                Duration::from_secs(2),
-            )
-            .await;
+        // A follower only stops following; the gateway's push is its owner's to end.
+        if shared
+            .leases
+            .get()
+            .is_none_or(|l| l.owns(&relay.gateway).is_some())
+        {
+            let _ = shared
+                .commands
+                .send(
+                    &gateway,
+                    "video.upstream.stop",
+                    json!({ "camera": relay.camera }),
+                    Duration::from_secs(2),
+                )
+                .await;
+        }
         relay.hub.pause();
         relay.keeper.store(false, Ordering::Release);
         tracing::info!(gateway = %relay.gateway, camera = %relay.camera, "nobody watches: push ended");
@@ -392,4 +543,74 @@ pub fn keep(shared: Arc<crate::Shared>, relay: Arc<Relay>, stop: CancellationTok
             keep(shared, relay, stop);
         }
     });
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error("no live replica holds the gateway")]
+    NoOwner,
+    #[error("the owner's relay: {0}")]
+    Connect(String),
+}
+
+/// Follows the relay of the replica holding `relay`'s gateway: starts a task that feeds this
+/// replica's hub from it until it ends (the owner died, or nobody watches here), and waits for
+/// the connection.
+async fn follow(shared: &Arc<crate::Shared>, relay: &Arc<Relay>) -> Result<(), FollowError> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Tm;
+    let leases = shared.leases.get().ok_or(FollowError::NoOwner)?;
+    let base = leases
+        .owner_relay_url(&relay.gateway)
+        .await
+        .ok_or(FollowError::NoOwner)?;
+    let token = shared.shares.pull_token(&relay.gateway, &relay.camera);
+    let url = format!(
+        "{}/api/v1/relay/pull/{}/{}?token={token}",
+        base.replacen("http", "ws", 1),
+        relay.gateway,
+        relay.camera
+    );
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(url, None, true, None);
+    let (mut socket, _) = tokio::time::timeout(PUSH_WAIT, connecting)
+        .await
+        .map_err(|_| FollowError::Connect("timed out".into()))?
+        .map_err(|e| FollowError::Connect(e.to_string()))?;
+    let (n, end) = relay.begin();
+    let (shared, relay) = (shared.clone(), relay.clone());
+    shared.shares.audit.record(
+        "share.pull_started",
+        json!({ "gateway": relay.gateway, "camera": relay.camera, "from": base }),
+    );
+    tokio::spawn(async move {
+        let mut reader = firmware_config::runtime::video_hub::UpstreamReader::default();
+        loop {
+            let msg = tokio::select! {
+                _ = end.cancelled() => break,
+                m = socket.next() => m,
+            };
+            let msg = match msg {
+                Some(Ok(Tm::Text(t))) => WsMessage::Text(t.to_string()),
+                Some(Ok(Tm::Binary(b))) => WsMessage::Binary(b),
+                Some(Ok(Tm::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => continue,
+            };
+            match reader.read(msg) {
+                Ok(Some(piece)) => relay.hub.push(piece),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(gateway = %relay.gateway, camera = %relay.camera, error = %e, "bad message from the owner's relay");
+                    break;
+                }
+            }
+        }
+        let _ = socket.close(None).await;
+        let _ = socket.flush().await;
+        relay.push_ended(n);
+        shared.shares.audit.record(
+            "share.pull_ended",
+            json!({ "gateway": relay.gateway, "camera": relay.camera }),
+        );
+    });
+    Ok(())
 }

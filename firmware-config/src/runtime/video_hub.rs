@@ -368,13 +368,32 @@ mod upstream_tests {
 /// Serves one viewer on a WebSocket until it leaves, the hub ends, or `stop` completes (a
 /// share revoked or expired).
 pub async fn serve_viewer(
-    mut socket: axum::extract::ws::WebSocket,
+    socket: axum::extract::ws::WebSocket,
     hub: Hub,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    serve(socket, hub, stop, to_viewer).await
+}
+
+/// Serves another relay following this hub (a central replica), in the upstream framing that
+/// keeps keyframes marked, until it leaves or the hub ends.
+pub async fn serve_follower(socket: axum::extract::ws::WebSocket, hub: Hub) {
+    serve(socket, hub, std::future::pending(), to_upstream).await
+}
+
+async fn serve(
+    mut socket: axum::extract::ws::WebSocket,
+    hub: Hub,
+    stop: impl std::future::Future<Output = ()>,
+    frame: fn(&Piece) -> Vec<WsMessage>,
+) {
     use axum::extract::ws::Message;
-    async fn send(socket: &mut axum::extract::ws::WebSocket, piece: &Piece) -> bool {
-        for m in to_viewer(piece) {
+    async fn send(
+        socket: &mut axum::extract::ws::WebSocket,
+        piece: &Piece,
+        frame: fn(&Piece) -> Vec<WsMessage>,
+    ) -> bool {
+        for m in frame(piece) {
             let m = match m {
                 WsMessage::Text(t) => Message::Text(t.into()),
                 WsMessage::Binary(b) => Message::Binary(b),
@@ -391,7 +410,7 @@ pub async fn serve_viewer(
     // Until there is a track, wait for one; then start on the last keyframe.
     let mut skipping = first.is_empty();
     for piece in &first {
-        if !send(&mut socket, piece).await {
+        if !send(&mut socket, piece, frame).await {
             return;
         }
     }
@@ -399,7 +418,7 @@ pub async fn serve_viewer(
     loop {
         tokio::select! {
             piece = next_piece(&mut rx, &mut skipping) => match piece {
-                Some(p) if send(&mut socket, &p).await => {}
+                Some(p) if send(&mut socket, &p, frame).await => {}
                 _ => break,
             },
             msg = socket.recv() => match msg {
