@@ -377,7 +377,7 @@ pub async fn start_with<T: Transport>(
     let mut parts = Parts::new("central", token);
     // One of several replicas: leases say which gateways are this one's; alerts are told
     // between replicas.
-    let owned = match (&shared.config.central.replica, on_postgres) {
+    let (owned, announcer) = match (&shared.config.central.replica, on_postgres) {
         (Some(_), Some((connect, pool))) => {
             let name = shared.config.central.client_id();
             let leases = Arc::new(
@@ -401,7 +401,7 @@ pub async fn start_with<T: Transport>(
             shared.masterdata.share(announcer.clone());
             shared.shares.share(announcer.clone());
             if let Some(ids) = state.ids("alert_ids") {
-                shared.alerts.share(ids, owner, announcer);
+                shared.alerts.share(ids, owner, announcer.clone());
             }
             let keeper = ownership::Keeper {
                 leases: leases.clone(),
@@ -416,9 +416,9 @@ pub async fn start_with<T: Transport>(
                 ownership::keep(keeper, t).await;
                 Ok(())
             });
-            Some(leases)
+            (Some(leases), Some(announcer))
         }
-        _ => None,
+        _ => (None, None),
     };
     let tls = runtime::http_tls(&shared.config.http).map_err(CentralError::Http)?;
     parts.spawn_http(
@@ -442,6 +442,7 @@ pub async fn start_with<T: Transport>(
         clocks: shared.clocks.clone(),
         max_clock_offset: shared.config.health.max_clock_offset,
         backlog: shared.metrics.observer_backlog.clone(),
+        announcer,
         clock: shared.clock,
     };
     let ingest = link::Ingest {

@@ -156,6 +156,37 @@ async fn take(k: &Keeper, gateways: &[String]) {
     }
 }
 
+/// Another replica's gateway's device events, read from the database into this one's boards
+/// (called off the async workers, inside the runtime).
+fn devices(s: &crate::Shared, gateway: &str, seqs: &[u64]) {
+    let crate::store::EventBackend::Postgres(pg) = &s.events else {
+        return;
+    };
+    let Ok(gw) = GatewayId::new(gateway) else {
+        return;
+    };
+    let read = tokio::runtime::Handle::current().block_on(pg.events_by_seq(&gw, seqs));
+    let events = match read {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(%gateway, error = %e, "cannot read another replica's device events");
+            return;
+        }
+    };
+    let mut devices = s.devices.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut terminals = s.terminals.lock().unwrap_or_else(PoisonError::into_inner);
+    for stored in &events {
+        let e = &stored.event;
+        if !crate::link::observers::is_device_kind(&e.kind) {
+            continue;
+        }
+        devices.observe_event(gateway, e);
+        if e.kind.starts_with("terminal.") {
+            terminals.observe_event(gateway, e);
+        }
+    }
+}
+
 /// Takes other replicas' notes into this one's memory: their alerts, alert settings, master
 /// data versions and share revocations.
 pub struct Mirror {
@@ -171,6 +202,7 @@ impl crate::pg::feed::Receiver for Mirror {
             Note::AlertSettings => s.alerts.reload_settings(),
             Note::MasterData => s.masterdata.reload(),
             Note::ShareRevoked { id } => s.shares.revoked_elsewhere(&id),
+            Note::Devices { gateway, seqs } => devices(s, &gateway, &seqs),
         }
     }
 

@@ -368,7 +368,8 @@ async fn replicas_wait_out_a_database_restart_and_take_their_gateways_again() {
 }
 
 /// A camera shared on one replica plays on both: the replica holding the gateway has it
-/// pushed, the other follows that relay, and the gateway pushes once. A viewer's token is no
+/// pushed, the other follows that relay, and the gateway pushes once. Both device boards show
+/// the camera. A viewer's token is no
 /// key to the replicas' own relay endpoint. The holder is killed (-9): the survivor takes the
 /// gateway, has it push there, and its viewer's video goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +443,26 @@ async fn a_share_plays_on_every_replica_with_one_push_and_resumes_when_the_relay
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    // Every replica's device board shows the camera, whichever stored its events.
+    for addr in [owner_addr, other_addr] {
+        eventually(
+            "the camera on every replica's board",
+            Duration::from_secs(10),
+            || async {
+                let h =
+                    gridedge_tests::try_json_api(format!("http://{addr}/api/v1/health")).await?;
+                h["centres"]
+                    .as_array()?
+                    .iter()
+                    .filter(|c| c["gateway"] == "gw-video")
+                    .flat_map(|c| c["cameras"].as_array().cloned().unwrap_or_default())
+                    .any(|cam| cam["id"] == "hall" && cam["state"] == "streaming")
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{addr}: {e}\n{}", logs(&replicas)));
+    }
     let pushes = || async {
         try_json(gw.url("/api/v1/cameras/hall"))
             .await

@@ -83,11 +83,21 @@ pub struct Observers {
     pub max_clock_offset: std::time::Duration,
     /// Groups waiting (`gridedge_central_observer_backlog`).
     pub backlog: Gauge,
+    /// With replicas: tells the others of device events, for their boards.
+    pub announcer: Option<crate::pg::feed::Announcer>,
     pub clock: Clock,
 }
 
 /// Groups waiting for the observers; a group is what the link took in at once (one flush).
 const QUEUE: usize = 16;
+
+/// Sequence numbers per note to other replicas (well within NOTIFY's 8,000 bytes).
+const DEVICE_SEQS_PER_NOTE: usize = 300;
+
+/// Kinds the device and terminal boards take.
+pub fn is_device_kind(kind: &str) -> bool {
+    kind.starts_with("camera.") || kind.starts_with("terminal.")
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -212,6 +222,20 @@ impl Observers {
             let mut devices = lock(&self.devices);
             for e in &events {
                 devices.observe_event(name, e);
+            }
+        }
+        if let Some(a) = &self.announcer {
+            // Other replicas read them from the database: a note stays small.
+            let seqs: Vec<u64> = events
+                .iter()
+                .filter(|e| is_device_kind(&e.kind))
+                .map(|e| e.seq)
+                .collect();
+            for chunk in seqs.chunks(DEVICE_SEQS_PER_NOTE) {
+                a.send(crate::pg::feed::Note::Devices {
+                    gateway: name.to_owned(),
+                    seqs: chunk.to_vec(),
+                });
             }
         }
         for e in events.iter().filter(|e| e.kind == "meeting.answer") {

@@ -209,6 +209,34 @@ impl PgEvents {
             .collect()
     }
 
+    /// The events of `gateway` numbered `seqs` that are held, in order.
+    pub async fn events_by_seq(
+        &self,
+        gateway: &GatewayId,
+        seqs: &[u64],
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let seqs: Vec<i64> = seqs.iter().filter_map(|s| i64::try_from(*s).ok()).collect();
+        let client = self.pool.get().await.map_err(PgError::from)?;
+        let rows = client
+            .query(
+                "SELECT body, received FROM events
+                 WHERE gateway = $1 AND seq = ANY($2) ORDER BY seq",
+                &[&gateway.as_str(), &seqs],
+            )
+            .await
+            .map_err(PgError::from)?;
+        rows.into_iter()
+            .map(|row| {
+                let body: String = row.get(0);
+                let received: time::OffsetDateTime = row.get(1);
+                Ok(StoredEvent {
+                    event: serde_json::from_str(&body)?,
+                    received: Some(received),
+                })
+            })
+            .collect()
+    }
+
     /// The highest sequence number held of `gateway` (0 when none).
     pub async fn high(&self, gateway: &GatewayId) -> Result<u64, StoreError> {
         let client = self.pool.get().await.map_err(PgError::from)?;

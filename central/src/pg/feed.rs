@@ -32,6 +32,9 @@ pub enum Note {
     MasterData,
     /// A video share revoked: its viewers on every replica are cut off.
     ShareRevoked { id: String },
+    /// Events of a gateway's cameras and terminals, stored by its holder: every replica's
+    /// device board takes them.
+    Devices { gateway: String, seqs: Vec<u64> },
 }
 
 #[derive(Serialize, Deserialize)]
