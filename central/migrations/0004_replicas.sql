@@ -9,3 +9,13 @@ CREATE TABLE replicas (
 
 -- Ids that several replicas take without meeting twice: alerts and maintenance windows.
 CREATE SEQUENCE alert_ids;
+
+-- A lease lives while its holder's row above does (one row renewed per replica, not one per
+-- gateway); a lease given back has no owner ('').
+ALTER TABLE leases DROP COLUMN expires_at;
+
+-- The leases whose holder is alive.
+CREATE VIEW live_leases AS
+    SELECT l.gateway, l.owner, l.generation
+    FROM leases l JOIN replicas r ON r.name = l.owner
+    WHERE r.expires_at > now();

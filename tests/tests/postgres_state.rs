@@ -69,3 +69,40 @@ async fn tables_keep_keys_in_order_and_apart_and_a_second_central_reads_what_the
     let err = t.get(b"a/1").unwrap_err();
     assert!(err.to_string().contains("postgres"), "{err}");
 }
+
+/// Replicas starting at once each offer a value for the same key (the key of share tokens):
+/// the first write wins and every one of them reads that one back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_of_replicas_racing_to_set_a_key_wins_for_all() {
+    let pg = Postgres::start().unwrap();
+    let pool = pg::pool(&pg::connect(&pg.url(), None).unwrap(), 2).unwrap();
+    pg::migrate(&pool).await.unwrap();
+    let stores: Vec<_> = (0..4)
+        .map(|_| {
+            pg::state::PgState::new(pg::pool(&pg::connect(&pg.url(), None).unwrap(), 2).unwrap())
+                .unwrap()
+        })
+        .collect();
+    for round in 0..10u8 {
+        let key = [b'k', round];
+        let got: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let handles: Vec<_> = stores
+                .iter()
+                .enumerate()
+                .map(|(i, store)| {
+                    s.spawn(move || {
+                        let t = store.table("shares").unwrap();
+                        t.insert_if_absent(&key, vec![i as u8; 8]).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            got.windows(2).all(|w| w[0] == w[1]),
+            "round {round}: {got:?}"
+        );
+        let t = stores[0].table("shares").unwrap();
+        assert_eq!(t.get(&key).unwrap().as_ref(), Some(&got[0]));
+    }
+}

@@ -48,7 +48,7 @@ fn replica(dir: &Path, name: &str, broker: &str, pg: &Postgres) -> (ServiceProce
 fn owner(pg: &Postgres, gateway: &str) -> Option<String> {
     let o = pg
         .psql(&format!(
-            "SELECT owner FROM leases WHERE gateway = '{gateway}' AND expires_at > now()"
+            "SELECT owner FROM live_leases WHERE gateway = '{gateway}'"
         ))
         .ok()?;
     (!o.is_empty()).then_some(o)
@@ -313,7 +313,7 @@ async fn replicas_wait_out_a_database_restart_and_take_their_gateways_again() {
     }
     eventually("both gateways held", Duration::from_secs(30), || async {
         let n: usize = pg
-            .psql("SELECT count(DISTINCT owner) FROM leases WHERE expires_at > now()")
+            .psql("SELECT count(DISTINCT owner) FROM live_leases")
             .ok()?
             .parse()
             .ok()?;
@@ -386,13 +386,6 @@ async fn a_share_plays_on_every_replica_with_one_push_and_resumes_when_the_relay
             (format!("central-test-{name}"), p, addr)
         })
         .collect();
-    for (_, _, addr) in &replicas {
-        eventually("replica up", Duration::from_secs(30), || async {
-            try_json(format!("http://{addr}/healthz")).await
-        })
-        .await
-        .unwrap();
-    }
     let logs = |replicas: &[(String, ServiceProcess, SocketAddr)]| {
         replicas
             .iter()
@@ -400,6 +393,13 @@ async fn a_share_plays_on_every_replica_with_one_push_and_resumes_when_the_relay
             .collect::<Vec<_>>()
             .join("\n")
     };
+    for (_, _, addr) in &replicas {
+        eventually("replica up", Duration::from_secs(30), || async {
+            try_json(format!("http://{addr}/healthz")).await
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
+    }
     let cam = TestCamera::start(CameraOptions::small(Pattern::Moving)).unwrap();
     let gw = TestGateway::start_with(
         "gw-video",

@@ -1,9 +1,11 @@
 //! Per-gateway leases in PostgreSQL: which live replica does a gateway's single-writer work.
 //!
-//! A replica takes the lease of a gateway that has none, or whose holder let it expire, and
-//! renews its own well before they expire, timed by the database's clock alone (replicas'
-//! clocks may disagree). Each replica holds its share: the gateways divided by the live
-//! replicas (those that renewed their row in `replicas` within the lease time). A replica counts a lease as its own only until
+//! A lease lives while its holder's row in `replicas` does: a replica renews that one row
+//! well before it runs out, whatever the number of its gateways (renewing each gateway's row
+//! cost PostgreSQL more than the events at a thousand gateways), timed by the database's
+//! clock alone (replicas' clocks may disagree). A replica takes the lease of a gateway that has
+//! none, was given back, or whose holder's row ran out. Each replica holds its share: the
+//! gateways divided by the live replicas. A replica counts a lease as its own only until
 //! the moment it sent the renewal plus the lease's time, by its own monotonic clock: never
 //! later than the database lets another take it. When a replica dies, its gateways are taken by
 //! another within the lease time plus one renewal period. `generation` grows each time a lease
@@ -56,7 +58,7 @@ impl Leases {
         let row = client
             .query_opt(
                 "SELECT r.relay_url FROM leases l JOIN replicas r ON r.name = l.owner
-                 WHERE l.gateway = $1 AND l.expires_at > now() AND r.relay_url <> ''",
+                 WHERE l.gateway = $1 AND r.expires_at > now() AND r.relay_url <> ''",
                 &[&gateway],
             )
             .await
@@ -70,35 +72,50 @@ impl Leases {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Renews this replica's row among the live replicas and its leases among `gateways`;
+    /// Renews this replica's row among the live replicas, and with it every lease it holds;
     /// gives back those above its share (the gateways divided by the live replicas, rounded
     /// up) and takes gateways nobody holds up to it. Returns how many this replica holds now.
     /// A replica that starts beside others thus takes gateways as they give them back, and
-    /// one that is left alone takes them all once the others' leases run out.
+    /// one that is left alone takes them all once the others' rows run out.
     pub async fn refresh(&self, gateways: &[String]) -> Result<usize, PgError> {
         let sent = Instant::now();
+        let until = sent + self.ttl;
         let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
         let client = self.pool.get().await?;
-        let live: i64 = client
+        // One row per replica, whatever the number of gateways: a lease lives while its
+        // holder's row does.
+        let beat = client
             .query_one(
-                "WITH beat AS (
+                "WITH was AS (SELECT expires_at > now() AS alive FROM replicas WHERE name = $1),
+                 beat AS (
                      INSERT INTO replicas (name, expires_at, relay_url)
                      VALUES ($1, now() + make_interval(secs => $2::bigint / 1000.0), $3)
                      ON CONFLICT (name) DO UPDATE
                      SET expires_at = excluded.expires_at, relay_url = excluded.relay_url)
-                 SELECT count(*) FROM replicas WHERE expires_at > now() AND name <> $1",
+                 SELECT COALESCE((SELECT alive FROM was), false),
+                        (SELECT count(*) FROM replicas WHERE expires_at > now() AND name <> $1)",
                 &[&self.owner, &ttl_ms, &self.relay_url],
             )
-            .await?
-            .get(0);
+            .await?;
+        let (alive, live): (bool, i64) = (beat.get(0), beat.get(1));
         let share = gateways
             .len()
             .div_ceil(usize::try_from(live).unwrap_or(0) + 1);
         let mut mine: Vec<String> = {
-            let held = self.held();
+            let mut held = self.held();
+            if alive {
+                // Still alive when renewed: nobody could take what it held.
+                held.retain(|_, h| h.until > sent);
+                for h in held.values_mut() {
+                    h.until = until;
+                }
+            } else {
+                // Its row had run out: any of its gateways may be another's now.
+                held.clear();
+            }
             gateways
                 .iter()
-                .filter(|g| held.get(*g).is_some_and(|h| h.until > sent))
+                .filter(|g| held.contains_key(*g))
                 .cloned()
                 .collect()
         };
@@ -106,8 +123,7 @@ impl Leases {
             let excess = mine.split_off(share);
             client
                 .execute(
-                    "UPDATE leases SET expires_at = now() - interval '1 millisecond'
-                     WHERE owner = $1 AND gateway = ANY($2)",
+                    "UPDATE leases SET owner = '' WHERE owner = $1 AND gateway = ANY($2)",
                     &[&self.owner, &excess],
                 )
                 .await?;
@@ -121,8 +137,8 @@ impl Leases {
                 .query(
                     "SELECT g FROM unnest($1::text[]) AS g
                      LEFT JOIN leases l ON l.gateway = g
-                     WHERE l.gateway IS NULL OR (l.expires_at < now() AND l.owner <> $2)
-                        OR l.owner = $2
+                     LEFT JOIN replicas r ON r.name = l.owner AND r.expires_at > now()
+                     WHERE l.gateway IS NULL OR l.owner = $2 OR r.name IS NULL
                      ORDER BY md5(g || $2) LIMIT $3",
                     &[
                         &gateways,
@@ -134,39 +150,36 @@ impl Leases {
                 .into_iter()
                 .map(|r| r.get(0))
                 .collect();
-            for g in free {
-                if mine.len() >= share {
-                    break;
-                }
-                if !mine.contains(&g) {
-                    mine.push(g);
-                }
+            let wanted: Vec<String> = {
+                let held = self.held();
+                free.into_iter()
+                    .filter(|g| !held.contains_key(g))
+                    .take(share - mine.len())
+                    .collect()
+            };
+            let rows = client
+                .query(
+                    "INSERT INTO leases (gateway, owner, generation)
+                     SELECT g, $2, 1 FROM unnest($1::text[]) AS g ORDER BY g
+                     ON CONFLICT (gateway) DO UPDATE SET
+                         owner = excluded.owner,
+                         generation = CASE WHEN leases.owner = excluded.owner
+                                           THEN leases.generation
+                                           ELSE leases.generation + 1 END
+                     WHERE leases.owner = '' OR leases.owner = excluded.owner
+                        OR NOT EXISTS (SELECT 1 FROM replicas r
+                                       WHERE r.name = leases.owner AND r.expires_at > now())
+                     RETURNING gateway, generation",
+                    &[&wanted, &self.owner],
+                )
+                .await?;
+            let mut held = self.held();
+            for row in rows {
+                let (gateway, generation): (String, i64) = (row.get(0), row.get(1));
+                held.insert(gateway, Held { generation, until });
             }
         }
-        let rows = client
-            .query(
-                "INSERT INTO leases (gateway, owner, generation, expires_at)
-                 SELECT g, $2, 1, now() + make_interval(secs => $3::bigint / 1000.0)
-                 FROM unnest($1::text[]) AS g ORDER BY g
-                 ON CONFLICT (gateway) DO UPDATE SET
-                     owner = excluded.owner,
-                     generation = CASE WHEN leases.owner = excluded.owner
-                                       THEN leases.generation
-                                       ELSE leases.generation + 1 END,
-                     expires_at = excluded.expires_at
-                 WHERE leases.owner = excluded.owner OR leases.expires_at < now()
-                 RETURNING gateway, generation",
-                &[&mine, &self.owner, &ttl_ms],
-            )
-            .await?;
-        let until = sent + self.ttl;
-        let mut held = self.held();
-        held.retain(|_, h| h.until > Instant::now());
-        for row in rows {
-            let (gateway, generation): (String, i64) = (row.get(0), row.get(1));
-            held.insert(gateway, Held { generation, until });
-        }
-        Ok(held.len())
+        Ok(self.held().len())
     }
 
     /// The lease of `gateway`, if this replica holds it now.
@@ -193,8 +206,7 @@ impl Leases {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE leases SET expires_at = now() - interval '1 millisecond'
-                 WHERE owner = $1",
+                "UPDATE leases SET owner = '' WHERE owner = $1",
                 &[&self.owner],
             )
             .await?;

@@ -158,7 +158,7 @@ impl Table for PgTable {
         let key = key.to_vec();
         self.call(move |c, name| async move {
             let row = c
-                .query_one(
+                .query_opt(
                     "WITH put AS (
                          INSERT INTO state (tbl, key, value) VALUES ($1, $2, $3)
                          ON CONFLICT (tbl, key) DO NOTHING RETURNING value)
@@ -167,6 +167,17 @@ impl Table for PgTable {
                      SELECT value FROM state WHERE tbl = $1 AND key = $2
                      LIMIT 1",
                     &[&name, &key, &value],
+                )
+                .await?;
+            if let Some(row) = row {
+                return Ok(row.get(0));
+            }
+            // Another replica's insert committed while this one waited on it: its row is newer
+            // than this statement's snapshot, and the next statement sees it.
+            let row = c
+                .query_one(
+                    "SELECT value FROM state WHERE tbl = $1 AND key = $2",
+                    &[&name, &key],
                 )
                 .await?;
             Ok(row.get(0))

@@ -180,14 +180,14 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
 fn owner(pg: &Postgres, gateway: &str) -> Option<String> {
     let o = pg
         .psql(&format!(
-            "SELECT owner FROM leases WHERE gateway = '{gateway}' AND expires_at > now()"
+            "SELECT owner FROM live_leases WHERE gateway = '{gateway}'"
         ))
         .ok()?;
     (!o.is_empty()).then_some(o)
 }
 
 fn print_leases(pg: &Postgres) {
-    println!("\nwho holds which gateway (table leases):");
+    println!("\nwho holds which gateway (view live_leases):");
     for g in GATEWAYS {
         println!(
             "  {g}: {}",
