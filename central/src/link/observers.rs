@@ -218,19 +218,19 @@ impl Observers {
                 board.observe_event(name, e);
             }
         }
-        {
+        // Those that changed what operators see go to the other replicas' boards: a device
+        // saying again what it said costs them nothing.
+        let changed: Vec<u64> = {
             let mut devices = lock(&self.devices);
-            for e in &events {
-                devices.observe_event(name, e);
-            }
-        }
+            events
+                .iter()
+                .filter(|e| devices.observe_event(name, e))
+                .map(|e| e.seq)
+                .collect()
+        };
         if let Some(a) = &self.announcer {
             // Other replicas read them from the database: a note stays small.
-            let seqs: Vec<u64> = events
-                .iter()
-                .filter(|e| is_device_kind(&e.kind))
-                .map(|e| e.seq)
-                .collect();
+            let seqs = changed;
             for chunk in seqs.chunks(DEVICE_SEQS_PER_NOTE) {
                 a.send(crate::pg::feed::Note::Devices {
                     gateway: name.to_owned(),

@@ -40,39 +40,42 @@ pub struct DeviceBoard {
 }
 
 impl DeviceBoard {
-    /// A stored event; those not about cameras or terminals are ignored.
-    pub fn observe_event(&mut self, gateway: &str, e: &Event) {
+    /// A stored event; those not about cameras or terminals are ignored. True when it changed
+    /// what operators see (a device's state or sensing, a new device), not when a device said
+    /// again what it said before.
+    pub fn observe_event(&mut self, gateway: &str, e: &Event) -> bool {
         let Some((family, what)) = e.kind.split_once('.') else {
-            return;
+            return false;
         };
         if family != "camera" && family != "terminal" {
-            return;
+            return false;
         }
         let Ok(p) = serde_json::from_str::<serde_json::Value>(e.payload.get()) else {
-            return;
+            return false;
         };
         let Some(id) = p.get(family).and_then(|v| v.as_str()) else {
-            return;
+            return false;
         };
+        let mut changed = false;
         let name = p.get("name").and_then(|v| v.as_str()).map(str::to_owned);
         let is_state = match family {
             "camera" => CameraState::parse(what).is_some_and(CameraState::reportable),
             _ => TerminalState::parse(what).is_some_and(|t| t != TerminalState::Unknown),
         };
         if family == "camera" {
-            let c = self
-                .cameras
-                .entry((gateway.to_owned(), id.to_owned()))
-                .or_insert_with(|| CameraEntry {
-                    gateway: gateway.to_owned(),
-                    camera: id.to_owned(),
-                    name: None,
-                    state: "unknown".into(),
-                    sensing: Vec::new(),
-                    at: e.time,
-                });
-            if name.is_some() {
+            let key = (gateway.to_owned(), id.to_owned());
+            changed |= !self.cameras.contains_key(&key);
+            let c = self.cameras.entry(key).or_insert_with(|| CameraEntry {
+                gateway: gateway.to_owned(),
+                camera: id.to_owned(),
+                name: None,
+                state: "unknown".into(),
+                sensing: Vec::new(),
+                at: e.time,
+            });
+            if name.is_some() && c.name != name {
                 c.name = name;
+                changed = true;
             }
             if is_state && e.time >= c.at {
                 c.state = what.to_owned();
@@ -90,6 +93,7 @@ impl DeviceBoard {
                 if raised {
                     c.sensing.push(label);
                 }
+                changed = true;
             }
         }
         if is_state {
@@ -99,8 +103,9 @@ impl DeviceBoard {
                 .or_default();
             // Changes only: a device reporting the same state every 10 s has no new history.
             if h.back().is_some_and(|c| c.state == what) {
-                return;
+                return changed;
             }
+            changed = true;
             h.push_back(Change {
                 at: e.time,
                 state: what.to_owned(),
@@ -110,6 +115,7 @@ impl DeviceBoard {
                 h.pop_front();
             }
         }
+        changed
     }
 
     pub fn cameras(&self) -> Vec<CameraEntry> {
@@ -186,12 +192,16 @@ mod tests {
         assert!(b.cameras()[0].sensing.is_empty());
         let h = b.history("gw-1", "camera", "hall");
         assert_eq!(h.len(), 3);
-        // The same state reported again is no new history.
-        b.observe_event(
+        // The same state reported again is no new history, and no change to tell.
+        assert!(!b.observe_event(
             "gw-1",
             &event("camera.streaming", 20, json!({"camera": "hall"})),
-        );
-        assert_eq!(b.history("gw-1", "camera", "hall").len(), 3);
+        ));
+        assert!(b.observe_event(
+            "gw-1",
+            &event("camera.offline", 21, json!({"camera": "hall"})),
+        ));
+        assert_eq!(b.history("gw-1", "camera", "hall").len(), 4);
         b.observe_event(
             "gw-1",
             &event("terminal.offline", 1, json!({"terminal": "kiosk-1"})),
