@@ -247,6 +247,11 @@ impl NatsCluster {
         Ok(())
     }
 
+    /// Where the nodes' configs, stores and logs are.
+    pub fn log_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub fn log_text(&self) -> String {
         self.nodes
             .iter()

@@ -167,3 +167,35 @@ async fn spy(url: &str, tls: &firmware_config::config::TlsFiles, victim: &str) -
     }
     false
 }
+
+/// `deploy/demo-cluster.sh`'s program, for 30 s: it brings the cluster up, shows each gateway
+/// held, kills a replica and shows the other take over, and every gateway's events go on.
+#[test]
+fn the_cluster_demo_shows_a_takeover_and_events_going_on() {
+    let bin = gridedge_tests::services::binary("demo-cluster").unwrap();
+    let out = std::process::Command::new(bin)
+        .env("DEMO_SECONDS", "30")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("three NATS nodes behind mqtts://"), "{text}");
+    assert!(
+        text.contains("every gateway held by central-test-b"),
+        "{text}"
+    );
+    // Events keep being stored after the kill: the last count is above the first.
+    let counts: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("gw-east: "))
+        .filter_map(|l| l.split(',').next()?.parse().ok())
+        .collect();
+    assert!(
+        counts.len() >= 2 && counts.last() > counts.first(),
+        "{counts:?}\n{text}"
+    );
+}

@@ -1,7 +1,7 @@
-//! `deploy/demo-cluster.sh`: central as two replicas on one machine. PostgreSQL and the broker
-//! are started from the test fixtures in temporary folders (as an unprivileged user), then two
-//! central replicas, and two gateways whose event sources post a steady trickle and one forced
-//! door each. It prints where to look, which replica holds which gateway, and then kills one
+//! `deploy/demo-cluster.sh`: central as two replicas on one machine. PostgreSQL and a
+//! three-node NATS cluster (MQTT on JetStream, certificates per identity) are started from the
+//! test fixtures in temporary folders (as an unprivileged user), then two central replicas, and
+//! two gateways whose event sources post a steady trickle and one forced door each. It prints where to look, which replica holds which gateway, and then kills one
 //! replica (-9) to show the other take its gateway over and every event stored once. Runs until
 //! Ctrl-C, or for `DEMO_SECONDS` seconds; `DEMO_KILL=0` keeps both replicas.
 
@@ -9,10 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use gridedge_tests::mosquitto::Mosquitto;
+use gridedge_tests::nats::{Identities, NatsCluster};
 use gridedge_tests::postgres::Postgres;
 use gridedge_tests::services::{
-    api_client, central_replica_toml, gateway_toml, operator_password, post_events, ServiceProcess,
+    api_client, central_replica_toml_tls, gateway_toml, operator_password, post_events,
+    ServiceProcess,
 };
 use gridedge_tests::{free_port, FixtureDir};
 use serde_json::json;
@@ -36,7 +37,13 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
 
     let pg = Postgres::start().context("PostgreSQL")?;
-    let broker = Mosquitto::start().context("Mosquitto")?;
+    let broker = NatsCluster::start(&Identities {
+        central: "central-test".into(),
+        gateways: GATEWAYS.iter().map(|g| (*g).to_owned()).collect(),
+    })
+    .await
+    .context("the NATS cluster")?;
+    let central_tls = broker.client("central-test")?;
     let dir = FixtureDir::new("demo-cluster")?;
     let url_file = dir.join("pg-url");
     std::fs::write(&url_file, pg.url())?;
@@ -45,7 +52,14 @@ async fn main() -> anyhow::Result<()> {
         let port = free_port();
         let rdir = dir.join(format!("replica-{name}"));
         std::fs::create_dir_all(&rdir)?;
-        let text = central_replica_toml(&rdir, &broker.url(), port, name, &url_file);
+        let text = central_replica_toml_tls(
+            &rdir,
+            &broker.url(),
+            Some(&central_tls),
+            port,
+            name,
+            &url_file,
+        );
         let process = ServiceProcess::spawn("central", &text).context("a central replica")?;
         replicas.push(Replica {
             name: format!("central-test-{name}"),
@@ -61,7 +75,8 @@ async fn main() -> anyhow::Result<()> {
         let port = free_port();
         let gdir = dir.join(id);
         std::fs::create_dir_all(&gdir)?;
-        let text = gateway_toml(&gdir, id, &broker.url(), None, port);
+        let tls = broker.client(id)?;
+        let text = gateway_toml(&gdir, id, &broker.url(), Some(&tls), port);
         let process = ServiceProcess::spawn("gateway", &text).context("a gateway")?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_healthy(addr).await?;
@@ -90,7 +105,11 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("  PostgreSQL: psql '{}'", pg.url());
-    println!("  broker (Mosquitto): {}", broker.url());
+    println!(
+        "  broker: three NATS nodes behind {} (their logs: {})",
+        broker.url(),
+        broker.log_dir().display()
+    );
 
     // A trickle from each gateway's event source, and a forced door each.
     let targets: Vec<(&'static str, SocketAddr)> =
