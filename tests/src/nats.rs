@@ -14,17 +14,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use firmware_config::config::TlsFiles;
 
 use crate::pki::TestPki;
+use crate::postgres::{as_nobody, chown_to_nobody};
 use crate::process::ChildProcess;
 use crate::{free_port, FixtureDir, Result};
-
-const USER: &str = "nobody";
 
 /// The nats-server binary the bootstrap installs.
 pub fn binary() -> PathBuf {
@@ -126,18 +124,8 @@ impl NatsCluster {
 
     fn launch(&mut self, i: usize) -> Result<()> {
         let home = self.dir.join(&self.nodes[i].name);
-        let mut cmd = Command::new("setpriv");
-        cmd.args([
-            "--reuid",
-            USER,
-            "--regid",
-            "nogroup",
-            "--clear-groups",
-            "--",
-        ])
-        .arg(self.dir.join("nats-server"))
-        .arg("-c")
-        .arg(home.join("nats.conf"));
+        let mut cmd = as_nobody(&self.dir.join("nats-server"));
+        cmd.arg("-c").arg(home.join("nats.conf"));
         let log = self.dir.join(format!("{}.log", self.nodes[i].name));
         self.nodes[i].process = Some(ChildProcess::spawn(&self.nodes[i].name, cmd, &log)?);
         Ok(())
@@ -266,15 +254,6 @@ impl NatsCluster {
             .collect::<Vec<_>>()
             .join("\n")
     }
-}
-
-fn chown_to_nobody(path: &Path) -> Result<()> {
-    let status = Command::new("chown")
-        .args(["-R", &format!("{USER}:nogroup")])
-        .arg(path)
-        .status()?;
-    anyhow::ensure!(status.success(), "chown {} failed", path.display());
-    Ok(())
 }
 
 /// One node's configuration.

@@ -27,7 +27,8 @@ pub struct Postgres {
 }
 
 /// `cmd` run as `nobody`, with no supplementary groups.
-fn as_nobody(program: &Path) -> Command {
+/// `program` run as `nobody` (its group `nogroup`, no other groups).
+pub fn as_nobody(program: &Path) -> Command {
     let mut cmd = Command::new("setpriv");
     cmd.args([
         "--reuid",
@@ -41,7 +42,8 @@ fn as_nobody(program: &Path) -> Command {
     cmd
 }
 
-fn chown_to_nobody(path: &Path) -> Result<()> {
+/// Gives `path` and everything under it to `nobody`.
+pub fn chown_to_nobody(path: &Path) -> Result<()> {
     let status = Command::new("chown")
         .args(["-R", &format!("{USER}:nogroup")])
         .arg(path)
@@ -157,6 +159,16 @@ impl Postgres {
     }
 
     /// Runs one SQL script with `psql` and returns what it printed (unaligned, tuples only).
+    /// The replica holding `gateway`'s live lease, if one does.
+    pub fn lease_owner(&self, gateway: &str) -> Option<String> {
+        let o = self
+            .psql(&format!(
+                "SELECT owner FROM live_leases WHERE gateway = '{gateway}'"
+            ))
+            .ok()?;
+        (!o.is_empty()).then_some(o)
+    }
+
     pub fn psql(&self, sql: &str) -> Result<String> {
         let out = Command::new(Path::new(BIN).join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d"])

@@ -44,16 +44,6 @@ fn replica(dir: &Path, name: &str, broker: &str, pg: &Postgres) -> (ServiceProce
     (process, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
-/// The replica holding `gateway`'s live lease (its name as `central-test-<replica>`).
-fn owner(pg: &Postgres, gateway: &str) -> Option<String> {
-    let o = pg
-        .psql(&format!(
-            "SELECT owner FROM live_leases WHERE gateway = '{gateway}'"
-        ))
-        .ok()?;
-    (!o.is_empty()).then_some(o)
-}
-
 /// Every alert a console lists.
 async fn alerts(console: &Console) -> Vec<Value> {
     let (_, v) = console.get("/api/v1/alerts?all=true").await;
@@ -102,7 +92,7 @@ async fn replicas_share_the_gateways_and_when_one_is_killed_nothing_is_lost_or_d
     // Each replica holds one gateway, and stores its events.
     eventually("one gateway each", Duration::from_secs(40), || async {
         let owners: std::collections::BTreeSet<String> =
-            GATEWAYS.iter().filter_map(|g| owner(&pg, g)).collect();
+            GATEWAYS.iter().filter_map(|g| pg.lease_owner(g)).collect();
         (owners.len() == 3).then_some(())
     })
     .await
@@ -124,7 +114,7 @@ async fn replicas_share_the_gateways_and_when_one_is_killed_nothing_is_lost_or_d
     }
 
     // The victim: the replica holding the first gateway. An operator logs in there.
-    let victim_name = owner(&pg, GATEWAYS[0]).unwrap();
+    let victim_name = pg.lease_owner(GATEWAYS[0]).unwrap();
     let victim = replicas.iter().position(|r| r.0 == victim_name).unwrap();
     let base = |addr: SocketAddr| format!("http://{addr}");
     let console = Console::login(&base(replicas[victim].2), "op")
@@ -174,7 +164,7 @@ async fn replicas_share_the_gateways_and_when_one_is_killed_nothing_is_lost_or_d
         "the gateway taken over",
         Duration::from_secs(20),
         || async {
-            owner(&pg, GATEWAYS[0])
+            pg.lease_owner(GATEWAYS[0])
                 .filter(|o| *o != victim_name)
                 .map(|_| killed.elapsed())
         },
@@ -410,7 +400,7 @@ async fn a_share_plays_on_every_replica_with_one_push_and_resumes_when_the_relay
     .await
     .unwrap();
     let holder = eventually("the gateway held", Duration::from_secs(30), || async {
-        owner(&pg, "gw-video")
+        pg.lease_owner("gw-video")
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", logs(&replicas)));
@@ -495,7 +485,7 @@ async fn a_share_plays_on_every_replica_with_one_push_and_resumes_when_the_relay
     eventually(
         "the survivor holds the gateway",
         Duration::from_secs(10),
-        || async { (owner(&pg, "gw-video")? == replicas[n].0).then_some(()) },
+        || async { (pg.lease_owner("gw-video")? == replicas[n].0).then_some(()) },
     )
     .await
     .unwrap();

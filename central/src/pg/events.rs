@@ -197,16 +197,7 @@ impl PgEvents {
             )
             .await
             .map_err(PgError::from)?;
-        rows.into_iter()
-            .map(|row| {
-                let body: String = row.get(0);
-                let received: time::OffsetDateTime = row.get(1);
-                Ok(StoredEvent {
-                    event: serde_json::from_str(&body)?,
-                    received: Some(received),
-                })
-            })
-            .collect()
+        rows.iter().map(stored_event).collect()
     }
 
     /// The events of `gateway` numbered `seqs` that are held, in order.
@@ -225,16 +216,7 @@ impl PgEvents {
             )
             .await
             .map_err(PgError::from)?;
-        rows.into_iter()
-            .map(|row| {
-                let body: String = row.get(0);
-                let received: time::OffsetDateTime = row.get(1);
-                Ok(StoredEvent {
-                    event: serde_json::from_str(&body)?,
-                    received: Some(received),
-                })
-            })
-            .collect()
+        rows.iter().map(stored_event).collect()
     }
 
     /// The highest sequence number held of `gateway` (0 when none).
@@ -401,4 +383,14 @@ fn raw_events(raw: &[u8], n: usize) -> Option<Vec<&str>> {
     }
     let batch: RawBatch<'_> = serde_json::from_slice(raw).ok()?;
     (batch.events.len() == n).then(|| batch.events.iter().map(|e| e.get()).collect())
+}
+
+/// A row of `SELECT body, received`.
+fn stored_event(row: &tokio_postgres::Row) -> Result<StoredEvent, StoreError> {
+    let body: String = row.get(0);
+    let received: time::OffsetDateTime = row.get(1);
+    Ok(StoredEvent {
+        event: serde_json::from_str(&body)?,
+        received: Some(received),
+    })
 }

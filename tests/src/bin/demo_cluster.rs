@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         let mut victim = victim;
         victim.process.kill();
         loop {
-            let held: Vec<String> = GATEWAYS.iter().filter_map(|g| owner(&pg, g)).collect();
+            let held: Vec<String> = GATEWAYS.iter().filter_map(|g| pg.lease_owner(g)).collect();
             if held.len() == GATEWAYS.len() && held.iter().all(|o| *o != victim.name) {
                 println!(
                     "every gateway held by {} after {:.1?}",
@@ -196,21 +196,12 @@ async fn wait_healthy(addr: SocketAddr) -> anyhow::Result<()> {
     }
 }
 
-fn owner(pg: &Postgres, gateway: &str) -> Option<String> {
-    let o = pg
-        .psql(&format!(
-            "SELECT owner FROM live_leases WHERE gateway = '{gateway}'"
-        ))
-        .ok()?;
-    (!o.is_empty()).then_some(o)
-}
-
 fn print_leases(pg: &Postgres) {
     println!("\nwho holds which gateway (view live_leases):");
     for g in GATEWAYS {
         println!(
             "  {g}: {}",
-            owner(pg, g).unwrap_or_else(|| "nobody yet".into())
+            pg.lease_owner(g).unwrap_or_else(|| "nobody yet".into())
         );
     }
 }
