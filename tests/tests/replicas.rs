@@ -113,6 +113,15 @@ async fn replicas_share_the_gateways_and_when_one_is_killed_nothing_is_lost_or_d
         .unwrap_or_else(|e| panic!("{}: {e}\n{}", gw.id, logs(&replicas)));
     }
 
+    // Each replica's /healthz says who it is and what it holds.
+    for (name, _, addr) in &replicas {
+        let h = try_json(format!("http://{addr}/healthz")).await.unwrap();
+        assert_eq!(h["replica"]["name"], name.as_str(), "{h}");
+        assert_eq!(h["replica"]["gateways_held"], 1, "{h}");
+        assert_eq!(h["store"]["reachable"], true, "{h}");
+        assert_eq!(h["broker_link"], "connected", "{h}");
+    }
+
     // The victim: the replica holding the first gateway. An operator logs in there.
     let victim_name = pg.lease_owner(GATEWAYS[0]).unwrap();
     let victim = replicas.iter().position(|r| r.0 == victim_name).unwrap();

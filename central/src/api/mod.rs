@@ -133,6 +133,10 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {
         "uptime_secs": shared.started.elapsed().as_secs(),
         "broker_link": if shared.metrics.link_connected.get() == 1 { "connected" } else { "disconnected" },
         "store": store,
+        "replica": shared.leases.get().map(|l| json!({
+            "name": shared.config.central.client_id(),
+            "gateways_held": l.held_set().len(),
+        })),
         "disk": {
             "free_bytes": disk.free_bytes.load(std::sync::atomic::Ordering::Relaxed),
             "total_bytes": disk.total_bytes.load(std::sync::atomic::Ordering::Relaxed),
