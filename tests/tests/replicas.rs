@@ -267,6 +267,24 @@ async fn replicas_share_the_gateways_and_when_one_is_killed_nothing_is_lost_or_d
     )
     .await
     .unwrap();
+    // Made-up notes on the replicas' channel (whoever holds the database's credentials): a
+    // note only names a row to read again, so an alert nobody stored shows nowhere.
+    pg.psql(
+        r#"SELECT pg_notify('gridedge_feed', '{"from":"intruder","t":"alert","id":987654}'),
+                  pg_notify('gridedge_feed', '{"from":"intruder","t":"devices","gateway":"gw-r2","seqs":[1,2,3]}'),
+                  pg_notify('gridedge_feed', 'not a note')"#,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in &live {
+        assert_eq!(
+            listed(&consoles[*i]).await,
+            on_first,
+            "nothing made up shows"
+        );
+        let (_, v) = consoles[*i].get("/api/v1/alerts/987654").await;
+        assert!(v.get("id").is_none(), "{v}");
+    }
     for gw in gateways {
         gw.stop().await.unwrap();
     }

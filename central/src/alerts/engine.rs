@@ -248,6 +248,12 @@ struct Shared {
     owner: Option<OwnerCheck>,
 }
 
+impl Shared {
+    fn owns(&self, gateway: &str) -> bool {
+        self.owner.as_ref().is_none_or(|o| o(gateway))
+    }
+}
+
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
@@ -325,7 +331,7 @@ impl Engine {
     }
 
     pub fn owns(&self, gateway: &str) -> bool {
-        self.shared.owner.as_ref().is_none_or(|o| o(gateway))
+        self.shared.owns(gateway)
     }
 
     /// An alert as another replica stored it: taken as it is. Returns the change it makes
@@ -545,11 +551,9 @@ impl Engine {
             }
         }
         self.maintenance.retain(|m| m.until > now);
-        let shared = self.shared.clone();
-        let owns = |g: &str| shared.owner.as_ref().is_none_or(|o| o(g));
         for a in self.alerts.values_mut() {
             // Another replica's gateway: its owner escalates it.
-            if !owns(&a.gateway) {
+            if !self.shared.owns(&a.gateway) {
                 continue;
             }
             if a.silenced_by

@@ -34,8 +34,7 @@ pub struct Alerts {
     meta: Arc<dyn Table>,
     /// Every change, for the console's live feed.
     pub changes: broadcast::Sender<Change>,
-    /// With other replicas: which gateways are this one's, and who to tell what it stored.
-    owner: std::sync::OnceLock<OwnerCheck>,
+    /// With other replicas: who to tell what it stored.
     announcer: std::sync::OnceLock<Announcer>,
 }
 
@@ -65,7 +64,6 @@ impl Alerts {
             tree,
             meta,
             changes,
-            owner: Default::default(),
             announcer: Default::default(),
         })
     }
@@ -73,14 +71,13 @@ impl Alerts {
     /// One of several replicas: ids from the shared sequence, timed work only for the gateways
     /// `owner` accepts, and every stored change announced to the other replicas.
     pub fn share(&self, ids: IdSource, owner: OwnerCheck, announcer: Announcer) {
-        self.engine().share(ids, owner.clone());
-        let _ = self.owner.set(owner);
+        self.engine().share(ids, owner);
         let _ = self.announcer.set(announcer);
     }
 
     /// Whether this replica does `gateway`'s alert work (always, on one central).
     pub fn owns(&self, gateway: &str) -> bool {
-        self.owner.get().is_none_or(|o| o(gateway))
+        self.engine().owns(gateway)
     }
 
     /// Another replica stored alert `id`: reads it and takes it as it is.

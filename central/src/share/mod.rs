@@ -235,17 +235,24 @@ impl Shares {
     }
 
     /// A grant another replica made, read into this one's.
-    fn load_grant(&self, id: &str) -> Option<()> {
-        let table = self.table.as_ref()?;
-        let v = table.get(format!("grant/{id}").as_bytes()).ok()??;
-        let row: StoredGrant = serde_json::from_slice(&v).ok()?;
+    fn load_grant(&self, id: &str) {
+        let Some(table) = &self.table else { return };
+        if let Ok(Some(v)) = table.get(format!("grant/{id}").as_bytes()) {
+            self.take_grant(&v);
+        }
+    }
+
+    /// A stored grant, taken unless this replica holds it already.
+    fn take_grant(&self, stored: &[u8]) {
+        let Ok(row) = serde_json::from_slice::<StoredGrant>(stored) else {
+            return;
+        };
         self.grants()
-            .entry(id.to_owned())
+            .entry(row.grant.id.clone())
             .or_insert_with(|| GrantState {
                 grant: row.grant,
                 revoked: watch::channel(row.revoked).0,
             });
-        Some(())
     }
 
     /// Another replica revoked grant `id`: its viewers here are cut off too.
@@ -410,16 +417,8 @@ impl Shares {
     pub fn list(&self) -> Vec<GrantView> {
         // Those other replicas made, too.
         if let Some(table) = &self.table {
-            let ids: Vec<String> = table
-                .scan(b"grant/")
-                .filter_map(Result::ok)
-                .filter_map(|(k, _)| String::from_utf8(k).ok())
-                .filter_map(|k| k.strip_prefix("grant/").map(str::to_owned))
-                .collect();
-            for id in ids {
-                if !self.grants().contains_key(&id) {
-                    self.load_grant(&id);
-                }
+            for (_, v) in table.scan(b"grant/").filter_map(Result::ok) {
+                self.take_grant(&v);
             }
         }
         let grants = self.grants();
