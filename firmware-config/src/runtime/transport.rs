@@ -105,28 +105,152 @@ pub trait Transport: Send + 'static {
 }
 
 /// rumqttc on a real broker.
+///
+/// rumqttc's `EventLoop::poll` is not cancel-safe: dropped while it writes a request it has
+/// taken (a PUBACK, an ack), that request is lost. The event loop therefore runs in a task of
+/// its own that always polls to the end, and [`Transport::poll`] reads what it produced from a
+/// channel, which is safe to drop in a `select!` and to try with `now_or_never`.
 pub struct MqttTransport {
     client: AsyncClient,
-    eventloop: EventLoop,
+    pump: Pump,
 }
+
+/// The event loop: held until the first poll (options may still change), then run by its task.
+enum Pump {
+    Idle(Box<EventLoop>),
+    Running {
+        events: tokio::sync::mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
+        /// Options for the next connect, taken by the task before each poll.
+        changes: Arc<std::sync::Mutex<OptionChanges>>,
+        /// Lets the task connect again after a failure: the caller decides when (backoff).
+        resume: Arc<tokio::sync::Notify>,
+        /// The last event read was a failure: the next poll resumes the task.
+        failed: bool,
+    },
+    /// Between states, only while switching.
+    Gone,
+}
+
+/// What changed in the options since the task took them.
+#[derive(Default)]
+struct OptionChanges {
+    last_will: Option<LastWill>,
+    tls: Option<rustls::ClientConfig>,
+}
+
+impl OptionChanges {
+    fn apply(&mut self, options: &mut MqttOptions) {
+        if let Some(will) = self.last_will.take() {
+            options.set_last_will(will);
+        }
+        if let Some(tls) = self.tls.take() {
+            options.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
+            ));
+        }
+    }
+}
+
+/// Events the task may run ahead of the caller: enough to read a burst in one go.
+const PUMP_AHEAD: usize = 256;
 
 impl MqttTransport {
     /// A session with `options`; it connects at the first poll.
     pub fn new(options: MqttOptions, queue: usize) -> Self {
         let (client, mut eventloop) = AsyncClient::new(options, queue);
         super::mqtt::send_at_once(&mut eventloop);
-        Self { client, eventloop }
+        Self {
+            client,
+            pump: Pump::Idle(Box::new(eventloop)),
+        }
+    }
+
+    /// Changes options: at once before the first poll, else for the task's next connect.
+    fn change(&mut self, f: impl FnOnce(&mut OptionChanges)) {
+        match &mut self.pump {
+            Pump::Idle(eventloop) => {
+                let mut c = OptionChanges::default();
+                f(&mut c);
+                c.apply(&mut eventloop.mqtt_options);
+            }
+            Pump::Running { changes, .. } => f(&mut changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)),
+            Pump::Gone => {}
+        }
+    }
+
+    /// The next event of the running task, starting it on the first call.
+    async fn next_event(&mut self) -> Result<Event, rumqttc::ConnectionError> {
+        if let Pump::Idle(_) = self.pump {
+            let Pump::Idle(eventloop) = std::mem::replace(&mut self.pump, Pump::Gone) else {
+                unreachable!("matched above")
+            };
+            self.pump = start_pump(*eventloop);
+        }
+        let Pump::Running {
+            events,
+            resume,
+            failed,
+            ..
+        } = &mut self.pump
+        else {
+            return Err(rumqttc::ConnectionError::RequestsDone);
+        };
+        if std::mem::take(failed) {
+            resume.notify_one();
+        }
+        // Cancel-safe: an event not yet taken stays in the channel.
+        let event = events
+            .recv()
+            .await
+            .unwrap_or(Err(rumqttc::ConnectionError::RequestsDone));
+        *failed = event.is_err();
+        event
+    }
+}
+
+/// Starts the task that drives `eventloop`; it ends when the transport is dropped.
+fn start_pump(mut eventloop: EventLoop) -> Pump {
+    let (tx, events) = tokio::sync::mpsc::channel(PUMP_AHEAD);
+    let changes = Arc::new(std::sync::Mutex::new(OptionChanges::default()));
+    let resume = Arc::new(tokio::sync::Notify::new());
+    let (task_changes, task_resume) = (changes.clone(), resume.clone());
+    tokio::spawn(async move {
+        loop {
+            task_changes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .apply(&mut eventloop.mqtt_options);
+            let event = tokio::select! {
+                _ = tx.closed() => return,
+                event = eventloop.poll() => event,
+            };
+            let failed = event.is_err();
+            if tx.send(event).await.is_err() {
+                return;
+            }
+            if failed {
+                // rumqttc would connect again at once; the caller backs off first.
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = task_resume.notified() => {}
+                }
+            }
+        }
+    });
+    Pump::Running {
+        events,
+        changes,
+        resume,
+        failed: false,
     }
 }
 
 impl Transport for MqttTransport {
     fn set_last_will(&mut self, topic: String, payload: Vec<u8>) {
-        self.eventloop.mqtt_options.set_last_will(LastWill::new(
-            topic,
-            payload,
-            QoS::AtLeastOnce,
-            true,
-        ));
+        let will = LastWill::new(topic, payload, QoS::AtLeastOnce, true);
+        self.change(|c| c.last_will = Some(will));
     }
 
     fn subscribe(&mut self, filter: String) -> Result<(), TransportError> {
@@ -165,7 +289,7 @@ impl Transport for MqttTransport {
     }
 
     async fn poll(&mut self) -> Result<Incoming, TransportError> {
-        match self.eventloop.poll().await {
+        match self.next_event().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => Ok(Incoming::Connected {
                 session_present: ack.session_present,
             }),
@@ -186,7 +310,7 @@ impl Transport for MqttTransport {
         // Bounded as a whole: a full request queue would hold even the DISCONNECT back.
         let goodbye = async {
             let _ = self.client.disconnect().await;
-            while let Ok(ev) = self.eventloop.poll().await {
+            while let Ok(ev) = self.next_event().await {
                 if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
                     break;
                 }
@@ -196,11 +320,7 @@ impl Transport for MqttTransport {
     }
 
     fn renew_tls(&mut self, tls: rustls::ClientConfig) {
-        self.eventloop
-            .mqtt_options
-            .set_transport(rumqttc::Transport::tls_with_config(
-                rumqttc::TlsConfiguration::Rustls(Arc::new(tls)),
-            ));
+        self.change(|c| c.tls = Some(tls));
     }
 
     fn ack(&mut self, receipt: Receipt) -> Result<(), TransportError> {
