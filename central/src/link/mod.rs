@@ -104,19 +104,40 @@ impl<T: Transport> GatewayLink<T> {
         observers: observers::Observers,
         token: CancellationToken,
     ) {
-        let m = &shared.metrics;
+        let shared = Arc::new(shared);
+        let m = shared.metrics.clone();
+        let depth = match &shared.events {
+            // One flush at a time: the next group gathers while it runs.
+            crate::store::EventBackend::Sled(_) => 1,
+            // Each group waits on round trips and a commit, not on this machine: several in
+            // flight keep both busy. The gateways' rows in the database keep each gateway's
+            // batches in order.
+            crate::store::EventBackend::Postgres(_) => PG_GROUPS_IN_FLIGHT,
+        };
         let mut wait = Duration::from_millis(100);
         let mut replies = std::collections::VecDeque::new();
+        let mut in_flight: std::collections::VecDeque<InFlight> = Default::default();
+        // Which broker session the link is in: a group taken in an earlier one is not
+        // PUBACKed in this one (the broker sends it again).
+        let mut session = 0u64;
         // An event polled while gathering a group, handled next.
         let mut carried = None;
         let (observers, observing) = observers::spawn(observers);
         loop {
-            self.send_replies(&mut replies, m);
+            self.send_replies(&mut replies, &m);
             let event = match carried.take() {
                 Some(e) => e,
                 None => tokio::select! {
+                    biased;
                     _ = token.cancelled() => break,
-                    e = self.transport.poll() => e,
+                    stored = stored_front(&mut in_flight), if !in_flight.is_empty() => {
+                        if let Some(group) = in_flight.pop_front() {
+                            group.finish(stored, session, &mut replies, &observers, &m).await;
+                        }
+                        continue;
+                    }
+                    // Cancel-safe: the transport's events wait in a channel.
+                    e = self.transport.poll(), if in_flight.len() < depth => e,
                 },
             };
             match event {
@@ -160,20 +181,13 @@ impl<T: Transport> GatewayLink<T> {
                             None => break,
                         }
                     }
-                    let answers = handle_group(&shared, &group, &observers).await;
-                    for (p, answer) in group.into_iter().zip(answers) {
-                        if let Some((topic, payload)) = answer {
-                            replies.push_back(Reply::Ack(topic, payload));
-                        }
-                        // PUBACK to the broker only now, in order: the batch is stored (or
-                        // was refused).
-                        replies.push_back(Reply::PubAck(p.receipt));
-                    }
+                    in_flight.push_back(InFlight::start(&shared, group, session));
                 }
                 Ok(Incoming::Other) => {}
                 Err(e) => {
                     // The new session gets everything unacknowledged again from the broker.
                     replies.clear();
+                    session += 1;
                     if m.link_connected.get() == 1 {
                         tracing::warn!(error = %e, "central lost the broker");
                     }
@@ -186,9 +200,16 @@ impl<T: Transport> GatewayLink<T> {
                 }
             }
         }
+        // What is being stored is acknowledged and observed before the link is done.
+        while let Some(mut group) = in_flight.pop_front() {
+            let stored = group.stored().await;
+            group
+                .finish(stored, session, &mut replies, &observers, &m)
+                .await;
+        }
+        self.send_replies(&mut replies, &m);
         self.transport.disconnect().await;
         m.link_connected.set(0);
-        // What was stored is observed before the link is done.
         drop(observers);
         let _ = observing.await;
     }
@@ -289,51 +310,117 @@ struct Batch {
 /// What to publish in answer to a message: topic and payload.
 type Answer = Option<(String, Vec<u8>)>;
 
-/// Checks a group of messages in order and stores their event batches together; hands what
-/// they said to the observers, in order; returns each message's answer (an event batch's ack
-/// once it is stored).
-async fn handle_group(
-    shared: &Ingest,
-    group: &[Delivery],
-    observers: &tokio::sync::mpsc::Sender<Vec<observers::Observed>>,
-) -> Vec<Answer> {
-    let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
-    let mut observed: Vec<Option<observers::Observed>> = Vec::with_capacity(group.len());
-    let mut batches: Vec<(usize, Batch)> = Vec::new();
-    for (i, p) in group.iter().enumerate() {
-        match handle(shared, p) {
-            Handled::Answer(a) => {
-                answers.push(a);
-                observed.push(None);
-            }
-            Handled::Observe(o) => {
-                answers.push(None);
-                observed.push(Some(o));
-            }
-            Handled::Store(b) => {
-                answers.push(None);
-                observed.push(None);
-                batches.push((i, b));
-            }
+/// Groups stored at once on PostgreSQL: each is one transaction on its own connection.
+const PG_GROUPS_IN_FLIGHT: usize = 4;
+
+/// What storing a group's batches gave: each batch's ack and what it added.
+type StoredGroup = (Vec<Answer>, Vec<Option<observers::Fresh>>);
+
+/// A group checked in arrival order, its batches being stored; finished (acknowledged and
+/// observed) in arrival order too.
+struct InFlight {
+    receipts: Vec<Receipt>,
+    answers: Vec<Answer>,
+    observed: Vec<Option<observers::Observed>>,
+    /// The group's index of each batch being stored.
+    batches: Vec<usize>,
+    storing: Option<tokio::task::JoinHandle<StoredGroup>>,
+    session: u64,
+}
+
+impl InFlight {
+    /// Checks each message of `group` in order and starts storing its event batches.
+    fn start(shared: &Arc<Ingest>, group: Vec<Delivery>, session: u64) -> Self {
+        let mut receipts = Vec::with_capacity(group.len());
+        let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
+        let mut observed = Vec::with_capacity(group.len());
+        let mut index = Vec::new();
+        let mut batches = Vec::new();
+        for (i, p) in group.iter().enumerate() {
+            receipts.push(p.receipt);
+            let (answer, seen) = match handle(shared, p) {
+                Handled::Answer(a) => (a, None),
+                Handled::Observe(o) => (None, Some(o)),
+                Handled::Store(b) => {
+                    index.push(i);
+                    batches.push(b);
+                    (None, None)
+                }
+            };
+            answers.push(answer);
+            observed.push(seen);
+        }
+        let storing =
+            (!batches.is_empty()).then(|| tokio::spawn(store_and_ack(shared.clone(), batches)));
+        Self {
+            receipts,
+            answers,
+            observed,
+            batches: index,
+            storing,
+            session,
         }
     }
-    if !batches.is_empty() {
-        let (index, batches): (Vec<usize>, Vec<Batch>) = batches.into_iter().unzip();
-        let (acks, fresh) = store_and_ack(shared, batches).await;
-        for ((i, ack), fresh) in index.into_iter().zip(acks).zip(fresh) {
+
+    /// Waits for the group's batches to be stored (cancel-safe).
+    async fn stored(&mut self) -> StoredGroup {
+        let n = self.batches.len();
+        match &mut self.storing {
+            None => (Vec::new(), Vec::new()),
+            Some(task) => task.await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "store task failed");
+                (vec![None; n], (0..n).map(|_| None).collect())
+            }),
+        }
+    }
+
+    /// Queues the group's answers (an event batch's ack once it is stored) and, in the
+    /// session it came in, its PUBACKs in order; hands what it said to the observers.
+    async fn finish(
+        self,
+        (acks, fresh): StoredGroup,
+        session: u64,
+        replies: &mut std::collections::VecDeque<Reply>,
+        observers: &tokio::sync::mpsc::Sender<Vec<observers::Observed>>,
+        m: &Metrics,
+    ) {
+        let Self {
+            receipts,
+            mut answers,
+            mut observed,
+            batches,
+            ..
+        } = self;
+        for ((i, ack), fresh) in batches.into_iter().zip(acks).zip(fresh) {
             answers[i] = ack;
             observed[i] = fresh.map(observers::Observed::Stored);
         }
-    }
-    let observed: Vec<observers::Observed> = observed.into_iter().flatten().collect();
-    if !observed.is_empty() {
-        if observers.send(observed).await.is_err() {
-            tracing::error!("the observers stopped; registry, alerts and boards miss a group");
+        let observed: Vec<observers::Observed> = observed.into_iter().flatten().collect();
+        if !observed.is_empty() {
+            if observers.send(observed).await.is_err() {
+                tracing::error!("the observers stopped; registry, alerts and boards miss a group");
+            }
+            let waiting = observers.max_capacity() - observers.capacity();
+            m.observer_backlog.set(waiting as i64);
         }
-        let waiting = observers.max_capacity() - observers.capacity();
-        shared.metrics.observer_backlog.set(waiting as i64);
+        for (receipt, answer) in receipts.into_iter().zip(answers) {
+            if let Some((topic, payload)) = answer {
+                replies.push_back(Reply::Ack(topic, payload));
+            }
+            // PUBACK to the broker only now, in order: the batch is stored (or was refused).
+            if self.session == session {
+                replies.push_back(Reply::PubAck(receipt));
+            }
+        }
     }
-    answers
+}
+
+/// The first group in flight, once stored.
+async fn stored_front(in_flight: &mut std::collections::VecDeque<InFlight>) -> StoredGroup {
+    match in_flight.front_mut() {
+        Some(group) => group.stored().await,
+        None => std::future::pending().await,
+    }
 }
 
 enum Handled {
@@ -466,10 +553,7 @@ fn handle(shared: &Ingest, p: &Delivery) -> Handled {
 
 /// Stores a group's batches with one flush; returns each batch's ack (none for a batch that
 /// could not be stored: its gateway sends it again) and what it added, for the observers.
-async fn store_and_ack(
-    shared: &Ingest,
-    batches: Vec<Batch>,
-) -> (Vec<Answer>, Vec<Option<observers::Fresh>>) {
+async fn store_and_ack(shared: Arc<Ingest>, batches: Vec<Batch>) -> StoredGroup {
     let n = batches.len();
     let downlink = shared.downlink.clone();
     let stored = match &shared.events {
@@ -503,7 +587,7 @@ async fn store_and_ack(
     let fresh = batches
         .into_iter()
         .zip(results)
-        .map(|(b, r)| after_store(shared, b, r))
+        .map(|(b, r)| after_store(&shared, b, r))
         .collect();
     (acks, fresh)
 }
