@@ -336,28 +336,22 @@ mod tests {
             });
         }
         let case = |receipt: &str, handled_after: Option<i64>| Case {
-            receipt: receipt.into(),
-            gateway: "gw-1".into(),
-            submission: serde_json::json!({"category": "report"}),
             status: if handled_after.is_some() {
                 "resolved"
             } else {
-                "routed"
+                "registered"
             }
             .into(),
-            station: None,
-            station_name: None,
-            assignee: None,
-            created: t0(),
             history: handled_after
-                .map(|m| crate::cases::HistoryEntry {
-                    status: "resolved".into(),
-                    by: "op".into(),
-                    note: String::new(),
-                    at: t0() + mins(m),
-                })
+                .map(|m| crate::cases::HistoryEntry::new("resolved", "op", "", t0() + mins(m)))
                 .into_iter()
                 .collect(),
+            ..Case::registered(
+                receipt,
+                "gw-1",
+                serde_json::json!({"category": "report"}),
+                t0(),
+            )
         };
         let cases = vec![case("gw-1-000001", Some(60)), case("gw-1-000002", None)];
         let targets = Targets {
@@ -397,23 +391,18 @@ mod tests {
     #[test]
     fn stations_are_scored_on_the_cases_routed_to_them() {
         let case = |receipt: &str, station: Option<&str>, handled_after: Option<i64>| Case {
-            receipt: receipt.into(),
-            gateway: "gw-1".into(),
-            submission: serde_json::json!({"category": "report"}),
-            status: "routed".into(),
             station: station.map(str::to_owned),
             station_name: station.map(|s| format!("{s} 网格站")),
-            assignee: None,
-            created: t0(),
             history: handled_after
-                .map(|m| crate::cases::HistoryEntry {
-                    status: "closed".into(),
-                    by: "op".into(),
-                    note: String::new(),
-                    at: t0() + mins(m),
-                })
+                .map(|m| crate::cases::HistoryEntry::new("closed", "op", "", t0() + mins(m)))
                 .into_iter()
                 .collect(),
+            ..Case::registered(
+                receipt,
+                "gw-1",
+                serde_json::json!({"category": "report"}),
+                t0(),
+            )
         };
         let cases = vec![
             case("r-1", Some("g-01"), Some(30)),

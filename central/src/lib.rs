@@ -354,7 +354,13 @@ pub async fn start_with<T: Transport>(
             }
             o
         },
-        cases: Arc::new(cases::Cases::open(state, clock)?),
+        cases: Arc::new(
+            cases::Cases::open(state, clock)?.with_policy(
+                firmware_config::config::gateway::parse_utc_offset(&config.alerts.utc_offset)
+                    .unwrap_or(time::UtcOffset::UTC),
+                config.alerts.case_limit,
+            ),
+        ),
         logins: logins::LoginGuard::default(),
         bundles,
         metrics: Arc::new(metrics),

@@ -41,6 +41,10 @@ pub struct Changes {
 pub struct VersionInfo {
     pub version: u64,
     pub hash: String,
+    /// The hash of what a gateway serving the whole street holds of it (without central's
+    /// case rules): what its replica reports once current.
+    #[serde(default)]
+    pub gateway_hash: String,
     #[serde(with = "time::serde::rfc3339")]
     pub published: OffsetDateTime,
     pub by: String,
@@ -261,6 +265,7 @@ impl MasterData {
         let info = VersionInfo {
             version: current.as_ref().map_or(1, |c| c.info.version + 1),
             hash,
+            gateway_hash: dataset.scoped(&[]).hash(),
             published: self.clock.now_utc(),
             by: by.to_owned(),
             note: note.to_owned(),

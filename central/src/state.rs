@@ -42,6 +42,10 @@ pub trait Table: Send + Sync {
     }
     /// Makes every write so far durable.
     fn flush(&self) -> Result<(), StateError>;
+    /// Writes `value` over `key` if it still holds `expected`; false (nothing written) when
+    /// it holds something else by now. Atomic where several replicas share the table, so two
+    /// writers of one record never lose each other's change.
+    fn replace_if(&self, key: &[u8], expected: &[u8], value: Vec<u8>) -> Result<bool, StateError>;
     /// Writes `value` unless `key` holds one already; returns what `key` holds after. Atomic
     /// where several replicas share the table (the first writer wins).
     fn insert_if_absent(&self, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>, StateError> {
@@ -95,6 +99,13 @@ impl Table for SledTable {
     fn insert(&self, key: &[u8], value: Vec<u8>) -> Result<(), StateError> {
         self.0.insert(key, value)?;
         Ok(())
+    }
+
+    fn replace_if(&self, key: &[u8], expected: &[u8], value: Vec<u8>) -> Result<bool, StateError> {
+        Ok(self
+            .0
+            .compare_and_swap(key, Some(expected), Some(value))?
+            .is_ok())
     }
 
     fn remove(&self, key: &[u8]) -> Result<(), StateError> {
@@ -174,6 +185,17 @@ impl Table for MemoryTable {
         Ok(())
     }
 
+    fn replace_if(&self, key: &[u8], expected: &[u8], value: Vec<u8>) -> Result<bool, StateError> {
+        let mut map = self.map();
+        match map.get_mut(key) {
+            Some(held) if held.as_slice() == expected => {
+                *held = value;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     fn remove(&self, key: &[u8]) -> Result<(), StateError> {
         self.map().remove(key);
         Ok(())
@@ -217,6 +239,18 @@ mod tests {
         t.insert(b"b/1", b"one-b".to_vec()).unwrap();
         t.flush().unwrap();
         assert_eq!(t.get(b"a/1").unwrap().as_deref(), Some(&b"one"[..]));
+        // Compare-and-set: only over what is still there.
+        assert!(!t.replace_if(b"a/1", b"other", b"x".to_vec()).unwrap());
+        assert!(
+            !t.replace_if(b"zz", b"one", b"x".to_vec()).unwrap(),
+            "absent"
+        );
+        assert!(t.replace_if(b"a/1", b"one", b"uno".to_vec()).unwrap());
+        assert!(
+            !t.replace_if(b"a/1", b"one", b"x".to_vec()).unwrap(),
+            "changed"
+        );
+        t.insert(b"a/1", b"one".to_vec()).unwrap();
         let keys =
             |prefix: &[u8]| -> Vec<Vec<u8>> { t.scan(prefix).map(|e| e.unwrap().0).collect() };
         assert_eq!(keys(b"b/"), vec![b"b/1".to_vec(), b"b/2".to_vec()]);

@@ -1,12 +1,12 @@
 // Uses the kiosk page like a resident would, in Debian's headless Chromium: searches a service,
 // opens it, finds the grid of an address, hands in a report, and asks for its progress until
 // the status is `waitFor` (or `timeout` ms pass).
-// Usage: node kiosk.mjs URL [waitFor=routed] [timeoutMs=30000]
+// Usage: node kiosk.mjs URL [waitFor=registered] [timeoutMs=30000]
 // With SCREENSHOT=prefix in the environment, saves prefix-items.png, -grid.png, -status.png.
 // Prints one JSON line with what the page showed; exits 1 when a step failed.
 import { launch } from "./chromium.mjs";
 
-const [url, waitFor = "routed", timeout = "30000"] = process.argv.slice(2);
+const [url, waitFor = "registered", timeout = "30000"] = process.argv.slice(2);
 if (!url) {
   console.error("usage: node kiosk.mjs URL [waitFor] [timeoutMs]");
   process.exit(2);

@@ -78,17 +78,27 @@ pub fn central_toml(dir: &Path, broker_port: u16, http_port: u16) -> String {
 }
 
 /// The console logins of every test central: `admin`, `super` and `op` (administrator,
-/// supervisor, operator), each with the password [`operator_password`].
+/// supervisor, operator) for the whole street; `station-2` and `station-3` (operators of the
+/// sample data's 东风巷 and 纺织新村 grid stations) and `community-1` (the supervisor of their
+/// community, 红星社区); each with the password [`operator_password`].
 pub fn operators_toml() -> &'static str {
     static TOML: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TOML.get_or_init(|| {
-        [("admin", "administrator"), ("super", "supervisor"), ("op", "operator")]
-            .iter()
-            .map(|(name, role)| {
-                let hash = central::operators::hash_password(&operator_password(name))
-                    .unwrap_or_default();
-                format!("\n[[operators]]\nname = \"{name}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n")
-            })
+        [
+            ("admin", "administrator", None),
+            ("super", "supervisor", None),
+            ("op", "operator", None),
+            ("station-2", "operator", Some("11019900100001002")),
+            ("station-3", "operator", Some("11019900100001003")),
+            ("community-1", "supervisor", Some("11019900100001")),
+        ]
+        .iter()
+        .map(|(name, role, scope)| {
+            let hash =
+                central::operators::hash_password(&operator_password(name)).unwrap_or_default();
+            let scope = scope.map_or(String::new(), |s| format!("scope = \"{s}\"\n"));
+            format!("\n[[operators]]\nname = \"{name}\"\nrole = \"{role}\"\npassword_hash = \"{hash}\"\n{scope}")
+        })
             .chain(std::iter::once(format!(
                 "\n[[api_tokens]]\nname = \"test-admin\"\nrole = \"administrator\"\ntoken_sha256 = \"{}\"\n",
                 central::operators::api_token_sha256(API_TOKEN)
@@ -129,10 +139,15 @@ pub struct Console {
 impl Console {
     /// Logs `name` in (one of [`operators_toml`]'s).
     pub async fn login(base: &str, name: &str) -> Result<Self> {
+        Self::login_with(base, name, &operator_password(name)).await
+    }
+
+    /// A session of `name` with `password` (an account made in the console).
+    pub async fn login_with(base: &str, name: &str, password: &str) -> Result<Self> {
         let client = reqwest::Client::new();
         let r = client
             .post(format!("{base}/api/v1/session"))
-            .json(&serde_json::json!({ "name": name, "password": operator_password(name) }))
+            .json(&serde_json::json!({ "name": name, "password": password }))
             .send()
             .await?;
         anyhow::ensure!(r.status().is_success(), "login {name}: {}", r.status());
@@ -207,6 +222,11 @@ impl Console {
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
         self.send(self.request(reqwest::Method::POST, path).json(&body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.send(self.request(reqwest::Method::PATCH, path).json(&body))
             .await
     }
 

@@ -467,13 +467,29 @@ async fn late_report_alert(pg: Option<&Postgres>) {
     .unwrap();
     assert_eq!(a["count"], 1, "raised once, not on every check: {a}");
     // Resolved at central: the alert clears.
-    let (status, _) = op
+    let (status, _) = central
+        .post_masterdata(&gridedge_tests::workspace_root().join("deploy/sample-data"))
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let boss = central.console("super").await.unwrap();
+    let (status, answer) = boss
         .post(
-            &format!("/api/v1/cases/{receipt}/status"),
-            json!({"status": "resolved", "note": "已调解", "by": "网格员"}),
+            &format!("/api/v1/cases/{receipt}/actions"),
+            json!({"action": "assign", "station": "11019900100001002", "person": "网格员"}),
         )
         .await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{answer}");
+    for step in [
+        json!({"action": "accept"}),
+        json!({"action": "refer", "to": "人民调解委员会", "note": "转人民调解"}),
+        json!({"action": "resolve", "note": "已调解", "by": "网格员"}),
+    ] {
+        let (status, answer) = op
+            .post(&format!("/api/v1/cases/{receipt}/actions"), step.clone())
+            .await;
+        assert_eq!(status, 200, "{step}: {answer}");
+    }
     let (_, case) = op.get(&format!("/api/v1/cases/{receipt}")).await;
     assert_eq!(
         case["history"].as_array().unwrap().last().unwrap()["by"],

@@ -1,6 +1,6 @@
 //! The service hall's kiosk page in a real browser (headless Chromium): a resident searches a
 //! service, finds their grid by address, hands in a report and follows it until central has
-//! routed it to the grid station; then the same with the WAN down.
+//! registered it at the grid station; then the same with the WAN down.
 
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ async fn a_resident_uses_the_kiosk_page_online_and_with_the_wan_down() {
     let url = gw.url(&format!("/kiosk#token={}", viewer_token("gw-page")));
     let u = url.clone();
     let seen =
-        tokio::task::spawn_blocking(move || use_kiosk(&u, "routed", Duration::from_secs(30)))
+        tokio::task::spawn_blocking(move || use_kiosk(&u, "registered", Duration::from_secs(30)))
             .await
             .unwrap()
             .unwrap();
@@ -58,10 +58,10 @@ async fn a_resident_uses_the_kiosk_page_online_and_with_the_wan_down() {
     let receipt = seen["receipt"].as_str().unwrap();
     assert!(receipt.starts_with("gw-page-"), "{seen}");
     assert_eq!(
-        seen["status"], "routed",
-        "central's routing came back: {seen}"
+        seen["status"], "registered",
+        "central's registration came back: {seen}"
     );
-    assert!(seen["statusText"].as_str().unwrap().contains("网格站"));
+    assert!(seen["statusText"].as_str().unwrap().contains("已登记"));
     assert_eq!(seen["content"].as_array().unwrap().len(), 3, "{seen}");
     assert!(
         seen["document"].as_str().unwrap().contains("代办"),

@@ -199,7 +199,7 @@ async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_w
     )
     .await
     .unwrap();
-    let r = replica_at(&gw, 1, v1["hash"].as_str().unwrap()).await;
+    let r = replica_at(&gw, 1, v1["gateway_hash"].as_str().unwrap()).await;
     assert_eq!(r["last_update"], "snapshot", "{r}");
     assert!(
         r["summary"]
@@ -229,7 +229,7 @@ async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_w
     std::fs::write(dir.path().join("service_items.json"), items).unwrap();
     let v2 = import(&central, dir.path()).await;
     assert_eq!(v2["version"], 2);
-    let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
+    let r = replica_at(&gw, 2, v2["gateway_hash"].as_str().unwrap()).await;
     assert_eq!(r["last_update"], "delta", "{r}");
 
     // Kiosks ask the replica.
@@ -255,7 +255,7 @@ async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_w
 
     // Restarted, it still holds version 2 (no update needed).
     gw.restart_with(|_| {}).await.unwrap();
-    let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
+    let r = replica_at(&gw, 2, v2["gateway_hash"].as_str().unwrap()).await;
     assert_eq!(r["last_update"], Value::Null, "{r}");
 
     // Its replica lost: a snapshot brings it back.
@@ -264,7 +264,7 @@ async fn a_gateway_replica_follows_central_by_snapshot_then_delta_and_recovers_w
     })
     .await
     .unwrap();
-    let r = replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
+    let r = replica_at(&gw, 2, v2["gateway_hash"].as_str().unwrap()).await;
     assert_eq!(r["last_update"], "snapshot", "{r}");
 
     // Central and its broker gone: kiosks are still answered from the replica.
@@ -381,7 +381,7 @@ async fn content_files_reach_kiosks_in_checked_pieces_resume_after_a_cut_and_ser
     )
     .await
     .unwrap();
-    replica_at(&gw, 1, v1["hash"].as_str().unwrap()).await;
+    replica_at(&gw, 1, v1["gateway_hash"].as_str().unwrap()).await;
     let list = gridedge_tests::eventually(
         "every content file at the gateway",
         std::time::Duration::from_secs(20),
@@ -471,7 +471,7 @@ async fn content_files_reach_kiosks_in_checked_pieces_resume_after_a_cut_and_ser
 
     // A version without the video: its file is removed from the gateway.
     let v2 = import(&central, &sample()).await;
-    replica_at(&gw, 2, v2["hash"].as_str().unwrap()).await;
+    replica_at(&gw, 2, v2["gateway_hash"].as_str().unwrap()).await;
     gridedge_tests::eventually(
         "the old video removed",
         std::time::Duration::from_secs(10),
@@ -503,7 +503,7 @@ async fn kiosks_find_their_grid_by_address_and_are_held_to_their_rates() {
     )
     .await
     .unwrap();
-    replica_at(&gw, 1, v1["hash"].as_str().unwrap()).await;
+    replica_at(&gw, 1, v1["gateway_hash"].as_str().unwrap()).await;
     // 红星路64号: the even side past 60 is grid 2 (东风巷).
     let found = kiosk_get(
         &gw,

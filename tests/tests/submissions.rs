@@ -130,7 +130,7 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     })
     .await
     .unwrap();
-    assert_eq!(case["status"], "routed", "{case}");
+    assert_eq!(case["status"], "registered", "{case}");
     assert!(
         case["station_name"].as_str().unwrap().contains("东风巷"),
         "{case}"
@@ -142,19 +142,80 @@ async fn a_submission_taken_offline_survives_a_restart_and_becomes_one_routed_ca
     assert_eq!(case["submission"]["contact"]["phone"], "13800138000");
 
     // Its status comes back to the kiosk.
-    eventually("routed at the kiosk", Duration::from_secs(20), || async {
+    eventually(
+        "registered at the kiosk",
+        Duration::from_secs(20),
+        || async {
+            let s = status_at_kiosk(&gw, &receipt).await?;
+            (s["status"] == "registered").then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    // Worked at central step by step, by the street and by the grid station; the kiosk
+    // follows.
+    let station = case["station"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/cases/{receipt}/actions");
+    let act = |body: Value| {
+        let url = central.url(&path);
+        async move {
+            let r = gridedge_tests::services::api_client()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, answer) = act(json!({"action": "resolve", "note": "x"})).await;
+    assert_eq!(status, 400, "not before it is assigned: {answer}");
+    let (status, answer) =
+        act(json!({"action": "assign", "station": station, "person": "网格长"})).await;
+    assert_eq!(status, 200, "{answer}");
+    // Another grid station's operator: no such case, however asked.
+    let other = central.console("station-3").await.unwrap();
+    let (status, list) = other.get("/api/v1/cases").await;
+    assert_eq!((status, list["total"].as_u64()), (200, Some(0)), "{list}");
+    let (status, _) = other.get(&format!("/api/v1/cases/{receipt}")).await;
+    assert_eq!(status, 404, "another station's case is not there for it");
+    let (status, _) = other.post(&path, json!({"action": "accept"})).await;
+    assert_eq!(status, 404, "nor can it act on it");
+    let (status, _) = other.get(&format!("/api/v1/cases?grid={station}")).await;
+    assert_eq!(status, 200);
+    // The case's own station sees and works it; it may not assign.
+    let own = central.console("station-2").await.unwrap();
+    let (_, list) = own.get("/api/v1/cases?status=assigned").await;
+    assert_eq!(list["cases"][0]["receipt"], receipt.as_str(), "{list}");
+    let (status, _) = own
+        .post(
+            &path,
+            json!({"action": "assign", "station": "11019900100001003", "person": "x"}),
+        )
+        .await;
+    assert_eq!(status, 403, "station staff do not assign");
+    for step in [
+        json!({"action": "accept"}),
+        json!({"action": "mediate", "note": "双方到场调解", "parties": ["甲", "乙"]}),
+        json!({"action": "agree", "note": "达成一致"}),
+    ] {
+        let (status, answer) = own.post(&path, step.clone()).await;
+        assert_eq!(status, 200, "{step}: {answer}");
+    }
+    eventually("handling at the kiosk", Duration::from_secs(20), || async {
         let s = status_at_kiosk(&gw, &receipt).await?;
-        (s["status"] == "routed").then_some(())
+        (s["status"] == "handling").then_some(())
     })
     .await
     .unwrap();
-    let r = gridedge_tests::services::api_client()
-        .post(central.url(&format!("/api/v1/cases/{receipt}/status")))
-        .json(&json!({ "status": "resolved", "note": "双方已签调解协议", "by": "调解员王" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    // Its community's supervisor sees it too.
+    let community = central.console("community-1").await.unwrap();
+    let (status, c) = community.get(&format!("/api/v1/cases/{receipt}")).await;
+    assert_eq!((status, c["mediations"].as_u64()), (200, Some(1)), "{c}");
+    let (status, _) =
+        act(json!({ "action": "resolve", "note": "双方已签调解协议", "by": "调解员王" })).await;
+    assert_eq!(status, 200);
     let s = eventually("resolved at the kiosk", Duration::from_secs(20), || async {
         let s = status_at_kiosk(&gw, &receipt).await?;
         (s["status"] == "resolved").then_some(s)

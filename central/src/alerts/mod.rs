@@ -212,28 +212,11 @@ impl Alerts {
 }
 
 /// Every case that is overdue, or handled (to clear an alert it may have).
-fn overdue_cases(
-    cases: &crate::cases::Cases,
-    masterdata: &crate::masterdata::MasterData,
-    limit: std::time::Duration,
-    now: OffsetDateTime,
-) -> Vec<Observation> {
-    let items = masterdata.current();
+fn overdue_cases(cases: &crate::cases::Cases, now: OffsetDateTime) -> Vec<Observation> {
     cases
         .list(None)
         .iter()
-        .filter_map(|c| {
-            let days = c.submission["item_code"].as_str().and_then(|code| {
-                let item = items
-                    .as_ref()?
-                    .dataset
-                    .items
-                    .iter()
-                    .find(|i| i.code == code)?;
-                Some(item.promised_days.unwrap_or(item.time_limit_days))
-            });
-            rules::case_overdue(c, limit, days, now)
-        })
+        .filter_map(|c| rules::case_overdue(c, cases.fallback(), now))
         .collect()
 }
 
@@ -300,12 +283,18 @@ pub async fn watch(w: Watch, token: tokio_util::sync::CancellationToken) {
         }
         if w.clock.since(cases_checked) >= case_every {
             cases_checked = w.clock.instant();
-            let (cases, masterdata) = (w.cases.clone(), w.masterdata.clone());
-            let found = tokio::task::spawn_blocking(move || {
-                overdue_cases(&cases, &masterdata, case_limit, now)
+            let cases = w.cases.clone();
+            let alerts = w.alerts.clone();
+            let (found, reminded) = tokio::task::spawn_blocking(move || {
+                // Reminders of the gateways this replica holds: each case's once.
+                let reminded = cases.remind(now, |gw| alerts.owns(gw));
+                (overdue_cases(&cases, now), reminded)
             })
             .await
             .unwrap_or_default();
+            for c in &reminded {
+                tracing::info!(receipt = %c.receipt, assignee = ?c.assignee, due = ?c.due, "a case's deadline is near; its assignee is reminded");
+            }
             for o in found.into_iter().filter(|o| w.alerts.owns(&o.gateway)) {
                 let receipt = o
                     .originator

@@ -258,28 +258,27 @@ pub fn from_event(gateway: &str, e: &Event) -> Vec<Observation> {
     }
 }
 
-/// A resident's case against its time limit: `limit` for a report or dispute, the service
-/// item's promised (or legal) days for an application — counted as calendar days, which is
-/// never earlier than working days. `Some` when overdue, or handled (to clear it).
+/// A resident's case against its deadline: the working days it was given when registered, or
+/// `fallback` after it came for one without. `Some` when overdue, or no longer open (to clear
+/// it).
 pub fn case_overdue(
     c: &crate::cases::Case,
-    limit: Duration,
-    item_days: Option<u32>,
+    fallback: Duration,
     now: time::OffsetDateTime,
 ) -> Option<Observation> {
-    let handled = matches!(c.status.as_str(), "resolved" | "closed");
-    let limit = match (c.submission["category"].as_str(), item_days) {
-        (Some("application"), Some(days)) => Duration::from_secs(u64::from(days) * 24 * 3600),
-        _ => limit,
-    };
-    let overdue = !handled && now - c.created > limit;
+    let handled = !c.is_open();
+    let overdue = c.is_overdue(fallback, now);
     if !overdue && !handled {
         return None;
     }
+    let deadline = c.deadline(fallback);
+    let limit = (deadline - c.created).whole_seconds().max(0) as u64;
+    let limit = Duration::from_secs(limit);
     let title = c.submission["title"].as_str().unwrap_or_default();
     let payload = json!({
         "receipt": c.receipt, "status": c.status, "station": c.station,
         "limit_hours": limit.as_secs() / 3600, "created": c.created.unix_timestamp(),
+        "due": deadline.unix_timestamp(), "assignee": c.assignee, "supervised": c.supervised,
     });
     Some(
         Make {
@@ -543,38 +542,45 @@ mod tests {
     }
 
     #[test]
-    fn a_case_is_overdue_after_its_limit_and_cleared_when_handled() {
+    fn a_case_is_overdue_after_its_deadline_and_cleared_when_handled() {
         let t0 = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         let mut c = crate::cases::Case {
-            receipt: "gw-1-000007".into(),
-            gateway: "gw-1".into(),
-            submission: json!({"category": "report", "title": "路灯不亮"}),
-            status: "routed".into(),
             station: Some("11019900100001002".into()),
-            station_name: None,
-            assignee: None,
-            created: t0,
-            history: Vec::new(),
+            ..crate::cases::Case::registered(
+                "gw-1-000007",
+                "gw-1",
+                json!({"category": "report", "title": "路灯不亮"}),
+                t0,
+            )
         };
         let day = Duration::from_secs(24 * 3600);
-        assert!(case_overdue(&c, day, None, t0 + time::Duration::hours(23)).is_none());
-        let o = case_overdue(&c, day, None, t0 + time::Duration::hours(25)).unwrap();
+        // Without a deadline of its own: the fallback after it came.
+        assert!(case_overdue(&c, day, t0 + time::Duration::hours(23)).is_none());
+        let o = case_overdue(&c, day, t0 + time::Duration::hours(25)).unwrap();
         assert_eq!(
             (o.key().as_str(), o.raised),
             ("gw-1/case/gw-1-000007#case.overdue", true)
         );
-        // An application: its item's days, not the general limit.
+        // An application with its working-day deadline: that, not the fallback.
         c.submission =
             json!({"category": "application", "title": "低保", "item_code": "MZ110199-0001"});
-        assert!(case_overdue(&c, day, Some(15), t0 + time::Duration::days(14)).is_none());
+        c.due = Some(t0 + time::Duration::days(15));
+        assert!(case_overdue(&c, day, t0 + time::Duration::days(14)).is_none());
         assert!(
-            case_overdue(&c, day, Some(15), t0 + time::Duration::days(16))
+            case_overdue(&c, day, t0 + time::Duration::days(16))
                 .unwrap()
                 .raised
         );
-        c.status = "resolved".into();
+        // Decided is still open for an application (it must be delivered); delivered is not.
+        c.status = "decided".into();
         assert!(
-            !case_overdue(&c, day, Some(15), t0 + time::Duration::days(16))
+            case_overdue(&c, day, t0 + time::Duration::days(16))
+                .unwrap()
+                .raised
+        );
+        c.status = "delivered".into();
+        assert!(
+            !case_overdue(&c, day, t0 + time::Duration::days(16))
                 .unwrap()
                 .raised
         );

@@ -1,4 +1,5 @@
-//! Cases from residents' submissions on central's API.
+//! Residents' cases on central's API, each operator reaching only the cases of their scope.
+//! A case outside it answers as one that does not exist: its receipt says nothing.
 
 use std::sync::Arc;
 
@@ -6,74 +7,116 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Deserialize;
 use serde_json::json;
 
+use super::session::Operator;
 use super::ApiError;
-use crate::cases::CaseError;
+use crate::cases::scope::{GridTree, Places};
+use crate::cases::{Action, CaseError, Filter};
 use crate::Shared;
 
-#[derive(Deserialize)]
-pub struct ListQuery {
-    status: Option<String>,
+/// The grid tree of the master data in force (empty before any: only the street's accounts
+/// reach anything then).
+fn places(shared: &Shared) -> GridTree {
+    shared
+        .masterdata
+        .current()
+        .map(|v| GridTree::new(&v.dataset))
+        .unwrap_or_default()
 }
 
-/// `GET /api/v1/cases[?status=…]`.
-pub async fn list(State(shared): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Response {
-    Json(json!({ "cases": shared.cases.list(q.status.as_deref()) })).into_response()
+fn refused(e: CaseError) -> Response {
+    let status = match e {
+        CaseError::Invalid(_) => StatusCode::BAD_REQUEST,
+        CaseError::Forbidden(_) => StatusCode::FORBIDDEN,
+        CaseError::NotFound(_) => StatusCode::NOT_FOUND,
+        CaseError::Busy(_) => StatusCode::CONFLICT,
+        CaseError::Store(_) | CaseError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, e.to_string()).into_response()
 }
 
-/// `GET /api/v1/cases/{receipt}`.
-pub async fn one(State(shared): State<Arc<Shared>>, Path(receipt): Path<String>) -> Response {
-    match shared.cases.get(&receipt) {
-        Some(c) => Json(json!(c)).into_response(),
-        None => {
-            ApiError::new(StatusCode::NOT_FOUND, format!("no case {receipt:?}")).into_response()
-        }
+/// `GET /api/v1/cases?status=&grid=&category=&overdue=&before=&limit=`: the queue, newest
+/// first, `{"cases","total"}`.
+pub async fn list(
+    State(shared): State<Arc<Shared>>,
+    Operator(who): Operator,
+    q: Result<Query<Filter>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(filter) = match q {
+        Ok(q) => q,
+        Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    let s = shared.clone();
+    let found =
+        tokio::task::spawn_blocking(move || s.cases.query(&filter, &who, &places(&s))).await;
+    match found {
+        Ok(Ok((cases, total))) => Json(json!({ "cases": cases, "total": total })).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StatusChange {
-    status: String,
-    #[serde(default)]
-    note: String,
-    #[serde(default)]
-    by: String,
+/// `GET /api/v1/cases/{receipt}`.
+pub async fn one(
+    State(shared): State<Arc<Shared>>,
+    Operator(who): Operator,
+    Path(receipt): Path<String>,
+) -> Response {
+    match shared.cases.get(&receipt) {
+        Some(c) if places(&shared).reaches(who.scope.as_deref(), c.station.as_deref()) => {
+            Json(json!(c)).into_response()
+        }
+        _ => refused(CaseError::NotFound(receipt)),
+    }
 }
 
-/// `POST /api/v1/cases/{receipt}/status {"status","note","by"}`: the change goes back to the
-/// kiosk's gateway.
-pub async fn set_status(
+/// An action as the API takes it: `by` names the person a tool acts for (recorded beside the
+/// signed-in operator, never instead).
+#[derive(serde::Deserialize)]
+pub struct ActionRequest {
+    #[serde(default)]
+    by: String,
+    #[serde(flatten)]
+    action: Action,
+}
+
+/// `POST /api/v1/cases/{receipt}/actions {"action", …}`: one step of the case's work; the
+/// resident's kiosk is told of each step they can follow.
+pub async fn act(
     State(shared): State<Arc<Shared>>,
-    op: super::session::Operator,
+    op: Operator,
     Path(receipt): Path<String>,
-    req: Result<Json<StatusChange>, axum::extract::rejection::JsonRejection>,
+    req: Result<Json<ActionRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Json(req) = match req {
+    let Json(ActionRequest { by, action }) = match req {
         Ok(r) => r,
         Err(e) => return ApiError::new(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
     };
-    let by = op.author(&req.by);
+    let author = op.author(&by);
+    let who = op.0.clone();
     let s = shared.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        s.cases.set_status(&receipt, &req.status, &by, &req.note)
+    let done = tokio::task::spawn_blocking(move || {
+        let places = places(&s);
+        // Outside the scope: as if there were no such case.
+        match s.cases.get(&receipt) {
+            Some(c) if places.reaches(who.scope.as_deref(), c.station.as_deref()) => {}
+            _ => return Err(CaseError::NotFound(receipt)),
+        }
+        s.cases.act(&receipt, &action, &who, &author, &places)
     })
     .await;
-    match result {
-        Ok(Ok(case)) => {
-            crate::cases::tell_gateway(&shared.commands, &case);
+    match done {
+        Ok(Ok((case, step))) => {
+            shared
+                .operators
+                .record(&op.0.name, &format!("case {}", step.action), &case.receipt);
+            if step.tell_resident {
+                crate::cases::tell_gateway(&shared.commands, &case);
+            }
             Json(json!(case)).into_response()
         }
-        Ok(Err(e)) => {
-            let status = match e {
-                CaseError::Invalid(_) => StatusCode::BAD_REQUEST,
-                CaseError::NotFound(_) => StatusCode::NOT_FOUND,
-                CaseError::Store(_) | CaseError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            ApiError::new(status, e.to_string()).into_response()
-        }
+        Ok(Err(e)) => refused(e),
         Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

@@ -16,6 +16,7 @@ use crate::metrics::{GatewayClassLabel, GatewayLabel, PresenceLabel};
 use crate::registry::GatewayView;
 use crate::Shared;
 
+pub mod accounts;
 pub mod alerts;
 pub mod cases;
 pub mod health;
@@ -85,7 +86,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/terminals", get(terminals::list))
         .route("/api/v1/cases", get(cases::list))
         .route("/api/v1/cases/{receipt}", get(cases::one))
-        .route("/api/v1/cases/{receipt}/status", post(cases::set_status))
+        .route("/api/v1/cases/{receipt}/actions", post(cases::act))
         .route("/api/v1/shares", get(shares::list).post(shares::create))
         .route("/api/v1/shares/{id}", delete(shares::revoke))
         .route("/api/v1/audit", get(shares::audit))
@@ -111,7 +112,23 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/bundles/signed", post(terminals::forward))
         .route_layer(guard(Role::Operator, Role::Administrator));
+    // Operator accounts: administrators only, to look as to change.
+    let accounts = Router::new()
+        .route(
+            "/api/v1/operators",
+            get(accounts::list).post(accounts::create),
+        )
+        .route(
+            "/api/v1/operators/{name}",
+            axum::routing::patch(accounts::change),
+        )
+        .route(
+            "/api/v1/operators/{name}/password",
+            axum::routing::put(accounts::password),
+        )
+        .route_layer(guard(Role::Administrator, Role::Administrator));
     open.merge(console)
+        .merge(accounts)
         .merge(operations)
         .merge(publishing)
         .with_state(shared)

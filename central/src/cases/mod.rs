@@ -5,21 +5,53 @@
 //! knows them, else to the street. Every status change goes back to the gateway, where the
 //! kiosk can ask for it by receipt.
 
+pub mod deadline;
+pub mod scope;
+pub mod workflow;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use firmware_config::ids::GatewayId;
+use firmware_config::masterdata::Dataset;
 use firmware_config::runtime::clock::Clock;
 use firmware_config::topics::Channel;
 use firmware_config::wire::{Command, Event, Message};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use time::OffsetDateTime;
+use time::{OffsetDateTime, UtcOffset};
 
 use crate::masterdata::MasterData;
+use crate::operators::Signed;
 use crate::state::{StateError, StateStore, Table};
 
-/// Statuses an operator may set.
-pub const STATUSES: [&str; 3] = ["in_progress", "resolved", "closed"];
+pub use workflow::{Action, Refusal};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    Report,
+    Dispute,
+    Application,
+}
+
+impl Category {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "report" => Some(Category::Report),
+            "dispute" => Some(Category::Dispute),
+            "application" => Some(Category::Application),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Report => "report",
+            Category::Dispute => "dispute",
+            Category::Application => "application",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistoryEntry {
@@ -28,6 +60,12 @@ pub struct HistoryEntry {
     pub note: String,
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// What was done (`assign`, `mediate`, …; `register` and `remind` are central's own).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub action: String,
+    /// The action's own fields (a station and person, a department, a decision).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub details: Value,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,19 +74,126 @@ pub struct Case {
     pub gateway: String,
     pub submission: Value,
     pub status: String,
-    /// The grid it was routed to, and who answers for it there.
+    /// The base grid it is assigned to (a grid station), and who answers for it there.
     pub station: Option<String>,
     pub station_name: Option<String>,
     pub assignee: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created: OffsetDateTime,
+    /// When it must be done by, in working days from its registration (none: its category
+    /// has no limit in the master data; the `[alerts] case_limit` holds it then).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub due: Option<OffsetDateTime>,
+    /// When the assignee is reminded of the deadline, and whether it was.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub remind_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub reminded: bool,
+    /// The department it was transferred to (转办).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub department: Option<String>,
+    /// Reported up to the street (上报): the street works it.
+    #[serde(default)]
+    pub at_street: bool,
+    /// Times a supervisor pressed it (督办).
+    #[serde(default)]
+    pub supervised: u32,
+    /// A dispute's mediation sessions.
+    #[serde(default)]
+    pub mediations: u32,
+    /// A dispute's follow-up visit was made (回访).
+    #[serde(default)]
+    pub visited: bool,
+    /// `agreement` or `referral: …` for a dispute; `approved` or `refused` for an application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
     pub history: Vec<HistoryEntry>,
+}
+
+impl HistoryEntry {
+    /// An entry of `status` by `by` at `at`, no action named.
+    pub fn new(status: &str, by: &str, note: &str, at: OffsetDateTime) -> Self {
+        Self {
+            status: status.to_owned(),
+            by: by.to_owned(),
+            note: note.to_owned(),
+            at,
+            action: String::new(),
+            details: Value::Null,
+        }
+    }
+}
+
+impl Case {
+    /// A case just registered, routed nowhere yet, with no deadline of its own.
+    pub fn registered(receipt: &str, gateway: &str, submission: Value, at: OffsetDateTime) -> Self {
+        Self {
+            receipt: receipt.to_owned(),
+            gateway: gateway.to_owned(),
+            submission,
+            status: "registered".to_owned(),
+            station: None,
+            station_name: None,
+            assignee: None,
+            created: at,
+            due: None,
+            remind_at: None,
+            reminded: false,
+            department: None,
+            at_street: false,
+            supervised: 0,
+            mediations: 0,
+            visited: false,
+            outcome: None,
+            history: Vec::new(),
+        }
+    }
+
+    pub fn category(&self) -> Category {
+        self.submission["category"]
+            .as_str()
+            .and_then(Category::parse)
+            .unwrap_or(Category::Report)
+    }
+
+    pub fn is_open(&self) -> bool {
+        workflow::is_open_status(self.category(), &self.status)
+    }
+
+    /// Its deadline: the one it was given, else its creation plus `fallback`.
+    pub fn deadline(&self, fallback: Duration) -> OffsetDateTime {
+        self.due.unwrap_or(self.created + fallback)
+    }
+
+    pub fn is_overdue(&self, fallback: Duration, now: OffsetDateTime) -> bool {
+        self.is_open() && now > self.deadline(fallback)
+    }
+}
+
+/// What a case queue shows: every field optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    pub status: Option<String>,
+    /// A grid at any level: its cases and those of the grids below it.
+    pub grid: Option<String>,
+    pub category: Option<String>,
+    /// Only overdue (true) or only those within their time (false).
+    pub overdue: Option<bool>,
+    /// Newest first from this receipt on (paging): those created before it.
+    pub before: Option<String>,
+    /// At most this many (default 100, at most 1,000).
+    pub limit: Option<usize>,
 }
 
 pub struct Cases {
     tree: Arc<dyn Table>,
     /// Stamps cases and their history.
     clock: Clock,
+    /// The street's time zone, for working days.
+    offset: UtcOffset,
+    /// A case whose category has no limit in the master data is due this long after it came.
+    fallback: Duration,
 }
 
 /// Why an operator's change of a case was not taken.
@@ -57,20 +202,42 @@ pub enum CaseError {
     /// A field of the request is wrong; the message names it.
     #[error("{0}")]
     Invalid(String),
+    /// Outside the operator's scope or role.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("no case {0:?}")]
     NotFound(String),
+    /// Others kept changing it at the same moment; try again.
+    #[error("the case {0:?} changed meanwhile; try again")]
+    Busy(String),
     #[error("cases store: {0}")]
     Store(#[from] StateError),
     #[error("cases store: {0}")]
     Encode(#[from] serde_json::Error),
 }
 
+/// Attempts at an action against others' changes of the same case.
+const ATTEMPTS: usize = 8;
+
 impl Cases {
     pub fn open(state: &dyn StateStore, clock: Clock) -> Result<Self, CaseError> {
         Ok(Self {
             tree: state.table("cases")?,
             clock,
+            offset: time::macros::offset!(+8),
+            fallback: Duration::from_secs(72 * 3600),
         })
+    }
+
+    /// Deadlines in the street's time zone; `fallback` for categories without a limit.
+    pub fn with_policy(mut self, offset: UtcOffset, fallback: Duration) -> Self {
+        self.offset = offset;
+        self.fallback = fallback;
+        self
+    }
+
+    pub fn fallback(&self) -> Duration {
+        self.fallback
     }
 
     pub fn get(&self, receipt: &str) -> Option<Case> {
@@ -86,6 +253,55 @@ impl Cases {
             .collect()
     }
 
+    /// The cases an operator reaches that match `f`, newest first; and how many matched.
+    pub fn query(
+        &self,
+        f: &Filter,
+        who: &Signed,
+        places: &scope::GridTree,
+    ) -> Result<(Vec<Case>, usize), CaseError> {
+        use scope::Places;
+        if let Some(c) = &f.category {
+            if Category::parse(c).is_none() {
+                return Err(CaseError::Invalid(format!(
+                    "category: {c:?}; use report, dispute or application"
+                )));
+            }
+        }
+        let limit = f.limit.unwrap_or(100).clamp(1, 1000);
+        let now = self.clock.now_utc();
+        let mut found: Vec<Case> = self
+            .list(f.status.as_deref())
+            .into_iter()
+            .filter(|c| places.reaches(who.scope.as_deref(), c.station.as_deref()))
+            .filter(|c| {
+                f.grid.as_deref().is_none_or(|g| {
+                    c.station
+                        .as_deref()
+                        .is_some_and(|st| places.ancestry(st).any(|a| a == g))
+                })
+            })
+            .filter(|c| {
+                f.category
+                    .as_deref()
+                    .is_none_or(|k| c.category().as_str() == k)
+            })
+            .filter(|c| {
+                f.overdue
+                    .is_none_or(|o| c.is_overdue(self.fallback, now) == o)
+            })
+            .collect();
+        found.sort_by(|a, b| (b.created, &b.receipt).cmp(&(a.created, &a.receipt)));
+        let total = found.len();
+        if let Some(before) = &f.before {
+            if let Some(i) = found.iter().position(|c| &c.receipt == before) {
+                found.drain(..=i);
+            }
+        }
+        found.truncate(limit);
+        Ok((found, total))
+    }
+
     fn put(&self, c: &Case) -> Result<(), CaseError> {
         self.tree
             .insert(c.receipt.as_bytes(), serde_json::to_vec(c)?)?;
@@ -93,10 +309,102 @@ impl Cases {
         Ok(())
     }
 
+    /// Changes a case with `f` unless someone changed it meanwhile (then reads it again and
+    /// tries again): two operators on two replicas never lose each other's step.
+    fn change<T>(
+        &self,
+        receipt: &str,
+        mut f: impl FnMut(&mut Case) -> Result<T, CaseError>,
+    ) -> Result<(Case, T), CaseError> {
+        for _ in 0..ATTEMPTS {
+            let held = self
+                .tree
+                .get(receipt.as_bytes())?
+                .ok_or_else(|| CaseError::NotFound(receipt.to_owned()))?;
+            let mut c: Case = serde_json::from_slice(&held)?;
+            let out = f(&mut c)?;
+            if self
+                .tree
+                .replace_if(receipt.as_bytes(), &held, serde_json::to_vec(&c)?)?
+            {
+                self.tree.flush()?;
+                return Ok((c, out));
+            }
+        }
+        Err(CaseError::Busy(receipt.to_owned()))
+    }
+
+    /// An operator's action on a case, checked against its status and their scope and role,
+    /// and recorded in its history under `author`; returns the case and what it did. Blocking.
+    pub fn act(
+        &self,
+        receipt: &str,
+        action: &Action,
+        who: &Signed,
+        author: &str,
+        places: &scope::GridTree,
+    ) -> Result<(Case, workflow::Step), CaseError> {
+        let now = self.clock.now_utc();
+        self.change(receipt, |c| {
+            let step = action.apply(c, who, places).map_err(|r| match r {
+                Refusal::Invalid(m) => CaseError::Invalid(m),
+                Refusal::Forbidden(m) => CaseError::Forbidden(m),
+            })?;
+            c.status = step.status.clone();
+            c.history.push(HistoryEntry {
+                status: step.status.clone(),
+                by: author.to_owned(),
+                note: step.note.clone(),
+                at: now,
+                action: step.action.to_owned(),
+                details: step.details.clone(),
+            });
+            Ok(workflow::Step {
+                action: step.action,
+                status: step.status.clone(),
+                note: step.note.clone(),
+                details: step.details.clone(),
+                tell_resident: step.tell_resident,
+            })
+        })
+    }
+
+    /// The deadline of a case registered `at`: the service item's working days for an
+    /// application, else its category's from the master data.
+    fn deadline_for(
+        &self,
+        data: Option<&Dataset>,
+        category: Category,
+        item: Option<&str>,
+        at: OffsetDateTime,
+    ) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
+        let Some(d) = data else { return (None, None) };
+        let limit = d
+            .cases
+            .limits
+            .iter()
+            .find(|l| l.category == category.as_str());
+        let item_days = item
+            .filter(|_| category == Category::Application)
+            .and_then(|code| d.items.iter().find(|i| i.code == code))
+            .map(|i| i.promised_days.unwrap_or(i.time_limit_days))
+            .filter(|days| *days > 0);
+        let Some(days) = item_days.or(limit.map(|l| l.working_days)) else {
+            return (None, None);
+        };
+        let calendar = deadline::Calendar::new(&d.cases, self.offset);
+        let due = calendar.due(at, days);
+        let remind = limit
+            .map_or(0, |l| l.remind_days)
+            .min(days.saturating_sub(1));
+        (Some(due), Some(calendar.remind_at(due, remind)))
+    }
+
     /// Makes cases of the submissions among stored events (again: nothing), routed by the
     /// grids of `masterdata`; returns the new ones. Blocking.
     pub fn observe(&self, masterdata: &MasterData, gateway: &str, events: &[Event]) -> Vec<Case> {
         let mut new = Vec::new();
+        let data = masterdata.current();
         for e in events.iter().filter(|e| e.kind == "submission.created") {
             let submission: Value = serde_json::from_str(e.payload.get()).unwrap_or(Value::Null);
             // A submission taken before receipts had check codes keeps the receipt it was
@@ -113,8 +421,7 @@ impl Cases {
             }
             let station = submission["grid"].as_str().map(str::to_owned);
             let grid = station.as_deref().and_then(|g| {
-                masterdata
-                    .current()
+                data.as_ref()
                     .and_then(|v| v.dataset.grids.iter().find(|x| x.code == g).cloned())
             });
             let assignee = grid.as_ref().and_then(|g| {
@@ -124,21 +431,32 @@ impl Cases {
                     .or(g.staff.first())
                     .map(|s| format!("{} ({}, {})", s.name, s.role, s.duty_phone))
             });
+            let category = submission["category"]
+                .as_str()
+                .and_then(Category::parse)
+                .unwrap_or(Category::Report);
+            let now = self.clock.now_utc();
+            let (due, remind_at) = self.deadline_for(
+                data.as_ref().map(|v| &v.dataset),
+                category,
+                submission["item_code"].as_str(),
+                now,
+            );
+            let mut history = HistoryEntry::new(
+                "registered",
+                "central",
+                "received and routed to the grid's station",
+                now,
+            );
+            history.action = "register".to_owned();
             let case = Case {
-                receipt: receipt.clone(),
-                gateway: gateway.to_owned(),
-                status: "routed".to_owned(),
                 station_name: grid.as_ref().map(|g| g.name.clone()),
                 station,
                 assignee,
-                created: self.clock.now_utc(),
-                history: vec![HistoryEntry {
-                    status: "routed".to_owned(),
-                    by: "central".to_owned(),
-                    note: "received and routed to the grid's station".to_owned(),
-                    at: self.clock.now_utc(),
-                }],
-                submission,
+                due,
+                remind_at,
+                history: vec![history],
+                ..Case::registered(&receipt, gateway, submission, now)
             };
             match self.put(&case) {
                 Ok(()) => new.push(case),
@@ -148,32 +466,40 @@ impl Cases {
         new
     }
 
-    /// An operator's change of status; returns the case.
-    pub fn set_status(
-        &self,
-        receipt: &str,
-        status: &str,
-        by: &str,
-        note: &str,
-    ) -> Result<Case, CaseError> {
-        if !STATUSES.contains(&status) {
-            return Err(CaseError::Invalid(format!(
-                "status: {status:?}; use {}",
-                STATUSES.join(", ")
-            )));
+    /// Open cases whose reminder time has come, of the gateways `owned` says: each is marked
+    /// reminded (once, whichever replica gets there first) and returned. Blocking.
+    pub fn remind(&self, now: OffsetDateTime, owned: impl Fn(&str) -> bool) -> Vec<Case> {
+        let due: Vec<String> = self
+            .list(None)
+            .into_iter()
+            .filter(|c| c.is_open() && !c.reminded && owned(&c.gateway))
+            .filter(|c| c.remind_at.is_some_and(|r| now >= r))
+            .map(|c| c.receipt)
+            .collect();
+        let mut out = Vec::new();
+        for receipt in due {
+            let changed = self.change(&receipt, |c| {
+                if c.reminded {
+                    return Ok(false);
+                }
+                c.reminded = true;
+                c.history.push(HistoryEntry {
+                    status: c.status.clone(),
+                    by: "central".to_owned(),
+                    note: "the deadline is near".to_owned(),
+                    at: now,
+                    action: "remind".to_owned(),
+                    details: json!({"due": c.due.map(|d| d.unix_timestamp())}),
+                });
+                Ok(true)
+            });
+            match changed {
+                Ok((c, true)) => out.push(c),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%receipt, error = %e, "cannot mark a case reminded"),
+            }
         }
-        let mut c = self
-            .get(receipt)
-            .ok_or_else(|| CaseError::NotFound(receipt.to_owned()))?;
-        c.status = status.to_owned();
-        c.history.push(HistoryEntry {
-            status: status.to_owned(),
-            by: by.to_owned(),
-            note: note.to_owned(),
-            at: self.clock.now_utc(),
-        });
-        self.put(&c)?;
-        Ok(c)
+        out
     }
 }
 
@@ -188,7 +514,7 @@ pub fn tell_gateway(commands: &crate::link::commands::Commands, c: &Case) {
         "status": c.status,
         "station": c.station_name.clone().or(c.station.clone()),
         "note": note,
-        "category": c.submission["category"],
+        "category": c.category().as_str(),
         "title": c.submission["title"],
         // When it last changed: the newest entry of its history.
         "updated": c.history.last().map_or(c.created, |h| h.at).format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
@@ -202,5 +528,342 @@ pub fn tell_gateway(commands: &crate::link::commands::Commands, c: &Case) {
     });
     if let Err(e) = commands.publish(&gw, Channel::Cmd, command) {
         tracing::warn!(receipt = %c.receipt, error = %e, "cannot tell the gateway a case's status");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operators::Role;
+    use crate::state::MemoryState;
+    use firmware_config::masterdata::{GridUnit, Level};
+
+    fn grid(code: &str, level: Level, parent: Option<&str>) -> GridUnit {
+        GridUnit {
+            code: code.into(),
+            name: format!("{code}网格"),
+            level,
+            parent: parent.map(Into::into),
+            households: None,
+            boundary: None,
+            staff: Vec::new(),
+            addresses: Vec::new(),
+        }
+    }
+
+    fn places() -> scope::GridTree {
+        scope::GridTree::new(&Dataset {
+            grids: vec![
+                grid("S", Level::Street, None),
+                grid("A1", Level::Area, Some("S")),
+                grid("B11", Level::Base, Some("A1")),
+                grid("B12", Level::Base, Some("A1")),
+            ],
+            ..Default::default()
+        })
+    }
+
+    fn who(name: &str, role: Role, scope: Option<&str>) -> Signed {
+        Signed {
+            name: name.into(),
+            role,
+            csrf: String::new(),
+            scope: scope.map(Into::into),
+        }
+    }
+
+    fn with_case(category: &str) -> (Cases, String) {
+        let cases = Cases::open(&MemoryState::default(), Clock::system()).unwrap();
+        let c = Case {
+            station: Some("B11".into()),
+            ..Case::registered(
+                "gw-1-000001-ABCD",
+                "gw-1",
+                json!({"category": category, "title": "楼上漏水"}),
+                OffsetDateTime::now_utc(),
+            )
+        };
+        cases.put(&c).unwrap();
+        (cases, c.receipt)
+    }
+
+    fn act(cases: &Cases, r: &str, a: Value, w: &Signed) -> Result<Case, CaseError> {
+        let a: Action = serde_json::from_value(a).unwrap();
+        cases.act(r, &a, w, &w.name, &places()).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn a_dispute_is_worked_to_the_end_in_order_and_every_step_is_recorded() {
+        let (cases, r) = with_case("dispute");
+        let boss = who("主任", Role::Supervisor, None);
+        let staff = who("网格员李", Role::Operator, Some("B11"));
+        let resolve = json!({"action": "resolve", "note": "已处理"});
+        assert!(
+            matches!(act(&cases, &r, resolve.clone(), &boss), Err(CaseError::Invalid(m)) if m.contains("registered")),
+            "not before it is worked"
+        );
+        act(
+            &cases,
+            &r,
+            json!({"action": "assign", "station": "B11", "person": "网格员李"}),
+            &boss,
+        )
+        .unwrap();
+        act(&cases, &r, json!({"action": "accept"}), &staff).unwrap();
+        assert!(
+            matches!(
+                act(&cases, &r, json!({"action": "agree", "note": "x"}), &staff),
+                Err(CaseError::Invalid(_))
+            ),
+            "an agreement needs a mediation first"
+        );
+        act(
+            &cases,
+            &r,
+            json!({"action": "mediate", "note": "双方到场", "parties": ["张", "王"]}),
+            &staff,
+        )
+        .unwrap();
+        act(
+            &cases,
+            &r,
+            json!({"action": "agree", "note": "签订调解协议"}),
+            &staff,
+        )
+        .unwrap();
+        act(&cases, &r, resolve, &staff).unwrap();
+        assert!(
+            matches!(act(&cases, &r, json!({"action": "close"}), &staff), Err(CaseError::Invalid(m)) if m.contains("visit")),
+            "a dispute closes only after its follow-up visit"
+        );
+        act(
+            &cases,
+            &r,
+            json!({"action": "visit", "note": "回访满意"}),
+            &staff,
+        )
+        .unwrap();
+        let c = act(&cases, &r, json!({"action": "close"}), &staff).unwrap();
+        assert_eq!(c.status, "closed");
+        assert_eq!(c.outcome.as_deref(), Some("agreement"));
+        let steps: Vec<(&str, &str)> = c
+            .history
+            .iter()
+            .map(|h| (h.action.as_str(), h.by.as_str()))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                ("assign", "主任"),
+                ("accept", "网格员李"),
+                ("mediate", "网格员李"),
+                ("agree", "网格员李"),
+                ("resolve", "网格员李"),
+                ("visit", "网格员李"),
+                ("close", "网格员李"),
+            ]
+        );
+        assert!(!c.is_open());
+    }
+
+    #[test]
+    fn an_application_follows_the_catalogues_steps_and_a_refusal_needs_a_reason() {
+        let (cases, r) = with_case("application");
+        let op = who("窗口", Role::Operator, Some("A1"));
+        assert!(matches!(
+            act(&cases, &r, json!({"action": "accept"}), &op),
+            Err(CaseError::Invalid(m)) if m.contains("not an action for application")
+        ));
+        act(&cases, &r, json!({"action": "receive"}), &op).unwrap();
+        act(
+            &cases,
+            &r,
+            json!({"action": "review", "note": "材料齐全"}),
+            &op,
+        )
+        .unwrap();
+        assert!(matches!(
+            act(&cases, &r, json!({"action": "decide", "approved": false}), &op),
+            Err(CaseError::Invalid(m)) if m.contains("reason")
+        ));
+        let c = act(
+            &cases,
+            &r,
+            json!({"action": "decide", "approved": false, "reason": "不符合条件"}),
+            &op,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.outcome.as_deref()),
+            ("decided", Some("refused"))
+        );
+        assert!(c.is_open(), "decided is not yet delivered");
+        act(&cases, &r, json!({"action": "deliver"}), &op).unwrap();
+        assert_eq!(
+            act(&cases, &r, json!({"action": "close"}), &op)
+                .unwrap()
+                .status,
+            "closed"
+        );
+    }
+
+    #[test]
+    fn scope_and_role_hold_an_operator_to_their_own() {
+        let (cases, r) = with_case("report");
+        let other_station = who("别站", Role::Supervisor, Some("B12"));
+        let staff = who("本站", Role::Operator, Some("B11"));
+        let unknown = who("无名", Role::Administrator, Some("nowhere"));
+        assert!(matches!(
+            act(
+                &cases,
+                &r,
+                json!({"action": "note", "note": "看看"}),
+                &other_station
+            ),
+            Err(CaseError::Forbidden(_))
+        ));
+        assert!(matches!(
+            act(
+                &cases,
+                &r,
+                json!({"action": "note", "note": "看看"}),
+                &unknown
+            ),
+            Err(CaseError::Forbidden(_))
+        ));
+        assert!(
+            matches!(
+                act(&cases, &r, json!({"action": "assign", "station": "B11", "person": "我"}), &staff),
+                Err(CaseError::Forbidden(m)) if m.contains("supervisors")
+            ),
+            "station staff do not assign"
+        );
+        let community = who("社区", Role::Supervisor, Some("A1"));
+        assert!(
+            matches!(
+                act(&cases, &r, json!({"action": "assign", "station": "S", "person": "x"}), &community),
+                Err(CaseError::Invalid(m)) if m.contains("not a base grid")
+            ),
+            "only a base grid is a station"
+        );
+        act(
+            &cases,
+            &r,
+            json!({"action": "assign", "station": "B12", "person": "x"}),
+            &community,
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                act(&cases, &r, json!({"action": "accept"}), &staff),
+                Err(CaseError::Forbidden(_))
+            ),
+            "reassigned away from the station: out of its reach"
+        );
+        let b12 = who("B12站", Role::Operator, Some("B12"));
+        act(
+            &cases,
+            &r,
+            json!({"action": "report_up", "note": "需街道协调"}),
+            &b12,
+        )
+        .unwrap();
+        assert!(
+            matches!(
+                act(&cases, &r, json!({"action": "accept"}), &b12),
+                Err(CaseError::Forbidden(m)) if m.contains("street")
+            ),
+            "the street works a case reported up"
+        );
+        let street = who("街道", Role::Supervisor, Some("S"));
+        let c = act(
+            &cases,
+            &r,
+            json!({"action": "supervise", "note": "限期办结"}),
+            &street,
+        )
+        .unwrap();
+        assert_eq!((c.status.as_str(), c.supervised), ("reported", 1));
+        assert!(cases.get(&r).unwrap().at_street);
+        let bad: Result<Action, _> = serde_json::from_value(json!({"action": "delete"}));
+        assert!(bad.is_err(), "no such action");
+    }
+
+    #[test]
+    fn two_operators_acting_at_once_lose_neither_step() {
+        let (cases, r) = with_case("report");
+        let cases = Arc::new(cases);
+        let boss = who("主任", Role::Supervisor, None);
+        act(
+            &cases,
+            &r,
+            json!({"action": "assign", "station": "B11", "person": "李"}),
+            &boss,
+        )
+        .unwrap();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (cases, r, boss) = (cases.clone(), r.clone(), boss.clone());
+                std::thread::spawn(move || {
+                    for j in 0..10 {
+                        let a = json!({"action": "note", "note": format!("{i}-{j}")});
+                        loop {
+                            match act(&cases, &r, a.clone(), &boss) {
+                                Ok(_) => break,
+                                Err(CaseError::Busy(_)) => continue,
+                                Err(e) => panic!("{e}"),
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(cases.get(&r).unwrap().history.len(), 1 + 80);
+    }
+
+    #[test]
+    fn a_reminder_goes_once_and_only_for_owned_gateways() {
+        let (cases, r) = with_case("report");
+        let mut c = cases.get(&r).unwrap();
+        let now = OffsetDateTime::now_utc();
+        c.remind_at = Some(now - time::Duration::minutes(1));
+        c.due = Some(now + time::Duration::hours(8));
+        cases.put(&c).unwrap();
+        assert!(cases.remind(now, |_| false).is_empty(), "another replica's");
+        assert_eq!(cases.remind(now, |_| true).len(), 1);
+        assert!(cases.remind(now, |_| true).is_empty(), "once");
+        let c = cases.get(&r).unwrap();
+        assert_eq!(c.history.last().unwrap().action, "remind");
+        assert!(!c.is_overdue(cases.fallback(), now));
+        assert!(c.is_overdue(cases.fallback(), now + time::Duration::hours(9)));
+    }
+
+    #[test]
+    fn a_case_gets_its_deadline_in_working_days_from_the_master_data() {
+        use firmware_config::masterdata::{CaseLimit, CaseRules};
+        let cases = Cases::open(&MemoryState::default(), Clock::system())
+            .unwrap()
+            .with_policy(time::macros::offset!(+8), Duration::from_secs(3600));
+        let data = Dataset {
+            cases: CaseRules {
+                calendar: Vec::new(),
+                limits: vec![CaseLimit {
+                    category: "dispute".into(),
+                    working_days: 10,
+                    remind_days: 2,
+                }],
+            },
+            ..Default::default()
+        };
+        // Monday 9:00 in the street: ten working days end on the Monday two weeks on.
+        let at = time::macros::datetime!(2026-11-02 09:00 +8);
+        let (due, remind) = cases.deadline_for(Some(&data), Category::Dispute, None, at);
+        assert_eq!(due, Some(time::macros::datetime!(2026-11-17 00:00 +8)));
+        assert_eq!(remind, Some(time::macros::datetime!(2026-11-12 00:00 +8)));
+        let (due, _) = cases.deadline_for(Some(&data), Category::Report, None, at);
+        assert_eq!(due, None, "no limit for reports: the fallback holds");
     }
 }

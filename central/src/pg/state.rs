@@ -210,6 +210,18 @@ impl Table for PgTable {
         })
     }
 
+    fn replace_if(&self, key: &[u8], expected: &[u8], value: Vec<u8>) -> Result<bool, StateError> {
+        let (key, expected) = (key.to_vec(), expected.to_vec());
+        self.call(move |c, name| async move {
+            c.execute(
+                "UPDATE state SET value = $3 WHERE tbl = $1 AND key = $2 AND value = $4",
+                &[&name, &key, &value, &expected],
+            )
+            .await
+            .map(|n| n == 1)
+        })
+    }
+
     fn remove(&self, key: &[u8]) -> Result<(), StateError> {
         let key = key.to_vec();
         self.call(move |c, name| async move {

@@ -9,8 +9,8 @@ use super::address;
 use super::csv::Table;
 use super::geo::Polygon;
 use super::{
-    sha256_hex, ContentFile, ContentKind, Dataset, Faq, GridUnit, Level, PartyOrg, Problem,
-    ServiceItem, Staff, Step, STEPS,
+    sha256_hex, CalendarDay, CaseLimit, ContentFile, ContentKind, Dataset, DayKind, Faq, GridUnit,
+    Level, PartyOrg, Problem, ServiceItem, Staff, Step, STEPS,
 };
 
 /// The files of a data set, by name (`grids.csv`, `grid_staff.csv`, `boundaries.geojson`,
@@ -23,7 +23,7 @@ pub struct Sources {
 }
 
 /// Files a data set may have; `grids.csv` and a catalogue are required.
-pub const FILES: [&str; 7] = [
+pub const FILES: [&str; 9] = [
     "grids.csv",
     "grid_staff.csv",
     "boundaries.geojson",
@@ -31,6 +31,8 @@ pub const FILES: [&str; 7] = [
     "service_items.json",
     "service_items.csv",
     "content.csv",
+    "calendar.csv",
+    "case_limits.csv",
 ];
 
 /// Largest input file accepted.
@@ -127,6 +129,8 @@ impl Sources {
         self.party(&mut d, &mut p);
         self.items(&mut d, &mut p);
         self.content(&mut d, &mut p);
+        self.calendar(&mut d, &mut p);
+        self.case_limits(&mut d, &mut p);
         d.sort();
         if p.is_empty() {
             Ok(d)
@@ -489,6 +493,67 @@ impl Sources {
                     .map_or_else(|| rel.to_owned(), |n| n.to_string_lossy().into_owned()),
                 sha256: sha,
                 bytes: bytes.len() as u64,
+            });
+        }
+    }
+
+    /// `calendar.csv`: `date,kind,name`, a holiday (节假日) or a worked weekend day (调休上班).
+    fn calendar(&self, d: &mut Dataset, p: &mut Vec<Problem>) {
+        const F: &str = "calendar.csv";
+        let Some(t) = self.table(F, &["date", "kind"], p) else {
+            return;
+        };
+        for (line, row) in &t.rows {
+            let kind = t.get(row, "kind");
+            let Some(kind) = DayKind::parse(kind) else {
+                p.push(problem(
+                    F,
+                    Some(*line),
+                    "kind",
+                    format!("{kind:?} is not a kind; use holiday (节假日) or workday (调休上班)"),
+                ));
+                continue;
+            };
+            d.cases.calendar.push(CalendarDay {
+                date: t.get(row, "date").to_owned(),
+                kind,
+                name: t.get(row, "name").to_owned(),
+            });
+        }
+    }
+
+    /// `case_limits.csv`: `category,working_days,remind_days`.
+    fn case_limits(&self, d: &mut Dataset, p: &mut Vec<Problem>) {
+        const F: &str = "case_limits.csv";
+        let Some(t) = self.table(F, &["category", "working_days"], p) else {
+            return;
+        };
+        for (line, row) in &t.rows {
+            let number = |field: &str, p: &mut Vec<Problem>| -> Option<u32> {
+                let v = t.get(row, field);
+                if v.is_empty() {
+                    return Some(0);
+                }
+                v.parse()
+                    .map_err(|_| {
+                        p.push(problem(
+                            F,
+                            Some(*line),
+                            field,
+                            format!("{v:?} is not a number of days"),
+                        ))
+                    })
+                    .ok()
+            };
+            let (Some(working_days), Some(remind_days)) =
+                (number("working_days", p), number("remind_days", p))
+            else {
+                continue;
+            };
+            d.cases.limits.push(CaseLimit {
+                category: t.get(row, "category").to_owned(),
+                working_days,
+                remind_days,
             });
         }
     }

@@ -14,6 +14,8 @@ mod load;
 pub mod replica;
 mod validate;
 
+pub use validate::calendar_date;
+
 use serde::{Deserialize, Serialize};
 
 pub use load::{load_dir, Sources};
@@ -181,6 +183,69 @@ pub struct Dataset {
     pub party: Vec<PartyOrg>,
     pub items: Vec<ServiceItem>,
     pub content: Vec<ContentFile>,
+    /// Central's own: never sent to gateways (see [`Dataset::scoped`]). Absent from the JSON
+    /// when empty, so data sets without it hash as they always did.
+    #[serde(default, skip_serializing_if = "CaseRules::is_empty")]
+    pub cases: CaseRules,
+}
+
+/// What holds residents' cases to their time: the working-day calendar and each category's
+/// limit (`calendar.csv`, `case_limits.csv`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseRules {
+    /// Holidays on what would be working days, and weekend days that are worked (调休).
+    #[serde(default)]
+    pub calendar: Vec<CalendarDay>,
+    /// Working days allowed by category; an application takes its service item's instead.
+    #[serde(default)]
+    pub limits: Vec<CaseLimit>,
+}
+
+impl CaseRules {
+    pub fn is_empty(&self) -> bool {
+        self.calendar.is_empty() && self.limits.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CalendarDay {
+    /// `YYYY-MM-DD`.
+    pub date: String,
+    pub kind: DayKind,
+    #[serde(default)]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DayKind {
+    /// Off work (法定节假日).
+    Holiday,
+    /// Worked although a weekend day (调休上班).
+    Workday,
+}
+
+impl DayKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "holiday" | "节假日" | "休" => Some(DayKind::Holiday),
+            "workday" | "调休上班" | "班" => Some(DayKind::Workday),
+            _ => None,
+        }
+    }
+}
+
+/// Case categories a limit may name.
+pub const CASE_CATEGORIES: [&str; 3] = ["report", "dispute", "application"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaseLimit {
+    /// `report`, `dispute` or `application` (for items without a limit of their own).
+    pub category: String,
+    pub working_days: u32,
+    /// Working days before the limit when the assignee is reminded (0: on the last day).
+    #[serde(default)]
+    pub remind_days: u32,
 }
 
 /// The step names, in their order.
@@ -194,6 +259,10 @@ impl Dataset {
         self.party.sort_by(|a, b| a.code.cmp(&b.code));
         self.items.sort_by(|a, b| a.code.cmp(&b.code));
         self.content.sort_by(|a, b| a.id.cmp(&b.id));
+        self.cases.calendar.sort_by(|a, b| a.date.cmp(&b.date));
+        self.cases
+            .limits
+            .sort_by(|a, b| a.category.cmp(&b.category));
     }
 
     /// SHA-256 of the data set's canonical JSON, hex.

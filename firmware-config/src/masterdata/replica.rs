@@ -199,10 +199,14 @@ fn apply_list<T: Clone>(list: &mut Vec<T>, d: &ListDelta<T>, key: impl Fn(&T) ->
 impl Dataset {
     /// What a centre serving the grid areas `areas` needs: the street, those areas and their
     /// base grids; the party organisations covering them (and the ones above those); every
-    /// service item and content file (the catalogue is street-wide). Empty `areas`: all.
+    /// service item and content file (the catalogue is street-wide). Empty `areas`: all. Never
+    /// the case rules: they are central's.
     pub fn scoped(&self, areas: &[String]) -> Dataset {
         if areas.is_empty() {
-            return self.clone();
+            return Dataset {
+                cases: Default::default(),
+                ..self.clone()
+            };
         }
         let keep = |g: &GridUnit| match g.level {
             Level::Street => true,
@@ -238,6 +242,8 @@ impl Dataset {
                 .collect(),
             items: self.items.clone(),
             content: self.content.clone(),
+            // Central's own.
+            cases: Default::default(),
         };
         d.sort();
         d
@@ -463,6 +469,14 @@ mod tests {
             "{:?}",
             s.party.iter().map(|p| &p.name).collect::<Vec<_>>()
         );
-        assert_eq!(d.scoped(&[]), d);
+        // Everything but central's case rules, which never reach a gateway.
+        assert!(!d.cases.is_empty() && s.cases.is_empty());
+        assert_eq!(
+            d.scoped(&[]),
+            Dataset {
+                cases: Default::default(),
+                ..d.clone()
+            }
+        );
     }
 }

@@ -77,6 +77,7 @@ pub fn validate(d: &Dataset) -> Vec<Problem> {
     party(d, &mut out);
     items(d, &mut out);
     content(d, &mut out);
+    case_rules(d, &mut out);
     out
 }
 
@@ -385,6 +386,69 @@ fn content(d: &Dataset, out: &mut Vec<Problem>) {
     }
 }
 
+/// A date of the calendar as `time` reads it.
+pub fn calendar_date(s: &str) -> Option<time::Date> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(s, fmt).ok()
+}
+
+fn case_rules(d: &Dataset, out: &mut Vec<Problem>) {
+    duplicates(
+        d.cases.calendar.iter().map(|c| c.date.as_str()),
+        "calendar.csv",
+        out,
+    );
+    for c in &d.cases.calendar {
+        let mut r = Report {
+            file: "calendar.csv",
+            code: &c.date,
+            out,
+        };
+        match calendar_date(&c.date) {
+            None => r.bad("date", "not a date; write YYYY-MM-DD"),
+            Some(date) => {
+                let weekend = matches!(
+                    date.weekday(),
+                    time::Weekday::Saturday | time::Weekday::Sunday
+                );
+                if c.kind == super::DayKind::Workday && !weekend {
+                    r.bad(
+                        "kind",
+                        "a worked day (调休上班) must be a Saturday or Sunday",
+                    );
+                }
+            }
+        }
+        if c.name.chars().count() > 32 {
+            r.bad("name", "at most 32 characters");
+        }
+    }
+    duplicates(
+        d.cases.limits.iter().map(|l| l.category.as_str()),
+        "case_limits.csv",
+        out,
+    );
+    for l in &d.cases.limits {
+        let mut r = Report {
+            file: "case_limits.csv",
+            code: &l.category,
+            out,
+        };
+        if !super::CASE_CATEGORIES.contains(&l.category.as_str()) {
+            r.bad(
+                "category",
+                format!("use one of {}", super::CASE_CATEGORIES.join(", ")),
+            );
+        }
+        if !(1..=365).contains(&l.working_days) {
+            r.bad("working_days", "1 to 365");
+        }
+        if l.remind_days >= l.working_days.max(1) {
+            r.bad("remind_days", "fewer than working_days");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,10 +493,26 @@ mod tests {
             + "DW11019900109901,甲支部,党支部,DW11019900109902,\n"
             + "DW11019900109902,乙支部,党支部,DW11019900109901,\n";
         src.texts.insert("party.csv".into(), party);
+        let calendar = src.texts["calendar.csv"].clone()
+            // a bad date, a worked Wednesday, a date twice
+            + "2026-02-30,holiday,\n"
+            + "2026-10-14,workday,\n"
+            + "2026-10-01,holiday,国庆节\n";
+        src.texts.insert("calendar.csv".into(), calendar);
+        src.texts.insert(
+            "case_limits.csv".into(),
+            "category,working_days,remind_days\nreport,0,\nchat,5,1\ndispute,3,3\n".into(),
+        );
         let d = src.read().unwrap();
         let problems: Vec<String> = validate(&d).iter().map(ToString::to_string).collect();
         let all = problems.join("\n");
         for want in [
+            "calendar.csv, 2026-02-30 date: not a date; write YYYY-MM-DD",
+            "calendar.csv, 2026-10-14 kind: a worked day (调休上班) must be a Saturday or Sunday",
+            "calendar.csv, 2026-10-01 code: duplicate code",
+            "case_limits.csv, report working_days: 1 to 365",
+            "case_limits.csv, chat category: use one of report, dispute, application",
+            "case_limits.csv, dispute remind_days: fewer than working_days",
             "11019900100001001 code: duplicate code",
             "11019900100009001 parent: \"11019900100009\" is not a grid code",
             "1101990010000200 code: must be its parent's code 11019900100002 and 3 digits",

@@ -62,8 +62,9 @@ pub struct NewSubmission {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     pub receipt: String,
-    /// `submitted` (on the gateway), then what central says: `routed`, `in_progress`,
-    /// `resolved`, `closed`.
+    /// `submitted` (on the gateway), then what central says: `registered`, `assigned`,
+    /// `accepted`, `handling`, … `resolved`, `closed` (an application: `received`,
+    /// `reviewing`, `decided`, `delivered`, `closed`).
     pub status: String,
     #[serde(default)]
     pub station: Option<String>,

@@ -49,6 +49,9 @@ pub struct ApiToken {
     pub role: String,
     /// SHA-256 of the token in hex, as `central operator token` prints it; never the token.
     pub token_sha256: String,
+    /// As an operator account's: the grid whose cases it reaches. None: the whole street.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// Operator roles, each allowed what the one before is and more.
@@ -65,6 +68,11 @@ pub struct OperatorAccount {
     pub role: String,
     /// Argon2id PHC string, as `central operator hash` prints it; never the password itself.
     pub password_hash: String,
+    /// The grid (any level of the master data's) whose residents' cases the account sees and
+    /// works, with those below it: a grid station's staff name their base grid, a community's
+    /// supervisor its area. None: the whole street.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// When unacknowledged alerts are escalated, and the street's clock for the duty roster.
@@ -80,8 +88,8 @@ pub struct AlertPolicy {
     /// The street's offset from UTC, for the roster's hours. Default `+08:00`.
     #[serde(default = "default_street_offset")]
     pub utc_offset: String,
-    /// A resident's report or dispute not resolved or closed within this is an alert (an
-    /// application has its service item's own time limit). Default 72 h.
+    /// A case whose category has no working-day limit in the master data and is still open
+    /// this long after it came is an alert (one with a limit is held to that). Default 72 h.
     #[serde(default = "default_case_limit", with = "humantime_serde")]
     pub case_limit: Duration,
     /// Assessment target: an alert acknowledged within this. Default 15 min.

@@ -6,6 +6,8 @@
 //! that any replica takes a session another opened, and a logout ends it everywhere at once.
 //! A row is keyed by the SHA-256 of its cookie: whoever reads the database cannot present it.
 
+pub mod accounts;
+
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -59,6 +61,9 @@ pub struct Signed {
     pub name: String,
     pub role: Role,
     pub csrf: String,
+    /// The grid whose cases this operator reaches (with those below it); None: the street.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug)]
@@ -153,18 +158,33 @@ pub fn hash_password(password: &str) -> Result<String, OperatorsError> {
 }
 
 pub struct Operators {
-    accounts: HashMap<String, (Role, String)>,
-    /// API tokens: name, role, SHA-256 of the token.
-    tokens: Vec<(String, Role, [u8; 32])>,
+    /// Role, password hash and scope by login name.
+    accounts: HashMap<String, (Role, String, Option<String>)>,
+    /// API tokens: name, role, SHA-256 of the token, scope.
+    tokens: Vec<(String, Role, [u8; 32], Option<String>)>,
     /// Checked against when the name is unknown, so names cannot be probed by timing.
     dummy: String,
     next: std::sync::atomic::AtomicU64,
     sessions: Mutex<HashMap<String, Session>>,
     /// Sessions shared by replicas, instead of `sessions`.
     shared: Option<std::sync::Arc<dyn Table>>,
+    /// Accounts made or changed in the console, over those of central.toml.
+    stored: accounts::Accounts,
     audit: std::sync::Arc<dyn Table>,
     /// Dates the audit trail.
     clock: Clock,
+}
+
+fn view(name: &str, a: &accounts::Stored) -> accounts::View {
+    accounts::View {
+        name: name.to_owned(),
+        role: a.role,
+        scope: a.scope.clone(),
+        disabled: a.disabled,
+        source: "central",
+        updated_by: Some(a.updated_by.clone()),
+        updated: Some(a.updated),
+    }
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -219,6 +239,7 @@ impl Operators {
                     t.name.clone(),
                     Role::parse(&t.role)?,
                     unhex(&t.token_sha256)?,
+                    t.scope.clone(),
                 ))
             })
             .collect();
@@ -227,7 +248,11 @@ impl Operators {
             .filter_map(|a| {
                 Some((
                     a.name.clone(),
-                    (Role::parse(&a.role)?, a.password_hash.clone()),
+                    (
+                        Role::parse(&a.role)?,
+                        a.password_hash.clone(),
+                        a.scope.clone(),
+                    ),
                 ))
             })
             .collect();
@@ -239,6 +264,7 @@ impl Operators {
             next: std::sync::atomic::AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
             sessions: Mutex::default(),
             shared: None,
+            stored: accounts::Accounts::new(state.table("operator_accounts")?),
             audit: state.table("operator_audit")?,
             clock,
         })
@@ -250,31 +276,195 @@ impl Operators {
         let digest = sha256(token.as_bytes());
         // Every entry compared in full: the time taken says nothing about which one matched.
         let mut found = None;
-        for (name, role, hash) in &self.tokens {
+        for (name, role, hash, scope) in &self.tokens {
             let diff = hash
                 .iter()
                 .zip(digest.iter())
                 .fold(0u8, |d, (a, b)| d | (a ^ b));
             if diff == 0 {
-                found = Some((name, role));
+                found = Some((name, role, scope));
             }
         }
-        found.map(|(name, role)| Signed {
+        found.map(|(name, role, scope)| Signed {
             name: name.clone(),
             role: *role,
             csrf: String::new(),
+            scope: scope.clone(),
         })
     }
 
     pub fn has_accounts(&self) -> bool {
-        !self.accounts.is_empty()
+        !self.accounts.is_empty() || !self.stored.all().is_empty()
+    }
+
+    /// An account by name: role, password hash, scope and whether it is disabled; central's
+    /// own record over central.toml's.
+    fn account(&self, name: &str) -> Option<(Role, String, Option<String>, bool)> {
+        if let Some(a) = self.stored.get(name) {
+            return Some((a.role, a.hash, a.scope, a.disabled));
+        }
+        self.accounts
+            .get(name)
+            .map(|(r, h, s)| (*r, h.clone(), s.clone(), false))
+    }
+
+    /// Every account, central's and central.toml's, by name.
+    pub fn list_accounts(&self) -> Vec<accounts::View> {
+        let mut out: std::collections::BTreeMap<String, accounts::View> = self
+            .accounts
+            .iter()
+            .map(|(name, (role, _, scope))| {
+                (
+                    name.clone(),
+                    accounts::View {
+                        name: name.clone(),
+                        role: *role,
+                        scope: scope.clone(),
+                        disabled: false,
+                        source: "config",
+                        updated_by: None,
+                        updated: None,
+                    },
+                )
+            })
+            .collect();
+        for (name, a) in self.stored.all() {
+            out.insert(name.clone(), view(&name, &a));
+        }
+        out.into_values().collect()
+    }
+
+    /// Makes an account (blocking: hashes the password).
+    pub fn create_account(
+        &self,
+        name: &str,
+        role: Role,
+        scope: Option<String>,
+        password: &str,
+        by: &str,
+    ) -> Result<accounts::View, accounts::AccountError> {
+        accounts::check_name(name)?;
+        accounts::check_password(password)?;
+        if self.accounts.contains_key(name) {
+            return Err(accounts::AccountError::Conflict(format!(
+                "name: {name:?} is taken"
+            )));
+        }
+        let a = accounts::Stored {
+            role,
+            scope,
+            hash: hash_password(password)
+                .map_err(|e| accounts::AccountError::Hash(e.to_string()))?,
+            disabled: false,
+            updated_by: by.to_owned(),
+            updated: self.clock.now_utc(),
+        };
+        self.stored.create(name, &a)?;
+        self.record(by, "account created", &format!("{name} {}", role.as_str()));
+        Ok(view(name, &a))
+    }
+
+    /// Changes an account's role, scope or whether it is disabled. An administrator cannot
+    /// disable or demote their own account (no one would be left to undo it).
+    pub fn change_account(
+        &self,
+        name: &str,
+        change: &accounts::Change,
+        by: &str,
+    ) -> Result<accounts::View, accounts::AccountError> {
+        if name == by
+            && (change.disabled == Some(true)
+                || change.role.is_some_and(|r| r < Role::Administrator))
+        {
+            return Err(accounts::AccountError::Conflict(
+                "you cannot disable or demote your own account".into(),
+            ));
+        }
+        let base = self.config_account(name, by);
+        let now = self.clock.now_utc();
+        let a = self.stored.update(name, base, |a| {
+            if let Some(r) = change.role {
+                a.role = r;
+            }
+            if let Some(s) = &change.scope {
+                a.scope = s.clone();
+            }
+            if let Some(d) = change.disabled {
+                a.disabled = d;
+            }
+            a.updated_by = by.to_owned();
+            a.updated = now;
+            Ok(())
+        })?;
+        self.record(
+            by,
+            "account changed",
+            &format!(
+                "{name} {} scope {} {}",
+                a.role.as_str(),
+                a.scope.as_deref().unwrap_or("street"),
+                if a.disabled { "disabled" } else { "enabled" }
+            ),
+        );
+        Ok(view(name, &a))
+    }
+
+    /// Gives an account a new password (blocking: hashes it).
+    pub fn set_password(
+        &self,
+        name: &str,
+        password: &str,
+        by: &str,
+    ) -> Result<(), accounts::AccountError> {
+        accounts::check_password(password)?;
+        let hash =
+            hash_password(password).map_err(|e| accounts::AccountError::Hash(e.to_string()))?;
+        let base = self.config_account(name, by);
+        let now = self.clock.now_utc();
+        self.stored.update(name, base, |a| {
+            a.hash = hash.clone();
+            a.updated_by = by.to_owned();
+            a.updated = now;
+            Ok(())
+        })?;
+        self.record(by, "account password reset", name);
+        Ok(())
+    }
+
+    /// central.toml's account of `name`, as central would start keeping it.
+    fn config_account(&self, name: &str, by: &str) -> Option<accounts::Stored> {
+        self.accounts
+            .get(name)
+            .map(|(role, hash, scope)| accounts::Stored {
+                role: *role,
+                scope: scope.clone(),
+                hash: hash.clone(),
+                disabled: false,
+                updated_by: by.to_owned(),
+                updated: self.clock.now_utc(),
+            })
+    }
+
+    /// A session's account as it is now: its role and scope, or none when it is disabled or
+    /// gone (the session ends).
+    fn still(&self, mut signed: Signed) -> Option<Signed> {
+        match self.account(&signed.name) {
+            Some((role, _, scope, false)) => {
+                signed.role = role;
+                signed.scope = scope;
+                Some(signed)
+            }
+            _ => None,
+        }
     }
 
     /// Checks a password (deliberately slow: call off the async workers, one of few at a time
-    /// — see `logins`): the account's role, or a refusal that says nothing of why.
-    pub fn verify(&self, name: &str, password: &str) -> Result<Role, LoginError> {
-        let (role, hash) = match self.accounts.get(name) {
-            Some((r, h)) => (Some(*r), h.as_str()),
+    /// — see `logins`): the account's role and scope, or a refusal that says nothing of why.
+    pub fn verify(&self, name: &str, password: &str) -> Result<(Role, Option<String>), LoginError> {
+        let account = self.account(name);
+        let (role, hash) = match &account {
+            // A disabled account is checked all the same: the answer takes as long.
+            Some((r, h, scope, disabled)) => ((!disabled).then(|| (*r, scope.clone())), h.as_str()),
             None => (None, self.dummy.as_str()),
         };
         let ok = PasswordHash::new(hash)
@@ -296,11 +486,17 @@ impl Operators {
     }
 
     /// Opens a session for `name`, checked: its cookie value and who it is.
-    pub fn open_session(&self, name: &str, role: Role, now: Instant) -> (String, Signed) {
+    pub fn open_session(
+        &self,
+        name: &str,
+        (role, scope): (Role, Option<String>),
+        now: Instant,
+    ) -> (String, Signed) {
         let signed = Signed {
             name: name.to_owned(),
             role,
             csrf: token(),
+            scope,
         };
         let cookie = token();
         if let Some(table) = &self.shared {
@@ -339,7 +535,7 @@ impl Operators {
         now: Instant,
     ) -> Result<(String, Signed), LoginError> {
         match self.verify(name, password) {
-            Ok(role) => Ok(self.open_session(name, role, now)),
+            Ok(account) => Ok(self.open_session(name, account, now)),
             Err(e) => {
                 self.record(name, "login refused", "");
                 Err(e)
@@ -356,12 +552,16 @@ impl Operators {
                 let _ = table.remove(&session_key(cookie));
                 return None;
             }
+            let Some(signed) = self.still(row.signed.clone()) else {
+                let _ = table.remove(&session_key(cookie));
+                return None;
+            };
             // Marked used once a minute, not on every request.
             if now - row.last_used >= 60 {
                 row.last_used = now;
                 row.put(table.as_ref(), cookie);
             }
-            return Some(row.signed);
+            return Some(signed);
         }
         let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         let s = sessions.get_mut(cookie)?;
@@ -370,7 +570,16 @@ impl Operators {
             return None;
         }
         s.last_used = now;
-        Some(s.signed.clone())
+        let signed = s.signed.clone();
+        drop(sessions);
+        let still = self.still(signed);
+        if still.is_none() {
+            self.sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(cookie);
+        }
+        still
     }
 
     pub fn logout(&self, cookie: &str) {
@@ -481,16 +690,103 @@ mod tests {
             name: "wang".into(),
             role: "supervisor".into(),
             password_hash: hash_password("correct horse").unwrap(),
+            scope: None,
         }];
         let tokens = [ApiToken {
             name: "loader".into(),
             role: "administrator".into(),
             token_sha256: api_token_sha256("ge_secret-token"),
+            scope: None,
         }];
         (
             Operators::new(&accounts, &tokens, &db, Clock::system()).unwrap(),
             dir,
         )
+    }
+
+    #[test]
+    fn accounts_made_in_the_console_log_in_and_a_change_reaches_open_sessions() {
+        let (ops, _dir) = operators();
+        let now = Instant::now();
+        let made = ops
+            .create_account(
+                "li",
+                Role::Operator,
+                Some("B11".into()),
+                "station pass 1",
+                "admin",
+            )
+            .unwrap();
+        assert_eq!(
+            (made.source, made.scope.as_deref()),
+            ("central", Some("B11"))
+        );
+        assert!(
+            matches!(
+                ops.create_account("wang", Role::Operator, None, "long enough 1", "admin"),
+                Err(accounts::AccountError::Conflict(_))
+            ),
+            "central.toml's names are taken"
+        );
+        assert!(matches!(
+            ops.create_account("zhao", Role::Operator, None, "short", "admin"),
+            Err(accounts::AccountError::Invalid(m)) if m.contains("password")
+        ));
+        let (cookie, signed) = ops.login("li", "station pass 1", now).unwrap();
+        assert_eq!(signed.scope.as_deref(), Some("B11"));
+        // Rescoped and promoted: the open session follows at once.
+        let change =
+            |json: serde_json::Value| -> accounts::Change { serde_json::from_value(json).unwrap() };
+        ops.change_account(
+            "li",
+            &change(serde_json::json!({"role": "supervisor", "scope": "A1"})),
+            "admin",
+        )
+        .unwrap();
+        let s = ops.session(&cookie, now).unwrap();
+        assert_eq!((s.role, s.scope.as_deref()), (Role::Supervisor, Some("A1")));
+        // Disabled: the session ends and the password opens nothing.
+        ops.change_account(
+            "li",
+            &change(serde_json::json!({"disabled": true})),
+            "admin",
+        )
+        .unwrap();
+        assert!(ops.session(&cookie, now).is_none());
+        assert_eq!(
+            ops.login("li", "station pass 1", now).unwrap_err(),
+            LoginError::Refused
+        );
+        // central.toml's account: disabled here too, and a new password from the console.
+        let (wang, _) = ops.login("wang", "correct horse", now).unwrap();
+        ops.set_password("wang", "a new horse 2", "admin").unwrap();
+        assert!(ops.login("wang", "correct horse", now).is_err());
+        assert!(ops.login("wang", "a new horse 2", now).is_ok());
+        ops.change_account(
+            "wang",
+            &change(serde_json::json!({"disabled": true})),
+            "admin",
+        )
+        .unwrap();
+        assert!(ops.session(&wang, now).is_none());
+        let all = ops.list_accounts();
+        assert!(
+            all.iter().all(|a| a.disabled && a.source == "central"),
+            "{all:?}"
+        );
+        // No administrator locks themselves out.
+        assert!(matches!(
+            ops.change_account(
+                "root",
+                &change(serde_json::json!({"disabled": true})),
+                "root"
+            ),
+            Err(accounts::AccountError::Conflict(_))
+        ));
+        let audit = ops.audit(50);
+        assert!(audit
+            .iter()
+            .any(|e| e.action == "account changed" && e.who == "admin"));
     }
 
     #[test]
@@ -566,6 +862,7 @@ mod tests {
             name: "wang".into(),
             role: "operator".into(),
             password_hash: hash_password("correct horse").unwrap(),
+            scope: None,
         }];
         let replica = || {
             let mut o = Operators::new(&accounts, &[], &state, clock).unwrap();
