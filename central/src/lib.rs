@@ -16,6 +16,7 @@ pub mod logins;
 pub mod masterdata;
 pub mod meetings;
 pub mod metrics;
+pub mod notify;
 pub mod operators;
 pub mod ownership;
 pub mod pg;
@@ -126,6 +127,8 @@ pub struct Shared {
     pub masterdata: Arc<masterdata::MasterData>,
     /// Cases from residents' submissions.
     pub cases: Arc<cases::Cases>,
+    /// Notices out (the webhook).
+    pub notifier: Arc<notify::Notifier>,
     /// What each gateway's replica was last sent.
     pub replication: Arc<replication::Replication>,
     /// Sensing alerts.
@@ -266,7 +269,7 @@ pub async fn start_with<T: Transport>(
             None
         }
     };
-    let metrics = Metrics::new(&config);
+    let metrics = Arc::new(Metrics::new(&config));
     metrics.certificates_revoked.set(revocations.len() as i64);
     let (broker_addr, mqtt) = match config.broker.choice().ok_or(CentralError::NoBroker)? {
         BrokerChoice::Embedded(e) => {
@@ -363,7 +366,14 @@ pub async fn start_with<T: Transport>(
         ),
         logins: logins::LoginGuard::default(),
         bundles,
-        metrics: Arc::new(metrics),
+        notifier: Arc::new(notify::Notifier::new(
+            state.table("notices").map_err(CentralError::State)?,
+            clock,
+            config.notify.clone(),
+            config.central.client_id(),
+            metrics.clone(),
+        )),
+        metrics,
         registry,
         config,
         store,
@@ -487,10 +497,21 @@ pub async fn start_with<T: Transport>(
         }
         Ok(())
     });
+    let (n, t) = (shared.notifier.clone(), parts.token().clone());
+    parts.spawn(async move {
+        n.run(t).await;
+        Ok(())
+    });
+    let (s, t) = (shared.clone(), parts.token().clone());
+    parts.spawn(async move {
+        notify_escalations(s, t).await;
+        Ok(())
+    });
     let watch = alerts::Watch {
         registry: shared.registry.clone(),
         alerts: shared.alerts.clone(),
         cases: shared.cases.clone(),
+        notifier: shared.notifier.clone(),
         masterdata: shared.masterdata.clone(),
         clock: shared.clock,
         settings: shared.config.alerts.clone(),
@@ -623,6 +644,37 @@ async fn connect_postgres(
                 }
                 pause = (pause * 2).min(std::time::Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// Escalations this replica made (a mirror of another's never says escalated) go out as
+/// notices to whom the roster names.
+async fn notify_escalations(shared: Arc<Shared>, token: tokio_util::sync::CancellationToken) {
+    let mut changes = shared.alerts.changes.subscribe();
+    loop {
+        let change = tokio::select! {
+            _ = token.cancelled() => return,
+            c = changes.recv() => c,
+        };
+        match change {
+            Ok(alerts::engine::Change::Escalated { id, level, to }) => {
+                let alert = shared.alerts.engine().get(id).map(|a| {
+                    serde_json::json!({
+                        "title": a.title, "gateway": a.gateway, "severity": a.severity,
+                        "rule": a.rule,
+                    })
+                });
+                shared.notifier.notify(
+                    "alert.escalated",
+                    serde_json::json!({"alert": id, "level": level, "to": to, "detail": alert}),
+                );
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "escalation notices fell behind the alert feed")
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

@@ -14,6 +14,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
     pub kind: String,
 }
@@ -76,6 +81,10 @@ pub struct Metrics {
     pub content_bytes_sent: Counter,
     /// Groups of stored batches waiting for the boards and alert rules.
     pub observer_backlog: Gauge,
+    /// Notices out by what became of an attempt: `sent`, `retried`, `failed`.
+    pub notices: Family<OutcomeLabel, Counter>,
+    /// Notices waiting to be sent.
+    pub notices_pending: Gauge,
     /// Gateways whose lease this replica holds (with replicas).
     pub leases_held: Gauge,
     /// Gateways this replica took over from none or from another replica.
@@ -191,6 +200,18 @@ impl Metrics {
             "Bytes of content files sent to gateways",
             content_bytes_sent.clone(),
         );
+        let notices = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "notices",
+            "Notice attempts by outcome (sent, retried, failed)",
+            notices.clone(),
+        );
+        let notices_pending = Gauge::default();
+        registry.register(
+            "notices_pending",
+            "Notices waiting to be sent",
+            notices_pending.clone(),
+        );
         let observer_backlog = Gauge::default();
         registry.register(
             "observer_backlog",
@@ -260,6 +281,8 @@ impl Metrics {
             broker_refused,
             certificates_revoked,
             observer_backlog,
+            notices,
+            notices_pending,
             leases_held,
             leases_taken,
             content_bytes_sent,

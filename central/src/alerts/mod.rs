@@ -225,6 +225,8 @@ pub struct Watch {
     pub registry: std::sync::Arc<Mutex<crate::GatewayRegistry>>,
     pub alerts: std::sync::Arc<Alerts>,
     pub cases: std::sync::Arc<crate::cases::Cases>,
+    /// Reminders of deadlines go out through it.
+    pub notifier: std::sync::Arc<crate::notify::Notifier>,
     pub masterdata: std::sync::Arc<crate::masterdata::MasterData>,
     pub clock: firmware_config::runtime::clock::Clock,
     /// `[alerts]`: the time zone of maintenance windows and the rosters, and case limits.
@@ -294,6 +296,8 @@ pub async fn watch(w: Watch, token: tokio_util::sync::CancellationToken) {
             .unwrap_or_default();
             for c in &reminded {
                 tracing::info!(receipt = %c.receipt, assignee = ?c.assignee, due = ?c.due, "a case's deadline is near; its assignee is reminded");
+                w.notifier
+                    .notify("case.reminder", crate::cases::notice(c, ""));
             }
             for o in found.into_iter().filter(|o| w.alerts.owns(&o.gateway)) {
                 let receipt = o
@@ -361,6 +365,19 @@ mod watch_tests {
             registry: registry.clone(),
             alerts: alerts.clone(),
             cases: Arc::new(crate::cases::Cases::open(&state, Clock::system()).unwrap()),
+            notifier: Arc::new(crate::notify::Notifier::new(
+                state.table("notices").unwrap(),
+                Clock::system(),
+                Default::default(),
+                "test".into(),
+                Arc::new(crate::metrics::Metrics::new(
+                    &firmware_config::config::parse_elsewhere(
+                        firmware_config::examples::CENTRAL,
+                        std::path::Path::new("/"),
+                    )
+                    .unwrap(),
+                )),
+            )),
             masterdata: Arc::new(
                 crate::masterdata::MasterData::open(&state, Clock::system()).unwrap(),
             ),

@@ -113,6 +113,13 @@ pub async fn act(
                 .record(&op.0.name, &format!("case {}", step.action), &case.receipt);
             if step.tell_resident {
                 crate::cases::tell_gateway(&shared.commands, &case);
+                shared
+                    .notifier
+                    .notify("case.status", crate::cases::notice(&case, &step.note));
+            } else if step.action == "supervise" {
+                shared
+                    .notifier
+                    .notify("case.supervised", crate::cases::notice(&case, &step.note));
             }
             Json(json!(case)).into_response()
         }

@@ -112,6 +112,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/api/v1/bundles/signed", post(terminals::forward))
         .route_layer(guard(Role::Operator, Role::Administrator));
+    // Notices out: supervisors look (they carry residents' phone numbers).
+    let notices = Router::new()
+        .route("/api/v1/notices", get(notices))
+        .route_layer(guard(Role::Supervisor, Role::Administrator));
     // Operator accounts: administrators only, to look as to change.
     let accounts = Router::new()
         .route(
@@ -129,9 +133,47 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route_layer(guard(Role::Administrator, Role::Administrator));
     open.merge(console)
         .merge(accounts)
+        .merge(notices)
         .merge(operations)
         .merge(publishing)
         .with_state(shared)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoticeQuery {
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/notices?state=pending|sent|failed&limit=N`: notices out, newest first.
+async fn notices(
+    State(shared): State<Arc<Shared>>,
+    q: Result<axum::extract::Query<NoticeQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let q = match q {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return ApiError::new(axum::http::StatusCode::BAD_REQUEST, e.body_text())
+                .into_response()
+        }
+    };
+    if let Some(s) = &q.state {
+        if !["pending", "sent", "failed"].contains(&s.as_str()) {
+            return ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                format!("state: {s:?}; use pending, sent or failed"),
+            )
+            .into_response();
+        }
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let s = shared.clone();
+    let list = tokio::task::spawn_blocking(move || s.notifier.list(q.state.as_deref(), limit))
+        .await
+        .unwrap_or_default();
+    Json(json!({ "notices": list })).into_response()
 }
 
 async fn healthz(State(shared): State<Arc<Shared>>) -> Json<Value> {

@@ -503,6 +503,23 @@ impl Cases {
     }
 }
 
+/// What a notice says of a case: enough for its assignee and for the resident's message.
+pub fn notice(c: &Case, note: &str) -> Value {
+    json!({
+        "receipt": c.receipt,
+        "status": c.status,
+        "category": c.category().as_str(),
+        "title": c.submission["title"],
+        "station": c.station,
+        "station_name": c.station_name,
+        "assignee": c.assignee,
+        "due": c.due.map(|d| d.unix_timestamp()),
+        "supervised": c.supervised,
+        "resident_phone": c.submission["contact"]["phone"],
+        "note": note,
+    })
+}
+
 /// Tells the case's gateway its status (queued by the broker while the gateway is away).
 pub fn tell_gateway(commands: &crate::link::commands::Commands, c: &Case) {
     let Ok(gw) = GatewayId::new(c.gateway.clone()) else {

@@ -37,6 +37,58 @@ pub struct CentralConfig {
     /// `central data push`.
     #[serde(default)]
     pub api_tokens: Vec<ApiToken>,
+    /// Where notices leave the system (a signed webhook). None: notices are not sent.
+    #[serde(default, skip_serializing_if = "Notify::is_default")]
+    pub notify: Notify,
+}
+
+/// Notices out: case steps a resident follows, supervision, deadline reminders, alert
+/// escalations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+    /// Attempts at one notice before it is given up as failed (and shown so). Default 12.
+    #[serde(default = "default_notify_attempts")]
+    pub max_attempts: u32,
+    /// The wait after the first failure, doubled after each (at most 10 min). Default 5 s.
+    #[serde(default = "default_notify_retry", with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            max_attempts: default_notify_attempts(),
+            retry_after: default_notify_retry(),
+        }
+    }
+}
+
+impl Notify {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+fn default_notify_attempts() -> u32 {
+    12
+}
+
+fn default_notify_retry() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A receiver of signed JSON notices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://` or `https://`.
+    pub url: String,
+    /// The key of each notice's HMAC-SHA256 signature (`X-GridEdge-Signature`).
+    pub secret: crate::config::secret::SecretRef,
 }
 
 /// A machine's key to central's API, with the role it acts in.

@@ -53,6 +53,9 @@ impl Document for CentralConfig {
         if let Some(c) = &mut self.identity.crl_file {
             *c = crate::config::resolve(base, c);
         }
+        if let Some(w) = &mut self.notify.webhook {
+            w.secret.resolve_paths(base);
+        }
         if let Some(a) = &mut self.retention.archive_dir {
             *a = crate::config::resolve(base, a);
         }
@@ -89,6 +92,29 @@ impl Document for CentralConfig {
             }
         }
         v.positive("relay.max_share", self.relay.max_share);
+        if let Some(w) = &self.notify.webhook {
+            match url::Url::parse(&w.url) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+                Ok(p) => v.error(
+                    "notify.webhook.url",
+                    format!("scheme must be http or https, not {}", p.scheme()),
+                ),
+                Err(e) => v.error(
+                    "notify.webhook.url",
+                    format!("{:?} is not a URL: {e}", w.url),
+                ),
+            }
+            w.secret.validate("notify.webhook.secret", v);
+        }
+        if !(1..=100).contains(&self.notify.max_attempts) {
+            v.error("notify.max_attempts", "1 to 100");
+        }
+        v.duration_within(
+            "notify.retry_after",
+            self.notify.retry_after,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        );
         for (field, d) in [
             (
                 "alerts.escalate_to_station",

@@ -1,0 +1,320 @@
+//! Notices out: what must reach a person (a case step the resident follows, a supervisor's
+//! 督办, a deadline near, an escalated alert) leaves as signed JSON to the deployment's webhook.
+//!
+//! A notice is stored before anything is sent (state table `notices`, shared by replicas), so a
+//! restart loses none. A worker on each replica claims a due notice by compare-and-set for a
+//! short while, posts it, and marks it sent on a 2xx; otherwise it waits `retry_after`, doubled
+//! each time (at most 10 min), until `max_attempts`, when the notice is kept as `failed` and
+//! shown (`GET /api/v1/notices?state=failed`). Delivery is at least once: a replica that dies
+//! between the post and the mark leaves it to be sent again, so receivers deduplicate by `id`.
+//!
+//! Each post carries `X-GridEdge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
+//! "<t>.<body>">` with the webhook's secret, so a receiver can refuse forged and replayed
+//! notices.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use firmware_config::config::central::Notify as NotifyConfig;
+use firmware_config::runtime::clock::Clock;
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::state::Table;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notice {
+    pub id: String,
+    /// `case.status`, `case.supervised`, `case.reminder`, `alert.escalated`.
+    pub kind: String,
+    pub data: Value,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created: OffsetDateTime,
+    /// `pending`, `sent` or `failed`.
+    pub state: String,
+    pub attempts: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub next_at: OffsetDateTime,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
+    /// The replica sending it now, and until when its claim holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
+}
+
+/// Longest a claim holds: a post times out well before.
+const CLAIM: time::Duration = time::Duration::seconds(30);
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_WAIT: Duration = Duration::from_secs(600);
+
+pub struct Notifier {
+    table: Arc<dyn Table>,
+    clock: Clock,
+    config: NotifyConfig,
+    replica: String,
+    next: AtomicU64,
+    wake: tokio::sync::Notify,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Notifier {
+    pub fn new(
+        table: Arc<dyn Table>,
+        clock: Clock,
+        config: NotifyConfig,
+        replica: String,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
+        Self {
+            table,
+            clock,
+            config,
+            replica,
+            next: AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
+            wake: tokio::sync::Notify::new(),
+            metrics,
+        }
+    }
+
+    /// Keeps a notice to send (nothing without a webhook: there is nowhere to send it).
+    pub fn notify(&self, kind: &str, data: Value) {
+        if self.config.webhook.is_none() {
+            return;
+        }
+        let now = self.clock.now_utc();
+        // Time first, so the table lists notices in order; a counter keeps two apart.
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{:020}-{n:016x}", now.unix_timestamp_nanos());
+        let notice = Notice {
+            id: id.clone(),
+            kind: kind.to_owned(),
+            data,
+            created: now,
+            state: "pending".into(),
+            attempts: 0,
+            next_at: now,
+            last_error: None,
+            sent_at: None,
+            claimed_by: None,
+        };
+        let stored = serde_json::to_vec(&notice)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                self.table
+                    .insert(id.as_bytes(), v)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|()| self.table.flush().map_err(|e| e.to_string()));
+        match stored {
+            Ok(()) => self.wake.notify_one(),
+            Err(e) => tracing::error!(kind, error = %e, "cannot keep a notice"),
+        }
+    }
+
+    /// Notices newest first, of one state or all.
+    pub fn list(&self, state: Option<&str>, limit: usize) -> Vec<Notice> {
+        self.table
+            .scan_rev(b"")
+            .filter_map(Result::ok)
+            .filter_map(|(_, v)| serde_json::from_slice::<Notice>(&v).ok())
+            .filter(|n| state.is_none_or(|s| n.state == s))
+            .take(limit)
+            .collect()
+    }
+
+    /// Sends due notices until `token` is cancelled.
+    pub async fn run(self: Arc<Self>, token: tokio_util::sync::CancellationToken) {
+        let Some(webhook) = self.config.webhook.clone() else {
+            return;
+        };
+        let client = match reqwest::Client::builder().timeout(POST_TIMEOUT).build() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "notices: cannot make an HTTP client");
+                return;
+            }
+        };
+        loop {
+            let due = {
+                let me = self.clone();
+                tokio::task::spawn_blocking(move || me.claim_due())
+                    .await
+                    .unwrap_or_default()
+            };
+            for (held, notice) in due {
+                let outcome = self.post(&client, &webhook, &notice).await;
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.settle(held, notice, outcome)).await;
+            }
+            self.count_pending();
+            tokio::select! {
+                _ = token.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Pending notices whose time has come, each claimed by this replica (by compare-and-set:
+    /// another replica's claim wins). Blocking.
+    fn claim_due(&self) -> Vec<(Vec<u8>, Notice)> {
+        let now = self.clock.now_utc();
+        let mut out = Vec::new();
+        for (key, raw) in self.table.scan(b"").filter_map(Result::ok) {
+            let Ok(mut n) = serde_json::from_slice::<Notice>(&raw) else {
+                continue;
+            };
+            if n.state != "pending" || n.next_at > now {
+                continue;
+            }
+            n.claimed_by = Some(self.replica.clone());
+            // The claim pushes its time on: another replica passes it by meanwhile.
+            n.next_at = now + CLAIM;
+            let Ok(v) = serde_json::to_vec(&n) else {
+                continue;
+            };
+            if matches!(self.table.replace_if(&key, &raw, v.clone()), Ok(true)) {
+                out.push((v, n));
+            }
+            if out.len() >= 32 {
+                break;
+            }
+        }
+        out
+    }
+
+    async fn post(
+        &self,
+        client: &reqwest::Client,
+        webhook: &firmware_config::config::central::Webhook,
+        n: &Notice,
+    ) -> Result<(), String> {
+        let secret = webhook.secret.read().map_err(|e| e.to_string())?;
+        let body = serde_json::to_vec(&json!({
+            "id": n.id, "kind": n.kind, "created": n.created.unix_timestamp(), "data": n.data,
+        }))
+        .map_err(|e| e.to_string())?;
+        let t = self.clock.now_utc().unix_timestamp();
+        let r = client
+            .post(&webhook.url)
+            .header("content-type", "application/json")
+            .header("x-gridedge-signature", signature(&secret, t, &body))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("the receiver answered {}", r.status()))
+        }
+    }
+
+    /// Marks a claimed notice sent, or due again later, or failed. Blocking.
+    fn settle(&self, held: Vec<u8>, mut n: Notice, outcome: Result<(), String>) {
+        let now = self.clock.now_utc();
+        n.attempts += 1;
+        n.claimed_by = None;
+        match outcome {
+            Ok(()) => {
+                n.state = "sent".into();
+                n.sent_at = Some(now);
+                n.last_error = None;
+                self.metrics.notices.get_or_create(&label("sent")).inc();
+            }
+            Err(e) => {
+                tracing::warn!(id = %n.id, kind = %n.kind, attempts = n.attempts, error = %e, "a notice was not taken");
+                n.last_error = Some(e);
+                if n.attempts >= self.config.max_attempts {
+                    n.state = "failed".into();
+                    self.metrics.notices.get_or_create(&label("failed")).inc();
+                } else {
+                    let wait = self
+                        .config
+                        .retry_after
+                        .saturating_mul(1 << (n.attempts - 1).min(16))
+                        .min(MAX_WAIT);
+                    n.next_at = now + wait;
+                    self.metrics.notices.get_or_create(&label("retried")).inc();
+                }
+            }
+        }
+        let v = match serde_json::to_vec(&n) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(id = %n.id, error = %e, "cannot encode a notice");
+                return;
+            }
+        };
+        match self.table.replace_if(n.id.as_bytes(), &held, v) {
+            Ok(true) => {
+                let _ = self.table.flush();
+            }
+            Ok(false) => tracing::warn!(id = %n.id, "a notice changed while it was sent"),
+            Err(e) => tracing::error!(id = %n.id, error = %e, "cannot keep a notice's outcome"),
+        }
+    }
+
+    fn count_pending(&self) {
+        let pending = self
+            .table
+            .scan(b"")
+            .filter_map(Result::ok)
+            .filter(|(_, v)| {
+                serde_json::from_slice::<Notice>(v).is_ok_and(|n| n.state == "pending")
+            })
+            .count();
+        self.metrics.notices_pending.set(pending as i64);
+    }
+}
+
+fn label(outcome: &str) -> crate::metrics::OutcomeLabel {
+    crate::metrics::OutcomeLabel {
+        outcome: outcome.to_owned(),
+    }
+}
+
+/// `t=<t>,v1=<hex HMAC-SHA256 of "<t>.<body>">`.
+pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
+    let mut signed = format!("{t}.").into_bytes();
+    signed.extend_from_slice(body);
+    format!("t={t},v1={}", hmac_sha256_hex(secret.as_bytes(), &signed))
+}
+
+fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    hmac::sign(&key, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_is_rfc_4231s() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            hmac_sha256_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn the_signature_covers_the_time_and_the_body() {
+        let a = signature("s3cret", 1_800_000_000, b"{\"id\":1}");
+        assert!(a.starts_with("t=1800000000,v1="));
+        assert_eq!(a.len(), "t=1800000000,v1=".len() + 64);
+        assert_ne!(a, signature("s3cret", 1_800_000_001, b"{\"id\":1}"));
+        assert_ne!(a, signature("s3cret", 1_800_000_000, b"{\"id\":2}"));
+        assert_ne!(a, signature("other", 1_800_000_000, b"{\"id\":1}"));
+    }
+}
