@@ -553,20 +553,8 @@ mod tests {
     use super::*;
     use crate::operators::Role;
     use crate::state::MemoryState;
-    use firmware_config::masterdata::{GridUnit, Level};
-
-    fn grid(code: &str, level: Level, parent: Option<&str>) -> GridUnit {
-        GridUnit {
-            code: code.into(),
-            name: format!("{code}网格"),
-            level,
-            parent: parent.map(Into::into),
-            households: None,
-            boundary: None,
-            staff: Vec::new(),
-            addresses: Vec::new(),
-        }
-    }
+    use firmware_config::masterdata::Level;
+    use scope::tests::grid;
 
     fn places() -> scope::GridTree {
         scope::GridTree::new(&Dataset {

@@ -81,11 +81,12 @@ impl Places for GridTree {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use firmware_config::masterdata::GridUnit;
 
-    fn grid(code: &str, level: Level, parent: Option<&str>) -> GridUnit {
+    /// A grid of the tree, with nothing but its place in it.
+    pub(crate) fn grid(code: &str, level: Level, parent: Option<&str>) -> GridUnit {
         GridUnit {
             code: code.into(),
             name: format!("{code} 网格"),
