@@ -28,6 +28,38 @@ pub fn terminal_toml(dir: &Path, id: &str, kind: &str, health: &str) -> String {
     )
 }
 
+/// A gateway `id` on the broker at `broker_url` with one kiosk, `kiosk-a` (its token file in
+/// `dir`), for residents' submissions.
+pub async fn gateway_with_kiosk(
+    id: &str,
+    broker_url: &str,
+    dir: &Path,
+) -> Result<crate::services::TestGateway> {
+    let kiosk = terminal_toml(
+        dir,
+        "kiosk-a",
+        "kiosk",
+        "{ mode = \"heartbeat\", interval = \"1h\" }",
+    );
+    crate::services::TestGateway::start_with(id, broker_url, None, &kiosk).await
+}
+
+/// Hands a resident's submission to the gateway's kiosk API as `kiosk-a`: its receipt.
+pub async fn submit(gw: &crate::services::TestGateway, body: &Value) -> Result<String> {
+    let r = reqwest::Client::new()
+        .post(gw.url("/api/v1/kiosk/submissions"))
+        .bearer_auth(terminal_token("kiosk-a"))
+        .json(body)
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().as_u16() == 201, "submission: {}", r.status());
+    let v: Value = r.json().await?;
+    v["receipt"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("no receipt in {v}"))
+}
+
 /// A heartbeat body: all well, or with the printer failing.
 pub fn heartbeat_body(printer_ok: bool) -> Value {
     json!({

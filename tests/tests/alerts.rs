@@ -433,32 +433,19 @@ async fn late_report_alert(pg: Option<&Postgres>) {
     let central = central(pg, "[alerts]\ncase_limit = \"2s\"\n").await;
     let op = central.console("op").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let extra = gridedge_tests::terminals::terminal_toml(
-        dir.path(),
-        "kiosk-a",
-        "kiosk",
-        "{ mode = \"heartbeat\", interval = \"1h\" }",
-    );
-    let gw = TestGateway::start_with(
+    let gw = gridedge_tests::terminals::gateway_with_kiosk(
         "gw-late",
         central.broker_url.as_deref().unwrap(),
-        None,
-        &extra,
+        dir.path(),
     )
     .await
     .unwrap();
-    let r = reqwest::Client::new()
-        .post(gw.url("/api/v1/kiosk/submissions"))
-        .bearer_auth(gridedge_tests::terminals::terminal_token("kiosk-a"))
-        .json(&json!({"category": "dispute", "title": "邻里噪音纠纷", "contact": {"name": "赵", "phone": "13800138000"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let receipt = r.json::<Value>().await.unwrap()["receipt"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let receipt = gridedge_tests::terminals::submit(
+        &gw,
+        &json!({"category": "dispute", "title": "邻里噪音纠纷", "contact": {"name": "赵", "phone": "13800138000"}}),
+    )
+    .await
+    .unwrap();
     let key = format!("gw-late/case/{receipt}#case.overdue");
     let a = eventually("the overdue case's alert", Duration::from_secs(30), || {
         op.alert(&key)

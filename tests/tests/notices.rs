@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gridedge_tests::services::{TestCentral, TestGateway};
-use gridedge_tests::terminals::{terminal_token, terminal_toml};
+use gridedge_tests::services::TestCentral;
+use gridedge_tests::terminals::{gateway_with_kiosk, submit};
 use gridedge_tests::{eventually, init_test_logging, try_json_api, workspace_root};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -132,35 +132,20 @@ async fn a_case_step_reaches_the_webhook_signed_and_a_failing_receiver_is_retrie
         .await
         .unwrap();
     assert_eq!(status, 201);
-    let extra = terminal_toml(
-        dir.path(),
-        "kiosk-a",
-        "kiosk",
-        "{ mode = \"heartbeat\", interval = \"1h\" }",
-    );
-    let gw = TestGateway::start_with(
+    let gw = gateway_with_kiosk(
         "gw-notice",
         central.broker_url.as_deref().unwrap(),
-        None,
-        &extra,
+        dir.path(),
     )
     .await
     .unwrap();
-    let r = reqwest::Client::new()
-        .post(gw.url("/api/v1/kiosk/submissions"))
-        .bearer_auth(terminal_token("kiosk-a"))
-        .json(
-            &json!({"category": "report", "grid": "11019900100001002", "title": "路灯不亮",
-                      "contact": {"name": "赵", "phone": "13800138000"}}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 201);
-    let receipt = r.json::<Value>().await.unwrap()["receipt"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let receipt = submit(
+        &gw,
+        &json!({"category": "report", "grid": "11019900100001002", "title": "路灯不亮",
+                "contact": {"name": "赵", "phone": "13800138000"}}),
+    )
+    .await
+    .unwrap();
     eventually("the case at central", Duration::from_secs(30), || async {
         let c = try_json_api(central.url(&format!("/api/v1/cases/{receipt}"))).await?;
         c.get("receipt").is_some().then_some(())
