@@ -51,6 +51,8 @@ pub struct Notice {
 const CLAIM: time::Duration = time::Duration::seconds(30);
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Sent notices are kept this long (to look up), then dropped.
+const KEEP_SENT: time::Duration = time::Duration::days(7);
 
 pub struct Notifier {
     table: Arc<dyn Table>,
@@ -151,7 +153,6 @@ impl Notifier {
                 let me = self.clone();
                 let _ = tokio::task::spawn_blocking(move || me.settle(held, notice, outcome)).await;
             }
-            self.count_pending();
             tokio::select! {
                 _ = token.cancelled() => return,
                 _ = self.wake.notified() => {}
@@ -161,15 +162,27 @@ impl Notifier {
     }
 
     /// Pending notices whose time has come, each claimed by this replica (by compare-and-set:
-    /// another replica's claim wins). Blocking.
+    /// another replica's claim wins). The same pass counts what waits and drops notices sent
+    /// more than `KEEP_SENT` ago, so the table does not grow with every notice ever sent.
+    /// Blocking.
     fn claim_due(&self) -> Vec<(Vec<u8>, Notice)> {
         let now = self.clock.now_utc();
         let mut out = Vec::new();
+        let mut pending = 0;
+        let mut old = Vec::new();
         for (key, raw) in self.table.scan(b"").filter_map(Result::ok) {
             let Ok(mut n) = serde_json::from_slice::<Notice>(&raw) else {
                 continue;
             };
-            if n.state != "pending" || n.next_at > now {
+            if n.state == "sent" && n.sent_at.is_some_and(|t| now - t > KEEP_SENT) {
+                old.push(key);
+                continue;
+            }
+            if n.state != "pending" {
+                continue;
+            }
+            pending += 1;
+            if n.next_at > now || out.len() >= 32 {
                 continue;
             }
             n.claimed_by = Some(self.replica.clone());
@@ -181,10 +194,11 @@ impl Notifier {
             if matches!(self.table.replace_if(&key, &raw, v.clone()), Ok(true)) {
                 out.push((v, n));
             }
-            if out.len() >= 32 {
-                break;
-            }
         }
+        for key in old {
+            let _ = self.table.remove(&key);
+        }
+        self.metrics.notices_pending.set(pending);
         out
     }
 
@@ -258,18 +272,6 @@ impl Notifier {
             Ok(false) => tracing::warn!(id = %n.id, "a notice changed while it was sent"),
             Err(e) => tracing::error!(id = %n.id, error = %e, "cannot keep a notice's outcome"),
         }
-    }
-
-    fn count_pending(&self) {
-        let pending = self
-            .table
-            .scan(b"")
-            .filter_map(Result::ok)
-            .filter(|(_, v)| {
-                serde_json::from_slice::<Notice>(v).is_ok_and(|n| n.state == "pending")
-            })
-            .count();
-        self.metrics.notices_pending.set(pending as i64);
     }
 }
 

@@ -359,13 +359,7 @@ impl Cases {
                 action: step.action.to_owned(),
                 details: step.details.clone(),
             });
-            Ok(workflow::Step {
-                action: step.action,
-                status: step.status.clone(),
-                note: step.note.clone(),
-                details: step.details.clone(),
-                tell_resident: step.tell_resident,
-            })
+            Ok(step.clone())
         })
     }
 

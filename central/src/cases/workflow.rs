@@ -107,6 +107,7 @@ pub enum Refusal {
 }
 
 /// What an action did: the case's new status and what the history keeps of it.
+#[derive(Debug, Clone)]
 pub struct Step {
     pub action: &'static str,
     pub status: String,

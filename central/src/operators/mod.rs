@@ -293,10 +293,6 @@ impl Operators {
         })
     }
 
-    pub fn has_accounts(&self) -> bool {
-        !self.accounts.is_empty() || !self.stored.all().is_empty()
-    }
-
     /// An account by name: role, password hash, scope and whether it is disabled; central's
     /// own record over central.toml's.
     fn account(&self, name: &str) -> Option<(Role, String, Option<String>, bool)> {
