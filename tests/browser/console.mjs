@@ -10,6 +10,15 @@
 //   {"do":"text","selector":…}                  → {"ok":true,"text":…}
 //   {"do":"waitText","selector":…,"contains":…} → {"ok":true,"text":…}
 //   {"do":"screenshot","path":…}                → {"ok":true}
+//   {"do":"logout"}                             → {"ok":true}
+//   {"do":"view","hash":"cases"|"case/R"|…}      → {"ok":true}
+//   {"do":"filterCases","category"?,"status"?,"grid"?,"overdue"?} → {"ok":true,"receipts":[…]}
+//   {"do":"caseStep","action":…,"fields":{…}}   → {"ok":true,"status":…,"timeline":[action…]}
+//   {"do":"caseActions"}                        → {"ok":true,"actions":[…],"missing":bool}
+//   {"do":"createAccount","name","role","scope","password"} → {"ok":true,"accounts":[{name,scope,disabled}…]}
+//   {"do":"kiosk","url":…}                      → {"ok":true} (a second page: the resident's kiosk)
+//   {"do":"kioskSubmit","category","grid","title","description","name","phone"} → {"ok":true,"receipt":…}
+//   {"do":"kioskStatus","receipt","status","contains"?,"timeoutMs"?} → {"ok":true,"text":…,"ms":…}
 //   {"do":"quit"}
 // A failed step prints {"ok":false,"error":…} and the script goes on reading.
 import readline from "node:readline";
@@ -21,6 +30,10 @@ page.on("console", (m) => console.error("page:", m.text()));
 page.setDefaultTimeout(15000);
 const out = (v) => console.log(JSON.stringify(v));
 const rowOf = (key) => `tr.alert[data-key="${key}"]`;
+
+let kiosk = null;
+// The case page's timeline, as the actions it lists.
+const timeline = () => page.$$eval("#case-timeline li", (l) => l.map((li) => li.dataset.action));
 
 const steps = {
   async open(c) { await page.goto(c.url); return {}; },
@@ -71,6 +84,103 @@ const steps = {
     return { text: (await page.textContent(c.selector)) ?? "" };
   },
   async text(c) { return { text: (await page.textContent(c.selector)) ?? "" }; },
+  async logout() {
+    await page.click("#logout");
+    await page.waitForSelector("#login:not([hidden])");
+    return {};
+  },
+  async view(c) {
+    await page.evaluate((h) => { location.hash = h; }, c.hash);
+    return {};
+  },
+  async filterCases(c) {
+    await page.evaluate(() => { location.hash = "cases"; });
+    await page.waitForSelector("#view-cases:not([hidden]) #f-grid option", { state: "attached" });
+    await page.selectOption("#f-category", c.category || "");
+    await page.selectOption("#f-status", c.status || "");
+    await page.selectOption("#f-grid", c.grid || "");
+    await page.setChecked("#f-overdue", !!c.overdue);
+    // The answer to this filter, not a queue drawn before it.
+    const answered = page.waitForResponse((r) => r.url().includes("/api/v1/cases?"));
+    await page.click("#case-filter button[type=submit]");
+    await (await answered).finished();
+    await page.waitForTimeout(100);
+    return { receipts: await page.$$eval("#case-rows tr.case", (l) => l.map((r) => r.dataset.receipt)) };
+  },
+  async caseActions() {
+    await page.waitForFunction(() => document.querySelector("#case-head")?.dataset.receipt || document.querySelector("#case-head")?.dataset.missing);
+    return {
+      missing: (await page.getAttribute("#case-head", "data-missing")) === "true",
+      actions: await page.$$eval("#case-actions button.case-action", (l) => l.map((b) => b.dataset.action)),
+    };
+  },
+  async caseStep(c) {
+    // The action's button, its form filled field by field, and the timeline one entry longer.
+    const before = (await timeline()).length;
+    await page.click(`#case-actions button[data-action="${c.action}"]`);
+    await page.waitForSelector("#case-step:not([hidden])");
+    for (const [name, value] of Object.entries(c.fields || {})) {
+      const el = `#case-step [name="${name}"]`;
+      if ((await page.$eval(el, (e) => e.tagName)) === "SELECT") await page.selectOption(el, String(value));
+      else await page.fill(el, String(value));
+    }
+    await page.click("#case-step-go");
+    await page.waitForFunction(({ n, err }) => document.querySelectorAll("#case-timeline li").length > n || (document.querySelector(err)?.textContent || "").length > 0,
+      { n: before, err: "#case-step-error" });
+    const error = await page.$eval("#case-step-error", (e) => e.textContent).catch(() => "");
+    if (error) throw new Error(error);
+    return { status: await page.getAttribute("#case-head", "data-status"), timeline: await timeline() };
+  },
+  async createAccount(c) {
+    await page.evaluate(() => { location.hash = "accounts"; });
+    await page.waitForSelector(`#acc-scope option[value="${c.scope}"]`, { state: "attached" });
+    await page.fill("#acc-name", c.name);
+    await page.selectOption("#acc-role", c.role);
+    await page.selectOption("#acc-scope", c.scope);
+    await page.fill("#acc-password", c.password);
+    await page.click("#acc-create");
+    await page.waitForSelector(`tr.account[data-name="${c.name}"]`);
+    return {
+      accounts: await page.$$eval("tr.account", (l) => l.map((r) => ({ name: r.dataset.name, scope: r.querySelector(".acc-scope").value, disabled: r.dataset.disabled }))),
+    };
+  },
+  async kiosk(c) {
+    kiosk = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    kiosk.on("console", (m) => console.error("kiosk:", m.text()));
+    kiosk.setDefaultTimeout(15000);
+    await kiosk.goto(c.url);
+    await kiosk.waitForFunction(() => !location.href.includes("token="));
+    return {};
+  },
+  async kioskSubmit(c) {
+    await kiosk.click('nav button[data-tab="submit"]');
+    await kiosk.waitForSelector(`#sub-grid option[value="${c.grid}"]`, { state: "attached" });
+    await kiosk.selectOption("#sub-category", c.category);
+    await kiosk.selectOption("#sub-grid", c.grid);
+    await kiosk.fill("#sub-title", c.title);
+    await kiosk.fill("#sub-desc", c.description || "");
+    await kiosk.fill("#sub-name", c.name);
+    await kiosk.fill("#sub-phone", c.phone);
+    await kiosk.click("#sub-go");
+    await kiosk.waitForSelector("#receipt");
+    return { receipt: (await kiosk.textContent("#receipt")).trim() };
+  },
+  async kioskStatus(c) {
+    // As a resident would: asks again until the page shows the status (central's step reaches
+    // the gateway through the broker).
+    const t0 = Date.now();
+    await kiosk.click('nav button[data-tab="status"]');
+    for (;;) {
+      await kiosk.fill("#status-q", c.receipt);
+      await kiosk.click("#status-go");
+      await kiosk.waitForTimeout(300);
+      const card = await kiosk.$("#status-out .card");
+      const text = card ? await card.textContent() : "";
+      const status = card ? await card.getAttribute("data-status") : null;
+      if (status === c.status && (!c.contains || text.includes(c.contains))) return { text, ms: Date.now() - t0 };
+      if (Date.now() - t0 > (c.timeoutMs || 20000)) throw new Error(`the kiosk shows ${status}: ${text}`);
+    }
+  },
   async screenshot(c) { await page.screenshot({ path: c.path, fullPage: true }); return {}; },
 };
 

@@ -51,24 +51,47 @@ pub async fn list(
     let found =
         tokio::task::spawn_blocking(move || s.cases.query(&filter, &who, &places(&s))).await;
     match found {
-        Ok(Ok((cases, total))) => Json(json!({ "cases": cases, "total": total })).into_response(),
+        Ok(Ok((cases, total))) => {
+            let (fallback, now) = (shared.cases.fallback(), time::OffsetDateTime::now_utc());
+            let cases: Vec<_> = cases
+                .iter()
+                .map(|c| {
+                    let mut v = json!(c);
+                    v["overdue"] = json!(c.is_overdue(fallback, now));
+                    v
+                })
+                .collect();
+            Json(json!({ "cases": cases, "total": total })).into_response()
+        }
         Ok(Err(e)) => refused(e),
         Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
 
-/// `GET /api/v1/cases/{receipt}`.
+/// `GET /api/v1/cases/{receipt}`: the case, and `actions` (what this operator may do now).
 pub async fn one(
     State(shared): State<Arc<Shared>>,
     Operator(who): Operator,
     Path(receipt): Path<String>,
 ) -> Response {
+    let places = places(&shared);
     match shared.cases.get(&receipt) {
-        Some(c) if places(&shared).reaches(who.scope.as_deref(), c.station.as_deref()) => {
-            Json(json!(c)).into_response()
+        Some(c) if places.reaches(who.scope.as_deref(), c.station.as_deref()) => {
+            with_actions(&c, &who, &places).into_response()
         }
         _ => refused(CaseError::NotFound(receipt)),
     }
+}
+
+/// A case as the console shows it: with the actions this operator may take on it now.
+fn with_actions(
+    c: &crate::cases::Case,
+    who: &crate::operators::Signed,
+    places: &GridTree,
+) -> Json<serde_json::Value> {
+    let mut v = json!(c);
+    v["actions"] = json!(crate::cases::workflow::available(c, who, places));
+    Json(v)
 }
 
 /// An action as the API takes it: `by` names the person a tool acts for (recorded beside the
@@ -103,11 +126,13 @@ pub async fn act(
             Some(c) if places.reaches(who.scope.as_deref(), c.station.as_deref()) => {}
             _ => return Err(CaseError::NotFound(receipt)),
         }
-        s.cases.act(&receipt, &action, &who, &author, &places)
+        let (case, step) = s.cases.act(&receipt, &action, &who, &author, &places)?;
+        let shown = with_actions(&case, &who, &places);
+        Ok((case, step, shown))
     })
     .await;
     match done {
-        Ok(Ok((case, step))) => {
+        Ok(Ok((case, step, shown))) => {
             shared
                 .operators
                 .record(&op.0.name, &format!("case {}", step.action), &case.receipt);
@@ -121,7 +146,7 @@ pub async fn act(
                     .notifier
                     .notify("case.supervised", crate::cases::notice(&case, &step.note));
             }
-            Json(json!(case)).into_response()
+            shown.into_response()
         }
         Ok(Err(e)) => refused(e),
         Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),

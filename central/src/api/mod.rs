@@ -19,6 +19,7 @@ use crate::Shared;
 pub mod accounts;
 pub mod alerts;
 pub mod cases;
+pub mod grids;
 pub mod health;
 pub mod masterdata;
 pub mod meetings;
@@ -46,6 +47,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 .delete(session::logout),
         )
         .route("/console", get(console_page))
+        .route("/console/{script}", get(console_script))
         .route("/api/v1/shares/live", get(shares::live))
         .route("/api/v1/relay/push/{gateway}/{camera}", get(shares::push))
         .route("/api/v1/relay/pull/{gateway}/{camera}", get(shares::pull))
@@ -84,6 +86,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/gateways", get(gateways))
         .route("/api/v1/events", get(events))
         .route("/api/v1/terminals", get(terminals::list))
+        .route("/api/v1/grids", get(grids::list))
         .route("/api/v1/cases", get(cases::list))
         .route("/api/v1/cases/{receipt}", get(cases::one))
         .route("/api/v1/cases/{receipt}/actions", post(cases::act))
@@ -380,5 +383,25 @@ async fn camera_snapshot(
 
 /// `GET /console`: the operator console (it logs in through `/api/v1/session`).
 async fn console_page() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("console.html"))
+    axum::response::Html(include_str!("console/index.html"))
+}
+
+/// `GET /console/{script}`: the console's views, one script each, bundled in the binary.
+async fn console_script(Path(script): Path<String>) -> Response {
+    let body = match script.as_str() {
+        "cases.js" => include_str!("console/cases.js"),
+        "accounts.js" => include_str!("console/accounts.js"),
+        _ => return ApiError::new(StatusCode::NOT_FOUND, "no such script").into_response(),
+    };
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }

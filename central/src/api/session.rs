@@ -205,7 +205,8 @@ pub async fn login(
 
 /// `GET /api/v1/session`: who is signed in (and the CSRF token again, for a reloaded page).
 pub async fn whoami(op: Operator) -> Response {
-    Json(json!({ "name": op.0.name, "role": op.0.role, "csrf": op.0.csrf })).into_response()
+    Json(json!({ "name": op.0.name, "role": op.0.role, "csrf": op.0.csrf, "scope": op.0.scope }))
+        .into_response()
 }
 
 /// `DELETE /api/v1/session`: logs out.

@@ -666,6 +666,64 @@ mod tests {
     }
 
     #[test]
+    fn the_actions_offered_follow_the_status_the_role_and_the_scope() {
+        let (cases, r) = with_case("dispute");
+        let boss = who("主任", Role::Supervisor, None);
+        let staff = who("网格员李", Role::Operator, Some("B11"));
+        let other = who("网格员王", Role::Operator, Some("B12"));
+        let offered = |w: &Signed| workflow::available(&cases.get(&r).unwrap(), w, &places());
+        let boss_sees = offered(&boss);
+        assert!(
+            boss_sees.contains(&"assign") && boss_sees.contains(&"supervise"),
+            "{boss_sees:?}"
+        );
+        assert!(
+            !boss_sees.contains(&"resolve") && !boss_sees.contains(&"receive"),
+            "{boss_sees:?}"
+        );
+        let staff_sees = offered(&staff);
+        assert!(
+            !staff_sees.contains(&"assign") && !staff_sees.contains(&"accept"),
+            "{staff_sees:?}"
+        );
+        assert!(
+            staff_sees.contains(&"transfer") && staff_sees.contains(&"note"),
+            "{staff_sees:?}"
+        );
+        assert!(
+            offered(&other).is_empty(),
+            "another station is offered nothing"
+        );
+        act(
+            &cases,
+            &r,
+            json!({"action": "assign", "station": "B11", "person": "网格员李"}),
+            &boss,
+        )
+        .unwrap();
+        assert!(offered(&staff).contains(&"accept"));
+        act(&cases, &r, json!({"action": "accept"}), &staff).unwrap();
+        let now = offered(&staff);
+        assert!(
+            now.contains(&"mediate") && now.contains(&"refer"),
+            "{now:?}"
+        );
+        assert!(
+            !now.contains(&"agree") && !now.contains(&"resolve"),
+            "{now:?}"
+        );
+        // Every action offered is taken when asked for with its fields.
+        for name in now {
+            let mut c = cases.get(&r).unwrap();
+            let a: Action = serde_json::from_value(
+                json!({"action": name, "note": "x", "to": "派出所", "department": "城管"}),
+            )
+            .unwrap();
+            assert!(a.apply(&mut c, &staff, &places()).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
     fn an_application_follows_the_catalogues_steps_and_a_refusal_needs_a_reason() {
         let (cases, r) = with_case("application");
         let op = who("窗口", Role::Operator, Some("A1"));

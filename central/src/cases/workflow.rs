@@ -470,3 +470,69 @@ pub fn is_open_status(category: Category, status: &str) -> bool {
         _ => OPEN_REPORT.contains(&status) || matches!(status, "routed" | "in_progress"),
     }
 }
+
+/// The actions `who` may take on `c` now, by name, so that a console offers only those. Each
+/// is tried on a copy with placeholder fields: the one table of rules above decides, and the
+/// console never keeps a second copy of them.
+pub fn available(c: &Case, who: &Signed, places: &dyn super::scope::Places) -> Vec<&'static str> {
+    let filled = || "·".to_owned();
+    let probes = [
+        Action::Assign {
+            station: c.station.clone().unwrap_or_default(),
+            person: filled(),
+            note: String::new(),
+        },
+        Action::Accept {
+            note: String::new(),
+        },
+        Action::Handle { note: filled() },
+        Action::Mediate {
+            note: filled(),
+            parties: Vec::new(),
+        },
+        Action::Agree { note: filled() },
+        Action::Refer {
+            to: filled(),
+            note: filled(),
+        },
+        Action::Resolve { note: filled() },
+        Action::Visit { note: filled() },
+        Action::Close {
+            note: String::new(),
+        },
+        Action::Transfer {
+            department: filled(),
+            note: filled(),
+        },
+        Action::ReportUp { note: filled() },
+        Action::Supervise { note: filled() },
+        Action::Note { note: filled() },
+        Action::Receive {
+            note: String::new(),
+        },
+        Action::Review {
+            note: String::new(),
+        },
+        Action::Decide {
+            approved: true,
+            reason: String::new(),
+        },
+        Action::Deliver {
+            note: String::new(),
+        },
+    ];
+    probes
+        .iter()
+        .filter(|a| match a.apply(&mut c.clone(), who, places) {
+            Ok(_) => true,
+            // A case not yet routed to a station: a supervisor who reaches it picks one.
+            Err(Refusal::Invalid(m)) => {
+                matches!(a, Action::Assign { .. })
+                    && c.station.is_none()
+                    && m.starts_with("station")
+            }
+            Err(Refusal::Forbidden(_)) => false,
+        })
+        .map(Action::name)
+        .collect()
+}
