@@ -979,6 +979,19 @@ impl Router {
             }
         }
 
+        // GridEdge patch: a persistent session back on a shared group that went away with it
+        // (it was the last member) still has its request, which has been reading on its own
+        // since the session returned. The group made again by its subscribe starts where that
+        // request is, not at the log's end: a message appended in between was skipped (the
+        // request takes the group's cursor) although its publisher had its PUBACK.
+        let group_cursor = match &group {
+            Some(name) if !self.shared_subscriptions.contains_key(name) => {
+                self.session_cursor(id, filter_idx, filter_path)
+            }
+            _ => None,
+        }
+        .unwrap_or(cursor);
+
         // Prepare consumer to pull data in case of subscription
         let connection = self.connections.get_mut(id).unwrap();
 
@@ -990,7 +1003,7 @@ impl Router {
                 .shared_subscriptions
                 .entry(group_name.to_string())
                 .or_insert(SharedGroup::new(
-                    cursor,
+                    group_cursor,
                     self.config.shared_subscriptions_strategy.clone(),
                 ));
 
@@ -1034,6 +1047,35 @@ impl Router {
 
         let meter = &mut self.ibufs.get_mut(id).unwrap().meter;
         meter.register_subscription(filter_path.clone());
+    }
+
+    /// GridEdge patch: the cursor of connection `id`'s request on `filter`, wherever the request
+    /// waits: in its tracker, parked for new data, or just woken by it.
+    fn session_cursor(
+        &self,
+        id: ConnectionId,
+        filter_idx: FilterIdx,
+        filter: &str,
+    ) -> Option<Offset> {
+        let tracked = self
+            .scheduler
+            .trackers
+            .get(id)
+            .into_iter()
+            .flat_map(|t| t.data_requests.iter());
+        let parked = self
+            .datalog
+            .native
+            .get(filter_idx)
+            .into_iter()
+            .flat_map(|d| d.waiters.waiters().iter())
+            .chain(self.notifications.iter())
+            .filter(|(waiter, _)| *waiter == id)
+            .map(|(_, request)| request);
+        tracked
+            .chain(parked)
+            .find(|request| request.filter == filter)
+            .map(|request| request.cursor)
     }
 
     /// When a connection is ready, it should sweep native data from 'datalog',
