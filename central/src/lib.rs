@@ -13,6 +13,7 @@ pub mod cases;
 pub mod disk;
 pub mod link;
 pub mod logins;
+pub mod map;
 pub mod masterdata;
 pub mod meetings;
 pub mod metrics;

@@ -18,4 +18,5 @@ pub mod revocation;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod topics;
+pub mod web;
 pub mod wire;

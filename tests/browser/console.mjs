@@ -16,6 +16,11 @@
 //   {"do":"caseStep","action":…,"fields":{…}}   → {"ok":true,"status":…,"timeline":[action…]}
 //   {"do":"caseActions"}                        → {"ok":true,"actions":[…],"missing":bool}
 //   {"do":"createAccount","name","role","scope","password"} → {"ok":true,"accounts":[{name,scope,disabled}…]}
+//   {"do":"mapView","grids":N}                  → {"ok":true,"ms":…,"drawnMs":…,"markers":N} (opens the map; waits for N grids)
+//   {"do":"mapClick","lon","lat"}               → {"ok":true,"focus":…}
+//   {"do":"waitMarker","key","alert":bool,"timeoutMs"?} → {"ok":true,"ms":…,"title":…}
+//   {"do":"markerAt","key","lon","lat"}        → {"ok":true,"dx":px,"dy":px}
+//   {"do":"kioskGrid","address"}                → {"ok":true,"focus":…,"grids":N}
 //   {"do":"kiosk","url":…}                      → {"ok":true} (a second page: the resident's kiosk)
 //   {"do":"kioskSubmit","category","grid","title","description","name","phone"} → {"ok":true,"receipt":…}
 //   {"do":"kioskStatus","receipt","status","contains"?,"timeoutMs"?} → {"ok":true,"text":…,"ms":…}
@@ -144,9 +149,58 @@ const steps = {
       accounts: await page.$$eval("tr.account", (l) => l.map((r) => ({ name: r.dataset.name, scope: r.querySelector(".acc-scope").value, disabled: r.dataset.disabled }))),
     };
   },
+  async mapView(c) {
+    const t0 = Date.now();
+    await page.evaluate(() => { location.hash = "map"; });
+    await page.waitForSelector(`#street-map[data-grids="${c.grids}"][data-drawn-ms]`, { state: "attached", timeout: c.timeoutMs || 15000 });
+    return {
+      ms: Date.now() - t0,
+      drawnMs: Number(await page.getAttribute("#street-map", "data-drawn-ms")),
+      markers: Number(await page.getAttribute("#street-map", "data-markers")),
+    };
+  },
+  async mapClick(c) {
+    // Where the point is on the screen, then a real mouse click there.
+    const box = await page.$eval("#street-map", (el) => { const r = el.getBoundingClientRect(); return { x: r.left, y: r.top }; });
+    const p = await page.evaluate(([lon, lat]) => streetMap.map.latLngToContainerPoint([lat, lon]), [c.lon, c.lat]);
+    const before = await page.getAttribute("#street-map", "data-focus");
+    await page.mouse.click(box.x + p.x, box.y + p.y);
+    await page.waitForFunction((was) => document.querySelector("#street-map").dataset.focus !== was, before);
+    // The map moves to fit what was clicked.
+    await page.waitForTimeout(400);
+    return { focus: await page.getAttribute("#street-map", "data-focus"), side: await page.textContent("#map-side") };
+  },
+  async waitMarker(c) {
+    const t0 = Date.now();
+    const sel = `.gm-marker[data-key="${c.key}"][data-alert="${c.alert}"]`;
+    // Polled every 20 ms: a selector wait backs off to 500 ms, which would hide the map's speed.
+    await page.waitForFunction((q) => document.querySelector(q), sel, { timeout: c.timeoutMs || 15000, polling: 20 });
+    return { ms: Date.now() - t0, title: await page.getAttribute(sel, "title") };
+  },
+  async markerAt(c) {
+    // How far the marker's middle on screen is from where the map projects its place.
+    return await page.evaluate(({ key, lon, lat }) => {
+      const el = document.querySelector(`.gm-marker[data-key="${key}"]`);
+      const r = el.getBoundingClientRect();
+      const box = document.querySelector("#street-map").getBoundingClientRect();
+      const p = streetMap.map.latLngToContainerPoint([lat, lon]);
+      return { dx: r.left + r.width / 2 - (box.left + p.x), dy: r.top + r.height / 2 - (box.top + p.y) };
+    }, c);
+  },
+  async kioskGrid(c) {
+    await kiosk.click('nav button[data-tab="grids"]');
+    await kiosk.waitForSelector("#grid-map[data-grids]", { state: "attached" });
+    await kiosk.fill("#grid-q", c.address);
+    await kiosk.click("#grid-go");
+    await kiosk.waitForSelector("#grids .card.grid");
+    const code = await kiosk.getAttribute("#grids .card.grid", "data-code");
+    await kiosk.waitForSelector(`#grid-map[data-focus="${code}"]`, { state: "attached" });
+    return { focus: code, grids: Number(await kiosk.getAttribute("#grid-map", "data-grids")) };
+  },
   async kiosk(c) {
     kiosk = await browser.newPage({ viewport: { width: 1280, height: 900 } });
     kiosk.on("console", (m) => console.error("kiosk:", m.text()));
+    kiosk.on("response", (r) => { if (r.status() >= 400) console.error("kiosk:", r.status(), r.url()); });
     kiosk.setDefaultTimeout(15000);
     await kiosk.goto(c.url);
     await kiosk.waitForFunction(() => !location.href.includes("token="));

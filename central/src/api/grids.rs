@@ -18,16 +18,23 @@ pub async fn list(State(shared): State<Arc<Shared>>, Operator(who): Operator) ->
     let Some(v) = shared.masterdata.current() else {
         return Json(json!({ "version": null, "grids": [] }));
     };
-    let tree = GridTree::new(&v.dataset);
-    let scope = who.scope.as_deref();
-    let mut grids: Vec<_> = v
-        .dataset
+    let grids = in_reach(&v.dataset, who.scope.as_deref());
+    Json(json!({ "version": v.info.version, "grids": grids }))
+}
+
+/// The grids `scope` reaches (every one for none), parents first, as the console draws them.
+pub(crate) fn in_reach(
+    d: &firmware_config::masterdata::Dataset,
+    scope: Option<&str>,
+) -> Vec<Value> {
+    let tree = GridTree::new(d);
+    let mut grids: Vec<_> = d
         .grids
         .iter()
         .filter(|g| scope.is_none_or(|s| tree.ancestry(&g.code).any(|a| a == s)))
         .collect();
     grids.sort_by_key(|g| (g.level, g.code.as_str()));
-    let grids: Vec<Value> = grids
+    grids
         .into_iter()
         .map(|g| {
             json!({
@@ -39,6 +46,5 @@ pub async fn list(State(shared): State<Arc<Shared>>, Operator(who): Operator) ->
                 "boundary": g.boundary.as_ref().map(|p| &p.rings),
             })
         })
-        .collect();
-    Json(json!({ "version": v.info.version, "grids": grids }))
+        .collect()
 }

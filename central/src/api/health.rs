@@ -15,6 +15,11 @@ use crate::Shared;
 /// `GET /api/v1/health`: every gateway, camera and terminal, rolled up per centre, per area
 /// and for the street.
 pub async fn health(State(shared): State<Arc<Shared>>, _op: Operator) -> Response {
+    Json(json!(view(&shared))).into_response()
+}
+
+/// The street's health as operators see it (the console's overview and its map).
+pub(crate) fn view(shared: &Shared) -> crate::registry::health::HealthView {
     use crate::registry::health;
     let gateways = shared.gateway_views(firmware_config::runtime::clock::Instant::now());
     let cameras = shared
@@ -35,13 +40,7 @@ pub async fn health(State(shared): State<Arc<Shared>>, _op: Operator) -> Respons
                 .collect()
         })
         .unwrap_or_default();
-    Json(json!(health::view(
-        gateways,
-        &cameras,
-        &terminals,
-        &area_names
-    )))
-    .into_response()
+    health::view(gateways, &cameras, &terminals, &area_names)
 }
 
 /// `GET /api/v1/health/{gateway}/{kind}/{id}/history`: a camera's or terminal's last changes.

@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod cases;
 pub mod grids;
 pub mod health;
+pub mod map;
 pub mod masterdata;
 pub mod meetings;
 pub mod session;
@@ -48,6 +49,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/console", get(console_page))
         .route("/console/{script}", get(console_script))
+        .route("/assets/{name}", get(firmware_config::web::serve))
         .route("/api/v1/shares/live", get(shares::live))
         .route("/api/v1/relay/push/{gateway}/{camera}", get(shares::push))
         .route("/api/v1/relay/pull/{gateway}/{camera}", get(shares::pull))
@@ -87,6 +89,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/terminals", get(terminals::list))
         .route("/api/v1/grids", get(grids::list))
+        .route("/api/v1/map", get(map::map))
         .route("/api/v1/cases", get(cases::list))
         .route("/api/v1/cases/{receipt}", get(cases::one))
         .route("/api/v1/cases/{receipt}/actions", post(cases::act))
@@ -391,6 +394,7 @@ async fn console_script(Path(script): Path<String>) -> Response {
     let body = match script.as_str() {
         "cases.js" => include_str!("console/cases.js"),
         "accounts.js" => include_str!("console/accounts.js"),
+        "map.js" => include_str!("console/map.js"),
         _ => return ApiError::new(StatusCode::NOT_FOUND, "no such script").into_response(),
     };
     (

@@ -14,7 +14,8 @@ use super::{
 };
 
 /// The files of a data set, by name (`grids.csv`, `grid_staff.csv`, `boundaries.geojson`,
-/// `party.csv`, `service_items.json` or `service_items.csv`, `content.csv`), and the content
+/// `party.csv`, `service_items.json` or `service_items.csv`, `content.csv`, `calendar.csv`,
+/// `case_limits.csv`, `places.geojson`), and the content
 /// files' bytes by their path as `content.csv` names them.
 #[derive(Debug, Default, Clone)]
 pub struct Sources {
@@ -23,7 +24,7 @@ pub struct Sources {
 }
 
 /// Files a data set may have; `grids.csv` and a catalogue are required.
-pub const FILES: [&str; 9] = [
+pub const FILES: [&str; 10] = [
     "grids.csv",
     "grid_staff.csv",
     "boundaries.geojson",
@@ -32,6 +33,7 @@ pub const FILES: [&str; 9] = [
     "service_items.csv",
     "content.csv",
     "calendar.csv",
+    "places.geojson",
     "case_limits.csv",
 ];
 
@@ -131,6 +133,7 @@ impl Sources {
         self.content(&mut d, &mut p);
         self.calendar(&mut d, &mut p);
         self.case_limits(&mut d, &mut p);
+        self.places(&mut d, &mut p);
         d.sort();
         if p.is_empty() {
             Ok(d)
@@ -300,6 +303,96 @@ impl Sources {
                     format!("{code:?} is not a grid code in grids.csv"),
                 )),
             }
+        }
+    }
+
+    /// `places.geojson`: Point features, `properties.gateway` and, for a device,
+    /// `properties.device` (`camera/<id>`, `terminal/<id>`, `source/<id>`).
+    fn places(&self, d: &mut Dataset, p: &mut Vec<Problem>) {
+        const F: &str = "places.geojson";
+        let Some(text) = self.texts.get(F) else {
+            return;
+        };
+        let v: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                p.push(problem(F, None, "", format!("not JSON: {e}")));
+                return;
+            }
+        };
+        let Some(features) = v["features"]
+            .as_array()
+            .filter(|_| v["type"] == "FeatureCollection")
+        else {
+            p.push(problem(
+                F,
+                None,
+                "type",
+                "must be a GeoJSON FeatureCollection with features",
+            ));
+            return;
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, f) in features.iter().enumerate() {
+            let at = Some(i + 1);
+            let props = &f["properties"];
+            let gateway = props["gateway"].as_str().unwrap_or_default();
+            if crate::ids::GatewayId::new(gateway).is_err() {
+                p.push(problem(
+                    F,
+                    at,
+                    "properties.gateway",
+                    format!("{gateway:?}: required, a gateway id"),
+                ));
+                continue;
+            }
+            let device = props["device"].as_str().map(str::to_owned);
+            if let Some(dev) = &device {
+                let good = dev.split_once('/').is_some_and(|(kind, id)| {
+                    super::PLACE_KINDS.contains(&kind) && !id.is_empty() && id.len() <= 64
+                });
+                if !good {
+                    p.push(problem(
+                        F,
+                        at,
+                        "properties.device",
+                        format!("{dev:?}: camera/<id>, terminal/<id> or source/<id>"),
+                    ));
+                    continue;
+                }
+            }
+            let point: Option<[f64; 2]> = (f["geometry"]["type"] == "Point")
+                .then(|| serde_json::from_value(f["geometry"]["coordinates"].clone()).ok())
+                .flatten();
+            let Some([lon, lat]) = point.filter(|[lon, lat]| {
+                lon.is_finite() && lat.is_finite() && lon.abs() <= 180.0 && lat.abs() <= 90.0
+            }) else {
+                p.push(problem(
+                    F,
+                    at,
+                    "geometry",
+                    "must be a Point at [longitude, latitude]",
+                ));
+                continue;
+            };
+            if !seen.insert((gateway.to_owned(), device.clone())) {
+                p.push(problem(
+                    F,
+                    at,
+                    "properties",
+                    format!(
+                        "{gateway} {}: placed twice",
+                        device.as_deref().unwrap_or("(the centre)")
+                    ),
+                ));
+                continue;
+            }
+            d.places.push(super::Place {
+                gateway: gateway.to_owned(),
+                device,
+                name: props["name"].as_str().unwrap_or_default().to_owned(),
+                at: [lon, lat],
+            });
         }
     }
 

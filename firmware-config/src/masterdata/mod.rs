@@ -187,7 +187,28 @@ pub struct Dataset {
     /// when empty, so data sets without it hash as they always did.
     #[serde(default, skip_serializing_if = "CaseRules::is_empty")]
     pub cases: CaseRules,
+    /// Where centres and their devices stand, for central's map. Central's own, like the case
+    /// rules: a camera's position is not a kiosk's business.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub places: Vec<Place>,
 }
+
+/// Where a centre or one of its devices stands (`places.geojson`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Place {
+    pub gateway: String,
+    /// `camera/<id>`, `terminal/<id>` or `source/<id>` (as alerts name their originator);
+    /// none: the centre itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// `[longitude, latitude]`, WGS 84.
+    pub at: [f64; 2],
+}
+
+/// The kinds of device a place may name.
+pub const PLACE_KINDS: [&str; 3] = ["camera", "terminal", "source"];
 
 /// What holds residents' cases to their time: the working-day calendar and each category's
 /// limit (`calendar.csv`, `case_limits.csv`).
@@ -263,6 +284,8 @@ impl Dataset {
         self.cases
             .limits
             .sort_by(|a, b| a.category.cmp(&b.category));
+        self.places
+            .sort_by(|a, b| (&a.gateway, &a.device).cmp(&(&b.gateway, &b.device)));
     }
 
     /// SHA-256 of the data set's canonical JSON, hex.

@@ -200,11 +200,12 @@ impl Dataset {
     /// What a centre serving the grid areas `areas` needs: the street, those areas and their
     /// base grids; the party organisations covering them (and the ones above those); every
     /// service item and content file (the catalogue is street-wide). Empty `areas`: all. Never
-    /// the case rules: they are central's.
+    /// the case rules or the places of devices: they are central's.
     pub fn scoped(&self, areas: &[String]) -> Dataset {
         if areas.is_empty() {
             return Dataset {
                 cases: Default::default(),
+                places: Vec::new(),
                 ..self.clone()
             };
         }
@@ -244,6 +245,7 @@ impl Dataset {
             content: self.content.clone(),
             // Central's own.
             cases: Default::default(),
+            places: Vec::new(),
         };
         d.sort();
         d
@@ -469,12 +471,14 @@ mod tests {
             "{:?}",
             s.party.iter().map(|p| &p.name).collect::<Vec<_>>()
         );
-        // Everything but central's case rules, which never reach a gateway.
+        // Everything but central's case rules and places, which never reach a gateway.
         assert!(!d.cases.is_empty() && s.cases.is_empty());
+        assert!(!d.places.is_empty() && s.places.is_empty());
         assert_eq!(
             d.scoped(&[]),
             Dataset {
                 cases: Default::default(),
+                places: Vec::new(),
                 ..d.clone()
             }
         );

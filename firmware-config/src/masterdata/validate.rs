@@ -526,6 +526,56 @@ mod tests {
     }
 
     #[test]
+    fn places_are_points_of_a_centre_or_its_devices_and_stay_at_central() {
+        let mut src = load_dir(&sample()).unwrap();
+        let d = src.read().unwrap();
+        assert!(d
+            .places
+            .iter()
+            .any(|p| p.device.as_deref() == Some("camera/hall-entrance")));
+        assert!(d.places.iter().any(|p| p.device.is_none()), "the centre");
+        assert!(d.scoped(&[]).places.is_empty(), "never sent to a gateway");
+        assert!(d.scoped(&["11019900100001".into()]).places.is_empty());
+        let point = |props: &str, at: &str| {
+            format!(
+                r#"{{"type":"Feature","properties":{props},"geometry":{{"type":"Point","coordinates":{at}}}}}"#
+            )
+        };
+        let features = [
+            point(r#"{"gateway":"gw 1"}"#, "[120,30]"),
+            point(r#"{"gateway":"gw-1","device":"printer/x"}"#, "[120,30]"),
+            point(r#"{"gateway":"gw-1"}"#, "[200,30]"),
+            point(r#"{"gateway":"gw-1","device":"camera/a"}"#, "[120,30]"),
+            point(r#"{"gateway":"gw-1","device":"camera/a"}"#, "[120.1,30]"),
+            point(r#"{"gateway":"gw-1","device":"camera/b"}"#, r#""here""#),
+        ];
+        src.texts.insert(
+            "places.geojson".into(),
+            format!(
+                r#"{{"type":"FeatureCollection","features":[{}]}}"#,
+                features.join(",")
+            ),
+        );
+        let all = src
+            .read()
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n");
+        for want in [
+            "places.geojson line 1, properties.gateway: \"gw 1\"",
+            "places.geojson line 2, properties.device: \"printer/x\"",
+            "places.geojson line 3, geometry: must be a Point",
+            "places.geojson line 5, properties: gw-1 camera/a: placed twice",
+            "places.geojson line 6, geometry",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        assert!(!all.contains("line 4"), "{all}");
+    }
+
+    #[test]
     fn reading_problems_name_file_line_and_field() {
         let mut src = load_dir(&sample()).unwrap();
         let grids = src.texts["grids.csv"].clone() + "110199001000999,x,county,110199001000,,\n";

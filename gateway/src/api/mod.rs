@@ -93,6 +93,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/kiosk/grids/{code}", get(kiosk::grid))
         .route("/api/v1/kiosk/party", get(kiosk::party))
         .route("/kiosk", get(kiosk::page))
+        .route("/assets/{name}", get(firmware_config::web::serve))
         .route("/api/v1/kiosk/openapi.json", get(kiosk::openapi))
         .route("/api/v1/kiosk/content", get(kiosk::content_list))
         .route("/api/v1/kiosk/content/{id}", get(kiosk::content_file))

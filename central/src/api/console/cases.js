@@ -96,7 +96,15 @@ async function queue(more) {
 
 $("case-filter").addEventListener("submit", (e) => { e.preventDefault(); queue(false); });
 $("case-more").addEventListener("click", () => queue(true));
-views.cases = () => queue(false);
+// `#cases/CODE`: the queue of a grid (the map's case counts link here).
+views.cases = async (grid) => {
+  if (grid !== undefined) {
+    try { await loadGrids(); } catch (e) { say(e.message); return; }
+    if (!$("f-grid").options.length) fillFilters();
+    $("f-grid").value = grid;
+  }
+  queue(false);
+};
 
 // One case.
 let shownCase = null;

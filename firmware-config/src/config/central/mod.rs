@@ -40,6 +40,28 @@ pub struct CentralConfig {
     /// Where notices leave the system (a signed webhook). None: notices are not sent.
     #[serde(default, skip_serializing_if = "Notify::is_default")]
     pub notify: Notify,
+    /// The console's map: drawn from the master data's vectors; a tile layer under them only
+    /// when configured.
+    #[serde(default, skip_serializing_if = "MapSettings::is_default")]
+    pub map: MapSettings,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapSettings {
+    /// A tile server's URL template (`https://…/{z}/{x}/{y}.png`), for the browser to fetch
+    /// under the grids. None: no tiles, the grids alone (no server needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiles: Option<String>,
+    /// The tiles' attribution, shown on the map.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub attribution: String,
+}
+
+impl MapSettings {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Notices out: case steps a resident follows, supervision, deadline reminders, alert

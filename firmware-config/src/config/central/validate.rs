@@ -106,6 +106,16 @@ impl Document for CentralConfig {
             }
             w.secret.validate("notify.webhook.secret", v);
         }
+        if let Some(t) = &self.map.tiles {
+            let template = t.replace(['{', '}'], "");
+            match url::Url::parse(&template) {
+                Ok(p)
+                    if matches!(p.scheme(), "http" | "https")
+                        && ["{z}", "{x}", "{y}"].iter().all(|k| t.contains(k)) => {}
+                Ok(_) => v.error("map.tiles", "an http(s) URL template with {z}, {x} and {y}"),
+                Err(e) => v.error("map.tiles", format!("{t:?} is not a URL: {e}")),
+            }
+        }
         if !(1..=100).contains(&self.notify.max_attempts) {
             v.error("notify.max_attempts", "1 to 100");
         }

@@ -1,0 +1,126 @@
+//! The console's map of the street: the grids, the centres and their devices where they
+//! stand, open alerts at what raised them, and open cases by grid. Any operator; a scoped
+//! operator's map holds the grids of their scope, the centres serving them (or the whole
+//! street), those centres' alerts, and the cases they reach.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use firmware_config::masterdata::Dataset;
+use serde_json::{json, Value};
+
+use super::session::Operator;
+use super::ApiError;
+use crate::cases::scope::{GridTree, Places};
+use crate::map::Layout;
+use crate::operators::Signed;
+use crate::Shared;
+
+/// `GET /api/v1/map`: `{"version","tiles","attribution","grids","centres","alerts","cases"}`.
+pub async fn map(State(shared): State<Arc<Shared>>, Operator(who): Operator) -> Response {
+    let s = shared.clone();
+    match tokio::task::spawn_blocking(move || drawn(&s, &who)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+fn drawn(shared: &Shared, who: &Signed) -> Value {
+    let current = shared.masterdata.current();
+    let empty = Dataset::default();
+    let d = current.as_ref().map_or(&empty, |v| &v.dataset);
+    let tree = GridTree::new(d);
+    let scope = who.scope.as_deref();
+    let grids = super::grids::in_reach(d, scope);
+    // A centre serves the operator when it serves a grid they reach, one above their scope,
+    // or the whole street.
+    let mut serving: HashSet<&str> = grids.iter().filter_map(|g| g["code"].as_str()).collect();
+    if let Some(s) = scope.filter(|s| tree.name(s).is_some()) {
+        serving.extend(tree.ancestry(s));
+    }
+    let layout = Layout::new(d);
+    let health = super::health::view(shared);
+    let mut gateways = HashSet::new();
+    let mut centres = Vec::new();
+    for c in &health.centres {
+        let visible = scope.is_none()
+            || (!serving.is_empty()
+                && (c.areas.is_empty() || c.areas.iter().any(|a| serving.contains(a.as_str()))));
+        if !visible {
+            continue;
+        }
+        gateways.insert(c.gateway.clone());
+        let spot = layout.centre(&c.gateway, &c.areas);
+        let n = c.cameras.len() + c.terminals.len();
+        let devices: Vec<Value> = c
+            .cameras
+            .iter()
+            .map(|d| ("camera", d))
+            .chain(c.terminals.iter().map(|d| ("terminal", d)))
+            .enumerate()
+            .map(|(i, (kind, dev))| {
+                let path = format!("{kind}/{}", dev.id);
+                let at = spot.map(|s| layout.device(&c.gateway, &path, s.at, i, n));
+                json!({
+                    "key": format!("{}/{path}", c.gateway),
+                    "kind": kind,
+                    "id": dev.id,
+                    "name": dev.name,
+                    "state": dev.state,
+                    "at": at.map(|s| s.at),
+                    "placed": at.is_some_and(|s| s.placed),
+                })
+            })
+            .collect();
+        centres.push(json!({
+            "gateway": c.gateway,
+            "site": c.site,
+            "presence": c.presence,
+            "areas": c.areas,
+            "at": spot.map(|s| s.at),
+            "placed": spot.is_some_and(|s| s.placed),
+            "devices": devices,
+        }));
+    }
+    let alerts: Vec<Value> = shared
+        .alerts
+        .engine()
+        .list(false)
+        .into_iter()
+        .filter(|a| gateways.contains(&a.gateway))
+        .map(|a| {
+            json!({ "id": a.id, "key": a.key, "originator": a.originator, "gateway": a.gateway,
+                    "severity": a.severity, "title": a.title, "acknowledged": a.acknowledged })
+        })
+        .collect();
+    // Open cases by their grid station, within reach.
+    let (fallback, now) = (shared.cases.fallback(), time::OffsetDateTime::now_utc());
+    let mut cases: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for c in shared.cases.list(None) {
+        let Some(station) = c.station.as_deref() else {
+            continue;
+        };
+        if c.is_open() && tree.reaches(scope, Some(station)) {
+            let e = cases.entry(station.to_owned()).or_default();
+            e.0 += 1;
+            e.1 += usize::from(c.is_overdue(fallback, now));
+        }
+    }
+    let cases: Vec<Value> = cases
+        .into_iter()
+        .map(|(grid, (open, overdue))| json!({ "grid": grid, "open": open, "overdue": overdue }))
+        .collect();
+    json!({
+        "version": current.as_ref().map(|v| v.info.version),
+        "tiles": shared.config.map.tiles,
+        "attribution": shared.config.map.attribution,
+        "grids": grids,
+        "centres": centres,
+        "alerts": alerts,
+        "cases": cases,
+    })
+}
