@@ -11,6 +11,7 @@ pub mod broker;
 pub mod bundles;
 pub mod cases;
 pub mod disk;
+pub mod figures;
 pub mod link;
 pub mod logins;
 pub mod map;

@@ -21,6 +21,7 @@
 //   {"do":"waitMarker","key","alert":bool,"timeoutMs"?} → {"ok":true,"ms":…,"title":…}
 //   {"do":"markerAt","key","lon","lat"}        → {"ok":true,"dx":px,"dy":px}
 //   {"do":"kioskGrid","address"}                → {"ok":true,"focus":…,"grids":N}
+//   {"do":"figures","period"?}                 → {"ok":true,"registered":N,"lateShare":x,"download":name,"bytes":N}
 //   {"do":"kiosk","url":…}                      → {"ok":true} (a second page: the resident's kiosk)
 //   {"do":"kioskSubmit","category","grid","title","description","name","phone"} → {"ok":true,"receipt":…}
 //   {"do":"kioskStatus","receipt","status","contains"?,"timeoutMs"?} → {"ok":true,"text":…,"ms":…}
@@ -196,6 +197,28 @@ const steps = {
     const code = await kiosk.getAttribute("#grids .card.grid", "data-code");
     await kiosk.waitForSelector(`#grid-map[data-focus="${code}"]`, { state: "attached" });
     return { focus: code, grids: Number(await kiosk.getAttribute("#grid-map", "data-grids")) };
+  },
+  async figures(c) {
+    await page.evaluate(() => { location.hash = "figures"; });
+    await page.waitForSelector("#fig-registered");
+    if (c.period) {
+      await page.selectOption("#fig-period", c.period);
+      const answered = page.waitForResponse((r) => r.url().includes("/api/v1/figures?"));
+      await page.click("#fig-go");
+      await (await answered).finished();
+      await page.waitForTimeout(100);
+    }
+    // The XLSX link, downloaded as the browser does it.
+    const [download] = await Promise.all([page.waitForEvent("download"), page.click("#fig-xlsx")]);
+    const path = await download.path();
+    const { statSync } = await import("node:fs");
+    return {
+      registered: Number(await page.getAttribute("#fig-registered", "data-n")),
+      lateShare: Number(await page.getAttribute("#fig-late", "data-share")),
+      periods: await page.$$eval("#fig-by-period tbody tr[data-key]", (l) => l.map((r) => r.dataset.key)),
+      download: download.suggestedFilename(),
+      bytes: statSync(path).size,
+    };
   },
   async kiosk(c) {
     kiosk = await browser.newPage({ viewport: { width: 1280, height: 900 } });

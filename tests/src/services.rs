@@ -210,6 +210,13 @@ impl Console {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
+    /// The body of a request that must answer 200 (a download: CSV, XLSX, a picture).
+    pub async fn send_raw(&self, r: reqwest::RequestBuilder) -> Vec<u8> {
+        let r = r.send().await.expect("central answers");
+        assert_eq!(r.status().as_u16(), 200, "{:?}", r.url().path());
+        r.bytes().await.expect("a body").to_vec()
+    }
+
     /// The alert with `key` (open, cleared or resolved), if any.
     pub async fn alert(&self, key: &str) -> Option<serde_json::Value> {
         let (_, v) = self.get("/api/v1/alerts?all=true").await;

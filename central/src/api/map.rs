@@ -18,6 +18,7 @@ use super::ApiError;
 use crate::cases::scope::{GridTree, Places};
 use crate::map::Layout;
 use crate::operators::Signed;
+use crate::registry::health::CentreView;
 use crate::Shared;
 
 /// `GET /api/v1/map`: `{"version","tiles","attribution","grids","centres","alerts","cases"}`.
@@ -29,6 +30,34 @@ pub async fn map(State(shared): State<Arc<Shared>>, Operator(who): Operator) -> 
     }
 }
 
+/// The centres that serve an operator scoped to `scope`: those serving a grid they reach, one
+/// above their scope, or the whole street (every centre for the street's accounts; none for a
+/// scope the data does not know).
+pub(crate) fn serving<'a>(
+    d: &Dataset,
+    scope: Option<&str>,
+    centres: &'a [CentreView],
+) -> Vec<&'a CentreView> {
+    let Some(s) = scope else {
+        return centres.iter().collect();
+    };
+    let tree = GridTree::new(d);
+    if tree.name(s).is_none() {
+        return Vec::new();
+    }
+    let mut codes: HashSet<&str> = d
+        .grids
+        .iter()
+        .filter(|g| tree.ancestry(&g.code).any(|a| a == s))
+        .map(|g| g.code.as_str())
+        .collect();
+    codes.extend(tree.ancestry(s));
+    centres
+        .iter()
+        .filter(|c| c.areas.is_empty() || c.areas.iter().any(|a| codes.contains(a.as_str())))
+        .collect()
+}
+
 fn drawn(shared: &Shared, who: &Signed) -> Value {
     let current = shared.masterdata.current();
     let empty = Dataset::default();
@@ -36,23 +65,11 @@ fn drawn(shared: &Shared, who: &Signed) -> Value {
     let tree = GridTree::new(d);
     let scope = who.scope.as_deref();
     let grids = super::grids::in_reach(d, scope);
-    // A centre serves the operator when it serves a grid they reach, one above their scope,
-    // or the whole street.
-    let mut serving: HashSet<&str> = grids.iter().filter_map(|g| g["code"].as_str()).collect();
-    if let Some(s) = scope.filter(|s| tree.name(s).is_some()) {
-        serving.extend(tree.ancestry(s));
-    }
     let layout = Layout::new(d);
     let health = super::health::view(shared);
     let mut gateways = HashSet::new();
     let mut centres = Vec::new();
-    for c in &health.centres {
-        let visible = scope.is_none()
-            || (!serving.is_empty()
-                && (c.areas.is_empty() || c.areas.iter().any(|a| serving.contains(a.as_str()))));
-        if !visible {
-            continue;
-        }
+    for c in serving(d, scope, &health.centres) {
         gateways.insert(c.gateway.clone());
         let spot = layout.centre(&c.gateway, &c.areas);
         let n = c.cameras.len() + c.terminals.len();

@@ -19,6 +19,7 @@ use crate::Shared;
 pub mod accounts;
 pub mod alerts;
 pub mod cases;
+pub mod figures;
 pub mod grids;
 pub mod health;
 pub mod map;
@@ -90,6 +91,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/terminals", get(terminals::list))
         .route("/api/v1/grids", get(grids::list))
         .route("/api/v1/map", get(map::map))
+        .route("/api/v1/figures", get(figures::json_figures))
+        .route("/api/v1/figures.csv", get(figures::csv))
+        .route("/api/v1/figures.xlsx", get(figures::xlsx))
         .route("/api/v1/cases", get(cases::list))
         .route("/api/v1/cases/{receipt}", get(cases::one))
         .route("/api/v1/cases/{receipt}/actions", post(cases::act))
@@ -395,6 +399,7 @@ async fn console_script(Path(script): Path<String>) -> Response {
         "cases.js" => include_str!("console/cases.js"),
         "accounts.js" => include_str!("console/accounts.js"),
         "map.js" => include_str!("console/map.js"),
+        "figures.js" => include_str!("console/figures.js"),
         _ => return ApiError::new(StatusCode::NOT_FOUND, "no such script").into_response(),
     };
     (
