@@ -26,6 +26,7 @@ pub mod registry;
 pub mod replication;
 pub mod retention;
 pub mod share;
+pub mod sms;
 pub mod state;
 pub mod store;
 
@@ -321,6 +322,7 @@ pub async fn start_with<T: Transport>(
     }
     let bundles = bundles::Bundles::open(state, Some(&key_file), clock)?;
     let masterdata = Arc::new(masterdata::MasterData::open(state, clock)?);
+    let directory = masterdata.clone();
     let registry = Arc::new(Mutex::new(GatewayRegistry::new(
         config.health.gateway_silence,
     )));
@@ -368,13 +370,16 @@ pub async fn start_with<T: Transport>(
         ),
         logins: logins::LoginGuard::default(),
         bundles,
-        notifier: Arc::new(notify::Notifier::new(
-            state.table("notices").map_err(CentralError::State)?,
-            clock,
-            config.notify.clone(),
-            config.central.client_id(),
-            metrics.clone(),
-        )),
+        notifier: Arc::new(
+            notify::Notifier::new(
+                state.table("notices").map_err(CentralError::State)?,
+                clock,
+                config.notify.clone(),
+                config.central.client_id(),
+                metrics.clone(),
+            )
+            .with_directory(directory),
+        ),
         metrics,
         registry,
         config,

@@ -11,6 +11,10 @@
 //! Each post carries `X-GridEdge-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of
 //! "<t>.<body>">` with the webhook's secret, so a receiver can refuse forged and replayed
 //! notices.
+//!
+//! With `[notify.sms]`, the notices a person should read on their phone (see `sms.rs`) are
+//! kept a second time on the `sms` channel and go to the SMS provider, retried and shown the
+//! same way.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,6 +34,9 @@ pub struct Notice {
     pub id: String,
     /// `case.status`, `case.supervised`, `case.reminder`, `alert.escalated`.
     pub kind: String,
+    /// `webhook`, or `sms` (then `data` is the text message).
+    #[serde(default = "webhook")]
+    pub channel: String,
     pub data: Value,
     #[serde(with = "time::serde::rfc3339")]
     pub created: OffsetDateTime,
@@ -47,6 +54,10 @@ pub struct Notice {
     pub claimed_by: Option<String>,
 }
 
+fn webhook() -> String {
+    "webhook".to_owned()
+}
+
 /// Longest a claim holds: a post times out well before.
 const CLAIM: time::Duration = time::Duration::seconds(30);
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,6 +73,8 @@ pub struct Notifier {
     next: AtomicU64,
     wake: tokio::sync::Notify,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Whom a text goes to (the grid staff's duty phones).
+    directory: Option<Arc<crate::masterdata::MasterData>>,
 }
 
 impl Notifier {
@@ -80,14 +93,35 @@ impl Notifier {
             next: AtomicU64::new(u64::from(rand::random::<u32>()) << 32),
             wake: tokio::sync::Notify::new(),
             metrics,
+            directory: None,
         }
     }
 
-    /// Keeps a notice to send (nothing without a webhook: there is nowhere to send it).
+    /// Finds the duty phones of assignees in `masterdata`.
+    pub fn with_directory(mut self, masterdata: Arc<crate::masterdata::MasterData>) -> Self {
+        self.directory = Some(masterdata);
+        self
+    }
+
+    /// Keeps a notice to send: to the webhook, and as a text to whom it concerns (nothing
+    /// where there is nowhere to send it).
     pub fn notify(&self, kind: &str, data: Value) {
-        if self.config.webhook.is_none() {
-            return;
+        if let Some(cfg) = &self.config.sms {
+            let current = self.directory.as_ref().and_then(|m| m.current());
+            let directory = current.as_ref().map(|v| &v.dataset);
+            if let Some(m) = crate::sms::message(cfg, kind, &data, directory) {
+                match serde_json::to_value(&m) {
+                    Ok(text) => self.keep(kind, "sms", text),
+                    Err(e) => tracing::error!(kind, error = %e, "cannot keep a text"),
+                }
+            }
         }
+        if self.config.webhook.is_some() {
+            self.keep(kind, "webhook", data);
+        }
+    }
+
+    fn keep(&self, kind: &str, channel: &str, data: Value) {
         let now = self.clock.now_utc();
         // Time first, so the table lists notices in order; a counter keeps two apart.
         let n = self.next.fetch_add(1, Ordering::Relaxed);
@@ -95,6 +129,7 @@ impl Notifier {
         let notice = Notice {
             id: id.clone(),
             kind: kind.to_owned(),
+            channel: channel.to_owned(),
             data,
             created: now,
             state: "pending".into(),
@@ -131,9 +166,9 @@ impl Notifier {
 
     /// Sends due notices until `token` is cancelled.
     pub async fn run(self: Arc<Self>, token: tokio_util::sync::CancellationToken) {
-        let Some(webhook) = self.config.webhook.clone() else {
+        if self.config.webhook.is_none() && self.config.sms.is_none() {
             return;
-        };
+        }
         let client = match reqwest::Client::builder().timeout(POST_TIMEOUT).build() {
             Ok(c) => c,
             Err(e) => {
@@ -149,7 +184,15 @@ impl Notifier {
                     .unwrap_or_default()
             };
             for (held, notice) in due {
-                let outcome = self.post(&client, &webhook, &notice).await;
+                let outcome = match (
+                    notice.channel.as_str(),
+                    &self.config.webhook,
+                    &self.config.sms,
+                ) {
+                    ("sms", _, Some(sms)) => self.text(&client, sms, &notice).await,
+                    ("webhook", Some(webhook), _) => self.post(&client, webhook, &notice).await,
+                    (channel, ..) => Err(format!("no {channel} is configured")),
+                };
                 let me = self.clone();
                 let _ = tokio::task::spawn_blocking(move || me.settle(held, notice, outcome)).await;
             }
@@ -227,6 +270,29 @@ impl Notifier {
         } else {
             Err(format!("the receiver answered {}", r.status()))
         }
+    }
+
+    /// Sends a text through the SMS provider.
+    async fn text(
+        &self,
+        client: &reqwest::Client,
+        cfg: &firmware_config::config::central::Sms,
+        n: &Notice,
+    ) -> Result<(), String> {
+        let secret = cfg.secret.read().map_err(|e| e.to_string())?;
+        let m: crate::sms::Message =
+            serde_json::from_value(n.data.clone()).map_err(|e| e.to_string())?;
+        // A nonce per attempt: providers refuse one seen before.
+        let nonce = format!("{}-{}", n.id, n.attempts);
+        let r = crate::sms::request(cfg, &secret, &m, self.clock.now_utc(), &nonce);
+        let mut req = client.post(&r.url).body(r.body);
+        for (k, v) in r.headers {
+            req = req.header(k, v);
+        }
+        let answer = req.send().await.map_err(|e| e.to_string())?;
+        let status = answer.status().as_u16();
+        let body = answer.bytes().await.map_err(|e| e.to_string())?;
+        crate::sms::taken(cfg.provider, status, &body)
     }
 
     /// Marks a claimed notice sent, or due again later, or failed. Blocking.

@@ -228,3 +228,157 @@ async fn a_case_step_reaches_the_webhook_signed_and_a_failing_receiver_is_retrie
     assert_eq!(status, 400);
     gw.stop().await.unwrap();
 }
+
+/// The stand-in SMS provider (`tests/fixtures/sms_provider.py`): its port, and the requests it
+/// logged. Killed with the test.
+struct SmsProvider {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl SmsProvider {
+    async fn start(dir: &std::path::Path, secret: &str, fail_first: usize) -> Self {
+        let port_file = dir.join("sms.port");
+        let log = dir.join("sms.log");
+        let child = std::process::Command::new("/usr/bin/python3")
+            .arg(workspace_root().join("tests/fixtures/sms_provider.py"))
+            .args([
+                port_file.to_str().unwrap(),
+                secret,
+                log.to_str().unwrap(),
+                &fail_first.to_string(),
+            ])
+            .spawn()
+            .unwrap();
+        let port = eventually("the SMS provider up", Duration::from_secs(10), || async {
+            std::fs::read_to_string(&port_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .await
+        .unwrap();
+        Self { child, port, log }
+    }
+
+    fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for SmsProvider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn texts_reach_the_resident_and_the_assignee_through_the_sms_provider_signed_and_retried() {
+    init_test_logging();
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "access-key-secret-of-the-street";
+    let provider = SmsProvider::start(dir.path(), secret, 2).await;
+    let secret_file = dir.path().join("sms.secret");
+    std::fs::write(&secret_file, secret).unwrap();
+    let central = TestCentral::embedded_with(&format!(
+        "[notify]\nmax_attempts = 5\nretry_after = \"200ms\"\n\
+         [notify.sms]\nprovider = \"aliyun\"\nurl = \"http://127.0.0.1:{}/\"\n\
+         access_key_id = \"LTAI-test\"\nsecret = {{ file = \"{}\" }}\nsign_name = \"红星街道\"\n\
+         templates = {{ \"case.status\" = \"SMS_100\", \"case.supervised\" = \"SMS_200\" }}\n",
+        provider.port,
+        secret_file.display()
+    ))
+    .await
+    .unwrap();
+    let (status, _) = central
+        .post_masterdata(&workspace_root().join("deploy/sample-data"))
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let gw = gateway_with_kiosk("gw-sms", central.broker_url.as_deref().unwrap(), dir.path())
+        .await
+        .unwrap();
+    let receipt = submit(
+        &gw,
+        &json!({"category": "report", "grid": "11019900100001002", "title": "楼道灯坏了",
+                "contact": {"name": "孙", "phone": "13800001234"}}),
+    )
+    .await
+    .unwrap();
+    let boss = central.console("super").await.unwrap();
+    eventually("the case at central", Duration::from_secs(30), || async {
+        let (s, _) = boss.get(&format!("/api/v1/cases/{receipt}")).await;
+        (s == 200).then_some(())
+    })
+    .await
+    .unwrap();
+    let path = format!("/api/v1/cases/{receipt}/actions");
+    for step in [
+        json!({"action": "assign", "station": "11019900100001002", "person": "陈春梅"}),
+        json!({"action": "supervise", "note": "请今天处理"}),
+    ] {
+        let (s, v) = boss.post(&path, step).await;
+        assert_eq!(s, 200, "{v}");
+    }
+
+    // Throttled twice, then both taken: every request signed as the provider checks it.
+    let texts = eventually("both texts taken", Duration::from_secs(30), || async {
+        let taken: Vec<Value> = provider
+            .requests()
+            .into_iter()
+            .filter(|r| r["answer"]["Code"] == "OK")
+            .collect();
+        (taken.len() == 2).then_some(taken)
+    })
+    .await
+    .unwrap();
+    let all = provider.requests();
+    assert!(all.iter().all(|r| r["signed"] == true), "{all:?}");
+    assert_eq!(all.len(), 4, "two refused, then two taken: {all:?}");
+    let to: Vec<(String, String)> = texts
+        .iter()
+        .map(|r| {
+            (
+                r["fields"]["PhoneNumbers"].as_str().unwrap().to_owned(),
+                r["fields"]["TemplateCode"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(
+        to.contains(&("13800001234".into(), "SMS_100".into())),
+        "the resident is told of the step: {to:?}"
+    );
+    assert!(
+        to.contains(&("19638418916".into(), "SMS_200".into())),
+        "the assignee's duty phone is pressed: {to:?}"
+    );
+    let status_text = texts
+        .iter()
+        .find(|r| r["fields"]["TemplateCode"] == "SMS_100")
+        .unwrap();
+    let params: Value =
+        serde_json::from_str(status_text["fields"]["TemplateParam"].as_str().unwrap()).unwrap();
+    assert_eq!(params["receipt"], receipt.as_str());
+    assert_eq!(params["status"], "已派遣到网格站");
+    assert_eq!(status_text["fields"]["SignName"], "红星街道");
+    // Visible to supervisors: sent on the sms channel, after its retries.
+    let (_, v) = boss.get("/api/v1/notices?state=sent").await;
+    let sms: Vec<&Value> = v["notices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["channel"] == "sms")
+        .collect();
+    assert_eq!(sms.len(), 2, "{v}");
+    assert!(
+        sms.iter().any(|n| n["attempts"].as_u64() > Some(1)),
+        "retried: {v}"
+    );
+}

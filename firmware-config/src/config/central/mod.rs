@@ -71,6 +71,10 @@ impl MapSettings {
 pub struct Notify {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
+    /// Text messages through the deployment's SMS provider: a case's steps to the resident,
+    /// 督办 and deadline reminders to its assignee.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sms: Option<Sms>,
     /// Attempts at one notice before it is given up as failed (and shown so). Default 12.
     #[serde(default = "default_notify_attempts")]
     pub max_attempts: u32,
@@ -83,6 +87,7 @@ impl Default for Notify {
     fn default() -> Self {
         Self {
             webhook: None,
+            sms: None,
             max_attempts: default_notify_attempts(),
             retry_after: default_notify_retry(),
         }
@@ -112,6 +117,46 @@ pub struct Webhook {
     /// The key of each notice's HMAC-SHA256 signature (`X-GridEdge-Signature`).
     pub secret: crate::config::secret::SecretRef,
 }
+
+/// An SMS provider's HTTP API, as the common ones shape it: a sign name (短信签名), a template
+/// per notice kind (短信模板, approved with the provider) and its parameters, the phone numbers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sms {
+    pub provider: SmsProvider,
+    /// The provider's endpoint, e.g. `https://dysmsapi.aliyuncs.com/`.
+    pub url: String,
+    /// The account's key id (`aliyun`: AccessKeyId).
+    #[serde(default)]
+    pub access_key_id: String,
+    /// The key that signs each request (`aliyun`: AccessKeySecret).
+    pub secret: crate::config::secret::SecretRef,
+    /// 短信签名, as approved with the provider.
+    pub sign_name: String,
+    /// Template code per notice kind (`case.status`, `case.supervised`, `case.reminder`); a
+    /// kind without one sends no message.
+    pub templates: std::collections::BTreeMap<String, String>,
+    /// `aliyun`: the region id. Default `cn-hangzhou`.
+    #[serde(default = "default_sms_region")]
+    pub region: String,
+}
+
+fn default_sms_region() -> String {
+    "cn-hangzhou".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SmsProvider {
+    /// Alibaba Cloud SMS `SendSms` (RPC style: a query signed with HMAC-SHA1).
+    Aliyun,
+    /// A JSON post `{"phone","sign_name","template","params"}` signed as the webhook's are
+    /// (`X-GridEdge-Signature`), for a provider's relay or an aggregator.
+    SignedJson,
+}
+
+/// The kinds of notice that may go out as text messages.
+pub const SMS_KINDS: [&str; 3] = ["case.status", "case.supervised", "case.reminder"];
 
 /// A machine's key to central's API, with the role it acts in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

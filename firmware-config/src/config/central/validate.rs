@@ -56,6 +56,9 @@ impl Document for CentralConfig {
         if let Some(w) = &mut self.notify.webhook {
             w.secret.resolve_paths(base);
         }
+        if let Some(sms) = &mut self.notify.sms {
+            sms.secret.resolve_paths(base);
+        }
         if let Some(a) = &mut self.retention.archive_dir {
             *a = crate::config::resolve(base, a);
         }
@@ -114,6 +117,36 @@ impl Document for CentralConfig {
                         && ["{z}", "{x}", "{y}"].iter().all(|k| t.contains(k)) => {}
                 Ok(_) => v.error("map.tiles", "an http(s) URL template with {z}, {x} and {y}"),
                 Err(e) => v.error("map.tiles", format!("{t:?} is not a URL: {e}")),
+            }
+        }
+        if let Some(sms) = &self.notify.sms {
+            match url::Url::parse(&sms.url) {
+                Ok(p) if matches!(p.scheme(), "http" | "https") => {}
+                Ok(p) => v.error(
+                    "notify.sms.url",
+                    format!("scheme must be http or https, not {}", p.scheme()),
+                ),
+                Err(e) => v.error("notify.sms.url", format!("{:?} is not a URL: {e}", sms.url)),
+            }
+            sms.secret.validate("notify.sms.secret", v);
+            v.non_empty("notify.sms.sign_name", &sms.sign_name);
+            if sms.provider == super::SmsProvider::Aliyun {
+                v.non_empty("notify.sms.access_key_id", &sms.access_key_id);
+            }
+            if sms.templates.is_empty() {
+                v.error(
+                    "notify.sms.templates",
+                    "at least one template, by notice kind",
+                );
+            }
+            for (kind, code) in &sms.templates {
+                if !super::SMS_KINDS.contains(&kind.as_str()) {
+                    v.error(
+                        "notify.sms.templates",
+                        format!("{kind:?}: use {}", super::SMS_KINDS.join(", ")),
+                    );
+                }
+                v.non_empty(&format!("notify.sms.templates.{kind}"), code);
             }
         }
         if !(1..=100).contains(&self.notify.max_attempts) {
