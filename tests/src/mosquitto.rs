@@ -131,6 +131,23 @@ impl Mosquitto {
         Ok(())
     }
 
+    /// Freezes the broker (SIGSTOP), as an overloaded host would: the kernel still accepts
+    /// connections and bytes for it, and it reads none of them until [`Self::resume`].
+    pub fn pause(&self) -> Result<()> {
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGSTOP)?;
+        }
+        Ok(())
+    }
+
+    /// Lets a paused broker run again (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGCONT)?;
+        }
+        Ok(())
+    }
+
     /// Stops the broker cleanly (SIGTERM), so it saves its persistence file.
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut p) = self.process.take() {

@@ -161,6 +161,84 @@ async fn a_poll_dropped_at_any_moment_loses_no_message_and_no_acknowledgement() 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnect_returns_once_the_broker_has_read_what_was_queued_before_it() {
+    // Within Mosquitto's 20 messages in flight to a client: all of them come before any ack.
+    const N: u32 = 20;
+    let m = Mosquitto::start().unwrap();
+    let mut t = consumer(&m.url());
+    connected(&mut t).await;
+    t.subscribe("load/#".into()).unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            let _ = t.poll().await;
+        }
+    })
+    .await;
+
+    let opts = client_options(&m.url(), None, "producer", Duration::from_secs(10)).unwrap();
+    let (producer, mut producer_loop) = AsyncClient::new(opts, 64);
+    for i in 0..N {
+        producer
+            .try_publish("load/x", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
+            .unwrap();
+    }
+    let producing = tokio::spawn(async move {
+        let mut acked = 0;
+        while acked < N {
+            match producer_loop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => panic!("the producer lost the broker: {e}"),
+            }
+        }
+    });
+    let mut receipts = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while receipts.len() < N as usize {
+            if let Incoming::Message { receipt, .. } = t.poll().await.unwrap() {
+                receipts.push(receipt);
+            }
+        }
+    })
+    .await
+    .expect("every message comes");
+    producing.await.unwrap();
+
+    // A busy broker: the acks, the DISCONNECT and the next session's CONNECT would all wait
+    // in its sockets, and it would read the CONNECT, take the session over and close the old
+    // connection before reading the acks left on it.
+    m.pause().unwrap();
+    for r in receipts {
+        t.ack(r).unwrap();
+    }
+    let resume = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        m.resume().unwrap();
+    };
+    let goodbye_then_again = async {
+        t.disconnect().await;
+        drop(t);
+        let mut again = consumer(&m.url());
+        connected(&mut again).await;
+        again
+    };
+    let ((), mut again) = tokio::join!(resume, goodbye_then_again);
+    let redelivered = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            if let Ok(Incoming::Message { payload, .. }) = again.poll().await {
+                return payload;
+            }
+        }
+    })
+    .await;
+    assert!(
+        redelivered.is_err(),
+        "the broker sent a message again: an acknowledgement queued before the goodbye was \
+         not read ({redelivered:?})"
+    );
+}
+
 #[tokio::test]
 async fn after_a_failure_it_connects_again_only_when_polled() {
     // A server that takes each connection and closes it at once.

@@ -310,11 +310,16 @@ impl Transport for MqttTransport {
         // Bounded as a whole: a full request queue would hold even the DISCONNECT back.
         let goodbye = async {
             let _ = self.client.disconnect().await;
-            while let Ok(ev) = self.next_event().await {
-                if let Event::Outgoing(rumqttc::Outgoing::Disconnect) = ev {
-                    break;
-                }
-            }
+            // Until the broker closes the connection, not merely until the DISCONNECT is
+            // written (`Outgoing::Disconnect`): written is only in this host's socket buffer,
+            // with the acknowledgements and publishes queued before it. MQTT 3.1.1 does not
+            // acknowledge a DISCONNECT, but the broker reads a connection in order and closes
+            // it once it has read the DISCONNECT, so the close proves it took everything
+            // before. Returning earlier lets the next session with this client id overtake
+            // the old connection: Mosquitto then takes the session over ("already connected,
+            // closing old connection") without reading what is left on the old one, and
+            // sends again every message whose PUBACK it did not read.
+            while self.next_event().await.is_ok() {}
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
     }
