@@ -423,6 +423,7 @@ pub async fn start_with<T: Transport>(
             );
             shared.masterdata.share(announcer.clone());
             shared.shares.share(announcer.clone());
+            shared.cases.share(announcer.clone());
             if let Some(ids) = state.ids("alert_ids") {
                 shared.alerts.share(ids, owner, announcer.clone());
             }

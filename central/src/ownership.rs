@@ -202,6 +202,7 @@ impl crate::pg::feed::Receiver for Mirror {
             Note::AlertSettings => s.alerts.reload_settings(),
             Note::MasterData => s.masterdata.reload(),
             Note::ShareRevoked { id } => s.shares.revoked_elsewhere(&id),
+            Note::Case { receipt } => s.cases.mirror(&receipt),
             Note::Devices { gateway, seqs } => devices(s, &gateway, &seqs),
         }
     }
@@ -211,5 +212,6 @@ impl crate::pg::feed::Receiver for Mirror {
         s.alerts.reload(None);
         s.alerts.reload_settings();
         s.masterdata.reload();
+        s.cases.reload();
     }
 }

@@ -100,7 +100,7 @@ pub async fn assessment(
         .cloned()
         .collect();
     let s = shared.clone();
-    let cases = tokio::task::spawn_blocking(move || s.cases.list(None))
+    let cases = tokio::task::spawn_blocking(move || s.cases.created_since(since))
         .await
         .unwrap_or_default();
     // Cameras and terminals each gateway reports, for its devices' uptime.

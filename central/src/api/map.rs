@@ -3,7 +3,7 @@
 //! operator's map holds the grids of their scope, the centres serving them (or the whole
 //! street), those centres' alerts, and the cases they reach.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -114,19 +114,10 @@ fn drawn(shared: &Shared, who: &Signed) -> Value {
                     "severity": a.severity, "title": a.title, "acknowledged": a.acknowledged })
         })
         .collect();
-    // Open cases by their grid station, within reach.
-    let (fallback, now) = (shared.cases.fallback(), time::OffsetDateTime::now_utc());
-    let mut cases: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-    for c in shared.cases.list(None) {
-        let Some(station) = c.station.as_deref() else {
-            continue;
-        };
-        if c.is_open() && tree.reaches(scope, Some(station)) {
-            let e = cases.entry(station.to_owned()).or_default();
-            e.0 += 1;
-            e.1 += usize::from(c.is_overdue(fallback, now));
-        }
-    }
+    // Open cases by their grid station, within reach (from the case index).
+    let cases = shared
+        .cases
+        .open_counts(|e| tree.reaches(scope, e.station.as_deref()));
     let cases: Vec<Value> = cases
         .into_iter()
         .map(|(grid, (open, overdue))| json!({ "grid": grid, "open": open, "overdue": overdue }))

@@ -6,6 +6,7 @@
 //! kiosk can ask for it by receipt.
 
 pub mod deadline;
+pub mod index;
 pub mod scope;
 pub mod workflow;
 
@@ -194,6 +195,10 @@ pub struct Cases {
     offset: UtcOffset,
     /// A case whose category has no limit in the master data is due this long after it came.
     fallback: Duration,
+    /// Every case's entry, for the queue, the map and the reminders.
+    index: std::sync::RwLock<index::Index>,
+    /// Tells other replicas which case changed (with PostgreSQL).
+    announcer: std::sync::OnceLock<crate::pg::feed::Announcer>,
 }
 
 /// Why an operator's change of a case was not taken.
@@ -221,12 +226,84 @@ const ATTEMPTS: usize = 8;
 
 impl Cases {
     pub fn open(state: &dyn StateStore, clock: Clock) -> Result<Self, CaseError> {
-        Ok(Self {
+        let cases = Self {
             tree: state.table("cases")?,
             clock,
             offset: time::macros::offset!(+8),
             fallback: Duration::from_secs(72 * 3600),
-        })
+            index: Default::default(),
+            announcer: Default::default(),
+        };
+        cases.reload();
+        Ok(cases)
+    }
+
+    /// Reads every case into the index again (at start, and when notes may have been missed).
+    pub fn reload(&self) {
+        let mut fresh = index::Index::default();
+        for c in self.list(None) {
+            fresh.put(index::Entry::of(&c));
+        }
+        *self
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+    }
+
+    /// Another replica changed case `receipt`: its entry is read again.
+    pub fn mirror(&self, receipt: &str) {
+        let c = self.get(receipt);
+        let mut i = self
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match c {
+            Some(c) => i.put(index::Entry::of(&c)),
+            None => i.remove(receipt),
+        }
+    }
+
+    /// Tells other replicas of each case this one writes.
+    pub fn share(&self, announcer: crate::pg::feed::Announcer) {
+        let _ = self.announcer.set(announcer);
+    }
+
+    /// Keeps `c`'s entry and tells the other replicas (after the write).
+    fn indexed(&self, c: &Case) {
+        self.index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .put(index::Entry::of(c));
+        if let Some(a) = self.announcer.get() {
+            a.send(crate::pg::feed::Note::Case {
+                receipt: c.receipt.clone(),
+            });
+        }
+    }
+
+    /// The cases registered at or after `since`, newest first: read through the index, so
+    /// that a week's assessment does not read every case ever kept. Blocking.
+    pub fn created_since(&self, since: OffsetDateTime) -> Vec<Case> {
+        let receipts: Vec<String> = self
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .take_while(|e| e.created >= since)
+            .map(|e| e.receipt.clone())
+            .collect();
+        receipts.iter().filter_map(|r| self.get(r)).collect()
+    }
+
+    /// Open cases and how many are overdue, by station, of those `keep` takes.
+    pub fn open_counts(
+        &self,
+        keep: impl Fn(&index::Entry) -> bool,
+    ) -> std::collections::BTreeMap<String, (usize, usize)> {
+        self.index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .counts_by_station(self.fallback, self.clock.now_utc(), keep)
     }
 
     /// Deadlines in the street's time zone; `fallback` for categories without a limit.
@@ -270,35 +347,71 @@ impl Cases {
         }
         let limit = f.limit.unwrap_or(100).clamp(1, 1000);
         let now = self.clock.now_utc();
-        let mut found: Vec<Case> = self
-            .list(f.status.as_deref())
-            .into_iter()
-            .filter(|c| places.reaches(who.scope.as_deref(), c.station.as_deref()))
-            .filter(|c| {
-                f.grid.as_deref().is_none_or(|g| {
-                    c.station
+        let keep = |e: &index::Entry| {
+            f.status.as_deref().is_none_or(|s| e.status == s)
+                && places.reaches(who.scope.as_deref(), e.station.as_deref())
+                && f.grid.as_deref().is_none_or(|g| {
+                    e.station
                         .as_deref()
                         .is_some_and(|st| places.ancestry(st).any(|a| a == g))
                 })
-            })
-            .filter(|c| {
-                f.category
+                && f.category
                     .as_deref()
-                    .is_none_or(|k| c.category().as_str() == k)
-            })
-            .filter(|c| {
-                f.overdue
-                    .is_none_or(|o| c.is_overdue(self.fallback, now) == o)
-            })
-            .collect();
-        found.sort_by(|a, b| (b.created, &b.receipt).cmp(&(a.created, &a.receipt)));
-        let total = found.len();
-        if let Some(before) = &f.before {
-            if let Some(i) = found.iter().position(|c| &c.receipt == before) {
-                found.drain(..=i);
-            }
+                    .is_none_or(|k| e.category.as_str() == k)
+                && f.overdue
+                    .is_none_or(|o| e.is_overdue(self.fallback, now) == o)
+        };
+        // A scope below the street, or a grid asked for, names the stations to read: only
+        // their cases are looked at. Otherwise every case is.
+        let mut stations: Option<std::collections::HashSet<&str>> = None;
+        for g in [
+            who.scope.as_deref().filter(|s| !places.is_street(Some(s))),
+            f.grid.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let under = places.stations_under(g);
+            stations = Some(match stations {
+                Some(s) => s.intersection(&under).copied().collect(),
+                None => under,
+            });
         }
-        found.truncate(limit);
+        // The page's receipts and the whole count from the index; the page's cases from the
+        // table.
+        let (page, total) = {
+            let i = self
+                .index
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let page_of = |it: &mut dyn Iterator<Item = &index::Entry>| {
+                let (mut total, mut page) = (0, Vec::new());
+                // Paging: the page starts after `before` (from the top when it is not held).
+                let mut started =
+                    f.before.is_none() || f.before.as_deref().is_some_and(|b| !i.contains(b));
+                for e in it {
+                    if !keep(e) {
+                        if !started {
+                            started = f.before.as_deref() == Some(e.receipt.as_str());
+                        }
+                        continue;
+                    }
+                    total += 1;
+                    if started && page.len() < limit {
+                        page.push(e.receipt.clone());
+                    }
+                    if !started {
+                        started = f.before.as_deref() == Some(e.receipt.as_str());
+                    }
+                }
+                (page, total)
+            };
+            match &stations {
+                Some(set) => page_of(&mut i.of_stations(set.iter().copied()).into_iter()),
+                None => page_of(&mut i.iter()),
+            }
+        };
+        let found = page.iter().filter_map(|r| self.get(r)).collect();
         Ok((found, total))
     }
 
@@ -306,7 +419,30 @@ impl Cases {
         self.tree
             .insert(c.receipt.as_bytes(), serde_json::to_vec(c)?)?;
         self.tree.flush()?;
+        self.indexed(c);
         Ok(())
+    }
+
+    /// Takes cases kept elsewhere (a previous system, a test bed) as they are: stored with one
+    /// flush, then indexed. Blocking.
+    pub fn import(&self, cases: impl IntoIterator<Item = Case>) -> Result<usize, CaseError> {
+        let mut n = 0;
+        let mut entries = Vec::new();
+        for c in cases {
+            self.tree
+                .insert(c.receipt.as_bytes(), serde_json::to_vec(&c)?)?;
+            entries.push(index::Entry::of(&c));
+            n += 1;
+        }
+        self.tree.flush()?;
+        let mut i = self
+            .index
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for e in entries {
+            i.put(e);
+        }
+        Ok(n)
     }
 
     /// Changes a case with `f` unless someone changed it meanwhile (then reads it again and
@@ -328,6 +464,7 @@ impl Cases {
                 .replace_if(receipt.as_bytes(), &held, serde_json::to_vec(&c)?)?
             {
                 self.tree.flush()?;
+                self.indexed(&c);
                 return Ok((c, out));
             }
         }
@@ -464,11 +601,13 @@ impl Cases {
     /// reminded (once, whichever replica gets there first) and returned. Blocking.
     pub fn remind(&self, now: OffsetDateTime, owned: impl Fn(&str) -> bool) -> Vec<Case> {
         let due: Vec<String> = self
-            .list(None)
-            .into_iter()
-            .filter(|c| c.is_open() && !c.reminded && owned(&c.gateway))
-            .filter(|c| c.remind_at.is_some_and(|r| now >= r))
-            .map(|c| c.receipt)
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|e| e.open && !e.reminded && owned(&e.gateway))
+            .filter(|e| e.remind_at.is_some_and(|r| now >= r))
+            .map(|e| e.receipt.clone())
             .collect();
         let mut out = Vec::new();
         for receipt in due {
@@ -663,6 +802,67 @@ mod tests {
             ]
         );
         assert!(!c.is_open());
+    }
+
+    #[test]
+    fn the_queue_reads_the_index_and_another_replicas_step_arrives_with_its_note() {
+        // Two replicas on one shared state: each with its own index.
+        let state = MemoryState::default();
+        let a = Cases::open(&state, Clock::system()).unwrap();
+        let at = OffsetDateTime::now_utc();
+        let cases: Vec<Case> = (0..250)
+            .map(|i| Case {
+                station: Some(if i % 2 == 0 { "B11" } else { "B12" }.into()),
+                ..Case::registered(
+                    &format!("gw-1-{i:06}-AB"),
+                    "gw-1",
+                    json!({"category": if i % 5 == 0 { "dispute" } else { "report" }}),
+                    at + time::Duration::seconds(i),
+                )
+            })
+            .collect();
+        assert_eq!(a.import(cases).unwrap(), 250);
+        let b = Cases::open(&state, Clock::system()).unwrap();
+        let boss = who("主任", Role::Supervisor, None);
+        let staff = who("网格员李", Role::Operator, Some("B11"));
+        let f = |v: Value| serde_json::from_value::<Filter>(v).unwrap();
+        let (page, total) = b.query(&f(json!({"limit": 10})), &boss, &places()).unwrap();
+        assert_eq!(total, 250);
+        assert_eq!(page[0].receipt, "gw-1-000249-AB", "newest first");
+        let (next, _) = b
+            .query(
+                &f(json!({"limit": 10, "before": "gw-1-000240-AB"})),
+                &boss,
+                &places(),
+            )
+            .unwrap();
+        assert_eq!(next[0].receipt, "gw-1-000239-AB", "the page after");
+        let (_, mine) = b.query(&f(json!({})), &staff, &places()).unwrap();
+        assert_eq!(mine, 125, "a station's own only");
+        let (_, disputes) = b
+            .query(
+                &f(json!({"category": "dispute", "grid": "B11"})),
+                &boss,
+                &places(),
+            )
+            .unwrap();
+        assert_eq!(disputes, 25);
+        // Replica a assigns one; b's queue has it once b reads the note.
+        act(
+            &a,
+            "gw-1-000010-AB",
+            json!({"action": "assign", "station": "B11", "person": "网格员李"}),
+            &boss,
+        )
+        .unwrap();
+        let assigned = |c: &Cases| {
+            c.query(&f(json!({"status": "assigned"})), &boss, &places())
+                .unwrap()
+                .1
+        };
+        assert_eq!((assigned(&a), assigned(&b)), (1, 0), "b has not heard yet");
+        b.mirror("gw-1-000010-AB");
+        assert_eq!(assigned(&b), 1);
     }
 
     #[test]

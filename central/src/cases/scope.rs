@@ -48,6 +48,15 @@ impl GridTree {
         .take(MAX_DEPTH)
     }
 
+    /// The base grids at or below `code` (none when it is not a grid).
+    pub fn stations_under(&self, code: &str) -> std::collections::HashSet<&str> {
+        self.grids
+            .iter()
+            .filter(|(g, (level, ..))| *level == Level::Base && self.ancestry(g).any(|a| a == code))
+            .map(|(g, _)| g.as_str())
+            .collect()
+    }
+
     pub fn name(&self, code: &str) -> Option<&str> {
         self.grids.get(code).map(|(_, _, n)| n.as_str())
     }

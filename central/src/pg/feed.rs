@@ -30,6 +30,8 @@ pub enum Note {
     AlertSettings,
     /// A new master data version.
     MasterData,
+    /// A resident's case: every replica's case index reads it again.
+    Case { receipt: String },
     /// A video share revoked: its viewers on every replica are cut off.
     ShareRevoked { id: String },
     /// Events of a gateway's cameras and terminals, stored by its holder: every replica's

@@ -5,6 +5,7 @@
 
 let streetMap = null;
 let mapData = null;
+let gridBy = new Map();
 
 async function drawMap() {
   try {
@@ -13,8 +14,8 @@ async function drawMap() {
     if (!streetMap) {
       streetMap = new GridMap($("street-map"), { tiles: mapData.tiles, attribution: mapData.attribution, onSelect: showGrid });
     }
+    gridBy = new Map(mapData.grids.map((g) => [g.code, g]));
     streetMap.setGrids(mapData.grids);
-    placeMarkers();
     showGrid(streetMap.focused ? mapData.grids.find((g) => g.code === streetMap.focused) : null);
     $("street-map").dataset.drawnMs = String(Math.round(performance.now() - t0));
   } catch (e) { say("读取地图失败 " + e.message); }
@@ -43,16 +44,31 @@ function placeMarkers() {
       markers.push({ key: d.key, at: d.at, kind: d.kind, state: d.state, label: label(d.name || d.id, d.key), alert: alerts.has(d.key) });
     }
   }
+  // Open cases counted where the eye is: by area for the whole street, by base grid within
+  // the area in focus (a street of a thousand grids is not a thousand badges).
+  const focus = gridBy.get(streetMap.focused);
+  const inArea = focus && (focus.level === "area" ? focus.code : focus.level === "base" ? focus.parent : null);
+  const counts = new Map();
   for (const k of mapData.cases) {
-    markers.push({ key: "cases/" + k.grid, at: streetMap.middle(k.grid), kind: "cases", state: k.overdue ? "offline" : "online",
-      label: `诉求 ${k.open} open · 逾期 ${k.overdue} overdue`, count: k.open,
-      onClick: () => { location.hash = "cases/" + k.grid; } });
+    const station = gridBy.get(k.grid);
+    const at = inArea ? (station && station.parent === inArea ? k.grid : null) : (station && station.parent) || k.grid;
+    if (!at) continue;
+    const c = counts.get(at) || { open: 0, overdue: 0 };
+    c.open += k.open;
+    c.overdue += k.overdue;
+    counts.set(at, c);
+  }
+  for (const [grid, k] of counts) {
+    markers.push({ key: "cases/" + grid, at: streetMap.middle(grid), kind: "cases", state: k.overdue ? "offline" : "online",
+      label: `${gridBy.get(grid)?.name || grid}: 诉求 ${k.open} open · 逾期 ${k.overdue} overdue`, count: k.open,
+      onClick: () => { location.hash = "cases/" + grid; } });
   }
   streetMap.setMarkers(markers);
 }
 
 // The side panel: where the focus is, and what is open there.
 function showGrid(g) {
+  placeMarkers();
   const path = g ? streetMap.path(g.code) : [];
   $("map-crumbs").innerHTML = [`<a href="#map" data-code="">全街道 Street</a>`,
     ...path.filter((p) => p.level !== "street").map((p) => `<a href="#map" data-code="${esc(p.code)}">${esc(p.name)}</a>`)].join(" › ");
@@ -89,12 +105,9 @@ alertWatchers.push((change) => {
   const known = new Set(mapData.centres.map((c) => c.gateway));
   mapData.alerts = a.resolved || !known.has(a.gateway) ? rest
     : [...rest, { id: a.id, key: a.key, originator: a.originator, gateway: a.gateway, severity: a.severity, title: a.title, acknowledged: a.acknowledged }];
-  placeMarkers();
-  if (!$("view-map").hidden) showGrid(streetMap.focused ? mapData.grids.find((g) => g.code === streetMap.focused) : null);
+  showGrid(gridBy.get(streetMap.focused) || null);
 });
 
-views.map = () => {
-  // Leaflet measures its element: draw once it is shown.
-  requestAnimationFrame(() => { if (streetMap) streetMap.map.invalidateSize(); drawMap(); });
-};
+// Shown by now (the router unhides the view first): Leaflet measures its element as it is.
+views.map = () => { if (streetMap) streetMap.map.invalidateSize(); drawMap(); };
 resets.push(() => { mapData = null; if (streetMap) { streetMap.map.remove(); streetMap = null; } });
