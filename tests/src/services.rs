@@ -210,6 +210,24 @@ impl Console {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
+    /// When central's API first lists the alert `key` (asked every 20 ms, in a task of its
+    /// own): what a page showing the alert is measured against.
+    pub fn when_alert_listed(self, key: &str) -> tokio::task::JoinHandle<std::time::Instant> {
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let (_, v) = self.get("/api/v1/alerts").await;
+                if v["alerts"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|a| a["key"] == key.as_str()))
+                {
+                    return std::time::Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+
     /// The body of a request that must answer 200 (a download: CSV, XLSX, a picture).
     pub async fn send_raw(&self, r: reqwest::RequestBuilder) -> Vec<u8> {
         let r = r.send().await.expect("central answers");

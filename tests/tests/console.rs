@@ -48,19 +48,7 @@ async fn an_operator_sees_an_alert_acknowledges_it_and_dispatches_a_meeting_in_t
     // The camera stops: note when central's API first has the alert, and when the console does.
     let key = "gw-con/camera/door#camera.offline";
     cam.stop();
-    let api = central.console("op").await.unwrap();
-    let watcher = tokio::spawn(async move {
-        loop {
-            let (_, v) = api.get("/api/v1/alerts").await;
-            if v["alerts"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|a| a["key"] == key))
-            {
-                return Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    });
+    let watcher = central.console("op").await.unwrap().when_alert_listed(key);
     let seen = console
         .must(json!({"do": "waitAlert", "key": key, "timeoutMs": 45000}))
         .await;

@@ -174,19 +174,7 @@ async fn the_map_draws_the_street_drills_down_and_shows_a_new_alert_at_its_camer
     // The camera stops: when central's API first has the alert, and when the map shows it.
     let key = "gw-map/camera/door#camera.offline";
     cam.stop();
-    let api = central.console("op").await.unwrap();
-    let watcher = tokio::spawn(async move {
-        loop {
-            let (_, v) = api.get("/api/v1/alerts").await;
-            if v["alerts"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|a| a["key"] == key))
-            {
-                return Instant::now();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let watcher = central.console("op").await.unwrap().when_alert_listed(key);
     let seen = b
         .must(json!({"do": "waitMarker", "key": "gw-map/camera/door", "alert": true, "timeoutMs": 45000}))
         .await;

@@ -144,11 +144,15 @@ fn figure(
     })
 }
 
+type Asked = Result<Query<FigureQuery>, axum::extract::rejection::QueryRejection>;
+
+/// The query checked and figured, off the async workers (it reads every case).
 async fn figured(
     shared: Arc<Shared>,
     who: crate::operators::Signed,
-    q: FigureQuery,
+    q: Asked,
 ) -> Result<(Figured, FigureQuery), ApiError> {
+    let Query(q) = q.map_err(|e| bad(e.body_text()))?;
     tokio::task::spawn_blocking(move || figure(&shared, &who, &q).map(|f| (f, q)))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
@@ -158,12 +162,8 @@ async fn figured(
 pub async fn json_figures(
     State(shared): State<Arc<Shared>>,
     Operator(who): Operator,
-    q: Result<Query<FigureQuery>, axum::extract::rejection::QueryRejection>,
+    q: Asked,
 ) -> Response {
-    let Query(q) = match q {
-        Ok(q) => q,
-        Err(e) => return bad(e.body_text()).into_response(),
-    };
     match figured(shared, who, q).await {
         Ok((f, _)) => Json(json!({
             "from": f.window.from.to_string(),
@@ -290,20 +290,12 @@ fn attachment(kind: &'static str, name: String, body: Vec<u8>) -> Response {
 
 /// `GET /api/v1/figures.csv?…&table=category|grid|period|uptime`: one table, UTF-8 with a byte
 /// order mark (so that spreadsheet programs read its Chinese).
-pub async fn csv(
-    State(shared): State<Arc<Shared>>,
-    Operator(who): Operator,
-    q: Result<Query<FigureQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Query(q) = match q {
-        Ok(q) => q,
-        Err(e) => return bad(e.body_text()).into_response(),
-    };
-    let want = q.table.clone().unwrap_or_else(|| "category".into());
-    let (f, _) = match figured(shared, who, q).await {
+pub async fn csv(State(shared): State<Arc<Shared>>, Operator(who): Operator, q: Asked) -> Response {
+    let (f, q) = match figured(shared, who, q).await {
         Ok(f) => f,
         Err(r) => return r.into_response(),
     };
+    let want = q.table.unwrap_or_else(|| "category".into());
     let Some((key, _, head, rows)) = tables(&f).into_iter().find(|t| t.0 == want) else {
         return bad(format!(
             "table: {want:?}; use category, grid, period or uptime"
@@ -332,12 +324,8 @@ pub async fn csv(
 pub async fn xlsx(
     State(shared): State<Arc<Shared>>,
     Operator(who): Operator,
-    q: Result<Query<FigureQuery>, axum::extract::rejection::QueryRejection>,
+    q: Asked,
 ) -> Response {
-    let Query(q) = match q {
-        Ok(q) => q,
-        Err(e) => return bad(e.body_text()).into_response(),
-    };
     let (f, _) = match figured(shared, who, q).await {
         Ok(f) => f,
         Err(r) => return r.into_response(),

@@ -234,27 +234,7 @@ impl Sources {
 
     fn boundaries(&self, d: &mut Dataset, p: &mut Vec<Problem>) {
         const F: &str = "boundaries.geojson";
-        let Some(text) = self.texts.get(F) else {
-            return;
-        };
-        let v: serde_json::Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                p.push(problem(F, None, "", format!("not JSON: {e}")));
-                return;
-            }
-        };
-        if v["type"] != "FeatureCollection" {
-            p.push(problem(
-                F,
-                None,
-                "type",
-                "must be a GeoJSON FeatureCollection",
-            ));
-            return;
-        }
-        let Some(features) = v["features"].as_array() else {
-            p.push(problem(F, None, "features", "must be an array"));
+        let Some(features) = self.features(F, p) else {
             return;
         };
         for (i, f) in features.iter().enumerate() {
@@ -306,30 +286,36 @@ impl Sources {
         }
     }
 
+    /// A GeoJSON file's features: none when the file is absent, or (said in `p`) when it is
+    /// not a FeatureCollection.
+    fn features(&self, file: &str, p: &mut Vec<Problem>) -> Option<Vec<serde_json::Value>> {
+        let text = self.texts.get(file)?;
+        let mut v: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                p.push(problem(file, None, "", format!("not JSON: {e}")));
+                return None;
+            }
+        };
+        match (v["type"] == "FeatureCollection", v["features"].take()) {
+            (true, serde_json::Value::Array(features)) => Some(features),
+            _ => {
+                p.push(problem(
+                    file,
+                    None,
+                    "type",
+                    "must be a GeoJSON FeatureCollection with features",
+                ));
+                None
+            }
+        }
+    }
+
     /// `places.geojson`: Point features, `properties.gateway` and, for a device,
     /// `properties.device` (`camera/<id>`, `terminal/<id>`, `source/<id>`).
     fn places(&self, d: &mut Dataset, p: &mut Vec<Problem>) {
         const F: &str = "places.geojson";
-        let Some(text) = self.texts.get(F) else {
-            return;
-        };
-        let v: serde_json::Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => {
-                p.push(problem(F, None, "", format!("not JSON: {e}")));
-                return;
-            }
-        };
-        let Some(features) = v["features"]
-            .as_array()
-            .filter(|_| v["type"] == "FeatureCollection")
-        else {
-            p.push(problem(
-                F,
-                None,
-                "type",
-                "must be a GeoJSON FeatureCollection with features",
-            ));
+        let Some(features) = self.features(F, p) else {
             return;
         };
         let mut seen = std::collections::BTreeSet::new();
