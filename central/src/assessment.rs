@@ -288,7 +288,7 @@ pub fn assess_stations(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::alerts::engine::{Engine, Observation, Policy, Severity};
 
@@ -298,7 +298,8 @@ mod tests {
     fn mins(n: i64) -> time::Duration {
         time::Duration::minutes(n)
     }
-    fn obs(originator: &str, rule: &str, raised: bool) -> Observation {
+    /// An observation of `gw-1`'s, raised or cleared.
+    pub(crate) fn obs(originator: &str, rule: &str, raised: bool) -> Observation {
         Observation {
             originator: originator.into(),
             gateway: "gw-1".into(),

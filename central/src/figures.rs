@@ -363,7 +363,8 @@ pub fn uptime(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alerts::engine::{Engine, Observation, Policy, Severity};
+    use crate::alerts::engine::{Engine, Policy};
+    use crate::assessment::tests::obs;
     use crate::cases::HistoryEntry;
     use time::macros::{date, datetime, offset};
 
@@ -478,19 +479,6 @@ mod tests {
             .map(|r| (r.key.as_str(), r.registered, r.finished, r.late))
             .collect();
         assert_eq!(per_day, [("2026-12-01", 1, 2, 0), ("2026-12-02", 1, 0, 1)]);
-    }
-
-    fn obs(originator: &str, rule: &str, raised: bool) -> Observation {
-        Observation {
-            originator: originator.into(),
-            gateway: "gw-1".into(),
-            rule: rule.into(),
-            raised,
-            severity: Severity::Major,
-            title: rule.into(),
-            detail: serde_json::Value::Null,
-            hold_down: Duration::ZERO,
-        }
     }
 
     #[test]

@@ -141,8 +141,30 @@ async fn the_map_draws_the_street_drills_down_and_shows_a_new_alert_at_its_camer
         .get("/api/v1/map")
         .await;
     assert_eq!(mine["cases"][0]["open"], 1, "{mine}");
-    let stranger = reqwest::get(central.url("/api/v1/map")).await.unwrap();
-    assert_eq!(stranger.status().as_u16(), 401, "no map without a session");
+    let (_, their_grids) = other.get("/api/v1/grids").await;
+    assert_eq!(
+        their_grids["grids"].as_array().map(Vec::len),
+        Some(1),
+        "their grid list holds their grid only: {their_grids}"
+    );
+    for path in ["/api/v1/map", "/api/v1/grids"] {
+        let stranger = reqwest::get(central.url(path)).await.unwrap();
+        assert_eq!(stranger.status().as_u16(), 401, "{path} without a session");
+    }
+    // The open pages serve their bundled files and nothing else.
+    for path in [
+        "/console/secrets.js",
+        "/console/..%2FCargo.toml",
+        "/assets/..%2F..%2FCargo.toml",
+        "/assets/LICENSE",
+    ] {
+        let r = reqwest::get(central.url(path)).await.unwrap();
+        assert_eq!(r.status().as_u16(), 404, "{path}");
+    }
+    let leaflet = reqwest::get(central.url("/assets/leaflet.js"))
+        .await
+        .unwrap();
+    assert_eq!(leaflet.status().as_u16(), 200);
 
     // In Chromium: the street drawn, every device on it.
     let mut b = ConsoleDriver::start().unwrap();

@@ -136,6 +136,12 @@ impl Alerts {
         self.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Every alert, open or resolved, copied out of the engine (for figures and scores that
+    /// take a while: the engine stays free meanwhile).
+    pub fn all(&self) -> Vec<Alert> {
+        self.engine().list(true).into_iter().cloned().collect()
+    }
+
     /// Applies `f` to the engine, stores what it changed, and tells the live feed.
     pub fn apply<T>(&self, f: impl FnOnce(&mut Engine) -> (T, Vec<Change>)) -> T {
         let mut engine = self.engine();

@@ -128,13 +128,7 @@ fn figure(
             )
         })
         .collect();
-    let alerts: Vec<crate::alerts::Alert> = shared
-        .alerts
-        .engine()
-        .list(true)
-        .into_iter()
-        .cloned()
-        .collect();
+    let alerts = shared.alerts.all();
     let uptime = crate::figures::uptime(&alerts, &devices, &gateways, &window, now);
     Ok(Figured {
         periods: window.buckets().into_iter().map(|b| b.label).collect(),

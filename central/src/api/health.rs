@@ -92,13 +92,7 @@ pub async fn assessment(
         resolve_within: a.resolve_within,
         case_limit: a.case_limit,
     };
-    let alerts: Vec<crate::alerts::Alert> = shared
-        .alerts
-        .engine()
-        .list(true)
-        .into_iter()
-        .cloned()
-        .collect();
+    let alerts = shared.alerts.all();
     let s = shared.clone();
     let cases = tokio::task::spawn_blocking(move || s.cases.created_since(since))
         .await
