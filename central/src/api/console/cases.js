@@ -150,9 +150,17 @@ function detailsText(d) {
   return parts.length ? `<div class="muted">${esc(parts.join(" · "))}</div>` : "";
 }
 
+// Nothing of the last case shown stays on the page: another may be opened, or another
+// operator may log in.
+function clearCase() {
+  shownCase = null;
+  for (const id of ["case-head", "case-submission", "case-timeline", "case-actions"]) $(id).innerHTML = "";
+  for (const k of ["receipt", "status", "missing"]) delete $("case-head").dataset[k];
+  $("case-step").hidden = true;
+}
+
 async function openCase(receipt) {
-  $("case-head").innerHTML = "";
-  delete $("case-head").dataset.missing;
+  clearCase();
   try {
     await loadGrids();
     renderCase(await call("GET", "/api/v1/cases/" + encodeURIComponent(receipt)));
@@ -160,10 +168,6 @@ async function openCase(receipt) {
     // Another station's case answers as none: the page says no more than that.
     $("case-head").dataset.missing = "true";
     $("case-head").innerHTML = `<h2>没有这件诉求，或不在您的管辖范围 No such case within your scope</h2><p class="muted">${esc(e.message)}</p>`;
-    $("case-submission").innerHTML = "";
-    $("case-timeline").innerHTML = "";
-    $("case-actions").innerHTML = "";
-    $("case-step").hidden = true;
   }
 }
 views.case = (receipt) => openCase(receipt || "");
@@ -219,4 +223,4 @@ $("case-step").addEventListener("submit", async (e) => {
   }
 });
 
-resets.push(() => { grids = null; shownCase = null; $("f-grid").innerHTML = ""; $("case-rows").innerHTML = ""; });
+resets.push(() => { grids = null; clearCase(); $("f-grid").innerHTML = ""; $("case-rows").innerHTML = ""; });
