@@ -228,6 +228,33 @@ impl Console {
         })
     }
 
+    /// The console's live alert feed (`/api/v1/alerts/stream`), opened now: each pushed
+    /// event's data, in order.
+    pub async fn alert_feed(&self) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+        let mut feed = self
+            .request(reqwest::Method::GET, "/api/v1/alerts/stream")
+            .send()
+            .await
+            .expect("central answers");
+        assert_eq!(feed.headers()["content-type"], "text/event-stream");
+        let (tx, pushed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut text = String::new();
+            while let Ok(Some(chunk)) = feed.chunk().await {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = text.find("\n\n") {
+                    let event: String = text.drain(..end + 2).collect();
+                    if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+                        if let Ok(v) = serde_json::from_str(data) {
+                            let _ = tx.send(v);
+                        }
+                    }
+                }
+            }
+        });
+        pushed
+    }
+
     /// The body of a request that must answer 200 (a download: CSV, XLSX, a picture).
     pub async fn send_raw(&self, r: reqwest::RequestBuilder) -> Vec<u8> {
         let r = r.send().await.expect("central answers");

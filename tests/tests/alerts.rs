@@ -56,28 +56,7 @@ async fn stopped_camera_alert(pg: Option<&Postgres>) {
     gw.camera_in("door", "streaming").await.unwrap();
 
     // A console's live feed, open before anything happens.
-    let feed = op
-        .request(reqwest::Method::GET, "/api/v1/alerts/stream")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(feed.headers()["content-type"], "text/event-stream");
-    let (tx, mut pushed) = tokio::sync::mpsc::unbounded_channel::<Value>();
-    let mut feed = feed;
-    tokio::spawn(async move {
-        let mut text = String::new();
-        while let Ok(Some(chunk)) = feed.chunk().await {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = text.find("\n\n") {
-                let event: String = text.drain(..end + 2).collect();
-                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                    if let Ok(v) = serde_json::from_str(data) {
-                        let _ = tx.send(v);
-                    }
-                }
-            }
-        }
-    });
+    let mut pushed = op.alert_feed().await;
 
     let key = "gw-alerts/camera/door#camera.offline";
     cam.stop();
@@ -467,6 +446,68 @@ async fn late_report_alert(pg: Option<&Postgres>) {
         )
         .await;
     assert_eq!(status, 200, "{answer}");
+    // The case is 东风巷's (station-2) now: its alert is theirs, and no other station's.
+    let id = a["id"].as_u64().unwrap();
+    let own = central.console("station-2").await.unwrap();
+    let other = central.console("station-3").await.unwrap();
+    let (mut own_feed, mut other_feed) = (own.alert_feed().await, other.alert_feed().await);
+    assert_eq!(own.alert(&key).await.unwrap()["id"], id);
+    let (status, v) = other.get("/api/v1/alerts?all=true").await;
+    assert_eq!(status, 200);
+    assert!(
+        !v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == id),
+        "another station lists the case's alert: {v}"
+    );
+    assert_eq!(v["counts"]["open"], 0, "{v}");
+    let (status, _) = other.get(&format!("/api/v1/alerts/{id}")).await;
+    assert_eq!(status, 404);
+    for action in ["ack", "note", "assign", "resolve"] {
+        let (status, answer) = other
+            .post(
+                &format!("/api/v1/alerts/{id}/{action}"),
+                json!({"to": "x", "note": "x"}),
+            )
+            .await;
+        assert_eq!(status, 404, "{action} by another station: {answer}");
+    }
+    // A note by the street reaches the station's feed, not the other's.
+    let (status, _) = boss
+        .post(
+            &format!("/api/v1/alerts/{id}/note"),
+            json!({"note": "请尽快办理"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let pushed = tokio::time::timeout(Duration::from_secs(5), own_feed.recv())
+        .await
+        .expect("the station's feed pushes the note")
+        .unwrap();
+    assert_eq!(pushed["alert"]["id"], id, "{pushed}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), other_feed.recv())
+            .await
+            .is_err(),
+        "another station's feed pushed the case's alert"
+    );
+    // A cut queue keeps whole counts, and says what it takes.
+    let (status, v) = boss.get("/api/v1/alerts?limit=1&sort=pressing").await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["alerts"].as_array().unwrap().len(), 1, "{v}");
+    assert!(v["counts"]["open"].as_u64().unwrap() >= 1, "{v}");
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "sort=oldest",
+        "limit=x",
+        "colour=red",
+    ] {
+        let (status, v) = boss.get(&format!("/api/v1/alerts?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {v}");
+    }
     for step in [
         json!({"action": "accept"}),
         json!({"action": "refer", "to": "人民调解委员会", "note": "转人民调解"}),

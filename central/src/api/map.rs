@@ -103,12 +103,13 @@ fn drawn(shared: &Shared, who: &Signed) -> Value {
             "devices": devices,
         }));
     }
+    let reach = super::alerts::Reach::of(shared, who);
     let alerts: Vec<Value> = shared
         .alerts
         .engine()
         .list(false)
         .into_iter()
-        .filter(|a| gateways.contains(&a.gateway))
+        .filter(|a| gateways.contains(&a.gateway) && reach.reaches(a))
         .map(|a| {
             json!({ "id": a.id, "key": a.key, "originator": a.originator, "gateway": a.gateway,
                     "severity": a.severity, "title": a.title, "acknowledged": a.acknowledged })

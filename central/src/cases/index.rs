@@ -110,6 +110,20 @@ impl Index {
             .collect()
     }
 
+    /// The receipts of the stations `keep` takes ("" for cases with none).
+    pub fn receipts_of_stations(
+        &self,
+        keep: impl Fn(Option<&str>) -> bool,
+    ) -> std::collections::HashSet<String> {
+        self.by_station
+            .iter()
+            .filter(|(st, _)| keep((!st.is_empty()).then_some(st.as_str())))
+            .flat_map(|(_, keys)| keys.iter())
+            .filter_map(|k| self.entries.get(k))
+            .map(|e| e.receipt.clone())
+            .collect()
+    }
+
     pub fn contains(&self, receipt: &str) -> bool {
         self.keys.contains_key(receipt)
     }

@@ -295,6 +295,17 @@ impl Cases {
         receipts.iter().filter_map(|r| self.get(r)).collect()
     }
 
+    /// The receipts of the cases whose station `keep` takes (None: a case with no station).
+    pub fn receipts_of_stations(
+        &self,
+        keep: impl Fn(Option<&str>) -> bool,
+    ) -> std::collections::HashSet<String> {
+        self.index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .receipts_of_stations(keep)
+    }
+
     /// Open cases and how many are overdue, by station, of those `keep` takes.
     pub fn open_counts(
         &self,

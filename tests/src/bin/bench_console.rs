@@ -1,4 +1,4 @@
-//! `bench-console [--quick] [--cases N] [--requests N] [--runs N]`: the operator console with a
+//! `bench-console [--quick] [--cases N] [--requests N] [--runs N] [--serve]`: the operator console with a
 //! street of 1,000 base grids and 100,000 residents' cases.
 //!
 //! - Case queue: a mix of queue pages (the newest 50; by status; by area; disputes overdue; a
@@ -211,6 +211,17 @@ async fn main() -> anyhow::Result<()> {
         String::from_utf8_lossy(&push.stderr)
     );
 
+    // `--serve`: keep this street up to look at it by hand (the console's address and the
+    // supervisor's password are printed), measuring nothing.
+    if args.iter().any(|a| a == "--serve") {
+        println!(
+            "console: {base_url}/console as super / {}; Ctrl-C to stop",
+            operator_password("super")
+        );
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
+
     // PostgreSQL with the same cases.
     let pg = gridedge_tests::postgres::Postgres::start()?;
     let csv = d.join("cases.csv");
@@ -322,6 +333,10 @@ async fn main() -> anyhow::Result<()> {
         theirs.extend(b);
     }
 
+    // Every overdue open case is an alert: the console's queue holds tens of thousands.
+    let (_, v) = boss.get("/api/v1/alerts?limit=1").await;
+    let open_alerts = v["counts"]["open"].clone();
+
     // The map's own answer, asked by a Rust client (no browser), for comparison.
     let mut api_ms = Vec::new();
     for _ in 0..runs.max(3) {
@@ -378,7 +393,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "console benchmark: {n} cases, {grids} grids; {requests} requests of each of {} queue pages, {runs} map draws; one machine ({} s)",
+        "console benchmark: {n} cases ({open_alerts} open alerts), {grids} grids; {requests} requests of each of {} queue pages, {runs} map draws; one machine ({} s)",
         kinds.len(),
         started.elapsed().as_secs()
     );
