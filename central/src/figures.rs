@@ -292,6 +292,14 @@ fn when(a: &Alert, action: &str) -> Option<OffsetDateTime> {
     a.audit.iter().find(|e| e.action == action).map(|e| e.at)
 }
 
+/// Whether `a` is an outage `uptime` counts in `w`: a centre's or a device's offline alert
+/// that overlaps the window. What figures copy out of the alert engine, of all it keeps.
+pub fn is_outage_in(a: &Alert, w: &Window) -> bool {
+    let outage = a.rule == "gateway.offline" || DEVICE_DOWN.contains(&a.rule.as_str());
+    let end = when(a, "cleared").or_else(|| when(a, "resolved"));
+    outage && a.opened < w.end() && end.is_none_or(|e| e > w.start())
+}
+
 /// Each gateway's uptime and its devices' per bucket of `w`: the time its offline alerts (and
 /// its cameras' and terminals') overlap each bucket, against the bucket's length (up to now).
 /// `devices` is how many devices each gateway reports; `gateways` those to figure.
@@ -515,5 +523,18 @@ mod tests {
             datetime!(2026-12-03 12:00 +8),
         );
         assert_eq!(rows[0].device_uptime_pct[2], 75.0);
+        // What is copied out for it: the outages that overlap the window, nothing else.
+        let outages = |w: &Window| alerts.iter().filter(|a| is_outage_in(a, w)).count();
+        assert_eq!(outages(&w), 2);
+        let after = window(date!(2026 - 12 - 03), date!(2026 - 12 - 03), Period::Day);
+        assert_eq!(outages(&after), 1, "the gateway was back by then");
+        let before = window(date!(2026 - 11 - 01), date!(2026 - 11 - 30), Period::Day);
+        assert_eq!(outages(&before), 0);
+        e.observe(
+            obs("gw-1/case/gw-1-000001-ABCD", "case.overdue", true),
+            datetime!(2026-12-03 1:00 +8),
+        );
+        let late = e.list(false).into_iter().find(|a| a.rule == "case.overdue");
+        assert!(!is_outage_in(late.expect("the case's alert"), &after));
     }
 }

@@ -136,10 +136,15 @@ impl Alerts {
         self.engine.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Every alert, open or resolved, copied out of the engine (for figures and scores that
-    /// take a while: the engine stays free meanwhile).
-    pub fn all(&self) -> Vec<Alert> {
-        self.engine().list(true).into_iter().cloned().collect()
+    /// The alerts `keep` takes, open or resolved, copied out of the engine (for figures and
+    /// scores that take a while: the engine stays free meanwhile).
+    pub fn matching(&self, keep: impl Fn(&Alert) -> bool) -> Vec<Alert> {
+        self.engine()
+            .list(true)
+            .into_iter()
+            .filter(|a| keep(a))
+            .cloned()
+            .collect()
     }
 
     /// Applies `f` to the engine, stores what it changed, and tells the live feed.

@@ -34,6 +34,9 @@ pub struct FigureQuery {
     table: Option<String>,
 }
 
+/// The export's tables by their keys, as `tables` makes them.
+const TABLES: [&str; 4] = ["category", "grid", "period", "uptime"];
+
 /// What one request figures.
 pub struct Figured {
     pub window: Window,
@@ -51,12 +54,15 @@ fn day(field: &str, s: &str) -> Result<Date, ApiError> {
         .ok_or_else(|| bad(format!("{field}: {s:?} is not a date; write YYYY-MM-DD")))
 }
 
-/// Checks the query and figures it (blocking: it reads every case).
+/// Checks the query and figures it (blocking: it reads the window's cases).
 fn figure(
     shared: &Shared,
     who: &crate::operators::Signed,
     q: &FigureQuery,
 ) -> Result<Figured, ApiError> {
+    if let Some(t) = q.table.as_deref().filter(|t| !TABLES.contains(t)) {
+        return Err(bad(format!("table: {t:?}; use {}", TABLES.join(", "))));
+    }
     let offset =
         firmware_config::config::gateway::parse_utc_offset(&shared.config.alerts.utc_offset)
             .unwrap_or(time::UtcOffset::UTC);
@@ -97,19 +103,14 @@ fn figure(
             ));
         }
     }
-    let cases: Vec<_> = shared
+    let cases = shared
         .cases
-        .list(None)
-        .into_iter()
-        .filter(|c| tree.reaches(scope, c.station.as_deref()))
-        .filter(|c| {
-            q.grid.as_deref().is_none_or(|g| {
-                c.station
+        .registered_or_finished_in(window.start(), window.end(), |station| {
+            tree.reaches(scope, station)
+                && q.grid
                     .as_deref()
-                    .is_some_and(|st| tree.ancestry(st).any(|a| a == g))
-            })
-        })
-        .collect();
+                    .is_none_or(|g| station.is_some_and(|st| tree.ancestry(st).any(|a| a == g)))
+        });
     let figures = crate::figures::cases(&cases, &window, now, shared.cases.fallback(), |g| {
         tree.name(g).map(str::to_owned)
     });
@@ -128,7 +129,9 @@ fn figure(
             )
         })
         .collect();
-    let alerts = shared.alerts.all();
+    let alerts = shared
+        .alerts
+        .matching(|a| gateways.contains(&a.gateway) && crate::figures::is_outage_in(a, &window));
     let uptime = crate::figures::uptime(&alerts, &devices, &gateways, &window, now);
     Ok(Figured {
         periods: window.buckets().into_iter().map(|b| b.label).collect(),
@@ -140,7 +143,7 @@ fn figure(
 
 type Asked = Result<Query<FigureQuery>, axum::extract::rejection::QueryRejection>;
 
-/// The query checked and figured, off the async workers (it reads every case).
+/// The query checked and figured, off the async workers (it reads the window's cases).
 async fn figured(
     shared: Arc<Shared>,
     who: crate::operators::Signed,
@@ -291,10 +294,7 @@ pub async fn csv(State(shared): State<Arc<Shared>>, Operator(who): Operator, q: 
     };
     let want = q.table.unwrap_or_else(|| "category".into());
     let Some((key, _, head, rows)) = tables(&f).into_iter().find(|t| t.0 == want) else {
-        return bad(format!(
-            "table: {want:?}; use category, grid, period or uptime"
-        ))
-        .into_response();
+        return bad(format!("table: {want:?}; use {}", TABLES.join(", "))).into_response();
     };
     let mut out = String::from("\u{feff}");
     out += &head
@@ -381,5 +381,30 @@ mod tests {
         assert_eq!(csv_cell(&json!("-3")), "-3", "a number stays one");
         assert_eq!(csv_cell(&json!(12.5)), "12.5");
         assert_eq!(csv_cell(&Value::Null), "");
+    }
+
+    #[test]
+    fn the_tables_checked_are_the_tables_made() {
+        let window = Window {
+            from: time::macros::date!(2026 - 12 - 01),
+            to: time::macros::date!(2026 - 12 - 01),
+            period: Period::Day,
+            offset: time::UtcOffset::UTC,
+        };
+        let cases = crate::figures::cases(
+            &[],
+            &window,
+            time::OffsetDateTime::UNIX_EPOCH,
+            std::time::Duration::from_secs(1),
+            |_| None,
+        );
+        let f = Figured {
+            window,
+            periods: Vec::new(),
+            cases,
+            uptime: Vec::new(),
+        };
+        let made: Vec<&str> = tables(&f).iter().map(|t| t.0).collect();
+        assert_eq!(made, TABLES);
     }
 }

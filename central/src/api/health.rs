@@ -92,7 +92,10 @@ pub async fn assessment(
         resolve_within: a.resolve_within,
         case_limit: a.case_limit,
     };
-    let alerts = shared.alerts.all();
+    // The alerts the scores count: those opened in the period (not every one kept).
+    let alerts = shared
+        .alerts
+        .matching(|a| a.opened >= since && a.opened <= now);
     let s = shared.clone();
     let cases = tokio::task::spawn_blocking(move || s.cases.created_since(since))
         .await

@@ -24,6 +24,8 @@ pub struct Entry {
     pub remind_at: Option<OffsetDateTime>,
     pub reminded: bool,
     pub gateway: String,
+    /// When it stopped being open, if it did (what figures count as finished).
+    pub finished: Option<OffsetDateTime>,
 }
 
 impl Entry {
@@ -39,6 +41,7 @@ impl Entry {
             remind_at: c.remind_at,
             reminded: c.reminded,
             gateway: c.gateway.clone(),
+            finished: crate::figures::finished_at(c),
         }
     }
 
@@ -177,6 +180,7 @@ mod tests {
             remind_at: None,
             reminded: false,
             gateway: "gw-1".into(),
+            finished: None,
         }
     }
 

@@ -295,6 +295,28 @@ impl Cases {
         receipts.iter().filter_map(|r| self.get(r)).collect()
     }
 
+    /// The cases registered in `[start, end)` or finished in it, of the stations `keep` takes
+    /// (None: a case with no station): what figures over that window count. Read through the
+    /// index, so that a week's figures do not read every case ever kept. Blocking.
+    pub fn registered_or_finished_in(
+        &self,
+        start: OffsetDateTime,
+        end: OffsetDateTime,
+        keep: impl Fn(Option<&str>) -> bool,
+    ) -> Vec<Case> {
+        let within = |t: OffsetDateTime| t >= start && t < end;
+        let receipts: Vec<String> = self
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|e| within(e.created) || e.finished.is_some_and(within))
+            .filter(|e| keep(e.station.as_deref()))
+            .map(|e| e.receipt.clone())
+            .collect();
+        receipts.iter().filter_map(|r| self.get(r)).collect()
+    }
+
     /// The receipts of the cases whose station `keep` takes (None: a case with no station).
     pub fn receipts_of_stations(
         &self,
@@ -739,6 +761,46 @@ mod tests {
     fn act(cases: &Cases, r: &str, a: Value, w: &Signed) -> Result<Case, CaseError> {
         let a: Action = serde_json::from_value(a).unwrap();
         cases.act(r, &a, w, &w.name, &places()).map(|(c, _)| c)
+    }
+
+    #[test]
+    fn a_window_holds_the_cases_registered_or_finished_in_it_of_the_stations_asked() {
+        let cases = Cases::open(&MemoryState::default(), Clock::system()).unwrap();
+        let t = |d: i64| OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000 + d);
+        let case =
+            |n: u32, station: &str, created: OffsetDateTime, closed: Option<OffsetDateTime>| {
+                let mut c = Case::registered(
+                    &format!("gw-1-{n:06}-ABCD"),
+                    "gw-1",
+                    json!({"category": "report", "title": "路灯不亮"}),
+                    created,
+                );
+                c.station = Some(station.into());
+                if let Some(at) = closed {
+                    c.status = "closed".into();
+                    c.history
+                        .push(HistoryEntry::new("resolved", "网格员", "", at));
+                    c.history
+                        .push(HistoryEntry::new("closed", "网格员", "", at));
+                }
+                c
+            };
+        cases
+            .import([
+                case(1, "B11", t(0), Some(t(12))),  // before, finished in it
+                case(2, "B11", t(11), None),        // registered in it
+                case(3, "B11", t(0), None),         // before, still open
+                case(4, "B11", t(0), Some(t(5))),   // before, finished before
+                case(5, "B12", t(11), None),        // another station's
+                case(6, "B11", t(20), Some(t(21))), // after
+            ])
+            .unwrap();
+        let got: Vec<String> = cases
+            .registered_or_finished_in(t(10), t(15), |st| st == Some("B11"))
+            .into_iter()
+            .map(|c| c.receipt)
+            .collect();
+        assert_eq!(got, ["gw-1-000002-ABCD", "gw-1-000001-ABCD"]);
     }
 
     #[test]

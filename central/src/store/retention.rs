@@ -347,12 +347,18 @@ pub(crate) mod tests {
         assert_eq!((again.new, again.duplicates), (0, 1));
         assert_eq!(seqs(&s, &gw), vec![2, 4, 5]);
 
-        // The alert's time (a year) is not an hour: its bucket ends weeks from now.
-        assert!(s.expired_buckets(EventClass::Alert, cutoff).is_empty());
-        assert!(s.expired_buckets(EventClass::Alert, now).is_empty());
+        // The alert's time (a year) is not an hour: its bucket is a week wide, and expires
+        // only when a cutoff passes the week's end (which may be any time after the batch:
+        // weeks are cut from the epoch, not from when a batch came).
         let alerts = s.expired_buckets(EventClass::Alert, i64::MAX);
         assert_eq!(alerts.len(), 1);
         assert_eq!(alerts[0].width_ms, 7 * 24 * 3600 * 1000);
+        let week_end = alerts[0].start_ms + alerts[0].width_ms;
+        assert!(week_end > now - 2 * hour.whole_milliseconds() as i64);
+        assert!(s
+            .expired_buckets(EventClass::Alert, week_end - 1)
+            .is_empty());
+        assert_eq!(s.expired_buckets(EventClass::Alert, week_end).len(), 1);
         // A page at a time, the last one short.
         for n in 10..40 {
             s.store_batch(&gw, &[ev(n, EventClass::Submission)])
