@@ -371,13 +371,14 @@ pub async fn start_with<T: Transport>(
         logins: logins::LoginGuard::default(),
         bundles,
         notifier: Arc::new(
-            notify::Notifier::new(
-                state.table("notices").map_err(CentralError::State)?,
+            notify::Notifier::open(
+                state,
                 clock,
                 config.notify.clone(),
                 config.central.client_id(),
                 metrics.clone(),
             )
+            .map_err(CentralError::State)?
             .with_directory(directory),
         ),
         metrics,

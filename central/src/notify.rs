@@ -2,8 +2,9 @@
 //! 督办, a deadline near, an escalated alert) leaves as signed JSON to the deployment's webhook.
 //!
 //! A notice is stored before anything is sent (state table `notices`, shared by replicas), so a
-//! restart loses none. A worker on each replica claims a due notice by compare-and-set for a
-//! short while, posts it, and marks it sent on a 2xx; otherwise it waits `retry_after`, doubled
+//! restart loses none. Pending notices are also listed by when they are due (`notices_due`), so
+//! that the worker looks only at those, not at every notice of the week. A worker on each
+//! replica claims a due notice by compare-and-set for a short while, posts it, and marks it sent on a 2xx; otherwise it waits `retry_after`, doubled
 //! each time (at most 10 min), until `max_attempts`, when the notice is kept as `failed` and
 //! shown (`GET /api/v1/notices?state=failed`). Delivery is at least once: a replica that dies
 //! between the post and the mark leaves it to be sent again, so receivers deduplicate by `id`.
@@ -65,8 +66,14 @@ const MAX_WAIT: Duration = Duration::from_secs(600);
 /// Sent notices are kept this long (to look up), then dropped.
 const KEEP_SENT: time::Duration = time::Duration::days(7);
 
+/// How often the whole table is read: sent notices past `KEEP_SENT` dropped, and a pending
+/// notice missing from the due list (its process stopped between the two writes) listed.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
 pub struct Notifier {
     table: Arc<dyn Table>,
+    /// Pending notices by when they are due: `<next_at, 20 digits of ns>/<id>` → nothing.
+    due: Arc<dyn Table>,
     clock: Clock,
     config: NotifyConfig,
     replica: String,
@@ -78,15 +85,16 @@ pub struct Notifier {
 }
 
 impl Notifier {
-    pub fn new(
-        table: Arc<dyn Table>,
+    pub fn open(
+        state: &dyn crate::state::StateStore,
         clock: Clock,
         config: NotifyConfig,
         replica: String,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
-        Self {
-            table,
+    ) -> Result<Self, crate::state::StateError> {
+        Ok(Self {
+            table: state.table("notices")?,
+            due: state.table("notices_due")?,
             clock,
             config,
             replica,
@@ -94,7 +102,7 @@ impl Notifier {
             wake: tokio::sync::Notify::new(),
             metrics,
             directory: None,
-        }
+        })
     }
 
     /// Finds the duty phones of assignees in `masterdata`.
@@ -146,11 +154,21 @@ impl Notifier {
                     .insert(id.as_bytes(), v)
                     .map_err(|e| e.to_string())
             })
-            .and_then(|()| self.table.flush().map_err(|e| e.to_string()));
+            .and_then(|()| self.list_due(&notice).map_err(|e| e.to_string()))
+            .and_then(|()| self.table.flush().map_err(|e| e.to_string()))
+            .and_then(|()| self.due.flush().map_err(|e| e.to_string()));
         match stored {
             Ok(()) => self.wake.notify_one(),
             Err(e) => tracing::error!(kind, error = %e, "cannot keep a notice"),
         }
+    }
+
+    fn due_key(n: &Notice) -> Vec<u8> {
+        format!("{:020}/{}", n.next_at.unix_timestamp_nanos().max(0), n.id).into_bytes()
+    }
+
+    fn list_due(&self, n: &Notice) -> Result<(), crate::state::StateError> {
+        self.due.insert(&Self::due_key(n), Vec::new())
     }
 
     /// Notices newest first, of one state or all.
@@ -176,7 +194,13 @@ impl Notifier {
                 return;
             }
         };
+        let mut swept: Option<std::time::Instant> = None;
         loop {
+            if swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+                swept = Some(std::time::Instant::now());
+                let me = self.clone();
+                let _ = tokio::task::spawn_blocking(move || me.sweep()).await;
+            }
             let due = {
                 let me = self.clone();
                 tokio::task::spawn_blocking(move || me.claim_due())
@@ -204,28 +228,56 @@ impl Notifier {
         }
     }
 
-    /// Pending notices whose time has come, each claimed by this replica (by compare-and-set:
-    /// another replica's claim wins). The same pass counts what waits and drops notices sent
-    /// more than `KEEP_SENT` ago, so the table does not grow with every notice ever sent.
-    /// Blocking.
-    fn claim_due(&self) -> Vec<(Vec<u8>, Notice)> {
+    /// Reads every notice: drops those sent more than `KEEP_SENT` ago, so the table does not
+    /// grow with every notice ever sent, and lists any pending one the due list lacks. Blocking.
+    fn sweep(&self) {
         let now = self.clock.now_utc();
-        let mut out = Vec::new();
-        let mut pending = 0;
-        let mut old = Vec::new();
+        let (mut dropped, mut listed) = (0, 0);
         for (key, raw) in self.table.scan(b"").filter_map(Result::ok) {
-            let Ok(mut n) = serde_json::from_slice::<Notice>(&raw) else {
+            let Ok(n) = serde_json::from_slice::<Notice>(&raw) else {
                 continue;
             };
             if n.state == "sent" && n.sent_at.is_some_and(|t| now - t > KEEP_SENT) {
-                old.push(key);
-                continue;
+                dropped += usize::from(self.table.remove(&key).is_ok());
+            } else if n.state == "pending"
+                && !matches!(self.due.get(&Self::due_key(&n)), Ok(Some(_)))
+                && self.list_due(&n).is_ok()
+            {
+                listed += 1;
             }
-            if n.state != "pending" {
-                continue;
-            }
+        }
+        if dropped + listed > 0 {
+            tracing::info!(dropped, listed, "notices swept");
+        }
+    }
+
+    /// Pending notices whose time has come, each claimed by this replica (by compare-and-set:
+    /// another replica's claim wins), read from the due list in time order. An entry that no
+    /// longer matches its notice (sent, or due at another time by now) is dropped. Blocking.
+    fn claim_due(&self) -> Vec<(Vec<u8>, Notice)> {
+        let now = self.clock.now_utc();
+        let now_key = format!("{:020}", now.unix_timestamp_nanos().max(0));
+        let mut out = Vec::new();
+        let mut pending = 0;
+        for (due_key, _) in self.due.scan(b"").filter_map(Result::ok) {
             pending += 1;
-            if n.next_at > now || out.len() >= 32 {
+            if out.len() >= 32 || due_key.get(..20).is_none_or(|t| t > now_key.as_bytes()) {
+                continue;
+            }
+            let id = due_key.get(21..).unwrap_or_default();
+            let held = self.table.get(id).ok().flatten();
+            let notice = held
+                .as_deref()
+                .and_then(|raw| serde_json::from_slice::<Notice>(raw).ok());
+            let Some((raw, mut n)) = held.zip(notice) else {
+                let _ = self.due.remove(&due_key);
+                pending -= 1;
+                continue;
+            };
+            if n.state != "pending" || Self::due_key(&n) != due_key {
+                // Stale: another replica claimed or settled it meanwhile.
+                let _ = self.due.remove(&due_key);
+                pending -= 1;
                 continue;
             }
             n.claimed_by = Some(self.replica.clone());
@@ -234,12 +286,13 @@ impl Notifier {
             let Ok(v) = serde_json::to_vec(&n) else {
                 continue;
             };
-            if matches!(self.table.replace_if(&key, &raw, v.clone()), Ok(true)) {
+            if matches!(self.table.replace_if(id, &raw, v.clone()), Ok(true)) {
+                // Listed at the claim's end first: should this replica die while sending, the
+                // notice is due again then.
+                let _ = self.list_due(&n);
+                let _ = self.due.remove(&due_key);
                 out.push((v, n));
             }
-        }
-        for key in old {
-            let _ = self.table.remove(&key);
         }
         self.metrics.notices_pending.set(pending);
         out
@@ -298,6 +351,7 @@ impl Notifier {
     /// Marks a claimed notice sent, or due again later, or failed. Blocking.
     fn settle(&self, held: Vec<u8>, mut n: Notice, outcome: Result<(), String>) {
         let now = self.clock.now_utc();
+        let claimed = Self::due_key(&n);
         n.attempts += 1;
         n.claimed_by = None;
         match outcome {
@@ -333,7 +387,12 @@ impl Notifier {
         };
         match self.table.replace_if(n.id.as_bytes(), &held, v) {
             Ok(true) => {
+                if n.state == "pending" {
+                    let _ = self.list_due(&n);
+                }
+                let _ = self.due.remove(&claimed);
                 let _ = self.table.flush();
+                let _ = self.due.flush();
             }
             Ok(false) => tracing::warn!(id = %n.id, "a notice changed while it was sent"),
             Err(e) => tracing::error!(id = %n.id, error = %e, "cannot keep a notice's outcome"),
@@ -366,6 +425,54 @@ fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn notifier(state: &crate::state::MemoryState) -> Notifier {
+        let config = firmware_config::config::parse_elsewhere(
+            firmware_config::examples::CENTRAL,
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new(&config));
+        Notifier::open(state, Clock::system(), Default::default(), "r1".into(), metrics).unwrap()
+    }
+
+    #[test]
+    fn the_worker_reads_the_due_list_and_a_sweep_mends_it() {
+        let state = crate::state::MemoryState::default();
+        let n = notifier(&state);
+        n.keep("case.status", "webhook", json!({"receipt": "a"}));
+        n.keep("case.status", "webhook", json!({"receipt": "b"}));
+        let claimed = n.claim_due();
+        assert_eq!(claimed.len(), 2);
+        assert_eq!(n.due.len(), 2, "each listed again at its claim's end");
+        assert!(n.claim_due().is_empty(), "claimed: not due again yet");
+
+        let mut claimed = claimed.into_iter();
+        let (held, sent) = claimed.next().unwrap();
+        n.settle(held, sent.clone(), Ok(()));
+        let (held, failed) = claimed.next().unwrap();
+        n.settle(held, failed.clone(), Err("503".into()));
+        assert_eq!(n.due.len(), 1, "the sent one is off the list");
+        let retry = n.list(Some("pending"), 10);
+        assert_eq!(retry.len(), 1);
+        assert_eq!(retry[0].id, failed.id);
+        assert_eq!(
+            n.due.scan(b"").next().unwrap().unwrap().0,
+            Notifier::due_key(&retry[0]),
+            "listed at its retry's time"
+        );
+
+        // An entry for a notice sent meanwhile (another replica's) is dropped, not sent.
+        let stale = format!("{:020}/{}", 1, sent.id).into_bytes();
+        n.due.insert(&stale, Vec::new()).unwrap();
+        assert!(n.claim_due().is_empty());
+        assert_eq!(n.due.len(), 1);
+
+        // A pending notice the list lost (a stop between the two writes) is listed again.
+        n.due.remove(&Notifier::due_key(&retry[0])).unwrap();
+        n.sweep();
+        assert_eq!(n.due.len(), 1);
+    }
 
     #[test]
     fn hmac_is_rfc_4231s() {

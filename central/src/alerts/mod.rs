@@ -222,10 +222,28 @@ impl Alerts {
     }
 }
 
-/// Every case that is overdue, or handled (to clear an alert it may have).
-fn overdue_cases(cases: &crate::cases::Cases, now: OffsetDateTime) -> Vec<Observation> {
+/// The cases whose overdue alert may change: overdue and not known to be, or handled while
+/// known overdue (`known`, or an open alert: the set is empty after a restart).
+fn overdue_cases(
+    cases: &crate::cases::Cases,
+    alerts: &Alerts,
+    known: &std::collections::HashSet<String>,
+    now: OffsetDateTime,
+) -> Vec<Observation> {
+    let alerted: std::collections::HashSet<String> = alerts
+        .engine()
+        .list(false)
+        .into_iter()
+        .filter(|a| a.rule == "case.overdue" && !a.cleared)
+        .filter_map(|a| {
+            a.detail
+                .get("receipt")
+                .and_then(|r| r.as_str())
+                .map(str::to_owned)
+        })
+        .collect();
     cases
-        .list(None)
+        .overdue_changes(now, |r| known.contains(r) || alerted.contains(r))
         .iter()
         .filter_map(|c| rules::case_overdue(c, cases.fallback(), now))
         .collect()
@@ -298,13 +316,15 @@ pub async fn watch(w: Watch, token: tokio_util::sync::CancellationToken) {
             cases_checked = w.clock.instant();
             let cases = w.cases.clone();
             let alerts = w.alerts.clone();
-            let (found, reminded) = tokio::task::spawn_blocking(move || {
+            let known = std::mem::take(&mut overdue);
+            let (found, reminded, known) = tokio::task::spawn_blocking(move || {
                 // Reminders of the gateways this replica holds: each case's once.
                 let reminded = cases.remind(now, |gw| alerts.owns(gw));
-                (overdue_cases(&cases, now), reminded)
+                (overdue_cases(&cases, &alerts, &known, now), reminded, known)
             })
             .await
             .unwrap_or_default();
+            overdue = known;
             for c in &reminded {
                 tracing::info!(receipt = %c.receipt, assignee = ?c.assignee, due = ?c.due, "a case's deadline is near; its assignee is reminded");
                 w.notifier
@@ -376,19 +396,22 @@ mod watch_tests {
             registry: registry.clone(),
             alerts: alerts.clone(),
             cases: Arc::new(crate::cases::Cases::open(&state, Clock::system()).unwrap()),
-            notifier: Arc::new(crate::notify::Notifier::new(
-                state.table("notices").unwrap(),
-                Clock::system(),
-                Default::default(),
-                "test".into(),
-                Arc::new(crate::metrics::Metrics::new(
-                    &firmware_config::config::parse_elsewhere(
-                        firmware_config::examples::CENTRAL,
-                        std::path::Path::new("/"),
-                    )
-                    .unwrap(),
-                )),
-            )),
+            notifier: Arc::new(
+                crate::notify::Notifier::open(
+                    &state,
+                    Clock::system(),
+                    Default::default(),
+                    "test".into(),
+                    Arc::new(crate::metrics::Metrics::new(
+                        &firmware_config::config::parse_elsewhere(
+                            firmware_config::examples::CENTRAL,
+                            std::path::Path::new("/"),
+                        )
+                        .unwrap(),
+                    )),
+                )
+                .unwrap(),
+            ),
             masterdata: Arc::new(
                 crate::masterdata::MasterData::open(&state, Clock::system()).unwrap(),
             ),

@@ -632,6 +632,31 @@ impl Cases {
 
     /// Open cases whose reminder time has come, of the gateways `owned` says: each is marked
     /// reminded (once, whichever replica gets there first) and returned. Blocking.
+    /// The cases whose overdue alert may change: open and overdue but not `flagged`, or no
+    /// longer open and `flagged` (a receipt with an overdue alert). Read through the index, so
+    /// that the alert watch reads only those, not every case, every few seconds. Blocking.
+    pub fn overdue_changes(
+        &self,
+        now: OffsetDateTime,
+        flagged: impl Fn(&str) -> bool,
+    ) -> Vec<Case> {
+        let receipts: Vec<String> = self
+            .index
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|e| {
+                if e.open {
+                    e.is_overdue(self.fallback, now) && !flagged(&e.receipt)
+                } else {
+                    flagged(&e.receipt)
+                }
+            })
+            .map(|e| e.receipt.clone())
+            .collect();
+        receipts.iter().filter_map(|r| self.get(r)).collect()
+    }
+
     pub fn remind(&self, now: OffsetDateTime, owned: impl Fn(&str) -> bool) -> Vec<Case> {
         let due: Vec<String> = self
             .index
@@ -801,6 +826,45 @@ mod tests {
             .map(|c| c.receipt)
             .collect();
         assert_eq!(got, ["gw-1-000002-ABCD", "gw-1-000001-ABCD"]);
+    }
+
+    #[test]
+    fn only_cases_whose_overdue_alert_may_change_are_read() {
+        let cases = Cases::open(&MemoryState::default(), Clock::system())
+            .unwrap()
+            .with_policy(UtcOffset::UTC, Duration::from_secs(3600));
+        let now = OffsetDateTime::now_utc();
+        let case = |n: u32, age_hours: i64, closed: bool| {
+            let mut c = Case::registered(
+                &format!("gw-1-{n:06}-ABCD"),
+                "gw-1",
+                json!({"category": "report", "title": "井盖缺失"}),
+                now - time::Duration::hours(age_hours),
+            );
+            if closed {
+                c.status = "closed".into();
+                c.history
+                    .push(HistoryEntry::new("closed", "网格员", "", now));
+            }
+            c
+        };
+        cases
+            .import([
+                case(1, 5, false), // overdue, not yet known
+                case(2, 5, false), // overdue, known
+                case(3, 5, true),  // closed while known overdue
+                case(4, 5, true),  // closed, never overdue as far as the watch knows
+                case(5, 0, false), // within its time
+            ])
+            .unwrap();
+        let known = ["gw-1-000002-ABCD", "gw-1-000003-ABCD"];
+        let mut got: Vec<String> = cases
+            .overdue_changes(now, |r| known.contains(&r))
+            .into_iter()
+            .map(|c| c.receipt)
+            .collect();
+        got.sort();
+        assert_eq!(got, ["gw-1-000001-ABCD", "gw-1-000003-ABCD"]);
     }
 
     #[test]
