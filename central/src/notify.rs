@@ -433,7 +433,14 @@ mod tests {
         )
         .unwrap();
         let metrics = Arc::new(crate::metrics::Metrics::new(&config));
-        Notifier::open(state, Clock::system(), Default::default(), "r1".into(), metrics).unwrap()
+        Notifier::open(
+            state,
+            Clock::system(),
+            Default::default(),
+            "r1".into(),
+            metrics,
+        )
+        .unwrap()
     }
 
     #[test]
