@@ -15,6 +15,12 @@ pub const UPSTREAM_STOP: &str = "video.upstream.stop";
 pub const CONFIG_BUNDLE: &str = "config.bundle";
 pub const SUBMISSION_STATUS: &str = "submission.status";
 pub const MEETING_INVITE: &str = "meeting.invite";
+pub const CLIP_TAKE: &str = "camera.clip";
+pub const CLIP_LIST: &str = "camera.clips";
+pub const CLIP_READ: &str = "camera.clip.read";
+
+/// The most of a clip one `camera.clip.read` reply carries (base64 makes it a third more).
+pub const CLIP_READ_MAX: u64 = 512 * 1024;
 
 /// Why a command was refused; its text is the reply's message.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +39,12 @@ pub enum CommandRefusal {
     NoCamera(String),
     #[error("camera {0:?} has no snapshot yet")]
     NoSnapshot(String),
+    #[error(transparent)]
+    Clip(#[from] crate::clips::ClipError),
+    #[error("no clip {1} of camera {0:?} ({2})")]
+    NoClip(String, u64, String),
+    #[error("clip {0}: {1}")]
+    ClipRead(u64, String),
     #[error(transparent)]
     Upstream(#[from] crate::video::upstream::UpstreamError),
     #[error(transparent)]
@@ -95,8 +107,25 @@ pub fn handle(shared: &Arc<Shared>, cmd: &Command) -> Option<CommandReply> {
             };
         return Some(reply(cmd, result));
     }
+    if cmd.name == CLIP_READ {
+        // A file read, off the session loop; the reply follows through `shared.replies`.
+        let (shared, cmd) = (shared.clone(), cmd.clone());
+        tokio::task::spawn_blocking(move || {
+            let _ = shared
+                .replies
+                .send(reply(&cmd, clip_read(&shared, &cmd.args)));
+        });
+        return None;
+    }
     let result = match cmd.name.as_str() {
         SNAPSHOT => snapshot(shared, &cmd.args),
+        CLIP_TAKE => clip_take(shared, &cmd.args),
+        CLIP_LIST => camera_arg(&cmd.args).and_then(|c| {
+            if !shared.config().cameras.iter().any(|k| k.id == c) {
+                return Err(CommandRefusal::NoCamera(c.to_owned()));
+            }
+            Ok(json!({ "camera": c, "clips": shared.clips.list(c) }))
+        }),
         UPSTREAM_START => upstream_start(shared, &cmd.args),
         UPSTREAM_STOP => camera_arg(&cmd.args)
             .map(|c| json!({ "camera": c, "was_running": shared.upstreams.stop(c) })),
@@ -143,6 +172,63 @@ fn upstream_start(shared: &Shared, args: &Value) -> Result<Value, CommandRefusal
         .start(id, url.to_owned(), live.hub().clone(), &shared.token)?;
     live.prepare();
     Ok(json!({ "camera": id }))
+}
+
+/// `camera.clip {"camera": id, "by"?}`: a clip of the camera now (an operator's request), as
+/// for an alert: named at once, written `clips.post` later.
+fn clip_take(shared: &Shared, args: &Value) -> Result<Value, CommandRefusal> {
+    let id = camera_arg(args)?;
+    let by = args.get("by").and_then(Value::as_str).unwrap_or("central");
+    let clip = shared
+        .clips
+        .take(id, "operator", std::time::SystemTime::now())?;
+    tracing::info!(
+        camera = id,
+        clip = clip.id,
+        by,
+        "clip asked for by an operator"
+    );
+    Ok(json!(clip))
+}
+
+/// `camera.clip.read {"camera", "clip", "offset", "length"}`: up to `CLIP_READ_MAX` bytes of a
+/// written clip from `offset`, base64 in `data.data`, with the clip's whole size. Blocking.
+fn clip_read(shared: &Shared, args: &Value) -> Result<Value, CommandRefusal> {
+    use std::io::{Read, Seek};
+    let camera = camera_arg(args)?;
+    let clip = args
+        .get("clip")
+        .and_then(Value::as_u64)
+        .ok_or(CommandRefusal::Missing("clip (a clip id)"))?;
+    let offset = args.get("offset").and_then(Value::as_u64).unwrap_or(0);
+    let length = args
+        .get("length")
+        .and_then(Value::as_u64)
+        .unwrap_or(CLIP_READ_MAX)
+        .min(CLIP_READ_MAX);
+    let Some(path) = shared.clips.file(camera, clip) else {
+        let why = shared
+            .clips
+            .get(camera, clip)
+            .map_or("not kept".to_owned(), |i| i.state);
+        return Err(CommandRefusal::NoClip(camera.to_owned(), clip, why));
+    };
+    let read = || -> std::io::Result<(u64, Vec<u8>)> {
+        let mut f = std::fs::File::open(&path)?;
+        let size = f.metadata()?.len();
+        f.seek(std::io::SeekFrom::Start(offset.min(size)))?;
+        let mut buf = Vec::with_capacity(length.min(size.saturating_sub(offset)) as usize);
+        f.take(length).read_to_end(&mut buf)?;
+        Ok((size, buf))
+    };
+    let (size, data) = read().map_err(|e| CommandRefusal::ClipRead(clip, e.to_string()))?;
+    Ok(json!({
+        "camera": camera,
+        "clip": clip,
+        "size": size,
+        "offset": offset,
+        "data": base64::engine::general_purpose::STANDARD.encode(&data),
+    }))
 }
 
 /// `camera.snapshot {"camera": id}`: the camera's latest JPEG, base64 in `data.jpeg`.

@@ -217,7 +217,7 @@ impl Runner {
             .unwrap_or(time::UtcOffset::UTC);
         for (id, cam) in start {
             let analysis = Analysis::new(&cam, shared.cameras.clone(), offset, shared.clock);
-            let live = crate::video::Live::new();
+            let live = crate::video::Live::with_ring(config.clips.pre);
             shared.set_camera(&id, Some((analysis.clone(), live.clone())));
             let session = CameraSession::new(
                 cam.clone(),

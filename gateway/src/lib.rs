@@ -7,6 +7,7 @@
 pub mod api;
 pub mod bundles;
 pub mod camera;
+pub mod clips;
 pub mod commands;
 pub mod devices;
 pub mod dispatch;
@@ -82,7 +83,9 @@ pub struct Shared {
     /// Snapshots and sensing per running camera.
     analyses: RwLock<BTreeMap<String, Arc<camera::Analysis>>>,
     /// Live video per running camera.
-    lives: RwLock<BTreeMap<String, video::Live>>,
+    lives: clips::Lives,
+    /// Alert clips of every camera.
+    pub clips: clips::Clips,
     /// Video pushed to central's relay.
     pub upstreams: video::upstream::Upstreams,
     pub terminals: terminals::Terminals,
@@ -138,11 +141,7 @@ impl Shared {
     }
 
     pub fn live(&self, camera: &str) -> Option<video::Live> {
-        self.lives
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(camera)
-            .cloned()
+        self.lives.get(camera)
     }
 
     pub(crate) fn set_config(&self, config: Arc<GatewayConfig>, tokens: api::auth::DeviceTokens) {
@@ -159,15 +158,14 @@ impl Shared {
             .analyses
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut l = self.lives.write().unwrap_or_else(PoisonError::into_inner);
         match running {
             Some((analysis, live)) => {
                 a.insert(id.to_owned(), analysis);
-                l.insert(id.to_owned(), live);
+                self.lives.set(id, Some(live));
             }
             None => {
                 a.remove(id);
-                l.remove(id);
+                self.lives.set(id, None);
             }
         }
     }
@@ -319,7 +317,17 @@ pub async fn start_with<T: Transport>(
     // A bundle applied earlier rules over the file for what bundles may change.
     let (bundles, config) = bundles::Bundles::open(config)?;
     let tokens = api::auth::DeviceTokens::from_config(&config);
-    let cameras = camera::Cameras::new(&config, outbox.clone());
+    let lives = clips::Lives::default();
+    let clip_dir = config.storage.dir.join("clips");
+    let clips =
+        clips::Clips::open(&clip_dir, config.clips.clone(), lives.clone()).map_err(|source| {
+            GatewayError::Storage {
+                path: clip_dir.display().to_string(),
+                source,
+            }
+        })?;
+    clips.prune(std::time::SystemTime::now());
+    let cameras = camera::Cameras::new(&config, outbox.clone()).with_clips(clips.clone());
     metrics.register_cameras(cameras.clone());
     let (terminals, terminal_events) = terminals::Terminals::new(&config, clock.instant());
     metrics.register_terminals(terminals.clone());
@@ -375,7 +383,8 @@ pub async fn start_with<T: Transport>(
         outbox,
         cameras,
         analyses: RwLock::default(),
-        lives: RwLock::default(),
+        lives,
+        clips,
         upstreams: video::upstream::Upstreams::new(push_tls),
         terminals,
         devices,

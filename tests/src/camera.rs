@@ -74,6 +74,8 @@ pub struct CameraOptions {
     pub auth: Option<(String, String)>,
     /// Replay this pre-encoded Annex B file in a loop instead of encoding live.
     pub replay: Option<PathBuf>,
+    /// `Pattern::Object`: the object shows only after this many seconds of streaming.
+    pub object_after: Option<u32>,
 }
 
 impl Default for CameraOptions {
@@ -87,6 +89,7 @@ impl Default for CameraOptions {
             keyint: None,
             auth: None,
             replay: None,
+            object_after: None,
         }
     }
 }
@@ -156,6 +159,9 @@ impl TestCamera {
             .args(["--fps", &o.fps.to_string()]);
         if let Pattern::Object(x, y) = o.pattern {
             cmd.args(["--object-at", &format!("{x},{y}")]);
+            if let Some(after) = o.object_after {
+                cmd.args(["--object-after", &after.to_string()]);
+            }
         }
         if let Some(k) = o.keyint {
             cmd.args(["--keyint", &k.to_string()]);

@@ -623,8 +623,22 @@ impl TestGateway {
         tls: Option<&TlsFiles>,
         storage_extra: &str,
     ) -> Result<Self> {
+        Self::start_in_areas(id, broker_url, tls, &[], storage_extra).await
+    }
+
+    /// Like [`Self::start_with`], for a centre serving `areas` (`site.areas`).
+    pub async fn start_in_areas(
+        id: &str,
+        broker_url: &str,
+        tls: Option<&TlsFiles>,
+        areas: &[&str],
+        storage_extra: &str,
+    ) -> Result<Self> {
         let dir = FixtureDir::new("gateway")?;
-        let text = gateway_toml(dir.path(), id, broker_url, tls, 0) + storage_extra;
+        let mut text = gateway_toml(dir.path(), id, broker_url, tls, 0) + storage_extra;
+        if !areas.is_empty() {
+            text = text.replacen("[gateway]\n", &format!("areas = {areas:?}\n[gateway]\n"), 1);
+        }
         let cfg: GatewayConfig = config::parse(&text, dir.path())?;
         let token = CancellationToken::new();
         let running = gateway::start(cfg, token.clone()).await?;

@@ -83,6 +83,11 @@ impl Reach {
         }
     }
 
+    /// Whether the operator reaches gateway `gateway`'s centre (its cameras, clips, pictures).
+    pub(crate) fn reaches_gateway(&self, gateway: &str) -> bool {
+        self.scope.is_none() || self.gateways.contains(gateway)
+    }
+
     pub(crate) fn reaches(&self, a: &Alert) -> bool {
         if self.scope.is_none() {
             return true;

@@ -1,4 +1,4 @@
-//! Cameras on the gateway's API: their health and their pictures.
+//! Cameras on the gateway's API: their health, their pictures and their alert clips.
 //!
 //! Pictures of a public-security camera are for the centre's video terminals and screens
 //! only: they need the token of such a terminal, not of a kiosk or an event source.
@@ -78,6 +78,83 @@ pub async fn evidence(
             format!("snapshot {reference} of camera {id:?} is no longer kept"),
         )
     })
+}
+
+/// `GET /api/v1/cameras/{id}/clips`: the camera's alert clips, newest first (those being
+/// recorded too), for video terminals and screens.
+pub async fn clips(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    viewer(&shared, &headers)?;
+    if !shared.config().cameras.iter().any(|c| c.id == id) {
+        return Err(unknown(&id));
+    }
+    let clips: Vec<serde_json::Value> = shared
+        .clips
+        .list(&id)
+        .into_iter()
+        .map(|c| {
+            let path = c.path();
+            let mut v = serde_json::json!(c);
+            v["path"] = serde_json::json!(path);
+            v
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "camera": id, "clips": clips })))
+}
+
+/// `GET /api/v1/cameras/{id}/clips/{clip}.mp4`: a written clip (byte ranges served, so a
+/// player can seek), for video terminals and screens. 425 while it is still recorded.
+pub async fn clip_file(
+    State(shared): State<Arc<Shared>>,
+    Path((id, file)): Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    use tower::ServiceExt;
+    viewer(&shared, request.headers())?;
+    let clip: u64 = file
+        .strip_suffix(".mp4")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{file:?} is not a clip; expected <number>.mp4"))
+        })?;
+    let info = shared.clips.get(&id, clip).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no clip {clip} of camera {id:?} (or no longer kept)"),
+        )
+    })?;
+    let Some(path) = shared.clips.file(&id, clip) else {
+        return Err(match info.state.as_str() {
+            "recording" => ApiError::new(
+                StatusCode::TOO_EARLY,
+                format!(
+                    "clip {clip} is still being recorded; it is ready {} ms after its alert",
+                    info.until_ms - info.at_ms
+                ),
+            ),
+            _ => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "clip {clip} was not written: {}",
+                    info.error.unwrap_or_default()
+                ),
+            ),
+        });
+    };
+    // Its type from the `.mp4` name.
+    let served = tower_http::services::ServeFile::new(&path)
+        .oneshot(request)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut response = served.map(axum::body::Body::new).into_response();
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(response)
 }
 
 fn unknown(id: &str) -> ApiError {

@@ -80,6 +80,8 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/api/v1/cameras/{id}/snapshots/{file}",
             get(cameras::evidence),
         )
+        .route("/api/v1/cameras/{id}/clips", get(cameras::clips))
+        .route("/api/v1/cameras/{id}/clips/{file}", get(cameras::clip_file))
         .route(
             "/api/v1/terminals/heartbeat",
             post(terminals::heartbeat).layer(DefaultBodyLimit::max(terminals::MAX_HEARTBEAT_BYTES)),

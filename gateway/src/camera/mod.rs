@@ -39,6 +39,8 @@ pub struct Cameras {
     outbox: Outbox,
     /// Where events recorded from decoder threads are appended.
     runtime: Option<tokio::runtime::Handle>,
+    /// Clips of the alerts sensing raises (none: no clips).
+    clips: Option<crate::clips::Clips>,
 }
 
 impl Cameras {
@@ -53,7 +55,14 @@ impl Cameras {
             last_reported: Default::default(),
             outbox,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            clips: None,
         }
+    }
+
+    /// Takes a clip of each alert sensing raises on a camera.
+    pub fn with_clips(mut self, clips: crate::clips::Clips) -> Self {
+        self.clips = Some(clips);
+        self
     }
 
     /// Follows a new config: cameras added start connecting (or disabled), removed ones are
@@ -164,6 +173,20 @@ impl Cameras {
         });
         let at = time::OffsetDateTime::from(received).to_offset(offset);
         tracing::info!(camera = %camera.id, condition = %label, raised = finding.raised, measure = finding.measure, "sensing");
+        // What led up to it, and what followed: a clip of each raised condition.
+        let clip = match (&self.clips, finding.raised) {
+            (Some(clips), true) => {
+                match clips.take(&camera.id, &format!("camera.{label}"), received) {
+                    Ok(c) => Some(c),
+                    Err(crate::clips::ClipError::Off) => None,
+                    Err(e) => {
+                        tracing::warn!(camera = %camera.id, error = %e, "no clip of the alert");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let payload = serde_json::json!({
             "camera": camera.id,
             "name": camera.name,
@@ -174,6 +197,8 @@ impl Cameras {
             "measure": finding.measure,
             "snapshot": evidence.map(|id| format!("{}/{id}", camera.id)),
             "snapshot_path": evidence.map(|id| format!("/api/v1/cameras/{}/snapshots/{id}.jpg", camera.id)),
+            "clip": clip.as_ref().map(|c| format!("{}/{}", camera.id, c.id)),
+            "clip_path": clip.as_ref().map(crate::clips::ClipInfo::path),
         });
         let kind = Kind::Sensing {
             rule: finding.rule,

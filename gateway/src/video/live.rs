@@ -23,7 +23,9 @@ struct Muxer {
     generation: u64,
     h265: bool,
     /// Frames since the last keyframe, as received: (timestamp, keyframe, Annex B).
-    raw_gop: Vec<(i64, bool, Vec<u8>)>,
+    raw_gop: Vec<(i64, bool, Bytes)>,
+    /// The last seconds of the stream, for alert clips (none kept when clips are off).
+    ring: Option<super::ring::Ring>,
     /// Packaging into the hub, and until when at least (a viewer is joining).
     packaging: bool,
     grace_until: Option<firmware_config::runtime::clock::Instant>,
@@ -42,6 +44,35 @@ pub struct Live {
 impl Live {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A live stream that also keeps the last `keep` of the stream for clips.
+    pub fn with_ring(keep: std::time::Duration) -> Self {
+        let live = Self::default();
+        if !keep.is_zero() {
+            live.lock().ring = Some(super::ring::Ring::new(keep));
+        }
+        live
+    }
+
+    /// Records the stream from the keyframe at or before `from_ms` to `until_ms` (Unix ms).
+    pub fn record(
+        &self,
+        from_ms: i64,
+        until_ms: i64,
+    ) -> Result<tokio::sync::oneshot::Receiver<super::ring::Taken>, super::ring::RingError> {
+        match self.lock().ring.as_mut() {
+            Some(r) => r.record(from_ms, until_ms),
+            None => Err(super::ring::RingError::NoVideo),
+        }
+    }
+
+    /// The ring's bytes and frames (zero without one).
+    pub fn ring_held(&self) -> (usize, usize) {
+        self.lock()
+            .ring
+            .as_ref()
+            .map_or((0, 0), |r| (r.bytes(), r.len()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Muxer> {
@@ -91,6 +122,16 @@ impl Live {
         m.last_ts = None;
         m.h265 = h265;
         m.raw_gop.clear();
+        let default_duration = m.default_duration;
+        if let Some(ring) = m.ring.as_mut() {
+            ring.set_track(super::ring::TrackInfo {
+                sample_entry: std::sync::Arc::from(entry.as_slice()),
+                width,
+                height,
+                h265,
+                default_duration,
+            });
+        }
         let init = Bytes::from(fmp4::init_segment(&entry, width, height));
         // Pushed under the muxer's lock, so that no fragment of the old track follows it.
         self.hub.push(Piece::Init(track, init));
@@ -98,7 +139,17 @@ impl Live {
 
     /// A frame: `ts` in 90 kHz units, `data` in Annex B.
     pub fn frame(&self, ts: i64, keyframe: bool, data: Vec<u8>) {
+        // Shared from here on by the ring, the GOP kept and recordings (not copied).
+        let data = Bytes::from(data);
         let mut m = self.lock();
+        if let Some(ring) = m.ring.as_mut() {
+            ring.push(super::ring::Frame {
+                ts,
+                wall_ms: unix_ms_now(),
+                keyframe,
+                data: data.clone(),
+            });
+        }
         if keyframe {
             m.raw_gop.clear();
         }
@@ -157,11 +208,20 @@ impl Live {
         m.raw_gop = gop;
     }
 
-    /// The session ended: what was kept is stale.
+    /// The session ended: what was kept is stale, and recordings end here.
     pub fn stop(&self) {
         let mut m = self.lock();
         m.last_ts = None;
         m.raw_gop.clear();
+        if let Some(ring) = m.ring.as_mut() {
+            ring.end(true);
+        }
         self.hub.pause();
     }
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

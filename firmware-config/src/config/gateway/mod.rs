@@ -35,6 +35,9 @@ pub struct GatewayConfig {
     /// How much each kiosk may ask of the kiosk API.
     #[serde(default)]
     pub kiosk: KioskLimits,
+    /// Alert clips: each camera's last seconds kept as they came, written out around an alert.
+    #[serde(default)]
+    pub clips: ClipPolicy,
     /// Signed configuration bundles from central; without this table every bundle is refused.
     #[serde(default)]
     pub bundles: Option<BundleTrust>,
@@ -286,6 +289,50 @@ fn default_reconnect_min() -> Duration {
 }
 fn default_reconnect_max() -> Duration {
     Duration::from_secs(60)
+}
+
+/// Alert clips: a ring of each camera's compressed stream keeps the last `pre`; an alert (motion,
+/// a covered camera, a source's event naming the camera, an operator's request) writes an MP4
+/// from `pre` before it to `post` after, never re-encoded, into `storage.dir/clips`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipPolicy {
+    /// Stream kept before an alert. Default 10 s; `0s` keeps no ring and writes no clips.
+    #[serde(default = "default_clip_pre", with = "humantime_serde")]
+    pub pre: Duration,
+    /// Stream taken after it. Default 10 s; at most 5 min.
+    #[serde(default = "default_clip_post", with = "humantime_serde")]
+    pub post: Duration,
+    /// Most disk the clips may use; the oldest go first. Default 2 GiB.
+    #[serde(default = "default_clip_budget")]
+    pub disk_budget: ByteSize,
+    /// Clips older than this are deleted. Default 30 days.
+    #[serde(default = "default_clip_keep", with = "humantime_serde")]
+    pub keep: Duration,
+}
+
+impl Default for ClipPolicy {
+    fn default() -> Self {
+        Self {
+            pre: default_clip_pre(),
+            post: default_clip_post(),
+            disk_budget: default_clip_budget(),
+            keep: default_clip_keep(),
+        }
+    }
+}
+
+fn default_clip_pre() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_clip_post() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_clip_budget() -> ByteSize {
+    ByteSize::gib(2)
+}
+fn default_clip_keep() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
 }
 
 /// Where the gateway keeps its outbox and caches.

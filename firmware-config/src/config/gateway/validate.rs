@@ -67,6 +67,18 @@ impl Document for GatewayConfig {
         v.unique_ids("terminals", self.terminals.iter().map(|t| t.id.as_str()));
         self.terminal_health.validate(v);
         self.kiosk.validate(v);
+        if self.clips.post > Duration::from_secs(300) {
+            v.error("clips.post", "at most 5 min");
+        }
+        if self.clips.pre > Duration::from_secs(300) {
+            v.error("clips.pre", "at most 5 min (the ring is held in memory)");
+        }
+        if self.clips.disk_budget.0 < 16 << 20 && !self.clips.pre.is_zero() {
+            v.error(
+                "clips.disk_budget",
+                "at least 16 MiB, or clips.pre = \"0s\" for no clips",
+            );
+        }
         if let Some(b) = &self.bundles {
             if b.public_key_file.is_some() {
                 v.error(
