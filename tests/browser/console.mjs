@@ -25,6 +25,7 @@
 //   {"do":"kiosk","url":…}                      → {"ok":true} (a second page: the resident's kiosk)
 //   {"do":"kioskSubmit","category","grid","title","description","name","phone"} → {"ok":true,"receipt":…}
 //   {"do":"kioskStatus","receipt","status","contains"?,"timeoutMs"?} → {"ok":true,"text":…,"ms":…}
+//   {"do":"playClip","key","timeoutMs"?}         → {"ok":true,"width":N,"height":N,"duration":s,"played":s} (the alert's clip, tried until written)
 //   {"do":"quit"}
 // A failed step prints {"ok":false,"error":…} and the script goes on reading.
 import readline from "node:readline";
@@ -63,6 +64,22 @@ const steps = {
     return { ms: Date.now() - t0, row };
   },
   async ack(c) { await page.click(`${rowOf(c.key)} button.ack`); return {}; },
+  async playClip(c) {
+    // Asked again until the gateway has written it, then played for a moment.
+    const until = Date.now() + (c.timeoutMs || 30000);
+    for (;;) {
+      await page.click(`${rowOf(c.key)} button.clip`);
+      const loaded = await page.waitForFunction(() => {
+        const v = document.querySelector("#clip-video");
+        return v.error ? "error" : v.readyState >= 2 && v.videoWidth > 0 ? "loaded" : false;
+      }, null, { timeout: 10000 }).then((h) => h.jsonValue()).catch(() => "timeout");
+      if (loaded === "loaded") break;
+      if (Date.now() > until) throw new Error(`the clip did not load: ${loaded}`);
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    await page.waitForFunction(() => document.querySelector("#clip-video").currentTime > 0.5, null, { timeout: 10000 });
+    return page.$eval("#clip-video", (v) => ({ width: v.videoWidth, height: v.videoHeight, duration: v.duration, played: v.currentTime }));
+  },
   async note(c) {
     // Opens the alert's notes, adds one, and waits for it in the list.
     if (await page.isHidden("#alert-detail")) await page.click(`${rowOf(c.key)} button.notes`);

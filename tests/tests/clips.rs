@@ -212,6 +212,30 @@ async fn a_motion_alerts_clip_starts_before_it_and_decodes() {
     assert_eq!(taken["reason"], "operator");
     assert_eq!(taken["state"], "recording");
 
+    // Played in the console, from the alert, in Chromium.
+    let mut b = gridedge_tests::browser::ConsoleDriver::start().unwrap();
+    b.must(serde_json::json!({"do": "open", "url": central.url("/console")}))
+        .await;
+    b.must(serde_json::json!({"do": "login", "name": "super",
+        "password": gridedge_tests::services::operator_password("super")}))
+        .await;
+    let key = "gw-clips/camera/cam#camera.motion:box";
+    b.must(serde_json::json!({"do": "waitAlert", "key": key, "timeoutMs": 20000}))
+        .await;
+    let played = b
+        .must(serde_json::json!({"do": "playClip", "key": key, "timeoutMs": 30000}))
+        .await;
+    assert_eq!(
+        (played["width"].as_u64(), played["height"].as_u64()),
+        (Some(320), Some(180)),
+        "{played}"
+    );
+    assert!(
+        played["duration"].as_f64().unwrap() * 1000.0 >= duration as f64 - 200.0,
+        "{played}"
+    );
+    b.quit().await;
+
     // Another community's operator and supervisor: the centre is not theirs.
     for who in ["station-2", "community-1"] {
         let other = central.console(who).await.unwrap();
