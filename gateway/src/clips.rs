@@ -249,10 +249,9 @@ impl Clips {
     /// Writes the clip and its record (each through a temporary file, then renamed), then
     /// keeps the clips within their budget. Blocking.
     fn write(&self, mut info: ClipInfo, t: &crate::video::ring::Taken) {
-        let Some(mp4) = crate::video::clip::mp4(t) else {
+        if t.frames.is_empty() {
             return self.failed(info, "no frame in the clip's span");
-        };
-        info.bytes = mp4.len() as u64;
+        }
         info.frames = t.frames.len();
         info.starts_ms = t.frames.first().map_or(0, |f| f.wall_ms);
         info.duration_ms = crate::video::clip::duration_ms(t);
@@ -261,8 +260,15 @@ impl Clips {
         info.state = "ready".into();
         let dir = self.camera_dir(&info.camera);
         let stored = std::fs::create_dir_all(&dir)
-            .and_then(|()| write_atomically(&dir.join(format!("{}.mp4", info.id)), &mp4))
-            .and_then(|()| self.record(&info));
+            .and_then(|()| {
+                write_atomically_with(&dir.join(format!("{}.mp4", info.id)), |f| {
+                    crate::video::clip::write_mp4(t, f)
+                })
+            })
+            .and_then(|bytes| {
+                info.bytes = bytes;
+                self.record(&info)
+            });
         match stored {
             Ok(()) => {
                 tracing::info!(camera = %info.camera, clip = info.id, bytes = info.bytes, frames = info.frames, cut_short = info.cut_short, "clip written");
@@ -271,6 +277,7 @@ impl Clips {
             }
             Err(e) => {
                 let _ = std::fs::remove_file(dir.join(format!("{}.mp4", info.id)));
+                let _ = std::fs::remove_file(dir.join(format!("{}.mp4.tmp", info.id)));
                 self.failed(info, &e.to_string());
             }
         }
@@ -355,19 +362,35 @@ fn unix_ms(t: SystemTime) -> i64 {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomically_with(path, |f| {
+        std::io::Write::write_all(f, bytes)?;
+        Ok(bytes.len() as u64)
+    })
+    .map(|_| ())
+}
+
+/// Writes `path` through a temporary file beside it (`write` fills it), made durable, then
+/// renamed: a stop midway leaves the temporary file (removed at the next start), never half a
+/// clip under its name.
+pub fn write_atomically_with<T>(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
     use std::io::Write;
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().and_then(|e| e.to_str()).unwrap_or("")
     ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
+    let mut f = std::io::BufWriter::with_capacity(256 * 1024, std::fs::File::create(&tmp)?);
+    let out = write(&mut f)?;
+    f.flush()?;
+    f.get_ref().sync_all()?;
+    drop(f);
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

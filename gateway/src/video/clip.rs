@@ -5,27 +5,33 @@
 use super::fmp4;
 use super::ring::Taken;
 
-/// The MP4 of `t`, its timeline starting at zero; None when it holds no frame.
-pub fn mp4(t: &Taken) -> Option<Vec<u8>> {
-    let first = t.frames.first()?;
-    let size: usize = t.frames.iter().map(|f| f.data.len() + 120).sum();
-    let mut out = fmp4::init_segment(&t.track.sample_entry, t.track.width, t.track.height);
-    out.reserve(size);
+/// Writes the MP4 of `t` to `out`, its timeline starting at zero, a fragment at a time (a
+/// clip is not held twice in memory); the bytes written. `t` must hold a frame.
+pub fn write_mp4(t: &Taken, out: &mut impl std::io::Write) -> std::io::Result<u64> {
+    let first = t
+        .frames
+        .first()
+        .ok_or_else(|| std::io::Error::other("no frame in the clip"))?;
+    let init = fmp4::init_segment(&t.track.sample_entry, t.track.width, t.track.height);
+    out.write_all(&init)?;
+    let mut written = init.len() as u64;
     for (i, f) in t.frames.iter().enumerate() {
         let duration = match t.frames.get(i + 1) {
             Some(next) if next.ts > f.ts => (next.ts - f.ts).min(i64::from(u32::MAX)) as u32,
             _ => t.track.default_duration,
         };
-        out.extend(fmp4::fragment_from_annexb(
+        let fragment = fmp4::fragment_from_annexb(
             i as u32 + 1,
             (f.ts - first.ts).max(0) as u64,
             duration,
             f.keyframe,
             t.track.h265,
             &f.data,
-        ));
+        );
+        out.write_all(&fragment)?;
+        written += fragment.len() as u64;
     }
-    Some(out)
+    Ok(written)
 }
 
 /// How long `t` lasts, in ms (its frames' timestamps, the last one's default duration).
