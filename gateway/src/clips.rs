@@ -63,6 +63,8 @@ pub enum ClipError {
     Off,
     #[error("camera {0:?} is not running")]
     NoCamera(String),
+    #[error("the alert's time is {0} ms ago, past what a clip of it could hold")]
+    Past(i64),
     #[error("camera {0:?}: {1}")]
     Ring(String, crate::video::ring::RingError),
 }
@@ -166,9 +168,14 @@ impl Clips {
             .lives
             .get(camera)
             .ok_or_else(|| ClipError::NoCamera(camera.to_owned()))?;
-        let at_ms = unix_ms(at);
+        // A time ahead of the gateway's clock is taken as now.
+        let now_ms = unix_ms(SystemTime::now());
+        let at_ms = unix_ms(at).min(now_ms);
         let from_ms = at_ms - p.pre.as_millis() as i64;
         let until_ms = at_ms + p.post.as_millis() as i64;
+        if until_ms < now_ms {
+            return Err(ClipError::Past(now_ms - at_ms));
+        }
         // An alert within a clip being recorded is in that clip: a storm of alerts (motion
         // flickering, a door banging) is one clip per `post`, not one each.
         let recording = self
@@ -496,19 +503,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let lives = Lives::default();
         lives.set("hall", Some(streaming()));
-        let clips = Clips::open(dir.path(), ClipPolicy::default(), lives).unwrap();
+        let policy = ClipPolicy {
+            post: Duration::from_secs(30),
+            ..ClipPolicy::default()
+        };
+        let clips = Clips::open(dir.path(), policy, lives).unwrap();
         let now = SystemTime::now();
-        let first = clips.take("hall", "camera.motion:door", now).unwrap();
+        let secs = Duration::from_secs;
+        // Spanning 15 s ago to 25 s from now.
+        let first = clips
+            .take("hall", "camera.motion:door", now - secs(5))
+            .unwrap();
         assert_eq!(first.state, "recording");
-        let again = clips
-            .take("hall", "door.forced", now + Duration::from_secs(9))
+        let again = clips.take("hall", "door.forced", now - secs(1)).unwrap();
+        assert_eq!(again.id, first.id, "within it");
+        let ahead = clips.take("hall", "door.forced", now + secs(60)).unwrap();
+        assert_eq!(ahead.id, first.id, "a time ahead of the clock is now");
+        let earlier = clips
+            .take("hall", "camera.motion:door", now - secs(20))
             .unwrap();
-        assert_eq!(again.id, first.id, "within its 10 s after");
-        let next = clips
-            .take("hall", "camera.motion:door", now + Duration::from_secs(11))
-            .unwrap();
-        assert_ne!(next.id, first.id);
+        assert_ne!(earlier.id, first.id, "before its span: another clip");
         assert_eq!(clips.list("hall").len(), 2);
+        assert!(matches!(
+            clips.take("hall", "door.forced", now - secs(120)),
+            Err(ClipError::Past(_))
+        ));
     }
 
     #[test]

@@ -47,7 +47,7 @@ fn probe(mp4: &[u8]) -> (u64, u64, u64, bool) {
 }
 
 #[tokio::test]
-async fn a_motion_alerts_clip_starts_before_it_and_decodes() {
+async fn alert_clips_start_before_the_alert_decode_and_play_only_for_those_who_may_see_them() {
     init_test_logging();
     let central = TestCentral::embedded().await.unwrap();
     // The ball shows (motion starts) 6 s into the stream, when the ring holds more than `PRE`.
@@ -58,11 +58,16 @@ async fn a_motion_alerts_clip_starts_before_it_and_decodes() {
     .unwrap();
     let sensing = "[cameras.snapshot]\ninterval = \"1s\"\nwidth = 320\n[cameras.sensing]\nhold_down = \"3s\"\n\
          [[cameras.sensing.motion_zones]]\nname = \"box\"\npolygon = [[0.08, 0.08], [0.37, 0.08], [0.37, 0.37], [0.08, 0.37]]\n";
+    // A door-access source whose alerts at the hall take the camera's clip.
+    let door_token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(door_token.path(), "token-of-the-door").unwrap();
     let toml = format!(
-        "{}\n[clips]\npre = \"{}s\"\npost = \"{}s\"\n",
+        "{}\n[clips]\npre = \"{}s\"\npost = \"{}s\"\n\
+         [[sources]]\nid = \"door\"\nname = \"Door access\"\ntoken = {{ file = \"{}\" }}\nkinds = [\"door.*\"]\ncameras = [\"cam\"]\n",
         camera_toml("cam", cam.url().as_str(), sensing),
         PRE.as_secs(),
-        POST.as_secs()
+        POST.as_secs(),
+        door_token.path().display()
     );
     // The centre of 光明社区: the street's operators reach it, 红星社区's do not.
     let (status, _) = central
@@ -255,6 +260,81 @@ async fn a_motion_alerts_clip_starts_before_it_and_decodes() {
             .await;
         assert_eq!(status, 404, "{who} takes a clip");
     }
+    // A door forced at the hall: the door source's alert takes a clip (once the operator's is
+    // written: one within a clip being recorded would be that clip).
+    let operator_clip = taken["id"].as_u64().unwrap();
+    eventually(
+        "the operator's clip written",
+        Duration::from_secs(20),
+        || async {
+            let (_, _, list) = gw.get_as_viewer("/api/v1/cameras/cam/clips").await.ok()?;
+            let list: Value = serde_json::from_slice(&list).ok()?;
+            list["clips"]
+                .as_array()?
+                .iter()
+                .any(|c| c["id"] == operator_clip && c["state"] == "ready")
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap();
+    let post = |token: &'static str, camera: &'static str| {
+        let url = gw.url("/api/v1/events");
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(
+                    &serde_json::json!([{"class": "alert", "kind": "door.forced",
+                    "payload": {"door": "east", "camera": camera}}]),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+        }
+    };
+    post("token-of-the-door", "cam").await;
+    // The test source names no cameras; the door source names only "cam".
+    post("token-of-source-gw-clips", "cam").await;
+    post("token-of-the-door", "yard").await;
+    let forced = eventually(
+        "the door alerts at central",
+        Duration::from_secs(20),
+        || async {
+            let e: Vec<Value> = central_events(central.http_addr, "gw-clips")
+                .await
+                .ok()?
+                .into_iter()
+                .filter(|e| e["kind"] == "door.forced")
+                .collect();
+            (e.len() == 3).then_some(e)
+        },
+    )
+    .await
+    .unwrap();
+    let with_clip: Vec<&Value> = forced
+        .iter()
+        .filter(|e| e["payload"]["clip_path"].is_string())
+        .collect();
+    assert_eq!(with_clip.len(), 1, "{forced:?}");
+    assert_eq!(with_clip[0]["source"], "door", "{forced:?}");
+    let door_clip = with_clip[0]["payload"]["clip_path"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _, _) = eventually(
+        "the door's clip written",
+        Duration::from_secs(20),
+        || async {
+            let r = gw.get_as_viewer(&door_clip).await.ok()?;
+            (r.0 == 200).then_some(r)
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+
     let anon = reqwest::get(central.url(&url))
         .await
         .unwrap()

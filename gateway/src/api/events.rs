@@ -183,12 +183,15 @@ async fn accept(
     let n = events.len();
     let new = events
         .into_iter()
-        .map(|e| NewEvent {
-            class: e.class,
-            kind: e.kind,
-            payload: e.payload,
-            time_ms: e.time_ms,
-            source: Some(source.to_owned()),
+        .map(|e| {
+            let payload = with_clip(shared, src, &e);
+            NewEvent {
+                class: e.class,
+                kind: e.kind,
+                payload: payload.unwrap_or(e.payload),
+                time_ms: e.time_ms,
+                source: Some(source.to_owned()),
+            }
         })
         .collect();
     let quota = src
@@ -212,6 +215,39 @@ async fn accept(
         "events accepted"
     );
     Ok(seqs)
+}
+
+/// An alert naming one of the source's cameras (`payload.camera`) takes a clip of it, as a
+/// sensing alert does; its payload then names the clip (`clip`, `clip_path`).
+fn with_clip(
+    shared: &Shared,
+    src: &firmware_config::config::gateway::EventSource,
+    e: &InEvent,
+) -> Option<Box<RawValue>> {
+    if e.class != EventClass::Alert || src.cameras.is_empty() {
+        return None;
+    }
+    let mut payload: serde_json::Value = serde_json::from_str(e.payload.get()).ok()?;
+    let camera = payload.get("camera")?.as_str()?.to_owned();
+    if !src.cameras.contains(&camera) {
+        return None;
+    }
+    let at = e
+        .time_ms
+        .and_then(|ms| u64::try_from(ms).ok())
+        .map_or_else(std::time::SystemTime::now, |ms| {
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
+        });
+    let clip = match shared.clips.take(&camera, &e.kind, at) {
+        Ok(c) => c,
+        Err(err) => {
+            tracing::warn!(camera, kind = %e.kind, error = %err, "no clip of a source's alert");
+            return None;
+        }
+    };
+    payload["clip"] = json!(format!("{camera}/{}", clip.id));
+    payload["clip_path"] = json!(clip.path());
+    serde_json::value::to_raw_value(&payload).ok()
 }
 
 fn path_suffix(path: &str) -> String {

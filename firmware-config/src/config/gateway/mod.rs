@@ -173,6 +173,11 @@ pub struct EventSource {
     /// of `storage.disk_budget`. All sources together never hold more than half the budget.
     #[serde(default)]
     pub max_pending: Option<ByteSize>,
+    /// Cameras whose clip this source's alerts take: an `alert` event naming one of them in
+    /// `payload.camera` (a door forced at the hall's door, `"camera": "hall"`) gets a clip as
+    /// sensing alerts do. Empty: none (a source cannot fill the clips' disk with others').
+    #[serde(default)]
+    pub cameras: Vec<String>,
 }
 
 impl EventSource {

@@ -131,6 +131,14 @@ impl Document for GatewayConfig {
                     );
                 }
             }
+            for (j, c) in s.cameras.iter().enumerate() {
+                if !self.cameras.iter().any(|k| &k.id == c) {
+                    v.error(
+                        &format!("sources[{i}].cameras[{j}]"),
+                        format!("{c:?} is not one of the gateway's cameras"),
+                    );
+                }
+            }
             if let Some(q) = s.max_pending {
                 if q < ByteSize::kib(64) {
                     v.error(
