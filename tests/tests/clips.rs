@@ -335,6 +335,28 @@ async fn alert_clips_start_before_the_alert_decode_and_play_only_for_those_who_m
     .unwrap();
     assert_eq!(status, 200);
 
+    // On the centre's camera wall, in Chromium: the camera's clips listed, the newest played.
+    let wall = gw.url(&format!(
+        "/viewer#token={}",
+        gridedge_tests::services::viewer_token("gw-clips")
+    ));
+    let out = tokio::process::Command::new("node")
+        .current_dir(gridedge_tests::workspace_root().join("tests/browser"))
+        .args(["wall_clip.mjs", &wall, "cam", "20000"])
+        .output()
+        .await
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout);
+    let played: Value = serde_json::from_str(line.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("{line} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(played["ok"], true, "{played}");
+    assert!(played["clips"].as_u64().unwrap() >= 3, "{played}");
+    assert_eq!(
+        (played["width"].as_u64(), played["height"].as_u64()),
+        (Some(320), Some(180)),
+        "{played}"
+    );
+
     let anon = reqwest::get(central.url(&url))
         .await
         .unwrap()

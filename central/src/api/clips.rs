@@ -120,38 +120,6 @@ pub async fn take(
     }
 }
 
-/// The first and last byte asked by a `Range: bytes=a-b` header (one range; `a-` and `-n`
-/// too), within `size`; None for no header, Err for one that cannot be met.
-fn range(headers: &HeaderMap, size: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = headers.get(header::RANGE) else {
-        return Ok(None);
-    };
-    let spec = v
-        .to_str()
-        .map_err(|_| ())?
-        .strip_prefix("bytes=")
-        .ok_or(())?;
-    if spec.contains(',') || size == 0 {
-        return Err(());
-    }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (first, last) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().map_err(|_| ())?;
-            (size.saturating_sub(n), size - 1)
-        }
-        (a, "") => (a.parse().map_err(|_| ())?, size - 1),
-        (a, b) => (
-            a.parse().map_err(|_| ())?,
-            b.parse::<u64>().map_err(|_| ())?.min(size - 1),
-        ),
-    };
-    if first > last || first >= size {
-        return Err(());
-    }
-    Ok(Some((first, last)))
-}
-
 /// One read of the clip from the gateway: its whole size and the bytes.
 async fn read(
     shared: &Shared,
@@ -221,10 +189,12 @@ pub async fn file(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (first, last, partial) = match range(&headers, size) {
-        Ok(Some((a, b))) => (a, b, true),
-        Ok(None) => (0, size.saturating_sub(1), false),
-        Err(()) => {
+    use firmware_config::runtime::range::{wanted, Wanted};
+    let asked = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let (first, last, partial) = match wanted(asked, size) {
+        Wanted::Part(r) => (r.start, r.end - 1, true),
+        Wanted::Whole => (0, size.saturating_sub(1), false),
+        Wanted::Unsatisfiable => {
             return (
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 [(header::CONTENT_RANGE, format!("bytes */{size}"))],
@@ -291,33 +261,4 @@ pub async fn file(
         }
     }
     response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn asked(v: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::RANGE, HeaderValue::from_str(v).unwrap());
-        h
-    }
-
-    #[test]
-    fn byte_ranges_are_read_as_players_send_them() {
-        assert_eq!(range(&HeaderMap::new(), 100), Ok(None));
-        assert_eq!(range(&asked("bytes=0-"), 100), Ok(Some((0, 99))));
-        assert_eq!(range(&asked("bytes=10-19"), 100), Ok(Some((10, 19))));
-        assert_eq!(range(&asked("bytes=90-200"), 100), Ok(Some((90, 99))));
-        assert_eq!(range(&asked("bytes=-10"), 100), Ok(Some((90, 99))));
-        for bad in [
-            "bytes=100-",
-            "bytes=5-2",
-            "bytes=0-1,5-6",
-            "items=0-1",
-            "bytes=x-",
-        ] {
-            assert_eq!(range(&asked(bad), 100), Err(()), "{bad}");
-        }
-    }
 }
