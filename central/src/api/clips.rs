@@ -59,15 +59,15 @@ pub async fn list(
     Operator(who): Operator,
     Path((gateway, camera)): Path<(String, String)>,
 ) -> Response {
-    let gw = match reached(&shared, &who, &gateway) {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
-    let reply = shared
-        .commands
-        .send(&gw, "camera.clips", json!({ "camera": camera }), WAIT)
-        .await;
-    match reply {
+    match ask(
+        &shared,
+        &who,
+        &gateway,
+        "camera.clips",
+        json!({ "camera": camera }),
+    )
+    .await
+    {
         Ok(r) => {
             let mut clips = r.data.get("clips").cloned().unwrap_or(json!([]));
             if let Some(list) = clips.as_array_mut() {
@@ -78,8 +78,24 @@ pub async fn list(
             }
             Json(json!({ "gateway": gateway, "camera": camera, "clips": clips })).into_response()
         }
-        Err(e) => command_error(e).into_response(),
+        Err(e) => e.into_response(),
     }
+}
+
+/// Command `name` to `gateway`, if the operator reaches its centre; its reply.
+async fn ask(
+    shared: &Shared,
+    who: &crate::operators::Signed,
+    gateway: &str,
+    name: &str,
+    args: Value,
+) -> Result<firmware_config::wire::CommandReply, ApiError> {
+    let gw = reached(shared, who, gateway)?;
+    shared
+        .commands
+        .send(&gw, name, args, WAIT)
+        .await
+        .map_err(command_error)
 }
 
 fn url(gateway: &str, camera: &str, id: u64) -> String {
@@ -93,20 +109,8 @@ pub async fn take(
     Operator(who): Operator,
     Path((gateway, camera)): Path<(String, String)>,
 ) -> Response {
-    let gw = match reached(&shared, &who, &gateway) {
-        Ok(g) => g,
-        Err(e) => return e.into_response(),
-    };
-    let reply = shared
-        .commands
-        .send(
-            &gw,
-            "camera.clip",
-            json!({ "camera": camera, "by": who.name }),
-            WAIT,
-        )
-        .await;
-    match reply {
+    let args = json!({ "camera": camera, "by": who.name });
+    match ask(&shared, &who, &gateway, "camera.clip", args).await {
         Ok(r) => {
             let id = r.data["id"].as_u64().unwrap_or(0);
             shared
@@ -116,7 +120,7 @@ pub async fn take(
             clip["url"] = json!(url(&gateway, &camera, id));
             (StatusCode::CREATED, Json(clip)).into_response()
         }
-        Err(e) => command_error(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
