@@ -7,8 +7,10 @@
 function gridedgePlay(video, note, url) {
   const say = (s) => { note.textContent = s; };
   let ws, stopped = false, ended = false;
+  // A player without H.265 says so: an H.265 camera then comes transcoded to H.264.
+  const h265 = "MediaSource" in window && MediaSource.isTypeSupported('video/mp4; codecs="hvc1.1.6.L93.B0"');
   const start = () => {
-    ws = new WebSocket(url);
+    ws = new WebSocket(url + (url.includes("?") ? "&" : "?") + "h265=" + h265);
     ws.binaryType = "arraybuffer";
     let source = null, buffer = null, mime = null;
     const queue = [];
@@ -20,6 +22,11 @@ function gridedgePlay(video, note, url) {
       const b = video.buffered;
       if (!b.length) return;
       const first = b.start(0), end = b.end(b.length - 1);
+      // A hole in the timeline (frames the server skipped to a keyframe when it fell behind):
+      // play on from the next buffered range instead of waiting at the hole for ever.
+      for (let i = 0; i + 1 < b.length; i++) {
+        if (video.currentTime >= b.end(i) - 0.1 && video.currentTime < b.start(i + 1)) { video.currentTime = b.start(i + 1); break; }
+      }
       // Start on the first buffered picture; stay near the live edge.
       if (video.currentTime < first || end - video.currentTime > 1.5) video.currentTime = Math.max(first, end - 0.2);
       if (!buffer.updating && end - first > 30) buffer.remove(first, end - 20);

@@ -22,7 +22,10 @@ pub async fn list(State(shared): State<Arc<Shared>>) -> Json<Vec<CameraHealth>> 
 
 fn with_viewers(shared: &Shared, mut cams: Vec<CameraHealth>) -> Vec<CameraHealth> {
     for c in &mut cams {
-        c.viewers = shared.live(&c.id).map_or(0, |l| l.viewers());
+        if let Some(l) = shared.live(&c.id) {
+            c.viewers = l.viewers();
+            (c.h264_viewers, c.transcoding, c.transcodes) = l.h264_state();
+        }
     }
     cams
 }

@@ -18,19 +18,48 @@ use firmware_config::runtime::video_hub;
 
 /// `GET /api/v1/cameras/{id}/live` (WebSocket): the camera's live video, for a video
 /// terminal or screen (its bearer token, or its device session cookie from a page).
+/// What the player says it can decode.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plays {
+    /// `false`: the player cannot decode H.265, and an H.265 camera comes as H.264.
+    #[serde(default = "yes")]
+    h265: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 pub async fn live_ws(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
+    plays: Result<axum::extract::Query<Plays>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     super::cameras::viewer(&shared, &headers)?;
-    let live = shared.live(&id).ok_or_else(|| {
+    let plays = plays
+        .map_err(|e| ApiError::bad_request(format!("{}; h265: true or false", e.body_text())))?
+        .0;
+    let camera = shared.live(&id).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             format!("no enabled camera {id:?}"),
         )
     })?;
+    // An H.265 camera for a player without H.265: the camera's H.264, transcoded (shared).
+    let live = if camera.is_h265() && !plays.h265 {
+        let width = shared.config().video.transcode_width;
+        camera.h264(&id, width).map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot transcode camera {id:?}: {e}"),
+            )
+        })?
+    } else {
+        camera
+    };
     tracing::info!(camera = %id, viewers = live.viewers() + 1, "live viewer joined");
     Ok(ws
         .on_upgrade(move |socket| async move {

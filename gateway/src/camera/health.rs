@@ -43,6 +43,11 @@ pub struct CameraHealth {
     pub measures: Option<super::sensing::Measures>,
     /// Live viewers now (filled in by the API from the camera's live stream).
     pub viewers: usize,
+    /// Of an H.265 camera: viewers of its H.264 transcode now, whether it runs, and how many
+    /// times it was started (filled in by the API).
+    pub h264_viewers: usize,
+    pub transcoding: bool,
+    pub transcodes: u64,
     #[serde(skip)]
     pub last_frame_at: Option<Instant>,
     #[serde(skip)]
@@ -92,6 +97,9 @@ impl CameraHealth {
             sensing: Vec::new(),
             measures: None,
             viewers: 0,
+            h264_viewers: 0,
+            transcoding: false,
+            transcodes: 0,
             last_frame_at: None,
             rate: RateWindow::default(),
         }

@@ -26,6 +26,12 @@ struct Muxer {
     raw_gop: Vec<(i64, bool, Bytes)>,
     /// The last seconds of the stream, for alert clips (none kept when clips are off).
     ring: Option<super::ring::Ring>,
+    /// H.264 made of this H.265 stream, while someone watches it; how many were started.
+    transcode: Option<super::transcode::Transcode>,
+    transcodes: u64,
+    /// The stream's parameter sets in Annex B: put before each keyframe the transcoder gets
+    /// (a camera's H.265 keyframes may come without them).
+    sets: Bytes,
     /// Packaging into the hub, and until when at least (a viewer is joining).
     packaging: bool,
     grace_until: Option<firmware_config::runtime::clock::Instant>,
@@ -65,6 +71,51 @@ impl Live {
             Some(r) => r.record(from_ms, until_ms),
             None => Err(super::ring::RingError::NoVideo),
         }
+    }
+
+    /// Whether the stream is H.265 (as its last parameters said).
+    pub fn is_h265(&self) -> bool {
+        self.lock().h265
+    }
+
+    /// This H.265 stream as H.264 at most `width` wide, for players that cannot decode H.265:
+    /// one transcode shared by every such viewer, started now (from the frames kept since the
+    /// last keyframe, so the first picture comes at once) and stopped once nobody watches it.
+    pub fn h264(&self, camera: &str, width: u32) -> std::io::Result<Live> {
+        let mut m = self.lock();
+        if let Some(t) = &m.transcode {
+            return Ok(t.out.clone());
+        }
+        // As the camera's parameters give it: seconds a frame, as a fraction.
+        let frame_rate = (m.default_duration > 0).then_some((m.default_duration, fmp4::TIMESCALE));
+        let out = Live::new();
+        out.prepare();
+        let mut t = super::transcode::Transcode::start(camera, out.clone(), width, frame_rate)?;
+        for (ts, keyframe, data) in &m.raw_gop {
+            t.send(*ts, *keyframe, with_sets(&m.sets, *keyframe, data));
+        }
+        m.transcode = Some(t);
+        m.transcodes += 1;
+        Ok(out)
+    }
+
+    /// Of the H.264 made of this stream: its viewers, whether it runs, and how many times it
+    /// was started.
+    pub fn h264_state(&self) -> (usize, bool, u64) {
+        let m = self.lock();
+        match &m.transcode {
+            Some(t) => (t.out.viewers(), true, m.transcodes),
+            None => (0, false, m.transcodes),
+        }
+    }
+
+    /// Someone watches, or is about to.
+    fn watched(&self) -> bool {
+        self.hub.viewers() > 0
+            || self
+                .lock()
+                .grace_until
+                .is_some_and(|t| firmware_config::runtime::clock::Instant::now() < t)
     }
 
     /// The ring's bytes and frames (zero without one).
@@ -122,6 +173,11 @@ impl Live {
         m.last_ts = None;
         m.h265 = h265;
         m.raw_gop.clear();
+        let start = [0u8, 0, 0, 1];
+        m.sets = Bytes::from(match &params.sets {
+            O::H264 { sps, pps } => [&start[..], sps, &start, pps].concat(),
+            O::H265 { vps, sps, pps } => [&start[..], vps, &start, sps, &start, pps].concat(),
+        });
         let default_duration = m.default_duration;
         if let Some(ring) = m.ring.as_mut() {
             ring.set_track(super::ring::TrackInfo {
@@ -149,6 +205,14 @@ impl Live {
                 keyframe,
                 data: data.clone(),
             });
+        }
+        // The transcode goes on while its viewers do (its own lock, not this one's users).
+        let sets = m.sets.clone();
+        if let Some(t) = m.transcode.as_mut() {
+            if !t.out.watched() || !t.send(ts, keyframe, with_sets(&sets, keyframe, &data)) {
+                m.transcode = None;
+                tracing::debug!("the H.264 variant has no viewers: its transcode ends");
+            }
         }
         if keyframe {
             m.raw_gop.clear();
@@ -224,4 +288,14 @@ fn unix_ms_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A keyframe with the stream's parameter sets before it (a copy, once a GOP); any other frame
+/// as it is.
+fn with_sets(sets: &Bytes, keyframe: bool, data: &Bytes) -> Bytes {
+    if keyframe && !sets.is_empty() {
+        Bytes::from([&sets[..], &data[..]].concat())
+    } else {
+        data.clone()
+    }
 }

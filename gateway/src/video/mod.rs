@@ -5,6 +5,7 @@ pub mod clip;
 pub mod fmp4;
 pub mod live;
 pub mod ring;
+pub mod transcode;
 pub mod upstream;
 
 pub use live::{next_piece, Hub, Joined, Live, Piece, Track};

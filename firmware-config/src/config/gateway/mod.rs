@@ -38,6 +38,9 @@ pub struct GatewayConfig {
     /// Alert clips: each camera's last seconds kept as they came, written out around an alert.
     #[serde(default)]
     pub clips: ClipPolicy,
+    /// Live video for players that cannot decode a camera's codec.
+    #[serde(default)]
+    pub video: VideoPolicy,
     /// Signed configuration bundles from central; without this table every bundle is refused.
     #[serde(default)]
     pub bundles: Option<BundleTrust>,
@@ -338,6 +341,29 @@ fn default_clip_budget() -> ByteSize {
 }
 fn default_clip_keep() -> Duration {
     Duration::from_secs(30 * 24 * 3600)
+}
+
+/// Live video for players that cannot decode H.265: the camera's stream transcoded to H.264
+/// (one transcode per camera, shared by its viewers, while any watch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoPolicy {
+    /// Width of the H.264 made of an H.265 camera (its aspect kept; never wider than the
+    /// camera's). Default 1280.
+    #[serde(default = "default_transcode_width")]
+    pub transcode_width: u32,
+}
+
+impl Default for VideoPolicy {
+    fn default() -> Self {
+        Self {
+            transcode_width: default_transcode_width(),
+        }
+    }
+}
+
+fn default_transcode_width() -> u32 {
+    1280
 }
 
 /// Where the gateway keeps its outbox and caches.

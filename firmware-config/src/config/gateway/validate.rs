@@ -67,6 +67,9 @@ impl Document for GatewayConfig {
         v.unique_ids("terminals", self.terminals.iter().map(|t| t.id.as_str()));
         self.terminal_health.validate(v);
         self.kiosk.validate(v);
+        if !(160..=3840).contains(&self.video.transcode_width) {
+            v.error("video.transcode_width", "160 to 3840 pixels");
+        }
         if self.clips.post > Duration::from_secs(300) {
             v.error("clips.post", "at most 5 min");
         }
