@@ -67,6 +67,8 @@ impl Transcoder {
     /// `frame_rate.0 / frame_rate.1` seconds (the camera parameters' `frame_rate`).
     pub fn new(width: u32, frame_rate: (u32, u32)) -> Result<Self, TranscodeError> {
         ff::init().map_err(TranscodeError::Init)?;
+        // Errors come back as values; FFmpeg's own log (x264's summary) stays out of ours.
+        ff::util::log::set_level(ff::util::log::Level::Fatal);
         let hevc =
             ff::decoder::find(codec::Id::HEVC).ok_or(TranscodeError::Missing("H.265 decoder"))?;
         let mut d = codec::Context::new_with_codec(hevc);
