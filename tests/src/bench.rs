@@ -85,3 +85,30 @@ pub fn arg_value(args: &[String], name: &str) -> Option<u64> {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
 }
+
+/// Access units of an Annex B stream encoded one slice a frame (as the fixture's `--encode-to`
+/// makes them): each VCL NAL unit with the NAL units before it. `vcl` says whether a NAL
+/// unit's first byte is of a picture (H.264: types 1 to 5; H.265: below 32).
+pub fn access_units(data: &[u8], vcl: impl Fn(u8) -> bool) -> Vec<Vec<u8>> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i..].starts_with(&[0, 0, 1]) {
+            let s = if i > 0 && data[i - 1] == 0 { i - 1 } else { i };
+            starts.push((s, i + 3));
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = Vec::new();
+    let mut begin = 0;
+    for (n, &(_, nal)) in starts.iter().enumerate() {
+        if data.get(nal).is_some_and(|b| vcl(*b)) {
+            let end = starts.get(n + 1).map_or(data.len(), |&(s, _)| s);
+            out.push(data[begin..end].to_vec());
+            begin = end;
+        }
+    }
+    out
+}

@@ -19,39 +19,6 @@ use bytes::Bytes;
 use gateway::video::ring::{Frame, Ring, TrackInfo};
 use gridedge_tests::bench::{arg_value, video, FPS};
 
-/// Access units of an Annex B H.264 stream: each VCL NAL unit (one slice per frame, as the
-/// fixture encodes) with the NAL units before it; whether it is a keyframe (IDR).
-fn access_units(data: &[u8]) -> Vec<(bool, Vec<u8>)> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i..].starts_with(&[0, 0, 1]) {
-            let s = if i > 0 && data[i - 1] == 0 { i - 1 } else { i };
-            starts.push((s, i + 3));
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let mut out = Vec::new();
-    let mut begin = 0;
-    let mut key = false;
-    for (n, &(s, nal)) in starts.iter().enumerate() {
-        let kind = data.get(nal).map_or(0, |b| b & 0x1F);
-        if kind == 5 {
-            key = true;
-        }
-        if kind == 1 || kind == 5 {
-            let end = starts.get(n + 1).map_or(data.len(), |&(s2, _)| s2);
-            out.push((key, data[begin..end].to_vec()));
-            begin = end;
-            key = false;
-        }
-        let _ = s;
-    }
-    out
-}
-
 fn nal_of(au: &[u8], kind: u8) -> Option<Vec<u8>> {
     let mut i = 0;
     while i + 3 < au.len() {
@@ -83,7 +50,11 @@ fn main() -> anyhow::Result<()> {
     let clips = arg_value(&args, "--clips").unwrap_or(if quick { 5 } else { 20 }) as usize;
     let file = video(30)?;
     let data = std::fs::read(&file)?;
-    let aus = access_units(&data);
+    let aus: Vec<(bool, Vec<u8>)> =
+        gridedge_tests::bench::access_units(&data, |b| matches!(b & 0x1F, 1 | 5))
+            .into_iter()
+            .map(|au| (nal_of(&au, 5).is_some(), au))
+            .collect();
     anyhow::ensure!(
         aus.len() > 500,
         "{} frames in {}",

@@ -13,33 +13,6 @@ use gateway::video::transcode::Transcoder;
 use gridedge_tests::bench::{arg_value, FPS, KBITS, KEYINT};
 use gridedge_tests::workspace_root;
 
-/// Access units of an H.265 Annex B stream made one slice a frame: each VCL NAL unit with the
-/// NAL units before it.
-fn access_units(data: &[u8]) -> Vec<Vec<u8>> {
-    let mut starts = Vec::new();
-    let mut i = 0;
-    while i + 3 <= data.len() {
-        if data[i..].starts_with(&[0, 0, 1]) {
-            let s = if i > 0 && data[i - 1] == 0 { i - 1 } else { i };
-            starts.push((s, i + 3));
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    let mut out = Vec::new();
-    let mut begin = 0;
-    for (n, &(_, nal)) in starts.iter().enumerate() {
-        let kind = data.get(nal).map_or(63, |b| (b >> 1) & 0x3F);
-        if kind < 32 {
-            let end = starts.get(n + 1).map_or(data.len(), |&(s, _)| s);
-            out.push(data[begin..end].to_vec());
-            begin = end;
-        }
-    }
-    out
-}
-
 fn cpu(who: i32) -> f64 {
     // SAFETY: getrusage fills the struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -69,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "encoding the H.265 video failed");
     }
     let data = std::fs::read(&file)?;
-    let aus = access_units(&data);
+    let aus = gridedge_tests::bench::access_units(&data, |b| (b >> 1) & 0x3F < 32);
     anyhow::ensure!(
         aus.len() as u32 >= seconds * FPS / 2,
         "{} frames in {}",
