@@ -180,17 +180,9 @@ pub async fn file(
         )
         .into_response();
     };
-    // The first piece tells the size; a range starts where it asks.
-    let wanted_first = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(r) => r
-            .strip_prefix("bytes=")
-            .and_then(|s| s.split('-').next())
-            .and_then(|a| a.trim().parse::<u64>().ok())
-            .unwrap_or(0),
-        None => 0,
-    };
-    let (size, head) = match read(&shared, &gw, &camera, clip, wanted_first, CHUNK).await {
-        Ok(r) => r,
+    // The clip's size first (a read of nothing), so the shared range reader decides.
+    let size = match read(&shared, &gw, &camera, clip, 0, 0).await {
+        Ok((size, _)) => size,
         Err(e) => return e.into_response(),
     };
     use firmware_config::runtime::range::{wanted, Wanted};
@@ -207,38 +199,26 @@ pub async fn file(
         }
     };
     let length = if size == 0 { 0 } else { last - first + 1 };
-    // The piece already read serves when it starts where the answer does.
-    let head = if first == wanted_first {
-        Some(head)
-    } else {
-        None
-    };
     let body = futures::stream::unfold(
-        (first, head, shared.clone(), gw, camera.clone()),
-        move |(at, head, shared, gw, camera)| async move {
+        (first, shared.clone(), gw, camera.clone()),
+        move |(at, shared, gw, camera)| async move {
             if length == 0 || at > last {
                 return None;
             }
             let want = last - at + 1;
-            let piece = match head {
-                Some(h) => Ok(h),
-                None => read(&shared, &gw, &camera, clip, at, want)
-                    .await
-                    .map(|(_, d)| d),
-            };
-            match piece {
-                Ok(mut d) if !d.is_empty() => {
+            match read(&shared, &gw, &camera, clip, at, want).await {
+                Ok((_, mut d)) if !d.is_empty() => {
                     d.truncate(want.min(d.len() as u64) as usize);
                     let next = at + d.len() as u64;
                     Some((
                         Ok::<_, std::io::Error>(bytes::Bytes::from(d)),
-                        (next, None, shared, gw, camera),
+                        (next, shared, gw, camera),
                     ))
                 }
                 Ok(_) => None,
                 Err(e) => Some((
                     Err(std::io::Error::other(e.message)),
-                    (last + 1, None, shared, gw, camera),
+                    (last + 1, shared, gw, camera),
                 )),
             }
         },

@@ -207,11 +207,14 @@ impl Live {
             });
         }
         // The transcode goes on while its viewers do (its own lock, not this one's users).
-        let sets = m.sets.clone();
-        if let Some(t) = m.transcode.as_mut() {
-            if !t.out.watched() || !t.send(ts, keyframe, with_sets(&sets, keyframe, &data)) {
-                m.transcode = None;
-                tracing::debug!("the H.264 variant has no viewers: its transcode ends");
+        {
+            // The guard's fields, borrowed apart.
+            let mx = &mut *m;
+            if let Some(t) = mx.transcode.as_mut() {
+                if !t.out.watched() || !t.send(ts, keyframe, with_sets(&mx.sets, keyframe, &data)) {
+                    mx.transcode = None;
+                    tracing::debug!("the H.264 variant has no viewers: its transcode ends");
+                }
             }
         }
         if keyframe {
